@@ -1,0 +1,87 @@
+/*
+ * hamt.h — a persistent hash array mapped trie from cctx_var* to void*.
+ *
+ * The map behind every context. A map is a root node pointer; NULL is the
+ * empty map. Maps never change: assoc/without return a new root that shares
+ * every untouched node with the old one (path copying), so any number of
+ * contexts, copies, snapshots and iterators can hold roots at once.
+ *
+ * Reference rules (every function states which applies):
+ * - Nodes are reference counted with ck_pr atomics; a root handed out as a
+ *   "new reference" is released with hamt_release.
+ * - An entry retains its key (var_ref) and its value (the key's retain
+ *   callback). Freeing a node releases what its entries retained.
+ * - hamt_* never frees memory another thread could be reading: callers
+ *   that publish roots to other threads (context.c) defer releases through
+ *   reclaim.c.
+ * - Allocation failure returns CCTX_ENOMEM and leaves every map unchanged.
+ */
+#ifndef CCTX_HAMT_H
+#define CCTX_HAMT_H
+
+#ifndef CCTX_BUILDING_CORE
+#error "hamt.h is internal to CContextCore"
+#endif
+
+#include "var.h"
+
+#include <stdio.h>
+
+typedef struct hamt_node hamt_node;
+
+/* Maximum depth of a path: 7 levels of 5 hash bits (32-bit hash) plus one
+ * collision node. */
+#define HAMT_MAX_DEPTH 8
+
+/* Adds a reference to `root` (NULL is ignored). */
+void hamt_retain(hamt_node *root) CCTX_HIDDEN;
+
+/* Drops a reference; frees nodes that reach zero, releasing the keys and
+ * values of their entries. NULL is ignored. */
+void hamt_release(hamt_node *root) CCTX_HIDDEN;
+
+/* Number of entries, O(1). Borrows `root`. */
+size_t hamt_count(const hamt_node *root) CCTX_HIDDEN;
+
+/* Finds `key`: true with `*value` borrowed (valid while `root` lives), or
+ * false. Borrows `root`. */
+bool hamt_find(const hamt_node *root, const cctx_var *key, void **value) CCTX_HIDDEN;
+
+/* Returns in `*out` a new reference to a map equal to `root` with `key`
+ * bound to `value`. If `key` is already bound to the same pointer, `*out` is
+ * `root` itself (retained). Borrows `root`, `key` and `value` (the new entry
+ * retains `key` and `value`). CCTX_OK or CCTX_ENOMEM. */
+cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value,
+                       hamt_node **out) CCTX_HIDDEN;
+
+/* Returns in `*out` a new reference to a map equal to `root` without `key`
+ * (NULL when it becomes empty). CCTX_NOT_FOUND when `key` is not bound
+ * (`*out` untouched), CCTX_ENOMEM on allocation failure. Borrows `root`. */
+cctx_status hamt_without(hamt_node *root, const cctx_var *key,
+                         hamt_node **out) CCTX_HIDDEN;
+
+/* Same keys bound to pointer-equal values. Borrows both. */
+bool hamt_equal(const hamt_node *a, const hamt_node *b) CCTX_HIDDEN;
+
+/* Iteration over a root that the caller keeps alive for the iterator's
+ * whole use. No allocation. */
+typedef struct hamt_iter {
+    const hamt_node *nodes[HAMT_MAX_DEPTH + 1];
+    uint32_t positions[HAMT_MAX_DEPTH + 1];
+    int depth; /* -1: finished */
+} hamt_iter;
+
+void hamt_iter_init(hamt_iter *it, const hamt_node *root) CCTX_HIDDEN;
+/* Next entry: true with key and value borrowed; false at the end. */
+bool hamt_iter_next(hamt_iter *it, cctx_var **key, void **value) CCTX_HIDDEN;
+
+/* Returns 0 if every structural invariant holds for the tree under `root`
+ * (bitmaps match slot counts, sizes add up, keys sit on their hash path,
+ * no bitmap node with a single collision child, array-node counts, …),
+ * else the __LINE__ of the failed check. */
+int hamt_check(const hamt_node *root) CCTX_HIDDEN;
+
+/* Writes a readable tree to `out` (debugging and test failure reports). */
+void hamt_dump(FILE *out, const hamt_node *root) CCTX_HIDDEN;
+
+#endif

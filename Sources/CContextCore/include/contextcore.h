@@ -1,0 +1,385 @@
+/*
+ * contextcore.h — the C API of ContextKit's runtime (CContextCore).
+ *
+ * Python's `contextvars` (PEP 567) and `threading.local`, for C11 and for the
+ * Swift facade that wraps this library.
+ *
+ *   cctx_var      a context variable: a name, an optional default, and the
+ *                 callbacks that let the runtime own its values.
+ *   cctx_context  an immutable-by-sharing mapping var -> value (a persistent
+ *                 hash array mapped trie). Copying one is O(1).
+ *   cctx_token    what cctx_var_set returns; cctx_var_reset consumes it.
+ *   cctx_local    a threading.local: one value per OS thread.
+ *
+ * Every OS thread has a current context, created empty on first use and
+ * released when the thread exits. cctx_var_get/set/reset act on it.
+ *
+ * Ownership, stated at every function with these words:
+ *   "new reference"  the caller owns one reference and must release it with
+ *                    the matching *_release function.
+ *   "borrowed"       the callee keeps ownership; the pointer stays valid for
+ *                    as long as the function's comment says.
+ *   "retains"        the runtime takes its own reference to a value through
+ *                    the variable's or local's retain callback; the caller
+ *                    keeps its own.
+ *
+ * Values are `void *`. A variable or local created with a `cctx_value_ops`
+ * owns its values: `retain` is called when the runtime stores a value,
+ * `release` when it drops one. Callbacks are never called with NULL; a NULL
+ * value is stored as is. With `ops == NULL` the runtime never touches values.
+ * Callbacks may run on any thread (values are released by whichever thread
+ * drops the last reference) and must not call back into ContextKit.
+ *
+ * Errors: every fallible call returns a `cctx_status`. After any error,
+ * every context, variable, token and local is exactly as before the call,
+ * and `*out` parameters are left untouched.
+ *
+ * Undefined behaviour (not detected): using any handle after its last
+ * release; calling a value callback that itself calls into ContextKit;
+ * writing to a context claimed with cctx_context_claim from two threads at
+ * once. Detected misuse (NULL handles, foreign tokens, a handle of the wrong
+ * kind while its memory is still alive) returns CCTX_EINVAL or the specific
+ * status below and changes nothing.
+ *
+ * This header includes no Concurrency Kit header: every type is opaque.
+ */
+#ifndef CONTEXTCORE_H
+#define CONTEXTCORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CCTX_API __attribute__((visibility("default")))
+#define CCTX_WARN_UNUSED __attribute__((warn_unused_result))
+#else
+#define CCTX_API
+#define CCTX_WARN_UNUSED
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                              */
+/* ------------------------------------------------------------------------ */
+
+/** Result of every fallible call. `cctx_strerror` names each. */
+typedef enum cctx_status {
+    CCTX_OK = 0,
+    /** Allocation failed; nothing changed. */
+    CCTX_ENOMEM = 1,
+    /** A required argument was NULL, or a handle is of the wrong kind. */
+    CCTX_EINVAL = 2,
+    /** No value: the variable has no value in the context and no default
+     *  (Python's LookupError), or a map/local lookup found nothing. */
+    CCTX_NOT_FOUND = 3,
+    /** cctx_var_reset: the token has already been used once. */
+    CCTX_TOKEN_USED = 4,
+    /** cctx_var_reset: the token was created by a different variable. */
+    CCTX_TOKEN_WRONG_VAR = 5,
+    /** cctx_var_reset: the token was created in a different context. */
+    CCTX_TOKEN_WRONG_CONTEXT = 6,
+    /** cctx_context_enter/claim: the context is already entered (on this or
+     *  another thread, or claimed by an async task); also a write into a
+     *  context entered by another thread. */
+    CCTX_ALREADY_ENTERED = 7,
+    /** cctx_context_exit: the context is not the calling thread's current one. */
+    CCTX_NOT_CURRENT = 8,
+    /** cctx_context_unclaim: the context is not claimed. */
+    CCTX_NOT_ENTERED = 9,
+} cctx_status;
+
+/** A static, human-readable description of `status` ("out of memory", …).
+ *  Never returns NULL; unknown codes give "unknown ContextKit status". */
+CCTX_API const char *cctx_strerror(cctx_status status);
+
+/* ------------------------------------------------------------------------ */
+/* Opaque types                                                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct cctx_var cctx_var;
+typedef struct cctx_context cctx_context;
+typedef struct cctx_token cctx_token;
+typedef struct cctx_iter cctx_iter;
+typedef struct cctx_local cctx_local;
+
+/** How the runtime owns values. Either callback may be NULL. */
+typedef struct cctx_value_ops {
+    /** Take one reference to `value` (never NULL). */
+    void (*retain)(void *value);
+    /** Drop one reference to `value` (never NULL). May run on any thread. */
+    void (*release)(void *value);
+} cctx_value_ops;
+
+/* ------------------------------------------------------------------------ */
+/* Variables                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/** Variable flags, for cctx_var_new_ex. */
+enum {
+    /** Default: the value flows into copies made for other threads/tasks. */
+    CCTX_VAR_INHERITED = 0,
+    /** The value is dropped from copies made by cctx_context_copy_inherit
+     *  (the helpers that start threads or tasks); explicit copies keep it. */
+    CCTX_VAR_NOT_INHERITED = 1u << 0,
+};
+
+/** Creates a variable without a default.
+ *  `name` is copied; `ops` is copied (NULL: values are not owned).
+ *  On success `*out` is a new reference (release with cctx_var_release).
+ *  Variables compare by identity; the hash is computed once, here. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_var_new(const char *name, const cctx_value_ops *ops, cctx_var **out);
+
+/** Creates a variable with a default value (which it retains).
+ *  Ownership as cctx_var_new; `default_value` may be NULL (a NULL default). */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_var_new_with_default(const char *name, const cctx_value_ops *ops,
+                          void *default_value, cctx_var **out);
+
+/** Creates a variable with every option: `has_default` says whether
+ *  `default_value` is used; `flags` is a CCTX_VAR_* mask. Ownership as above. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_var_new_ex(const char *name, const cctx_value_ops *ops, bool has_default,
+                void *default_value, unsigned flags, cctx_var **out);
+
+/** Adds a reference to `var`; returns `var` (NULL passes through). */
+CCTX_API cctx_var *cctx_var_retain(cctx_var *var);
+
+/** Drops a reference. Contexts that hold values of `var` keep it alive. */
+CCTX_API void cctx_var_release(cctx_var *var);
+
+/** The variable's name; borrowed, valid while `var` is alive. */
+CCTX_API const char *cctx_var_name(const cctx_var *var);
+
+/** The variable's flags (CCTX_VAR_*). */
+CCTX_API unsigned cctx_var_flags(const cctx_var *var);
+
+/** The variable's default: CCTX_OK with `*out` borrowed (valid while `var`
+ *  lives), or CCTX_NOT_FOUND if it has none. */
+CCTX_API cctx_status cctx_var_default(const cctx_var *var, void **out);
+
+/** Reads `var` in the calling thread's current context.
+ *  Precedence (Python): the value in the context, else the variable's
+ *  default, else CCTX_NOT_FOUND.
+ *  `*out` is borrowed: valid until this thread next sets, resets or exits a
+ *  context, or until the caller retains it. */
+CCTX_API cctx_status cctx_var_get(cctx_var *var, void **out);
+
+/** As cctx_var_get, but when the context has no value `default_value` is
+ *  returned instead of the variable's own default (Python's
+ *  `var.get(default)`). Never returns CCTX_NOT_FOUND. */
+CCTX_API cctx_status cctx_var_get_default(cctx_var *var, void *default_value,
+                                          void **out);
+
+/** Sets `var` to `value` in the calling thread's current context (which it
+ *  retains). If `token_out` is not NULL it receives a new reference to a
+ *  token remembering the previous value; pass it to cctx_var_reset. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_var_set(cctx_var *var, void *value, cctx_token **token_out);
+
+/** Restores `var` in the current context to what it was before the `set`
+ *  that made `token`: the old value, or no value at all. Errors, checked in
+ *  this order: CCTX_TOKEN_USED, CCTX_TOKEN_WRONG_VAR, CCTX_TOKEN_WRONG_CONTEXT.
+ *  Borrows `token` (the caller still releases it); marks it used on success. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_var_reset(cctx_var *var, cctx_token *token);
+
+/* ------------------------------------------------------------------------ */
+/* Tokens                                                                    */
+/* ------------------------------------------------------------------------ */
+
+CCTX_API cctx_token *cctx_token_retain(cctx_token *token);
+CCTX_API void cctx_token_release(cctx_token *token);
+/** The variable that made the token; borrowed, valid while `token` lives. */
+CCTX_API cctx_var *cctx_token_var(const cctx_token *token);
+/** The context the token was made in; borrowed, valid while `token` lives. */
+CCTX_API cctx_context *cctx_token_context(const cctx_token *token);
+/** The value before the `set`: CCTX_OK with `*out` borrowed (valid while
+ *  `token` lives), or CCTX_NOT_FOUND when the variable had no value
+ *  (Python's Token.MISSING). */
+CCTX_API cctx_status cctx_token_old_value(const cctx_token *token, void **out);
+/** Whether cctx_var_reset has consumed the token. */
+CCTX_API bool cctx_token_is_used(const cctx_token *token);
+
+/* ------------------------------------------------------------------------ */
+/* Contexts                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/** A new empty context; `*out` is a new reference. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new(cctx_context **out);
+
+/** A copy of `ctx` sharing its structure (O(1)); `*out` is a new reference.
+ *  Safe from any thread, also while another thread writes into `ctx`. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_context_copy(cctx_context *ctx, cctx_context **out);
+
+/** As cctx_context_copy, but variables created with CCTX_VAR_NOT_INHERITED
+ *  are left out. Used by helpers that hand a context to a new thread/task. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_context_copy_inherit(cctx_context *ctx, cctx_context **out);
+
+/** A copy of the calling thread's current context (Python copy_context());
+ *  `*out` is a new reference. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_current(cctx_context **out);
+
+CCTX_API cctx_context *cctx_context_retain(cctx_context *ctx);
+CCTX_API void cctx_context_release(cctx_context *ctx);
+
+/** Makes `ctx` the calling thread's current context (it retains `ctx` until
+ *  the matching exit). CCTX_ALREADY_ENTERED if `ctx` is entered anywhere or
+ *  claimed; nothing changes then. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_enter(cctx_context *ctx);
+
+/** Leaves `ctx`, restoring the context that was current before the enter.
+ *  CCTX_NOT_CURRENT if `ctx` is not the calling thread's current context. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_exit(cctx_context *ctx);
+
+/** Enters `ctx`, calls `fn(arg)`, exits — Python's Context.run for C.
+ *  Returns the enter status; `fn` runs only when it is CCTX_OK. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_context_run(cctx_context *ctx, void (*fn)(void *arg), void *arg);
+
+/** Marks `ctx` entered by an owner that is not a thread (an async task that
+ *  tracks its own current context). While claimed, no thread can enter it
+ *  and the claimer writes through cctx_context_set/reset. The claimer must
+ *  not write from two threads at once. CCTX_ALREADY_ENTERED if entered. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_claim(cctx_context *ctx);
+
+/** Ends a claim. CCTX_NOT_ENTERED if `ctx` is not claimed. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_unclaim(cctx_context *ctx);
+
+/** Whether `ctx` is entered by a thread or claimed. */
+CCTX_API bool cctx_context_is_entered(const cctx_context *ctx);
+
+/** Number of variables with a value in `ctx`. Safe from any thread. */
+CCTX_API size_t cctx_context_count(cctx_context *ctx);
+
+/** Reads the value of `var` in `ctx` (no defaults). CCTX_NOT_FOUND when
+ *  missing. `*out` is a NEW reference: the variable's retain callback was
+ *  called and the caller releases it with cctx_var_release_value. Safe from
+ *  any thread, also while another thread writes into `ctx`. */
+CCTX_API cctx_status cctx_context_lookup(cctx_context *ctx, cctx_var *var,
+                                         void **out);
+
+/** Reads the value of `var` in `ctx` (no defaults), borrowed: valid until
+ *  `ctx`'s writer next changes it. Only for the context's writer: the thread
+ *  that entered it, the claimer, or any thread when nobody writes `ctx`. */
+CCTX_API cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var,
+                                      void **out);
+
+/** Whether `var` has a value in `ctx`. Safe from any thread. */
+CCTX_API bool cctx_context_contains(cctx_context *ctx, cctx_var *var);
+
+/** Sets `var` in `ctx` (not the current context: for callers that hold their
+ *  context, e.g. Swift tasks). Allowed for the thread that entered `ctx`, for
+ *  a claimer, or on a context nobody has entered; CCTX_ALREADY_ENTERED when
+ *  another thread has entered it. Retains `value`; `token_out` as in
+ *  cctx_var_set (may be NULL). */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_context_set(cctx_context *ctx, cctx_var *var, void *value,
+                 cctx_token **token_out);
+
+/** cctx_var_reset for an explicit context; same errors and rules as
+ *  cctx_context_set. Borrows `token`. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_context_reset(cctx_context *ctx, cctx_var *var, cctx_token *token);
+
+/** Removes `var` from `ctx` (no token). CCTX_NOT_FOUND if it had no value.
+ *  Same rules as cctx_context_set. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_context_delete(cctx_context *ctx, cctx_var *var);
+
+/** Structural equality: the same variables bound to the same (pointer-equal)
+ *  values. Safe from any thread. */
+CCTX_API bool cctx_context_equal(cctx_context *a, cctx_context *b);
+
+/** Drops one reference to `value` through `var`'s release callback (used
+ *  with cctx_context_lookup and cctx_iter_next_retained). */
+CCTX_API void cctx_var_release_value(cctx_var *var, void *value);
+
+/* Iteration over a snapshot: later writes into the context do not show. */
+
+/** Starts iterating `ctx`; `*out` is owned by the caller (cctx_iter_free).
+ *  Safe from any thread. Order is unspecified but stable for a snapshot. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_iter_new(cctx_context *ctx,
+                                                    cctx_iter **out);
+
+/** Next (variable, value) pair: true and both borrowed (valid while `iter`
+ *  lives), or false at the end. Either out pointer may be NULL. */
+CCTX_API bool cctx_iter_next(cctx_iter *iter, cctx_var **var_out,
+                             void **value_out);
+
+/** Frees the iterator and the snapshot it holds. NULL is ignored. */
+CCTX_API void cctx_iter_free(cctx_iter *iter);
+
+/* ------------------------------------------------------------------------ */
+/* Threads                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/** pthread_create that runs `fn(arg)` in a copy (cctx_context_copy_inherit)
+ *  of the caller's current context — Python 3.14's Thread(context=...).
+ *  Returns CCTX_ENOMEM (nothing started) or CCTX_EINVAL if pthread_create
+ *  failed; `*thread` is set on success only. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
+                   void *(*fn)(void *), void *arg);
+
+/** Releases everything the calling thread holds (its base context, values
+ *  of locals) now instead of at thread exit; the thread may keep using
+ *  ContextKit afterwards (state is created again). Fails with
+ *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_thread_cleanup(void);
+
+/** Finishes deferred reclamation that can be finished now (values dropped
+ *  while other threads were reading the same contexts). Waits for readers
+ *  that are inside a read; never for a thread that is idle. */
+CCTX_API void cctx_reclaim(void);
+
+/* ------------------------------------------------------------------------ */
+/* threading.local                                                           */
+/* ------------------------------------------------------------------------ */
+
+/** A per-thread initialiser: stores a new reference into `*value_out` and
+ *  returns CCTX_OK, or returns an error that cctx_local_get passes on (and
+ *  runs the initialiser again on the next get). */
+typedef cctx_status (*cctx_local_init_fn)(void *userdata, void **value_out);
+
+/** Creates a thread-local slot; `*out` is a new reference. `ops` is copied
+ *  (NULL: values are not owned). If `init` is not NULL it runs once per
+ *  thread, on the thread's first cctx_local_get when no value was set there;
+ *  `userdata` is borrowed and must outlive the local. Any number of locals
+ *  may exist (not limited by PTHREAD_KEYS_MAX). */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_local_new(const cctx_value_ops *ops, cctx_local_init_fn init,
+               void *userdata, cctx_local **out);
+
+CCTX_API cctx_local *cctx_local_retain(cctx_local *local);
+
+/** Drops a reference. The last release releases the local's values in every
+ *  live thread (safe while those threads use other locals). */
+CCTX_API void cctx_local_release(cctx_local *local);
+
+/** This thread's value: CCTX_OK with `*out` borrowed (valid until this
+ *  thread next sets or deletes it, or the local is released), or
+ *  CCTX_NOT_FOUND. Runs the initialiser first if this thread never had a
+ *  value and never ran it. */
+CCTX_API cctx_status cctx_local_get(cctx_local *local, void **out);
+
+/** Sets this thread's value (retains `value`, releases the old one). */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_local_set(cctx_local *local,
+                                                     void *value);
+
+/** Deletes this thread's value (releases it); CCTX_NOT_FOUND if none. The
+ *  initialiser does not run again in this thread. */
+CCTX_API cctx_status cctx_local_delete(cctx_local *local);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CONTEXTCORE_H */

@@ -1,0 +1,40 @@
+/*
+ * testing.h — hooks for ContextKit's own tests. Not part of the public API:
+ * the symbols are exported (tests link the shared or static library) but
+ * carry a double-underscore prefix and may change at any time.
+ */
+#ifndef CCTX_TESTING_H
+#define CCTX_TESTING_H
+
+#include "contextcore.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Make the nth allocation from now fail (1 = the next one); 0 disarms. */
+CCTX_API void cctx__fail_allocation(long nth);
+/* How many failures the hook has injected so far. */
+CCTX_API long cctx__allocation_failures(void);
+/* Blocks allocated by the runtime and not yet freed. */
+CCTX_API long cctx__live_allocations(void);
+
+/* A variable with a chosen 32-bit hash, to force HAMT collisions and deep
+ * paths in tests. Otherwise as cctx_var_new. */
+CCTX_API cctx_status cctx__var_new_with_hash(const char *name,
+                                             const cctx_value_ops *ops,
+                                             uint32_t hash, cctx_var **out);
+/* The hash a variable was given at creation. */
+CCTX_API uint32_t cctx__var_hash(const cctx_var *var);
+
+/* Checks every HAMT invariant of the context's current map; returns 0 when
+ * they hold, else a line number in hamt.c that names the broken one. */
+CCTX_API int cctx__context_check(cctx_context *ctx);
+
+/* Number of contexts whose reads are currently deferred-reclaim pending. */
+CCTX_API long cctx__pending_reclaims(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,66 @@
+/*
+ * thread_state.h — what each OS thread owns (cctx_thread_state).
+ *
+ * One pthread_key for the whole library holds each thread's state; its
+ * destructor releases everything at thread exit. A `__thread` pointer caches
+ * the same state so that the hot path reads it with one TLS load instead of
+ * a pthread_getspecific call. The key is created once and never deleted, so
+ * it outlives every value stored under it.
+ *
+ * Invariants:
+ * - `current` is never NULL: it is `base` or a context this thread entered.
+ *   Contexts entered by this thread form a chain through `prev` ending at
+ *   `base`. `base->owner` is this state for the thread's whole life.
+ * - `record` is this thread's ck_epoch record, registered (or recycled from
+ *   an exited thread) when the state is created and unregistered when it
+ *   is destroyed.
+ * - `locals` is owned by local.c: this thread's slots of threading.local
+ *   objects.
+ * Only the owning thread reads or writes a state, except `locals`, whose
+ * rules local.c states.
+ */
+#ifndef CCTX_THREAD_STATE_H
+#define CCTX_THREAD_STATE_H
+
+#ifndef CCTX_BUILDING_CORE
+#error "thread_state.h is internal to CContextCore"
+#endif
+
+#include "context.h"
+
+#include <ck_epoch.h>
+
+struct local_slots;
+
+typedef struct cctx_thread_state {
+    cctx_context *current;
+    cctx_context *base;
+    ck_epoch_record_t *record;
+    struct local_slots *locals;
+} cctx_thread_state;
+
+extern __thread cctx_thread_state *cctx_tls_state
+    __attribute__((tls_model("initial-exec"))) CCTX_HIDDEN;
+
+/* The calling thread's state, created on first use; NULL on ENOMEM. */
+cctx_thread_state *thread_state_slow(void) CCTX_HIDDEN;
+
+static inline cctx_thread_state *thread_state_get(void)
+{
+    cctx_thread_state *ts = cctx_tls_state;
+    if (CCTX_LIKELY(ts != NULL))
+        return ts;
+    return thread_state_slow();
+}
+
+/* The calling thread's state if it exists, without creating it. */
+static inline cctx_thread_state *thread_state_peek(void)
+{
+    return cctx_tls_state;
+}
+
+/* Releases this thread's threading.local values (local.c); called when the
+ * thread's state is destroyed. */
+void local_thread_release(cctx_thread_state *ts) CCTX_HIDDEN;
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * token.c — tokens returned by set and consumed by reset.
+ */
+#include "internal.h"
+#include "token.h"
+
+cctx_status token_new(cctx_var *var, cctx_context *ctx, bool has_old,
+                      void *old_value, cctx_token **out)
+{
+    cctx_token *t = cctx_alloc(sizeof *t);
+    if (t == NULL)
+        return CCTX_ENOMEM;
+    t->magic = CCTX_TOKEN_MAGIC;
+    t->refcnt = 1;
+    t->used = 0;
+    t->has_old = has_old;
+    t->var = var;
+    var_ref(var);
+    t->ctx = cctx_context_retain(ctx);
+    t->old_value = has_old ? old_value : NULL;
+    if (has_old)
+        var_value_retain(var, old_value);
+    *out = t;
+    return CCTX_OK;
+}
+
+cctx_token *cctx_token_retain(cctx_token *token)
+{
+    if (token_is_valid(token))
+        cctx_inc_uint(&token->refcnt);
+    return token;
+}
+
+void cctx_token_release(cctx_token *token)
+{
+    if (!token_is_valid(token) || !cctx_dec_uint_is_zero(&token->refcnt))
+        return;
+    if (token->has_old)
+        var_value_release(token->var, token->old_value);
+    token->magic = 0;
+    var_unref(token->var);
+    cctx_context_release(token->ctx);
+    cctx_dealloc(token);
+}
+
+cctx_var *cctx_token_var(const cctx_token *token)
+{
+    return token_is_valid(token) ? token->var : NULL;
+}
+
+cctx_context *cctx_token_context(const cctx_token *token)
+{
+    return token_is_valid(token) ? token->ctx : NULL;
+}
+
+cctx_status cctx_token_old_value(const cctx_token *token, void **out)
+{
+    if (!token_is_valid(token) || out == NULL)
+        return CCTX_EINVAL;
+    if (!token->has_old)
+        return CCTX_NOT_FOUND;
+    *out = token->old_value;
+    return CCTX_OK;
+}
+
+bool cctx_token_is_used(const cctx_token *token)
+{
+    return token_is_valid(token) && cctx_load_uint(&token->used) != 0;
+}

@@ -1,0 +1,820 @@
+/*
+ * test_context.c — PEP 567 semantics of variables, tokens and contexts in
+ * C, every error path, thread lifetimes, and allocation-failure atomicity.
+ */
+#include "test_support.h"
+
+#include <pthread.h>
+#include <string.h>
+
+static cctx_var *new_var(const char *name)
+{
+    cctx_var *v = NULL;
+    assert_ok(cctx_var_new(name, &tv_ops, &v));
+    return v;
+}
+
+static long get_id(cctx_var *var)
+{
+    void *out = NULL;
+    cctx_status st = cctx_var_get(var, &out);
+    if (st == CCTX_NOT_FOUND)
+        return -1;
+    assert_int_equal(st, CCTX_OK);
+    return out ? ((tv_value *)out)->id : 0;
+}
+
+static void leave_thread_clean(void)
+{
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(tv_live(), 0);
+}
+
+/* ------------------------------------------------------------ variables */
+
+static void test_get_precedence(void **state)
+{
+    (void)state;
+    tv_value *def = tv_new(100), *call_def = tv_new(200), *val = tv_new(1);
+    cctx_var *plain = new_var("plain");
+    cctx_var *with_def = NULL;
+    assert_ok(cctx_var_new_with_default("with_def", &tv_ops, def, &with_def));
+
+    void *out = NULL;
+    assert_int_equal(cctx_var_get(plain, &out), CCTX_NOT_FOUND);
+    assert_ok(cctx_var_get_default(plain, call_def, &out));
+    assert_ptr_equal(out, call_def);
+    assert_ok(cctx_var_get(with_def, &out));
+    assert_ptr_equal(out, def);
+    /* A default given to the call wins over the variable's default. */
+    assert_ok(cctx_var_get_default(with_def, call_def, &out));
+    assert_ptr_equal(out, call_def);
+    assert_ok(cctx_var_default(with_def, &out));
+    assert_ptr_equal(out, def);
+    assert_int_equal(cctx_var_default(plain, &out), CCTX_NOT_FOUND);
+
+    /* A value in the context wins over both. */
+    assert_ok(cctx_var_set(with_def, val, NULL));
+    assert_ok(cctx_var_get(with_def, &out));
+    assert_ptr_equal(out, val);
+    assert_ok(cctx_var_get_default(with_def, call_def, &out));
+    assert_ptr_equal(out, val);
+
+    assert_string_equal(cctx_var_name(with_def), "with_def");
+    cctx_var_release(plain);
+    cctx_var_release(with_def);
+    tv_drop(def);
+    tv_drop(call_def);
+    tv_drop(val);
+    leave_thread_clean();
+}
+
+static void test_set_reset_tokens(void **state)
+{
+    (void)state;
+    cctx_var *x = new_var("x");
+    tv_value *a = tv_new(1), *b = tv_new(2);
+    cctx_token *t1 = NULL, *t2 = NULL;
+    void *out;
+
+    assert_ok(cctx_var_set(x, a, &t1));
+    assert_int_equal(cctx_token_old_value(t1, &out), CCTX_NOT_FOUND); /* MISSING */
+    assert_ptr_equal(cctx_token_var(t1), x);
+    assert_false(cctx_token_is_used(t1));
+    assert_int_equal(get_id(x), 1);
+
+    assert_ok(cctx_var_set(x, b, &t2));
+    assert_ok(cctx_token_old_value(t2, &out));
+    assert_ptr_equal(out, a);
+    assert_int_equal(get_id(x), 2);
+
+    assert_ok(cctx_var_reset(x, t2));
+    assert_true(cctx_token_is_used(t2));
+    assert_int_equal(get_id(x), 1);
+    assert_int_equal(cctx_var_reset(x, t2), CCTX_TOKEN_USED);
+    assert_int_equal(get_id(x), 1);
+
+    /* Resetting to MISSING removes the variable again. */
+    assert_ok(cctx_var_reset(x, t1));
+    assert_int_equal(get_id(x), -1);
+    cctx_context *cur = NULL;
+    assert_ok(cctx_context_copy_current(&cur));
+    assert_int_equal(cctx_context_count(cur), 0);
+    cctx_context_release(cur);
+
+    cctx_token_release(t1);
+    cctx_token_release(t2);
+    cctx_var_release(x);
+    tv_drop(a);
+    tv_drop(b);
+    leave_thread_clean();
+}
+
+static void test_reset_errors_in_python_order(void **state)
+{
+    (void)state;
+    cctx_var *x = new_var("x"), *y = new_var("y");
+    tv_value *a = tv_new(1);
+    cctx_token *tx = NULL;
+    assert_ok(cctx_var_set(x, a, &tx));
+
+    /* Wrong variable. */
+    assert_int_equal(cctx_var_reset(y, tx), CCTX_TOKEN_WRONG_VAR);
+    assert_false(cctx_token_is_used(tx));
+
+    /* Wrong context: the token was made in this thread's base context. */
+    cctx_context *other = NULL;
+    assert_ok(cctx_context_new(&other));
+    assert_ok(cctx_context_enter(other));
+    assert_int_equal(cctx_var_reset(x, tx), CCTX_TOKEN_WRONG_CONTEXT);
+    /* Wrong variable is reported before wrong context. */
+    assert_int_equal(cctx_var_reset(y, tx), CCTX_TOKEN_WRONG_VAR);
+    assert_int_equal(get_id(x), -1);
+    assert_ok(cctx_context_exit(other));
+    assert_int_equal(get_id(x), 1); /* nothing changed by the failures */
+
+    assert_ok(cctx_var_reset(x, tx));
+    /* Used is reported before everything else. */
+    assert_int_equal(cctx_var_reset(y, tx), CCTX_TOKEN_USED);
+    assert_ok(cctx_context_enter(other));
+    assert_int_equal(cctx_var_reset(x, tx), CCTX_TOKEN_USED);
+    assert_ok(cctx_context_exit(other));
+
+    cctx_context_release(other);
+    cctx_token_release(tx);
+    cctx_var_release(x);
+    cctx_var_release(y);
+    tv_drop(a);
+    leave_thread_clean();
+}
+
+/* ------------------------------------------------------------ contexts */
+
+static void test_new_context_is_empty_and_copies_are_independent(void **state)
+{
+    (void)state;
+    cctx_var *x = new_var("x");
+    tv_value *a = tv_new(1), *b = tv_new(2);
+    cctx_context *c1 = NULL, *c2 = NULL;
+    assert_ok(cctx_context_new(&c1));
+    assert_int_equal(cctx_context_count(c1), 0);
+    assert_false(cctx_context_contains(c1, x));
+
+    assert_ok(cctx_context_set(c1, x, a, NULL));
+    assert_ok(cctx_context_copy(c1, &c2));
+    assert_true(cctx_context_equal(c1, c2));
+    assert_ok(cctx_context_set(c2, x, b, NULL));
+    assert_false(cctx_context_equal(c1, c2));
+
+    void *out;
+    assert_ok(cctx_context_lookup(c1, x, &out));
+    assert_ptr_equal(out, a);
+    cctx_var_release_value(x, out);
+    assert_ok(cctx_context_lookup(c2, x, &out));
+    assert_ptr_equal(out, b);
+    cctx_var_release_value(x, out);
+
+    assert_ok(cctx_context_delete(c2, x));
+    assert_int_equal(cctx_context_delete(c2, x), CCTX_NOT_FOUND);
+    assert_int_equal(cctx_context_count(c2), 0);
+    assert_int_equal(cctx_context_count(c1), 1);
+
+    cctx_context_release(c1);
+    cctx_context_release(c2);
+    cctx_var_release(x);
+    tv_drop(a);
+    tv_drop(b);
+    leave_thread_clean();
+}
+
+static void test_run_sets_are_visible_through_the_context(void **state)
+{
+    (void)state;
+    cctx_var *x = new_var("x");
+    tv_value *a = tv_new(1), *b = tv_new(2);
+    assert_ok(cctx_var_set(x, a, NULL));
+
+    cctx_context *ctx = NULL;
+    assert_ok(cctx_context_copy_current(&ctx));
+    assert_ok(cctx_context_enter(ctx));
+    assert_true(cctx_context_is_entered(ctx));
+    assert_int_equal(get_id(x), 1);
+    assert_ok(cctx_var_set(x, b, NULL));
+    assert_int_equal(get_id(x), 2);
+    assert_ok(cctx_context_exit(ctx));
+    assert_false(cctx_context_is_entered(ctx));
+
+    assert_int_equal(get_id(x), 1); /* the outer context never changed */
+    void *out;
+    assert_ok(cctx_context_get(ctx, x, &out));
+    assert_ptr_equal(out, b);
+
+    cctx_context_release(ctx);
+    cctx_var_release(x);
+    tv_drop(a);
+    tv_drop(b);
+    leave_thread_clean();
+}
+
+static cctx_var *run_var;
+static void run_body(void *arg)
+{
+    tv_value *v = arg;
+    assert_ok(cctx_var_set(run_var, v, NULL));
+}
+
+static void test_context_run(void **state)
+{
+    (void)state;
+    run_var = new_var("r");
+    tv_value *a = tv_new(7);
+    cctx_context *ctx = NULL;
+    assert_ok(cctx_context_new(&ctx));
+    assert_ok(cctx_context_run(ctx, run_body, a));
+    assert_int_equal(get_id(run_var), -1);
+    void *out;
+    assert_ok(cctx_context_get(ctx, run_var, &out));
+    assert_ptr_equal(out, a);
+    assert_int_equal(cctx_context_run(ctx, NULL, NULL), CCTX_EINVAL);
+    cctx_context_release(ctx);
+    cctx_var_release(run_var);
+    tv_drop(a);
+    leave_thread_clean();
+}
+
+static void test_enter_exit_errors(void **state)
+{
+    (void)state;
+    cctx_context *a = NULL, *b = NULL;
+    assert_ok(cctx_context_new(&a));
+    assert_ok(cctx_context_new(&b));
+
+    assert_int_equal(cctx_context_exit(a), CCTX_NOT_CURRENT); /* never entered */
+    assert_ok(cctx_context_enter(a));
+    assert_int_equal(cctx_context_enter(a), CCTX_ALREADY_ENTERED); /* nested */
+    assert_ok(cctx_context_enter(b));
+    assert_int_equal(cctx_context_exit(a), CCTX_NOT_CURRENT); /* not current */
+    assert_int_equal(cctx_thread_cleanup(), CCTX_ALREADY_ENTERED);
+    assert_ok(cctx_context_exit(b));
+    assert_ok(cctx_context_exit(a));
+    assert_int_equal(cctx_context_exit(a), CCTX_NOT_CURRENT);
+
+    /* Claims exclude enters and the other way round. */
+    assert_ok(cctx_context_claim(a));
+    assert_int_equal(cctx_context_enter(a), CCTX_ALREADY_ENTERED);
+    assert_int_equal(cctx_context_claim(a), CCTX_ALREADY_ENTERED);
+    assert_ok(cctx_context_unclaim(a));
+    assert_int_equal(cctx_context_unclaim(a), CCTX_NOT_ENTERED);
+    assert_ok(cctx_context_enter(a));
+    assert_int_equal(cctx_context_claim(a), CCTX_ALREADY_ENTERED);
+    assert_ok(cctx_context_exit(a));
+
+    cctx_context_release(a);
+    cctx_context_release(b);
+    leave_thread_clean();
+}
+
+struct cross_thread {
+    cctx_context *ctx;
+    cctx_var *var;
+    cctx_status enter_status, set_status, exit_status;
+    size_t count_seen;
+};
+
+static void *try_enter_elsewhere(void *p)
+{
+    struct cross_thread *c = p;
+    c->enter_status = cctx_context_enter(c->ctx);
+    c->set_status = cctx_context_set(c->ctx, c->var, NULL, NULL);
+    c->exit_status = cctx_context_exit(c->ctx);
+    c->count_seen = cctx_context_count(c->ctx);
+    return NULL;
+}
+
+static void test_entered_context_refused_on_another_thread(void **state)
+{
+    (void)state;
+    struct cross_thread c = { 0 };
+    c.var = new_var("x");
+    tv_value *a = tv_new(1);
+    assert_ok(cctx_context_new(&c.ctx));
+    assert_ok(cctx_context_enter(c.ctx));
+    assert_ok(cctx_var_set(c.var, a, NULL));
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, try_enter_elsewhere, &c), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(c.enter_status, CCTX_ALREADY_ENTERED);
+    assert_int_equal(c.set_status, CCTX_ALREADY_ENTERED);
+    assert_int_equal(c.exit_status, CCTX_NOT_CURRENT);
+    assert_int_equal(c.count_seen, 1); /* reading from outside is fine */
+    assert_int_equal(get_id(c.var), 1);
+    assert_ok(cctx_context_exit(c.ctx));
+
+    /* Once exited, another thread may enter it. */
+    pthread_create(&t, NULL, try_enter_elsewhere, &c);
+    pthread_join(t, NULL);
+    assert_int_equal(c.enter_status, CCTX_OK);
+    assert_int_equal(c.set_status, CCTX_OK);
+    assert_int_equal(c.exit_status, CCTX_OK);
+
+    cctx_context_release(c.ctx);
+    cctx_var_release(c.var);
+    tv_drop(a);
+    leave_thread_clean();
+}
+
+static void test_mapping_and_iteration(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    cctx_var *vars[N];
+    tv_value *vals[N];
+    cctx_context *ctx = NULL;
+    assert_ok(cctx_context_new(&ctx));
+    for (int i = 0; i < N; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "v%d", i);
+        vars[i] = new_var(name);
+        vals[i] = tv_new(i);
+        if (i % 3 != 0)
+            assert_ok(cctx_context_set(ctx, vars[i], vals[i], NULL));
+    }
+    assert_int_equal(cctx_context_count(ctx), N - (N + 2) / 3);
+    int seen[N] = { 0 };
+    cctx_iter *it = NULL;
+    assert_ok(cctx_iter_new(ctx, &it));
+    /* A write after the snapshot does not show in the iteration. */
+    assert_ok(cctx_context_set(ctx, vars[0], vals[0], NULL));
+    cctx_var *k;
+    void *v;
+    size_t n = 0;
+    while (cctx_iter_next(it, &k, &v)) {
+        tv_value *tv = v;
+        assert_ptr_equal(vars[tv->id], k);
+        seen[tv->id]++;
+        n++;
+    }
+    assert_false(cctx_iter_next(it, &k, &v));
+    cctx_iter_free(it);
+    assert_int_equal(n, N - (N + 2) / 3);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(seen[i], i % 3 != 0 ? 1 : 0);
+        assert_int_equal(cctx_context_contains(ctx, vars[i]), i % 3 != 0 || i == 0);
+    }
+    assert_int_equal(cctx__context_check(ctx), 0);
+    cctx_context_release(ctx);
+    for (int i = 0; i < N; i++) {
+        cctx_var_release(vars[i]);
+        tv_drop(vals[i]);
+    }
+    leave_thread_clean();
+}
+
+static void test_invalid_arguments(void **state)
+{
+    (void)state;
+    cctx_var *x = new_var("x");
+    cctx_context *ctx = NULL;
+    cctx_token *tok = NULL;
+    void *out = NULL;
+    assert_ok(cctx_context_new(&ctx));
+    assert_int_equal(cctx_var_new(NULL, NULL, &x), CCTX_EINVAL);
+    assert_int_equal(cctx_var_new("n", NULL, NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_var_new_ex("n", NULL, false, NULL, 0x80, &(cctx_var *){ NULL }), CCTX_EINVAL);
+    assert_int_equal(cctx_var_get(NULL, &out), CCTX_EINVAL);
+    assert_int_equal(cctx_var_get(x, NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_var_set(NULL, NULL, &tok), CCTX_EINVAL);
+    assert_int_equal(cctx_var_reset(x, NULL), CCTX_EINVAL);
+    /* A handle of the wrong kind is detected by its magic number. */
+    assert_int_equal(cctx_var_reset(x, (cctx_token *)ctx), CCTX_EINVAL);
+    assert_int_equal(cctx_var_get((cctx_var *)ctx, &out), CCTX_EINVAL);
+    assert_int_equal(cctx_context_enter(NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_context_enter((cctx_context *)x), CCTX_EINVAL);
+    assert_int_equal(cctx_context_exit(NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_context_copy(NULL, &ctx), CCTX_EINVAL);
+    assert_int_equal(cctx_context_copy(ctx, NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_context_lookup(ctx, NULL, &out), CCTX_EINVAL);
+    assert_int_equal(cctx_context_set(NULL, x, NULL, NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_context_claim(NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_iter_new(NULL, NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_context_count(NULL), 0);
+    assert_false(cctx_context_contains(NULL, x));
+    assert_false(cctx_context_equal(ctx, NULL));
+    assert_null(cctx_var_name(NULL));
+    assert_int_equal(cctx_token_old_value(NULL, &out), CCTX_EINVAL);
+    assert_int_equal(cctx_thread_create(NULL, NULL, NULL, NULL), CCTX_EINVAL);
+    cctx_var_release(NULL);
+    cctx_context_release(NULL);
+    cctx_token_release(NULL);
+    cctx_iter_free(NULL);
+    for (int s = 0; s <= CCTX_NOT_ENTERED; s++)
+        assert_true(strlen(cctx_strerror((cctx_status)s)) > 0);
+    assert_string_equal(cctx_strerror((cctx_status)999), "unknown ContextKit status");
+    cctx_context_release(ctx);
+    cctx_var_release(x);
+    leave_thread_clean();
+}
+
+/* ------------------------------------------------------------ threads */
+
+struct exit_job {
+    cctx_var *var;
+    long id;
+};
+
+static void *set_and_exit(void *p)
+{
+    struct exit_job *job = p;
+    tv_value *v = tv_new(job->id);
+    /* One value in the base context, one in an entered (leaked) context. */
+    assert_ok(cctx_var_set(job->var, v, NULL));
+    cctx_context *c = NULL;
+    assert_ok(cctx_context_new(&c));
+    assert_ok(cctx_context_enter(c));
+    tv_value *w = tv_new(job->id + 1000);
+    assert_ok(cctx_var_set(job->var, w, NULL));
+    cctx_context_release(c); /* still entered: the thread holds it */
+    tv_drop(v);
+    tv_drop(w);
+    return NULL;
+}
+
+static void test_thread_exit_releases_context_and_values(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    cctx_var *x = new_var("x");
+    struct exit_job jobs[8];
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++) {
+        jobs[i] = (struct exit_job){ x, i };
+        assert_int_equal(pthread_create(&t[i], NULL, set_and_exit, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(get_id(x), -1); /* a new thread sees none of their values */
+    cctx_var_release(x);
+    leave_thread_clean();
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
+struct child_view {
+    cctx_var *inherited, *private_var;
+    long inherited_id, private_id;
+};
+
+static void *child_reads(void *p)
+{
+    struct child_view *c = p;
+    c->inherited_id = get_id(c->inherited);
+    c->private_id = get_id(c->private_var);
+    tv_value *v = tv_new(99);
+    assert_ok(cctx_var_set(c->inherited, v, NULL)); /* must not leak back */
+    tv_drop(v);
+    return NULL;
+}
+
+static void test_thread_create_starts_in_a_copy(void **state)
+{
+    (void)state;
+    struct child_view c = { 0 };
+    c.inherited = new_var("inherited");
+    assert_ok(cctx_var_new_ex("private", &tv_ops, false, NULL, CCTX_VAR_NOT_INHERITED,
+                              &c.private_var));
+    assert_int_equal(cctx_var_flags(c.private_var), CCTX_VAR_NOT_INHERITED);
+    tv_value *a = tv_new(1), *b = tv_new(2);
+    assert_ok(cctx_var_set(c.inherited, a, NULL));
+    assert_ok(cctx_var_set(c.private_var, b, NULL));
+    pthread_t t;
+    assert_ok(cctx_thread_create(&t, NULL, child_reads, &c));
+    pthread_join(t, NULL);
+    assert_int_equal(c.inherited_id, 1);
+    assert_int_equal(c.private_id, -1);
+    assert_int_equal(get_id(c.inherited), 1);
+    assert_int_equal(get_id(c.private_var), 2);
+
+    /* An explicit copy keeps non-inherited variables. */
+    cctx_context *copy = NULL;
+    assert_ok(cctx_context_copy_current(&copy));
+    assert_true(cctx_context_contains(copy, c.private_var));
+    cctx_context_release(copy);
+
+    cctx_var_release(c.inherited);
+    cctx_var_release(c.private_var);
+    tv_drop(a);
+    tv_drop(b);
+    leave_thread_clean();
+}
+
+/* ------------------------------------------------------------ lifetimes */
+
+static void test_values_released_exactly_once(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    cctx_var *x = new_var("x");
+    tv_value *a = tv_new(1), *b = tv_new(2);
+    cctx_token *t = NULL;
+    assert_ok(cctx_var_set(x, a, NULL));
+    assert_ok(cctx_var_set(x, b, &t));
+    tv_drop(a);
+    tv_drop(b);
+    assert_int_equal(tv_live(), 2); /* a lives in the token, b in the context */
+    cctx_context *copy = NULL;
+    assert_ok(cctx_context_copy_current(&copy));
+    assert_ok(cctx_var_reset(x, t));
+    cctx_token_release(t);
+    assert_int_equal(tv_live(), 2); /* b still in the copy */
+    cctx_context_release(copy);
+    assert_int_equal(tv_live(), 1);
+    /* The variable outlives the user's reference while a context holds it. */
+    cctx_var_release(x);
+    leave_thread_clean();
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
+/* ------------------------------------------------------------ OOM */
+
+/* Runs `op` with the nth allocation failing for n = 1, 2, … until it
+ * succeeds with no failure injected. After each failure `check` verifies
+ * that nothing changed. Returns how many failure points were covered. */
+typedef cctx_status (*op_fn)(void *env);
+typedef void (*check_fn)(void *env);
+
+static int walk_failures(op_fn op, check_fn check, void *env)
+{
+    for (int n = 1;; n++) {
+        long fails = cctx__allocation_failures();
+        cctx__fail_allocation(n);
+        cctx_status st = op(env);
+        cctx__fail_allocation(0);
+        if (cctx__allocation_failures() == fails) {
+            assert_int_equal(st, CCTX_OK);
+            return n - 1;
+        }
+        assert_int_equal(st, CCTX_ENOMEM);
+        check(env);
+    }
+}
+
+struct oom_env {
+    cctx_var *vars[40];
+    tv_value *vals[40];
+    cctx_context *ctx;
+    cctx_context *out_ctx;
+    cctx_token *token;
+    cctx_var *new_var;
+    cctx_iter *iter;
+    int target;
+    long live_before;
+    long allocs_before;
+};
+
+static void check_ctx_unchanged(void *p)
+{
+    struct oom_env *e = p;
+    assert_int_equal(cctx_context_count(e->ctx), 30);
+    for (int i = 0; i < 40; i++) {
+        void *out;
+        cctx_status st = cctx_context_get(e->ctx, e->vars[i], &out);
+        if (i < 30) {
+            assert_int_equal(st, CCTX_OK);
+            assert_ptr_equal(out, e->vals[i]);
+        } else {
+            assert_int_equal(st, CCTX_NOT_FOUND);
+        }
+    }
+    assert_int_equal(tv_live(), e->live_before);
+    assert_int_equal(cctx__live_allocations(), e->allocs_before);
+    assert_null(e->token);
+    assert_null(e->out_ctx);
+    assert_int_equal(cctx__context_check(e->ctx), 0);
+}
+
+static cctx_status op_set_new(void *p)
+{
+    struct oom_env *e = p;
+    return cctx_context_set(e->ctx, e->vars[e->target], e->vals[e->target], &e->token);
+}
+
+static cctx_status op_delete(void *p)
+{
+    struct oom_env *e = p;
+    return cctx_context_delete(e->ctx, e->vars[e->target]);
+}
+
+static cctx_status op_copy(void *p)
+{
+    struct oom_env *e = p;
+    return cctx_context_copy(e->ctx, &e->out_ctx);
+}
+
+static cctx_status op_iter(void *p)
+{
+    struct oom_env *e = p;
+    return cctx_iter_new(e->ctx, &e->iter);
+}
+
+static cctx_status op_var_new(void *p)
+{
+    struct oom_env *e = p;
+    return cctx_var_new_with_default("fresh", &tv_ops, e->vals[0], &e->new_var);
+}
+
+static void check_var_new(void *p)
+{
+    struct oom_env *e = p;
+    assert_null(e->new_var);
+    check_ctx_unchanged(p);
+}
+
+static void test_allocation_failure_changes_nothing(void **state)
+{
+    (void)state;
+    struct oom_env e = { 0 };
+    assert_ok(cctx_context_new(&e.ctx));
+    for (int i = 0; i < 40; i++) {
+        assert_ok(cctx__var_new_with_hash("v", &tv_ops, (uint32_t)(i % 7) * 0x21u, &e.vars[i]));
+        e.vals[i] = tv_new(i);
+        if (i < 30)
+            assert_ok(cctx_context_set(e.ctx, e.vars[i], e.vals[i], NULL));
+    }
+    /* Make sure this thread's state exists (its creation is covered below). */
+    cctx_context *tmp = NULL;
+    assert_ok(cctx_context_copy(e.ctx, &tmp));
+    cctx_context_release(tmp);
+    e.live_before = tv_live();
+    e.allocs_before = cctx__live_allocations();
+
+    int points = 0;
+    for (int target = 30; target < 40; target++) { /* set of a new variable */
+        e.target = target;
+        points += walk_failures(op_set_new, check_ctx_unchanged, &e);
+        /* Undo: reset with the token, walking failures of reset too. */
+        cctx_token *tok = e.token;
+        e.token = NULL;
+        struct oom_env *pe = &e;
+        for (int n = 1;; n++) {
+            long fails = cctx__allocation_failures();
+            cctx__fail_allocation(n);
+            cctx_status st = cctx_context_reset(pe->ctx, pe->vars[target], tok);
+            cctx__fail_allocation(0);
+            if (cctx__allocation_failures() == fails) {
+                assert_int_equal(st, CCTX_OK);
+                break;
+            }
+            assert_int_equal(st, CCTX_ENOMEM);
+            assert_false(cctx_token_is_used(tok));
+            assert_int_equal(cctx_context_count(pe->ctx), 31);
+            points++;
+        }
+        cctx_token_release(tok);
+        check_ctx_unchanged(&e);
+    }
+    for (int target = 0; target < 30; target += 7) { /* replace, with token */
+        e.target = target;
+        tv_value *old = e.vals[target];
+        e.vals[target] = tv_new(500 + target);
+        e.live_before++;
+        for (int n = 1;; n++) {
+            long fails = cctx__allocation_failures();
+            cctx__fail_allocation(n);
+            cctx_status st = op_set_new(&e);
+            cctx__fail_allocation(0);
+            if (cctx__allocation_failures() == fails) {
+                assert_int_equal(st, CCTX_OK);
+                break;
+            }
+            assert_int_equal(st, CCTX_ENOMEM);
+            void *out;
+            assert_ok(cctx_context_get(e.ctx, e.vars[target], &out));
+            assert_ptr_equal(out, old);
+            points++;
+        }
+        assert_ok(cctx_context_reset(e.ctx, e.vars[target], e.token));
+        cctx_token_release(e.token);
+        e.token = NULL;
+        tv_drop(e.vals[target]);
+        e.vals[target] = old;
+        e.live_before--;
+        check_ctx_unchanged(&e);
+    }
+    points += walk_failures(op_copy, check_ctx_unchanged, &e);
+    cctx_context_release(e.out_ctx);
+    e.out_ctx = NULL;
+    points += walk_failures(op_iter, check_ctx_unchanged, &e);
+    cctx_iter_free(e.iter);
+    points += walk_failures(op_var_new, check_var_new, &e);
+    cctx_var_release(e.new_var);
+    e.new_var = NULL;
+    /* Delete: on failure the variable is still there. */
+    e.target = 3;
+    for (int n = 1;; n++) {
+        long fails = cctx__allocation_failures();
+        cctx__fail_allocation(n);
+        cctx_status st = op_delete(&e);
+        cctx__fail_allocation(0);
+        if (cctx__allocation_failures() == fails) {
+            assert_int_equal(st, CCTX_OK);
+            break;
+        }
+        assert_int_equal(st, CCTX_ENOMEM);
+        check_ctx_unchanged(&e);
+        points++;
+    }
+    assert_false(cctx_context_contains(e.ctx, e.vars[3]));
+    assert_true(points > 20);
+    print_message("allocation failure points covered: %d\n", points);
+
+    cctx_context_release(e.ctx);
+    for (int i = 0; i < 40; i++) {
+        cctx_var_release(e.vars[i]);
+        tv_drop(e.vals[i]);
+    }
+    leave_thread_clean();
+}
+
+static void *oom_fresh_thread(void *p)
+{
+    int *points = p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    tv_value *a = tv_new(1);
+    long allocs = cctx__live_allocations();
+    /* The first set creates the thread's state: fail each allocation. */
+    for (int n = 1;; n++) {
+        long fails = cctx__allocation_failures();
+        cctx__fail_allocation(n);
+        cctx_status st = cctx_var_set(x, a, NULL);
+        cctx__fail_allocation(0);
+        if (cctx__allocation_failures() == fails) {
+            assert_int_equal(st, CCTX_OK);
+            break;
+        }
+        assert_int_equal(st, CCTX_ENOMEM);
+        /* The thread's state may now exist (it is not observable); the
+         * variable has no value. Discard the state to fail it again. */
+        assert_int_equal(get_id(x), -1);
+        assert_ok(cctx_thread_cleanup());
+        assert_int_equal(cctx__live_allocations(), allocs);
+        assert_int_equal(tv_live(), 1);
+        (*points)++;
+    }
+    assert_int_equal(get_id(x), 1);
+    /* Enter on a fresh thread state, and copy_current. */
+    assert_ok(cctx_thread_cleanup());
+    cctx_context *c = NULL;
+    assert_ok(cctx_context_new(&c));
+    for (int n = 1;; n++) {
+        long fails = cctx__allocation_failures();
+        cctx__fail_allocation(n);
+        cctx_status st = cctx_context_enter(c);
+        cctx__fail_allocation(0);
+        if (cctx__allocation_failures() == fails) {
+            assert_int_equal(st, CCTX_OK);
+            break;
+        }
+        assert_int_equal(st, CCTX_ENOMEM);
+        assert_false(cctx_context_is_entered(c));
+        (*points)++;
+    }
+    assert_ok(cctx_context_exit(c));
+    cctx_context_release(c);
+    cctx_var_release(x);
+    tv_drop(a);
+    return NULL;
+}
+
+static void test_allocation_failure_creating_thread_state(void **state)
+{
+    (void)state;
+    int points = 0;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, oom_fresh_thread, &points), 0);
+    pthread_join(t, NULL);
+    assert_true(points >= 2);
+    assert_int_equal(tv_live(), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_get_precedence),
+        cmocka_unit_test(test_set_reset_tokens),
+        cmocka_unit_test(test_reset_errors_in_python_order),
+        cmocka_unit_test(test_new_context_is_empty_and_copies_are_independent),
+        cmocka_unit_test(test_run_sets_are_visible_through_the_context),
+        cmocka_unit_test(test_context_run),
+        cmocka_unit_test(test_enter_exit_errors),
+        cmocka_unit_test(test_entered_context_refused_on_another_thread),
+        cmocka_unit_test(test_mapping_and_iteration),
+        cmocka_unit_test(test_invalid_arguments),
+        cmocka_unit_test(test_thread_exit_releases_context_and_values),
+        cmocka_unit_test(test_thread_create_starts_in_a_copy),
+        cmocka_unit_test(test_values_released_exactly_once),
+        cmocka_unit_test(test_allocation_failure_changes_nothing),
+        cmocka_unit_test(test_allocation_failure_creating_thread_state),
+    };
+    return cmocka_run_group_tests_name("context", tests, NULL, NULL);
+}

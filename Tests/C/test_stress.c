@@ -1,0 +1,304 @@
+/*
+ * test_stress.c — many threads at once: each running its own contexts
+ * against a model, and readers that read and copy a context while a writer
+ * thread mutates it inside enter. Runs clean under TSan, ASan and valgrind
+ * (with CCTX_TEST_SCALE lowering the counts).
+ */
+#include "test_support.h"
+
+#include <pthread.h>
+#include <string.h>
+
+enum { NVARS = 16, MAX_DEPTH = 6, MAX_TOKENS = 24, WORKERS = 8 };
+
+static cctx_var *vars[NVARS];
+
+struct level {
+    long model[NVARS]; /* -1: missing */
+    cctx_context *ctx; /* NULL for the thread's base context */
+    cctx_token *tokens[MAX_TOKENS];
+    int ntokens;
+};
+
+struct worker {
+    int index;
+    long ops;
+    uint64_t rng;
+    long checks;
+};
+
+static long current_id(cctx_var *v)
+{
+    void *out;
+    cctx_status st = cctx_var_get(v, &out);
+    if (st == CCTX_NOT_FOUND)
+        return -1;
+    assert_int_equal(st, CCTX_OK);
+    return ((tv_value *)out)->id;
+}
+
+static void *worker_main(void *p)
+{
+    struct worker *w = p;
+    struct level levels[MAX_DEPTH];
+    int depth = 0;
+    memset(levels, 0, sizeof levels);
+    for (int i = 0; i < NVARS; i++)
+        levels[0].model[i] = -1;
+    long next_id = (long)w->index * 100000000L;
+
+    for (long op = 0; op < w->ops; op++) {
+        struct level *L = &levels[depth];
+        int vi = (int)(rng_next(&w->rng) % NVARS);
+        switch (rng_next(&w->rng) % 8) {
+        case 0:
+        case 1: { /* set, keeping the token */
+            tv_value *v = tv_new(++next_id);
+            cctx_token *t = NULL;
+            assert_ok(cctx_var_set(vars[vi], v, L->ntokens < MAX_TOKENS ? &t : NULL));
+            tv_drop(v);
+            if (t != NULL)
+                L->tokens[L->ntokens++] = t;
+            L->model[vi] = next_id;
+            break;
+        }
+        case 2: { /* reset the newest token: restores its old value */
+            if (L->ntokens == 0)
+                break;
+            cctx_token *t = L->tokens[--L->ntokens];
+            cctx_var *tv = cctx_token_var(t);
+            int ti = 0;
+            while (vars[ti] != tv)
+                ti++;
+            void *old;
+            long expect = cctx_token_old_value(t, &old) == CCTX_OK ? ((tv_value *)old)->id : -1;
+            assert_ok(cctx_var_reset(tv, t));
+            assert_int_equal(cctx_var_reset(tv, t), CCTX_TOKEN_USED);
+            cctx_token_release(t);
+            L->model[ti] = expect;
+            break;
+        }
+        case 3:
+        case 4: /* get */
+            assert_int_equal(current_id(vars[vi]), L->model[vi]);
+            w->checks++;
+            break;
+        case 5: { /* copy_current and compare */
+            cctx_context *c = NULL;
+            assert_ok(cctx_context_copy_current(&c));
+            size_t n = 0;
+            for (int i = 0; i < NVARS; i++)
+                n += L->model[i] != -1;
+            assert_int_equal(cctx_context_count(c), n);
+            void *out;
+            cctx_status st = cctx_context_lookup(c, vars[vi], &out);
+            if (L->model[vi] == -1) {
+                assert_int_equal(st, CCTX_NOT_FOUND);
+            } else {
+                assert_int_equal(st, CCTX_OK);
+                assert_int_equal(((tv_value *)out)->id, L->model[vi]);
+                cctx_var_release_value(vars[vi], out);
+            }
+            cctx_context_release(c);
+            w->checks++;
+            break;
+        }
+        case 6: { /* enter a copy */
+            if (depth + 1 >= MAX_DEPTH)
+                break;
+            cctx_context *c = NULL;
+            assert_ok(cctx_context_copy_current(&c));
+            assert_ok(cctx_context_enter(c));
+            depth++;
+            memcpy(levels[depth].model, L->model, sizeof L->model);
+            levels[depth].ctx = c;
+            levels[depth].ntokens = 0;
+            break;
+        }
+        case 7: { /* exit */
+            if (depth == 0)
+                break;
+            while (L->ntokens > 0)
+                cctx_token_release(L->tokens[--L->ntokens]);
+            assert_ok(cctx_context_exit(L->ctx));
+            cctx_context_release(L->ctx);
+            depth--;
+            for (int i = 0; i < NVARS; i++) /* outer level unchanged */
+                assert_int_equal(current_id(vars[i]), levels[depth].model[i]);
+            break;
+        }
+        }
+    }
+    while (depth > 0) {
+        struct level *L = &levels[depth];
+        while (L->ntokens > 0)
+            cctx_token_release(L->tokens[--L->ntokens]);
+        assert_ok(cctx_context_exit(L->ctx));
+        cctx_context_release(L->ctx);
+        depth--;
+    }
+    while (levels[0].ntokens > 0)
+        cctx_token_release(levels[0].tokens[--levels[0].ntokens]);
+    return NULL; /* thread exit releases the base context and its values */
+}
+
+static void test_workers_each_with_own_contexts(void **state)
+{
+    (void)state;
+    long allocs = cctx__live_allocations();
+    for (int i = 0; i < NVARS; i++)
+        assert_ok(cctx_var_new("v", &tv_ops, &vars[i]));
+    struct worker ws[WORKERS];
+    pthread_t t[WORKERS];
+    long total = scaled(200000);
+    for (int i = 0; i < WORKERS; i++) {
+        ws[i] = (struct worker){ .index = i + 1, .ops = total / WORKERS,
+                                 .rng = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1) };
+        assert_int_equal(pthread_create(&t[i], NULL, worker_main, &ws[i]), 0);
+    }
+    long checks = 0;
+    for (int i = 0; i < WORKERS; i++) {
+        pthread_join(t[i], NULL);
+        checks += ws[i].checks;
+    }
+    assert_true(checks > total / 8);
+    for (int i = 0; i < NVARS; i++)
+        cctx_var_release(vars[i]);
+    cctx_reclaim();
+    assert_int_equal(tv_live(), 0);
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(cctx__live_allocations(), allocs);
+}
+
+/* ------------------------------------------------------------ readers */
+
+enum { K = 8, READERS = 4 };
+
+struct shared {
+    cctx_context *ctx;
+    cctx_var *v[K];
+    long generations;
+    int done;
+    long reads[READERS];
+};
+
+static void *writer_main(void *p)
+{
+    struct shared *s = p;
+    assert_ok(cctx_context_enter(s->ctx));
+    for (long g = 1; g <= s->generations; g++) {
+        for (int i = 0; i < K; i++) {
+            tv_value *v = tv_new(g);
+            assert_ok(cctx_var_set(s->v[i], v, NULL));
+            tv_drop(v);
+        }
+    }
+    assert_ok(cctx_context_exit(s->ctx));
+    __atomic_store_n(&s->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+struct reader_arg {
+    struct shared *s;
+    int index;
+};
+
+/* The writer sets v0..v7 to g in order, so any consistent snapshot is a
+ * run of g followed by a run of g-1: a torn or stale-node read breaks it. */
+static void check_snapshot(long ids[K])
+{
+    int i = 0;
+    while (i + 1 < K && ids[i + 1] == ids[0])
+        i++;
+    for (int j = i + 1; j < K; j++)
+        assert_int_equal(ids[j], ids[0] - 1);
+}
+
+static void *reader_main(void *p)
+{
+    struct reader_arg *a = p;
+    struct shared *s = a->s;
+    long last_seen = 0;
+    while (!__atomic_load_n(&s->done, __ATOMIC_ACQUIRE)) {
+        cctx_context *copy = NULL;
+        assert_ok(cctx_context_copy(s->ctx, &copy));
+        long ids[K];
+        for (int i = 0; i < K; i++)
+            ids[i] = 0;
+        cctx_iter *it = NULL;
+        assert_ok(cctx_iter_new(copy, &it));
+        cctx_var *k;
+        void *v;
+        int n = 0;
+        while (cctx_iter_next(it, &k, &v)) {
+            for (int i = 0; i < K; i++)
+                if (s->v[i] == k)
+                    ids[i] = ((tv_value *)v)->id;
+            n++;
+        }
+        cctx_iter_free(it);
+        assert_int_equal(n, K);
+        check_snapshot(ids);
+        assert_true(ids[0] >= last_seen); /* time never runs backwards */
+        last_seen = ids[0];
+        cctx_context_release(copy);
+
+        /* Direct reads of the live context, without a copy. */
+        void *out;
+        assert_ok(cctx_context_lookup(s->ctx, s->v[K - 1], &out));
+        assert_true(((tv_value *)out)->id >= last_seen - 1);
+        cctx_var_release_value(s->v[K - 1], out);
+        assert_int_equal(cctx_context_count(s->ctx), K);
+        a->s->reads[a->index]++;
+    }
+    return NULL;
+}
+
+static void test_readers_while_writer_mutates(void **state)
+{
+    (void)state;
+    long allocs = cctx__live_allocations();
+    struct shared s = { 0 };
+    s.generations = scaled(20000);
+    assert_ok(cctx_context_new(&s.ctx));
+    for (int i = 0; i < K; i++) {
+        assert_ok(cctx_var_new("k", &tv_ops, &s.v[i]));
+        tv_value *v = tv_new(0);
+        assert_ok(cctx_context_set(s.ctx, s.v[i], v, NULL));
+        tv_drop(v);
+    }
+    pthread_t w, r[READERS];
+    struct reader_arg args[READERS];
+    for (int i = 0; i < READERS; i++) {
+        args[i] = (struct reader_arg){ &s, i };
+        assert_int_equal(pthread_create(&r[i], NULL, reader_main, &args[i]), 0);
+    }
+    assert_int_equal(pthread_create(&w, NULL, writer_main, &s), 0);
+    pthread_join(w, NULL);
+    long reads = 0;
+    for (int i = 0; i < READERS; i++) {
+        pthread_join(r[i], NULL);
+        reads += s.reads[i];
+    }
+    print_message("reader passes: %ld over %ld generations\n", reads, s.generations);
+    void *out;
+    assert_ok(cctx_context_get(s.ctx, s.v[0], &out));
+    assert_int_equal(((tv_value *)out)->id, s.generations);
+    cctx_context_release(s.ctx);
+    for (int i = 0; i < K; i++)
+        cctx_var_release(s.v[i]);
+    cctx_reclaim();
+    /* Every value of every generation was released, none twice. */
+    assert_int_equal(tv_live(), 0);
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(cctx__live_allocations(), allocs);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_workers_each_with_own_contexts),
+        cmocka_unit_test(test_readers_while_writer_mutates),
+    };
+    return cmocka_run_group_tests_name("stress", tests, NULL, NULL);
+}
