@@ -42,7 +42,7 @@ TEST_CFLAGS = -std=gnu11 -D_GNU_SOURCE $(WARN) -I$(CORE_DIR)/include -I$(CORE_DI
 TEST_LIBS = $(CMOCKA_LIBS) $(CK_LIBS) -lpthread -lm
 
 .PHONY: all lib deps test ci c-test swift-test c-asan c-tsan c-valgrind \
-	swift-tsan swift-asan demo bench install uninstall clean docs
+	swift-tsan swift-asan demo bench install install-test uninstall clean docs
 
 all: lib
 
@@ -127,13 +127,38 @@ swift-asan: deps
 	$(SWIFT) test --sanitize=address --scratch-path .build-asan
 
 # ---------------------------------------------------------------- top level
-test: deps lib c-test swift-test
+test: deps lib c-test install-test swift-test
 
 ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan
 	@echo "make ci: all stages passed"
 
-demo: deps lib
-	@echo "make demo: examples arrive with the users' side issue"
+EXAMPLES_C := $(sort $(basename $(notdir $(wildcard Examples/c/*.c))))
+
+$(BUILD)/examples/%: Examples/c/%.c $(BUILD)/libcontextcore.a $(CORE_DIR)/include/contextcore.h
+	@mkdir -p $(BUILD)/examples
+	$(CC) -std=c11 -Wall -Wextra -O2 -I$(CORE_DIR)/include -o $@ $< $(BUILD)/libcontextcore.a $(CK_LIBS) -lpthread
+
+demo: deps lib $(addprefix $(BUILD)/examples/,$(EXAMPLES_C))
+	@echo "building the Swift examples (Examples/swift) ..."
+	@$(SWIFT) build --package-path Examples/swift > $(BUILD)/examples/swift-build.log 2>&1 || \
+		{ cat $(BUILD)/examples/swift-build.log; exit 1; }
+	@echo; echo "================ C (Examples/c) ================"
+	@for e in $(EXAMPLES_C); do $(BUILD)/examples/$$e; echo; done
+	@echo "================ Swift (Examples/swift) ================"
+	@$(SWIFT) run --skip-build --package-path Examples/swift ContextKitDemo
+
+# Installs into a scratch prefix and builds the C examples with nothing but
+# pkg-config, as a user of the installed library would.
+install-test: lib
+	@rm -rf $(BUILD)/prefix
+	@$(MAKE) --no-print-directory install PREFIX=$(abspath $(BUILD))/prefix > /dev/null
+	@set -e; export PKG_CONFIG_PATH=$(abspath $(BUILD))/prefix/lib/pkgconfig; n=0; \
+	for e in $(EXAMPLES_C); do \
+		$(CC) -o $(BUILD)/prefix/$$e Examples/c/$$e.c $$(pkg-config --cflags --libs contextcore); \
+		LD_LIBRARY_PATH=$(abspath $(BUILD))/prefix/lib $(BUILD)/prefix/$$e > /dev/null; \
+		n=$$((n + 1)); \
+	done; echo "install-test (examples built with only pkg-config against the installed copy, then run):"; \
+	echo "$$n passed, 0 failed"
 
 bench: deps lib
 	@echo "make bench: the benchmark arrives with the performance issue"
@@ -145,7 +170,8 @@ install: lib
 	install -m 755 $(BUILD)/libcontextcore.so $(DESTDIR)$(PREFIX)/lib/libcontextcore.so.$(VERSION)
 	ln -sf libcontextcore.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libcontextcore.so.0
 	ln -sf libcontextcore.so.0 $(DESTDIR)$(PREFIX)/lib/libcontextcore.so
-	install -m 644 $(BUILD)/contextcore.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' contextcore.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/contextcore.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/contextcore.h $(DESTDIR)$(PREFIX)/lib/libcontextcore.* \

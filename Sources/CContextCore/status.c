@@ -26,6 +26,8 @@ const char *cctx_strerror(cctx_status status)
         return "cannot exit context: it is not the current context";
     case CCTX_NOT_ENTERED:
         return "context is not claimed";
+    case CCTX_TOO_MANY_WATCHERS:
+        return "too many context watchers";
     }
     return "unknown ContextKit status";
 }

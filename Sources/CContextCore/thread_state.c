@@ -14,6 +14,7 @@
 #include "internal.h"
 #include "reclaim.h"
 #include "thread_state.h"
+#include "watch.h"
 
 #include <pthread.h>
 #include <errno.h>
@@ -33,6 +34,7 @@ static void leave_innermost(cctx_thread_state *ts)
     c->prev = NULL;
     /* Release: our writes to the context happen before the next owner's. */
     cctx_store_uintptr(&c->owner, CCTX_OWNER_NONE);
+    watch_notify(ts, CCTX_EVENT_EXITED, ts->current);
     cctx_context_release(c);
 }
 
@@ -50,6 +52,7 @@ static void state_destroy(cctx_thread_state *ts)
      * so that each is free to be entered elsewhere. */
     while (ts->current != ts->base)
         leave_innermost(ts);
+    watch_notify(ts, CCTX_EVENT_SWITCHED, NULL);
     local_thread_release(ts);
     cctx_store_uintptr(&ts->base->owner, CCTX_OWNER_NONE);
     cctx_context_release(ts->base);
@@ -93,6 +96,7 @@ cctx_thread_state *thread_state_slow(void)
     ts->base = base;
     ts->current = base;
     cctx_tls_state = ts;
+    watch_notify(ts, CCTX_EVENT_SWITCHED, base);
     return ts;
 }
 
@@ -123,6 +127,7 @@ cctx_status cctx_context_enter(cctx_context *ctx)
     cctx_context_retain(ctx);
     ctx->prev = ts->current;
     ts->current = ctx;
+    watch_notify(ts, CCTX_EVENT_ENTERED, ctx);
     return CCTX_OK;
 }
 

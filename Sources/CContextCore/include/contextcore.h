@@ -91,6 +91,8 @@ typedef enum cctx_status {
     CCTX_NOT_CURRENT = 8,
     /** cctx_context_unclaim: the context is not claimed. */
     CCTX_NOT_ENTERED = 9,
+    /** cctx_add_watcher: all CCTX_MAX_WATCHERS watcher slots are in use. */
+    CCTX_TOO_MANY_WATCHERS = 10,
 } cctx_status;
 
 /** A static, human-readable description of `status` ("out of memory", …).
@@ -333,12 +335,56 @@ cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
  *  of locals) now instead of at thread exit; the thread may keep using
  *  ContextKit afterwards (state is created again). Fails with
  *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered. */
-CCTX_API CCTX_WARN_UNUSED cctx_status cctx_thread_cleanup(void);
+CCTX_API cctx_status cctx_thread_cleanup(void);
 
 /** Finishes deferred reclamation that can be finished now (values dropped
  *  while other threads were reading the same contexts). Waits for readers
  *  that are inside a read; never for a thread that is idle. */
 CCTX_API void cctx_reclaim(void);
+
+/* ------------------------------------------------------------------------ */
+/* Context-switch watchers                                                   */
+/* ------------------------------------------------------------------------ */
+
+/** How many watchers may be installed at once. */
+#define CCTX_MAX_WATCHERS 8
+
+/** What happened to the current context of a thread (or, for events sent
+ *  with cctx_notify_watchers, of an async task). */
+typedef enum cctx_event {
+    /** A context was entered; the callback's context is the one entered. */
+    CCTX_EVENT_ENTERED = 0,
+    /** A context was exited; the callback's context is the one now current
+     *  (NULL when no context is current, e.g. an async task's scope ended). */
+    CCTX_EVENT_EXITED = 1,
+    /** The current context changed for another reason: a thread's state was
+     *  created (callback gets its new empty context) or destroyed (NULL). */
+    CCTX_EVENT_SWITCHED = 2,
+} cctx_event;
+
+/** A watcher callback. Runs on the thread where the event happened, before
+ *  the operation returns; `ctx` is borrowed for the call. It must not call
+ *  cctx_add_watcher/cctx_clear_watcher and should be quick: clearing a
+ *  watcher waits for callbacks that are running. */
+typedef void (*cctx_watcher_fn)(cctx_event event, cctx_context *ctx,
+                                void *userdata);
+
+/** Installs a watcher; `*id_out` receives its id (0 … CCTX_MAX_WATCHERS-1).
+ *  `userdata` is borrowed until cctx_clear_watcher returns.
+ *  CCTX_TOO_MANY_WATCHERS when every slot is taken. Safe from any thread,
+ *  also while events fire on others. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_add_watcher(cctx_watcher_fn fn, void *userdata, int *id_out);
+
+/** Removes watcher `id`. When it returns, the callback is not running on
+ *  any thread and will not be called again. CCTX_EINVAL for an id that is
+ *  not installed. */
+CCTX_API cctx_status cctx_clear_watcher(int id);
+
+/** Sends `event` for `ctx` (borrowed; may be NULL) to every watcher, on the
+ *  calling thread: for runtimes that track their own current context (the
+ *  Swift facade's tasks). Costs one atomic load when no watcher is set. */
+CCTX_API void cctx_notify_watchers(cctx_event event, cctx_context *ctx);
 
 /* ------------------------------------------------------------------------ */
 /* threading.local                                                           */

@@ -1,0 +1,1209 @@
+#include "internal.h"
+
+#include "hamt.h"
+
+#include <string.h>
+
+/*
+ * hamt.c — the persistent hash array mapped trie behind every context.
+ *
+ * What it is
+ * ----------
+ * A map from cctx_var* (compared by address, hashed by var->hash, a 32-bit
+ * value fixed at creation) to void*. Maps are never modified after they are
+ * built: hamt_assoc and hamt_without build a new root that shares every
+ * untouched node with the old one. A context copy is therefore one retain,
+ * and a snapshot held by a token, an iterator or another thread stays valid
+ * for as long as it holds its reference.
+ *
+ * The hash is consumed 5 bits per level, least significant bits first:
+ *
+ *     level   0     1      2       3       4       5       6
+ *     bits   0-4   5-9   10-14   15-19   20-24   25-29   30-31
+ *
+ * so a path has at most 7 indexed levels. Keys whose whole 32-bit hashes are
+ * equal cannot be told apart by any level; they share a collision node,
+ * which is searched by comparing addresses. Longest path: 7 nodes + 1
+ * collision node = HAMT_MAX_DEPTH.
+ *
+ * A worked example
+ * ----------------
+ * Four keys, hashes written as their level-0 and level-1 fragments:
+ *
+ *     A: level0 = 3, level1 = 9      C: level0 = 3, level1 = 20
+ *     B: level0 = 7                  D: hash equal to C's, all 32 bits
+ *
+ * Insert A then B: they differ at level 0, so both sit as entries in the
+ * root. Insert C: its level-0 slot (3) is taken by A, so A and C move into
+ * a new level-1 node where they differ (9 vs 20). Insert D: it walks to C's
+ * slot in that node, finds the same full hash, and C and D form a collision
+ * node in slot 20:
+ *
+ *     root  bitmap  datamap {7}  nodemap {3}     size 4
+ *       [7] B
+ *       [3] ──► bitmap  datamap {9}  nodemap {20}      size 3
+ *                 [9]  A
+ *                 [20] ──► collision  {C, D}           size 2
+ *
+ * Every insert copied only the nodes on its path (root, then root + level-1
+ * node, ...). The old roots still describe the old maps; the new roots hold
+ * references to the old nodes they share.
+ *
+ * Deleting A afterwards leaves the level-1 node with a single slot holding
+ * a collision node. A bitmap node whose only occupant is a collision node
+ * adds nothing (collision nodes do not index by hash), so the collision
+ * node takes its place in the root's slot 3. Deleting D then leaves a
+ * one-entry collision node, which becomes a one-entry bitmap node, which the
+ * root pulls in as a plain entry: the map {B, C} has the same shape however
+ * it was reached.
+ *
+ * Node layouts (one struct for all three kinds)
+ * ---------------------------------------------
+ *     struct hamt_node { unsigned refcnt; uint32_t size;
+ *                        uint32_t datamap; uint32_t nodemap; void *slot[]; }
+ *
+ * 16 bytes of header, then pointer slots. `size` is the number of entries in
+ * the whole subtree, which makes hamt_count O(1). The kind is encoded in the
+ * two maps so that it costs no header space:
+ *
+ *   bitmap     datamap & nodemap == 0, not both zero. Bit i of datamap: the
+ *              fragment i holds an entry; bit i of nodemap: it holds a child.
+ *              slot[] = key0, value0, key1, value1, ..., child0, child1, ...
+ *              Entries (two slots) come first, then children (one slot),
+ *              each group in fragment order: an entry costs 16 bytes and a
+ *              child 8 (the layout of Steindorfer's CHAMP; CPython's bitmap
+ *              nodes spend two slots on every child as well).
+ *              Index of fragment f: popcount(map & ((1 << f) - 1)).
+ *   collision  datamap == nodemap == 0. `size` entries in slot[] as
+ *              key, value pairs, in no particular order; all their keys have
+ *              the same hash (read from the first key when needed).
+ *   array      datamap == ~0, nodemap = the occupied fragments (never 0).
+ *              slot[0..31] = children indexed by fragment, NULL when empty.
+ *              Only nodes: an entry under an array node lives in a one-entry
+ *              bitmap node one level down.
+ *
+ * Thresholds
+ * ----------
+ * A bitmap node holds at most HAMT_BITMAP_MAX_CHILDREN (16) children; the
+ * insert that would need a 17th promotes it to an array node. An array node
+ * holds more than HAMT_ARRAY_MIN_CHILDREN (8) children; the delete that
+ * leaves 8 demotes it to a bitmap node. The gap is the hysteresis: a key set
+ * that grows and shrinks around one size does not convert back and forth
+ * (conversions wrap or unwrap entries and so allocate more than a copy).
+ * Counting children rather than slots keeps entry-rich nodes in the
+ * compact bitmap form: in a random 1e6-entry map the level-3 nodes hold
+ * about 12 entries and 8 children each and stay bitmap nodes, while the
+ * three levels above them, all children, become array nodes. Measured on
+ * 1e6 random hashes: 23.4 bytes per entry requested from the allocator
+ * (308k nodes), 28.3 with glibc's per-block overhead (Tests/C/test_hamt.c,
+ * test_memory_per_entry_and_find_time, prints the latter).
+ *
+ * Shape rules (checked by hamt_check)
+ * -----------------------------------
+ * 1. A bitmap node that is the child of a bitmap node holds at least two
+ *    entries: a lone entry is stored inline in the parent instead.
+ *    (Children of array nodes may hold one entry: array slots hold nodes.)
+ * 2. No bitmap node has a collision node as its only occupant; the
+ *    collision node stands in its place, at any level.
+ * 3. Collision nodes hold at least two entries, all with one full hash.
+ * 4. Every key sits on the path its hash selects; keys are distinct.
+ * 5. Bitmap nodes: at most 16 children, only at levels 0-6 (a transient
+ *    one-entry node returned by a collision delete may be built below level
+ *    6, but its parent always inlines it). Array nodes: 9-32 children,
+ *    levels 0-5.
+ * 6. size == entries + sum of children's sizes; refcnt >= 1.
+ * Deletion restores these shapes on the way back up, so the shape is the
+ * same whatever order a key set was built in, except for the array/bitmap
+ * choice inside the hysteresis band and the order of collision entries.
+ * hamt_equal therefore compares matching shapes slot by slot (skipping
+ * shared subtrees by pointer) and falls back to lookups where shapes differ.
+ *
+ * Reference rules
+ * ---------------
+ * - A node is born with refcnt 1, owned by whoever built it. It is shared by
+ *   retaining it (cctx_inc_uint); the holder that drops the count to zero
+ *   frees it (cctx_dec_uint_is_zero is a full barrier, so every write to the
+ *   node happens before its release).
+ * - A node holds one reference to each child, and for each entry one
+ *   reference to the key (var_ref) and one to the value (the key's retain
+ *   callback). So a copied node retains everything it shares with the
+ *   original, and a freed node releases all of it, value before key (the
+ *   key's callbacks release the value).
+ * - Builders take their references only after their allocation succeeded,
+ *   and a node under construction is always consistent, so a failure
+ *   anywhere is undone by releasing what was built: the input maps and
+ *   every count are exactly as before.
+ * - Internal operations return "unchanged" as the input node itself without
+ *   a reference; the public functions turn that into a retained root.
+ * - Nodes are immutable once returned, so readers need no atomics; freeing
+ *   is made safe for concurrent readers by the callers (reclaim.c).
+ */
+
+#define HAMT_BITS 5
+#define HAMT_FRAG_MASK 31u
+/* Shift of the last level that indexes by hash bits (bits 30-31). */
+#define HAMT_LAST_SHIFT 30u
+#define HAMT_BITMAP_MAX_CHILDREN 16u
+#define HAMT_ARRAY_MIN_CHILDREN 9u
+#define HAMT_ARRAY_SLOTS 32u
+/* datamap of an array node; a bitmap node never has datamap & nodemap. */
+#define HAMT_ARRAY_MARK 0xFFFFFFFFu
+
+struct hamt_node {
+    unsigned refcnt;
+    uint32_t size;
+    uint32_t datamap;
+    uint32_t nodemap;
+    void *slot[];
+};
+
+/* ------------------------------------------------------------------ bits */
+
+/*
+ * GCC for baseline x86-64 (no POPCNT) turns __builtin_popcount into a call
+ * into libgcc; an inline bit count is faster on the lookup path there.
+ * Everywhere else the builtin is one instruction or an inline sequence.
+ */
+#if defined(__POPCNT__) || defined(__clang__) || !defined(__x86_64__)
+static inline unsigned hamt_popcount(uint32_t x)
+{
+    return (unsigned)__builtin_popcount(x);
+}
+#else
+static inline unsigned hamt_popcount(uint32_t x)
+{
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0F0F0F0Fu;
+    return (x * 0x01010101u) >> 24;
+}
+#endif
+
+/* Fragment of `hash` at `shift`. Below the last level (shift >= 32, only
+ * collision nodes and transient leaves live there) every key is in
+ * fragment 0. */
+static inline unsigned hamt_frag(uint32_t hash, unsigned shift)
+{
+    return shift < 32 ? (hash >> shift) & HAMT_FRAG_MASK : 0;
+}
+
+static inline unsigned below(uint32_t map, uint32_t bit)
+{
+    return hamt_popcount(map & (bit - 1));
+}
+
+static inline bool is_array(const hamt_node *n)
+{
+    return (n->datamap & n->nodemap) != 0;
+}
+
+static inline bool is_collision(const hamt_node *n)
+{
+    return (n->datamap | n->nodemap) == 0;
+}
+
+static inline bool is_bitmap(const hamt_node *n)
+{
+    return !is_array(n) && !is_collision(n);
+}
+
+/* Entries stored in a bitmap or collision node. */
+static inline unsigned entry_count(const hamt_node *n)
+{
+    return is_collision(n) ? n->size : hamt_popcount(n->datamap);
+}
+
+static inline cctx_var *entry_key(const hamt_node *n, unsigned i)
+{
+    return (cctx_var *)n->slot[2 * i];
+}
+
+static inline void *entry_value(const hamt_node *n, unsigned i)
+{
+    return n->slot[2 * i + 1];
+}
+
+/* Child j (in fragment order) of a bitmap node. */
+static inline hamt_node *bitmap_child(const hamt_node *n, unsigned j)
+{
+    return (hamt_node *)n->slot[2 * hamt_popcount(n->datamap) + j];
+}
+
+/* ------------------------------------------------------ node lifetime */
+
+static hamt_node *node_alloc(unsigned nslots)
+{
+    hamt_node *n = cctx_alloc(sizeof(*n) + nslots * sizeof(void *));
+    if (n != NULL)
+        n->refcnt = 1; /* not yet shared: a plain store is enough */
+    return n;
+}
+
+static inline void entry_retain(cctx_var *key, void *value)
+{
+    var_ref(key);
+    var_value_retain(key, value);
+}
+
+static inline void entry_release(cctx_var *key, void *value)
+{
+    /* Value first: releasing it goes through the key's callbacks. */
+    var_value_release(key, value);
+    var_unref(key);
+}
+
+static void node_free(hamt_node *n)
+{
+    if (is_array(n)) {
+        for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1)
+            hamt_release(n->slot[__builtin_ctz(rest)]);
+    } else {
+        unsigned nd = entry_count(n);
+        unsigned nc = hamt_popcount(n->nodemap);
+        for (unsigned i = 0; i < nd; i++)
+            entry_release(entry_key(n, i), entry_value(n, i));
+        for (unsigned j = 0; j < nc; j++)
+            hamt_release(n->slot[2 * nd + j]);
+    }
+    cctx_dealloc(n);
+}
+
+void hamt_retain(hamt_node *root)
+{
+    if (root != NULL)
+        cctx_inc_uint(&root->refcnt);
+}
+
+void hamt_release(hamt_node *root)
+{
+    /* Recursion follows the tree's depth only (at most HAMT_MAX_DEPTH). */
+    if (root != NULL && cctx_dec_uint_is_zero(&root->refcnt))
+        node_free(root);
+}
+
+size_t hamt_count(const hamt_node *root)
+{
+    return root != NULL ? root->size : 0;
+}
+
+/* ------------------------------------------------------------ builders */
+/*
+ * Each builder returns a new node (refcnt 1) or NULL when the allocation
+ * failed, in which case it has retained nothing and any node handed to it
+ * still belongs to the caller.
+ */
+
+/* A bitmap node at `shift` holding the one entry (key, value). */
+static hamt_node *leaf_new(unsigned shift, cctx_var *key, void *value)
+{
+    hamt_node *n = node_alloc(2);
+    if (n == NULL)
+        return NULL;
+    n->size = 1;
+    n->datamap = 1u << hamt_frag(key->hash, shift);
+    n->nodemap = 0;
+    n->slot[0] = key;
+    n->slot[1] = value;
+    entry_retain(key, value);
+    return n;
+}
+
+enum slot_op { SLOT_EMPTY, SLOT_ENTRY, SLOT_CHILD };
+
+/*
+ * Copy of bitmap node `n` in which the fragment `bit` is emptied (SLOT_EMPTY),
+ * holds the entry (key, value) (SLOT_ENTRY; retained by the copy) or holds
+ * `child` (SLOT_CHILD; the caller's reference moves into the copy on
+ * success). Everything else is shared and retained. `size` is the copy's
+ * entry count. The result must not be empty.
+ */
+static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op op,
+                                 cctx_var *key, void *value, hamt_node *child,
+                                 uint32_t size)
+{
+    uint32_t dm = n->datamap & ~bit;
+    uint32_t nm = n->nodemap & ~bit;
+    if (op == SLOT_ENTRY)
+        dm |= bit;
+    else if (op == SLOT_CHILD)
+        nm |= bit;
+    const unsigned nd = hamt_popcount(dm);
+    const unsigned old_nd = hamt_popcount(n->datamap);
+
+    hamt_node *m = node_alloc(2 * nd + hamt_popcount(nm));
+    if (m == NULL)
+        return NULL;
+    m->size = size;
+    m->datamap = dm;
+    m->nodemap = nm;
+
+    unsigned i = 0;
+    for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
+        uint32_t b = rest & (~rest + 1);
+        if (b == bit) {
+            m->slot[2 * i] = key;
+            m->slot[2 * i + 1] = value;
+        } else {
+            unsigned k = below(n->datamap, b);
+            m->slot[2 * i] = n->slot[2 * k];
+            m->slot[2 * i + 1] = n->slot[2 * k + 1];
+        }
+        entry_retain(m->slot[2 * i], m->slot[2 * i + 1]);
+    }
+    void **children = &m->slot[2 * nd];
+    unsigned j = 0;
+    for (uint32_t rest = nm; rest != 0; rest &= rest - 1, j++) {
+        uint32_t b = rest & (~rest + 1);
+        if (b == bit) {
+            children[j] = child; /* the caller's reference moves in */
+        } else {
+            children[j] = n->slot[2 * old_nd + below(n->nodemap, b)];
+            hamt_retain(children[j]);
+        }
+    }
+    return m;
+}
+
+/* Copy of array node `n` with fragment `idx` set to `child` (the caller's
+ * reference moves in on success; NULL empties the slot). */
+static hamt_node *array_rebuild(const hamt_node *n, unsigned idx, hamt_node *child,
+                                uint32_t size)
+{
+    hamt_node *m = node_alloc(HAMT_ARRAY_SLOTS);
+    if (m == NULL)
+        return NULL;
+    m->size = size;
+    m->datamap = HAMT_ARRAY_MARK;
+    m->nodemap = (n->nodemap & ~(1u << idx)) | (child != NULL ? 1u << idx : 0);
+    for (unsigned i = 0; i < HAMT_ARRAY_SLOTS; i++) {
+        if (i == idx) {
+            m->slot[i] = child;
+        } else {
+            m->slot[i] = n->slot[i];
+            hamt_retain(m->slot[i]);
+        }
+    }
+    return m;
+}
+
+/* Frees an array node under construction (its nodemap names exactly the
+ * slots filled so far, possibly none, so node_free cannot tell its kind). */
+static void array_discard(hamt_node *m)
+{
+    for (uint32_t rest = m->nodemap; rest != 0; rest &= rest - 1)
+        hamt_release(m->slot[__builtin_ctz(rest)]);
+    cctx_dealloc(m);
+}
+
+/*
+ * Promotion: the array node equal to bitmap node `n` (at `shift`) with the
+ * entry at `bit` replaced by `child`. The other entries move into one-entry
+ * bitmap nodes one level down, since array slots hold only nodes.
+ */
+static hamt_node *bitmap_promote(const hamt_node *n, unsigned shift, uint32_t bit,
+                                 hamt_node *child, uint32_t size)
+{
+    hamt_node *m = node_alloc(HAMT_ARRAY_SLOTS);
+    if (m == NULL)
+        return NULL;
+    memset(m->slot, 0, HAMT_ARRAY_SLOTS * sizeof(void *));
+    m->size = size;
+    m->datamap = HAMT_ARRAY_MARK;
+    m->nodemap = 0;
+
+    unsigned i = 0;
+    for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
+        uint32_t b = rest & (~rest + 1);
+        if (b == bit)
+            continue;
+        hamt_node *leaf = leaf_new(shift + HAMT_BITS, entry_key(n, i), entry_value(n, i));
+        if (leaf == NULL) {
+            array_discard(m);
+            return NULL;
+        }
+        m->slot[__builtin_ctz(b)] = leaf;
+        m->nodemap |= b;
+    }
+    unsigned j = 0;
+    for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1, j++) {
+        uint32_t b = rest & (~rest + 1);
+        hamt_node *c = bitmap_child(n, j);
+        hamt_retain(c);
+        m->slot[__builtin_ctz(b)] = c;
+        m->nodemap |= b;
+    }
+    m->slot[__builtin_ctz(bit)] = child; /* nothing can fail any more */
+    m->nodemap |= bit;
+    return m;
+}
+
+/*
+ * Demotion: the bitmap node equal to array node `n` without its child at
+ * `idx`. One-entry children become inline entries again (shape rule 1).
+ */
+static hamt_node *array_demote(const hamt_node *n, unsigned idx, uint32_t size)
+{
+    uint32_t dm = 0, nm = 0;
+    for (uint32_t rest = n->nodemap & ~(1u << idx); rest != 0; rest &= rest - 1) {
+        uint32_t b = rest & (~rest + 1);
+        const hamt_node *c = n->slot[__builtin_ctz(b)];
+        if (is_bitmap(c) && c->size == 1)
+            dm |= b;
+        else
+            nm |= b;
+    }
+    const unsigned nd = hamt_popcount(dm);
+    hamt_node *m = node_alloc(2 * nd + hamt_popcount(nm));
+    if (m == NULL)
+        return NULL;
+    m->size = size;
+    m->datamap = dm;
+    m->nodemap = nm;
+    unsigned i = 0;
+    for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
+        const hamt_node *c = n->slot[__builtin_ctz(rest)];
+        m->slot[2 * i] = c->slot[0];
+        m->slot[2 * i + 1] = c->slot[1];
+        entry_retain(m->slot[2 * i], m->slot[2 * i + 1]);
+    }
+    unsigned j = 0;
+    for (uint32_t rest = nm; rest != 0; rest &= rest - 1, j++) {
+        m->slot[2 * nd + j] = n->slot[__builtin_ctz(rest)];
+        hamt_retain(m->slot[2 * nd + j]);
+    }
+    return m;
+}
+
+/* A collision node of two entries (same full hash, different keys). */
+static hamt_node *collision_pair(cctx_var *ka, void *va, cctx_var *kb, void *vb)
+{
+    hamt_node *m = node_alloc(4);
+    if (m == NULL)
+        return NULL;
+    m->size = 2;
+    m->datamap = 0;
+    m->nodemap = 0;
+    m->slot[0] = ka;
+    m->slot[1] = va;
+    m->slot[2] = kb;
+    m->slot[3] = vb;
+    entry_retain(ka, va);
+    entry_retain(kb, vb);
+    return m;
+}
+
+/* Copy of collision node `n` without entry `drop` (n->size: drop none),
+ * plus the entry (key, value) appended when key != NULL. */
+static hamt_node *collision_rebuild(const hamt_node *n, unsigned drop, cctx_var *key,
+                                    void *value)
+{
+    unsigned count = n->size - (drop < n->size) + (key != NULL);
+    hamt_node *m = node_alloc(2 * count);
+    if (m == NULL)
+        return NULL;
+    m->size = count;
+    m->datamap = 0;
+    m->nodemap = 0;
+    unsigned o = 0;
+    for (unsigned i = 0; i < n->size; i++) {
+        if (i == drop)
+            continue;
+        m->slot[2 * o] = n->slot[2 * i];
+        m->slot[2 * o + 1] = n->slot[2 * i + 1];
+        entry_retain(entry_key(m, o), entry_value(m, o));
+        o++;
+    }
+    if (key != NULL) {
+        m->slot[2 * o] = key;
+        m->slot[2 * o + 1] = value;
+        entry_retain(key, value);
+    }
+    return m;
+}
+
+/*
+ * The subtree at `shift` for two occupants that reached the same slot above
+ * `shift` but whose full hashes differ: the existing node `a` (a collision
+ * node being pushed down; retained by the result) or, when `a` is NULL, the
+ * entry (ka, va); and the entry (kb, vb). Their fragments are equal down to
+ * some level and differ there: one single-child bitmap node per equal level,
+ * then a two-slot node. Built bottom-up so a failure releases the part built.
+ */
+static hamt_node *pair_new(unsigned shift, uint32_t ha, cctx_var *ka, void *va,
+                           hamt_node *a, uint32_t hb, cctx_var *kb, void *vb)
+{
+    unsigned s = shift;
+    while (s < HAMT_LAST_SHIFT && hamt_frag(ha, s) == hamt_frag(hb, s))
+        s += HAMT_BITS;
+    const uint32_t bita = 1u << hamt_frag(ha, s);
+    const uint32_t bitb = 1u << hamt_frag(hb, s);
+    hamt_node *n;
+    if (a != NULL) {
+        n = node_alloc(3);
+        if (n == NULL)
+            return NULL;
+        n->size = a->size + 1;
+        n->datamap = bitb;
+        n->nodemap = bita;
+        n->slot[0] = kb;
+        n->slot[1] = vb;
+        n->slot[2] = a;
+        entry_retain(kb, vb);
+        hamt_retain(a);
+    } else {
+        n = node_alloc(4);
+        if (n == NULL)
+            return NULL;
+        n->size = 2;
+        n->datamap = bita | bitb;
+        n->nodemap = 0;
+        unsigned ia = bita < bitb ? 0 : 1;
+        n->slot[2 * ia] = ka;
+        n->slot[2 * ia + 1] = va;
+        n->slot[2 * (1 - ia)] = kb;
+        n->slot[2 * (1 - ia) + 1] = vb;
+        entry_retain(ka, va);
+        entry_retain(kb, vb);
+    }
+    while (s > shift) {
+        s -= HAMT_BITS;
+        hamt_node *up = node_alloc(1);
+        if (up == NULL) {
+            hamt_release(n);
+            return NULL;
+        }
+        up->size = n->size;
+        up->datamap = 0;
+        up->nodemap = 1u << hamt_frag(hb, s);
+        up->slot[0] = n;
+        n = up;
+    }
+    return n;
+}
+
+/* -------------------------------------------------------------- lookup */
+
+static bool collision_find(const hamt_node *n, const cctx_var *key, void **value)
+{
+    for (unsigned i = 0; i < n->size; i++) {
+        if (n->slot[2 * i] == key) {
+            *value = n->slot[2 * i + 1];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The lookup loop: one node per iteration, no allocation, no atomics (the
+ * nodes are immutable and the caller keeps the root alive). */
+static bool node_find(const hamt_node *n, unsigned shift, uint32_t hash,
+                      const cctx_var *key, void **value)
+{
+    for (;;) {
+        const uint32_t dm = n->datamap;
+        const uint32_t nm = n->nodemap;
+        /* shift & 31: a collision node below level 6 ignores the fragment,
+         * but the shift itself must stay defined. */
+        const unsigned frag = (hash >> (shift & 31)) & HAMT_FRAG_MASK;
+        const uint32_t bit = 1u << frag;
+        if ((dm & nm) == 0) {
+            if (dm & bit) {
+                void *const *e = &n->slot[2 * below(dm, bit)];
+                if (e[0] != key)
+                    return false;
+                *value = e[1];
+                return true;
+            }
+            if ((nm & bit) == 0)
+                return (dm | nm) == 0 && collision_find(n, key, value);
+            n = n->slot[2 * hamt_popcount(dm) + below(nm, bit)];
+        } else {
+            n = n->slot[frag];
+            if (n == NULL)
+                return false;
+        }
+        shift += HAMT_BITS;
+    }
+}
+
+bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
+{
+    if (root == NULL)
+        return false;
+    return node_find(root, 0, key->hash, key, value);
+}
+
+/* --------------------------------------------------------------- assoc */
+
+/*
+ * Binds key -> value in the subtree `n` (not NULL) at `shift`. CCTX_OK with
+ * `*out` a new reference, or `*out == n` with no reference taken when the
+ * key is already bound to `value`; `*added` says whether the size grew.
+ * CCTX_ENOMEM: nothing changed.
+ */
+static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+                              cctx_var *key, void *value, hamt_node **out, bool *added);
+
+static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+                                cctx_var *key, void *value, hamt_node **out, bool *added)
+{
+    const uint32_t bit = 1u << hamt_frag(hash, shift);
+    hamt_node *m, *sub;
+
+    if (n->datamap & bit) {
+        const unsigned i = below(n->datamap, bit);
+        cctx_var *k = entry_key(n, i);
+        void *v = entry_value(n, i);
+        *added = k != key;
+        if (k == key) {
+            if (v == value) {
+                *out = n;
+                return CCTX_OK;
+            }
+            m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, n->size);
+            if (m == NULL)
+                return CCTX_ENOMEM;
+            *out = m;
+            return CCTX_OK;
+        }
+        /* Two keys for one slot: both move one level down. */
+        if (k->hash == hash)
+            sub = collision_pair(k, v, key, value);
+        else
+            sub = pair_new(shift + HAMT_BITS, k->hash, k, v, NULL, hash, key, value);
+        if (sub == NULL)
+            return CCTX_ENOMEM;
+        if (n->datamap == bit && n->nodemap == 0 && is_collision(sub)) {
+            /* Shape rule 2: the collision node replaces this node. */
+            *out = sub;
+            return CCTX_OK;
+        }
+        if (hamt_popcount(n->nodemap) >= HAMT_BITMAP_MAX_CHILDREN)
+            m = bitmap_promote(n, shift, bit, sub, n->size + 1);
+        else
+            m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size + 1);
+        if (m == NULL) {
+            hamt_release(sub);
+            return CCTX_ENOMEM;
+        }
+        *out = m;
+        return CCTX_OK;
+    }
+
+    if (n->nodemap & bit) {
+        hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
+        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added);
+        if (st != CCTX_OK)
+            return st;
+        if (sub == child) {
+            *out = n;
+            return CCTX_OK;
+        }
+        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size + *added);
+        if (m == NULL) {
+            hamt_release(sub);
+            return CCTX_ENOMEM;
+        }
+        *out = m;
+        return CCTX_OK;
+    }
+
+    m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, n->size + 1);
+    if (m == NULL)
+        return CCTX_ENOMEM;
+    *added = true;
+    *out = m;
+    return CCTX_OK;
+}
+
+static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+                               cctx_var *key, void *value, hamt_node **out, bool *added)
+{
+    const unsigned idx = hamt_frag(hash, shift);
+    hamt_node *child = n->slot[idx];
+    hamt_node *sub;
+    if (child == NULL) {
+        sub = leaf_new(shift + HAMT_BITS, key, value);
+        if (sub == NULL)
+            return CCTX_ENOMEM;
+        *added = true;
+    } else {
+        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added);
+        if (st != CCTX_OK)
+            return st;
+        if (sub == child) {
+            *out = n;
+            return CCTX_OK;
+        }
+    }
+    hamt_node *m = array_rebuild(n, idx, sub, n->size + *added);
+    if (m == NULL) {
+        hamt_release(sub);
+        return CCTX_ENOMEM;
+    }
+    *out = m;
+    return CCTX_OK;
+}
+
+static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+                                   cctx_var *key, void *value, hamt_node **out, bool *added)
+{
+    const uint32_t chash = entry_key(n, 0)->hash;
+    hamt_node *m;
+    if (hash != chash) {
+        /* A different hash reached this slot: the collision node moves down
+         * next to the new entry. */
+        m = pair_new(shift, chash, NULL, NULL, n, hash, key, value);
+        *added = true;
+    } else {
+        unsigned i = 0;
+        while (i < n->size && entry_key(n, i) != key)
+            i++;
+        *added = i == n->size;
+        if (!*added && entry_value(n, i) == value) {
+            *out = n;
+            return CCTX_OK;
+        }
+        m = collision_rebuild(n, i, key, value); /* i == size: drops none */
+    }
+    if (m == NULL)
+        return CCTX_ENOMEM;
+    *out = m;
+    return CCTX_OK;
+}
+
+static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+                              cctx_var *key, void *value, hamt_node **out, bool *added)
+{
+    if (is_array(n))
+        return array_assoc(n, shift, hash, key, value, out, added);
+    if (is_collision(n))
+        return collision_assoc(n, shift, hash, key, value, out, added);
+    return bitmap_assoc(n, shift, hash, key, value, out, added);
+}
+
+cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **out)
+{
+    hamt_node *m;
+    if (root == NULL) {
+        m = leaf_new(0, key, value);
+        if (m == NULL)
+            return CCTX_ENOMEM;
+        *out = m;
+        return CCTX_OK;
+    }
+    bool added;
+    cctx_status st = node_assoc(root, 0, key->hash, key, value, &m, &added);
+    if (st != CCTX_OK)
+        return st;
+    if (m == root)
+        hamt_retain(root); /* unchanged: the caller gets its own reference */
+    *out = m;
+    return CCTX_OK;
+}
+
+/* ------------------------------------------------------------- without */
+
+/*
+ * Removes `key` from the subtree `n` (not NULL) at `shift`. CCTX_OK with
+ * `*out` a new reference (NULL: the subtree is now empty), CCTX_NOT_FOUND or
+ * CCTX_ENOMEM, both with nothing changed.
+ */
+static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
+                                const cctx_var *key, hamt_node **out);
+
+static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
+                                  const cctx_var *key, hamt_node **out)
+{
+    const uint32_t bit = 1u << hamt_frag(hash, shift);
+    hamt_node *m;
+
+    if (n->datamap & bit) {
+        if (entry_key(n, below(n->datamap, bit)) != key)
+            return CCTX_NOT_FOUND;
+        if (n->datamap == bit && n->nodemap == 0) {
+            *out = NULL;
+            return CCTX_OK;
+        }
+        if (n->datamap == bit && hamt_popcount(n->nodemap) == 1 &&
+            is_collision(bitmap_child(n, 0))) {
+            /* Shape rule 2: what is left is a lone collision node. */
+            m = bitmap_child(n, 0);
+            hamt_retain(m);
+            *out = m;
+            return CCTX_OK;
+        }
+        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
+        if (m == NULL)
+            return CCTX_ENOMEM;
+        *out = m;
+        return CCTX_OK;
+    }
+
+    if ((n->nodemap & bit) == 0)
+        return CCTX_NOT_FOUND;
+
+    hamt_node *sub;
+    cctx_status st = node_without(bitmap_child(n, below(n->nodemap, bit)),
+                                  shift + HAMT_BITS, hash, key, &sub);
+    if (st != CCTX_OK)
+        return st;
+    if (sub == NULL) {
+        /* Unreachable while rule 1 holds (children hold two entries or
+         * more); handled so that the code does not depend on it. */
+        if ((n->datamap | n->nodemap) == bit) {
+            *out = NULL;
+            return CCTX_OK;
+        }
+        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
+    } else if (is_bitmap(sub) && sub->size == 1) {
+        /* Shape rule 1: a lone entry moves up into this node. */
+        m = bitmap_rebuild(n, bit, SLOT_ENTRY, entry_key(sub, 0), entry_value(sub, 0),
+                           NULL, n->size - 1);
+        hamt_release(sub); /* after the copy has retained the entry */
+    } else if (is_collision(sub) && n->datamap == 0 && n->nodemap == bit) {
+        *out = sub; /* shape rule 2 */
+        return CCTX_OK;
+    } else {
+        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size - 1);
+        if (m == NULL)
+            hamt_release(sub);
+    }
+    if (m == NULL)
+        return CCTX_ENOMEM;
+    *out = m;
+    return CCTX_OK;
+}
+
+static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
+                                 const cctx_var *key, hamt_node **out)
+{
+    const unsigned idx = hamt_frag(hash, shift);
+    hamt_node *child = n->slot[idx];
+    if (child == NULL)
+        return CCTX_NOT_FOUND;
+    hamt_node *sub, *m;
+    cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub);
+    if (st != CCTX_OK)
+        return st;
+    if (sub == NULL && hamt_popcount(n->nodemap) - 1 < HAMT_ARRAY_MIN_CHILDREN) {
+        m = array_demote(n, idx, n->size - 1);
+    } else {
+        m = array_rebuild(n, idx, sub, n->size - 1);
+        if (m == NULL)
+            hamt_release(sub);
+    }
+    if (m == NULL)
+        return CCTX_ENOMEM;
+    *out = m;
+    return CCTX_OK;
+}
+
+static cctx_status collision_without(hamt_node *n, unsigned shift, const cctx_var *key,
+                                     hamt_node **out)
+{
+    unsigned i = 0;
+    while (i < n->size && entry_key(n, i) != key)
+        i++;
+    if (i == n->size)
+        return CCTX_NOT_FOUND;
+    hamt_node *m;
+    if (n->size == 2) {
+        /* Rule 3: the survivor becomes a one-entry node, which a bitmap
+         * parent then inlines (rule 1). */
+        m = leaf_new(shift, entry_key(n, 1 - i), entry_value(n, 1 - i));
+    } else {
+        m = collision_rebuild(n, i, NULL, NULL);
+    }
+    if (m == NULL)
+        return CCTX_ENOMEM;
+    *out = m;
+    return CCTX_OK;
+}
+
+static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
+                                const cctx_var *key, hamt_node **out)
+{
+    if (is_array(n))
+        return array_without(n, shift, hash, key, out);
+    if (is_collision(n))
+        return collision_without(n, shift, key, out);
+    return bitmap_without(n, shift, hash, key, out);
+}
+
+cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
+{
+    if (root == NULL)
+        return CCTX_NOT_FOUND;
+    hamt_node *m;
+    cctx_status st = node_without(root, 0, key->hash, key, &m);
+    if (st != CCTX_OK)
+        return st;
+    *out = m;
+    return CCTX_OK;
+}
+
+/* ------------------------------------------------------------ equality */
+
+/* Every entry of subtree `a` is in subtree `b` (both at `shift`) with the
+ * same value. With equal sizes and distinct keys, that is equality. */
+static bool subtree_contained(const hamt_node *a, const hamt_node *b, unsigned shift)
+{
+    hamt_iter it;
+    cctx_var *key;
+    void *va, *vb;
+    hamt_iter_init(&it, a);
+    while (hamt_iter_next(&it, &key, &va)) {
+        if (!node_find(b, shift, key->hash, key, &vb) || va != vb)
+            return false;
+    }
+    return true;
+}
+
+static bool node_equal(const hamt_node *a, const hamt_node *b, unsigned shift)
+{
+    if (a == b)
+        return true; /* shared subtree */
+    if (a->size != b->size)
+        return false;
+    if (a->datamap != b->datamap || a->nodemap != b->nodemap || is_collision(a))
+        return subtree_contained(a, b, shift);
+    if (is_array(a)) {
+        for (uint32_t rest = a->nodemap; rest != 0; rest &= rest - 1) {
+            unsigned i = __builtin_ctz(rest);
+            if (!node_equal(a->slot[i], b->slot[i], shift + HAMT_BITS))
+                return false;
+        }
+        return true;
+    }
+    /* Same bitmaps: entries and children line up slot for slot. */
+    const unsigned nd = hamt_popcount(a->datamap);
+    const unsigned nc = hamt_popcount(a->nodemap);
+    for (unsigned i = 0; i < 2 * nd; i++) {
+        if (a->slot[i] != b->slot[i])
+            return false;
+    }
+    for (unsigned j = 0; j < nc; j++) {
+        if (!node_equal(a->slot[2 * nd + j], b->slot[2 * nd + j], shift + HAMT_BITS))
+            return false;
+    }
+    return true;
+}
+
+bool hamt_equal(const hamt_node *a, const hamt_node *b)
+{
+    if (a == b)
+        return true;
+    if (a == NULL || b == NULL)
+        return false; /* the non-empty one has size >= 1 */
+    return node_equal(a, b, 0);
+}
+
+/* ----------------------------------------------------------- iteration */
+
+void hamt_iter_init(hamt_iter *it, const hamt_node *root)
+{
+    it->nodes[0] = root;
+    it->positions[0] = 0;
+    it->depth = root != NULL ? 0 : -1;
+}
+
+/*
+ * positions[d] counts what node d has handed out: for bitmap and collision
+ * nodes, entries then children in slot order; for array nodes, the next
+ * fragment to look at.
+ */
+bool hamt_iter_next(hamt_iter *it, cctx_var **key, void **value)
+{
+    while (it->depth >= 0) {
+        const hamt_node *n = it->nodes[it->depth];
+        const uint32_t p = it->positions[it->depth];
+        const hamt_node *child = NULL;
+        if (is_array(n)) {
+            uint32_t rest = p < HAMT_ARRAY_SLOTS ? n->nodemap & (~0u << p) : 0;
+            if (rest != 0) {
+                unsigned i = __builtin_ctz(rest);
+                it->positions[it->depth] = i + 1;
+                child = n->slot[i];
+            }
+        } else {
+            const unsigned nd = entry_count(n);
+            const unsigned nc = hamt_popcount(n->nodemap);
+            if (p < nd) {
+                it->positions[it->depth] = p + 1;
+                *key = entry_key(n, p);
+                *value = entry_value(n, p);
+                return true;
+            }
+            if (p < nd + nc) {
+                it->positions[it->depth] = p + 1;
+                child = n->slot[nd + p]; /* 2 * nd + (p - nd) */
+            }
+        }
+        if (child != NULL) {
+            it->depth++;
+            it->nodes[it->depth] = child;
+            it->positions[it->depth] = 0;
+        } else {
+            it->depth--;
+        }
+    }
+    return false;
+}
+
+/* -------------------------------------------------------------- checks */
+
+enum parent_kind { PARENT_NONE, PARENT_BITMAP, PARENT_ARRAY };
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond))                                                           \
+            return __LINE__;                                                   \
+    } while (0)
+
+/* Key of an entry found at `shift` whose hash must start with `prefix`. */
+static int check_key(const cctx_var *key, unsigned shift, uint32_t prefix)
+{
+    CHECK(var_is_valid(key));
+    CHECK(cctx_load_uint_relaxed(&key->refcnt) >= 1);
+    uint32_t mask = shift >= 32 ? 0xFFFFFFFFu : (1u << shift) - 1;
+    CHECK((key->hash & mask) == prefix);
+    return 0;
+}
+
+static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
+                      enum parent_kind parent, unsigned depth)
+{
+    int line;
+    uint64_t total = 0;
+    CHECK(n != NULL);
+    CHECK(depth < HAMT_MAX_DEPTH);
+    CHECK(cctx_load_uint_relaxed(&n->refcnt) >= 1);
+    CHECK(n->size >= 1);
+
+    if (is_array(n)) {
+        CHECK(n->datamap == HAMT_ARRAY_MARK);
+        CHECK(shift + HAMT_BITS <= HAMT_LAST_SHIFT);
+        CHECK(hamt_popcount(n->nodemap) >= HAMT_ARRAY_MIN_CHILDREN);
+        for (unsigned i = 0; i < HAMT_ARRAY_SLOTS; i++) {
+            const hamt_node *c = n->slot[i];
+            CHECK((c != NULL) == ((n->nodemap >> i) & 1));
+            if (c == NULL)
+                continue;
+            line = check_node(c, shift + HAMT_BITS, prefix | ((uint32_t)i << shift),
+                              PARENT_ARRAY, depth + 1);
+            if (line != 0)
+                return line;
+            total += c->size;
+        }
+        CHECK(total == n->size);
+        return 0;
+    }
+
+    if (is_collision(n)) {
+        CHECK(n->size >= 2);
+        const uint32_t hash = entry_key(n, 0)->hash;
+        for (unsigned i = 0; i < n->size; i++) {
+            line = check_key(entry_key(n, i), shift, prefix);
+            if (line != 0)
+                return line;
+            CHECK(entry_key(n, i)->hash == hash);
+            for (unsigned k = 0; k < i; k++)
+                CHECK(entry_key(n, k) != entry_key(n, i));
+        }
+        return 0;
+    }
+
+    /* bitmap */
+    const unsigned nd = hamt_popcount(n->datamap);
+    const unsigned nc = hamt_popcount(n->nodemap);
+    CHECK((n->datamap & n->nodemap) == 0);
+    CHECK(shift <= HAMT_LAST_SHIFT);
+    CHECK(shift < HAMT_LAST_SHIFT || ((n->datamap | n->nodemap) & ~0xFu) == 0);
+    CHECK(nc <= HAMT_BITMAP_MAX_CHILDREN);
+    if (parent == PARENT_BITMAP)
+        CHECK(n->size >= 2); /* rule 1 */
+    if (nd == 0 && nc == 1)
+        CHECK(!is_collision(bitmap_child(n, 0))); /* rule 2 */
+    unsigned i = 0;
+    for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
+        const cctx_var *key = entry_key(n, i);
+        line = check_key(key, shift, prefix);
+        if (line != 0)
+            return line;
+        CHECK(hamt_frag(key->hash, shift) == (unsigned)__builtin_ctz(rest));
+    }
+    unsigned j = 0;
+    for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1, j++) {
+        const hamt_node *c = bitmap_child(n, j);
+        CHECK(c != NULL);
+        line = check_node(c, shift + HAMT_BITS,
+                          prefix | ((uint32_t)__builtin_ctz(rest) << shift),
+                          PARENT_BITMAP, depth + 1);
+        if (line != 0)
+            return line;
+        total += c->size;
+    }
+    CHECK(total + nd == n->size);
+    return 0;
+}
+
+int hamt_check(const hamt_node *root)
+{
+    if (root == NULL)
+        return 0;
+    return check_node(root, 0, 0, PARENT_NONE, 0);
+}
+
+/* ---------------------------------------------------------------- dump */
+
+/* `index`: the fragment of a bitmap entry, or the position in a collision. */
+static void dump_entry(FILE *out, int indent, bool in_collision, unsigned index,
+                       const cctx_var *key, const void *value)
+{
+    fprintf(out, in_collision ? "%*s#%u" : "%*s[%u]", indent, "", index);
+    fprintf(out, " %p hash %08x%s%s%s -> %p\n",
+            (const void *)key, key->hash, key->name ? " (" : "",
+            key->name ? key->name : "", key->name ? ")" : "", value);
+}
+
+static void dump_node(FILE *out, const hamt_node *n, unsigned shift, int indent)
+{
+    const unsigned refcnt = cctx_load_uint_relaxed(&n->refcnt);
+    if (is_array(n)) {
+        fprintf(out, "%*sarray level %u size %u refcnt %u children %u\n", indent, "",
+                shift / HAMT_BITS, n->size, refcnt, hamt_popcount(n->nodemap));
+        for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1) {
+            fprintf(out, "%*s[%u]\n", indent + 2, "", (unsigned)__builtin_ctz(rest));
+            dump_node(out, n->slot[__builtin_ctz(rest)], shift + HAMT_BITS, indent + 4);
+        }
+        return;
+    }
+    if (is_collision(n)) {
+        fprintf(out, "%*scollision level %u size %u refcnt %u hash %08x\n", indent, "",
+                shift / HAMT_BITS, n->size, refcnt, entry_key(n, 0)->hash);
+        for (unsigned i = 0; i < n->size; i++)
+            dump_entry(out, indent + 2, true, i, entry_key(n, i), entry_value(n, i));
+        return;
+    }
+    fprintf(out, "%*sbitmap level %u size %u refcnt %u datamap %08x nodemap %08x\n",
+            indent, "", shift / HAMT_BITS, n->size, refcnt, n->datamap, n->nodemap);
+    unsigned i = 0;
+    for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++)
+        dump_entry(out, indent + 2, false, (unsigned)__builtin_ctz(rest), entry_key(n, i),
+                   entry_value(n, i));
+    unsigned j = 0;
+    for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1, j++) {
+        fprintf(out, "%*s[%u]\n", indent + 2, "", (unsigned)__builtin_ctz(rest));
+        dump_node(out, bitmap_child(n, j), shift + HAMT_BITS, indent + 4);
+    }
+}
+
+void hamt_dump(FILE *out, const hamt_node *root)
+{
+    if (root == NULL) {
+        fprintf(out, "(empty map)\n");
+        return;
+    }
+    dump_node(out, root, 0, 0);
+}

@@ -1,0 +1,27 @@
+/*
+ * watch.h — firing context-switch watchers from the runtime.
+ */
+#ifndef CCTX_WATCH_H
+#define CCTX_WATCH_H
+
+#ifndef CCTX_BUILDING_CORE
+#error "watch.h is internal to CContextCore"
+#endif
+
+#include "thread_state.h"
+
+/* Bit i set: watcher slot i is installed. Read once per event. */
+extern unsigned cctx_watchers_active CCTX_HIDDEN;
+
+/* Calls every installed watcher on the calling thread, whose state is `ts`
+ * (passed in: it may be mid-creation or mid-destruction). */
+void watch_fire(cctx_thread_state *ts, cctx_event event, cctx_context *ctx) CCTX_HIDDEN;
+
+/* The event fast path: one atomic load when nobody watches. */
+static inline void watch_notify(cctx_thread_state *ts, cctx_event event, cctx_context *ctx)
+{
+    if (CCTX_UNLIKELY(cctx_load_uint(&cctx_watchers_active) != 0))
+        watch_fire(ts, event, ctx);
+}
+
+#endif
