@@ -1,0 +1,181 @@
+/*
+ * test_watch.c — context-switch watchers: events for nested enter/exit,
+ * thread start/exit, the slot limit, and watchers added and removed while
+ * four threads fire events (a removed watcher is never called again).
+ */
+#include "test_support.h"
+
+#include <pthread.h>
+
+struct recorder {
+    long entered, exited, switched;
+    cctx_context *last_ctx;
+    int removed;    /* set after cctx_clear_watcher returned */
+    long late_calls; /* calls after removal: must stay 0 */
+};
+
+static void record(cctx_event event, cctx_context *ctx, void *userdata)
+{
+    struct recorder *r = userdata;
+    if (__atomic_load_n(&r->removed, __ATOMIC_ACQUIRE))
+        __atomic_add_fetch(&r->late_calls, 1, __ATOMIC_RELAXED);
+    switch (event) {
+    case CCTX_EVENT_ENTERED:
+        __atomic_add_fetch(&r->entered, 1, __ATOMIC_RELAXED);
+        break;
+    case CCTX_EVENT_EXITED:
+        __atomic_add_fetch(&r->exited, 1, __ATOMIC_RELAXED);
+        break;
+    case CCTX_EVENT_SWITCHED:
+        __atomic_add_fetch(&r->switched, 1, __ATOMIC_RELAXED);
+        break;
+    }
+    __atomic_store_n(&r->last_ctx, ctx, __ATOMIC_RELAXED);
+}
+
+static void test_nested_enter_exit_events(void **state)
+{
+    (void)state;
+    struct recorder r = { 0 };
+    int id;
+    assert_ok(cctx_add_watcher(record, &r, &id));
+    cctx_context *a = NULL, *b = NULL;
+    assert_ok(cctx_context_new(&a));
+    assert_ok(cctx_context_new(&b));
+    assert_ok(cctx_context_enter(a));
+    assert_ptr_equal(r.last_ctx, a);
+    assert_ok(cctx_context_enter(b));
+    assert_ptr_equal(r.last_ctx, b);
+    assert_int_equal(r.entered, 2);
+    assert_ok(cctx_context_exit(b));
+    assert_ptr_equal(r.last_ctx, a); /* the context now current */
+    assert_ok(cctx_context_exit(a));
+    assert_non_null(r.last_ctx);     /* the thread's own context */
+    assert_int_equal(r.exited, 2);
+    /* A failed enter fires nothing. */
+    assert_ok(cctx_context_enter(a));
+    assert_int_equal(cctx_context_enter(a), CCTX_ALREADY_ENTERED);
+    assert_int_equal(r.entered, 3);
+    assert_ok(cctx_context_exit(a));
+    /* Events sent by another runtime (the Swift facade's tasks). */
+    cctx_notify_watchers(CCTX_EVENT_ENTERED, b);
+    assert_int_equal(r.entered, 4);
+    assert_ptr_equal(r.last_ctx, b);
+    cctx_notify_watchers(CCTX_EVENT_EXITED, NULL);
+    assert_null(r.last_ctx);
+    assert_ok(cctx_clear_watcher(id));
+    assert_ok(cctx_context_enter(a));
+    assert_ok(cctx_context_exit(a));
+    assert_int_equal(r.entered, 4); /* removed: no more events */
+    assert_int_equal(cctx_clear_watcher(id), CCTX_EINVAL);
+    cctx_context_release(a);
+    cctx_context_release(b);
+    assert_ok(cctx_thread_cleanup());
+}
+
+static void *touch_and_exit(void *p)
+{
+    (void)p;
+    cctx_var *v = NULL;
+    assert_ok(cctx_var_new("v", NULL, &v));
+    assert_ok(cctx_var_set(v, NULL, NULL)); /* creates the thread's state */
+    cctx_var_release(v);
+    return NULL;
+}
+
+static void test_thread_start_and_exit_switch(void **state)
+{
+    (void)state;
+    struct recorder r = { 0 };
+    int id;
+    assert_ok(cctx_add_watcher(record, &r, &id));
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, touch_and_exit, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(r.switched, 2); /* state created, state destroyed */
+    assert_null(r.last_ctx);
+    assert_ok(cctx_clear_watcher(id));
+}
+
+static void test_watcher_limit_and_bad_arguments(void **state)
+{
+    (void)state;
+    struct recorder r = { 0 };
+    int ids[CCTX_MAX_WATCHERS];
+    for (int i = 0; i < CCTX_MAX_WATCHERS; i++)
+        assert_ok(cctx_add_watcher(record, &r, &ids[i]));
+    int extra = -1;
+    assert_int_equal(cctx_add_watcher(record, &r, &extra), CCTX_TOO_MANY_WATCHERS);
+    assert_int_equal(extra, -1);
+    cctx_context *a = NULL;
+    assert_ok(cctx_context_new(&a));
+    assert_ok(cctx_context_enter(a));
+    assert_int_equal(r.entered, CCTX_MAX_WATCHERS); /* every watcher called once */
+    assert_ok(cctx_context_exit(a));
+    for (int i = 0; i < CCTX_MAX_WATCHERS; i++)
+        assert_ok(cctx_clear_watcher(ids[i]));
+    assert_int_equal(cctx_add_watcher(NULL, &r, &extra), CCTX_EINVAL);
+    assert_int_equal(cctx_add_watcher(record, &r, NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_clear_watcher(-1), CCTX_EINVAL);
+    assert_int_equal(cctx_clear_watcher(CCTX_MAX_WATCHERS), CCTX_EINVAL);
+    cctx_context_release(a);
+    assert_ok(cctx_thread_cleanup());
+}
+
+static int stop_firing;
+
+static void *fire_events(void *p)
+{
+    (void)p;
+    cctx_context *c = NULL;
+    assert_ok(cctx_context_new(&c));
+    while (!__atomic_load_n(&stop_firing, __ATOMIC_ACQUIRE)) {
+        assert_ok(cctx_context_enter(c));
+        assert_ok(cctx_context_exit(c));
+    }
+    cctx_context_release(c);
+    return NULL;
+}
+
+static void test_add_and_remove_while_events_fire(void **state)
+{
+    (void)state;
+    enum { THREADS = 4 };
+    pthread_t t[THREADS];
+    __atomic_store_n(&stop_firing, 0, __ATOMIC_RELEASE);
+    for (int i = 0; i < THREADS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, fire_events, NULL), 0);
+    long rounds = scaled(2000), late = 0, delivered = 0;
+    for (long n = 0; n < rounds; n++) {
+        struct recorder r = { 0 };
+        int id;
+        assert_ok(cctx_add_watcher(record, &r, &id));
+        for (volatile int spin = 0; spin < 2000; spin++) {
+        }
+        assert_ok(cctx_clear_watcher(id));
+        __atomic_store_n(&r.removed, 1, __ATOMIC_RELEASE);
+        /* A late call would write into `r` after this frame is gone: the
+         * grace period in cctx_clear_watcher is what makes this safe. */
+        for (volatile int spin = 0; spin < 200; spin++) {
+        }
+        late += __atomic_load_n(&r.late_calls, __ATOMIC_RELAXED);
+        delivered += r.entered + r.exited;
+    }
+    __atomic_store_n(&stop_firing, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(t[i], NULL);
+    print_message("watcher rounds: %ld, events delivered: %ld\n", rounds, delivered);
+    assert_int_equal(late, 0);
+    assert_true(delivered > 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nested_enter_exit_events),
+        cmocka_unit_test(test_thread_start_and_exit_switch),
+        cmocka_unit_test(test_watcher_limit_and_bad_arguments),
+        cmocka_unit_test(test_add_and_remove_while_events_fire),
+    };
+    return cmocka_run_group_tests_name("watch", tests, NULL, NULL);
+}
