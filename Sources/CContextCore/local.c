@@ -1,0 +1,579 @@
+/*
+ * local.c — threading.local for C: one value per OS thread, any number of
+ * locals, no pthread_key per local.
+ *
+ * Storage layout
+ * --------------
+ * A local is a slot index plus a generation. Indices come from a global
+ * allocator and are reused once a local is gone; generations come from one
+ * 64-bit counter and are never reused, so (index, generation) names exactly
+ * one local for the life of the process.
+ *
+ * Each thread that uses locals owns a table (struct local_slots, hung off
+ * its cctx_thread_state as `ts->locals`). The table points at a directory,
+ * a growable array of pointers to fixed-size chunks of LOCAL_CHUNK_SLOTS
+ * slots; slot i lives at chunks[i / LOCAL_CHUNK_SLOTS][i % LOCAL_CHUNK_SLOTS].
+ * A slot is {generation, value, release}:
+ *
+ *   slot.gen != local.gen          this thread never touched the local: the
+ *                                  initialiser runs on the first get.
+ *   slot.gen == local.gen, value   the thread's value (NULL is a value).
+ *   slot.gen == local.gen, EMPTY   deleted (or released with the local):
+ *                                  get says CCTX_NOT_FOUND, no initialiser.
+ *
+ * `release` is the local's release callback, copied when the value is
+ * stored, so a thread that exits can release its values without looking
+ * at locals that may be dying on another thread at that very moment.
+ *
+ *   cctx_thread_state          local_slots             local_dir
+ *   +-----------+           +-------------+        +-------------+
+ *   | locals  --+---------->| dir       --+------->| cap = 4     |   chunk 0
+ *   +-----------+           | next, prev  |        | chunks[0] --+--> [slot 0..63]
+ *                           +-------------+        | chunks[1]   |--> NULL (untouched)
+ *                             registry list        | chunks[2] --+--> [slot 128..191]
+ *                             (all threads)        | chunks[3]   |--> NULL
+ *                                                  +-------------+
+ *
+ * Invariants
+ * ----------
+ * I1. Chunks never move and are never freed while their table lives: a
+ *     slot's address is stable from the chunk's publication until the
+ *     owning thread's table is destroyed. Growth replaces only the
+ *     directory; the new one holds the same chunk pointers.
+ * I2. Only the owning thread writes its table, directory, chunks and the
+ *     `gen` and `release` fields of its slots. Other threads write nothing
+ *     but a slot's `value`, and only with an atomic exchange.
+ * I3. A value is owned by exactly one slot; whoever takes it out of the
+ *     slot with the atomic exchange (the owner's set/delete/exit, or the
+ *     local's final release on any thread) releases it, once.
+ * I4. A thread's table is on the registry list from before its first value
+ *     is stored until its thread state is destroyed.
+ * I5. An index goes back to the allocator only after the local's final
+ *     release has visited every table on the registry; so while a thread
+ *     can still hold a value of local (i, g), no other local uses index i.
+ *
+ * Reclamation argument
+ * --------------------
+ * The final release of a local L = (i, g) (`local_release_everywhere`)
+ * walks the registry inside a ck_epoch section and, in each table whose
+ * slot i carries generation g, exchanges the value with EMPTY and releases
+ * what it took out. Why that is enough and safe:
+ *
+ * - Every value of L is found. A thread T that stored one registered its
+ *   table (under registry_lock, published with a release store) and
+ *   published the chunk before storing; T's store happens-before L's final
+ *   release (T used L under a reference of its own, whose drop is ordered
+ *   before the last one by the reference count's full-barrier decrement).
+ *   So the walk, which loads every link with acquire, sees T's table, the
+ *   chunk and the value. Tables registered after the walk began never hold
+ *   a value of L: nobody may use L once its last reference is gone.
+ * - Nothing is released twice. T's exit, set and delete also take values
+ *   out with an atomic exchange (I3); the exchange is a single total order
+ *   on the slot, so exactly one party gets the pointer, the other EMPTY.
+ * - Nothing is read after free. The walk reads tables, directories and
+ *   chunks of threads that may be exiting or growing concurrently:
+ *     * a replaced directory is retired with ck_epoch_call on the owner's
+ *       record and freed by ck_epoch_poll/ck_epoch_barrier only after a
+ *       grace period, i.e. after every section that might still hold it;
+ *     * an exiting thread unlinks its table (readers already on it keep
+ *       following its `next`, as in an RCU list), then waits for a grace
+ *       period (ck_epoch_barrier) before freeing table, directory and
+ *       chunks. Any walk that could have reached the table began before the
+ *       unlink and so ends before the barrier returns.
+ * - A stale value is never shown. Slot i of a table keeps the generation
+ *   of the last local that used it there; a new local at index i has a
+ *   fresh generation, so it compares unequal and the slot counts as
+ *   untouched. The adopting store takes out (and releases) whatever the
+ *   slot still held, so even a value I5 says cannot be there is not leaked.
+ *
+ * Locks, none on get/set/delete:
+ * - registry_lock: a thread's first use of any local (register its table)
+ *   and thread exit/cleanup (unlink it). Once per thread, not per access.
+ * - index_lock: cctx_local_new and a local's final release (index
+ *   allocation). Once per local.
+ * - release_lock: serialises final releases of locals so that they can
+ *   share one statically allocated ck_epoch record (a final release cannot
+ *   fail, so it must not allocate a record or a thread state; and it may
+ *   run on a thread that never used ContextKit). Once per local. A release
+ *   callback may itself drop the last reference to another local; that
+ *   nested release reuses the lock and record its thread already holds.
+ *
+ * Under ThreadSanitizer the epoch edges are annotated: a walk releases
+ * `local_epoch_edge` before leaving its section, and every free that waited
+ * for a grace period acquires it (ck_epoch is outside TSan's view).
+ */
+#include "internal.h"
+#include "atomic.h"
+#include "reclaim.h"
+#include "thread_state.h"
+
+#include <pthread.h>
+#include <string.h>
+
+#define CCTX_LOCAL_MAGIC 0x4c4f434cu /* "LOCL" */
+
+#define LOCAL_CHUNK_SHIFT 6u
+#define LOCAL_CHUNK_SLOTS (1u << LOCAL_CHUNK_SHIFT)
+#define LOCAL_CHUNK_MASK (LOCAL_CHUNK_SLOTS - 1u)
+#define LOCAL_DIR_MIN 4u
+
+struct cctx_local {
+    uint32_t magic;
+    unsigned refcnt;
+    uint32_t index;
+    uintptr_t gen;
+    cctx_value_ops ops;
+    cctx_local_init_fn init;
+    void *userdata;
+};
+
+struct local_slot {
+    uintptr_t gen;                /* owner writes; anyone reads (atomic) */
+    void *value;                  /* a value, or LOCAL_EMPTY; exchanged */
+    void (*release)(void *value); /* owner only: how to drop `value` */
+};
+
+struct local_dir {
+    ck_epoch_entry_t entry;       /* for retirement through ck_epoch_call */
+    size_t cap;                   /* immutable once published */
+    struct local_slot *chunks[];  /* NULL: no slot of that chunk used yet */
+};
+
+struct local_slots {
+    struct local_dir *dir;        /* replaced by the owner, read by walks */
+    struct local_slots *next;     /* registry links; next is read by walks */
+    struct local_slots *prev;     /* under registry_lock only */
+};
+
+/* The "no value" marker. NULL cannot serve: NULL is a value users store. */
+static char local_empty_marker;
+#define LOCAL_EMPTY ((void *)&local_empty_marker)
+
+/* TSan edge for the grace periods of this file (see the essay above). */
+static char local_epoch_edge __attribute__((unused));
+
+/* ---------------------------------------------------------------- indices */
+
+/* Index allocator, under index_lock (off the hot path: new and final
+ * release only). Invariant: free_cap >= next_index, so returning an index
+ * never allocates (a final release cannot fail). When no local is alive
+ * the array is freed and numbering restarts at 0; generations keep
+ * counting, so restarting cannot make an old slot look current. */
+static pthread_mutex_t index_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32_t *free_indices;
+static uint32_t free_count;
+static uint32_t free_cap;
+static uint32_t next_index;
+static uintptr_t last_gen;
+
+static cctx_status local_index_acquire(uint32_t *index, uintptr_t *gen)
+{
+    cctx_status st = CCTX_OK;
+    pthread_mutex_lock(&index_lock);
+    if (free_count > 0) {
+        *index = free_indices[--free_count];
+    } else if (next_index == UINT32_MAX) {
+        st = CCTX_ENOMEM;
+    } else {
+        if (free_cap < next_index + 1) {
+            uint32_t cap = free_cap < 16 ? 16 : free_cap;
+            while (cap < next_index + 1)
+                cap = cap > UINT32_MAX / 2 ? UINT32_MAX : cap * 2;
+            uint32_t *grown = cctx_realloc(free_indices, (size_t)cap * sizeof *grown);
+            if (grown == NULL) {
+                st = CCTX_ENOMEM;
+                goto out;
+            }
+            free_indices = grown;
+            free_cap = cap;
+        }
+        *index = next_index++;
+    }
+    *gen = ++last_gen;
+out:
+    pthread_mutex_unlock(&index_lock);
+    return st;
+}
+
+static void local_index_return(uint32_t index)
+{
+    pthread_mutex_lock(&index_lock);
+    free_indices[free_count++] = index; /* free_cap >= next_index > free_count */
+    if (free_count == next_index) {
+        /* No local is alive: give the array back (leak tests see a count
+         * that returns to its start). */
+        cctx_dealloc(free_indices);
+        free_indices = NULL;
+        free_count = free_cap = next_index = 0;
+    }
+    pthread_mutex_unlock(&index_lock);
+}
+
+/* --------------------------------------------------------------- registry */
+
+/* All live threads' tables. Insert and unlink under registry_lock (once per
+ * thread); walked without the lock inside a ck_epoch section. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct local_slots *registry_head;
+
+static void registry_insert(struct local_slots *t)
+{
+    pthread_mutex_lock(&registry_lock);
+    t->prev = NULL;
+    t->next = registry_head;
+    if (registry_head != NULL)
+        registry_head->prev = t;
+    /* Release: a walk that loads the head sees the table fully built. */
+    cctx_store_ptr(&registry_head, t);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_unlink(struct local_slots *t)
+{
+    pthread_mutex_lock(&registry_lock);
+    struct local_slots *next = t->next;
+    if (next != NULL)
+        next->prev = t->prev;
+    if (t->prev != NULL)
+        cctx_store_ptr(&t->prev->next, next);
+    else
+        cctx_store_ptr(&registry_head, next);
+    /* t->next stays: a walk standing on t continues through it. */
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* ------------------------------------------------------------------ slots */
+
+static inline bool local_is_valid(const cctx_local *local)
+{
+    return local != NULL && local->magic == CCTX_LOCAL_MAGIC;
+}
+
+static inline bool local_is_value(const void *v)
+{
+    return v != LOCAL_EMPTY && v != NULL;
+}
+
+/* The slot for `index` in a table, or NULL if its chunk does not exist.
+ * Any thread, any time the table is reachable (owner, or a walk inside its
+ * epoch section). */
+static inline struct local_slot *local_slot_find(struct local_slots *t, uint32_t index)
+{
+    if (t == NULL)
+        return NULL;
+    struct local_dir *dir = cctx_load_ptr(&t->dir);
+    size_t k = index >> LOCAL_CHUNK_SHIFT;
+    if (dir == NULL || k >= dir->cap)
+        return NULL;
+    struct local_slot *chunk = cctx_load_ptr(&dir->chunks[k]);
+    if (chunk == NULL)
+        return NULL;
+    return &chunk[index & LOCAL_CHUNK_MASK];
+}
+
+static void local_dir_free(ck_epoch_entry_t *entry)
+{
+    /* Dispatched by ck_epoch after a grace period: no walk holds it. */
+    CCTX_TSAN_ACQUIRE(&local_epoch_edge);
+    struct local_dir *dir = (struct local_dir *)((char *)entry - offsetof(struct local_dir, entry));
+    cctx_dealloc(dir);
+}
+
+/* Makes sure this thread has a slot for `index`, allocating its table,
+ * directory and chunk as needed. All allocations happen before anything is
+ * linked, so CCTX_ENOMEM changes nothing. Owner thread only. */
+static cctx_status local_slot_ensure(cctx_thread_state *ts, uint32_t index,
+                                     struct local_slot **out)
+{
+    struct local_slots *t = ts->locals;
+    struct local_slot *slot = local_slot_find(t, index);
+    if (CCTX_LIKELY(slot != NULL)) {
+        *out = slot;
+        return CCTX_OK;
+    }
+
+    size_t k = index >> LOCAL_CHUNK_SHIFT;
+    struct local_dir *old = t != NULL ? t->dir : NULL;
+    struct local_slots *new_table = NULL;
+    struct local_dir *new_dir = NULL;
+    struct local_slot *chunk = cctx_alloc_zeroed(LOCAL_CHUNK_SLOTS * sizeof *chunk);
+    if (chunk == NULL)
+        goto fail;
+    if (old == NULL || k >= old->cap) {
+        size_t cap = old != NULL ? old->cap * 2 : LOCAL_DIR_MIN;
+        while (cap <= k)
+            cap *= 2;
+        new_dir = cctx_alloc_zeroed(sizeof *new_dir + cap * sizeof new_dir->chunks[0]);
+        if (new_dir == NULL)
+            goto fail;
+        new_dir->cap = cap;
+        if (old != NULL)
+            memcpy(new_dir->chunks, old->chunks, old->cap * sizeof old->chunks[0]);
+    }
+    if (t == NULL) {
+        new_table = cctx_alloc_zeroed(sizeof *new_table);
+        if (new_table == NULL)
+            goto fail;
+    }
+
+    /* Nothing can fail from here on. */
+    if (new_dir != NULL) {
+        new_dir->chunks[k] = chunk;
+        if (new_table != NULL) {
+            new_table->dir = new_dir;
+            t = new_table;
+            ts->locals = t;
+            registry_insert(t); /* I4: before any value is stored */
+        } else {
+            /* Release: a walk that loads the new directory sees its
+             * entries. The old one may still be read by a walk in progress,
+             * so it waits for a grace period (I1: the chunks it points at
+             * are shared with the new one and stay). */
+            cctx_store_ptr(&t->dir, new_dir);
+            ck_epoch_call(ts->record, &old->entry, local_dir_free);
+            (void)ck_epoch_poll(ts->record);
+        }
+    } else {
+        /* Release: a walk that loads the pointer sees a zeroed chunk. */
+        cctx_store_ptr(&old->chunks[k], chunk);
+    }
+    *out = &chunk[index & LOCAL_CHUNK_MASK];
+    return CCTX_OK;
+
+fail:
+    cctx_dealloc(new_table);
+    cctx_dealloc(new_dir);
+    cctx_dealloc(chunk);
+    return CCTX_ENOMEM;
+}
+
+/* Stores a value the runtime already owns a reference to into `slot` for
+ * `local`, and releases whatever the slot held before. Owner thread only. */
+static void local_slot_store(struct local_slot *slot, cctx_local *local, void *value)
+{
+    if (cctx_load_uintptr(&slot->gen) == local->gen) {
+        void *old = cctx_fas_ptr(&slot->value, value);
+        if (local_is_value(old) && local->ops.release != NULL)
+            local->ops.release(old);
+        return;
+    }
+    /* Adopting a slot last used by another (dead) local: take out what it
+     * held (nothing, by I5; released anyway rather than leaked), then mark
+     * the slot as this local's. A walk for `local` cannot run yet: nobody
+     * else holds the slot's generation until the store below. */
+    void (*old_release)(void *) = slot->release;
+    void *old = cctx_fas_ptr(&slot->value, value);
+    slot->release = local->ops.release;
+    cctx_store_uintptr(&slot->gen, local->gen);
+    if (local_is_value(old) && old_release != NULL)
+        old_release(old);
+}
+
+/* ------------------------------------------------------------ public API */
+
+cctx_status cctx_local_new(const cctx_value_ops *ops, cctx_local_init_fn init,
+                           void *userdata, cctx_local **out)
+{
+    if (out == NULL)
+        return CCTX_EINVAL;
+    cctx_local *local = cctx_alloc_zeroed(sizeof *local);
+    if (local == NULL)
+        return CCTX_ENOMEM;
+    if (local_index_acquire(&local->index, &local->gen) != CCTX_OK) {
+        cctx_dealloc(local);
+        return CCTX_ENOMEM;
+    }
+    if (ops != NULL)
+        local->ops = *ops;
+    local->init = init;
+    local->userdata = userdata;
+    local->refcnt = 1;
+    local->magic = CCTX_LOCAL_MAGIC;
+    *out = local;
+    return CCTX_OK;
+}
+
+cctx_local *cctx_local_retain(cctx_local *local)
+{
+    if (local_is_valid(local))
+        cctx_inc_uint(&local->refcnt);
+    return local;
+}
+
+static pthread_mutex_t release_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t release_record_once = PTHREAD_ONCE_INIT;
+/* Registered once and never unregistered: ck_epoch_recycle never hands it
+ * to a thread. Static storage, so it is no allocation of ours to leak. */
+static ck_epoch_record_t release_record __attribute__((aligned(64)));
+
+/* How deep this thread is in final releases. A value's release callback
+ * may drop the last reference to another local (a Swift box holding a
+ * ThreadLocal does): the nested walk runs on the same thread, which already
+ * holds release_lock and the record, so it must not lock again. ck_epoch
+ * sections nest on one record. */
+static __thread unsigned release_depth;
+
+static void release_record_register(void)
+{
+    ck_epoch_register(reclaim_epoch(), &release_record, NULL);
+}
+
+/* Releases the values of `local` in every live thread (see the essay). The
+ * release callbacks run inside the section: a walk cannot store what it
+ * takes out without allocating, and it must not fail. They only delay
+ * grace periods by their own duration. */
+static void local_release_everywhere(cctx_local *local)
+{
+    if (release_depth++ == 0) {
+        pthread_once(&release_record_once, release_record_register);
+        pthread_mutex_lock(&release_lock);
+    }
+    ck_epoch_begin(&release_record, NULL);
+    for (struct local_slots *t = cctx_load_ptr(&registry_head); t != NULL;
+         t = cctx_load_ptr(&t->next)) {
+        struct local_slot *slot = local_slot_find(t, local->index);
+        if (slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen)
+            continue;
+        /* I3: the exchange decides between us and the owner's exit. */
+        void *v = cctx_fas_ptr(&slot->value, LOCAL_EMPTY);
+        if (local_is_value(v) && local->ops.release != NULL)
+            local->ops.release(v);
+    }
+    /* Everything read above happens before frees that wait for us. */
+    CCTX_TSAN_RELEASE(&local_epoch_edge);
+    ck_epoch_end(&release_record, NULL);
+    if (--release_depth == 0)
+        pthread_mutex_unlock(&release_lock);
+}
+
+void cctx_local_release(cctx_local *local)
+{
+    if (!local_is_valid(local))
+        return;
+    if (!cctx_dec_uint_is_zero(&local->refcnt))
+        return;
+    local_release_everywhere(local);
+    local_index_return(local->index); /* I5: only after the walk */
+    local->magic = 0;
+    cctx_dealloc(local);
+}
+
+/* Runs the initialiser for this thread and stores its value. */
+static cctx_status local_get_init(cctx_local *local, void **out)
+{
+    cctx_thread_state *ts = thread_state_get();
+    if (ts == NULL)
+        return CCTX_ENOMEM;
+    struct local_slot *slot;
+    /* Room first, so that CCTX_ENOMEM leaves the initialiser unrun. */
+    cctx_status st = local_slot_ensure(ts, local->index, &slot);
+    if (st != CCTX_OK)
+        return st;
+    void *value = NULL;
+    st = local->init(local->userdata, &value);
+    if (st != CCTX_OK)
+        return st; /* slot untouched: the initialiser runs again next time */
+    /* The initialiser may have used other locals (chunks never move, so
+     * `slot` is still good). The new reference it returned is stored as is. */
+    local_slot_store(slot, local, value);
+    *out = value;
+    return CCTX_OK;
+}
+
+cctx_status cctx_local_get(cctx_local *local, void **out)
+{
+    if (CCTX_UNLIKELY(!local_is_valid(local) || out == NULL))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_peek();
+    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    if (CCTX_LIKELY(slot != NULL && cctx_load_uintptr(&slot->gen) == local->gen)) {
+        void *v = cctx_load_ptr(&slot->value);
+        if (v == LOCAL_EMPTY)
+            return CCTX_NOT_FOUND;
+        *out = v;
+        return CCTX_OK;
+    }
+    if (local->init == NULL)
+        return CCTX_NOT_FOUND;
+    return local_get_init(local, out);
+}
+
+cctx_status cctx_local_set(cctx_local *local, void *value)
+{
+    if (CCTX_UNLIKELY(!local_is_valid(local)))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
+    if (CCTX_UNLIKELY(ts == NULL))
+        return CCTX_ENOMEM;
+    struct local_slot *slot;
+    cctx_status st = local_slot_ensure(ts, local->index, &slot);
+    if (CCTX_UNLIKELY(st != CCTX_OK))
+        return st;
+    /* Retain before releasing the old value: they may be the same. */
+    if (value != NULL && local->ops.retain != NULL)
+        local->ops.retain(value);
+    local_slot_store(slot, local, value);
+    return CCTX_OK;
+}
+
+cctx_status cctx_local_delete(cctx_local *local)
+{
+    if (CCTX_UNLIKELY(!local_is_valid(local)))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_peek();
+    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    if (slot != NULL && cctx_load_uintptr(&slot->gen) == local->gen) {
+        void *old = cctx_fas_ptr(&slot->value, LOCAL_EMPTY);
+        if (old == LOCAL_EMPTY)
+            return CCTX_NOT_FOUND;
+        if (old != NULL && local->ops.release != NULL)
+            local->ops.release(old);
+        return CCTX_OK;
+    }
+    /* Never touched in this thread: there is no value. A delete is a write,
+     * and like a set before any get it settles the thread's state without
+     * the initialiser: mark the slot deleted so that it never runs here. */
+    if (local->init == NULL)
+        return CCTX_NOT_FOUND;
+    if (ts == NULL && (ts = thread_state_get()) == NULL)
+        return CCTX_ENOMEM;
+    cctx_status st = local_slot_ensure(ts, local->index, &slot);
+    if (st != CCTX_OK)
+        return st;
+    local_slot_store(slot, local, LOCAL_EMPTY);
+    return CCTX_NOT_FOUND;
+}
+
+/* ------------------------------------------------------------ thread exit */
+
+void local_thread_release(cctx_thread_state *ts)
+{
+    struct local_slots *t = ts->locals;
+    if (t == NULL)
+        return;
+    ts->locals = NULL;
+    /* New walks no longer find the table; walks already on it may still
+     * take values out of it, which the exchanges below arbitrate (I3). */
+    registry_unlink(t);
+    struct local_dir *dir = t->dir;
+    for (size_t k = 0; k < dir->cap; k++) {
+        struct local_slot *chunk = dir->chunks[k];
+        if (chunk == NULL)
+            continue;
+        for (size_t i = 0; i < LOCAL_CHUNK_SLOTS; i++) {
+            void *v = cctx_fas_ptr(&chunk[i].value, LOCAL_EMPTY);
+            if (local_is_value(v) && chunk[i].release != NULL)
+                chunk[i].release(v);
+        }
+    }
+    /* Grace period: every walk that could have reached `t` began before the
+     * unlink and has ended when this returns. It also runs the frees of
+     * directories this thread retired (ck_epoch_call on its record), which
+     * must not outlive the record's registration. */
+    ck_epoch_barrier(ts->record);
+    CCTX_TSAN_ACQUIRE(&local_epoch_edge);
+    for (size_t k = 0; k < dir->cap; k++)
+        cctx_dealloc(dir->chunks[k]);
+    cctx_dealloc(dir);
+    cctx_dealloc(t);
+}
