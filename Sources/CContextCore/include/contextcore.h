@@ -28,14 +28,18 @@
  * `release` when it drops one. Callbacks are never called with NULL; a NULL
  * value is stored as is. With `ops == NULL` the runtime never touches values.
  * Callbacks may run on any thread (values are released by whichever thread
- * drops the last reference) and must not call back into ContextKit.
+ * drops the last reference). A release callback may release ContextKit
+ * objects (the *_release functions: a Swift value holding a variable, a
+ * context or a local does); callbacks must call no other ContextKit
+ * function.
  *
  * Errors: every fallible call returns a `cctx_status`. After any error,
  * every context, variable, token and local is exactly as before the call,
  * and `*out` parameters are left untouched.
  *
  * Undefined behaviour (not detected): using any handle after its last
- * release; calling a value callback that itself calls into ContextKit;
+ * release; a value callback that calls a ContextKit function other than a
+ * *_release;
  * writing to a context claimed with cctx_context_claim from two threads at
  * once. Detected misuse (NULL handles, foreign tokens, a handle of the wrong
  * kind while its memory is still alive) returns CCTX_EINVAL or the specific
