@@ -1,0 +1,47 @@
+import CContextCore
+
+extension Context {
+    /// Runs the asynchronous `body` in this context (Python's `Context.run`
+    /// for a coroutine), then leaves it — also when `body` throws.
+    ///
+    /// The task enters the context: `body` may suspend and resume on any
+    /// thread, and every ``ContextVar/set(_:)`` / ``ContextVar/reset(_:)``
+    /// inside it changes this context and is visible after each `await` and
+    /// through the context after `run` returns. Child tasks created inside
+    /// (`async let`, task groups, `Task {}`) see this context (read-only);
+    /// to give a child a context it can write, use `Context.task(priority:operation:)`
+    /// or a `run` of its own. `body` keeps the caller's isolation.
+    ///
+    /// - Throws: ``ContextError/contextAlreadyEntered`` if the context is
+    ///   already entered (by a thread, another task, or an enclosing `run`);
+    ///   `body` does not run then. Errors thrown by `body` propagate.
+    @discardableResult
+    public func run<R>(
+        _ body: () async throws -> R,
+        isolation: isolated (any Actor)? = #isolation
+    ) async throws -> R {
+        try check(cctx_context_claim(handle))
+        defer { unclaim() }
+        return try await withFrame(body, isolation: isolation)
+    }
+
+    /// As ``run(_:isolation:)`` for a context the caller has just created,
+    /// which nobody else can have entered.
+    func runFresh<R>(
+        _ body: () async throws -> R,
+        isolation: isolated (any Actor)?
+    ) async rethrows -> R {
+        checkOrTrap(cctx_context_claim(handle), "claiming a new Context")
+        defer { unclaim() }
+        return try await withFrame(body, isolation: isolation)
+    }
+
+    private func withFrame<R>(
+        _ body: () async throws -> R,
+        isolation: isolated (any Actor)?
+    ) async rethrows -> R {
+        let frame = TaskFrame(context: self, owner: currentTaskIdentity())
+        defer { frame.deactivate() }
+        return try await TaskFrame.$current.withValue(frame, operation: body, isolation: isolation)
+    }
+}

@@ -1,0 +1,230 @@
+import CContextCore
+
+/// A context variable: Python's `contextvars.ContextVar`.
+///
+/// A variable has a name and an optional default. Its value lives in the
+/// current ``Context``: the calling thread's, or — in a Swift task — the
+/// context the task entered with ``Context/run(_:)`` or ``withValue(_:operation:)``.
+///
+/// ```swift
+/// let requestID = ContextVar<Int>("request_id", default: 0)
+/// let token = requestID.set(7)
+/// try requestID.get()          // 7
+/// try requestID.reset(token)
+/// try requestID.get()          // 0
+/// ```
+///
+/// Variables compare and hash by identity. Declare them once (as `static let`
+/// or globals) and share them; a variable stays alive while any context holds
+/// one of its values.
+public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomStringConvertible {
+    /// The C variable (`cctx_var *`); one reference, released in `deinit`.
+    ///
+    /// `nonisolated(unsafe)` is sound: the pointer never changes, and the C
+    /// variable is immutable after creation with an atomic reference count.
+    @usableFromInline
+    nonisolated(unsafe) let handle: OpaquePointer
+
+    /// The variable's name, as given at creation.
+    public let name: String
+
+    /// The variable's default: what ``get()`` returns when the current
+    /// context has no value. `nil` when created without one.
+    public let defaultValue: Value?
+
+    /// Creates a variable with no default: ``get()`` throws
+    /// ``ContextError/lookupError(variable:)`` until a value is set.
+    public convenience init(_ name: String) {
+        self.init(name: name, defaultValue: nil)
+    }
+
+    /// Creates a variable whose ``get()`` returns `default` when the current
+    /// context has no value.
+    public convenience init(_ name: String, default: Value) {
+        self.init(name: name, defaultValue: .some(`default`))
+    }
+
+    private init(name: String, defaultValue: Value?) {
+        self.name = name
+        self.defaultValue = defaultValue
+        var out: OpaquePointer?
+        // The Swift default stays in Swift: the C variable has none, so
+        // CCTX_NOT_FOUND from C always means "no value in the context".
+        let status = withUnsafePointer(to: AnyValueBox.ops) { ops in
+            cctx_var_new(name, ops, &out)
+        }
+        checkOrTrap(status, "creating ContextVar '\(name)'")
+        handle = out!
+        SwiftVariableRegistry.register(handle)
+    }
+
+    deinit {
+        SwiftVariableRegistry.unregister(handle)
+        cctx_var_release(handle)
+    }
+
+    // MARK: Reading
+
+    /// The value in the current context; else the variable's default.
+    ///
+    /// - Throws: ``ContextError/lookupError(variable:)`` when the current
+    ///   context has no value and the variable has no default.
+    public func get() throws(ContextError) -> Value {
+        if let value = currentValue() { return value }
+        if let defaultValue { return defaultValue }
+        throw .lookupError(variable: name)
+    }
+
+    /// The value in the current context; else `default` (the variable's own
+    /// default is not used).
+    public func get(default: Value) -> Value {
+        currentValue() ?? `default`
+    }
+
+    /// ``get()``, or `nil` when it would throw.
+    public var value: Value? {
+        currentValue() ?? defaultValue
+    }
+
+    /// The value the current context holds (no default), or nil.
+    @usableFromInline
+    func currentValue() -> Value? {
+        var pointer: UnsafeMutableRawPointer?
+        switch CurrentPlace.resolve {
+        case .thread:
+            // Borrowed until this thread next writes its context: Swift takes
+            // its own reference at once.
+            guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
+            return ValueBox<Value>.borrowed(pointer).value
+        case .task(let frame?, isOwner: true):
+            // The owner is the frame's only writer: a borrowed read is stable.
+            guard foundValue(cctx_context_get(frame.context.handle, handle, &pointer)),
+                let pointer
+            else { return nil }
+            return ValueBox<Value>.borrowed(pointer).value
+        case .task(let frame?, isOwner: false):
+            // Another task may be writing the context on another thread: take
+            // a new reference.
+            guard foundValue(cctx_context_lookup(frame.context.handle, handle, &pointer)),
+                let pointer
+            else { return nil }
+            return ValueBox<Value>.adopted(pointer).value
+        case .task(nil, _):
+            return nil
+        }
+    }
+
+    // MARK: Writing
+
+    /// Sets the variable to `value` in the current context, and returns a
+    /// token that ``reset(_:)`` takes to restore the previous value.
+    ///
+    /// In a task, only the task that entered the current context (with
+    /// ``Context/run(_:)``, ``withValue(_:operation:)`` or `Context.task(priority:operation:)`)
+    /// may set: anywhere else — a task outside any context of its own, a
+    /// child task that inherited its parent's context — `set` stops the
+    /// program with a message naming the fix, because it would otherwise
+    /// change a context other tasks share (see docs/concurrency.md).
+    @discardableResult
+    public func set(_ value: Value) -> Token<Value> {
+        let box = ValueBox(variable: self, value: value)
+        var token: OpaquePointer?
+        let status: cctx_status
+        switch CurrentPlace.resolve {
+        case .thread:
+            status = box.withOpaquePointer { cctx_var_set(handle, $0, &token) }
+        case .task(let frame?, isOwner: true):
+            status = box.withOpaquePointer { cctx_context_set(frame.context.handle, handle, $0, &token) }
+        case .task(let frame, isOwner: _):
+            refuseWrite(frame: frame, operation: "set(_:)")
+        }
+        checkOrTrap(status, "ContextVar '\(name)': set(_:)")
+        return Token(adopting: token!, variable: self)
+    }
+
+    /// Restores the variable in the current context to what it was before
+    /// the ``set(_:)`` that made `token`: its old value, or no value at all.
+    ///
+    /// - Throws, in Python's order: ``ContextError/tokenAlreadyUsed``,
+    ///   ``ContextError/tokenFromDifferentVariable``,
+    ///   ``ContextError/tokenFromDifferentContext``. Nothing changes then.
+    public func reset(_ token: Token<Value>) throws(ContextError) {
+        let status: cctx_status
+        switch CurrentPlace.resolve {
+        case .thread:
+            status = cctx_var_reset(handle, token.handle)
+        case .task(let frame?, isOwner: true):
+            status = cctx_context_reset(frame.context.handle, handle, token.handle)
+        case .task(let frame, isOwner: _):
+            // Python's order of checks; only a token made in the shared
+            // context this task sees would need a refused write.
+            if token.isUsed { throw .tokenAlreadyUsed }
+            if token.variable !== self { throw .tokenFromDifferentVariable }
+            guard let frame, cctx_token_context(token.handle) == frame.context.handle else {
+                throw .tokenFromDifferentContext
+            }
+            refuseWrite(frame: frame, operation: "reset(_:)")
+        }
+        try check(status)
+    }
+
+    private func refuseWrite(frame: TaskFrame?, operation: String) -> Never {
+        let decision = WriteDecision.decide(frame: frame, task: currentTaskIdentity())
+        preconditionFailure(WriteDecision.message(for: decision, variable: name, operation: operation))
+    }
+
+    // MARK: Identity and description
+
+    /// Identity: a variable equals only itself.
+    public static func == (lhs: ContextVar, rhs: ContextVar) -> Bool {
+        lhs === rhs
+    }
+
+    /// Hashes the variable's identity.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(ObjectIdentifier(self))
+    }
+
+    /// Python's repr: `<ContextVar name='request_id' default=0 at 0x…>`
+    /// (no `default=` part when the variable has none).
+    public var description: String {
+        var text = "<ContextVar name='\(name)'"
+        if let defaultValue { text += " default=\(valueRepr(defaultValue))" }
+        return text + " at \(addressRepr(self))>"
+    }
+}
+
+extension ContextVar: AnyContextVar {}
+
+/// Whether a C read found a value: `CCTX_OK` yes, `CCTX_NOT_FOUND` no;
+/// anything else is a facade bug.
+@usableFromInline
+func foundValue(_ status: cctx_status) -> Bool {
+    if status == CCTX_OK { return true }
+    if status == CCTX_NOT_FOUND { return false }
+    preconditionFailure("ContextKit internal error: \(String(cString: cctx_strerror(status)))")
+}
+
+extension ContextVar {
+    /// Runs `operation` in a copy of the current context in which this
+    /// variable is `value`; the caller's context never changes.
+    ///
+    /// Inside `operation`, ``get()`` and ``Context/copyCurrent()`` see
+    /// `value`, and ``set(_:)`` changes the copy (gone when `withValue`
+    /// returns or throws). Tasks created inside (`Task {}`, `async let`, task
+    /// groups) see it too; `Task.detached` does not.
+    public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
+        try copyWithValue(value).runFresh(operation)
+    }
+
+    /// A new context: the current one with this variable set to `value`,
+    /// before anyone else can see it.
+    func copyWithValue(_ value: Value) -> Context {
+        let context = Context.copyCurrent()
+        let box = ValueBox(variable: self, value: value)
+        // Nobody has entered the fresh copy: the write needs no claim.
+        let status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, nil) }
+        checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
+        return context
+    }
+}

@@ -1,0 +1,125 @@
+import CContextCore
+import Synchronization
+
+// Values cross into C as boxes, and this file is the one place their
+// reference counting is written down.
+//
+// The pairing rule
+// ----------------
+// * Every `cctx_var` created by Swift carries `ValueBox.ops`, whose `retain`
+//   and `release` callbacks are `Unmanaged<AnyValueBox>.retain()` and
+//   `.release()`. So the C runtime owns exactly the references it took
+//   through `retain`, and gives each back through `release`, on whatever
+//   thread drops it.
+// * Into C: `Unmanaged.passUnretained(box).toOpaque()` while a Swift
+//   reference keeps the box alive for the whole call (`withOpaquePointer`);
+//   C retains its own reference when it stores the value.
+// * Borrowed pointers out of C (`cctx_var_get`, `cctx_context_get`,
+//   `cctx_iter_next`, `cctx_token_old_value`): `takeUnretainedValue()` —
+//   Swift takes its own strong reference at once, before anything can
+//   change the context.
+// * New references out of C (`cctx_context_lookup`): `takeRetainedValue()`,
+//   which consumes the reference the lookup's retain callback took.
+//
+// A box is immutable and holds its variable strongly: while any context,
+// token or snapshot holds a value, the Swift `ContextVar` (and therefore its
+// `cctx_var`) stays alive, and iteration can recover the variable.
+
+/// The type-erased face of a value stored in a context.
+///
+/// `@unchecked Sendable`: a box is immutable after `init` (subclasses add only
+/// `let` properties of `Sendable` types), and C reference counting is atomic,
+/// so sharing one between threads is safe.
+@usableFromInline
+class AnyValueBox: @unchecked Sendable {
+    @usableFromInline
+    init() {}
+
+    /// The variable this value belongs to.
+    var anyVariable: any AnyContextVar { fatalError("abstract") }
+
+    /// The value itself.
+    var anyValue: any Sendable { fatalError("abstract") }
+
+    /// The callbacks every Swift-created `cctx_var` is created with.
+    static let ops = cctx_value_ops(
+        retain: { pointer in
+            _ = Unmanaged<AnyValueBox>.fromOpaque(pointer!).retain()
+        },
+        release: { pointer in
+            Unmanaged<AnyValueBox>.fromOpaque(pointer!).release()
+        })
+}
+
+/// A value of a `ContextVar<V>`, as the C runtime stores it.
+@usableFromInline
+final class ValueBox<V: Sendable>: AnyValueBox, @unchecked Sendable {
+    /// Strong on purpose: keeps the variable alive while any context holds
+    /// this value, and lets iteration find it.
+    @usableFromInline let variable: ContextVar<V>
+    @usableFromInline let value: V
+
+    @usableFromInline
+    init(variable: ContextVar<V>, value: V) {
+        self.variable = variable
+        self.value = value
+    }
+
+    override var anyVariable: any AnyContextVar { variable }
+    override var anyValue: any Sendable { value }
+
+    /// Calls `body` with the box as a C value; the box stays alive for the
+    /// call and C retains its own reference if it keeps the pointer.
+    @inlinable
+    func withOpaquePointer<R>(_ body: (UnsafeMutableRawPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) {
+            try body(Unmanaged.passUnretained(self).toOpaque())
+        }
+    }
+
+    /// The box behind a borrowed pointer (C keeps its reference).
+    @inlinable
+    static func borrowed(_ pointer: UnsafeMutableRawPointer) -> ValueBox<V> {
+        Unmanaged<ValueBox<V>>.fromOpaque(pointer).takeUnretainedValue()
+    }
+
+    /// The box behind a new reference from C, which this consumes.
+    @inlinable
+    static func adopted(_ pointer: UnsafeMutableRawPointer) -> ValueBox<V> {
+        Unmanaged<ValueBox<V>>.fromOpaque(pointer).takeRetainedValue()
+    }
+}
+
+extension AnyValueBox {
+    /// The type-erased box behind a borrowed pointer.
+    static func borrowedAny(_ pointer: UnsafeMutableRawPointer) -> AnyValueBox {
+        Unmanaged<AnyValueBox>.fromOpaque(pointer).takeUnretainedValue()
+    }
+}
+
+/// The `cctx_var` handles created by Swift (whose values are boxes), so that
+/// iterating a context can tell them from variables created in C.
+///
+/// A handle is registered for exactly the life of its ``ContextVar``: the
+/// boxes hold the variable strongly, so no context can hold a value of a
+/// handle after it leaves the registry, and an address reused by a later
+/// C variable is never mistaken for a Swift one.
+enum SwiftVariableRegistry {
+    private static let handles = Mutex<Set<UInt>>([])
+
+    static func register(_ handle: OpaquePointer) {
+        _ = handles.withLock { $0.insert(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))) }
+    }
+
+    static func unregister(_ handle: OpaquePointer) {
+        _ = handles.withLock { $0.remove(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))) }
+    }
+
+    /// For each handle, whether Swift created it (one lock acquisition; no
+    /// Swift object is released while the lock is held).
+    static func createdBySwift(_ candidates: [OpaquePointer]) -> [Bool] {
+        handles.withLock { set in
+            candidates.map { set.contains(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0)))) }
+        }
+    }
+}

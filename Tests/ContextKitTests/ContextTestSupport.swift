@@ -1,0 +1,82 @@
+import Foundation
+import Synchronization
+@testable import ContextKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs `body` on a new POSIX thread (outside any Swift task, so ContextKit
+/// uses the thread's own context) and waits until the thread has exited —
+/// its thread-exit cleanup included.
+func onNewThread<R: Sendable>(_ body: @escaping @Sendable () -> R) -> R {
+    let result = Mutex<R?>(nil)
+    runOnNewThreadAndJoin {
+        let value = body()
+        result.withLock { $0 = value }
+    }
+    return result.withLock { $0! }
+}
+
+/// The closure `runOnNewThreadAndJoin` hands to its thread.
+final class ThreadJob: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+}
+
+func runOnNewThreadAndJoin(_ body: @escaping @Sendable () -> Void) {
+    let job = ThreadJob(body)
+    var thread = pthread_t()
+    let status = pthread_create(&thread, nil, { raw in
+        Unmanaged<ThreadJob>.fromOpaque(raw!).takeUnretainedValue().body()
+        return nil
+    }, Unmanaged.passUnretained(job).toOpaque())
+    precondition(status == 0, "pthread_create failed")
+    pthread_join(thread, nil)
+    withExtendedLifetime(job) {}
+}
+
+/// True when the calling code runs outside any Swift task.
+func isOutsideTask() -> Bool {
+    withUnsafeCurrentTask { $0 == nil }
+}
+
+/// Counts how many `Tracked` objects it made are still alive.
+final class LifetimeCounter: Sendable {
+    let made = Atomic<Int>(0)
+    let released = Atomic<Int>(0)
+    var alive: Int { made.load(ordering: .sequentiallyConsistent) - released.load(ordering: .sequentiallyConsistent) }
+    var releasedCount: Int { released.load(ordering: .sequentiallyConsistent) }
+
+    func make(_ id: Int = 0) -> Tracked { Tracked(id, counter: self) }
+}
+
+/// A value whose `deinit` counts (swift-atomics' `LifetimeTracked`).
+final class Tracked: Sendable, CustomStringConvertible {
+    let id: Int
+    let counter: LifetimeCounter
+    init(_ id: Int, counter: LifetimeCounter) {
+        self.id = id
+        self.counter = counter
+        counter.made.add(1, ordering: .sequentiallyConsistent)
+    }
+    deinit { counter.released.add(1, ordering: .sequentiallyConsistent) }
+    var description: String { "Tracked(\(id))" }
+}
+
+/// Waits (polling) until `condition` holds or `seconds` pass; returns it.
+func eventually(seconds: Double = 5, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() > deadline { return false }
+        usleep(1_000)
+    }
+    return true
+}
+
+/// A scale factor for the large tests: CONTEXTKIT_TEST_SCALE (percent,
+/// default 100).
+func scaled(_ n: Int) -> Int {
+    let percent = ProcessInfo.processInfo.environment["CONTEXTKIT_TEST_SCALE"].flatMap(Int.init) ?? 100
+    return max(1, n * percent / 100)
+}
