@@ -7,6 +7,7 @@
 #                   valgrind, and `swift test` under TSan and ASan
 #   make demo       build and run the examples (Swift and C)
 #   make bench      build and run the benchmarks; prints one table
+#                   (SAVE=1: also writes docs/benchmarks.md, docs/scaling.svg)
 #   make install    install header, libraries and contextcore.pc under PREFIX
 #   make clean      remove build output
 #
@@ -42,7 +43,7 @@ TEST_CFLAGS = -std=gnu11 -D_GNU_SOURCE $(WARN) -I$(CORE_DIR)/include -I$(CORE_DI
 TEST_LIBS = $(CMOCKA_LIBS) $(CK_LIBS) -lpthread -lm
 
 .PHONY: all lib deps test ci c-test swift-test c-asan c-tsan c-valgrind \
-	swift-tsan swift-asan demo bench install install-test uninstall clean docs
+	swift-tsan swift-asan demo bench install install-test downstream-test uninstall clean docs
 
 all: lib
 
@@ -120,16 +121,67 @@ swift-test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
 
+# A separate package that depends on ContextKit by path, as users do.
+downstream-test: deps
+	@mkdir -p $(BUILD); echo "building Tests/Downstream (ContextKit as a path dependency) ..."
+	@$(SWIFT) build --package-path Tests/Downstream > $(BUILD)/downstream-build.log 2>&1 || \
+		{ cat $(BUILD)/downstream-build.log; exit 1; }
+	$(SWIFT) run --skip-build --package-path Tests/Downstream DownstreamCheck
+
 swift-tsan: deps
 	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan
 
 swift-asan: deps
 	$(SWIFT) test --sanitize=address --scratch-path .build-asan
 
-# ---------------------------------------------------------------- top level
-test: deps lib c-test install-test swift-test
+# ---------------------------------------------------------------- reliability
+# Fuzzing (libFuzzer, toolchain clang), soak. See docs/reliability.md.
+#   make fuzz FUZZ_SECONDS=N   fuzz the C API for N s (default 60) on a fresh
+#                              copy of Tests/Fuzz/corpus in $(BUILD)/fuzz/
+#                              (FUZZ_KEEP=1 keeps the grown corpus between runs)
+#   make soak SOAK_SECONDS=N   8 threads + thread churn for N s (default 300)
+#   make fuzz-ci / soak-ci     the 60-second versions that `make ci` runs
+.PHONY: fuzz fuzz-ci soak soak-ci
 
-ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan
+FUZZ_CC ?= /opt/swift/usr/bin/clang
+FUZZ_SECONDS ?= 60
+FUZZ_ARGS ?=
+FUZZ_DIR = $(BUILD)/fuzz
+SOAK_SECONDS ?= 300
+
+$(FUZZ_DIR)/fuzz_api: Tests/Fuzz/fuzz_api.c $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) -std=gnu11 -D_GNU_SOURCE $(WARN) -g -O1 -fno-omit-frame-pointer \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fuse-ld=lld \
+		-I$(CORE_DIR)/include -I$(CORE_DIR) $(CK_CFLAGS) \
+		-o $@ Tests/Fuzz/fuzz_api.c $(CORE_SRC) $(CK_LIBS) -lpthread
+
+fuzz: deps $(FUZZ_DIR)/fuzz_api
+	@mkdir -p $(FUZZ_DIR)/artifacts
+	@if [ "$(FUZZ_KEEP)" != 1 ]; then rm -rf $(FUZZ_DIR)/corpus; fi
+	@mkdir -p $(FUZZ_DIR)/corpus && cp Tests/Fuzz/corpus/* $(FUZZ_DIR)/corpus/
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(FUZZ_DIR)/fuzz_api -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=20 \
+		-rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/artifacts/ \
+		$(FUZZ_ARGS) $(FUZZ_DIR)/corpus
+
+fuzz-ci:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=60 FUZZ_KEEP=0
+
+$(BUILD)/soak/soak: Tests/Soak/soak.c $(BUILD)/libcontextcore.a
+	@mkdir -p $(BUILD)/soak
+	$(CC) $(TEST_CFLAGS) -O2 -g -o $@ $< $(BUILD)/libcontextcore.a $(CK_LIBS) -lpthread
+
+soak: lib $(BUILD)/soak/soak
+	$(BUILD)/soak/soak $(SOAK_SECONDS)
+
+soak-ci:
+	@$(MAKE) --no-print-directory soak SOAK_SECONDS=60
+
+# ---------------------------------------------------------------- top level
+test: deps lib c-test install-test swift-test downstream-test
+
+ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan fuzz-ci soak-ci
 	@echo "make ci: all stages passed"
 
 EXAMPLES_C := $(sort $(basename $(notdir $(wildcard Examples/c/*.c))))
@@ -160,8 +212,109 @@ install-test: lib
 	done; echo "install-test (examples built with only pkg-config against the installed copy, then run):"; \
 	echo "$$n passed, 0 failed"
 
-bench: deps lib
-	@echo "make bench: the benchmark arrives with the performance issue"
+# ---------------------------------------------------------------- benchmarks
+# `make bench` builds (release) and runs three programs in turn, then merges
+# their rows into one table (scripts/bench/table.py):
+#   $(BUILD)/bench/bench_core     ContextKit's C API            (Benchmarks/c)
+#   $(BUILD)/bench/bench_cpython  CPython's C API, embedded     (Benchmarks/c)
+#   ContextKitBench               Swift: ContextKit and its Swift peers
+#                                 (Benchmarks/Package.swift, its own package:
+#                                 the root `swift build`/`swift test` never see it)
+# `make bench SAVE=1` also writes docs/benchmarks.md and docs/scaling.svg.
+# BENCH_PIP=0 stops bench-deps from pip-installing `immutables` (the
+# CPython HAMT peer; its rows are skipped when it is not importable).
+# Not part of `ci`.
+BENCH_DIR = $(BUILD)/bench
+PYTHON ?= python3
+PYTHON_CONFIG ?= python3-config
+BENCH_PIP ?= 1
+BENCH_CFLAGS = -std=gnu11 -D_GNU_SOURCE -O2 $(WARN) -I$(CORE_DIR)/include
+BENCH_SWIFT_SCRATCH = $(BENCH_DIR)/swift
+
+.PHONY: bench-deps bench-build bench-c bench-cpython bench-swift bench-swift-build bench-table
+
+bench-deps:
+	@if [ "$(BENCH_PIP)" = 1 ] && command -v $(PYTHON) >/dev/null 2>&1 && \
+		! $(PYTHON) -c 'import immutables' >/dev/null 2>&1; then \
+		echo "make bench: installing the CPython HAMT peer (pip install immutables)"; \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check immutables \
+			|| echo "make bench: immutables not installed; its rows will be skipped"; \
+	fi
+
+$(BENCH_DIR):
+	@mkdir -p $@
+
+$(BENCH_DIR)/bench_core: Benchmarks/c/bench_core.c Benchmarks/c/bench_common.h \
+		$(BUILD)/libcontextcore.a | $(BENCH_DIR)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BUILD)/libcontextcore.a $(CK_LIBS) -lpthread
+
+# Embeds CPython when python3-config and Python.h are there; otherwise the
+# program only prints "skipped: no python3-dev" rows.
+$(BENCH_DIR)/bench_cpython: Benchmarks/c/bench_cpython.c Benchmarks/c/bench_common.h | $(BENCH_DIR)
+	@pycflags="$$($(PYTHON_CONFIG) --cflags --embed 2>/dev/null)"; \
+	pyldflags="$$($(PYTHON_CONFIG) --ldflags --embed 2>/dev/null)"; \
+	if [ -n "$$pycflags" ] && printf '#include <Python.h>\nint main(void){return 0;}\n' | \
+		$(CC) $$pycflags -x c -fsyntax-only - >/dev/null 2>&1; then \
+		echo "$(CC) [python3-config --cflags --embed] -O2 -o $@ $<"; \
+		$(CC) $$pycflags -std=gnu11 -O2 -Wno-unused-parameter -o $@ $< $$pyldflags; \
+	else \
+		echo "make bench: no python3-dev (python3-config / Python.h): CPython rows skipped"; \
+		$(CC) $(BENCH_CFLAGS) -DBENCH_NO_PYTHON -o $@ $<; \
+	fi
+
+bench-swift-build:
+	$(SWIFT) build -c release --package-path Benchmarks --scratch-path $(BENCH_SWIFT_SCRATCH) \
+		--product ContextKitBench
+
+bench-build: lib $(BENCH_DIR)/bench_core $(BENCH_DIR)/bench_cpython bench-swift-build
+
+# One program each (build, run, rows into $(BENCH_DIR)/*.tsv); then
+# `make bench-table` prints the table from whatever rows are there.
+BENCH_RUN_C = $(BENCH_DIR)/bench_core > $(BENCH_DIR)/core.tsv
+BENCH_RUN_CPYTHON = $(BENCH_DIR)/bench_cpython > $(BENCH_DIR)/cpython.tsv
+BENCH_RUN_SWIFT = $(BENCH_SWIFT_SCRATCH)/release/ContextKitBench > $(BENCH_DIR)/swift.tsv
+
+bench-c: lib $(BENCH_DIR)/bench_core
+	$(BENCH_RUN_C)
+
+bench-cpython: bench-deps $(BENCH_DIR)/bench_cpython
+	$(BENCH_RUN_CPYTHON)
+
+bench-swift: bench-swift-build
+	$(BENCH_RUN_SWIFT)
+
+# Re-prints the table from the last run's rows (SAVE=1 writes docs/ too).
+bench-table:
+	@$(PYTHON) scripts/bench/table.py $(if $(SAVE),--save docs) \
+		--start-load "$$(cat $(BENCH_DIR)/loadavg 2>/dev/null)" \
+		--wall "$$(cat $(BENCH_DIR)/wall 2>/dev/null)" \
+		$(BENCH_DIR)/core.tsv $(BENCH_DIR)/cpython.tsv $(BENCH_DIR)/swift.tsv
+
+bench: deps lib bench-deps
+	@start=$$(date +%s); mkdir -p $(BENCH_DIR); \
+	cut -d' ' -f1-3 /proc/loadavg > $(BENCH_DIR)/loadavg 2>/dev/null || true; \
+	rm -f $(BENCH_DIR)/core.tsv $(BENCH_DIR)/cpython.tsv $(BENCH_DIR)/swift.tsv; \
+	$(MAKE) --no-print-directory bench-build && \
+	echo "== bench: C (ContextKit)" && $(BENCH_RUN_C) && \
+	echo "== bench: CPython" && $(BENCH_RUN_CPYTHON) && \
+	echo "== bench: Swift" && $(BENCH_RUN_SWIFT) || exit 1; \
+	echo "$$(( $$(date +%s) - start )) s" > $(BENCH_DIR)/wall; \
+	echo; $(MAKE) --no-print-directory bench-table SAVE=$(SAVE); \
+	echo "make bench: wall time $$(cat $(BENCH_DIR)/wall)"
+
+# DocC: symbol graphs from the compiler, then the toolchain's docc (no
+# plugin dependency in Package.swift). Warnings fail the build.
+DOCC ?= $(shell command -v docc 2>/dev/null || echo $(dir $(shell command -v $(SWIFT)))docc)
+docs: deps
+	@rm -rf $(BUILD)/symbol-graphs $(BUILD)/docs; mkdir -p $(BUILD)/symbol-graphs
+	$(SWIFT) build --target ContextKit -Xswiftc -emit-symbol-graph \
+		-Xswiftc -emit-symbol-graph-dir -Xswiftc $(abspath $(BUILD))/symbol-graphs
+	@find $(BUILD)/symbol-graphs -name '*.json' ! -name 'ContextKit*' -delete
+	$(DOCC) convert Sources/ContextKit/ContextKit.docc \
+		--additional-symbol-graph-dir $(BUILD)/symbol-graphs \
+		--fallback-display-name ContextKit --fallback-bundle-identifier org.contextkit.ContextKit \
+		--warnings-as-errors --output-path $(BUILD)/docs
+	@echo "documentation: $(BUILD)/docs (open index.html through a web server, or: docc preview)"
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
@@ -178,4 +331,4 @@ uninstall:
 		$(DESTDIR)$(PREFIX)/lib/pkgconfig/contextcore.pc
 
 clean:
-	rm -rf $(BUILD) .build .build-tsan .build-asan
+	rm -rf $(BUILD) .build .build-tsan .build-asan Tests/Downstream/.build Examples/swift/.build Benchmarks/.build

@@ -7,10 +7,14 @@ import Foundation
 @main
 struct Demo {
     static func main() async throws {
-        localAcrossThreads()
-        try contextVarWithToken()
-        try runOnACopy()
-        await tasksKeepTheirOwnID()
+        // An async main is a task, and a task sets variables only in a
+        // context of its own (docs/concurrency.md): give it one.
+        try await Context().run {
+            localAcrossThreads()
+            try contextVarWithToken()
+            try runOnACopy()
+            await tasksKeepTheirOwnID()
+        }
     }
 
     /// 1. threading.local: the same Local seen from two threads.

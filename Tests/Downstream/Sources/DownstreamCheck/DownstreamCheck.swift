@@ -18,7 +18,21 @@ struct DownstreamCheck {
         }
     }
 
+    /// Thread-locals are per OS thread, so they are used from sync code.
+    static func threadLocalCounts() -> Bool {
+        let counter = ThreadLocal { 0 }
+        counter.value += 1
+        return counter.value == 1
+    }
+
     static func main() async throws {
+        // An async main is a task: it sets variables in a context of its own.
+        try await Context().run { try await checks() }
+        print("downstream: \(passed) passed, \(failed) failed")
+        if failed > 0 { exit(1) }
+    }
+
+    static func checks() async throws {
         let user = ContextVar<String>("user", default: "anonymous")
         check(user.value == "anonymous", "default value")
         let token = user.set("ann")
@@ -37,9 +51,7 @@ struct DownstreamCheck {
         }
         check(seen == "task", "async run")
 
-        let counter = ThreadLocal { 0 }
-        counter.value += 1
-        check(counter.value == 1, "ThreadLocal")
+        check(threadLocalCounts(), "ThreadLocal")
 
         // The C API from the same program.
         var cvar: OpaquePointer?
@@ -47,8 +59,5 @@ struct DownstreamCheck {
         check(String(cString: cctx_strerror(CCTX_TOKEN_USED)) == "token has already been used once",
               "cctx_strerror")
         cctx_var_release(cvar)
-
-        print("downstream: \(passed) passed, \(failed) failed")
-        if failed > 0 { exit(1) }
     }
 }
