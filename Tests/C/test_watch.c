@@ -6,6 +6,7 @@
 #include "test_support.h"
 
 #include <pthread.h>
+#include <sched.h>
 
 struct recorder {
     long entered, exited, switched;
@@ -123,6 +124,7 @@ static void test_watcher_limit_and_bad_arguments(void **state)
 }
 
 static int stop_firing;
+static long fired; /* enter/exit pairs done by the firing threads */
 
 static void *fire_events(void *p)
 {
@@ -132,6 +134,7 @@ static void *fire_events(void *p)
     while (!__atomic_load_n(&stop_firing, __ATOMIC_ACQUIRE)) {
         assert_ok(cctx_context_enter(c));
         assert_ok(cctx_context_exit(c));
+        __atomic_add_fetch(&fired, 1, __ATOMIC_RELAXED);
     }
     cctx_context_release(c);
     return NULL;
@@ -145,13 +148,18 @@ static void test_add_and_remove_while_events_fire(void **state)
     __atomic_store_n(&stop_firing, 0, __ATOMIC_RELEASE);
     for (int i = 0; i < THREADS; i++)
         assert_int_equal(pthread_create(&t[i], NULL, fire_events, NULL), 0);
+    /* Under load the firing threads may start late: wait for them. */
+    while (__atomic_load_n(&fired, __ATOMIC_RELAXED) == 0)
+        sched_yield();
     long rounds = scaled(2000), late = 0, delivered = 0;
     for (long n = 0; n < rounds; n++) {
         struct recorder r = { 0 };
         int id;
         assert_ok(cctx_add_watcher(record, &r, &id));
-        for (volatile int spin = 0; spin < 2000; spin++) {
-        }
+        /* Let some events reach the watcher (bounded: threads may be
+         * descheduled), then remove it while they keep firing. */
+        for (int spin = 0; spin < 1000 && __atomic_load_n(&r.entered, __ATOMIC_RELAXED) == 0; spin++)
+            sched_yield();
         assert_ok(cctx_clear_watcher(id));
         __atomic_store_n(&r.removed, 1, __ATOMIC_RELEASE);
         /* A late call would write into `r` after this frame is gone: the
