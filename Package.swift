@@ -11,6 +11,13 @@ let package = Package(
     products: [
         .library(name: "ContextKit", targets: ["ContextKit"]),
         .library(name: "CContextCore", targets: ["CContextCore"]),
+        // The bridge to swift-service-context / swift-distributed-tracing: its
+        // own product, so ContextKit itself keeps no package dependency.
+        .library(name: "ContextKitServiceContext", targets: ["ContextKitServiceContext"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-service-context", from: "1.5.1"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
     ],
     targets: [
         .target(
@@ -27,9 +34,26 @@ let package = Package(
             name: "ContextKit",
             dependencies: ["CContextCore"]
         ),
+        .target(
+            name: "ContextKitServiceContext",
+            dependencies: [
+                "ContextKit",
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+            ]
+        ),
         .testTarget(
             name: "ContextKitTests",
             dependencies: ["ContextKit", "CContextCore"]
+        ),
+        .testTarget(
+            name: "ContextKitServiceContextTests",
+            dependencies: [
+                "ContextKit",
+                "ContextKitServiceContext",
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -257,6 +257,11 @@ cctx_status cctx_context_copy_inherit(cctx_context *ctx, cctx_context **out)
 
 void context_publish(cctx_context *ctx, hamt_node *new_root)
 {
+    /* The writer may be this thread writing its current context: its
+     * lookup cache must not outlive the old root (thread_state.h). */
+    cctx_thread_state *ts = thread_state_peek();
+    if (ts != NULL)
+        thread_state_invalidate(ts);
     /* Full barrier: readers that arrive later see new_root (reclaim.c). */
     hamt_node *old = cctx_fas_ptr(&ctx->root, new_root);
     reclaim_retire(ctx, old);

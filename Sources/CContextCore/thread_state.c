@@ -32,6 +32,7 @@ static void leave_innermost(cctx_thread_state *ts)
     cctx_context *c = ts->current;
     ts->current = c->prev;
     c->prev = NULL;
+    thread_state_invalidate(ts);
     /* Release: our writes to the context happen before the next owner's. */
     cctx_store_uintptr(&c->owner, CCTX_OWNER_NONE);
     watch_notify(ts, CCTX_EVENT_EXITED, ts->current);
@@ -93,6 +94,7 @@ cctx_thread_state *thread_state_slow(void)
         return NULL;
     }
     base->owner = (uintptr_t)ts;
+    ts->version = 1;
     ts->base = base;
     ts->current = base;
     cctx_tls_state = ts;
@@ -127,6 +129,7 @@ cctx_status cctx_context_enter(cctx_context *ctx)
     cctx_context_retain(ctx);
     ctx->prev = ts->current;
     ts->current = ctx;
+    thread_state_invalidate(ts);
     watch_notify(ts, CCTX_EVENT_ENTERED, ctx);
     return CCTX_OK;
 }
@@ -167,6 +170,29 @@ cctx_status cctx_context_copy_current(cctx_context **out)
     if (ts == NULL)
         return cctx_context_new(out);
     return cctx_context_copy(ts->current, out);
+}
+
+/* ------------------------------------------------------------ introspection */
+
+cctx_context *cctx_context_current(void)
+{
+    cctx_thread_state *ts = thread_state_get();
+    return ts == NULL ? NULL : ts->current; /* borrowed: the thread holds it */
+}
+
+size_t cctx_thread_contexts(cctx_context **out, size_t max)
+{
+    cctx_thread_state *ts = thread_state_peek();
+    if (ts == NULL)
+        return 0; /* no state yet: nothing entered, no base created */
+    /* Only this thread touches its chain (`prev`), so a plain walk is safe. */
+    size_t n = 0;
+    for (cctx_context *c = ts->current; c != NULL; c = c == ts->base ? NULL : c->prev) {
+        if (out != NULL && n < max)
+            out[n] = c;
+        n++;
+    }
+    return n;
 }
 
 /* ------------------------------------------------------------ threads */

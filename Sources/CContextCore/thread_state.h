@@ -32,9 +32,28 @@
 
 struct local_slots;
 
+/* Entries of the per-thread lookup cache (a power of two). */
+#define CCTX_LOOKUP_CACHE_SIZE 16
+
+/* One remembered lookup: `var` had `value` in the current context when the
+ * thread's `version` was `version`. */
+typedef struct lookup_cache_entry {
+    const cctx_var *var;
+    uint64_t version;
+    void *value;
+} lookup_cache_entry;
+
 typedef struct cctx_thread_state {
     cctx_context *current;
     cctx_context *base;
+    /* Lookup cache (CPython's idea, kept per thread so it needs no
+     * synchronisation): `version` changes whenever the current context's
+     * mapping may have changed — this thread entered or left a context or
+     * published a root (only this thread writes its current context, see
+     * context.h). An entry whose version matches therefore names a value
+     * the current root still holds. Starts at 1 so zeroed entries miss. */
+    uint64_t version;
+    lookup_cache_entry cache[CCTX_LOOKUP_CACHE_SIZE];
     ck_epoch_record_t *record;
     struct local_slots *locals;
 } cctx_thread_state;
@@ -51,6 +70,12 @@ static inline cctx_thread_state *thread_state_get(void)
     if (CCTX_LIKELY(ts != NULL))
         return ts;
     return thread_state_slow();
+}
+
+/* Forget every cached lookup of this thread (its current mapping changed). */
+static inline void thread_state_invalidate(cctx_thread_state *ts)
+{
+    ts->version++;
 }
 
 /* The calling thread's state if it exists, without creating it. */

@@ -2,10 +2,11 @@
  * var_access.c — get, set and reset of a variable in the calling thread's
  * current context: the hot path of the C API.
  *
- * get is one TLS load, one magic check and a HAMT lookup: the thread is the
- * only writer of its current context (context.h), so it reads the root
- * without any fence or reference count. A thread that has no state yet is
- * in an empty context; get creates nothing.
+ * get is one TLS load, one magic check and a hit in the thread's lookup
+ * cache (thread_state.h), or else a HAMT lookup: the thread is the only
+ * writer of its current context (context.h), so it reads the root without
+ * any fence or reference count. A thread that has no state yet is in an
+ * empty context; get creates nothing.
  */
 #include "internal.h"
 #include "context.h"
@@ -17,7 +18,18 @@ static inline bool current_lookup(const cctx_var *var, void **out)
     cctx_thread_state *ts = thread_state_peek();
     if (ts == NULL)
         return false;
-    return hamt_find(cctx_load_ptr(&ts->current->root), var, out);
+    /* Cache hit: same variable, current mapping unchanged since. */
+    lookup_cache_entry *e = &ts->cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
+    if (CCTX_LIKELY(e->var == var && e->version == ts->version)) {
+        *out = e->value;
+        return true;
+    }
+    if (!hamt_find(cctx_load_ptr(&ts->current->root), var, out))
+        return false;
+    e->var = var;
+    e->version = ts->version;
+    e->value = *out;
+    return true;
 }
 
 cctx_status cctx_var_get(cctx_var *var, void **out)

@@ -22,26 +22,36 @@ extension Context {
     ) async throws -> R {
         try check(cctx_context_claim(handle))
         defer { unclaim() }
-        return try await withFrame(body, isolation: isolation)
+        return try await withFrame(origin: .run, body, isolation: isolation)
     }
 
     /// As ``run(_:isolation:)`` for a context the caller has just created,
     /// which nobody else can have entered.
-    func runFresh<R>(
+    package func runFresh<R>(
+        origin: FrameOrigin,
         _ body: () async throws -> R,
         isolation: isolated (any Actor)?
     ) async rethrows -> R {
         checkOrTrap(cctx_context_claim(handle), "claiming a new Context")
         defer { unclaim() }
-        return try await withFrame(body, isolation: isolation)
+        return try await withFrame(origin: origin, body, isolation: isolation)
     }
 
+    /// Binds a new frame for the task's async scope; notifies watchers of
+    /// `entered` at its start and `exited` (with the enclosing frame's
+    /// context, or none) at its end, on whatever thread each happens.
     private func withFrame<R>(
+        origin: FrameOrigin,
         _ body: () async throws -> R,
         isolation: isolated (any Actor)?
     ) async rethrows -> R {
-        let frame = TaskFrame(context: self, owner: currentTaskIdentity())
-        defer { frame.deactivate() }
+        let parent = TaskFrame.current
+        let frame = TaskFrame(context: self, owner: currentTaskIdentity(), origin: origin, parent: parent)
+        cctx_notify_watchers(CCTX_EVENT_ENTERED, handle)
+        defer {
+            frame.deactivate()
+            notifyExited(returningTo: parent)
+        }
         return try await TaskFrame.$current.withValue(frame, operation: body, isolation: isolation)
     }
 }

@@ -33,6 +33,12 @@ public final class Context: Sendable {
         self.handle = handle
     }
 
+    /// Takes a new reference to `handle`, which the caller only borrows (a
+    /// watcher callback's context, a thread's chain).
+    init(retaining handle: OpaquePointer) {
+        self.handle = cctx_context_retain(handle)!
+    }
+
     /// Creates an empty context (Python's `Context()`).
     public convenience init() {
         var out: OpaquePointer?
@@ -55,8 +61,14 @@ public final class Context: Sendable {
             var out: OpaquePointer?
             checkOrTrap(cctx_context_copy_current(&out), "copying the current context")
             return Context(adopting: out!)
-        case .task(let frame, _):
-            return frame?.context.copy() ?? Context()
+        case .task(let frame?, isOwner: true):
+            return frame.context.copy()
+        case .task(let frame?, isOwner: false):
+            // What this task sees of an inherited frame: the variables
+            // created `.notInherited` are not part of it.
+            return frame.context.copyForSpawn()
+        case .task(nil, _):
+            return Context()
         }
     }
 
@@ -106,34 +118,56 @@ public final class Context: Sendable {
         if task == 0 {
             try check(cctx_context_enter(handle))
             defer { exitThread() }
-            return try withFrame(owner: 0, body)
+            return try withFrame(owner: 0, origin: .run, body)
         } else {
             try check(cctx_context_claim(handle))
             defer { unclaim() }
-            return try withFrame(owner: task, body)
+            return try withFrame(owner: task, origin: .run, body)
         }
     }
 
     /// Runs `body` in this context, which the caller has just created and no
     /// one else can have entered (so entering cannot fail).
-    func runFresh<R>(_ body: () throws -> R) rethrows -> R {
+    package func runFresh<R>(origin: FrameOrigin, _ body: () throws -> R) rethrows -> R {
         let task = currentTaskIdentity()
         if task == 0 {
             checkOrTrap(cctx_context_enter(handle), "entering a new Context")
             defer { exitThread() }
-            return try withFrame(owner: 0, body)
+            return try withFrame(owner: 0, origin: origin, body)
         } else {
             checkOrTrap(cctx_context_claim(handle), "claiming a new Context")
             defer { unclaim() }
-            return try withFrame(owner: task, body)
+            return try withFrame(owner: task, origin: origin, body)
         }
     }
 
     /// Binds a new frame for this context around `body`.
-    private func withFrame<R>(owner: UInt, _ body: () throws -> R) rethrows -> R {
-        let frame = TaskFrame(context: self, owner: owner)
-        defer { frame.deactivate() }
+    ///
+    /// Watchers: a thread (`owner == 0`) entered the context through
+    /// `cctx_context_enter`, which has notified them already; a task's scope
+    /// notifies them here — `entered` with this context, and when it ends
+    /// `exited` with the context the task sees again (the enclosing frame's,
+    /// or none). `cctx_notify_watchers` is one atomic load when nobody
+    /// watches.
+    private func withFrame<R>(owner: UInt, origin: FrameOrigin, _ body: () throws -> R) rethrows -> R {
+        let parent = TaskFrame.current
+        let frame = TaskFrame(context: self, owner: owner, origin: origin, parent: parent)
+        if owner != 0 { cctx_notify_watchers(CCTX_EVENT_ENTERED, handle) }
+        defer {
+            frame.deactivate()
+            if owner != 0 { notifyExited(returningTo: parent) }
+        }
         return try TaskFrame.$current.withValue(frame) { try body() }
+    }
+
+    /// Sends `exited` for a task scope that ends, with the context the task
+    /// returns to (the parent frame's; nil when it has none).
+    func notifyExited(returningTo parent: TaskFrame?) {
+        if let parent {
+            withExtendedLifetime(parent) { cctx_notify_watchers(CCTX_EVENT_EXITED, parent.context.handle) }
+        } else {
+            cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
+        }
     }
 
     func exitThread() {
@@ -182,9 +216,15 @@ extension Context {
         switch CurrentPlace.resolve {
         case .thread:
             return try copyCurrent().withUnsafeHandle { try body($0, false) }
-        case .task(let frame, let isOwner):
-            let context = frame?.context ?? Context()
-            return try context.withUnsafeHandle { try body($0, isOwner) }
+        case .task(let frame?, isOwner: true):
+            return try frame.context.withUnsafeHandle { try body($0, true) }
+        case .task(let frame?, isOwner: false):
+            // A copy without the `.notInherited` variables, which a task
+            // that inherited the frame does not see (O(1) when no variable
+            // is `.notInherited`).
+            return try frame.context.copyForSpawn().withUnsafeHandle { try body($0, false) }
+        case .task(nil, _):
+            return try Context().withUnsafeHandle { try body($0, false) }
         }
     }
 }

@@ -38,6 +38,13 @@ public enum ContextError: Error, Equatable, CustomStringConvertible {
     /// `cctx_context_claim`.
     case contextAlreadyEntered
 
+    /// ``Context/addWatcher(_:)`` found every watcher slot taken (the C
+    /// runtime has `CCTX_MAX_WATCHERS`, 8, shared by C and Swift); nothing
+    /// was installed.
+    ///
+    /// C: `CCTX_TOO_MANY_WATCHERS` from `cctx_add_watcher`.
+    case tooManyWatchers
+
     /// The runtime could not allocate memory; nothing changed.
     ///
     /// C: `CCTX_ENOMEM`.
@@ -59,6 +66,8 @@ public enum ContextError: Error, Equatable, CustomStringConvertible {
             return "<Token> was created in a different Context"
         case .contextAlreadyEntered:
             return "cannot enter context: <Context> is already entered"
+        case .tooManyWatchers:
+            return "cannot add watcher: all 8 context watcher slots are in use"
         case .outOfMemory:
             return "out of memory"
         }

@@ -13,6 +13,6 @@ extension ContextVar {
         operation: () async throws -> R,
         isolation: isolated (any Actor)? = #isolation
     ) async rethrows -> R {
-        try await copyWithValue(value).runFresh(operation, isolation: isolation)
+        try await copyWithValue(value).runFresh(origin: .withValue(variable: name), operation, isolation: isolation)
     }
 }

@@ -32,26 +32,49 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// context has no value. `nil` when created without one.
     public let defaultValue: Value?
 
+    /// Whether the variable's values flow into child tasks and into the
+    /// copies that helpers make for other threads and tasks.
+    public let inheritance: ContextVarInheritance
+
     /// Creates a variable with no default: ``get()`` throws
     /// ``ContextError/lookupError(variable:)`` until a value is set.
     public convenience init(_ name: String) {
-        self.init(name: name, defaultValue: nil)
+        self.init(name: name, defaultValue: nil, inheritance: .inherited)
     }
 
     /// Creates a variable whose ``get()`` returns `default` when the current
     /// context has no value.
     public convenience init(_ name: String, default: Value) {
-        self.init(name: name, defaultValue: .some(`default`))
+        self.init(name: name, defaultValue: .some(`default`), inheritance: .inherited)
     }
 
-    private init(name: String, defaultValue: Value?) {
+    /// Creates a variable with no default and the given inheritance policy.
+    ///
+    /// ```swift
+    /// // Visible only in the task or thread that set it.
+    /// let spanID = ContextVar<UInt64>("span_id", inheritance: .notInherited)
+    /// ```
+    public convenience init(_ name: String, inheritance: ContextVarInheritance) {
+        self.init(name: name, defaultValue: nil, inheritance: inheritance)
+    }
+
+    /// Creates a variable with a default and the given inheritance policy.
+    /// Where a `.notInherited` value does not flow, ``get()`` returns
+    /// `default`.
+    public convenience init(_ name: String, default: Value, inheritance: ContextVarInheritance) {
+        self.init(name: name, defaultValue: .some(`default`), inheritance: inheritance)
+    }
+
+    private init(name: String, defaultValue: Value?, inheritance: ContextVarInheritance) {
         self.name = name
         self.defaultValue = defaultValue
+        self.inheritance = inheritance
         var out: OpaquePointer?
         // The Swift default stays in Swift: the C variable has none, so
         // CCTX_NOT_FOUND from C always means "no value in the context".
+        let flags = UInt32(inheritance == .inherited ? CCTX_VAR_INHERITED : CCTX_VAR_NOT_INHERITED)
         let status = withUnsafePointer(to: AnyValueBox.ops) { ops in
-            cctx_var_new(name, ops, &out)
+            cctx_var_new_ex(name, ops, false, nil, flags, &out)
         }
         checkOrTrap(status, "creating ContextVar '\(name)'")
         handle = out!
@@ -103,6 +126,9 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
             else { return nil }
             return ValueBox<Value>.borrowed(pointer).value
         case .task(let frame?, isOwner: false):
+            // A frame inherited from another task (or ended): a
+            // `.notInherited` value stays with the task or thread that set it.
+            if inheritance == .notInherited { return nil }
             // Another task may be writing the context on another thread: take
             // a new reference.
             guard foundValue(cctx_context_lookup(frame.context.handle, handle, &pointer)),
@@ -113,6 +139,10 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
             return nil
         }
     }
+
+    /// The value the running code sees in its current context, without the
+    /// default (for the ContextKitServiceContext bridge).
+    package var valueWithoutDefault: Value? { currentValue() }
 
     // MARK: Writing
 
@@ -214,7 +244,16 @@ extension ContextVar {
     /// returns or throws). Tasks created inside (`Task {}`, `async let`, task
     /// groups) see it too; `Task.detached` does not.
     public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
-        try copyWithValue(value).runFresh(operation)
+        try copyWithValue(value).runFresh(origin: .withValue(variable: name), operation)
+    }
+
+    /// Sets this variable to `value` in `context`, which the caller has just
+    /// created and nobody has entered (for the ContextKitServiceContext
+    /// bridge).
+    package func setInFreshContext(_ context: Context, to value: Value) {
+        let box = ValueBox(variable: self, value: value)
+        let status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, nil) }
+        checkOrTrap(status, "ContextVar '\(name)': setting a value in a new Context")
     }
 
     /// A new context: the current one with this variable set to `value`,
@@ -227,4 +266,30 @@ extension ContextVar {
         checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
         return context
     }
+}
+
+/// Whether a ``ContextVar``'s value flows beyond the task or thread that set
+/// it.
+///
+/// | Where the value is read | `.inherited` | `.notInherited` |
+/// |---|---|---|
+/// | same task or thread, nested `run` / `withValue` | value | value |
+/// | explicit `copy()` / `copyCurrent()` in that task or thread | value | value |
+/// | child task: `async let`, task group, `Task {}` | value | default |
+/// | `Task.detached`, plain `Thread` | default | default |
+/// | spawn helpers (`Context.task`, `addTaskInCopiedContext`) | value | default |
+/// | thread and queue helpers | value | default |
+///
+/// The C runtime knows the policy too (`CCTX_VAR_NOT_INHERITED`), so C's
+/// `cctx_thread_create` leaves such values out as well.
+public enum ContextVarInheritance: Sendable, Hashable {
+    /// The default: the value flows into child tasks and into the copies the
+    /// spawn, thread and queue helpers make (SPEC sections 2 and 3).
+    case inherited
+    /// The value is visible only in the context where it was set, in the
+    /// same task or thread (nested scopes included) and in explicit copies;
+    /// child tasks and helper-made copies see the variable's default. For
+    /// per-task state that must not leak into children: a span ID, a
+    /// re-entrancy guard, a per-request buffer.
+    case notInherited
 }

@@ -18,7 +18,7 @@ extension Context {
     ) -> Task<Success, Never> {
         let context = copyCurrentForSpawn()
         return Task(priority: priority) {
-            await context.runFresh(operation, isolation: nil)
+            await context.runFresh(origin: .helper("Context.task"), operation, isolation: nil)
         }
     }
 
@@ -32,7 +32,7 @@ extension Context {
     ) -> Task<Success, any Error> {
         let context = copyCurrentForSpawn()
         return Task(priority: priority) {
-            try await context.runFresh(operation, isolation: nil)
+            try await context.runFresh(origin: .helper("Context.task"), operation, isolation: nil)
         }
     }
 }
@@ -49,7 +49,7 @@ extension TaskGroup {
     ) {
         let context = Context.copyCurrentForSpawn()
         addTask(priority: priority) {
-            await context.runFresh(operation, isolation: nil)
+            await context.runFresh(origin: .helper("addTaskInCopiedContext"), operation, isolation: nil)
         }
     }
 }
@@ -66,7 +66,7 @@ extension ThrowingTaskGroup {
     ) {
         let context = Context.copyCurrentForSpawn()
         addTask(priority: priority) {
-            try await context.runFresh(operation, isolation: nil)
+            try await context.runFresh(origin: .helper("addTaskInCopiedContext"), operation, isolation: nil)
         }
     }
 }

@@ -20,6 +20,7 @@ extension ContextError {
         case CCTX_TOKEN_WRONG_VAR: return .failure(.tokenFromDifferentVariable)
         case CCTX_TOKEN_WRONG_CONTEXT: return .failure(.tokenFromDifferentContext)
         case CCTX_ALREADY_ENTERED: return .failure(.contextAlreadyEntered)
+        case CCTX_TOO_MANY_WATCHERS: return .failure(.tooManyWatchers)
         default:
             preconditionFailure(
                 "ContextKit internal error: unexpected C status \(status.rawValue) "

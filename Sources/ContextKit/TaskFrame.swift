@@ -45,15 +45,27 @@ final class TaskFrame: Sendable {
     /// synchronous `run` outside any task, whose context the thread entered).
     let owner: UInt
 
+    /// Which API opened the scope (for ``Context/currentChainDescription``).
+    let origin: FrameOrigin
+
+    /// The frame that was innermost when this one was opened: an enclosing
+    /// scope of the same task, or the frame this task inherited from the task
+    /// that created it; nil for the outermost. Held strongly only for
+    /// introspection and for the `exited` watcher event; frames are small
+    /// and share their contexts' structure.
+    let parent: TaskFrame?
+
     /// True from the start of the scope until it ends. Only the owner clears
     /// it, before its scope returns; the owner task cannot end while its frame
     /// is active, so a task whose address equals `owner` while the frame is
     /// active IS the owner (addresses are reused only after a task ends).
     let isActiveFlag = Atomic<Bool>(true)
 
-    init(context: Context, owner: UInt) {
+    init(context: Context, owner: UInt, origin: FrameOrigin = .run, parent: TaskFrame? = nil) {
         self.context = context
         self.owner = owner
+        self.origin = origin
+        self.parent = parent
     }
 
     var isActive: Bool { isActiveFlag.load(ordering: .acquiring) }
@@ -63,6 +75,25 @@ final class TaskFrame: Sendable {
     /// Whether the task `task` may write this frame's context (set, reset).
     func isWritable(by task: UInt) -> Bool {
         task != 0 && task == owner && isActive
+    }
+}
+
+/// Which API opened a frame, as ``Context/currentChainDescription`` prints it.
+package enum FrameOrigin: Sendable, CustomStringConvertible {
+    /// `Context.run` (sync or async).
+    case run
+    /// `ContextVar.withValue`; the variable's name.
+    case withValue(variable: String)
+    /// A helper that runs work in a copy of the spawning context: the
+    /// helper's name (`Context.task`, `addTaskInCopiedContext`, …).
+    case helper(String)
+
+    package var description: String {
+        switch self {
+        case .run: return "run"
+        case .withValue(let name): return "withValue(\(name))"
+        case .helper(let name): return name
+        }
     }
 }
 

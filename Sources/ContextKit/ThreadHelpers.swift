@@ -18,7 +18,7 @@ extension Thread {
     ) {
         let context = Context.copyCurrentForSpawn()
         let thread = Thread {
-            context.runFresh(block)
+            context.runFresh(origin: .helper("Thread.detachNewThreadInCopiedContext"), block)
         }
         if let name { thread.name = name }
         thread.start()
@@ -39,7 +39,7 @@ extension DispatchQueue {
     ) {
         let context = Context.copyCurrentForSpawn()
         async(group: group, qos: qos, flags: flags) {
-            context.runFresh(work)
+            context.runFresh(origin: .helper("DispatchQueue.asyncInCopiedContext"), work)
         }
     }
 }

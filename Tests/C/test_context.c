@@ -534,6 +534,35 @@ static void test_values_released_exactly_once(void **state)
     assert_int_equal(cctx__live_allocations(), start_allocs);
 }
 
+/* The per-thread lookup cache must never answer for a context that is no
+ * longer current, nor for a root replaced since — even when a freed root's
+ * address is reused by the next context's root. */
+static void test_lookup_cache_follows_every_change(void **state)
+{
+    (void)state;
+    cctx_var *x = new_var("x");
+    for (long i = 0; i < 2000; i++) {
+        tv_value *v = tv_new(i), *w = tv_new(i + 100000);
+        cctx_context *c = NULL;
+        assert_ok(cctx_context_new(&c));
+        assert_ok(cctx_context_set(c, x, v, NULL));
+        assert_ok(cctx_context_enter(c));
+        assert_int_equal(get_id(x), i);       /* fills the cache */
+        assert_int_equal(get_id(x), i);       /* hits it */
+        assert_ok(cctx_context_set(c, x, w, NULL)); /* explicit write, same thread */
+        assert_int_equal(get_id(x), i + 100000);
+        assert_ok(cctx_context_delete(c, x));
+        assert_int_equal(get_id(x), -1);
+        assert_ok(cctx_context_exit(c));
+        assert_int_equal(get_id(x), -1);      /* the base context has none */
+        cctx_context_release(c);              /* frees the root: its address may be reused */
+        tv_drop(v);
+        tv_drop(w);
+    }
+    cctx_var_release(x);
+    leave_thread_clean();
+}
+
 /* ------------------------------------------------------------ OOM */
 
 /* Runs `op` with the nth allocation failing for n = 1, 2, … until it
@@ -813,6 +842,7 @@ int main(void)
         cmocka_unit_test(test_thread_exit_releases_context_and_values),
         cmocka_unit_test(test_thread_create_starts_in_a_copy),
         cmocka_unit_test(test_values_released_exactly_once),
+        cmocka_unit_test(test_lookup_cache_follows_every_change),
         cmocka_unit_test(test_allocation_failure_changes_nothing),
         cmocka_unit_test(test_allocation_failure_creating_thread_state),
     };

@@ -346,6 +346,22 @@ CCTX_API cctx_status cctx_thread_cleanup(void);
  *  that are inside a read; never for a thread that is idle. */
 CCTX_API void cctx_reclaim(void);
 
+/** The calling thread's current context, borrowed: valid until the thread
+ *  exits it (cctx_context_exit) or the thread ends; retain it to keep it
+ *  longer. Creates the thread's state (and so its empty base context) if
+ *  the thread has none; NULL only when that runs out of memory. For
+ *  introspection: a Swift task's context is not the thread's. */
+CCTX_API cctx_context *cctx_context_current(void);
+
+/** The calling thread's chain of contexts, innermost first: the contexts it
+ *  entered (cctx_context_enter, most recent first) and last its base
+ *  context. Stores up to `max` borrowed handles (each valid until the thread
+ *  exits it; the base until the thread ends) into `out` (may be NULL when
+ *  `max` is 0) and returns the length of the whole chain, which may exceed
+ *  `max`. Returns 0, creating nothing, on a thread without state (one that
+ *  never used a context). */
+CCTX_API size_t cctx_thread_contexts(cctx_context **out, size_t max);
+
 /* ------------------------------------------------------------------------ */
 /* Context-switch watchers                                                   */
 /* ------------------------------------------------------------------------ */

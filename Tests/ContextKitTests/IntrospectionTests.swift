@@ -1,0 +1,100 @@
+import CContextCore
+import Foundation
+import Testing
+@testable import ContextKit
+
+/// `Context.currentChainDescription`: where each context of the running
+/// code's chain came from.
+@Suite struct IntrospectionTests {
+    @Test func taskChainNamesOriginsAndOwners() async throws {
+        let requestID = ContextVar<Int>("request_id", default: 0)
+        let text = try await Context().run {
+            await requestID.withValue(7) { () async -> String in
+                await Task.yield()
+                return Context.currentChainDescription
+            }
+        }
+        let lines = text.split(separator: "\n").map(String.init)
+        #expect(lines.count == 3)
+        #expect(lines[0] == "task context chain (innermost first):")
+        #expect(lines[1] == "  #0 withValue(request_id), owned by this task: <Context {request_id: 7}>")
+        #expect(lines[2] == "  #1 run, owned by this task: <Context {}>")
+    }
+
+    @Test func childAndSpawnedTasksShowTheirParents() async {
+        let v = ContextVar<Int>("v", default: 0)
+        await v.withValue(1) {
+            let child = await Task { Context.currentChainDescription }.value
+            #expect(child.contains("#0 withValue(v), inherited from an enclosing task: <Context {v: 1}>"))
+            let spawned = await Context.task { Context.currentChainDescription }.value
+            #expect(spawned.contains("#0 Context.task, owned by this task: <Context {v: 1}>"))
+            #expect(spawned.contains("#1 withValue(v), inherited from an enclosing task"))
+            let grouped = await withTaskGroup(of: String.self) { group in
+                group.addTaskInCopiedContext { Context.currentChainDescription }
+                return await group.next()!
+            }
+            #expect(grouped.contains("#0 addTaskInCopiedContext, owned by this task"))
+        }
+        let detached = await Task.detached { Context.currentChainDescription }.value
+        #expect(detached.contains("no context of its own"))
+    }
+
+    @Test func endedScopeIsMarked() async {
+        let v = ContextVar<Int>("v", default: 0)
+        let gate = AsyncGate()
+        let task = v.withValue(1) {
+            Task { () -> String in
+                await gate.wait()
+                return Context.currentChainDescription
+            }
+        }
+        await gate.open()
+        #expect(await task.value.contains("#0 withValue(v), scope ended"))
+    }
+
+    @Test func threadChainListsSwiftScopesCEntersAndTheBase() {
+        let text = onNewThread { () -> [String] in
+            let before = Context.currentChainDescription
+            let user = ContextVar<String>("user")
+            var fromC: OpaquePointer?
+            precondition(cctx_context_new(&fromC) == CCTX_OK)
+            precondition(cctx_context_enter(fromC!) == CCTX_OK)
+            let inside = try! Context().run {
+                user.withValue("ann") { Context.currentChainDescription }
+            }
+            precondition(cctx_context_exit(fromC!) == CCTX_OK)
+            cctx_context_release(fromC)
+            return [before, inside]
+        }
+        #expect(text[0].contains("no context used on this thread yet"))
+        let lines = text[1].split(separator: "\n").map(String.init)
+        #expect(lines == [
+            "thread context chain (innermost first):",
+            "  #0 withValue(user) (Swift): <Context {user: \"ann\"}>",
+            "  #1 run (Swift): <Context {}>",
+            "  #2 entered from C: <Context {}>",
+            "  #3 thread base context: <Context {}>",
+        ])
+    }
+
+    @Test func threadHelperShowsItsCopy() async {
+        let v = ContextVar<Int>("v", default: 0)
+        let text = await v.withValue(3) {
+            await withCheckedContinuation { (done: CheckedContinuation<String, Never>) in
+                Thread.detachNewThreadInCopiedContext { done.resume(returning: Context.currentChainDescription) }
+            }
+        }
+        #expect(text.contains("#0 Thread.detachNewThreadInCopiedContext (Swift): <Context {v: 3}>"))
+        #expect(text.contains("#1 thread base context"))
+    }
+
+    @Test func currentContextFromCMatchesTheThreadsRun() {
+        let same = onNewThread { () -> Bool in
+            let ctx = Context()
+            return try! ctx.run {
+                ctx.withUnsafeHandle { $0 == cctx_context_current() }
+            }
+        }
+        #expect(same)
+    }
+}
