@@ -137,6 +137,14 @@ const char *cctx_var_name(const cctx_var *var)
     return var_is_valid(var) ? var->name : NULL;
 }
 
+cctx_status cctx_var_ops(const cctx_var *var, cctx_value_ops *out)
+{
+    if (!var_is_valid(var) || out == NULL)
+        return CCTX_EINVAL;
+    *out = var->ops;
+    return CCTX_OK;
+}
+
 unsigned cctx_var_flags(const cctx_var *var)
 {
     return var_is_valid(var) ? var->flags : 0;

@@ -72,19 +72,17 @@ extension Context: Sequence {
         var iterator: OpaquePointer?
         checkOrTrap(cctx_iter_new(handle, &iterator), "iterating a Context")
         defer { cctx_iter_free(iterator) }
-        // Collect the raw pairs first (borrowed while the iterator lives),
-        // then ask the registry once, then build Swift values outside its lock.
+        // The pairs are borrowed while the iterator lives.
         var raw: [(variable: OpaquePointer, value: UnsafeMutableRawPointer?)] = []
         var variable: OpaquePointer?
         var value: UnsafeMutableRawPointer?
         while cctx_iter_next(iterator, &variable, &value) {
             raw.append((variable!, value))
         }
-        let isSwift = SwiftVariableRegistry.createdBySwift(raw.map(\.variable))
         var result: [Element] = []
         result.reserveCapacity(raw.count)
-        for (entry, swift) in zip(raw, isSwift) {
-            if swift, let pointer = entry.value {
+        for entry in raw {
+            if AnyValueBox.isSwiftVariable(entry.variable), let pointer = entry.value {
                 let box = AnyValueBox.borrowedAny(pointer)
                 result.append((box.anyVariable, box.anyValue))
             } else {

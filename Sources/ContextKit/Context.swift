@@ -26,7 +26,7 @@ public final class Context: Sendable {
     /// are serialized by the C runtime's entry and claim (`cctx_context_enter`,
     /// `cctx_context_claim`): only the thread that entered it or the task
     /// that claimed it writes.
-    nonisolated(unsafe) let handle: OpaquePointer
+    @usableFromInline nonisolated(unsafe) let handle: OpaquePointer
 
     /// Takes over one reference to `handle`.
     init(adopting handle: OpaquePointer) {

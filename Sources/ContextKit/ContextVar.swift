@@ -78,11 +78,9 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         }
         checkOrTrap(status, "creating ContextVar '\(name)'")
         handle = out!
-        SwiftVariableRegistry.register(handle)
     }
 
     deinit {
-        SwiftVariableRegistry.unregister(handle)
         cctx_var_release(handle)
     }
 
@@ -92,6 +90,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     ///
     /// - Throws: ``ContextError/lookupError(variable:)`` when the current
     ///   context has no value and the variable has no default.
+    @inlinable
     public func get() throws(ContextError) -> Value {
         if let value = currentValue() { return value }
         if let defaultValue { return defaultValue }
@@ -100,17 +99,22 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
 
     /// The value in the current context; else `default` (the variable's own
     /// default is not used).
+    @inlinable
     public func get(default: Value) -> Value {
         currentValue() ?? `default`
     }
 
     /// ``get()``, or `nil` when it would throw.
+    @inlinable
     public var value: Value? {
         currentValue() ?? defaultValue
     }
 
     /// The value the current context holds (no default), or nil.
-    @usableFromInline
+    ///
+    /// Inlinable with everything it reads, so that a client specialises it
+    /// for its `Value` (no generic metadata lookup on the hot path).
+    @inlinable
     func currentValue() -> Value? {
         var pointer: UnsafeMutableRawPointer?
         switch CurrentPlace.resolve {
@@ -118,13 +122,13 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
             // Borrowed until this thread next writes its context: Swift takes
             // its own reference at once.
             guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
-            return ValueBox<Value>.borrowed(pointer).value
+            return ValueBox<Value>.borrowedValue(pointer)
         case .task(let frame?, isOwner: true):
             // The owner is the frame's only writer: a borrowed read is stable.
             guard foundValue(cctx_context_get(frame.context.handle, handle, &pointer)),
                 let pointer
             else { return nil }
-            return ValueBox<Value>.borrowed(pointer).value
+            return ValueBox<Value>.borrowedValue(pointer)
         case .task(let frame?, isOwner: false):
             // A frame inherited from another task (or ended): a
             // `.notInherited` value stays with the task or thread that set it.
@@ -228,7 +232,7 @@ extension ContextVar: AnyContextVar {}
 
 /// Whether a C read found a value: `CCTX_OK` yes, `CCTX_NOT_FOUND` no;
 /// anything else is a facade bug.
-@usableFromInline
+@inlinable
 func foundValue(_ status: cctx_status) -> Bool {
     if status == CCTX_OK { return true }
     if status == CCTX_NOT_FOUND { return false }

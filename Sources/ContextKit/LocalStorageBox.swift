@@ -15,7 +15,10 @@ import CContextCore
 /// can be a plain mutable class.
 @usableFromInline
 final class LocalStorageBox<Stored> {
-    @usableFromInline var stored: Stored
+    // Dynamic exclusivity checks would guard against overlapping accesses
+    // from two threads, which cannot happen here (see above): skip them on
+    // the hot path.
+    @exclusivity(unchecked) @usableFromInline var stored: Stored
 
     @usableFromInline
     init(_ stored: Stored) { self.stored = stored }

@@ -19,15 +19,14 @@ import Synchronization
 
 /// Identity of the task running the caller, or 0 outside any task.
 ///
-/// The bits of the `UnsafeCurrentTask` (the task object's address), read
-/// without touching its reference count. An address can be reused once its
-/// task has ended; `TaskFrame.isActive` makes that harmless (see there).
-@usableFromInline
+/// The task object's address (from `cctx_swift_current_task`, which asks
+/// the Concurrency runtime directly: `withUnsafeCurrentTask` is generic and
+/// unspecialised across modules, and cost more than the rest of a `get`).
+/// An address can be reused once its task has ended; `TaskFrame.isActive`
+/// makes that harmless (see there).
+@inlinable
 func currentTaskIdentity() -> UInt {
-    withUnsafeCurrentTask { task in
-        guard let task else { return 0 }
-        return withUnsafeBytes(of: task) { $0.load(as: UInt.self) }
-    }
+    UInt(bitPattern: cctx_swift_current_task())
 }
 
 /// One scope of `Context.run` / `ContextVar.withValue`: the context it runs
@@ -36,10 +35,10 @@ func currentTaskIdentity() -> UInt {
 final class TaskFrame: Sendable {
     /// The innermost frame around the running code, inherited by child tasks
     /// (`async let`, task groups, `Task {}`) but not by `Task.detached`.
-    @TaskLocal static var current: TaskFrame?
+    @usableFromInline @TaskLocal static var current: TaskFrame?
 
     /// The context of this scope (claimed or entered for the whole scope).
-    let context: Context
+    @usableFromInline let context: Context
 
     /// The task that opened the scope; 0 when a thread opened it (a
     /// synchronous `run` outside any task, whose context the thread entered).
@@ -73,6 +72,7 @@ final class TaskFrame: Sendable {
     func deactivate() { isActiveFlag.store(false, ordering: .releasing) }
 
     /// Whether the task `task` may write this frame's context (set, reset).
+    @usableFromInline
     func isWritable(by task: UInt) -> Bool {
         task != 0 && task == owner && isActive
     }
@@ -106,7 +106,7 @@ enum CurrentPlace {
     /// context), `isOwner` whether this task owns it and may write it.
     case task(frame: TaskFrame?, isOwner: Bool)
 
-    @usableFromInline
+    @inlinable
     static var resolve: CurrentPlace {
         let task = currentTaskIdentity()
         if task == 0 { return .thread }

@@ -45,13 +45,22 @@ public final class ThreadLocal<Value>: @unchecked Sendable {
     /// Reading on a thread that has no value yet stores and returns
     /// `initialValue()`. Writing replaces this thread's value only.
     @available(*, noasync, message: "a thread's value is meaningless across await; use ContextVar in async code")
+    @inlinable
     public var value: Value {
-        get { box().stored }
+        get {
+            var pointer: UnsafeMutableRawPointer?
+            if cctx_local_get(handle, &pointer) == CCTX_OK, let pointer {
+                // This thread's slot holds the box for the whole read.
+                return Unmanaged<LocalStorageBox<Value>>.fromOpaque(pointer)
+                    ._withUnsafeGuaranteedRef { $0.stored }
+            }
+            return box().stored
+        }
         set {
             var pointer: UnsafeMutableRawPointer?
             if cctx_local_get(handle, &pointer) == CCTX_OK, let pointer {
                 Unmanaged<LocalStorageBox<Value>>.fromOpaque(pointer)
-                    .takeUnretainedValue().stored = newValue
+                    ._withUnsafeGuaranteedRef { $0.stored = newValue }
             } else {
                 store(LocalStorageBox(newValue))
             }
@@ -59,7 +68,7 @@ public final class ThreadLocal<Value>: @unchecked Sendable {
     }
 
     /// This thread's box, created with the initial value on first use.
-    @usableFromInline
+    @inlinable
     func box() -> LocalStorageBox<Value> {
         var pointer: UnsafeMutableRawPointer?
         if cctx_local_get(handle, &pointer) == CCTX_OK, let pointer {
@@ -70,7 +79,8 @@ public final class ThreadLocal<Value>: @unchecked Sendable {
         return fresh
     }
 
-    private func store(_ box: LocalStorageBox<Value>) {
+    @usableFromInline
+    func store(_ box: LocalStorageBox<Value>) {
         let status = cctx_local_set(handle, Unmanaged.passUnretained(box).toOpaque())
         precondition(status == CCTX_OK,
                      "ContextKit: cannot store a thread-local value: \(String(cString: cctx_strerror(status)))")

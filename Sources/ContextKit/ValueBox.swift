@@ -83,6 +83,14 @@ final class ValueBox<V: Sendable>: AnyValueBox, @unchecked Sendable {
         Unmanaged<ValueBox<V>>.fromOpaque(pointer).takeUnretainedValue()
     }
 
+    /// The value inside the box behind a borrowed pointer, read without
+    /// retaining the box: C holds its reference for the whole read (the
+    /// caller is the context's only writer), so the box cannot go away.
+    @inlinable
+    static func borrowedValue(_ pointer: UnsafeMutableRawPointer) -> V {
+        Unmanaged<ValueBox<V>>.fromOpaque(pointer)._withUnsafeGuaranteedRef { $0.value }
+    }
+
     /// The box behind a new reference from C, which this consumes.
     @inlinable
     static func adopted(_ pointer: UnsafeMutableRawPointer) -> ValueBox<V> {
@@ -97,29 +105,16 @@ extension AnyValueBox {
     }
 }
 
-/// The `cctx_var` handles created by Swift (whose values are boxes), so that
-/// iterating a context can tell them from variables created in C.
-///
-/// A handle is registered for exactly the life of its ``ContextVar``: the
-/// boxes hold the variable strongly, so no context can hold a value of a
-/// handle after it leaves the registry, and an address reused by a later
-/// C variable is never mistaken for a Swift one.
-enum SwiftVariableRegistry {
-    private static let handles = Mutex<Set<UInt>>([])
-
-    static func register(_ handle: OpaquePointer) {
-        _ = handles.withLock { $0.insert(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))) }
-    }
-
-    static func unregister(_ handle: OpaquePointer) {
-        _ = handles.withLock { $0.remove(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))) }
-    }
-
-    /// For each handle, whether Swift created it (one lock acquisition; no
-    /// Swift object is released while the lock is held).
-    static func createdBySwift(_ candidates: [OpaquePointer]) -> [Bool] {
-        handles.withLock { set in
-            candidates.map { set.contains(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0)))) }
-        }
+extension AnyValueBox {
+    /// Whether the C variable `handle` was created by Swift: its values are
+    /// then boxes. Recognised by its retain callback being ``ops``' own —
+    /// no registry, no lock.
+    static func isSwiftVariable(_ handle: OpaquePointer) -> Bool {
+        var theirs = cctx_value_ops()
+        guard cctx_var_ops(handle, &theirs) == CCTX_OK, let retain = theirs.retain,
+            let ours = ops.retain
+        else { return false }
+        return unsafeBitCast(retain, to: UnsafeRawPointer.self)
+            == unsafeBitCast(ours, to: UnsafeRawPointer.self)
     }
 }

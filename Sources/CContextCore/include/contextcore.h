@@ -162,6 +162,11 @@ CCTX_API void cctx_var_release(cctx_var *var);
 /** The variable's name; borrowed, valid while `var` is alive. */
 CCTX_API const char *cctx_var_name(const cctx_var *var);
 
+/** Copies the variable's value callbacks into `*out` (both NULL when it was
+ *  created without ops). Lets a language binding recognise its own
+ *  variables while iterating a context. CCTX_EINVAL for a bad handle. */
+CCTX_API cctx_status cctx_var_ops(const cctx_var *var, cctx_value_ops *out);
+
 /** The variable's flags (CCTX_VAR_*). */
 CCTX_API unsigned cctx_var_flags(const cctx_var *var);
 
@@ -340,6 +345,11 @@ cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
  *  ContextKit afterwards (state is created again). Fails with
  *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered. */
 CCTX_API cctx_status cctx_thread_cleanup(void);
+
+/** The Swift task running on the calling thread (an identity to compare,
+ *  never to dereference), or NULL outside any task and in programs without
+ *  the Swift runtime. For the Swift facade's hot path. */
+CCTX_API const void *cctx_swift_current_task(void);
 
 /** Finishes deferred reclamation that can be finished now (values dropped
  *  while other threads were reading the same contexts). Waits for readers

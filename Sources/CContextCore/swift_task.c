@@ -1,0 +1,31 @@
+/*
+ * swift_task.c — which Swift task (if any) is running on this thread, for
+ * the Swift facade's hot path.
+ *
+ * Swift's public `withUnsafeCurrentTask` is generic and is not specialised
+ * across module boundaries: asked through it, "am I in a task?" cost more
+ * than the rest of ContextVar.get() together. Its implementation is the
+ * Concurrency runtime's exported `swift_task_getCurrent`, which takes no
+ * argument and returns a +0 task pointer in the ordinary return register —
+ * the same under the Swift and C calling conventions, which is why calling
+ * it from C is sound (Swift code may not name runtime symbols directly).
+ *
+ * The reference is weak: a plain C program has no Swift runtime, the symbol
+ * resolves to NULL, and the answer is "no task".
+ */
+#include "internal.h"
+
+#if defined(__clang__)
+#define CCTX_SWIFTCALL __attribute__((swiftcall))
+#else
+#define CCTX_SWIFTCALL
+#endif
+
+extern void *swift_task_getCurrent(void) CCTX_SWIFTCALL __attribute__((weak));
+
+const void *cctx_swift_current_task(void)
+{
+    if (swift_task_getCurrent == NULL)
+        return NULL;
+    return swift_task_getCurrent();
+}
