@@ -50,11 +50,11 @@ final class LocalTracked: Sendable {
 
 /// A countdown that lets threads wait for each other (all alive at once).
 final class ThreadRendezvous: Sendable {
-    private let remaining: Mutex<Int>
-    init(_ count: Int) { remaining = Mutex(count) }
+    private let remaining: Atomic<Int>
+    init(_ count: Int) { remaining = Atomic(count) }
     func arriveAndWait() {
-        remaining.withLock { $0 -= 1 }
-        while remaining.withLock({ $0 }) > 0 { sched_yield() }
+        remaining.subtract(1, ordering: .sequentiallyConsistent)
+        while remaining.load(ordering: .sequentiallyConsistent) > 0 { sched_yield() }
     }
 }
 
