@@ -58,40 +58,53 @@ void cctx_context_release(cctx_context *ctx)
 /* ------------------------------------------------------------ reading */
 
 /* A read of `ctx`'s root by the calling thread: direct when the thread is
- * the context's writer, guarded by reclaim.c otherwise. */
+ * the context's writer, guarded by reclaim.c otherwise. Never fails: a
+ * thread whose state cannot be created (out of memory) reads through the
+ * shared fallback record, so that reads which cannot report an error
+ * (count, contains, equal) still answer correctly. */
 typedef struct read_guard {
     bool guarded;
+    bool fallback;
     reclaim_section section;
 } read_guard;
 
-static cctx_status read_begin(cctx_context *ctx, read_guard *g, hamt_node **root)
+static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
 {
     cctx_thread_state *ts = thread_state_get();
-    if (ts == NULL)
-        return CCTX_ENOMEM;
-    if (cctx_load_uintptr(&ctx->owner) == (uintptr_t)ts) {
+    g->guarded = true;
+    g->fallback = false;
+    if (ts != NULL && cctx_load_uintptr(&ctx->owner) == (uintptr_t)ts) {
         g->guarded = false;
+    } else if (ts != NULL) {
+        reclaim_read_begin(ctx, ts->record, &g->section);
     } else {
-        g->guarded = true;
-        reclaim_read_begin(ctx, ts, &g->section);
+        g->fallback = true;
+        reclaim_read_begin(ctx, reclaim_fallback_lock(), &g->section);
     }
-    *root = cctx_load_ptr(&ctx->root);
-    return CCTX_OK;
+    return cctx_load_ptr(&ctx->root);
 }
 
 static void read_end(cctx_context *ctx, read_guard *g)
 {
-    if (g->guarded)
-        reclaim_read_end(ctx, &g->section);
+    if (!g->guarded)
+        return;
+    /* The fallback lock is dropped before a possible drain (which waits for
+     * a grace period): nobody waits while holding it. */
+    if (g->fallback) {
+        reclaim_section s = g->section;
+        CCTX_TSAN_RELEASE(reclaim_epoch());
+        ck_epoch_end(s.record, &s.section);
+        reclaim_fallback_unlock();
+        reclaim_read_finish(ctx);
+        return;
+    }
+    reclaim_read_end(ctx, &g->section);
 }
 
 cctx_status context_snapshot(cctx_context *ctx, hamt_node **out)
 {
     read_guard g;
-    hamt_node *root;
-    cctx_status st = read_begin(ctx, &g, &root);
-    if (st != CCTX_OK)
-        return st;
+    hamt_node *root = read_begin(ctx, &g);
     hamt_retain(root);
     read_end(ctx, &g);
     *out = root;
@@ -103,9 +116,7 @@ size_t cctx_context_count(cctx_context *ctx)
     if (!context_is_valid(ctx))
         return 0;
     read_guard g;
-    hamt_node *root;
-    if (read_begin(ctx, &g, &root) != CCTX_OK)
-        return 0;
+    hamt_node *root = read_begin(ctx, &g);
     size_t n = hamt_count(root);
     read_end(ctx, &g);
     return n;
@@ -116,10 +127,7 @@ cctx_status cctx_context_lookup(cctx_context *ctx, cctx_var *var, void **out)
     if (!context_is_valid(ctx) || !var_is_valid(var) || out == NULL)
         return CCTX_EINVAL;
     read_guard g;
-    hamt_node *root;
-    cctx_status st = read_begin(ctx, &g, &root);
-    if (st != CCTX_OK)
-        return st;
+    hamt_node *root = read_begin(ctx, &g);
     void *value;
     bool found = hamt_find(root, var, &value);
     if (found)
@@ -143,9 +151,7 @@ bool cctx_context_contains(cctx_context *ctx, cctx_var *var)
     if (!context_is_valid(ctx) || !var_is_valid(var))
         return false;
     read_guard g;
-    hamt_node *root;
-    if (read_begin(ctx, &g, &root) != CCTX_OK)
-        return false;
+    hamt_node *root = read_begin(ctx, &g);
     void *value;
     bool found = hamt_find(root, var, &value);
     read_end(ctx, &g);

@@ -61,8 +61,8 @@ cctx_status context_new_with_root(hamt_node *root, cctx_context **out) CCTX_HIDD
  * root, and disposes of the old one (reclaim.c). Caller is the writer. */
 void context_publish(cctx_context *ctx, hamt_node *new_root) CCTX_HIDDEN;
 
-/* A reference to the context's current root, taken safely from any thread.
- * CCTX_ENOMEM only if the calling thread's state cannot be created. */
+/* A reference to the context's current root, taken safely from any thread
+ * (also one whose state cannot be created: context.c). Always CCTX_OK. */
 cctx_status context_snapshot(cctx_context *ctx, hamt_node **out) CCTX_HIDDEN;
 
 /* The writes behind cctx_var_set/reset and cctx_context_set/reset; the

@@ -73,16 +73,37 @@ ck_epoch_record_t *reclaim_record_acquire(void)
     return r;
 }
 
+static ck_epoch_record_t fallback_record __attribute__((aligned(64)));
+static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t fallback_once = PTHREAD_ONCE_INIT;
+
+static void fallback_register(void)
+{
+    ck_epoch_register(reclaim_epoch(), &fallback_record, NULL);
+}
+
+ck_epoch_record_t *reclaim_fallback_lock(void)
+{
+    pthread_once(&fallback_once, fallback_register);
+    pthread_mutex_lock(&fallback_lock);
+    return &fallback_record;
+}
+
+void reclaim_fallback_unlock(void)
+{
+    pthread_mutex_unlock(&fallback_lock);
+}
+
 void reclaim_record_release(ck_epoch_record_t *record)
 {
     if (record != NULL)
         ck_epoch_unregister(record);
 }
 
-void reclaim_read_begin(cctx_context *ctx, cctx_thread_state *ts, reclaim_section *s)
+void reclaim_read_begin(cctx_context *ctx, ck_epoch_record_t *record, reclaim_section *s)
 {
     cctx_inc_uint(&ctx->readers); /* full fence: ordered before the root load */
-    s->record = ts->record;
+    s->record = record;
     ck_epoch_begin(s->record, &s->section);
 }
 
@@ -104,13 +125,18 @@ static void drain(cctx_context *ctx)
     cctx_dec_int(&pending_drains);
 }
 
+void reclaim_read_finish(cctx_context *ctx)
+{
+    bool last = cctx_dec_uint_is_zero(&ctx->readers); /* full fence */
+    if (last && cctx_load_ptr(&ctx->retired) != NULL)
+        drain(ctx);
+}
+
 void reclaim_read_end(cctx_context *ctx, reclaim_section *s)
 {
     CCTX_TSAN_RELEASE(&epoch);
     ck_epoch_end(s->record, &s->section);
-    bool last = cctx_dec_uint_is_zero(&ctx->readers); /* full fence */
-    if (last && cctx_load_ptr(&ctx->retired) != NULL)
-        drain(ctx);
+    reclaim_read_finish(ctx);
 }
 
 void reclaim_retire(cctx_context *ctx, hamt_node *old_root)

@@ -36,10 +36,21 @@ ck_epoch_record_t *reclaim_record_acquire(void) CCTX_HIDDEN;
 /* Gives the record back for reuse (thread exit). */
 void reclaim_record_release(ck_epoch_record_t *record) CCTX_HIDDEN;
 
-/* Brackets a read of `ctx` by a thread that is not its writer. */
-void reclaim_read_begin(cctx_context *ctx, cctx_thread_state *ts,
+/* Brackets a read of `ctx` by a thread that is not its writer, inside an
+ * epoch section of `record` (the thread's own). */
+void reclaim_read_begin(cctx_context *ctx, ck_epoch_record_t *record,
                         reclaim_section *s) CCTX_HIDDEN;
+
+/* For a thread whose state cannot be created (out of memory): a shared,
+ * statically allocated record, registered once without allocating, used
+ * under a mutex (a record serves one thread at a time). Off every normal
+ * path: only reads that cannot report an error use it. */
+ck_epoch_record_t *reclaim_fallback_lock(void) CCTX_HIDDEN;
+void reclaim_fallback_unlock(void) CCTX_HIDDEN;
 void reclaim_read_end(cctx_context *ctx, reclaim_section *s) CCTX_HIDDEN;
+/* The second half of reclaim_read_end, after the section has ended: leaves
+ * the readers count and drains if this was the last reader. */
+void reclaim_read_finish(cctx_context *ctx) CCTX_HIDDEN;
 
 /* Disposes of `old_root` after the writer replaced it (see above). */
 void reclaim_retire(cctx_context *ctx, hamt_node *old_root) CCTX_HIDDEN;

@@ -8,16 +8,24 @@
  * - `cctx_watchers_active` bit i: slot i's fn/userdata are written and may
  *   be called. Set (release) after the slot is written; cleared first when
  *   the watcher is removed.
- * - Firing reads the active mask and calls each slot inside a ck_epoch
- *   section. Removal clears the active bit, then waits for a grace period
- *   (every section that could have read the slot has ended), and only then
- *   gives the slot back. So a slot is never rewritten while a notifier may
- *   read it, and a removed callback never runs after removal returns.
+ * - `calls[i]` counts callbacks of slot i in progress. A notifier raises it
+ *   (full fence), then re-checks the active bit, and only then reads and
+ *   calls the slot. Removal clears the active bit (full fence), then waits
+ *   for calls[i] to reach zero, and only then gives the slot back. Either a
+ *   notifier's re-check sees the bit cleared (and calls nothing), or its
+ *   increment is seen by the remover (which waits for the call to end): a
+ *   slot is never rewritten while a notifier may read it, and a removed
+ *   callback never runs after removal returns.
+ * Callbacks do not run inside an epoch section: a callback may read or
+ * write contexts — which may wait for a grace period — without waiting on
+ * itself, and a slow callback holds up only the removal of its own slot.
  * The no-watcher path is the single load in watch.h.
  */
 #include "internal.h"
 #include "reclaim.h"
 #include "watch.h"
+
+#include <sched.h>
 
 struct watcher_slot {
     void *fn; /* a cctx_watcher_fn, stored as a pointer for atomic access */
@@ -25,6 +33,7 @@ struct watcher_slot {
 };
 
 static struct watcher_slot slots[CCTX_MAX_WATCHERS];
+static unsigned calls[CCTX_MAX_WATCHERS];
 static unsigned claimed;
 unsigned cctx_watchers_active;
 
@@ -65,8 +74,9 @@ cctx_status cctx_clear_watcher(int id)
             return CCTX_EINVAL;
     } while (!cctx_cas_uint(&cctx_watchers_active, act, act & ~bit));
     /* Wait until no notifier can still be calling the slot. */
-    ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
-    CCTX_TSAN_ACQUIRE(reclaim_epoch());
+    while (cctx_load_uint(&calls[id]) != 0)
+        sched_yield();
+    CCTX_TSAN_ACQUIRE(&calls[id]);
     unsigned cur;
     do {
         cur = cctx_load_uint(&claimed);
@@ -76,18 +86,21 @@ cctx_status cctx_clear_watcher(int id)
 
 void watch_fire(cctx_thread_state *ts, cctx_event event, cctx_context *ctx)
 {
-    ck_epoch_section_t section;
-    ck_epoch_begin(ts->record, &section);
+    (void)ts;
     unsigned act = cctx_load_uint(&cctx_watchers_active);
     for (int i = 0; act != 0; i++, act >>= 1) {
         if (!(act & 1u))
             continue;
-        cctx_watcher_fn fn = (cctx_watcher_fn)cctx_load_ptr(&slots[i].fn);
-        void *userdata = cctx_load_ptr(&slots[i].userdata);
-        fn(event, ctx, userdata);
+        unsigned bit = 1u << i;
+        cctx_inc_uint(&calls[i]); /* full fence: ordered before the re-check */
+        if (cctx_load_uint(&cctx_watchers_active) & bit) {
+            cctx_watcher_fn fn = (cctx_watcher_fn)cctx_load_ptr(&slots[i].fn);
+            void *userdata = cctx_load_ptr(&slots[i].userdata);
+            fn(event, ctx, userdata);
+        }
+        CCTX_TSAN_RELEASE(&calls[i]);
+        (void)cctx_dec_uint_is_zero(&calls[i]);
     }
-    CCTX_TSAN_RELEASE(reclaim_epoch());
-    ck_epoch_end(ts->record, &section);
 }
 
 void cctx_notify_watchers(cctx_event event, cctx_context *ctx)

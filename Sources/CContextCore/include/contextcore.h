@@ -38,8 +38,12 @@
  * and `*out` parameters are left untouched.
  *
  * Undefined behaviour (not detected): using any handle after its last
- * release; a value callback that calls a ContextKit function other than a
- * *_release;
+ * release; releasing a reference the caller does not own; passing anything
+ * but a live iterator to cctx_iter_*, or using one iterator from two threads
+ * at once; releasing a claimed context while its claimer still uses it (a
+ * claim does not retain); a local's initialiser that uses its own local; a
+ * value callback that calls a ContextKit function other than a *_release
+ * (cctx_reclaim and cctx_thread_cleanup included);
  * writing to a context claimed with cctx_context_claim from two threads at
  * once. Detected misuse (NULL handles, foreign tokens, a handle of the wrong
  * kind while its memory is still alive) returns CCTX_EINVAL or the specific
@@ -251,7 +255,9 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_enter(cctx_context *ctx);
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_exit(cctx_context *ctx);
 
 /** Enters `ctx`, calls `fn(arg)`, exits — Python's Context.run for C.
- *  Returns the enter status; `fn` runs only when it is CCTX_OK. */
+ *  Returns the enter status; `fn` runs only when it is CCTX_OK. Contexts
+ *  `fn` entered and did not exit are exited too; if `fn` exited `ctx`
+ *  itself, returns CCTX_NOT_CURRENT. */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_context_run(cctx_context *ctx, void (*fn)(void *arg), void *arg);
 
@@ -288,8 +294,10 @@ CCTX_API bool cctx_context_contains(cctx_context *ctx, cctx_var *var);
 
 /** Sets `var` in `ctx` (not the current context: for callers that hold their
  *  context, e.g. Swift tasks). Allowed for the thread that entered `ctx`, for
- *  a claimer, or on a context nobody has entered; CCTX_ALREADY_ENTERED when
- *  another thread has entered it. Retains `value`; `token_out` as in
+ *  a claimer, or on a context nobody has entered (which the write owns for
+ *  its duration: a concurrent enter or second writer gets
+ *  CCTX_ALREADY_ENTERED); CCTX_ALREADY_ENTERED when another thread has
+ *  entered it. Retains `value`; `token_out` as in
  *  cctx_var_set (may be NULL). */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_context_set(cctx_context *ctx, cctx_var *var, void *value,
