@@ -151,6 +151,22 @@ static BENCH_NOINLINE void l_copy(void *p, uint64_t n)
     }
 }
 
+static void noop_watcher(cctx_event event, cctx_context *ctx, void *userdata)
+{
+    (void)event;
+    (void)ctx;
+    (void)userdata;
+}
+
+static BENCH_NOINLINE void l_notify_pair(void *p, uint64_t n)
+{
+    args *a = p;
+    for (uint64_t i = 0; i < n; i++) {
+        cctx_notify_watchers(CCTX_EVENT_ENTERED, a->ctx);
+        cctx_notify_watchers(CCTX_EVENT_EXITED, NULL);
+    }
+}
+
 static BENCH_NOINLINE void l_enter_exit(void *p, uint64_t n)
 {
     args *a = p;
@@ -433,6 +449,17 @@ int main(void)
     a.ctx = copy_of(snap[S1]);
     time_row("core", "enter_exit", l_enter_exit, &a, "enter + exit");
     time_row("core", "run_noop", l_run, &a, "cctx_context_run(no-op)");
+    /* --- the watcher fast path: the same enter+exit with one no-op watcher
+     *     installed (the row above is the no-watcher case: one atomic load
+     *     per event), and the two notify calls a Swift task scope makes. */
+    {
+        int wid;
+        check(cctx_add_watcher(noop_watcher, NULL, &wid), "add_watcher");
+        time_row("core", "enter_exit_watched", l_enter_exit, &a, "enter + exit, one no-op watcher");
+        check(cctx_clear_watcher(wid), "clear_watcher");
+        time_row("core", "notify_pair", l_notify_pair, &a,
+                 "2x cctx_notify_watchers, no watcher (a Swift task scope's cost)");
+    }
     cctx_context_release(a.ctx);
 
     /* --- threading.local and raw pthread keys. */
