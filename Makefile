@@ -112,7 +112,7 @@ c-tsan: deps $(addprefix $(BUILD)/tsan/,$(C_TESTS))
 
 c-valgrind: c-test
 	@set -e; for t in $(C_TESTS); do echo "== valgrind $$t"; \
-		CCTX_TEST_SCALE=$${CCTX_TEST_SCALE:-5} valgrind -q --leak-check=full \
+		CCTX_TEST_SCALE=$${CCTX_TEST_SCALE:-5} valgrind -q --fair-sched=yes --leak-check=full \
 		--errors-for-leak-kinds=definite,indirect,possible --show-leak-kinds=definite,indirect,possible \
 		--error-exitcode=99 $(BUILD)/tests/$$t; done
 
