@@ -22,6 +22,7 @@ extension Context: Sequence {
     /// for `KeyError`.
     ///
     /// For a `ContextVar<Int?>` holding `nil`, this is `.some(nil)`.
+    @inlinable
     public subscript<V>(_ variable: ContextVar<V>) -> V? {
         var pointer: UnsafeMutableRawPointer?
         guard foundValue(cctx_context_lookup(handle, variable.handle, &pointer)), let pointer else {
@@ -32,12 +33,14 @@ extension Context: Sequence {
 
     /// The variable's value in this context, else `default` (Python's
     /// `context.get(var, default)`; the variable's own default is not used).
+    @inlinable
     public func get<V>(_ variable: ContextVar<V>, default: V) -> V {
         self[variable] ?? `default`
     }
 
     /// Whether the variable has a value in this context (Python's
     /// `var in context`).
+    @inlinable
     public func contains<V>(_ variable: ContextVar<V>) -> Bool {
         cctx_context_contains(handle, variable.handle)
     }
