@@ -132,7 +132,8 @@ swift-tsan: deps
 	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan
 
 swift-asan: deps
-	$(SWIFT) test --sanitize=address --scratch-path .build-asan
+	LSAN_OPTIONS=suppressions=$(abspath Tests/Sanitizers/lsan-swift.supp) \
+		$(SWIFT) test --sanitize=address --scratch-path .build-asan
 
 # ---------------------------------------------------------------- reliability
 # Fuzzing (libFuzzer, toolchain clang), soak. See docs/reliability.md.
