@@ -66,10 +66,25 @@ deps:
 $(BUILD)/obj/%.o: $(CORE_DIR)/%.c $(CORE_HDR) | $(BUILD)/obj
 	$(CC) $(CORE_CFLAGS) $(OPT) -c -o $@ $<
 
-$(BUILD)/obj $(BUILD)/tests $(BUILD)/asan $(BUILD)/tsan:
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/asan $(BUILD)/tsan $(BUILD)/test-obj:
 	@mkdir -p $@
 
 CORE_OBJ = $(patsubst $(CORE_DIR)/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
+
+# The library the C tests, the soak and the fuzzer link: the same sources
+# with allocation accounting (cctx__live_allocations) compiled in. The
+# production build leaves it out: a process-wide counter on every
+# allocation is a cache line all threads would fight over.
+ACCOUNTING := -DCCTX_ALLOC_ACCOUNTING
+TEST_CORE_OBJ = $(patsubst $(CORE_DIR)/%.c,$(BUILD)/test-obj/%.o,$(CORE_SRC))
+TEST_LIB = $(BUILD)/test-obj/libcontextcore-test.a
+
+$(BUILD)/test-obj/%.o: $(CORE_DIR)/%.c $(CORE_HDR) | $(BUILD)/test-obj
+	$(CC) $(CORE_CFLAGS) $(ACCOUNTING) $(OPT) -c -o $@ $<
+
+$(TEST_LIB): $(TEST_CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
 
 $(BUILD)/libcontextcore.a: $(CORE_OBJ)
 	@rm -f $@
@@ -82,8 +97,8 @@ $(BUILD)/contextcore.pc: contextcore.pc.in Makefile | $(BUILD)/obj
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
 
 # ---------------------------------------------------------------- C tests
-$(BUILD)/tests/%: Tests/C/%.c $(C_TEST_COMMON) $(BUILD)/libcontextcore.a | $(BUILD)/tests
-	$(CC) $(TEST_CFLAGS) -O1 -g -o $@ $< $(C_TEST_COMMON) $(BUILD)/libcontextcore.a $(TEST_LIBS)
+$(BUILD)/tests/%: Tests/C/%.c $(C_TEST_COMMON) $(TEST_LIB) | $(BUILD)/tests
+	$(CC) $(TEST_CFLAGS) -O1 -g -o $@ $< $(C_TEST_COMMON) $(TEST_LIB) $(TEST_LIBS)
 
 c-test: lib $(addprefix $(BUILD)/tests/,$(C_TESTS))
 	@set -e; for t in $(C_TESTS); do echo "== $$t"; $(BUILD)/tests/$$t; done
@@ -92,12 +107,12 @@ c-test: lib $(addprefix $(BUILD)/tests/,$(C_TESTS))
 SAN_SRC = $(CORE_SRC) $(C_TEST_COMMON)
 
 $(BUILD)/asan/%: Tests/C/%.c $(CORE_SRC) $(CORE_HDR) $(C_TEST_COMMON) | $(BUILD)/asan
-	gcc $(TEST_CFLAGS) -I$(CORE_DIR) -O1 -g -fno-omit-frame-pointer \
+	gcc $(TEST_CFLAGS) $(ACCOUNTING) -I$(CORE_DIR) -O1 -g -fno-omit-frame-pointer \
 		-fsanitize=address,undefined -fno-sanitize-recover=all \
 		-o $@ $< $(SAN_SRC) $(TEST_LIBS)
 
 $(BUILD)/tsan/%: Tests/C/%.c $(CORE_SRC) $(CORE_HDR) $(C_TEST_COMMON) | $(BUILD)/tsan
-	gcc $(TEST_CFLAGS) -I$(CORE_DIR) -O1 -g -fsanitize=thread \
+	gcc $(TEST_CFLAGS) $(ACCOUNTING) -I$(CORE_DIR) -O1 -g -fsanitize=thread \
 		-o $@ $< $(SAN_SRC) $(TEST_LIBS)
 
 c-asan: deps $(addprefix $(BUILD)/asan/,$(C_TESTS))
@@ -152,7 +167,7 @@ SOAK_SECONDS ?= 300
 
 $(FUZZ_DIR)/fuzz_api: Tests/Fuzz/fuzz_api.c $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(FUZZ_DIR)
-	$(FUZZ_CC) -std=gnu11 -D_GNU_SOURCE $(WARN) -g -O1 -fno-omit-frame-pointer \
+	$(FUZZ_CC) -std=gnu11 -D_GNU_SOURCE $(ACCOUNTING) $(WARN) -g -O1 -fno-omit-frame-pointer \
 		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fuse-ld=lld \
 		-I$(CORE_DIR)/include -I$(CORE_DIR) $(CK_CFLAGS) \
 		-o $@ Tests/Fuzz/fuzz_api.c $(CORE_SRC) $(CK_LIBS) -lpthread
@@ -169,9 +184,9 @@ fuzz: deps $(FUZZ_DIR)/fuzz_api
 fuzz-ci:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=60 FUZZ_KEEP=0
 
-$(BUILD)/soak/soak: Tests/Soak/soak.c $(BUILD)/libcontextcore.a
+$(BUILD)/soak/soak: Tests/Soak/soak.c $(TEST_LIB)
 	@mkdir -p $(BUILD)/soak
-	$(CC) $(TEST_CFLAGS) -O2 -g -o $@ $< $(BUILD)/libcontextcore.a $(CK_LIBS) -lpthread
+	$(CC) $(TEST_CFLAGS) -O2 -g -o $@ $< $(TEST_LIB) $(CK_LIBS) -lpthread
 
 soak: lib $(BUILD)/soak/soak
 	$(BUILD)/soak/soak $(SOAK_SECONDS)

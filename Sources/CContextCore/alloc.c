@@ -1,8 +1,12 @@
 /*
  * alloc.c — allocation with a test-only failure countdown and live counts.
  *
- * Invariant: cctx__live_allocations() equals the number of blocks returned
- * by cctx_alloc* and not yet passed to cctx_dealloc.
+ * Live counts are compiled in only with CCTX_ALLOC_ACCOUNTING (the Makefile
+ * builds the library that the C tests, fuzzer and soak link that way): one
+ * process-wide counter written by every allocation and free is a cache line
+ * all threads fight over, which no production build should pay for. With
+ * accounting, cctx__live_allocations() equals the number of blocks returned
+ * by cctx_alloc* and not yet passed to cctx_dealloc; without, it is -1.
  */
 #include "internal.h"
 
@@ -12,8 +16,18 @@
 
 /* 0: disarmed. n > 0: the n-th allocation from now fails (then disarmed). */
 static int fail_countdown;
+#ifdef CCTX_ALLOC_ACCOUNTING
 static int live_allocations;
+#endif
 static int failures_injected;
+
+#ifdef CCTX_ALLOC_ACCOUNTING
+#define COUNT_ALLOCATION() cctx_inc_int(&live_allocations)
+#define COUNT_DEALLOCATION() cctx_dec_int(&live_allocations)
+#else
+#define COUNT_ALLOCATION() ((void)0)
+#define COUNT_DEALLOCATION() ((void)0)
+#endif
 
 static int should_fail(void)
 {
@@ -36,7 +50,7 @@ void *cctx_alloc(size_t size)
         return NULL;
     void *p = malloc(size);
     if (p != NULL)
-        cctx_inc_int(&live_allocations);
+        COUNT_ALLOCATION();
     return p;
 }
 
@@ -46,7 +60,7 @@ void *cctx_alloc_zeroed(size_t size)
         return NULL;
     void *p = calloc(1, size);
     if (p != NULL)
-        cctx_inc_int(&live_allocations);
+        COUNT_ALLOCATION();
     return p;
 }
 
@@ -56,7 +70,7 @@ void *cctx_realloc(void *ptr, size_t size)
         return NULL;
     void *p = realloc(ptr, size);
     if (p != NULL && ptr == NULL)
-        cctx_inc_int(&live_allocations);
+        COUNT_ALLOCATION();
     return p;
 }
 
@@ -64,7 +78,7 @@ void cctx_dealloc(void *ptr)
 {
     if (ptr == NULL)
         return;
-    cctx_dec_int(&live_allocations);
+    COUNT_DEALLOCATION();
     free(ptr);
 }
 
@@ -80,5 +94,9 @@ long cctx__allocation_failures(void)
 
 long cctx__live_allocations(void)
 {
+#ifdef CCTX_ALLOC_ACCOUNTING
     return cctx_load_int(&live_allocations);
+#else
+    return -1;
+#endif
 }

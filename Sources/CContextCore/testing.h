@@ -16,7 +16,8 @@ extern "C" {
 CCTX_API void cctx__fail_allocation(long nth);
 /* How many failures the hook has injected so far. */
 CCTX_API long cctx__allocation_failures(void);
-/* Blocks allocated by the runtime and not yet freed. */
+/* Blocks allocated by the runtime and not yet freed; -1 unless the library
+ * was built with CCTX_ALLOC_ACCOUNTING (the test build is). */
 CCTX_API long cctx__live_allocations(void);
 
 /* A variable with a chosen 32-bit hash, to force HAMT collisions and deep

@@ -53,6 +53,18 @@ long tv_live(void) { return __atomic_load_n(&live, __ATOMIC_SEQ_CST); }
 long tv_retains(void) { return __atomic_load_n(&retains, __ATOMIC_SEQ_CST); }
 long tv_releases(void) { return __atomic_load_n(&releases, __ATOMIC_SEQ_CST); }
 
+/* Leak checks compare cctx__live_allocations(): refuse to run against a
+ * library built without allocation accounting, where they would pass
+ * without checking anything. */
+__attribute__((constructor)) static void require_accounting(void)
+{
+    if (cctx__live_allocations() < 0) {
+        fprintf(stderr, "these tests need a library built with -DCCTX_ALLOC_ACCOUNTING "
+                        "(make builds build/test/libcontextcore.a so)\n");
+        exit(2);
+    }
+}
+
 long scaled(long n)
 {
     const char *s = getenv("CCTX_TEST_SCALE");
