@@ -20,9 +20,10 @@
  *
  * Build: see the `fuzz` target in the Makefile (toolchain clang,
  * -fsanitize=fuzzer,address,undefined, library sources compiled in).
- * Define FUZZ_STRICT_READS to abort on the known degradation of
- * count/contains/equal under an injected allocation failure (see
- * docs/reliability.md); by default it is counted and tolerated.
+ * Reads never give a wrong answer, also under an injected allocation
+ * failure: a read whose thread state cannot be created goes through the
+ * shared fallback record (context.c) — it may then succeed although a
+ * failure was injected (the failure hit the state's creation).
  */
 #include "contextcore.h"
 #include "testing.h"
@@ -231,6 +232,17 @@ static bool expect(cctx_status st, cctx_status model, bool injected)
         CHECK_ST(st, CCTX_ENOMEM);
         return false;
     }
+    CHECK_ST(st, model);
+    return st == CCTX_OK;
+}
+
+/* As `expect`, for calls that only read a context: they may absorb an
+ * injected failure of creating this thread's state (reads fall back to a
+ * shared epoch record) and succeed with the model's answer. */
+static bool expect_read(cctx_status st, cctx_status model, bool injected)
+{
+    if (injected && st == CCTX_ENOMEM)
+        return false;
     CHECK_ST(st, model);
     return st == CCTX_OK;
 }
@@ -747,7 +759,8 @@ static void op_ctx_new(void)
     default: st = cctx_context_copy_current(&c); break;
     }
     bool inj = disarm();
-    if (!expect(st, CCTX_OK, inj)) {
+    bool ok = kind == 1 || kind == 2 ? expect_read(st, CCTX_OK, inj) : expect(st, CCTX_OK, inj);
+    if (!ok) {
         CHECK(c == NULL);
         return;
     }
@@ -921,7 +934,7 @@ static void op_reads(void)
                : kind == 2 ? b == c->d.has[vi]
                : kind == 3 ? b == eq : true;
     if (kind == 0) {
-        if (expect(st, c->d.has[vi] ? CCTX_OK : CCTX_NOT_FOUND, inj)) {
+        if (expect_read(st, c->d.has[vi] ? CCTX_OK : CCTX_NOT_FOUND, inj)) {
             CHECK(out == c->d.val[vi]);
             cctx_var_release_value(M.v[vi].ptr, out);
         } else {
@@ -929,13 +942,9 @@ static void op_reads(void)
         }
         return;
     }
-    if (!right) {
-        CHECK(inj); /* only an injected failure may give a wrong answer */
+    if (!right)
         stats_read_degraded++;
-#ifdef FUZZ_STRICT_READS
-        CHECK(!"read gave a wrong answer under an allocation failure");
-#endif
-    }
+    CHECK(right); /* also under an injected failure (formerly bug B1) */
 }
 
 static void op_iter(void)
@@ -955,7 +964,7 @@ static void op_iter(void)
     arm_now();
     cctx_status st = cctx_iter_new(M.c[ci].ptr, &it);
     bool inj = disarm();
-    if (expect(st, CCTX_OK, inj)) {
+    if (expect_read(st, CCTX_OK, inj)) {
         m->it = it;
         m->snap = M.c[ci].d;
         m->open = true;
