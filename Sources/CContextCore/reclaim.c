@@ -42,7 +42,6 @@ struct reclaim_retired {
 
 static ck_epoch_t epoch;
 static pthread_once_t epoch_once = PTHREAD_ONCE_INIT;
-static int pending_drains;
 
 static void epoch_init(void)
 {
@@ -112,7 +111,6 @@ static void drain(cctx_context *ctx)
     struct reclaim_retired *list = cctx_fas_ptr(&ctx->retired, NULL);
     if (list == NULL)
         return;
-    cctx_inc_int(&pending_drains);
     /* Grace period: every epoch section open now ends before this returns. */
     ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
     CCTX_TSAN_ACQUIRE(&epoch);
@@ -122,7 +120,6 @@ static void drain(cctx_context *ctx)
         cctx_dealloc(list);
         list = next;
     }
-    cctx_dec_int(&pending_drains);
 }
 
 void reclaim_read_finish(cctx_context *ctx)
@@ -170,19 +167,16 @@ void reclaim_retire(cctx_context *ctx, hamt_node *old_root)
 
 void reclaim_context_destroy(cctx_context *ctx)
 {
-    /* No references are left, so no reader is inside: release directly. */
-    struct reclaim_retired *list = cctx_fas_ptr(&ctx->retired, NULL);
+    /* No references are left, so no reader or writer is inside: a plain
+     * load (not an exchange) and a direct release. */
+    struct reclaim_retired *list = cctx_load_ptr(&ctx->retired);
+    ctx->retired = NULL;
     while (list != NULL) {
         struct reclaim_retired *next = list->next;
         hamt_release(list->root);
         cctx_dealloc(list);
         list = next;
     }
-}
-
-long cctx__pending_reclaims(void)
-{
-    return cctx_load_int(&pending_drains);
 }
 
 void cctx_reclaim(void)

@@ -32,9 +32,6 @@ CCTX_API uint32_t cctx__var_hash(const cctx_var *var);
  * they hold, else a line number in hamt.c that names the broken one. */
 CCTX_API int cctx__context_check(cctx_context *ctx);
 
-/* Number of contexts whose reads are currently deferred-reclaim pending. */
-CCTX_API long cctx__pending_reclaims(void);
-
 #ifdef __cplusplus
 }
 #endif
