@@ -231,12 +231,25 @@ static inline hamt_node *bitmap_child(const hamt_node *n, unsigned j)
 
 /* ------------------------------------------------------ node lifetime */
 
-static hamt_node *node_alloc(unsigned nslots)
+/* A new node with its header set and `nslots` slots for the caller to fill;
+ * the one place nodes are allocated. NULL on allocation failure. */
+static hamt_node *node_new(uint32_t size, uint32_t datamap, uint32_t nodemap, unsigned nslots)
 {
     hamt_node *n = cctx_alloc(sizeof(*n) + nslots * sizeof(void *));
-    if (n != NULL)
-        n->refcnt = 1; /* not yet shared: a plain store is enough */
+    if (n == NULL)
+        return NULL;
+    n->refcnt = 1; /* not yet shared: a plain store is enough */
+    n->size = size;
+    n->datamap = datamap;
+    n->nodemap = nodemap;
     return n;
+}
+
+/* A bitmap node: its slot count follows from the maps (two per entry, one
+ * per child). */
+static hamt_node *bitmap_node_new(uint32_t size, uint32_t datamap, uint32_t nodemap)
+{
+    return node_new(size, datamap, nodemap, 2 * hamt_popcount(datamap) + hamt_popcount(nodemap));
 }
 
 static inline void entry_retain(cctx_var *key, void *value)
@@ -296,12 +309,9 @@ size_t hamt_count(const hamt_node *root)
 /* A bitmap node at `shift` holding the one entry (key, value). */
 static hamt_node *leaf_new(unsigned shift, cctx_var *key, void *value)
 {
-    hamt_node *n = node_alloc(2);
+    hamt_node *n = node_new(1, 1u << hamt_frag(key->hash, shift), 0, 2);
     if (n == NULL)
         return NULL;
-    n->size = 1;
-    n->datamap = 1u << hamt_frag(key->hash, shift);
-    n->nodemap = 0;
     n->slot[0] = key;
     n->slot[1] = value;
     entry_retain(key, value);
@@ -330,12 +340,9 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
     const unsigned nd = hamt_popcount(dm);
     const unsigned old_nd = hamt_popcount(n->datamap);
 
-    hamt_node *m = node_alloc(2 * nd + hamt_popcount(nm));
+    hamt_node *m = bitmap_node_new(size, dm, nm);
     if (m == NULL)
         return NULL;
-    m->size = size;
-    m->datamap = dm;
-    m->nodemap = nm;
 
     unsigned i = 0;
     for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
@@ -369,12 +376,11 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
 static hamt_node *array_rebuild(const hamt_node *n, unsigned idx, hamt_node *child,
                                 uint32_t size)
 {
-    hamt_node *m = node_alloc(HAMT_ARRAY_SLOTS);
+    hamt_node *m = node_new(size, HAMT_ARRAY_MARK,
+                            (n->nodemap & ~(1u << idx)) | (child != NULL ? 1u << idx : 0),
+                            HAMT_ARRAY_SLOTS);
     if (m == NULL)
         return NULL;
-    m->size = size;
-    m->datamap = HAMT_ARRAY_MARK;
-    m->nodemap = (n->nodemap & ~(1u << idx)) | (child != NULL ? 1u << idx : 0);
     for (unsigned i = 0; i < HAMT_ARRAY_SLOTS; i++) {
         if (i == idx) {
             m->slot[i] = child;
@@ -403,13 +409,10 @@ static void array_discard(hamt_node *m)
 static hamt_node *bitmap_promote(const hamt_node *n, unsigned shift, uint32_t bit,
                                  hamt_node *child, uint32_t size)
 {
-    hamt_node *m = node_alloc(HAMT_ARRAY_SLOTS);
+    hamt_node *m = node_new(size, HAMT_ARRAY_MARK, 0, HAMT_ARRAY_SLOTS);
     if (m == NULL)
         return NULL;
     memset(m->slot, 0, HAMT_ARRAY_SLOTS * sizeof(void *));
-    m->size = size;
-    m->datamap = HAMT_ARRAY_MARK;
-    m->nodemap = 0;
 
     unsigned i = 0;
     for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
@@ -453,12 +456,9 @@ static hamt_node *array_demote(const hamt_node *n, unsigned idx, uint32_t size)
             nm |= b;
     }
     const unsigned nd = hamt_popcount(dm);
-    hamt_node *m = node_alloc(2 * nd + hamt_popcount(nm));
+    hamt_node *m = bitmap_node_new(size, dm, nm);
     if (m == NULL)
         return NULL;
-    m->size = size;
-    m->datamap = dm;
-    m->nodemap = nm;
     unsigned i = 0;
     for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
         const hamt_node *c = n->slot[__builtin_ctz(rest)];
@@ -477,12 +477,9 @@ static hamt_node *array_demote(const hamt_node *n, unsigned idx, uint32_t size)
 /* A collision node of two entries (same full hash, different keys). */
 static hamt_node *collision_pair(cctx_var *ka, void *va, cctx_var *kb, void *vb)
 {
-    hamt_node *m = node_alloc(4);
+    hamt_node *m = node_new(2, 0, 0, 4); /* collision: both maps 0 */
     if (m == NULL)
         return NULL;
-    m->size = 2;
-    m->datamap = 0;
-    m->nodemap = 0;
     m->slot[0] = ka;
     m->slot[1] = va;
     m->slot[2] = kb;
@@ -498,12 +495,9 @@ static hamt_node *collision_rebuild(const hamt_node *n, unsigned drop, cctx_var 
                                     void *value)
 {
     unsigned count = n->size - (drop < n->size) + (key != NULL);
-    hamt_node *m = node_alloc(2 * count);
+    hamt_node *m = node_new(count, 0, 0, 2 * count); /* collision */
     if (m == NULL)
         return NULL;
-    m->size = count;
-    m->datamap = 0;
-    m->nodemap = 0;
     unsigned o = 0;
     for (unsigned i = 0; i < n->size; i++) {
         if (i == drop)
@@ -539,24 +533,18 @@ static hamt_node *pair_new(unsigned shift, uint32_t ha, cctx_var *ka, void *va,
     const uint32_t bitb = 1u << hamt_frag(hb, s);
     hamt_node *n;
     if (a != NULL) {
-        n = node_alloc(3);
+        n = bitmap_node_new(a->size + 1, bitb, bita);
         if (n == NULL)
             return NULL;
-        n->size = a->size + 1;
-        n->datamap = bitb;
-        n->nodemap = bita;
         n->slot[0] = kb;
         n->slot[1] = vb;
         n->slot[2] = a;
         entry_retain(kb, vb);
         hamt_retain(a);
     } else {
-        n = node_alloc(4);
+        n = bitmap_node_new(2, bita | bitb, 0);
         if (n == NULL)
             return NULL;
-        n->size = 2;
-        n->datamap = bita | bitb;
-        n->nodemap = 0;
         unsigned ia = bita < bitb ? 0 : 1;
         n->slot[2 * ia] = ka;
         n->slot[2 * ia + 1] = va;
@@ -567,14 +555,11 @@ static hamt_node *pair_new(unsigned shift, uint32_t ha, cctx_var *ka, void *va,
     }
     while (s > shift) {
         s -= HAMT_BITS;
-        hamt_node *up = node_alloc(1);
+        hamt_node *up = bitmap_node_new(n->size, 0, 1u << hamt_frag(hb, s));
         if (up == NULL) {
             hamt_release(n);
             return NULL;
         }
-        up->size = n->size;
-        up->datamap = 0;
-        up->nodemap = 1u << hamt_frag(hb, s);
         up->slot[0] = n;
         n = up;
     }
