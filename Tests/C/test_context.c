@@ -595,6 +595,8 @@ struct oom_env {
     cctx_token *token;
     cctx_var *new_var;
     cctx_iter *iter;
+    cctx_token *reset_token; /* for op_reset */
+    tv_value *replaced;      /* the value a replace must leave in place */
     int target;
     long live_before;
     long allocs_before;
@@ -625,6 +627,30 @@ static cctx_status op_set_new(void *p)
 {
     struct oom_env *e = p;
     return cctx_context_set(e->ctx, e->vars[e->target], e->vals[e->target], &e->token);
+}
+
+static cctx_status op_reset(void *p)
+{
+    struct oom_env *e = p;
+    return cctx_context_reset(e->ctx, e->vars[e->target], e->reset_token);
+}
+
+/* After a failed reset of a new variable's set: the token is unused and the
+ * variable still counted. */
+static void check_reset_unchanged(void *p)
+{
+    struct oom_env *e = p;
+    assert_false(cctx_token_is_used(e->reset_token));
+    assert_int_equal(cctx_context_count(e->ctx), 31);
+}
+
+/* After a failed replace: the old value is still bound. */
+static void check_replace_unchanged(void *p)
+{
+    struct oom_env *e = p;
+    void *out;
+    assert_ok(cctx_context_get(e->ctx, e->vars[e->target], &out));
+    assert_ptr_equal(out, e->replaced);
 }
 
 static cctx_status op_delete(void *p)
@@ -681,46 +707,20 @@ static void test_allocation_failure_changes_nothing(void **state)
         e.target = target;
         points += walk_failures(op_set_new, check_ctx_unchanged, &e);
         /* Undo: reset with the token, walking failures of reset too. */
-        cctx_token *tok = e.token;
+        e.reset_token = e.token;
         e.token = NULL;
-        struct oom_env *pe = &e;
-        for (int n = 1;; n++) {
-            long fails = cctx__allocation_failures();
-            cctx__fail_allocation(n);
-            cctx_status st = cctx_context_reset(pe->ctx, pe->vars[target], tok);
-            cctx__fail_allocation(0);
-            if (cctx__allocation_failures() == fails) {
-                assert_int_equal(st, CCTX_OK);
-                break;
-            }
-            assert_int_equal(st, CCTX_ENOMEM);
-            assert_false(cctx_token_is_used(tok));
-            assert_int_equal(cctx_context_count(pe->ctx), 31);
-            points++;
-        }
-        cctx_token_release(tok);
+        points += walk_failures(op_reset, check_reset_unchanged, &e);
+        cctx_token_release(e.reset_token);
+        e.reset_token = NULL;
         check_ctx_unchanged(&e);
     }
     for (int target = 0; target < 30; target += 7) { /* replace, with token */
         e.target = target;
         tv_value *old = e.vals[target];
+        e.replaced = old;
         e.vals[target] = tv_new(500 + target);
         e.live_before++;
-        for (int n = 1;; n++) {
-            long fails = cctx__allocation_failures();
-            cctx__fail_allocation(n);
-            cctx_status st = op_set_new(&e);
-            cctx__fail_allocation(0);
-            if (cctx__allocation_failures() == fails) {
-                assert_int_equal(st, CCTX_OK);
-                break;
-            }
-            assert_int_equal(st, CCTX_ENOMEM);
-            void *out;
-            assert_ok(cctx_context_get(e.ctx, e.vars[target], &out));
-            assert_ptr_equal(out, old);
-            points++;
-        }
+        points += walk_failures(op_set_new, check_replace_unchanged, &e);
         assert_ok(cctx_context_reset(e.ctx, e.vars[target], e.token));
         cctx_token_release(e.token);
         e.token = NULL;
@@ -739,19 +739,7 @@ static void test_allocation_failure_changes_nothing(void **state)
     e.new_var = NULL;
     /* Delete: on failure the variable is still there. */
     e.target = 3;
-    for (int n = 1;; n++) {
-        long fails = cctx__allocation_failures();
-        cctx__fail_allocation(n);
-        cctx_status st = op_delete(&e);
-        cctx__fail_allocation(0);
-        if (cctx__allocation_failures() == fails) {
-            assert_int_equal(st, CCTX_OK);
-            break;
-        }
-        assert_int_equal(st, CCTX_ENOMEM);
-        check_ctx_unchanged(&e);
-        points++;
-    }
+    points += walk_failures(op_delete, check_ctx_unchanged, &e);
     assert_false(cctx_context_contains(e.ctx, e.vars[3]));
     assert_true(points > 20);
     print_message("allocation failure points covered: %d\n", points);
