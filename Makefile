@@ -24,7 +24,7 @@ SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && echo 
 
 CORE_DIR := Sources/CContextCore
 CORE_SRC := $(sort $(wildcard $(CORE_DIR)/*.c))
-CORE_HDR := $(wildcard $(CORE_DIR)/*.h) $(CORE_DIR)/include/contextcore.h
+CORE_HDR := $(wildcard $(CORE_DIR)/*.h) $(wildcard $(CORE_DIR)/include/*.h)
 C_TESTS := $(sort $(basename $(notdir $(wildcard Tests/C/test_*.c))))
 C_TEST_COMMON := $(wildcard Tests/C/support/*.c)
 
@@ -90,8 +90,14 @@ $(BUILD)/libcontextcore.a: $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# -z nodelete: dlclose never unmaps the library. Every thread that used it
+# holds per-thread state whose pthread_key destructor is code in this
+# library; unmapping it while such a thread still runs would make that
+# thread crash at exit. (Deleting the key at unload instead would leak
+# every live thread's state.)
+SO_LDFLAGS := -Wl,-z,nodelete
 $(BUILD)/libcontextcore.so: $(CORE_OBJ)
-	$(CC) -shared -Wl,-soname,libcontextcore.so.0 -o $@ $^ $(CK_LIBS) -lpthread
+	$(CC) -shared -Wl,-soname,libcontextcore.so.0 $(SO_LDFLAGS) -o $@ $^ $(CK_LIBS) -lpthread
 
 $(BUILD)/contextcore.pc: contextcore.pc.in Makefile | $(BUILD)/obj
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
@@ -334,7 +340,8 @@ docs: deps
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
-	install -m 644 $(CORE_DIR)/include/contextcore.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(CORE_DIR)/include/contextcore.h $(CORE_DIR)/include/contextcore_binding.h \
+		$(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libcontextcore.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libcontextcore.so $(DESTDIR)$(PREFIX)/lib/libcontextcore.so.$(VERSION)
 	ln -sf libcontextcore.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libcontextcore.so.0
@@ -343,7 +350,8 @@ install: lib
 		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/contextcore.pc
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/include/contextcore.h $(DESTDIR)$(PREFIX)/lib/libcontextcore.* \
+	rm -f $(DESTDIR)$(PREFIX)/include/contextcore.h $(DESTDIR)$(PREFIX)/include/contextcore_binding.h \
+		$(DESTDIR)$(PREFIX)/lib/libcontextcore.* \
 		$(DESTDIR)$(PREFIX)/lib/pkgconfig/contextcore.pc
 
 clean:

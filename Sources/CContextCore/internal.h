@@ -11,6 +11,7 @@
 #define CCTX_BUILDING_CORE 1
 
 #include "contextcore.h"
+#include "contextcore_binding.h"
 #include "testing.h"
 #include "alloc.h"
 

@@ -15,15 +15,19 @@
  * slots; slot i lives at chunks[i / LOCAL_CHUNK_SLOTS][i % LOCAL_CHUNK_SLOTS].
  * A slot is {generation, value, release}:
  *
- *   slot.gen != local.gen          this thread never touched the local: the
- *                                  initialiser runs on the first get.
+ *   slot.gen != local.gen          this thread never touched the local, or
+ *                                  deleted its value: the initialiser runs
+ *                                  on the next get (a delete sets gen to 0,
+ *                                  which no local has).
  *   slot.gen == local.gen, value   the thread's value (NULL is a value).
- *   slot.gen == local.gen, EMPTY   deleted (or released with the local):
- *                                  get says CCTX_NOT_FOUND, no initialiser.
+ *   slot.gen == local.gen, EMPTY   released by the thread's teardown or with
+ *                                  the local: get says CCTX_NOT_FOUND and
+ *                                  runs no initialiser.
  *
- * `release` is the local's release callback, copied when the value is
- * stored, so a thread that exits can release its values without looking
- * at locals that may be dying on another thread at that very moment.
+ * `release` is the local's release callback (and its user pointer), copied
+ * when the value is stored, so a thread that exits can release its values
+ * without looking at locals that may be dying on another thread at that
+ * very moment.
  *
  *   cctx_thread_state          local_slots             local_dir
  *   +-----------+           +-------------+        +-------------+
@@ -75,11 +79,14 @@
  *     * a replaced directory is retired with ck_epoch_call on the owner's
  *       record and freed by ck_epoch_poll/ck_epoch_barrier only after a
  *       grace period, i.e. after every section that might still hold it;
- *     * an exiting thread unlinks its table (readers already on it keep
- *       following its `next`, as in an RCU list), then waits for a grace
- *       period (ck_epoch_barrier) before freeing table, directory and
- *       chunks. Any walk that could have reached the table began before the
- *       unlink and so ends before the barrier returns.
+ *     * an exiting thread first releases its values with the table still
+ *       registered (release callbacks may use locals, which store into that
+ *       same table; thread_state.c repeats this until nothing new appears),
+ *       then unlinks its table (walks already on it keep following its
+ *       `next`, as in an RCU list) and waits for a grace period
+ *       (ck_epoch_barrier) before freeing table, directory and chunks. Any
+ *       walk that could have reached the table began before the unlink and
+ *       so ends before the barrier returns.
  * - A stale value is never shown. Slot i of a table keeps the generation
  *   of the last local that used it there; a new local at index i has a
  *   fresh generation, so it compares unequal and the slot counts as
@@ -94,9 +101,18 @@
  * - release_lock: serialises final releases of locals so that they can
  *   share one statically allocated ck_epoch record (a final release cannot
  *   fail, so it must not allocate a record or a thread state; and it may
- *   run on a thread that never used ContextKit). Once per local. A release
- *   callback may itself drop the last reference to another local; that
- *   nested release reuses the lock and record its thread already holds.
+ *   run on a thread that never used ContextKit). Once per local.
+ *
+ * No release callback runs under any of these locks or inside an epoch
+ * section. A final release takes values out of the slots in batches of
+ * RELEASE_BATCH (a stack array: it must not allocate), leaves its section,
+ * drops release_lock, releases the batch, and walks again from the head
+ * for the rest (slots already taken hold EMPTY and are passed over). So a
+ * slow or blocking callback holds up no reader, writer, exiting thread or
+ * other local's release — and a callback that takes a lock of its own (a
+ * language binding's interpreter lock) cannot deadlock against a thread
+ * that holds that lock and releases another local. A callback may release
+ * the last reference to another local: that is simply another walk.
  *
  * Under ThreadSanitizer the epoch edges are annotated: a walk releases
  * `local_epoch_edge` before leaving its section, and every free that waited
@@ -106,6 +122,7 @@
 #include "atomic.h"
 #include "reclaim.h"
 #include "thread_state.h"
+#include "var.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -122,15 +139,25 @@ struct cctx_local {
     unsigned refcnt;
     uint32_t index;
     uintptr_t gen;
-    cctx_value_ops ops;
+    cctx_value_ops ops;           /* at most one of ops / ops_ex is set */
+    cctx_value_ops_ex ops_ex;
     cctx_local_init_fn init;
     void *userdata;
+};
+
+/* How to drop a value, for either callback shape, without the local. */
+struct local_release {
+    void (*ex)(void *ctx, void *value); /* set: call ex(u.ctx, value) */
+    union {
+        void *ctx;
+        void (*plain)(void *value);     /* ex == NULL: call plain(value) */
+    } u;
 };
 
 struct local_slot {
     uintptr_t gen;                /* owner writes; anyone reads (atomic) */
     void *value;                  /* a value, or LOCAL_EMPTY; exchanged */
-    void (*release)(void *value); /* owner only: how to drop `value` */
+    struct local_release release; /* owner only: how to drop `value` */
 };
 
 struct local_dir {
@@ -254,6 +281,44 @@ static inline bool local_is_value(const void *v)
     return v != LOCAL_EMPTY && v != NULL;
 }
 
+static inline struct local_release local_release_of(const cctx_local *local)
+{
+    struct local_release r;
+    if (local->ops_ex.release != NULL) {
+        r.ex = local->ops_ex.release;
+        r.u.ctx = local->ops_ex.ctx;
+    } else {
+        r.ex = NULL;
+        r.u.plain = local->ops.release;
+    }
+    return r;
+}
+
+static inline void local_release_call(struct local_release r, void *value)
+{
+    if (!local_is_value(value))
+        return;
+    if (r.ex != NULL)
+        r.ex(r.u.ctx, value);
+    else if (r.u.plain != NULL)
+        r.u.plain(value);
+}
+
+static inline void local_value_retain(const cctx_local *local, void *value)
+{
+    if (value == NULL)
+        return;
+    if (local->ops.retain != NULL)
+        local->ops.retain(value);
+    else if (local->ops_ex.retain != NULL)
+        local->ops_ex.retain(local->ops_ex.ctx, value);
+}
+
+static inline void local_value_release(const cctx_local *local, void *value)
+{
+    local_release_call(local_release_of(local), value);
+}
+
 /* The slot for `index` in a table, or NULL if its chunk does not exist.
  * Any thread, any time the table is reachable (owner, or a walk inside its
  * epoch section). */
@@ -353,28 +418,27 @@ static void local_slot_store(struct local_slot *slot, cctx_local *local, void *v
 {
     if (cctx_load_uintptr(&slot->gen) == local->gen) {
         void *old = cctx_fas_ptr(&slot->value, value);
-        if (local_is_value(old) && local->ops.release != NULL)
-            local->ops.release(old);
+        local_value_release(local, old);
         return;
     }
-    /* Adopting a slot last used by another (dead) local: take out what it
-     * held (nothing, by I5; released anyway rather than leaked), then mark
-     * the slot as this local's. A walk for `local` cannot run yet: nobody
-     * else holds the slot's generation until the store below. */
-    void (*old_release)(void *) = slot->release;
+    /* Adopting a slot last used by another (dead) local, or one this local
+     * left by a delete: take out what it held (nothing: I5, or the delete
+     * emptied it; released anyway rather than leaked), then mark the slot
+     * as this local's. A walk for `local` cannot run yet: nobody else holds
+     * the slot's generation until the store below. */
+    struct local_release old_release = slot->release;
     void *old = cctx_fas_ptr(&slot->value, value);
-    slot->release = local->ops.release;
+    slot->release = local_release_of(local);
     cctx_store_uintptr(&slot->gen, local->gen);
-    if (local_is_value(old) && old_release != NULL)
-        old_release(old);
+    local_release_call(old_release, old);
 }
 
 /* ------------------------------------------------------------ public API */
 
-cctx_status cctx_local_new(const cctx_value_ops *ops, cctx_local_init_fn init,
-                           void *userdata, cctx_local **out)
+static cctx_status local_create(const cctx_value_ops *ops, const cctx_value_ops_ex *ops_ex,
+                                cctx_local_init_fn init, void *userdata, cctx_local **out)
 {
-    if (out == NULL)
+    if (out == NULL || !value_ops_are_valid(ops, ops_ex))
         return CCTX_EINVAL;
     cctx_local *local = cctx_alloc_zeroed(sizeof *local);
     if (local == NULL)
@@ -385,12 +449,26 @@ cctx_status cctx_local_new(const cctx_value_ops *ops, cctx_local_init_fn init,
     }
     if (ops != NULL)
         local->ops = *ops;
+    if (ops_ex != NULL)
+        local->ops_ex = *ops_ex;
     local->init = init;
     local->userdata = userdata;
     local->refcnt = 1;
     local->magic = CCTX_LOCAL_MAGIC;
     *out = local;
     return CCTX_OK;
+}
+
+cctx_status cctx_local_new(const cctx_value_ops *ops, cctx_local_init_fn init,
+                           void *userdata, cctx_local **out)
+{
+    return local_create(ops, NULL, init, userdata, out);
+}
+
+cctx_status cctx_local_new_ex(const cctx_value_ops_ex *ops, cctx_local_init_fn init,
+                              void *userdata, cctx_local **out)
+{
+    return local_create(NULL, ops, init, userdata, out);
 }
 
 cctx_local *cctx_local_retain(cctx_local *local)
@@ -406,44 +484,58 @@ static pthread_once_t release_record_once = PTHREAD_ONCE_INIT;
  * to a thread. Static storage, so it is no allocation of ours to leak. */
 static ck_epoch_record_t release_record __attribute__((aligned(64)));
 
-/* How deep this thread is in final releases. A value's release callback
- * may drop the last reference to another local (a Swift box holding a
- * ThreadLocal does): the nested walk runs on the same thread, which already
- * holds release_lock and the record, so it must not lock again. ck_epoch
- * sections nest on one record. */
-static __thread unsigned release_depth;
-
 static void release_record_register(void)
 {
     ck_epoch_register(reclaim_epoch(), &release_record, NULL);
 }
 
-/* Releases the values of `local` in every live thread (see the essay). The
- * release callbacks run inside the section: a walk cannot store what it
- * takes out without allocating, and it must not fail. They only delay
- * grace periods by their own duration. */
-static void local_release_everywhere(cctx_local *local)
+/* Values taken out per walk before the walk stops to release them. */
+#define RELEASE_BATCH 32
+
+/* Takes up to RELEASE_BATCH values of `local` out of the registry's tables
+ * into `batch`, under release_lock and inside an epoch section (see the
+ * essay). Returns how many; sets *more when it stopped with tables left. */
+static size_t local_take_batch(cctx_local *local, void **batch, bool *more)
 {
-    if (release_depth++ == 0) {
-        pthread_once(&release_record_once, release_record_register);
-        pthread_mutex_lock(&release_lock);
-    }
+    size_t n = 0;
+    *more = false;
+    pthread_once(&release_record_once, release_record_register);
+    pthread_mutex_lock(&release_lock);
     ck_epoch_begin(&release_record, NULL);
     for (struct local_slots *t = cctx_load_ptr(&registry_head); t != NULL;
          t = cctx_load_ptr(&t->next)) {
         struct local_slot *slot = local_slot_find(t, local->index);
         if (slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen)
             continue;
+        if (n == RELEASE_BATCH) {
+            *more = true;
+            break;
+        }
         /* I3: the exchange decides between us and the owner's exit. */
         void *v = cctx_fas_ptr(&slot->value, LOCAL_EMPTY);
-        if (local_is_value(v) && local->ops.release != NULL)
-            local->ops.release(v);
+        if (local_is_value(v))
+            batch[n++] = v;
     }
     /* Everything read above happens before frees that wait for us. */
     CCTX_TSAN_RELEASE(&local_epoch_edge);
     ck_epoch_end(&release_record, NULL);
-    if (--release_depth == 0)
-        pthread_mutex_unlock(&release_lock);
+    pthread_mutex_unlock(&release_lock);
+    return n;
+}
+
+/* Releases the values of `local` in every live thread (see the essay): the
+ * callbacks run with no lock held and outside every epoch section. Each
+ * pass but the last takes RELEASE_BATCH values, and no thread can store a
+ * new value of a local whose last reference is gone, so this ends. */
+static void local_release_everywhere(cctx_local *local)
+{
+    void *batch[RELEASE_BATCH];
+    bool more;
+    do {
+        size_t n = local_take_batch(local, batch, &more);
+        for (size_t i = 0; i < n; i++)
+            local_value_release(local, batch[i]);
+    } while (more);
 }
 
 void cctx_local_release(cctx_local *local)
@@ -498,6 +590,21 @@ cctx_status cctx_local_get(cctx_local *local, void **out)
     return local_get_init(local, out);
 }
 
+cctx_status cctx_local_peek(cctx_local *local, void **out)
+{
+    if (!local_is_valid(local) || out == NULL)
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_peek();
+    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    if (slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen)
+        return CCTX_NOT_FOUND;
+    void *v = cctx_load_ptr(&slot->value);
+    if (v == LOCAL_EMPTY)
+        return CCTX_NOT_FOUND;
+    *out = v;
+    return CCTX_OK;
+}
+
 cctx_status cctx_local_set(cctx_local *local, void *value)
 {
     if (CCTX_UNLIKELY(!local_is_valid(local)))
@@ -510,8 +617,7 @@ cctx_status cctx_local_set(cctx_local *local, void *value)
     if (CCTX_UNLIKELY(st != CCTX_OK))
         return st;
     /* Retain before releasing the old value: they may be the same. */
-    if (value != NULL && local->ops.retain != NULL)
-        local->ops.retain(value);
+    local_value_retain(local, value);
     local_slot_store(slot, local, value);
     return CCTX_OK;
 }
@@ -522,50 +628,66 @@ cctx_status cctx_local_delete(cctx_local *local)
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_peek();
     struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
-    if (slot != NULL && cctx_load_uintptr(&slot->gen) == local->gen) {
-        void *old = cctx_fas_ptr(&slot->value, LOCAL_EMPTY);
-        if (old == LOCAL_EMPTY)
-            return CCTX_NOT_FOUND;
-        if (old != NULL && local->ops.release != NULL)
-            local->ops.release(old);
-        return CCTX_OK;
-    }
-    /* Never touched in this thread: there is no value. A delete is a write,
-     * and like a set before any get it settles the thread's state without
-     * the initialiser: mark the slot deleted so that it never runs here. */
-    if (local->init == NULL)
+    if (slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen)
+        return CCTX_NOT_FOUND; /* never touched here (or deleted): nothing */
+    /* Back to "never touched" (gen 0 belongs to no local), so the next get
+     * runs the initialiser again. The generation goes first: from then on
+     * a final-release walk passes the slot over, and the exchange below
+     * takes out whatever value it held, which only we can now release (a
+     * walk that read the old generation before our store and exchanges
+     * after us gets EMPTY: I3 still holds). */
+    cctx_store_uintptr(&slot->gen, 0);
+    void *old = cctx_fas_ptr(&slot->value, LOCAL_EMPTY);
+    if (old == LOCAL_EMPTY)
         return CCTX_NOT_FOUND;
-    if (ts == NULL && (ts = thread_state_get()) == NULL)
-        return CCTX_ENOMEM;
-    cctx_status st = local_slot_ensure(ts, local->index, &slot);
-    if (st != CCTX_OK)
-        return st;
-    local_slot_store(slot, local, LOCAL_EMPTY);
-    return CCTX_NOT_FOUND;
+    local_value_release(local, old);
+    return CCTX_OK;
 }
 
 /* ------------------------------------------------------------ thread exit */
+
+/* Takes every value out of the table and releases it (the owner's
+ * teardown; the table stays registered). Returns whether it found any. */
+static bool local_table_release_values(struct local_slots *t)
+{
+    bool released = false;
+    /* Reloaded after every callback: one that used a local may have grown
+     * the directory (chunks never move, I1, so a chunk pointer stays good;
+     * the old directory waits for this thread's own barrier, later). */
+    for (size_t k = 0; k < t->dir->cap; k++) {
+        struct local_slot *chunk = t->dir->chunks[k];
+        if (chunk == NULL)
+            continue;
+        for (size_t i = 0; i < LOCAL_CHUNK_SLOTS; i++) {
+            void *v = cctx_fas_ptr(&chunk[i].value, LOCAL_EMPTY);
+            if (!local_is_value(v))
+                continue;
+            local_release_call(chunk[i].release, v);
+            released = true;
+        }
+    }
+    return released;
+}
+
+bool local_thread_release_values(cctx_thread_state *ts)
+{
+    return ts->locals != NULL && local_table_release_values(ts->locals);
+}
 
 void local_thread_release(cctx_thread_state *ts)
 {
     struct local_slots *t = ts->locals;
     if (t == NULL)
         return;
+    /* thread_state.c has detached the state: no callback of this thread
+     * can store into the table any more. Release what is left (nothing,
+     * normally), then unlink: new walks no longer find the table; walks
+     * already on it may still take values out of it, which the exchanges
+     * arbitrate (I3). */
+    (void)local_table_release_values(t);
     ts->locals = NULL;
-    /* New walks no longer find the table; walks already on it may still
-     * take values out of it, which the exchanges below arbitrate (I3). */
     registry_unlink(t);
     struct local_dir *dir = t->dir;
-    for (size_t k = 0; k < dir->cap; k++) {
-        struct local_slot *chunk = dir->chunks[k];
-        if (chunk == NULL)
-            continue;
-        for (size_t i = 0; i < LOCAL_CHUNK_SLOTS; i++) {
-            void *v = cctx_fas_ptr(&chunk[i].value, LOCAL_EMPTY);
-            if (local_is_value(v) && chunk[i].release != NULL)
-                chunk[i].release(v);
-        }
-    }
     /* Grace period: every walk that could have reached `t` began before the
      * unlink and has ended when this returns. It also runs the frees of
      * directories this thread retired (ck_epoch_call on its record), which

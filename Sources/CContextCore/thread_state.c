@@ -10,6 +10,37 @@
  * main thread's state is not destroyed by exit() (POSIX runs no key
  * destructors there); programs that check for leaks call
  * cctx_thread_cleanup() before returning from main.
+ *
+ * Teardown in rounds
+ * ------------------
+ * Destroying a state releases user values, and their release callbacks may
+ * use the library on this very thread (a Swift `deinit` reading a request
+ * id, a ThreadLocal's value touching another ThreadLocal). So the state
+ * stays installed and usable while values are released, and nothing is
+ * freed while a callback could still reach it:
+ *
+ *   round (at most TEARDOWN_ROUNDS):
+ *     1. leave every context the thread still has entered;
+ *     2. release every value in this thread's local slots (local.c); the
+ *        slot table stays registered and usable, so a callback that uses a
+ *        local — even one this thread never touched — stores into it;
+ *     3. if the base context holds anything, install a fresh empty base
+ *        and only then drop the old one: its values' callbacks read and
+ *        write a live current context.
+ *     A round that found nothing to release ends the teardown; anything a
+ *     callback stored during a round is found by the next one.
+ *   final round (only if callbacks kept storing through every round): the
+ *     state is detached first (the TLS pointer is cleared and
+ *     `teardown_closed` keeps thread_state_slow from making a new one), so
+ *     callbacks read defaults and their writes fail with CCTX_ENOMEM; then
+ *     the same three steps release what is left, which can no longer grow.
+ *   Then the empty slot table is unlinked and freed, the epoch record
+ *     given back and the state freed.
+ *
+ * The old base is swapped out rather than emptied in place because other
+ * threads may hold references to it (a borrowed current context someone
+ * retained): their view must not change, and the values it holds are then
+ * theirs to release.
  */
 #include "internal.h"
 #include "reclaim.h"
@@ -47,16 +78,71 @@ static void leave_above(cctx_thread_state *ts, cctx_context *ctx)
         leave_innermost(ts);
 }
 
+/* Rounds with the state usable before the final, closed one (see the
+ * essay at the top). Callbacks that store a value whose own release stores
+ * another one would otherwise never let a thread finish exiting. */
+#define TEARDOWN_ROUNDS 8
+
+/* Set during a final teardown round: thread_state_slow creates nothing, so
+ * a callback cannot bring a new state into being while the old one is
+ * being freed (at thread exit, glibc would destroy it in a later pass, but
+ * only for PTHREAD_DESTRUCTOR_ITERATIONS passes). */
+static __thread bool teardown_closed;
+
+/* One round: leaves entered contexts, releases local values, swaps the base
+ * for an empty one. Returns whether it released anything (a callback may
+ * then have stored something new). With `closed`, the old base is dropped
+ * without a replacement: nothing reads the detached state's current any
+ * more. On ENOMEM for the new base, sets *stuck and drops nothing. */
+static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
+{
+    bool busy = false;
+    /* Innermost first, so that each is free to be entered elsewhere. */
+    while (ts->current != ts->base) {
+        leave_innermost(ts);
+        busy = true;
+    }
+    if (local_thread_release_values(ts))
+        busy = true;
+    if (closed || cctx_context_count(ts->base) == 0)
+        return busy;
+    cctx_context *fresh;
+    if (context_new_with_root(NULL, &fresh) != CCTX_OK) {
+        *stuck = true;
+        return busy;
+    }
+    cctx_context *old = ts->base;
+    fresh->owner = (uintptr_t)ts;
+    ts->base = fresh;
+    ts->current = fresh;
+    thread_state_invalidate(ts);
+    /* Release: this thread's writes to `old` happen before whatever its
+     * other holders do with it. */
+    cctx_store_uintptr(&old->owner, CCTX_OWNER_NONE);
+    cctx_context_release(old); /* callbacks see `fresh` as current */
+    return true;
+}
+
+/* Destroys `ts`, which is the calling thread's state and still installed
+ * in cctx_tls_state. Leaves cctx_tls_state NULL. */
 static void state_destroy(cctx_thread_state *ts)
 {
-    /* Leave every context this thread still has entered, innermost first,
-     * so that each is free to be entered elsewhere. */
-    while (ts->current != ts->base)
-        leave_innermost(ts);
+    ts->tearing_down = true;
     watch_notify(ts, CCTX_EVENT_SWITCHED, NULL);
-    local_thread_release(ts);
+    bool stuck = false;
+    for (int round = 0; round < TEARDOWN_ROUNDS && !stuck; round++) {
+        if (!teardown_round(ts, false, &stuck))
+            break;
+    }
+    /* Final round, closed: this thread can no longer reach `ts`. Readers
+     * see an empty context; writes fail as if state could not be made. */
+    cctx_tls_state = NULL;
+    teardown_closed = true;
+    (void)teardown_round(ts, true, &stuck);
+    local_thread_release(ts); /* the table is empty now: unlink, free */
     cctx_store_uintptr(&ts->base->owner, CCTX_OWNER_NONE);
     cctx_context_release(ts->base);
+    teardown_closed = false;
     reclaim_record_release(ts->record);
     cctx_dealloc(ts);
 }
@@ -64,8 +150,10 @@ static void state_destroy(cctx_thread_state *ts)
 static void state_key_destructor(void *p)
 {
     cctx_thread_state *ts = p;
+    /* glibc has cleared the key, but the __thread pointer still names `ts`:
+     * callbacks during the teardown find the state through it. */
+    cctx_tls_state = ts;
     state_destroy(ts);
-    cctx_tls_state = NULL;
 }
 
 static void state_key_create(void)
@@ -75,6 +163,8 @@ static void state_key_create(void)
 
 cctx_thread_state *thread_state_slow(void)
 {
+    if (CCTX_UNLIKELY(teardown_closed))
+        return NULL; /* the thread's state is being freed (see the essay) */
     pthread_once(&state_key_once, state_key_create);
     if (state_key_error != 0)
         return NULL;
@@ -105,11 +195,12 @@ cctx_thread_state *thread_state_slow(void)
 cctx_status cctx_thread_cleanup(void)
 {
     cctx_thread_state *ts = thread_state_peek();
-    if (ts == NULL)
-        return CCTX_OK;
+    if (ts == NULL || ts->tearing_down)
+        return CCTX_OK; /* nothing, or a callback during the teardown */
     if (ts->current != ts->base)
         return CCTX_ALREADY_ENTERED;
-    cctx_tls_state = NULL;
+    /* The key no longer names `ts` (a thread exit during the teardown must
+     * not destroy it twice); cctx_tls_state does until the final round. */
     (void)pthread_setspecific(state_key, NULL);
     state_destroy(ts);
     return CCTX_OK;
@@ -203,23 +294,50 @@ struct thread_start {
     cctx_context *ctx;
 };
 
-static void *thread_trampoline(void *p)
+/* What the started thread holds while `fn` runs: the copy it was given and
+ * whether it entered it. */
+struct thread_run {
+    cctx_context *ctx;
+    bool entered;
+};
+
+/* Leaves and releases the thread's start context. A pthread cleanup
+ * handler: it runs when `fn` returns, and also when `fn` calls pthread_exit
+ * or the thread is cancelled — otherwise the copy, and the values only it
+ * holds, would leak on those two exits. */
+static void thread_run_finish(void *p)
 {
-    struct thread_start start = *(struct thread_start *)p;
-    cctx_dealloc(p);
-    cctx_status st = cctx_context_enter(start.ctx);
-    if (st != CCTX_OK) /* only ENOMEM creating this thread's state */
-        fprintf(stderr, "contextcore: thread starts without its context: %s\n",
-                cctx_strerror(st));
-    void *result = start.fn(start.arg);
-    if (st == CCTX_OK) {
+    struct thread_run *run = p;
+    if (run->entered) {
         cctx_thread_state *ts = thread_state_peek();
-        if (cctx_load_uintptr(&start.ctx->owner) == (uintptr_t)ts) {
-            leave_above(ts, start.ctx);
+        if (ts != NULL && cctx_load_uintptr(&run->ctx->owner) == (uintptr_t)ts) {
+            leave_above(ts, run->ctx);
             leave_innermost(ts);
         }
     }
-    cctx_context_release(start.ctx);
+    cctx_context_release(run->ctx);
+}
+
+static void *thread_trampoline(void *p)
+{
+    /* No cancellation until the cleanup handler is in place (fprintf is a
+     * cancellation point): the start record and the copy are then released
+     * on every path. */
+    int cancel_state;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+    struct thread_start start = *(struct thread_start *)p;
+    cctx_dealloc(p);
+    struct thread_run run = { .ctx = start.ctx, .entered = false };
+    void *result;
+    pthread_cleanup_push(thread_run_finish, &run);
+    cctx_status st = cctx_context_enter(start.ctx);
+    run.entered = st == CCTX_OK;
+    if (st != CCTX_OK) /* only ENOMEM creating this thread's state */
+        fprintf(stderr, "contextcore: thread starts without its context: %s\n",
+                cctx_strerror(st));
+    pthread_setcancelstate(cancel_state, NULL);
+    result = start.fn(start.arg);
+    pthread_cleanup_pop(1);
     return result;
 }
 

@@ -56,6 +56,9 @@ typedef struct cctx_thread_state {
     lookup_cache_entry cache[CCTX_LOOKUP_CACHE_SIZE];
     ck_epoch_record_t *record;
     struct local_slots *locals;
+    /* Set when teardown begins (thread_state.c): cctx_thread_cleanup from
+     * a release callback must not start a second one. */
+    bool tearing_down;
 } cctx_thread_state;
 
 extern __thread cctx_thread_state *cctx_tls_state
@@ -84,8 +87,14 @@ static inline cctx_thread_state *thread_state_peek(void)
     return cctx_tls_state;
 }
 
-/* Releases this thread's threading.local values (local.c); called when the
- * thread's state is destroyed. */
+/* Teardown of this thread's threading.local slots (local.c), in two steps
+ * (thread_state.c runs them in rounds):
+ * - local_thread_release_values releases every value the thread holds and
+ *   leaves the table registered and usable, so that release callbacks may
+ *   use locals again; returns whether it released anything.
+ * - local_thread_release, once callbacks can no longer reach the state,
+ *   releases what is left, unlinks the table and frees it. */
+bool local_thread_release_values(cctx_thread_state *ts) CCTX_HIDDEN;
 void local_thread_release(cctx_thread_state *ts) CCTX_HIDDEN;
 
 #endif

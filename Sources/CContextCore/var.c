@@ -15,12 +15,12 @@
  * cctx_context_copy_inherit skip its filter in the common case. */
 unsigned cctx_not_inherited_vars CCTX_HIDDEN;
 
-static uint32_t hash_name(const char *name)
+static uint32_t hash_name(const char *name, size_t len)
 {
-    /* FNV-1a, 32 bits. */
+    /* FNV-1a, 32 bits, over every byte (a name may contain NULs). */
     uint32_t h = 2166136261u;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
-        h ^= *p;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)name[i];
         h *= 16777619u;
     }
     return h;
@@ -37,66 +37,127 @@ static uint32_t mix32(uint64_t x)
     return (uint32_t)(x ^ (x >> 32));
 }
 
-static cctx_status var_create(const char *name, const cctx_value_ops *ops,
-                              bool has_default, void *default_value,
-                              unsigned flags, bool hash_given, uint32_t hash,
-                              cctx_var **out)
+/* Ops that release without retaining would release references the runtime
+ * never took (a value stored twice would be freed twice): refused, so that
+ * `{ NULL, free }` fails at creation instead of corrupting the heap later.
+ * Retain without release is allowed (a hook that observes stores). */
+bool value_ops_are_valid(const cctx_value_ops *ops, const cctx_value_ops_ex *ops_ex)
 {
-    if (name == NULL || out == NULL)
+    if (ops != NULL && ops_ex != NULL)
+        return false;
+    if (ops != NULL && ops->release != NULL && ops->retain == NULL)
+        return false;
+    if (ops_ex != NULL && ops_ex->release != NULL && ops_ex->retain == NULL)
+        return false;
+    return true;
+}
+
+/* The one constructor behind every cctx_var_new* function. */
+typedef struct var_spec {
+    const char *name;
+    size_t name_len;
+    const cctx_value_ops *ops;
+    const cctx_value_ops_ex *ops_ex;
+    bool has_default;
+    void *default_value;
+    unsigned flags;
+    bool hash_given;
+    uint32_t hash;
+} var_spec;
+
+static cctx_status var_create(const var_spec *spec, cctx_var **out)
+{
+    if (spec->name == NULL || out == NULL)
         return CCTX_EINVAL;
-    if (flags & ~(unsigned)CCTX_VAR_NOT_INHERITED)
+    if (spec->flags & ~(unsigned)CCTX_VAR_NOT_INHERITED)
+        return CCTX_EINVAL;
+    if (!value_ops_are_valid(spec->ops, spec->ops_ex) || spec->name_len == SIZE_MAX)
         return CCTX_EINVAL;
 
     cctx_var *var = cctx_alloc_zeroed(sizeof *var);
     if (var == NULL)
         return CCTX_ENOMEM;
-    size_t len = strlen(name);
+    size_t len = spec->name_len;
     var->name = cctx_alloc(len + 1);
     if (var->name == NULL) {
         cctx_dealloc(var);
         return CCTX_ENOMEM;
     }
-    memcpy(var->name, name, len + 1);
+    memcpy(var->name, spec->name, len);
+    var->name[len] = '\0';
+    var->name_len = len;
 
     var->magic = CCTX_VAR_MAGIC;
     var->refcnt = 1;
-    var->flags = flags;
-    if (ops != NULL)
-        var->ops = *ops;
-    var->hash = hash_given ? hash
-                           : mix32((uint64_t)(uintptr_t)var ^ ((uint64_t)hash_name(name) << 32));
-    var->has_default = has_default;
-    if (has_default) {
-        var->default_value = default_value;
-        var_value_retain(var, default_value);
+    var->flags = spec->flags;
+    if (spec->ops != NULL)
+        var->ops = *spec->ops;
+    if (spec->ops_ex != NULL)
+        var->ops_ex = *spec->ops_ex;
+    var->hash = spec->hash_given
+                    ? spec->hash
+                    : mix32((uint64_t)(uintptr_t)var ^
+                            ((uint64_t)hash_name(spec->name, len) << 32));
+    var->has_default = spec->has_default;
+    if (spec->has_default) {
+        var->default_value = spec->default_value;
+        var_value_retain(var, spec->default_value);
     }
-    if (flags & CCTX_VAR_NOT_INHERITED)
+    if (spec->flags & CCTX_VAR_NOT_INHERITED)
         cctx_inc_uint(&cctx_not_inherited_vars);
     *out = var;
     return CCTX_OK;
 }
 
+static inline size_t name_length(const char *name)
+{
+    return name != NULL ? strlen(name) : 0;
+}
+
 cctx_status cctx_var_new(const char *name, const cctx_value_ops *ops, cctx_var **out)
 {
-    return var_create(name, ops, false, NULL, 0, false, 0, out);
+    var_spec spec = { .name = name, .name_len = name_length(name), .ops = ops };
+    return var_create(&spec, out);
 }
 
 cctx_status cctx_var_new_with_default(const char *name, const cctx_value_ops *ops,
                                       void *default_value, cctx_var **out)
 {
-    return var_create(name, ops, true, default_value, 0, false, 0, out);
+    var_spec spec = { .name = name, .name_len = name_length(name), .ops = ops,
+                      .has_default = true, .default_value = default_value };
+    return var_create(&spec, out);
 }
 
 cctx_status cctx_var_new_ex(const char *name, const cctx_value_ops *ops, bool has_default,
                             void *default_value, unsigned flags, cctx_var **out)
 {
-    return var_create(name, ops, has_default, default_value, flags, false, 0, out);
+    var_spec spec = { .name = name, .name_len = name_length(name), .ops = ops,
+                      .has_default = has_default, .default_value = default_value,
+                      .flags = flags };
+    return var_create(&spec, out);
+}
+
+cctx_status cctx_var_new_n(const char *name, size_t name_len, const cctx_value_ops_ex *ops,
+                           bool has_default, void *default_value, unsigned flags,
+                           void *userdata, cctx_var **out)
+{
+    if (name == NULL && name_len == 0)
+        name = ""; /* an empty name needs no bytes */
+    var_spec spec = { .name = name, .name_len = name_len, .ops_ex = ops,
+                      .has_default = has_default, .default_value = default_value,
+                      .flags = flags };
+    cctx_status st = var_create(&spec, out);
+    if (st == CCTX_OK)
+        (*out)->userdata = userdata; /* not yet shared: a plain store */
+    return st;
 }
 
 cctx_status cctx__var_new_with_hash(const char *name, const cctx_value_ops *ops,
                                     uint32_t hash, cctx_var **out)
 {
-    return var_create(name, ops, false, NULL, 0, true, hash, out);
+    var_spec spec = { .name = name, .name_len = name_length(name), .ops = ops,
+                      .hash_given = true, .hash = hash };
+    return var_create(&spec, out);
 }
 
 uint32_t cctx__var_hash(const cctx_var *var)
@@ -135,6 +196,30 @@ void cctx_var_release(cctx_var *var)
 const char *cctx_var_name(const cctx_var *var)
 {
     return var_is_valid(var) ? var->name : NULL;
+}
+
+const char *cctx_var_name_n(const cctx_var *var, size_t *len_out)
+{
+    if (!var_is_valid(var))
+        return NULL;
+    if (len_out != NULL)
+        *len_out = var->name_len;
+    return var->name;
+}
+
+void *cctx_var_userdata(const cctx_var *var)
+{
+    return var_is_valid(var) ? cctx_load_ptr(&((cctx_var *)var)->userdata) : NULL;
+}
+
+cctx_status cctx_var_set_userdata(cctx_var *var, void *userdata)
+{
+    if (!var_is_valid(var))
+        return CCTX_EINVAL;
+    /* Release: a thread that loads the pointer sees what it points at as
+     * the setter left it. */
+    cctx_store_ptr(&var->userdata, userdata);
+    return CCTX_OK;
 }
 
 cctx_status cctx_var_ops(const cctx_var *var, cctx_value_ops *out)

@@ -28,8 +28,15 @@ struct cctx_var {
     unsigned flags;
     bool has_default;
     void *default_value;
+    /* At most one of the two callback shapes is set: `ops` (no user data,
+     * the common case and the Swift facade's) or `ops_ex` (callbacks that
+     * receive ops_ex.ctx). Checking `ops` first keeps the plain shape as
+     * fast as before; a variable without ops pays one more NULL test. */
     cctx_value_ops ops;
-    char *name;
+    cctx_value_ops_ex ops_ex;
+    char *name;        /* name_len bytes, then a NUL */
+    size_t name_len;
+    void *userdata;    /* the binding's pointer; atomic load/store */
 };
 
 static inline bool var_is_valid(const cctx_var *var)
@@ -46,17 +53,30 @@ static inline void var_ref(cctx_var *var)
 /* Drop one (same as cctx_var_release). */
 void var_unref(cctx_var *var) CCTX_HIDDEN;
 
+/* Whether value callbacks are acceptable (var.c states the rule; locals
+ * follow it too): at most one shape, and no release without retain. */
+bool value_ops_are_valid(const cctx_value_ops *ops,
+                         const cctx_value_ops_ex *ops_ex) CCTX_HIDDEN;
+
 /* Retain / release one value through the variable's callbacks. */
 static inline void var_value_retain(const cctx_var *var, void *value)
 {
-    if (value != NULL && var->ops.retain != NULL)
+    if (value == NULL)
+        return;
+    if (var->ops.retain != NULL)
         var->ops.retain(value);
+    else if (CCTX_UNLIKELY(var->ops_ex.retain != NULL))
+        var->ops_ex.retain(var->ops_ex.ctx, value);
 }
 
 static inline void var_value_release(const cctx_var *var, void *value)
 {
-    if (value != NULL && var->ops.release != NULL)
+    if (value == NULL)
+        return;
+    if (var->ops.release != NULL)
         var->ops.release(value);
+    else if (CCTX_UNLIKELY(var->ops_ex.release != NULL))
+        var->ops_ex.release(var->ops_ex.ctx, value);
 }
 
 #endif

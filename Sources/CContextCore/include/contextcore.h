@@ -23,15 +23,39 @@
  *                    the variable's or local's retain callback; the caller
  *                    keeps its own.
  *
- * Values are `void *`. A variable or local created with a `cctx_value_ops`
- * owns its values: `retain` is called when the runtime stores a value,
- * `release` when it drops one. Callbacks are never called with NULL; a NULL
- * value is stored as is. With `ops == NULL` the runtime never touches values.
- * Callbacks may run on any thread (values are released by whichever thread
- * drops the last reference). A release callback may release ContextKit
- * objects (the *_release functions: a Swift value holding a variable, a
- * context or a local does); callbacks must call no other ContextKit
- * function.
+ * Which reads hand out what (the rest of the API follows the same words):
+ *
+ *   call                          result                 valid until
+ *   ----------------------------  ---------------------  ---------------------
+ *   cctx_var_get / _get_default   borrowed value         this thread's next
+ *                                                        set/reset/exit
+ *   cctx_context_lookup           NEW reference (value)  cctx_var_release_value
+ *   cctx_context_get (binding     borrowed value         the context's writer
+ *     header; writer only)                               next changes it
+ *   cctx_iter_next                borrowed var + value   cctx_iter_free
+ *   cctx_token_old_value, _var    borrowed               the token lives
+ *   cctx_var_default, _name       borrowed               the variable lives
+ *   cctx_local_get / _peek        borrowed value         this thread's next
+ *                                                        set/delete, or the
+ *                                                        local's last release
+ *   cctx_context_current / _peek  borrowed context       the thread exits it
+ *   cctx_context_copy*, _new      NEW reference          cctx_context_release
+ *   cctx_var_new*, cctx_local_new NEW reference          *_release
+ *
+ * Values are `void *`. A variable or local created with value callbacks
+ * (`cctx_value_ops`, or `cctx_value_ops_ex` whose callbacks also receive a
+ * user pointer) owns its values: `retain` is called when the runtime
+ * stores a value, `release` when it drops one. Callbacks are never called
+ * with NULL; a NULL value is stored as is. With no callbacks the runtime
+ * never touches values. `release` without `retain` is refused with
+ * CCTX_EINVAL (the runtime would drop references it never took); `retain`
+ * alone is allowed. Callbacks may run on any thread (values are released
+ * by whichever thread drops the last reference), never while the runtime
+ * holds a lock that another thread's reads, writes, exit or final release
+ * of a local waits for. A release callback may use the library: release
+ * objects, get/set/reset variables, use locals — also while its thread
+ * exits (see cctx_thread_cleanup for what it sees then). A retain callback
+ * must call no ContextKit function.
  *
  * Errors: every fallible call returns a `cctx_status`. After any error,
  * every context, variable, token and local is exactly as before the call,
@@ -42,8 +66,8 @@
  * but a live iterator to cctx_iter_*, or using one iterator from two threads
  * at once; releasing a claimed context while its claimer still uses it (a
  * claim does not retain); a local's initialiser that uses its own local; a
- * value callback that calls a ContextKit function other than a *_release
- * (cctx_reclaim and cctx_thread_cleanup included);
+ * retain callback that calls any ContextKit function, or a release callback
+ * that calls cctx_reclaim or cctx_thread_cleanup;
  * writing to a context claimed with cctx_context_claim from two threads at
  * once. Detected misuse (NULL handles, foreign tokens, a handle of the wrong
  * kind while its memory is still alive) returns CCTX_EINVAL or the specific
@@ -117,13 +141,30 @@ typedef struct cctx_token cctx_token;
 typedef struct cctx_iter cctx_iter;
 typedef struct cctx_local cctx_local;
 
-/** How the runtime owns values. Either callback may be NULL. */
+/** How the runtime owns values. Both NULL: values are not owned. `retain`
+ *  alone: the runtime reports the references it takes and never drops them.
+ *  `release` without `retain` is refused (CCTX_EINVAL) by every function
+ *  that takes ops: strings from strdup with `{ NULL, free }` would be freed
+ *  once per store. To hand the runtime a value it then owns alone, pass a
+ *  retain that counts (or copies) and a release that undoes it. */
 typedef struct cctx_value_ops {
     /** Take one reference to `value` (never NULL). */
     void (*retain)(void *value);
     /** Drop one reference to `value` (never NULL). May run on any thread. */
     void (*release)(void *value);
 } cctx_value_ops;
+
+/** cctx_value_ops whose callbacks also receive `ctx` (a language binding's
+ *  interpreter or owner): `retain(ctx, value)`, `release(ctx, value)`. Same
+ *  rules as cctx_value_ops. `ctx` is borrowed: it must stay valid while a
+ *  value may still be released through it — for a variable, until the
+ *  variable is gone; for a local, until its last release has returned and
+ *  every thread that stored a value of it has exited or cleaned up. */
+typedef struct cctx_value_ops_ex {
+    void (*retain)(void *ctx, void *value);
+    void (*release)(void *ctx, void *value);
+    void *ctx;
+} cctx_value_ops_ex;
 
 /* ------------------------------------------------------------------------ */
 /* Variables                                                                 */
@@ -138,10 +179,12 @@ enum {
     CCTX_VAR_NOT_INHERITED = 1u << 0,
 };
 
-/** Creates a variable without a default.
+/** Creates a variable without a default — Python's `ContextVar(name)`.
  *  `name` is copied; `ops` is copied (NULL: values are not owned).
  *  On success `*out` is a new reference (release with cctx_var_release).
- *  Variables compare by identity; the hash is computed once, here. */
+ *  Variables compare by identity; the hash is computed once, here.
+ *  Errors: CCTX_EINVAL for a NULL `name`/`out` or ops with `release` but no
+ *  `retain`; CCTX_ENOMEM. */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_var_new(const char *name, const cctx_value_ops *ops, cctx_var **out);
 
@@ -152,10 +195,24 @@ cctx_var_new_with_default(const char *name, const cctx_value_ops *ops,
                           void *default_value, cctx_var **out);
 
 /** Creates a variable with every option: `has_default` says whether
- *  `default_value` is used; `flags` is a CCTX_VAR_* mask. Ownership as above. */
+ *  `default_value` is used; `flags` is a CCTX_VAR_* mask. Ownership as above;
+ *  CCTX_EINVAL also for unknown flags. */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_var_new_ex(const char *name, const cctx_value_ops *ops, bool has_default,
                 void *default_value, unsigned flags, cctx_var **out);
+
+/** cctx_var_new_ex for language bindings — Python's `ContextVar(name,
+ *  default=...)` from a `str` object: the name is `name_len` bytes at `name`
+ *  (copied; it may contain NUL bytes, as a Python str may; NULL is allowed
+ *  when `name_len` is 0), the callbacks receive `ops->ctx`, and `userdata`
+ *  is stored on the variable (cctx_var_userdata; not owned, never touched).
+ *  `ops` may be NULL. On success `*out` is a new reference. Errors:
+ *  CCTX_EINVAL (NULL `out`, NULL `name` with a non-zero length, unknown
+ *  flags, `release` without `retain`), CCTX_ENOMEM. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_var_new_n(const char *name, size_t name_len, const cctx_value_ops_ex *ops,
+               bool has_default, void *default_value, unsigned flags,
+               void *userdata, cctx_var **out);
 
 /** Adds a reference to `var`; returns `var` (NULL passes through). */
 CCTX_API cctx_var *cctx_var_retain(cctx_var *var);
@@ -163,11 +220,31 @@ CCTX_API cctx_var *cctx_var_retain(cctx_var *var);
 /** Drops a reference. Contexts that hold values of `var` keep it alive. */
 CCTX_API void cctx_var_release(cctx_var *var);
 
-/** The variable's name; borrowed, valid while `var` is alive. */
+/** The variable's name (Python's `ContextVar.name`); borrowed, valid while
+ *  `var` is alive. Always NUL-terminated; a name given to cctx_var_new_n
+ *  with NUL bytes inside reads as its first part here (use cctx_var_name_n).
+ *  NULL for a bad handle. */
 CCTX_API const char *cctx_var_name(const cctx_var *var);
 
+/** The variable's whole name: returns it (borrowed, as cctx_var_name, with a
+ *  NUL after the last byte) and stores its length in bytes into `*len_out`
+ *  (may be NULL). NULL, leaving `*len_out` alone, for a bad handle. */
+CCTX_API const char *cctx_var_name_n(const cctx_var *var, size_t *len_out);
+
+/** The pointer stored with cctx_var_new_n or cctx_var_set_userdata (NULL
+ *  if none, or for a bad handle): lets a binding map a `cctx_var` met while
+ *  iterating a context back to its own object without a side table. Not
+ *  owned by the runtime. Safe from any thread. No Python equivalent (the
+ *  binding's ContextVar object is the owner it names). */
+CCTX_API void *cctx_var_userdata(const cctx_var *var);
+
+/** Stores `userdata` on `var` (replacing the previous pointer, which is not
+ *  released: the runtime never owns it). Safe from any thread; a reader
+ *  sees the old or the new pointer. CCTX_EINVAL for a bad handle. */
+CCTX_API cctx_status cctx_var_set_userdata(cctx_var *var, void *userdata);
+
 /** Copies the variable's value callbacks into `*out` (both NULL when it was
- *  created without ops). Lets a language binding recognise its own
+ *  created without ops or with cctx_value_ops_ex). Lets a language binding recognise its own
  *  variables while iterating a context. CCTX_EINVAL for a bad handle. */
 CCTX_API cctx_status cctx_var_ops(const cctx_var *var, cctx_value_ops *out);
 
@@ -261,16 +338,8 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_exit(cctx_context *ctx);
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_context_run(cctx_context *ctx, void (*fn)(void *arg), void *arg);
 
-/** Marks `ctx` entered by an owner that is not a thread (an async task that
- *  tracks its own current context). While claimed, no thread can enter it
- *  and the claimer writes through cctx_context_set/reset. The claimer must
- *  not write from two threads at once. CCTX_ALREADY_ENTERED if entered. */
-CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_claim(cctx_context *ctx);
-
-/** Ends a claim. CCTX_NOT_ENTERED if `ctx` is not claimed. */
-CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_unclaim(cctx_context *ctx);
-
-/** Whether `ctx` is entered by a thread or claimed. */
+/** Whether `ctx` is entered by a thread or claimed (claims: see
+ *  contextcore_binding.h). */
 CCTX_API bool cctx_context_is_entered(const cctx_context *ctx);
 
 /** Number of variables with a value in `ctx`. Safe from any thread. */
@@ -282,12 +351,6 @@ CCTX_API size_t cctx_context_count(cctx_context *ctx);
  *  any thread, also while another thread writes into `ctx`. */
 CCTX_API cctx_status cctx_context_lookup(cctx_context *ctx, cctx_var *var,
                                          void **out);
-
-/** Reads the value of `var` in `ctx` (no defaults), borrowed: valid until
- *  `ctx`'s writer next changes it. Only for the context's writer: the thread
- *  that entered it, the claimer, or any thread when nobody writes `ctx`. */
-CCTX_API cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var,
-                                      void **out);
 
 /** Whether `var` has a value in `ctx`. Safe from any thread. */
 CCTX_API bool cctx_context_contains(cctx_context *ctx, cctx_var *var);
@@ -317,8 +380,9 @@ cctx_context_delete(cctx_context *ctx, cctx_var *var);
  *  values. Safe from any thread. */
 CCTX_API bool cctx_context_equal(cctx_context *a, cctx_context *b);
 
-/** Drops one reference to `value` through `var`'s release callback (used
- *  with cctx_context_lookup and cctx_iter_next_retained). */
+/** Drops one reference to `value` through `var`'s release callback: for
+ *  the new reference cctx_context_lookup returned, or one the caller took
+ *  itself through the variable's ops. */
 CCTX_API void cctx_var_release_value(cctx_var *var, void *value);
 
 /* Iteration over a snapshot: later writes into the context do not show. */
@@ -343,7 +407,9 @@ CCTX_API void cctx_iter_free(cctx_iter *iter);
 /** pthread_create that runs `fn(arg)` in a copy (cctx_context_copy_inherit)
  *  of the caller's current context — Python 3.14's Thread(context=...).
  *  Returns CCTX_ENOMEM (nothing started) or CCTX_EINVAL if pthread_create
- *  failed; `*thread` is set on success only. */
+ *  failed; `*thread` is set on success only. The copy is released when
+ *  `fn` returns, and also when it calls pthread_exit or the thread is
+ *  cancelled (a cleanup handler). */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
                    void *(*fn)(void *), void *arg);
@@ -351,7 +417,21 @@ cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
 /** Releases everything the calling thread holds (its base context, values
  *  of locals) now instead of at thread exit; the thread may keep using
  *  ContextKit afterwards (state is created again). Fails with
- *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered. */
+ *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered.
+ *  Called from a release callback while the thread's state is being torn
+ *  down, it does nothing and returns CCTX_OK.
+ *
+ *  Teardown (here and at thread exit) releases in rounds, and release
+ *  callbacks may use the library throughout: each round leaves the
+ *  contexts the thread still has entered, releases every value of its
+ *  locals (their slots stay usable) and swaps its base context for an
+ *  empty one before releasing the old. A callback reads the value it set
+ *  earlier in the teardown, or the default (the thread's base is already
+ *  empty); what it sets or stores is released by the next round. After 8
+ *  rounds that still found values (callbacks that keep storing new ones),
+ *  one last round runs with the thread's state already detached: reads see
+ *  defaults and no local value, writes fail with CCTX_ENOMEM (as when a
+ *  thread's state cannot be created), so it ends with nothing left. */
 CCTX_API cctx_status cctx_thread_cleanup(void);
 
 /** The Swift task running on the calling thread (an identity to compare,
@@ -370,6 +450,13 @@ CCTX_API void cctx_reclaim(void);
  *  the thread has none; NULL only when that runs out of memory. For
  *  introspection: a Swift task's context is not the thread's. */
 CCTX_API cctx_context *cctx_context_current(void);
+
+/** As cctx_context_current but without side effects: NULL on a thread that
+ *  has no state yet (whose current context is, in effect, empty), and
+ *  nothing is created or allocated. Borrowed as above. For bindings that
+ *  look before they touch (Python has no equivalent: PyContext_CopyCurrent
+ *  always creates). */
+CCTX_API cctx_context *cctx_context_current_peek(void);
 
 /** The calling thread's chain of contexts, innermost first: the contexts it
  *  entered (cctx_context_enter, most recent first) and last its base
@@ -419,18 +506,14 @@ cctx_add_watcher(cctx_watcher_fn fn, void *userdata, int *id_out);
  *  not installed. */
 CCTX_API cctx_status cctx_clear_watcher(int id);
 
-/** Sends `event` for `ctx` (borrowed; may be NULL) to every watcher, on the
- *  calling thread: for runtimes that track their own current context (the
- *  Swift facade's tasks). Costs one atomic load when no watcher is set. */
-CCTX_API void cctx_notify_watchers(cctx_event event, cctx_context *ctx);
-
 /* ------------------------------------------------------------------------ */
 /* threading.local                                                           */
 /* ------------------------------------------------------------------------ */
 
-/** A per-thread initialiser: stores a new reference into `*value_out` and
- *  returns CCTX_OK, or returns an error that cctx_local_get passes on (and
- *  runs the initialiser again on the next get). */
+/** A per-thread initialiser (Python: the `__init__` of a threading.local
+ *  subclass): stores a new reference into `*value_out` and returns CCTX_OK,
+ *  or returns an error that cctx_local_get passes on (and runs the
+ *  initialiser again on the next get). */
 typedef cctx_status (*cctx_local_init_fn)(void *userdata, void **value_out);
 
 /** Creates a thread-local slot; `*out` is a new reference. `ops` is copied
@@ -441,6 +524,15 @@ typedef cctx_status (*cctx_local_init_fn)(void *userdata, void **value_out);
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_local_new(const cctx_value_ops *ops, cctx_local_init_fn init,
                void *userdata, cctx_local **out);
+
+/** cctx_local_new with callbacks that receive `ops->ctx` (see
+ *  cctx_value_ops_ex for how long it must live); `ops` may be NULL. Python's
+ *  `threading.local()` as a binding builds it. `*out` is a new reference.
+ *  Errors: CCTX_EINVAL (NULL `out`, `release` without `retain`),
+ *  CCTX_ENOMEM. */
+CCTX_API CCTX_WARN_UNUSED cctx_status
+cctx_local_new_ex(const cctx_value_ops_ex *ops, cctx_local_init_fn init,
+                  void *userdata, cctx_local **out);
 
 CCTX_API cctx_local *cctx_local_retain(cctx_local *local);
 
@@ -458,8 +550,19 @@ CCTX_API cctx_status cctx_local_get(cctx_local *local, void **out);
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_local_set(cctx_local *local,
                                                      void *value);
 
+/** This thread's value without side effects: CCTX_OK with `*out` borrowed
+ *  (as cctx_local_get), or CCTX_NOT_FOUND when this thread has no value —
+ *  never ran the initialiser, deleted it, or has no state. Never runs the
+ *  initialiser, allocates or creates thread state. CCTX_EINVAL for a bad
+ *  handle or NULL `out`. (Python: reading `local.__dict__` without
+ *  triggering `__init__`, which Python itself cannot do.) */
+CCTX_API cctx_status cctx_local_peek(cctx_local *local, void **out);
+
 /** Deletes this thread's value (releases it); CCTX_NOT_FOUND if none. The
- *  initialiser does not run again in this thread. */
+ *  thread is then as if it had never touched the local: the next
+ *  cctx_local_get runs the initialiser again (Python calls `__init__` again
+ *  for a thread whose local dict is gone). A delete on a thread that never
+ *  had a value changes nothing and returns CCTX_NOT_FOUND. */
 CCTX_API cctx_status cctx_local_delete(cctx_local *local);
 
 #ifdef __cplusplus

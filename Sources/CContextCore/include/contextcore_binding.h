@@ -1,0 +1,61 @@
+/*
+ * contextcore_binding.h — the part of ContextKit's C API that only a
+ * language binding needs: a runtime that tracks its own notion of "current
+ * context" (Swift tasks, a Python interpreter's own task model) rather than
+ * using the calling thread's.
+ *
+ * An application that only uses contexts from C includes contextcore.h
+ * alone. A binding includes this header as well; it includes contextcore.h
+ * and follows its ownership words and rules. These functions are as stable
+ * as the rest of the API; they live apart because using them correctly
+ * needs a model of ownership that plain C users never deal with:
+ *
+ *   claim/unclaim    a context "entered" by an owner that is not a thread
+ *   cctx_context_get a borrowed read, sound only for the context's writer
+ *   notify           context-switch events for switches the runtime cannot
+ *                    see (a task scope entered on the binding's side)
+ */
+#ifndef CONTEXTCORE_BINDING_H
+#define CONTEXTCORE_BINDING_H
+
+#include "contextcore.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Marks `ctx` entered by an owner that is not a thread (an async task that
+ *  tracks its own current context). While claimed, no thread can enter it
+ *  and the claimer writes through cctx_context_set/reset. The claimer must
+ *  not write from two threads at once. A claim does not retain `ctx`: the
+ *  claimer keeps its own reference until it unclaims. Errors: CCTX_EINVAL
+ *  (bad handle), CCTX_ALREADY_ENTERED if entered or claimed (nothing
+ *  changes). Python: what `Context.run` does for an asyncio task, without a
+ *  thread. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_claim(cctx_context *ctx);
+
+/** Ends a claim. Errors: CCTX_EINVAL (bad handle), CCTX_NOT_ENTERED if `ctx`
+ *  is not claimed. Borrows `ctx`. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_unclaim(cctx_context *ctx);
+
+/** Reads the value of `var` in `ctx` (no defaults), BORROWED: valid until
+ *  `ctx`'s writer next changes it, with no reference taken. Only for the
+ *  context's writer: the thread that entered it, the claimer, or any thread
+ *  when nobody writes `ctx`; every other reader uses cctx_context_lookup,
+ *  which returns a new reference. CCTX_NOT_FOUND when missing, CCTX_EINVAL
+ *  for bad handles. Python: `PyContext_*`-level `ctx[var]` under the GIL. */
+CCTX_API cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var,
+                                      void **out);
+
+/** Sends `event` for `ctx` (borrowed; may be NULL) to every watcher, on the
+ *  calling thread: for runtimes that track their own current context (the
+ *  Swift facade's tasks). Costs one atomic load when no watcher is set.
+ *  Python: what CPython does for `PyContext_AddWatcher` watchers when a
+ *  context is entered or exited. */
+CCTX_API void cctx_notify_watchers(cctx_event event, cctx_context *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CONTEXTCORE_BINDING_H */
