@@ -38,9 +38,12 @@ WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 CORE_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) \
 	-I$(CORE_DIR)/include -I$(CORE_DIR) $(CK_CFLAGS)
 OPT ?= -O2 -g
+# CCTX_SO_PATH: the shared library test_teardown dlopens (and dlcloses
+# under a running thread); every C test binary is built after it.
+TEST_SO = $(abspath $(BUILD))/libcontextcore.so
 TEST_CFLAGS = -std=gnu11 -D_GNU_SOURCE $(WARN) -I$(CORE_DIR)/include -I$(CORE_DIR) \
-	-ITests/C/support $(CK_CFLAGS)
-TEST_LIBS = $(CMOCKA_LIBS) $(CK_LIBS) -lpthread -lm
+	-ITests/C/support $(CK_CFLAGS) -DCCTX_SO_PATH='"$(TEST_SO)"'
+TEST_LIBS = $(CMOCKA_LIBS) $(CK_LIBS) -lpthread -lm -ldl
 
 .PHONY: all lib deps test ci c-test swift-test c-asan c-tsan c-valgrind \
 	swift-tsan swift-asan demo bench install install-test downstream-test uninstall clean docs
@@ -103,7 +106,8 @@ $(BUILD)/contextcore.pc: contextcore.pc.in Makefile | $(BUILD)/obj
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
 
 # ---------------------------------------------------------------- C tests
-$(BUILD)/tests/%: Tests/C/%.c $(C_TEST_COMMON) $(TEST_LIB) | $(BUILD)/tests
+$(BUILD)/tests/%: Tests/C/%.c $(C_TEST_COMMON) $(wildcard Tests/C/support/*.h) $(TEST_LIB) \
+		$(BUILD)/libcontextcore.so | $(BUILD)/tests
 	$(CC) $(TEST_CFLAGS) -O1 -g -o $@ $< $(C_TEST_COMMON) $(TEST_LIB) $(TEST_LIBS)
 
 c-test: lib $(addprefix $(BUILD)/tests/,$(C_TESTS))
@@ -112,12 +116,12 @@ c-test: lib $(addprefix $(BUILD)/tests/,$(C_TESTS))
 # Sanitizer builds compile the library sources straight into each test.
 SAN_SRC = $(CORE_SRC) $(C_TEST_COMMON)
 
-$(BUILD)/asan/%: Tests/C/%.c $(CORE_SRC) $(CORE_HDR) $(C_TEST_COMMON) | $(BUILD)/asan
+$(BUILD)/asan/%: Tests/C/%.c $(CORE_SRC) $(CORE_HDR) $(C_TEST_COMMON) $(BUILD)/libcontextcore.so | $(BUILD)/asan
 	gcc $(TEST_CFLAGS) $(ACCOUNTING) -I$(CORE_DIR) -O1 -g -fno-omit-frame-pointer \
 		-fsanitize=address,undefined -fno-sanitize-recover=all \
 		-o $@ $< $(SAN_SRC) $(TEST_LIBS)
 
-$(BUILD)/tsan/%: Tests/C/%.c $(CORE_SRC) $(CORE_HDR) $(C_TEST_COMMON) | $(BUILD)/tsan
+$(BUILD)/tsan/%: Tests/C/%.c $(CORE_SRC) $(CORE_HDR) $(C_TEST_COMMON) $(BUILD)/libcontextcore.so | $(BUILD)/tsan
 	gcc $(TEST_CFLAGS) $(ACCOUNTING) -I$(CORE_DIR) -O1 -g -fsanitize=thread \
 		-o $@ $< $(SAN_SRC) $(TEST_LIBS)
 

@@ -3,9 +3,17 @@
  */
 #include "test_support.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
-static long live, retains, releases;
+/* ---------------------------------------------------------------- values */
+
+static long live, retains, releases, ex_calls, ex_wrong_ctx;
 
 static void tv_retain_cb(void *p)
 {
@@ -24,6 +32,8 @@ static void tv_release_cb(void *p)
         abort();
     }
     if (left == 0) {
+        if (v->hook != NULL)
+            v->hook(v, v->hook_arg);
         __atomic_sub_fetch(&live, 1, __ATOMIC_SEQ_CST);
         free(v);
     }
@@ -31,15 +41,46 @@ static void tv_release_cb(void *p)
 
 const cctx_value_ops tv_ops = { tv_retain_cb, tv_release_cb };
 
-tv_value *tv_new(long id)
+char tv_ops_ex_ctx;
+
+static void tv_ex_check(void *ctx)
+{
+    if (ctx == &tv_ops_ex_ctx)
+        __atomic_add_fetch(&ex_calls, 1, __ATOMIC_SEQ_CST);
+    else
+        __atomic_add_fetch(&ex_wrong_ctx, 1, __ATOMIC_SEQ_CST);
+}
+
+static void tv_retain_ex_cb(void *ctx, void *p)
+{
+    tv_ex_check(ctx);
+    tv_retain_cb(p);
+}
+
+static void tv_release_ex_cb(void *ctx, void *p)
+{
+    tv_ex_check(ctx);
+    tv_release_cb(p);
+}
+
+const cctx_value_ops_ex tv_ops_ex = { tv_retain_ex_cb, tv_release_ex_cb, &tv_ops_ex_ctx };
+
+tv_value *tv_new_hooked(long id, tv_hook hook, void *arg)
 {
     tv_value *v = malloc(sizeof *v);
     if (v == NULL)
         abort();
     v->refcnt = 1;
     v->id = id;
+    v->hook = hook;
+    v->hook_arg = arg;
     __atomic_add_fetch(&live, 1, __ATOMIC_SEQ_CST);
     return v;
+}
+
+tv_value *tv_new(long id)
+{
+    return tv_new_hooked(id, NULL, NULL);
 }
 
 void tv_drop(tv_value *v)
@@ -52,6 +93,8 @@ void tv_drop(tv_value *v)
 long tv_live(void) { return __atomic_load_n(&live, __ATOMIC_SEQ_CST); }
 long tv_retains(void) { return __atomic_load_n(&retains, __ATOMIC_SEQ_CST); }
 long tv_releases(void) { return __atomic_load_n(&releases, __ATOMIC_SEQ_CST); }
+long tv_ex_calls(void) { return __atomic_load_n(&ex_calls, __ATOMIC_SEQ_CST); }
+long tv_ex_wrong_ctx(void) { return __atomic_load_n(&ex_wrong_ctx, __ATOMIC_SEQ_CST); }
 
 /* Leak checks compare cctx__live_allocations(): refuse to run against a
  * library built without allocation accounting, where they would pass
@@ -64,6 +107,8 @@ __attribute__((constructor)) static void require_accounting(void)
         exit(2);
     }
 }
+
+/* ---------------------------------------------------------------- scale */
 
 long scaled(long n)
 {
@@ -83,4 +128,94 @@ uint64_t rng_next(uint64_t *state)
     x ^= x >> 27;
     *state = x;
     return x * 2685821657736338717ull;
+}
+
+/* ---------------------------------------------------------------- checks */
+
+static long failures;
+
+long thread_failures(void)
+{
+    return __atomic_load_n(&failures, __ATOMIC_SEQ_CST);
+}
+
+void thread_failure_note(const char *file, int line, const char *what)
+{
+    fprintf(stderr, "%s:%d: check failed: %s\n", file, line, what);
+    __atomic_add_fetch(&failures, 1, __ATOMIC_SEQ_CST);
+}
+
+/* ---------------------------------------------------------------- gates */
+
+void gate_open(test_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->open = true;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+}
+
+bool gate_wait(test_gate *g)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += TEST_WAIT_SECONDS;
+    pthread_mutex_lock(&g->lock);
+    int rc = 0;
+    while (!g->open && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&g->cond, &g->lock, &deadline);
+    bool open = g->open;
+    pthread_mutex_unlock(&g->lock);
+    return open;
+}
+
+bool gate_is_open(test_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    bool open = g->open;
+    pthread_mutex_unlock(&g->lock);
+    return open;
+}
+
+/* ---------------------------------------------------------------- children */
+
+int run_in_child(void (*fn)(void *arg), void *arg, unsigned seconds)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        abort();
+    }
+    if (pid == 0) {
+        /* The bound: a hang becomes SIGALRM, which the parent reports. */
+        /* cmocka's own crash handlers would turn a crash into exit(-1);
+         * the parent should see the signal. */
+        int crashes[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGALRM };
+        for (size_t i = 0; i < sizeof crashes / sizeof crashes[0]; i++)
+            signal(crashes[i], SIG_DFL);
+        alarm(seconds != 0 ? seconds : TEST_WAIT_SECONDS * 2);
+        long before = thread_failures();
+        fn(arg);
+        fflush(NULL);
+        _exit(thread_failures() == before ? 0 : 1);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            perror("waitpid");
+            abort();
+        }
+    }
+    return status;
+}
+
+void assert_child_status_ok(int status, const char *what)
+{
+    if (WIFSIGNALED(status))
+        fail_msg("%s: child killed by signal %d (%s)%s", what, WTERMSIG(status),
+                 strsignal(WTERMSIG(status)),
+                 WTERMSIG(status) == SIGALRM ? ": it hung" : "");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("%s: child exited with status %d", what, WEXITSTATUS(status));
 }

@@ -1,33 +1,65 @@
 /*
- * test_support.h — shared helpers for ContextKit's C tests: reference-counted
- * test values whose live count tests can assert, and the scale factor that
- * sanitizer and valgrind runs use to shorten loops.
+ * test_support.h — the toolbox every C test of ContextKit shares:
+ *
+ *   scale      scaled(n): CCTX_TEST_SCALE percent (default 100) of an
+ *              iteration count; sanitizer and valgrind runs lower it.
+ *   PRNG       rng_next(&state): xorshift64*, one state per caller.
+ *   values     tv_value: a heap value whose retain/release callbacks
+ *              (tv_ops, or tv_ops_ex with a counted user pointer) count
+ *              references, so a test can say how many values are alive and
+ *              notice one released twice; optionally with a hook that runs
+ *              when its last reference goes and may use the library.
+ *   threads    T_CHECK for checks on threads other than the test's own
+ *              (cmocka's asserts only work on that one).
+ *   gates      a condition a test opens to let a blocked callback go on;
+ *              every wait on one is bounded (never a sleep).
+ *   children   run_in_child: a scenario that may crash or hang runs in a
+ *              forked child with an alarm, so one crash fails one test.
  */
 #ifndef CCTX_TEST_SUPPORT_H
 #define CCTX_TEST_SUPPORT_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <pthread.h>
 #include <cmocka.h>
 
 #include "contextcore.h"
+#include "contextcore_binding.h"
 #include "testing.h"
 
+/* ---------------------------------------------------------------- values */
+
+typedef struct tv_value tv_value;
+
+/* Runs once, when the value's last reference is dropped, before it is
+ * freed; it may use the library (a Swift deinit does). */
+typedef void (*tv_hook)(tv_value *value, void *arg);
+
 /* A heap value with its own reference count; `id` identifies it. */
-typedef struct tv_value {
+struct tv_value {
     int refcnt;
     long id;
-} tv_value;
+    tv_hook hook;
+    void *hook_arg;
+};
 
 /* Value ops that retain/release tv_value objects. */
 extern const cctx_value_ops tv_ops;
+/* The same through cctx_value_ops_ex; `ctx` is tv_ops_ex_ctx, and every
+ * callback checks it and counts into tv_ex_calls(). */
+extern const cctx_value_ops_ex tv_ops_ex;
+extern char tv_ops_ex_ctx;
 
 /* A new value with one reference owned by the caller. */
 tv_value *tv_new(long id);
+/* As tv_new, with a hook for its last release. */
+tv_value *tv_new_hooked(long id, tv_hook hook, void *arg);
 /* Drop the caller's reference. */
 void tv_drop(tv_value *v);
 /* tv_value objects alive right now (all threads). */
@@ -35,6 +67,11 @@ long tv_live(void);
 /* Total retain / release callback calls so far. */
 long tv_retains(void);
 long tv_releases(void);
+/* Callbacks of tv_ops_ex that received the right ctx / a wrong one. */
+long tv_ex_calls(void);
+long tv_ex_wrong_ctx(void);
+
+/* ---------------------------------------------------------------- scale */
 
 /* CCTX_TEST_SCALE percent (default 100) applied to n, at least 1. */
 long scaled(long n);
@@ -42,8 +79,46 @@ long scaled(long n);
 /* A small deterministic PRNG (xorshift64*), one state per caller. */
 uint64_t rng_next(uint64_t *state);
 
+/* ---------------------------------------------------------------- checks */
+
 /* Assert a cctx call returned CCTX_OK, printing cctx_strerror otherwise. */
 #define assert_ok(expr) do { cctx_status st_ = (expr); \
     if (st_ != CCTX_OK) fail_msg("%s -> %s", #expr, cctx_strerror(st_)); } while (0)
+
+/* Checks on threads other than the test's: print and count; the test
+ * asserts thread_failures() == 0 after joining. */
+long thread_failures(void);
+void thread_failure_note(const char *file, int line, const char *what);
+#define T_CHECK(cond) do { if (!(cond)) \
+    thread_failure_note(__FILE__, __LINE__, #cond); } while (0)
+
+/* ---------------------------------------------------------------- gates */
+
+/* A one-shot condition: closed until gate_open; waiters block until then. */
+typedef struct test_gate {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool open;
+} test_gate;
+
+#define TEST_GATE_INIT { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false }
+/* Generous bound for every wait (a loaded 2-core CI machine). */
+#define TEST_WAIT_SECONDS 60
+
+void gate_open(test_gate *g);
+/* Waits until the gate is open; false if TEST_WAIT_SECONDS pass first. */
+bool gate_wait(test_gate *g);
+bool gate_is_open(test_gate *g);
+
+/* ---------------------------------------------------------------- children */
+
+/* Runs fn(arg) in a forked child that is killed by SIGALRM after
+ * `seconds` (0: TEST_WAIT_SECONDS * 2). The child's exit status is 0 if fn
+ * returns and no T_CHECK failed in it. Returns the raw waitpid status. */
+int run_in_child(void (*fn)(void *arg), void *arg, unsigned seconds);
+/* Asserts that the child exited normally with status 0, naming the signal
+ * or status otherwise. */
+#define assert_child_ok(fn, arg) assert_child_status_ok(run_in_child((fn), (arg), 0), #fn)
+void assert_child_status_ok(int status, const char *what);
 
 #endif
