@@ -32,6 +32,7 @@
 #include "bench_common.h"
 
 #include <contextcore.h>
+#include <contextcore_binding.h> /* claim, borrowed get, notify: the Swift layer's costs */
 
 #include <malloc.h>
 #include <pthread.h>

@@ -11,7 +11,8 @@ const char *cctx_strerror(cctx_status status)
     case CCTX_ENOMEM:
         return "out of memory";
     case CCTX_EINVAL:
-        return "invalid argument (NULL or not a live ContextKit object)";
+        return "invalid argument (NULL, not a live ContextKit object, or value ops "
+               "with a release callback but no retain)";
     case CCTX_NOT_FOUND:
         return "no value (LookupError)";
     case CCTX_TOKEN_USED:

@@ -271,6 +271,12 @@ cctx_context *cctx_context_current(void)
     return ts == NULL ? NULL : ts->current; /* borrowed: the thread holds it */
 }
 
+cctx_context *cctx_context_current_peek(void)
+{
+    cctx_thread_state *ts = thread_state_peek(); /* creates nothing */
+    return ts == NULL ? NULL : ts->current;
+}
+
 size_t cctx_thread_contexts(cctx_context **out, size_t max)
 {
     cctx_thread_state *ts = thread_state_peek();

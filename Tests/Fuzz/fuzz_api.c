@@ -26,6 +26,7 @@
  * failure was injected (the failure hit the state's creation).
  */
 #include "contextcore.h"
+#include "contextcore_binding.h"
 #include "testing.h"
 
 #include <stdbool.h>

@@ -22,6 +22,7 @@
  * The last line is "soak: 1 passed, 0 failed" or "soak: 0 passed, 1 failed".
  */
 #include "contextcore.h"
+#include "contextcore_binding.h"
 #include "testing.h"
 
 #include <pthread.h>

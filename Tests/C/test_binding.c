@@ -1,0 +1,339 @@
+/*
+ * test_binding.c — what a language binding needs from the C API: value
+ * callbacks with a user pointer, a user pointer on variables, names as
+ * pointer + length, reads without side effects, the binding header, and
+ * the refusal of value ops that release without retaining.
+ */
+#include "test_support.h"
+
+#include <string.h>
+
+static long allocations_at_start;
+static long values_at_start;
+
+static int setup(void **state)
+{
+    (void)state;
+    assert_ok(cctx_thread_cleanup());
+    allocations_at_start = cctx__live_allocations();
+    values_at_start = tv_live();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    assert_ok(cctx_thread_cleanup());
+    cctx_reclaim();
+    assert_int_equal(tv_live(), values_at_start);
+    assert_int_equal(cctx__live_allocations(), allocations_at_start);
+    return 0;
+}
+
+/* --------------------------------------------- release without retain */
+
+static void plain_free(void *p) { free(p); }
+static void plain_free_ex(void *ctx, void *p) { (void)ctx; free(p); }
+static void count_retain(void *p) { (void)p; }
+static void count_retain_ex(void *ctx, void *p) { (void)ctx; (void)p; }
+
+/* `{ NULL, free }` for strdup'd strings freed a value once per store:
+ * every constructor that takes ops refuses it, and nothing is created. */
+static void test_ops_with_release_but_no_retain_are_refused(void **state)
+{
+    (void)state;
+    const cctx_value_ops bad = { NULL, plain_free };
+    const cctx_value_ops_ex bad_ex = { NULL, plain_free_ex, NULL };
+    const long allocs = cctx__live_allocations();
+    cctx_var *v = NULL;
+    cctx_local *l = NULL;
+    assert_int_equal(cctx_var_new("s", &bad, &v), CCTX_EINVAL);
+    assert_int_equal(cctx_var_new_with_default("s", &bad, NULL, &v), CCTX_EINVAL);
+    assert_int_equal(cctx_var_new_ex("s", &bad, false, NULL, 0, &v), CCTX_EINVAL);
+    assert_int_equal(cctx_var_new_n("s", 1, &bad_ex, false, NULL, 0, NULL, &v), CCTX_EINVAL);
+    assert_int_equal(cctx_local_new(&bad, NULL, NULL, &l), CCTX_EINVAL);
+    assert_int_equal(cctx_local_new_ex(&bad_ex, NULL, NULL, &l), CCTX_EINVAL);
+    assert_null(v);
+    assert_null(l);
+    assert_int_equal(cctx__live_allocations(), allocs);
+    assert_non_null(strstr(cctx_strerror(CCTX_EINVAL), "release"));
+
+    /* Retain alone (an observer) and both are fine. */
+    const cctx_value_ops retain_only = { count_retain, NULL };
+    const cctx_value_ops_ex retain_only_ex = { count_retain_ex, NULL, NULL };
+    assert_ok(cctx_var_new("r", &retain_only, &v));
+    cctx_var_release(v);
+    assert_ok(cctx_var_new_n("r", 1, &retain_only_ex, false, NULL, 0, NULL, &v));
+    cctx_var_release(v);
+    assert_ok(cctx_local_new_ex(&retain_only_ex, NULL, NULL, &l));
+    cctx_local_release(l);
+}
+
+/* --------------------------------------------- ops with a user pointer */
+
+static void test_ops_ex_callbacks_receive_their_ctx(void **state)
+{
+    (void)state;
+    const long calls = tv_ex_calls();
+    tv_value *d = tv_new(1), *x = tv_new(2);
+    cctx_var *v;
+    assert_ok(cctx_var_new_n("ex", 2, &tv_ops_ex, true, d, 0, NULL, &v));
+    assert_int_equal(d->refcnt, 2); /* the default, retained through ctx */
+    cctx_token *tok;
+    assert_ok(cctx_var_set(v, x, &tok));
+    void *out;
+    assert_ok(cctx_var_get(v, &out));
+    assert_ptr_equal(out, x);
+    cctx_context *cur = cctx_context_current();
+    assert_ok(cctx_context_lookup(cur, v, &out)); /* a new reference */
+    assert_int_equal(x->refcnt, 3);
+    cctx_var_release_value(v, out);
+    assert_ok(cctx_var_reset(v, tok));
+    cctx_token_release(tok);
+    assert_int_equal(x->refcnt, 1);
+
+    cctx_local *l;
+    assert_ok(cctx_local_new_ex(&tv_ops_ex, NULL, NULL, &l));
+    assert_ok(cctx_local_set(l, x));
+    assert_ok(cctx_local_set(l, d)); /* releases x through ctx */
+    assert_int_equal(x->refcnt, 1);
+    assert_ok(cctx_thread_cleanup()); /* the teardown releases d through ctx */
+    assert_int_equal(d->refcnt, 2);
+    cctx_local_release(l);
+    cctx_var_release(v);
+    assert_int_equal(d->refcnt, 1);
+    tv_drop(d);
+    tv_drop(x);
+    assert_true(tv_ex_calls() - calls >= 10);
+    assert_int_equal(tv_ex_wrong_ctx(), 0);
+}
+
+/* A local's final release reaches other threads' values through ctx. */
+static cctx_local *ex_local;
+static test_gate ex_stored = TEST_GATE_INIT, ex_released = TEST_GATE_INIT;
+
+static void *ex_thread(void *p)
+{
+    T_CHECK(cctx_local_set(ex_local, p) == CCTX_OK);
+    gate_open(&ex_stored);
+    T_CHECK(gate_wait(&ex_released)); /* the local is gone: touch nothing */
+    return NULL;
+}
+
+static void test_ops_ex_final_release_of_a_local_uses_ctx_on_other_threads(void **state)
+{
+    (void)state;
+    tv_value *x = tv_new(3);
+    const long failures = thread_failures();
+    assert_ok(cctx_local_new_ex(&tv_ops_ex, NULL, NULL, &ex_local));
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, ex_thread, x), 0);
+    assert_true(gate_wait(&ex_stored));
+    assert_int_equal(x->refcnt, 2);
+    cctx_local_release(ex_local); /* the last reference, with the thread alive */
+    assert_int_equal(x->refcnt, 1);
+    gate_open(&ex_released);
+    pthread_join(th, NULL);
+    assert_int_equal(tv_ex_wrong_ctx(), 0);
+    assert_int_equal(thread_failures(), failures);
+    tv_drop(x);
+}
+
+/* --------------------------------------------- user pointer on variables */
+
+static cctx_var *ud_var;
+static char owner_a, owner_b;
+
+static void *ud_reader(void *p)
+{
+    (void)p;
+    void *seen = cctx_var_userdata(ud_var);
+    T_CHECK(seen == &owner_a || seen == &owner_b);
+    return NULL;
+}
+
+static void test_variable_user_data_maps_a_var_back_to_its_owner(void **state)
+{
+    (void)state;
+    assert_ok(cctx_var_new_n("ud", 2, NULL, false, NULL, 0, &owner_a, &ud_var));
+    assert_ptr_equal(cctx_var_userdata(ud_var), &owner_a);
+
+    /* As a binding finds it: iterating a context gives the cctx_var only. */
+    assert_ok(cctx_var_set(ud_var, (void *)"x", NULL));
+    cctx_iter *it;
+    assert_ok(cctx_iter_new(cctx_context_current(), &it));
+    cctx_var *found;
+    assert_true(cctx_iter_next(it, &found, NULL));
+    assert_ptr_equal(cctx_var_userdata(found), &owner_a);
+    cctx_iter_free(it);
+
+    const long failures = thread_failures();
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, ud_reader, NULL), 0);
+    assert_ok(cctx_var_set_userdata(ud_var, &owner_b));
+    pthread_join(th, NULL);
+    assert_int_equal(thread_failures(), failures);
+    assert_ptr_equal(cctx_var_userdata(ud_var), &owner_b);
+
+    /* Variables made the old way start with none. */
+    cctx_var *plain;
+    assert_ok(cctx_var_new("plain", NULL, &plain));
+    assert_null(cctx_var_userdata(plain));
+    assert_int_equal(cctx_var_set_userdata(NULL, &owner_a), CCTX_EINVAL);
+    assert_null(cctx_var_userdata(NULL));
+    cctx_var_release(plain);
+    cctx_var_release(ud_var);
+}
+
+/* --------------------------------------------- names with a length */
+
+static void test_names_with_a_length_may_hold_nul_bytes(void **state)
+{
+    (void)state;
+    static const char raw[] = { 'a', '\0', 'b', 'c' };
+    cctx_var *v, *w, *e;
+    assert_ok(cctx_var_new_n(raw, sizeof raw, NULL, false, NULL, 0, NULL, &v));
+    size_t len = 0;
+    const char *name = cctx_var_name_n(v, &len);
+    assert_int_equal(len, 4);
+    assert_memory_equal(name, raw, 4);
+    assert_int_equal(name[4], '\0');
+    assert_string_equal(cctx_var_name(v), "a"); /* the C string view */
+
+    /* A prefix of a longer buffer; the bytes after it are not read. */
+    assert_ok(cctx_var_new_n("request_id_and_more", 10, NULL, false, NULL, 0, NULL, &w));
+    assert_string_equal(cctx_var_name_n(w, &len), "request_id");
+    assert_int_equal(len, 10);
+
+    /* Empty names, also with a NULL pointer. */
+    assert_ok(cctx_var_new_n(NULL, 0, NULL, true, (void *)"d", 0, NULL, &e));
+    assert_string_equal(cctx_var_name_n(e, &len), "");
+    assert_int_equal(len, 0);
+    void *out;
+    assert_ok(cctx_var_get(e, &out));
+    assert_string_equal(out, "d");
+
+    cctx_var *bad = NULL;
+    assert_int_equal(cctx_var_new_n(NULL, 3, NULL, false, NULL, 0, NULL, &bad), CCTX_EINVAL);
+    assert_int_equal(cctx_var_new_n("x", 1, NULL, false, NULL, 7u << 4, NULL, &bad), CCTX_EINVAL);
+    assert_int_equal(cctx_var_new_n("x", 1, NULL, false, NULL, 0, NULL, NULL), CCTX_EINVAL);
+    assert_null(bad);
+    assert_null(cctx_var_name_n(NULL, &len));
+    assert_int_equal(len, 0);
+
+    /* Old names read the same through both. */
+    cctx_var *old;
+    assert_ok(cctx_var_new("plain", NULL, &old));
+    assert_string_equal(cctx_var_name_n(old, NULL), "plain");
+    assert_string_equal(cctx_var_name_n(old, &len), "plain");
+    assert_int_equal(len, 5);
+    cctx_var_release(old);
+    cctx_var_release(v);
+    cctx_var_release(w);
+    cctx_var_release(e);
+}
+
+/* --------------------------------------------- peeks */
+
+static void *peek_thread(void *p)
+{
+    cctx_local *l = p;
+    const long allocs = cctx__live_allocations();
+    /* A thread with no state: peeks create nothing. */
+    T_CHECK(cctx_context_current_peek() == NULL);
+    void *out;
+    T_CHECK(cctx_local_peek(l, &out) == CCTX_NOT_FOUND);
+    T_CHECK(cctx_thread_contexts(NULL, 0) == 0);
+    T_CHECK(cctx__live_allocations() == allocs);
+    /* Once it has state, the peek sees the same current context. */
+    cctx_context *cur = cctx_context_current();
+    T_CHECK(cur != NULL && cctx_context_current_peek() == cur);
+    T_CHECK(cctx_local_peek(l, &out) == CCTX_NOT_FOUND);
+    return NULL;
+}
+
+static int init_runs;
+static cctx_status counting_init(void *userdata, void **out)
+{
+    (void)userdata;
+    init_runs++;
+    *out = tv_new(100 + init_runs);
+    return CCTX_OK;
+}
+
+static void test_peeks_have_no_side_effects(void **state)
+{
+    (void)state;
+    cctx_local *l;
+    init_runs = 0;
+    assert_ok(cctx_local_new(&tv_ops, counting_init, NULL, &l));
+    const long failures = thread_failures();
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, peek_thread, l), 0);
+    pthread_join(th, NULL);
+    assert_int_equal(thread_failures(), failures);
+    assert_int_equal(init_runs, 0); /* the peeks never ran it */
+
+    /* On this thread: the value once there is one, never the initialiser. */
+    void *out = NULL, *peeked = NULL;
+    assert_null(cctx_context_current_peek());
+    assert_int_equal(cctx_local_peek(l, &peeked), CCTX_NOT_FOUND);
+    assert_ok(cctx_local_get(l, &out));
+    assert_int_equal(init_runs, 1);
+    assert_ok(cctx_local_peek(l, &peeked));
+    assert_ptr_equal(peeked, out);
+    assert_non_null(cctx_context_current_peek());
+    assert_ptr_equal(cctx_context_current_peek(), cctx_context_current());
+    assert_ok(cctx_local_delete(l));
+    assert_int_equal(cctx_local_peek(l, &peeked), CCTX_NOT_FOUND);
+    assert_int_equal(init_runs, 1);
+    assert_ok(cctx_local_set(l, NULL)); /* NULL is a value */
+    peeked = &peeked;
+    assert_ok(cctx_local_peek(l, &peeked));
+    assert_null(peeked);
+    assert_int_equal(cctx_local_peek(NULL, &peeked), CCTX_EINVAL);
+    assert_int_equal(cctx_local_peek(l, NULL), CCTX_EINVAL);
+    cctx_local_release(l);
+}
+
+/* --------------------------------------------- the binding header */
+
+/* The hooks only a binding needs are declared in contextcore_binding.h
+ * (this file includes it through the toolbox) and behave as before. */
+static void test_binding_header_declares_the_binding_hooks(void **state)
+{
+    (void)state;
+    cctx_context *c;
+    cctx_var *v;
+    assert_ok(cctx_context_new(&c));
+    assert_ok(cctx_var_new("b", NULL, &v));
+    assert_ok(cctx_context_claim(c));
+    assert_int_equal(cctx_context_claim(c), CCTX_ALREADY_ENTERED);
+    assert_ok(cctx_context_set(c, v, (void *)"claimed", NULL));
+    void *out;
+    assert_ok(cctx_context_get(c, v, &out)); /* borrowed, for the claimer */
+    assert_string_equal(out, "claimed");
+    cctx_notify_watchers(CCTX_EVENT_ENTERED, c);
+    assert_ok(cctx_context_unclaim(c));
+    assert_int_equal(cctx_context_unclaim(c), CCTX_NOT_ENTERED);
+    cctx_context_release(c);
+    cctx_var_release(v);
+}
+
+int main(void)
+{
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_ops_with_release_but_no_retain_are_refused),
+        T(test_ops_ex_callbacks_receive_their_ctx),
+        T(test_ops_ex_final_release_of_a_local_uses_ctx_on_other_threads),
+        T(test_variable_user_data_maps_a_var_back_to_its_owner),
+        T(test_names_with_a_length_may_hold_nul_bytes),
+        T(test_peeks_have_no_side_effects),
+        T(test_binding_header_declares_the_binding_hooks),
+    };
+#undef T
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    cctx_thread_cleanup();
+    return failed;
+}
