@@ -20,7 +20,9 @@
  * freed while a callback could still reach it:
  *
  *   round (at most TEARDOWN_ROUNDS):
- *     1. leave every context the thread still has entered;
+ *     1. leave every context the thread still has entered, and drop the
+ *        context cctx_thread_create gave the thread if its function did
+ *        not return (pthread_exit, cancellation);
  *     2. release every value in this thread's local slots (local.c); the
  *        slot table stays registered and usable, so a callback that uses a
  *        local — even one this thread never touched — stores into it;
@@ -100,6 +102,12 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
     /* Innermost first, so that each is free to be entered elsewhere. */
     while (ts->current != ts->base) {
         leave_innermost(ts);
+        busy = true;
+    }
+    if (ts->start_ctx != NULL) { /* the thread function did not return */
+        cctx_context *start = ts->start_ctx;
+        ts->start_ctx = NULL;
+        cctx_context_release(start);
         busy = true;
     }
     if (local_thread_release_values(ts))
@@ -300,50 +308,42 @@ struct thread_start {
     cctx_context *ctx;
 };
 
-/* What the started thread holds while `fn` runs: the copy it was given and
- * whether it entered it. */
-struct thread_run {
-    cctx_context *ctx;
-    bool entered;
-};
-
-/* Leaves and releases the thread's start context. A pthread cleanup
- * handler: it runs when `fn` returns, and also when `fn` calls pthread_exit
- * or the thread is cancelled — otherwise the copy, and the values only it
- * holds, would leak on those two exits. */
-static void thread_run_finish(void *p)
-{
-    struct thread_run *run = p;
-    if (run->entered) {
-        cctx_thread_state *ts = thread_state_peek();
-        if (ts != NULL && cctx_load_uintptr(&run->ctx->owner) == (uintptr_t)ts) {
-            leave_above(ts, run->ctx);
-            leave_innermost(ts);
-        }
-    }
-    cctx_context_release(run->ctx);
-}
-
 static void *thread_trampoline(void *p)
 {
-    /* No cancellation until the cleanup handler is in place (fprintf is a
-     * cancellation point): the start record and the copy are then released
-     * on every path. */
+    /* No cancellation until the thread state holds the copy (fprintf is a
+     * cancellation point). */
     int cancel_state;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
     struct thread_start start = *(struct thread_start *)p;
     cctx_dealloc(p);
-    struct thread_run run = { .ctx = start.ctx, .entered = false };
-    void *result;
-    pthread_cleanup_push(thread_run_finish, &run);
     cctx_status st = cctx_context_enter(start.ctx);
-    run.entered = st == CCTX_OK;
-    if (st != CCTX_OK) /* only ENOMEM creating this thread's state */
+    if (st != CCTX_OK) { /* only ENOMEM creating this thread's state */
         fprintf(stderr, "contextcore: thread starts without its context: %s\n",
                 cctx_strerror(st));
+        cctx_context_release(start.ctx); /* unused: nothing left to leak */
+        pthread_setcancelstate(cancel_state, NULL);
+        return start.fn(start.arg);
+    }
+    /* From here the thread's state owns the copy's reference: if `fn` ends
+     * the thread with pthread_exit or the thread is cancelled, the state's
+     * teardown (the pthread_key destructor, which runs on both) releases
+     * it. This needs no unwinding through our frame, unlike a cleanup
+     * handler (whose setjmp-based C form ASan cannot follow on cancel). */
+    cctx_thread_state *ts = thread_state_peek();
+    ts->start_ctx = start.ctx;
     pthread_setcancelstate(cancel_state, NULL);
-    result = start.fn(start.arg);
-    pthread_cleanup_pop(1);
+    void *result = start.fn(start.arg);
+    /* `fn` returned. Its state may have been cleaned up meanwhile (then the
+     * teardown released the copy, and a newer state holds none). */
+    ts = thread_state_peek();
+    if (ts != NULL && ts->start_ctx == start.ctx) {
+        ts->start_ctx = NULL;
+        if (cctx_load_uintptr(&start.ctx->owner) == (uintptr_t)ts) {
+            leave_above(ts, start.ctx);
+            leave_innermost(ts);
+        }
+        cctx_context_release(start.ctx);
+    }
     return result;
 }
 

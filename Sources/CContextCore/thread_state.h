@@ -56,6 +56,10 @@ typedef struct cctx_thread_state {
     lookup_cache_entry cache[CCTX_LOOKUP_CACHE_SIZE];
     ck_epoch_record_t *record;
     struct local_slots *locals;
+    /* The context cctx_thread_create started this thread in (one
+     * reference), while its function runs; the teardown releases it when
+     * the function never returned (pthread_exit, cancellation). */
+    cctx_context *start_ctx;
     /* Set when teardown begins (thread_state.c): cctx_thread_cleanup from
      * a release callback must not start a second one. */
     bool tearing_down;

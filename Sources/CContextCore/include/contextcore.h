@@ -409,7 +409,7 @@ CCTX_API void cctx_iter_free(cctx_iter *iter);
  *  Returns CCTX_ENOMEM (nothing started) or CCTX_EINVAL if pthread_create
  *  failed; `*thread` is set on success only. The copy is released when
  *  `fn` returns, and also when it calls pthread_exit or the thread is
- *  cancelled (a cleanup handler). */
+ *  cancelled (then by the thread's teardown at exit). */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
                    void *(*fn)(void *), void *arg);
