@@ -24,7 +24,7 @@ private enum ExitProbe {
         init(expected: Int) { self.expected = expected }
         deinit {
             // The thread's own value, or the default once its base is gone.
-            let seen = ExitProbe.requestID.get(default: -2)
+            let seen = (try? ExitProbe.requestID.get()) ?? -2
             if seen != expected && seen != -1 {
                 fatalError("deinit at thread exit read \(seen), not \(expected) or the default")
             }
