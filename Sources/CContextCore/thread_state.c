@@ -136,6 +136,10 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
 static void state_destroy(cctx_thread_state *ts)
 {
     ts->tearing_down = true;
+    /* Watchers see the entered contexts exited, then the state gone (as
+     * before rounds existed); the base swaps of later rounds are not. */
+    while (ts->current != ts->base)
+        leave_innermost(ts);
     watch_notify(ts, CCTX_EVENT_SWITCHED, NULL);
     bool stuck = false;
     for (int round = 0; round < TEARDOWN_ROUNDS && !stuck; round++) {

@@ -66,8 +66,9 @@
  * but a live iterator to cctx_iter_*, or using one iterator from two threads
  * at once; releasing a claimed context while its claimer still uses it (a
  * claim does not retain); a local's initialiser that uses its own local; a
- * retain callback that calls any ContextKit function, or a release callback
- * that calls cctx_reclaim or cctx_thread_cleanup;
+ * retain callback that calls any ContextKit function; a release callback
+ * that calls cctx_reclaim, or cctx_thread_cleanup other than during its
+ * thread's teardown;
  * writing to a context claimed with cctx_context_claim from two threads at
  * once. Detected misuse (NULL handles, foreign tokens, a handle of the wrong
  * kind while its memory is still alive) returns CCTX_EINVAL or the specific
