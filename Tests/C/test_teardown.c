@@ -533,6 +533,8 @@ struct so_api {
     cctx_status (*var_set)(cctx_var *, void *, cctx_token **);
     cctx_status (*local_new)(const cctx_value_ops *, cctx_local_init_fn, void *, cctx_local **);
     cctx_status (*local_set)(cctx_local *, void *);
+    void (*var_release)(cctx_var *);
+    void (*local_release)(cctx_local *);
     cctx_var *var;
     cctx_local *local;
 };
@@ -565,12 +567,19 @@ static void scenario_dlclose(void *arg)
     *(void **)&api.var_set = dlsym(h, "cctx_var_set");
     *(void **)&api.local_new = dlsym(h, "cctx_local_new");
     *(void **)&api.local_set = dlsym(h, "cctx_local_set");
-    T_CHECK(api.var_new && api.var_set && api.local_new && api.local_set);
+    *(void **)&api.var_release = dlsym(h, "cctx_var_release");
+    *(void **)&api.local_release = dlsym(h, "cctx_local_release");
+    T_CHECK(api.var_new && api.var_set && api.local_new && api.local_set &&
+            api.var_release && api.local_release);
     T_CHECK(api.var_new("in-the-so", NULL, &api.var) == CCTX_OK);
     T_CHECK(api.local_new(NULL, NULL, NULL, &api.local) == CCTX_OK);
     pthread_t th;
     T_CHECK(pthread_create(&th, NULL, so_user, &api) == 0);
     T_CHECK(gate_wait(&so_ready));
+    /* Our handles go (the thread's state still holds the variable); then
+     * the library's last handle. */
+    api.var_release(api.var);
+    api.local_release(api.local);
     T_CHECK(dlclose(h) == 0);
     gate_open(&so_go);
     pthread_join(th, NULL);
