@@ -522,6 +522,64 @@ static void test_release_callback_taking_a_lock_held_by_a_releasing_thread_does_
     assert_child_ok(scenario_gil, NULL);
 }
 
+/* A local's final release takes values out in batches (it may not
+ * allocate, and releases each batch outside its lock): with more threads
+ * than a batch holds, every value is still released exactly once, while
+ * the threads are alive and while others exit. */
+#define MANY_HOLDERS 100
+static cctx_local *many_local;
+static test_gate many_stored[MANY_HOLDERS], many_done = TEST_GATE_INIT;
+static int many_released[MANY_HOLDERS];
+
+static void mark_released(tv_value *v, void *arg)
+{
+    (void)arg;
+    __atomic_add_fetch(&many_released[v->id], 1, __ATOMIC_SEQ_CST);
+}
+
+static void *many_holder(void *p)
+{
+    long i = (long)(intptr_t)p;
+    tv_value *v = tv_new_hooked(i, mark_released, NULL);
+    T_CHECK(cctx_local_set(many_local, v) == CCTX_OK);
+    tv_drop(v);
+    gate_open(&many_stored[i]);
+    if (i % 2 == 0) /* half wait for the release; half exit meanwhile */
+        T_CHECK(gate_wait(&many_done));
+    return NULL;
+}
+
+static void test_final_release_of_a_local_held_by_many_threads_releases_each_once(void **state)
+{
+    (void)state;
+    assert_ok(cctx_thread_cleanup());
+    const long live = tv_live(), failures = thread_failures();
+    const long allocs = cctx__live_allocations();
+    assert_ok(cctx_local_new(&tv_ops, NULL, NULL, &many_local));
+    pthread_t th[MANY_HOLDERS];
+    for (int i = 0; i < MANY_HOLDERS; i++) {
+        many_stored[i] = (test_gate)TEST_GATE_INIT;
+        assert_int_equal(pthread_create(&th[i], NULL, many_holder, (void *)(intptr_t)i), 0);
+    }
+    for (int i = 0; i < MANY_HOLDERS; i++)
+        assert_true(gate_wait(&many_stored[i]));
+    cctx_local_release(many_local);
+    /* The waiting half's values are gone now, their threads still alive
+     * (only the walk could take them); the other half's went with their
+     * thread or with the walk. */
+    for (int i = 0; i < MANY_HOLDERS; i += 2)
+        assert_int_equal(__atomic_load_n(&many_released[i], __ATOMIC_SEQ_CST), 1);
+    gate_open(&many_done);
+    for (int i = 0; i < MANY_HOLDERS; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < MANY_HOLDERS; i++)
+        assert_int_equal(many_released[i], 1);
+    assert_int_equal(tv_live(), live);
+    assert_int_equal(thread_failures(), failures);
+    cctx_reclaim();
+    assert_int_equal(cctx__live_allocations(), allocs);
+}
+
 /* ------------------------------------------------------------ dlclose */
 
 #ifndef CCTX_SO_PATH
@@ -607,6 +665,7 @@ int main(void)
         T(test_blocking_release_in_a_final_release_blocks_no_one_else),
         T(test_blocking_release_at_thread_exit_blocks_no_one_else),
         T(test_release_callback_taking_a_lock_held_by_a_releasing_thread_does_not_deadlock),
+        T(test_final_release_of_a_local_held_by_many_threads_releases_each_once),
         T(test_dlclose_while_a_thread_that_used_the_library_runs),
     };
 #undef T
