@@ -7,50 +7,13 @@
  * cleaned up, and the teardown checks that no tracked value and no runtime
  * allocation is left over.
  *
- * CCTX_TEST_SCALE (percent, default 100) scales the stress loops down for
- * sanitizer and valgrind runs.
+ * CCTX_TEST_SCALE (percent, default 100; the toolbox's scaled()) scales the
+ * stress loops down for sanitizer and valgrind runs.
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <setjmp.h>
-#include <cmocka.h>
-
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "contextcore.h"
-#include "testing.h"
-
-/* ------------------------------------------------------------------ scale */
-
-static long scaled(long n)
-{
-    static int pct = -1;
-    if (pct < 0) {
-        const char *e = getenv("CCTX_TEST_SCALE");
-        pct = e != NULL ? atoi(e) : 100;
-        if (pct <= 0)
-            pct = 1;
-    }
-    long r = n * pct / 100;
-    return r < 1 ? 1 : r;
-}
-
-/* Checks made on threads other than the main one (cmocka's asserts
- * longjmp, which only works on the thread that runs the test). */
-static atomic_int thread_failures;
-#define T_CHECK(cond)                                                        \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #cond);                                                  \
-            atomic_fetch_add(&thread_failures, 1);                           \
-        }                                                                    \
-    } while (0)
+#include "test_support.h" /* scaled(), T_CHECK, the C test toolbox */
 
 /* -------------------------------------------------------- tracked values */
 
@@ -145,13 +108,14 @@ static cctx_status counting_init(void *userdata, void **value_out)
 /* -------------------------------------------------------- setup/teardown */
 
 static long allocations_at_start;
+static long failures_at_start;
 
 static int setup(void **state)
 {
     (void)state;
     assert_int_equal(cctx_thread_cleanup(), CCTX_OK);
     cctx_reclaim();
-    atomic_store(&thread_failures, 0);
+    failures_at_start = thread_failures();
     atomic_store(&tracked_overreleased, 0);
     allocations_at_start = cctx__live_allocations();
     return 0;
@@ -163,7 +127,7 @@ static int teardown(void **state)
     cctx__fail_allocation(0);
     assert_int_equal(cctx_thread_cleanup(), CCTX_OK);
     cctx_reclaim();
-    assert_int_equal(atomic_load(&thread_failures), 0);
+    assert_int_equal(thread_failures(), failures_at_start);
     assert_int_equal(atomic_load(&tracked_overreleased), 0);
     assert_int_equal(atomic_load(&tracked_live), 0);
     for (int g = 0; g < GROUPS; g++)

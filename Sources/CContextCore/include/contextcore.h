@@ -227,8 +227,9 @@ CCTX_API void cctx_var_release(cctx_var *var);
  *  NULL for a bad handle. */
 CCTX_API const char *cctx_var_name(const cctx_var *var);
 
-/** The variable's whole name: returns it (borrowed, as cctx_var_name, with a
- *  NUL after the last byte) and stores its length in bytes into `*len_out`
+/** The variable's whole name (Python's `ContextVar.name`, which may hold
+ *  NUL characters): returns it (borrowed, as cctx_var_name, with a NUL
+ *  after the last byte) and stores its length in bytes into `*len_out`
  *  (may be NULL). NULL, leaving `*len_out` alone, for a bad handle. */
 CCTX_API const char *cctx_var_name_n(const cctx_var *var, size_t *len_out);
 
@@ -240,8 +241,9 @@ CCTX_API const char *cctx_var_name_n(const cctx_var *var, size_t *len_out);
 CCTX_API void *cctx_var_userdata(const cctx_var *var);
 
 /** Stores `userdata` on `var` (replacing the previous pointer, which is not
- *  released: the runtime never owns it). Safe from any thread; a reader
- *  sees the old or the new pointer. CCTX_EINVAL for a bad handle. */
+ *  released: the runtime never owns it; `var` is borrowed). Safe from any
+ *  thread; a reader sees the old or the new pointer. CCTX_EINVAL for a bad
+ *  handle. No Python equivalent (see cctx_var_userdata). */
 CCTX_API cctx_status cctx_var_set_userdata(cctx_var *var, void *userdata);
 
 /** Copies the variable's value callbacks into `*out` (both NULL when it was
