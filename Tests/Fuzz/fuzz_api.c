@@ -115,7 +115,7 @@ static fv *fv_new(void)
 #define MAXREFS 3
 
 enum { OWN_NONE, OWN_THREAD, OWN_CLAIMED };
-enum { L_UNTOUCHED, L_VALUE, L_DELETED };
+enum { L_UNTOUCHED, L_VALUE }; /* a delete returns a local to L_UNTOUCHED */
 enum { INIT_NONE, INIT_VALUE, INIT_FAIL, INIT_NULL };
 
 typedef struct dict {
@@ -553,7 +553,7 @@ static void check_all(void)
         if (l->state == L_VALUE) {
             CHECK_ST(cctx_local_get(l->ptr, &out), CCTX_OK);
             CHECK(out == l->val);
-        } else if (l->state == L_DELETED || l->init_mode == INIT_NONE) {
+        } else if (l->init_mode == INIT_NONE) {
             CHECK_ST(cctx_local_get(l->ptr, &out), CCTX_NOT_FOUND);
         }
         CHECK(l->init_calls == l->model_calls);
@@ -1085,9 +1085,11 @@ static void op_local(void)
             CHECK_ST(st, CCTX_ENOMEM);
         } else {
             CHECK_ST(st, exp);
-            if (l->state == L_VALUE ||
-                (l->state == L_UNTOUCHED && l->init_mode != INIT_NONE)) {
-                l->state = L_DELETED;
+            /* A delete puts the thread back to "never touched": the next
+             * get runs the initialiser again. With no value it settles
+             * nothing. */
+            if (l->state == L_VALUE) {
+                l->state = L_UNTOUCHED;
                 l->val = NULL;
             }
         }
