@@ -432,9 +432,10 @@ cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
  *  earlier in the teardown, or the default (the thread's base is already
  *  empty); what it sets or stores is released by the next round. After 8
  *  rounds that still found values (callbacks that keep storing new ones),
- *  one last round runs with the thread's state already detached: reads see
- *  defaults and no local value, writes fail with CCTX_ENOMEM (as when a
- *  thread's state cannot be created), so it ends with nothing left. */
+ *  or when no memory is left for the fresh base, one last round runs
+ *  with the thread's state already detached: reads see defaults and no
+ *  local value, writes fail with CCTX_ENOMEM (as when a thread's state
+ *  cannot be created), so it ends with nothing left. */
 CCTX_API cctx_status cctx_thread_cleanup(void);
 
 /** The Swift task running on the calling thread (an identity to compare,
