@@ -301,6 +301,47 @@ static void test_teardown_of_a_release_chain_is_bounded(void **state)
     assert_child_ok(scenario_chain, NULL);
 }
 
+/* Teardown cannot fail: when the fresh base of a round cannot be
+ * allocated, it goes straight to the final round (writes refused) and
+ * still releases everything. */
+static cctx_status oom_hook_status;
+
+static void hook_sets_once(tv_value *v, void *arg)
+{
+    (void)arg;
+    tv_value *s = tv_new(v->id + 1);
+    oom_hook_status = cctx_var_set(sink, s, NULL);
+    tv_drop(s);
+}
+
+static void test_teardown_out_of_memory_still_releases_everything(void **state)
+{
+    (void)state;
+    assert_ok(cctx_thread_cleanup());
+    const long allocs = cctx__live_allocations(), live = tv_live();
+    tv_value *v = tv_new_hooked(1, hook_sets_once, NULL);
+    assert_ok(cctx_var_set(holder, v, NULL));
+    tv_drop(v);
+    const long injected = cctx__allocation_failures();
+    cctx__fail_allocation(1); /* the round's fresh base */
+    assert_ok(cctx_thread_cleanup());
+    cctx__fail_allocation(0);
+    assert_int_equal(cctx__allocation_failures(), injected + 1);
+    assert_int_equal(oom_hook_status, CCTX_ENOMEM); /* the state was detached */
+    assert_int_equal(tv_live(), live);
+    cctx_reclaim();
+    assert_int_equal(cctx__live_allocations(), allocs);
+
+    /* Without the failure the same hook's write works and is released. */
+    v = tv_new_hooked(1, hook_sets_once, NULL);
+    assert_ok(cctx_var_set(holder, v, NULL));
+    tv_drop(v);
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(oom_hook_status, CCTX_OK);
+    assert_int_equal(tv_live(), live);
+    assert_int_equal(cctx__live_allocations(), allocs);
+}
+
 /* ------------------------------------- cctx_thread_create, early exits */
 
 static int cancel_pipe[2];
@@ -660,6 +701,7 @@ int main(void)
         T(test_release_callback_sets_variables_during_cleanup),
         T(test_local_release_using_an_untouched_local_at_exit_leaks_nothing),
         T(test_teardown_of_a_release_chain_is_bounded),
+        T(test_teardown_out_of_memory_still_releases_everything),
         T(test_thread_create_releases_its_copy_on_pthread_exit),
         T(test_thread_create_releases_its_copy_when_cancelled),
         T(test_blocking_release_in_a_final_release_blocks_no_one_else),
