@@ -190,7 +190,8 @@ CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_var_new(const char *name, const cctx_value_ops *ops, cctx_var **out);
 
 /** Creates a variable with a default value (which it retains).
- *  Ownership as cctx_var_new; `default_value` may be NULL (a NULL default). */
+ *  Ownership and errors as cctx_var_new; `default_value` may be NULL (a
+ *  NULL default). Python: `ContextVar(name, default=...)`. */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_var_new_with_default(const char *name, const cctx_value_ops *ops,
                           void *default_value, cctx_var **out);
@@ -522,9 +523,12 @@ typedef cctx_status (*cctx_local_init_fn)(void *userdata, void **value_out);
 
 /** Creates a thread-local slot; `*out` is a new reference. `ops` is copied
  *  (NULL: values are not owned). If `init` is not NULL it runs once per
- *  thread, on the thread's first cctx_local_get when no value was set there;
+ *  thread, on the thread's first cctx_local_get when no value was set there
+ *  (and again on the first get after a cctx_local_delete);
  *  `userdata` is borrowed and must outlive the local. Any number of locals
- *  may exist (not limited by PTHREAD_KEYS_MAX). */
+ *  may exist (not limited by PTHREAD_KEYS_MAX). Python: `threading.local()`
+ *  (with `init`: a subclass with `__init__`). Errors: CCTX_EINVAL (NULL
+ *  `out`, ops with `release` but no `retain`), CCTX_ENOMEM. */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_local_new(const cctx_value_ops *ops, cctx_local_init_fn init,
                void *userdata, cctx_local **out);
