@@ -66,15 +66,28 @@ struct LocalTests {
 
     @Test("values are released at thread exit and when the Local goes away")
     func lifetimes() {
-        let before = LocalTracked.live.load(ordering: .sequentiallyConsistent)
+        let before = AttributeTracked.live.load(ordering: .sequentiallyConsistent)
         do {
             let local = Local()
-            runOnJoinedThreads(4) { i in local.tracked = LocalTracked(i) }
-            #expect(LocalTracked.live.load(ordering: .sequentiallyConsistent) == before)
-            local.tracked = LocalTracked(99)
-            #expect(LocalTracked.live.load(ordering: .sequentiallyConsistent) == before + 1)
+            runOnJoinedThreads(4) { i in local.tracked = AttributeTracked(i) }
+            #expect(AttributeTracked.live.load(ordering: .sequentiallyConsistent) == before)
+            local.tracked = AttributeTracked(99)
+            #expect(AttributeTracked.live.load(ordering: .sequentiallyConsistent) == before + 1)
             withExtendedLifetime(local) {}
         }
-        #expect(LocalTracked.live.load(ordering: .sequentiallyConsistent) == before)
+        #expect(AttributeTracked.live.load(ordering: .sequentiallyConsistent) == before)
     }
+}
+
+/// Counted like `LocalTracked`, but only by the test above: suites run in
+/// parallel, and ThreadLocal's tests make and drop `LocalTracked` values
+/// while this one compares counts.
+private final class AttributeTracked: Sendable {
+    static let live = Atomic<Int>(0)
+    let id: Int
+    init(_ id: Int) {
+        self.id = id
+        Self.live.add(1, ordering: .sequentiallyConsistent)
+    }
+    deinit { Self.live.subtract(1, ordering: .sequentiallyConsistent) }
 }
