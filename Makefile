@@ -132,9 +132,13 @@ c-valgrind: c-test
 		--error-exitcode=99 $(BUILD)/tests/$$t; done
 
 # ---------------------------------------------------------------- Swift
+# Every trait on: the opt-in integration products (ContextKitLogging,
+# ContextKitServiceContext) and their tests build only with their traits.
+TRAITS ?= --enable-all-traits
+
 swift-test: deps
-	$(SWIFT) build --build-tests
-	$(SWIFT) test
+	$(SWIFT) build --build-tests $(TRAITS)
+	$(SWIFT) test $(TRAITS)
 
 # A separate package that depends on ContextKit by path, as users do.
 downstream-test: deps
@@ -144,11 +148,11 @@ downstream-test: deps
 	$(SWIFT) run --skip-build --package-path Tests/Downstream DownstreamCheck
 
 swift-tsan: deps
-	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) test $(TRAITS) --sanitize=thread --scratch-path .build-tsan
 
 swift-asan: deps
 	LSAN_OPTIONS=suppressions=$(abspath Tests/Sanitizers/lsan-swift.supp) \
-		$(SWIFT) test --sanitize=address --scratch-path .build-asan
+		$(SWIFT) test $(TRAITS) --sanitize=address --scratch-path .build-asan
 
 # ---------------------------------------------------------------- reliability
 # Fuzzing (libFuzzer, toolchain clang), soak. See docs/reliability.md.

@@ -8,6 +8,7 @@
 // conforming to `ContextVarServiceContextKey` names the variable it mirrors,
 // and a `ContextVarMirror` is the type-erased pair that the functions below
 // take in lists.
+#if Tracing  // the package trait that enables this product (see Package.swift)
 import ContextKit
 import Instrumentation
 import ServiceContextModule
@@ -158,3 +159,4 @@ extension Context {
         try await ServiceContext.withValue(ServiceContext.mirroring(mirrors), isolation: isolation, operation: operation)
     }
 }
+#endif

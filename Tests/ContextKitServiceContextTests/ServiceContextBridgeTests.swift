@@ -1,3 +1,4 @@
+#if Tracing  // the package trait that enables this product (see Package.swift)
 import ContextKit
 import ContextKitServiceContext
 import Instrumentation
@@ -125,3 +126,4 @@ struct W3CTestInstrument: Instrument {
         #expect(seen == nil)
     }
 }
+#endif
