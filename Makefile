@@ -43,7 +43,7 @@ TEST_CFLAGS = -std=gnu11 -D_GNU_SOURCE $(WARN) -I$(CORE_DIR)/include -I$(CORE_DI
 TEST_LIBS = $(CMOCKA_LIBS) $(CK_LIBS) -lpthread -lm
 
 .PHONY: all lib deps test ci c-test swift-test c-asan c-tsan c-valgrind \
-	swift-tsan swift-asan demo bench install install-test downstream-test uninstall clean docs
+	swift-tsan swift-asan demo bench install install-test downstream-test consumer-test uninstall clean docs
 
 all: lib
 
@@ -147,6 +147,11 @@ downstream-test: deps
 		{ cat $(BUILD)/downstream-build.log; exit 1; }
 	$(SWIFT) run --skip-build --package-path Tests/Downstream DownstreamCheck
 
+# A ContextKit-only consumer (Tests/Downstream/MinimalConsumer) resolves no
+# other package, and without libck-dev SwiftPM's error names it.
+consumer-test: deps
+	SWIFT=$(SWIFT) scripts/check-consumer.sh $(BUILD)
+
 swift-tsan: deps
 	$(SWIFT) test $(TRAITS) --sanitize=thread --scratch-path .build-tsan
 
@@ -199,7 +204,7 @@ soak-ci:
 	@$(MAKE) --no-print-directory soak SOAK_SECONDS=60
 
 # ---------------------------------------------------------------- top level
-test: deps lib c-test install-test swift-test downstream-test
+test: deps lib c-test install-test swift-test downstream-test consumer-test
 
 ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan fuzz-ci soak-ci
 	@echo "make ci: all stages passed"
