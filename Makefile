@@ -327,19 +327,31 @@ bench: deps lib bench-deps
 	echo; $(MAKE) --no-print-directory bench-table SAVE=$(SAVE); \
 	echo "make bench: wall time $$(cat $(BENCH_DIR)/wall)"
 
-# DocC: symbol graphs from the compiler, then the toolchain's docc (no
-# plugin dependency in Package.swift). Warnings fail the build.
+# DocC: symbol graphs from `swift package dump-symbol-graph` (it extracts
+# them from the built modules every time, so a second `make docs` with
+# nothing to recompile still has them), then the toolchain's docc, one
+# archive per module (build/docs/<module>). No plugin dependency in
+# Package.swift. Warnings fail the build.
 DOCC ?= $(shell command -v docc 2>/dev/null || echo $(dir $(shell command -v $(SWIFT)))docc)
+DOC_MODULES := ContextKit ContextKitLogging ContextKitServiceContext
 docs: deps
-	@rm -rf $(BUILD)/symbol-graphs $(BUILD)/docs; mkdir -p $(BUILD)/symbol-graphs
-	$(SWIFT) build --target ContextKit -Xswiftc -emit-symbol-graph \
-		-Xswiftc -emit-symbol-graph-dir -Xswiftc $(abspath $(BUILD))/symbol-graphs
-	@find $(BUILD)/symbol-graphs -name '*.json' ! -name 'ContextKit*' -delete
-	$(DOCC) convert Sources/ContextKit/ContextKit.docc \
-		--additional-symbol-graph-dir $(BUILD)/symbol-graphs \
-		--fallback-display-name ContextKit --fallback-bundle-identifier org.contextkit.ContextKit \
-		--warnings-as-errors --output-path $(BUILD)/docs
-	@echo "documentation: $(BUILD)/docs (open index.html through a web server, or: docc preview)"
+	@rm -rf $(BUILD)/symbol-graphs $(BUILD)/docs .build/*/symbolgraph
+	$(SWIFT) package $(TRAITS) dump-symbol-graph --minimum-access-level public \
+		--emit-extension-block-symbols > $(BUILD)/symbol-graphs.log 2>&1 || \
+		{ cat $(BUILD)/symbol-graphs.log; exit 1; }
+	@set -e; for m in $(DOC_MODULES); do \
+		mkdir -p $(BUILD)/symbol-graphs/$$m $(BUILD)/docs; \
+		cp .build/*/symbolgraph/$$m.symbols.json $(BUILD)/symbol-graphs/$$m/; \
+		for f in .build/*/symbolgraph/$$m@*.symbols.json; do \
+			[ -e "$$f" ] && cp "$$f" $(BUILD)/symbol-graphs/$$m/; done; \
+		echo "docc convert $$m"; \
+		$(DOCC) convert Sources/$$m/$$m.docc \
+			--additional-symbol-graph-dir $(BUILD)/symbol-graphs/$$m \
+			--fallback-display-name $$m --fallback-bundle-identifier org.contextkit.$$m \
+			--warnings-as-errors --output-path $(BUILD)/docs/$$m; \
+	done
+	@$(PYTHON) scripts/check-docs.py $(BUILD)/symbol-graphs $(BUILD)/docs
+	@echo "documentation: $(BUILD)/docs/<module> (open index.html through a web server, or: docc preview)"
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -69,7 +69,7 @@ public struct ContextVarMetadata: Sendable {
         }
     }
 
-    /// A ``ContextKit/DefaultedContextVar`` under `key` (by default its
+    /// A `DefaultedContextVar` under `key` (by default its
     /// name); it always has a value, so the key is always present.
     public init<Value: Sendable>(_ variable: DefaultedContextVar<Value>, key: String? = nil) {
         self.init(variable.variable, key: key, includeDefault: true)

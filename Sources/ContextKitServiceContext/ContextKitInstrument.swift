@@ -38,7 +38,7 @@ import ServiceContextModule
 /// the key as it was. Extraction is the wrapped instrument's; on the
 /// receiving side, run the request in
 /// `Context.withValues(from:mirroring:operation:)` (or in a fresh context
-/// made by ``ContextKit/Context/merging(_:mirroring:)``) so that the
+/// made by `Context/merging(_:mirroring:)`) so that the
 /// extracted values reach ContextKit variables.
 public struct ContextKitInstrument: Instrument {
     /// The instrument that writes and reads the headers.

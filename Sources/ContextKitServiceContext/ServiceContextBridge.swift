@@ -13,7 +13,7 @@ import ContextKit
 import Instrumentation
 import ServiceContextModule
 
-/// A `ServiceContextKey` whose value mirrors a ContextKit ``ContextKit/ContextVar``.
+/// A `ServiceContextKey` whose value mirrors a ContextKit `ContextVar`.
 ///
 /// ```swift
 /// let traceParent = ContextVar<String>("traceparent")
