@@ -3,8 +3,13 @@
 #   make            libcontextcore.a, libcontextcore.so and contextcore.pc in build/
 #   make deps       install what is missing (Debian: libck-dev, libcmocka-dev, valgrind)
 #   make test       deps, build, run the C tests and `swift test`
+#   make test       also: a ContextKit-only consumer resolves nothing else and
+#                   names libck-dev when it is missing (consumer-test); every
+#                   README/DocC snippet compiles (snippet-test)
 #   make ci         make test, then the C tests under ASan+UBSan, TSan and
-#                   valgrind, and `swift test` under TSan and ASan
+#                   valgrind, `swift test` under TSan and ASan, and the
+#                   two-process tracing check (integration-test)
+#   make docs       DocC archives for ContextKit and the integration products
 #   make demo       build and run the examples (Swift and C)
 #   make bench      build and run the benchmarks; prints one table
 #                   (SAVE=1: also writes docs/benchmarks.md, docs/scaling.svg)
@@ -43,7 +48,7 @@ TEST_CFLAGS = -std=gnu11 -D_GNU_SOURCE $(WARN) -I$(CORE_DIR)/include -I$(CORE_DI
 TEST_LIBS = $(CMOCKA_LIBS) $(CK_LIBS) -lpthread -lm
 
 .PHONY: all lib deps test ci c-test swift-test c-asan c-tsan c-valgrind \
-	swift-tsan swift-asan demo bench install install-test downstream-test consumer-test uninstall clean docs
+	swift-tsan swift-asan demo bench install install-test downstream-test consumer-test snippet-test integration-test uninstall clean docs
 
 all: lib
 
@@ -152,6 +157,21 @@ downstream-test: deps
 consumer-test: deps
 	SWIFT=$(SWIFT) scripts/check-consumer.sh $(BUILD)
 
+# Every Swift and C block of README.md and the DocC articles compiles (and
+# those that state their output print it). See scripts/check-snippets.py.
+snippet-test: deps lib
+	SWIFT=$(SWIFT) CC=$(CC) $(PYTHON) scripts/check-snippets.py $(BUILD)
+
+# Tests/Integration: an AsyncHTTPClient client and a Hummingbird server in
+# two processes on 127.0.0.1 propagate W3C traceparent/baggage from and into
+# ContextKit variables. Minutes to build (Hummingbird, AsyncHTTPClient), so
+# `make ci` runs it, not `make test`.
+integration-test: deps
+	@mkdir -p $(BUILD); echo "building Tests/Integration (Hummingbird, AsyncHTTPClient) ..."
+	@$(SWIFT) build --package-path Tests/Integration > $(BUILD)/integration-build.log 2>&1 || \
+		{ cat $(BUILD)/integration-build.log; exit 1; }
+	timeout 600 $(SWIFT) run --skip-build --package-path Tests/Integration TraceE2E
+
 swift-tsan: deps
 	$(SWIFT) test $(TRAITS) --sanitize=thread --scratch-path .build-tsan
 
@@ -204,9 +224,9 @@ soak-ci:
 	@$(MAKE) --no-print-directory soak SOAK_SECONDS=60
 
 # ---------------------------------------------------------------- top level
-test: deps lib c-test install-test swift-test downstream-test consumer-test
+test: deps lib c-test install-test swift-test downstream-test consumer-test snippet-test
 
-ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan fuzz-ci soak-ci
+ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan integration-test fuzz-ci soak-ci
 	@echo "make ci: all stages passed"
 
 EXAMPLES_C := $(sort $(basename $(notdir $(wildcard Examples/c/*.c))))
@@ -368,4 +388,5 @@ uninstall:
 		$(DESTDIR)$(PREFIX)/lib/pkgconfig/contextcore.pc
 
 clean:
-	rm -rf $(BUILD) .build .build-tsan .build-asan Tests/Downstream/.build Examples/swift/.build Benchmarks/.build
+	rm -rf $(BUILD) .build .build-tsan .build-asan Tests/Downstream/.build Tests/Downstream/MinimalConsumer/.build \
+		Tests/Integration/.build Examples/swift/.build Benchmarks/.build

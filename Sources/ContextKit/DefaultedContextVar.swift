@@ -107,9 +107,15 @@ public struct DefaultedContextVar<Value: Sendable>: Sendable, Hashable, CustomSt
 
     /// Identity, as for ``ContextVar``: two wrappers are equal when they wrap
     /// the same variable.
+    ///
+    /// - Parameters:
+    ///   - lhs: a wrapper.
+    ///   - rhs: another wrapper.
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.variable == rhs.variable }
 
     /// Hashes the wrapped variable's identity.
+    ///
+    /// - Parameter hasher: the hasher to feed.
     public func hash(into hasher: inout Hasher) { hasher.combine(variable) }
 
     /// The wrapped variable's description.

@@ -71,6 +71,10 @@ public struct ContextVarMetadata: Sendable {
 
     /// A `DefaultedContextVar` under `key` (by default its
     /// name); it always has a value, so the key is always present.
+    ///
+    /// - Parameters:
+    ///   - variable: the variable to read at each log call.
+    ///   - key: the metadata key; `nil` uses `variable.name`.
     public init<Value: Sendable>(_ variable: DefaultedContextVar<Value>, key: String? = nil) {
         self.init(variable.variable, key: key, includeDefault: true)
     }
