@@ -254,7 +254,18 @@ install-test: lib
 		$(CC) -o $(BUILD)/prefix/$$e Examples/c/$$e.c $$(pkg-config --cflags --libs contextcore); \
 		LD_LIBRARY_PATH=$(abspath $(BUILD))/prefix/lib $(BUILD)/prefix/$$e > /dev/null; \
 		n=$$((n + 1)); \
-	done; echo "install-test (examples built with only pkg-config against the installed copy, then run):"; \
+	done; \
+	e=$(firstword $(EXAMPLES_C)); \
+	$(CC) -o $(BUILD)/prefix/$$e-norpath Examples/c/$$e.c $$(pkg-config --cflags --libs contextcore); \
+	if ! ldconfig -p 2>/dev/null | grep -q libcontextcore && \
+		env -u LD_LIBRARY_PATH $(BUILD)/prefix/$$e-norpath > /dev/null 2>&1; then \
+		echo "install-test: expected a program linked without rpath to fail to start (README says so)"; exit 1; fi; \
+	n=$$((n + 1)); \
+	$(CC) -o $(BUILD)/prefix/$$e-rpath Examples/c/$$e.c $$(pkg-config --cflags --libs contextcore) \
+		-Wl,-rpath,$(abspath $(BUILD))/prefix/lib; \
+	env -u LD_LIBRARY_PATH $(BUILD)/prefix/$$e-rpath > /dev/null; n=$$((n + 1)); \
+	echo "install-test (examples built with only pkg-config against the installed copy, then run;"; \
+	echo "  without -Wl,-rpath the program cannot start, with it it runs):"; \
 	echo "$$n passed, 0 failed"
 
 # ---------------------------------------------------------------- benchmarks
