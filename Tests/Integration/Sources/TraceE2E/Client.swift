@@ -117,7 +117,6 @@ enum Client {
         _ = try await get(port, "stop")
         server.waitUntilExit()
         check(server.terminationStatus == 0, "server stopped cleanly", "status \(server.terminationStatus)")
-        try await HTTPClient.shared.shutdown()
         print("trace-e2e: \(passed) passed, \(failed) failed")
         return failed == 0 ? 0 : 1
     }

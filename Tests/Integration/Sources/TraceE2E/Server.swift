@@ -6,8 +6,10 @@
 // non-zero), so no run leaves a process behind.
 import ContextKit
 import ContextKitLogging
+import ContextKitServiceContext
 import Foundation
 import Hummingbird
+import Instrumentation
 import Logging
 import TracePropagation
 
@@ -25,6 +27,9 @@ import TracePropagation
 
 enum Server {
     static func run(deadline: Duration) async throws -> Int32 {
+        // The same instrument as the client's: extraction is the W3C one.
+        InstrumentationSystem.bootstrap(
+            ContextKitInstrument(wrapping: W3CTraceContextInstrument(), mirroring: traceMirrors))
         let (stopRequests, stop) = AsyncStream.makeStream(of: Void.self)
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: ContextKitTracingMiddleware())
@@ -45,8 +50,8 @@ enum Server {
             router: router,
             configuration: .init(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { channel in
-                print("PORT \(channel.localAddress?.port ?? -1)")
-                fflush(stdout)
+                // Unbuffered, straight to the pipe the client reads.
+                FileHandle.standardOutput.write(Data("PORT \(channel.localAddress?.port ?? -1)\n".utf8))
             },
             logger: Logger(label: "trace-e2e-server", factory: { _ in SwiftLogNoOpLogHandler() })
         )
@@ -60,7 +65,9 @@ enum Server {
                 return 0
             }
             group.addTask {
-                try? await Task.sleep(for: deadline)
+                // A bound, not a timing assumption: the client stops the
+                // server long before; this only ends a run whose client died.
+                do { try await Task.sleep(for: deadline) } catch { return 0 }  // cancelled: stopped normally
                 FileHandle.standardError.write(Data("server: no /stop within \(deadline); stopping\n".utf8))
                 return 1
             }

@@ -16,7 +16,7 @@ public struct HTTPHeadersInjector: Injector {
 public struct HTTPFieldsExtractor: Extractor {
     public init() {}
     public func extract(key: String, from fields: HTTPFields) -> String? {
-        guard let name = HTTPField.Name(key) else { return nil }
-        return fields[name]
+        let name = key.lowercased()  // field names are case-insensitive
+        return fields.first { $0.name.canonicalName == name }?.value
     }
 }
