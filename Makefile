@@ -160,7 +160,7 @@ consumer-test: deps
 # Every Swift and C block of README.md and the DocC articles compiles (and
 # those that state their output print it). See scripts/check-snippets.py.
 snippet-test: deps lib
-	SWIFT=$(SWIFT) CC=$(CC) $(PYTHON) scripts/check-snippets.py $(BUILD)
+	SWIFT=$(SWIFT) SNIPPET_CC=$(CC) $(PYTHON) scripts/check-snippets.py $(BUILD)
 
 # Tests/Integration: an AsyncHTTPClient client and a Hummingbird server in
 # two processes on 127.0.0.1 propagate W3C traceparent/baggage from and into

@@ -44,7 +44,7 @@ SOURCES = ["README.md"] + sorted(
     if f.endswith(".md")
 )
 SWIFT = os.environ.get("SWIFT", "swift")
-CC = os.environ.get("CC", "cc")
+CC = os.environ.get("SNIPPET_CC", "cc")
 
 FENCE = re.compile(r"^```(\w*)\s*$")
 COMMENT = re.compile(r"<!--\s*snippet:\s*(\w+)(.*?)-->", re.S)
@@ -213,6 +213,8 @@ let package = Package(
         result = subprocess.run(
             [SWIFT, "build", "--package-path", pkg, "--scratch-path", os.path.join(work, ".build-snippets")],
             capture_output=True, text=True,
+            # SwiftPM compiles C targets with CC when set; it must be clang.
+            env={k: v for k, v in os.environ.items() if k != "CC"},
         )
         log = result.stdout + result.stderr
         open(os.path.join(work, "swift-build.log"), "w").write(log)
