@@ -93,6 +93,10 @@ let package = Package(
             dependencies: ["ContextKit", "CContextCore"]
         ),
         .testTarget(
+            name: "DefaultedContextVarTests",
+            dependencies: ["ContextKit"]
+        ),
+        .testTarget(
             name: "ContextKitLoggingTests",
             dependencies: [
                 "ContextKit",
