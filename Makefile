@@ -3,8 +3,13 @@
 #   make            libcontextcore.a, libcontextcore.so and contextcore.pc in build/
 #   make deps       install what is missing (Debian: libck-dev, libcmocka-dev, valgrind)
 #   make test       deps, build, run the C tests and `swift test`
+#   make test       also: a ContextKit-only consumer resolves nothing else and
+#                   names libck-dev when it is missing (consumer-test); every
+#                   README/DocC snippet compiles (snippet-test)
 #   make ci         make test, then the C tests under ASan+UBSan, TSan and
-#                   valgrind, and `swift test` under TSan and ASan
+#                   valgrind, `swift test` under TSan and ASan, and the
+#                   two-process tracing check (integration-test)
+#   make docs       DocC archives for ContextKit and the integration products
 #   make demo       build and run the examples (Swift and C)
 #   make bench      build and run the benchmarks; prints one table
 #                   (SAVE=1: also writes docs/benchmarks.md, docs/scaling.svg)
@@ -46,7 +51,7 @@ TEST_CFLAGS = -std=gnu11 -D_GNU_SOURCE $(WARN) -I$(CORE_DIR)/include -I$(CORE_DI
 TEST_LIBS = $(CMOCKA_LIBS) $(CK_LIBS) -lpthread -lm -ldl
 
 .PHONY: all lib deps test ci c-test swift-test c-asan c-tsan c-valgrind \
-	swift-tsan swift-asan demo bench install install-test downstream-test uninstall clean docs
+	swift-tsan swift-asan demo bench install install-test downstream-test consumer-test snippet-test integration-test uninstall clean docs
 
 all: lib
 
@@ -142,9 +147,13 @@ c-valgrind: c-test
 		--error-exitcode=99 $(BUILD)/tests/$$t; done
 
 # ---------------------------------------------------------------- Swift
+# Every trait on: the opt-in integration products (ContextKitLogging,
+# ContextKitServiceContext) and their tests build only with their traits.
+TRAITS ?= --enable-all-traits
+
 swift-test: deps
-	$(SWIFT) build --build-tests
-	$(SWIFT) test
+	$(SWIFT) build --build-tests $(TRAITS)
+	$(SWIFT) test $(TRAITS)
 
 # A separate package that depends on ContextKit by path, as users do.
 downstream-test: deps
@@ -153,12 +162,32 @@ downstream-test: deps
 		{ cat $(BUILD)/downstream-build.log; exit 1; }
 	$(SWIFT) run --skip-build --package-path Tests/Downstream DownstreamCheck
 
+# A ContextKit-only consumer (Tests/Downstream/MinimalConsumer) resolves no
+# other package, and without libck-dev SwiftPM's error names it.
+consumer-test: deps
+	SWIFT=$(SWIFT) scripts/check-consumer.sh $(BUILD)
+
+# Every Swift and C block of README.md and the DocC articles compiles (and
+# those that state their output print it). See scripts/check-snippets.py.
+snippet-test: deps lib
+	SWIFT=$(SWIFT) SNIPPET_CC=$(CC) $(PYTHON) scripts/check-snippets.py $(BUILD)
+
+# Tests/Integration: an AsyncHTTPClient client and a Hummingbird server in
+# two processes on 127.0.0.1 propagate W3C traceparent/baggage from and into
+# ContextKit variables. Minutes to build (Hummingbird, AsyncHTTPClient), so
+# `make ci` runs it, not `make test`.
+integration-test: deps
+	@mkdir -p $(BUILD); echo "building Tests/Integration (Hummingbird, AsyncHTTPClient) ..."
+	@$(SWIFT) build --package-path Tests/Integration > $(BUILD)/integration-build.log 2>&1 || \
+		{ cat $(BUILD)/integration-build.log; exit 1; }
+	timeout 600 $(SWIFT) run --skip-build --package-path Tests/Integration TraceE2E
+
 swift-tsan: deps
-	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) test $(TRAITS) --sanitize=thread --scratch-path .build-tsan
 
 swift-asan: deps
 	LSAN_OPTIONS=suppressions=$(abspath Tests/Sanitizers/lsan-swift.supp) \
-		$(SWIFT) test --sanitize=address --scratch-path .build-asan
+		$(SWIFT) test $(TRAITS) --sanitize=address --scratch-path .build-asan
 
 # ---------------------------------------------------------------- reliability
 # Fuzzing (libFuzzer, toolchain clang), soak. See docs/reliability.md.
@@ -205,9 +234,9 @@ soak-ci:
 	@$(MAKE) --no-print-directory soak SOAK_SECONDS=60
 
 # ---------------------------------------------------------------- top level
-test: deps lib c-test install-test swift-test downstream-test
+test: deps lib c-test install-test swift-test downstream-test consumer-test snippet-test
 
-ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan fuzz-ci soak-ci
+ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan integration-test fuzz-ci soak-ci
 	@echo "make ci: all stages passed"
 
 EXAMPLES_C := $(sort $(basename $(notdir $(wildcard Examples/c/*.c))))
@@ -235,7 +264,18 @@ install-test: lib
 		$(CC) -o $(BUILD)/prefix/$$e Examples/c/$$e.c $$(pkg-config --cflags --libs contextcore); \
 		LD_LIBRARY_PATH=$(abspath $(BUILD))/prefix/lib $(BUILD)/prefix/$$e > /dev/null; \
 		n=$$((n + 1)); \
-	done; echo "install-test (examples built with only pkg-config against the installed copy, then run):"; \
+	done; \
+	e=$(firstword $(EXAMPLES_C)); \
+	$(CC) -o $(BUILD)/prefix/$$e-norpath Examples/c/$$e.c $$(pkg-config --cflags --libs contextcore); \
+	if ! ldconfig -p 2>/dev/null | grep -q libcontextcore && \
+		env -u LD_LIBRARY_PATH $(BUILD)/prefix/$$e-norpath > /dev/null 2>&1; then \
+		echo "install-test: expected a program linked without rpath to fail to start (README says so)"; exit 1; fi; \
+	n=$$((n + 1)); \
+	$(CC) -o $(BUILD)/prefix/$$e-rpath Examples/c/$$e.c $$(pkg-config --cflags --libs contextcore) \
+		-Wl,-rpath,$(abspath $(BUILD))/prefix/lib; \
+	env -u LD_LIBRARY_PATH $(BUILD)/prefix/$$e-rpath > /dev/null; n=$$((n + 1)); \
+	echo "install-test (examples built with only pkg-config against the installed copy, then run;"; \
+	echo "  without -Wl,-rpath the program cannot start, with it it runs):"; \
 	echo "$$n passed, 0 failed"
 
 # ---------------------------------------------------------------- benchmarks
@@ -328,19 +368,31 @@ bench: deps lib bench-deps
 	echo; $(MAKE) --no-print-directory bench-table SAVE=$(SAVE); \
 	echo "make bench: wall time $$(cat $(BENCH_DIR)/wall)"
 
-# DocC: symbol graphs from the compiler, then the toolchain's docc (no
-# plugin dependency in Package.swift). Warnings fail the build.
+# DocC: symbol graphs from `swift package dump-symbol-graph` (it extracts
+# them from the built modules every time, so a second `make docs` with
+# nothing to recompile still has them), then the toolchain's docc, one
+# archive per module (build/docs/<module>). No plugin dependency in
+# Package.swift. Warnings fail the build.
 DOCC ?= $(shell command -v docc 2>/dev/null || echo $(dir $(shell command -v $(SWIFT)))docc)
+DOC_MODULES := ContextKit ContextKitLogging ContextKitServiceContext
 docs: deps
-	@rm -rf $(BUILD)/symbol-graphs $(BUILD)/docs; mkdir -p $(BUILD)/symbol-graphs
-	$(SWIFT) build --target ContextKit -Xswiftc -emit-symbol-graph \
-		-Xswiftc -emit-symbol-graph-dir -Xswiftc $(abspath $(BUILD))/symbol-graphs
-	@find $(BUILD)/symbol-graphs -name '*.json' ! -name 'ContextKit*' -delete
-	$(DOCC) convert Sources/ContextKit/ContextKit.docc \
-		--additional-symbol-graph-dir $(BUILD)/symbol-graphs \
-		--fallback-display-name ContextKit --fallback-bundle-identifier org.contextkit.ContextKit \
-		--warnings-as-errors --output-path $(BUILD)/docs
-	@echo "documentation: $(BUILD)/docs (open index.html through a web server, or: docc preview)"
+	@rm -rf $(BUILD)/symbol-graphs $(BUILD)/docs .build/*/symbolgraph
+	$(SWIFT) package $(TRAITS) dump-symbol-graph --minimum-access-level public \
+		--emit-extension-block-symbols > $(BUILD)/symbol-graphs.log 2>&1 || \
+		{ cat $(BUILD)/symbol-graphs.log; exit 1; }
+	@set -e; for m in $(DOC_MODULES); do \
+		mkdir -p $(BUILD)/symbol-graphs/$$m $(BUILD)/docs; \
+		cp .build/*/symbolgraph/$$m.symbols.json $(BUILD)/symbol-graphs/$$m/; \
+		for f in .build/*/symbolgraph/$$m@*.symbols.json; do \
+			[ -e "$$f" ] && cp "$$f" $(BUILD)/symbol-graphs/$$m/; done; \
+		echo "docc convert $$m"; \
+		$(DOCC) convert Sources/$$m/$$m.docc \
+			--additional-symbol-graph-dir $(BUILD)/symbol-graphs/$$m \
+			--fallback-display-name $$m --fallback-bundle-identifier org.contextkit.$$m \
+			--warnings-as-errors --output-path $(BUILD)/docs/$$m; \
+	done
+	@$(PYTHON) scripts/check-docs.py $(BUILD)/symbol-graphs $(BUILD)/docs
+	@echo "documentation: $(BUILD)/docs/<module> (open index.html through a web server, or: docc preview)"
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
@@ -359,4 +411,5 @@ uninstall:
 		$(DESTDIR)$(PREFIX)/lib/pkgconfig/contextcore.pc
 
 clean:
-	rm -rf $(BUILD) .build .build-tsan .build-asan Tests/Downstream/.build Examples/swift/.build Benchmarks/.build
+	rm -rf $(BUILD) .build .build-tsan .build-asan Tests/Downstream/.build Tests/Downstream/MinimalConsumer/.build \
+		Tests/Integration/.build Examples/swift/.build Benchmarks/.build

@@ -131,6 +131,10 @@ extension Context {
     /// enter contexts. When no watcher is installed, events cost one atomic
     /// load.
     ///
+    /// - Parameter body: called with the event and the context it concerns
+    ///   (`nil`: no context, as when a task leaves its outermost scope); it
+    ///   must be thread-safe.
+    /// - Returns: the handle; cancel it (or let it go) to remove the watcher.
     /// - Throws: ``ContextError/tooManyWatchers`` when all eight slots (shared
     ///   with C's `cctx_add_watcher`) are in use.
     public static func addWatcher(

@@ -39,7 +39,10 @@ public final class Local: @unchecked Sendable {
     }
 
     /// This thread's value of the attribute `name`; `nil` when it has none.
-    /// Assigning `nil` deletes the attribute.
+    /// Assigning `nil` deletes the attribute (Python's `del local.name`).
+    ///
+    /// - Parameter name: the attribute's name (`local.requestID` passes
+    ///   `"requestID"`).
     @available(*, noasync, message: "a thread's attributes are meaningless across await; use ContextVar in async code")
     public subscript(dynamicMember name: String) -> Any? {
         get { attributes().stored[name] }

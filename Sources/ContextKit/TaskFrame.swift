@@ -1,4 +1,5 @@
 import CContextCore
+import CContextKitShims
 import Synchronization
 
 // Where code runs decides its current context.

@@ -12,6 +12,11 @@ extension Thread {
     /// task, the task's).
     ///
     /// Without this, a new thread starts in an empty context.
+    ///
+    /// - Parameters:
+    ///   - name: the thread's name (`Thread.name`), or `nil`.
+    ///   - block: the work; it runs once, on the new thread, in the copy,
+    ///     which it may ``ContextVar/set(_:)`` freely.
     public static func detachNewThreadInCopiedContext(
         name: String? = nil,
         _ block: @escaping @Sendable () -> Void
@@ -31,6 +36,15 @@ extension DispatchQueue {
     ///
     /// Without this, work on a queue runs in whatever context the queue's
     /// worker thread has (an empty one unless something set it).
+    /// Python's `asyncio.to_thread`; unlike `loop.run_in_executor`, which
+    /// does not copy the context.
+    ///
+    /// - Parameters:
+    ///   - group: a dispatch group the work is associated with, or `nil`.
+    ///   - qos: the quality of service, as for `DispatchQueue.async`.
+    ///   - flags: the work item's flags, as for `DispatchQueue.async`.
+    ///   - work: the work; it runs once, in the copy, which it may
+    ///     ``ContextVar/set(_:)`` freely.
     public func asyncInCopiedContext(
         group: DispatchGroup? = nil,
         qos: DispatchQoS = .unspecified,

@@ -8,11 +8,12 @@
 // conforming to `ContextVarServiceContextKey` names the variable it mirrors,
 // and a `ContextVarMirror` is the type-erased pair that the functions below
 // take in lists.
+#if Tracing  // the package trait that enables this product (see Package.swift)
 import ContextKit
 import Instrumentation
 import ServiceContextModule
 
-/// A `ServiceContextKey` whose value mirrors a ContextKit ``ContextKit/ContextVar``.
+/// A `ServiceContextKey` whose value mirrors a ContextKit `ContextVar`.
 ///
 /// ```swift
 /// let traceParent = ContextVar<String>("traceparent")
@@ -40,6 +41,8 @@ public struct ContextVarMirror: Sendable {
     private let fromServiceContext: @Sendable (ServiceContext, Context) -> Void
 
     /// Mirrors `key`'s variable.
+    ///
+    /// - Parameter key: the key type; its `contextVar` is the variable.
     public init<Key: ContextVarServiceContextKey>(_ key: Key.Type) {
         let variable = Key.contextVar
         self.variable = variable
@@ -76,6 +79,11 @@ extension ServiceContext {
     ///
     /// A variable with no value in the current context (its default does not
     /// count) leaves its key as `base` has it.
+    ///
+    /// - Parameters:
+    ///   - mirrors: the variables to copy, with their keys.
+    ///   - base: the service context to start from.
+    /// - Returns: `base` with the variables' values stored over it.
     public static func mirroring(
         _ mirrors: [ContextVarMirror],
         into base: ServiceContext = ServiceContext.current ?? .topLevel
@@ -87,6 +95,13 @@ extension ServiceContext {
 
     /// As ``mirroring(_:into:)``, reading the values from `context` instead
     /// of the current context.
+    ///
+    /// - Parameters:
+    ///   - mirrors: the variables to copy, with their keys.
+    ///   - context: the context to read (missing is missing: defaults do
+    ///     not count).
+    ///   - base: the service context to start from.
+    /// - Returns: `base` with the variables' values stored over it.
     public static func mirroring(
         _ mirrors: [ContextVarMirror],
         from context: Context,
@@ -102,6 +117,11 @@ extension Context {
     /// A copy of this context in which every mirrored variable whose key
     /// `serviceContext` holds is set to the key's value; the others keep
     /// what this context has.
+    ///
+    /// - Parameters:
+    ///   - serviceContext: the values to take (as after `Instrument.extract`).
+    ///   - mirrors: the variables to set, with their keys.
+    /// - Returns: a new context, entered by nobody; this one is unchanged.
     public func merging(_ serviceContext: ServiceContext, mirroring mirrors: [ContextVarMirror]) -> Context {
         let result = copy()
         for mirror in mirrors { mirror.copy(from: serviceContext, into: result) }
@@ -112,6 +132,12 @@ extension Context {
     /// variables set from `serviceContext` (as after `Instrument.extract` on
     /// the receiving side), and with `ServiceContext.current` bound to
     /// `serviceContext`. The caller's context never changes.
+    ///
+    /// - Parameters:
+    ///   - serviceContext: the values to take (as after `Instrument.extract`).
+    ///   - mirrors: the variables to set, with their keys.
+    ///   - operation: the code to run.
+    /// - Returns: what `operation` returns.
     public static func withValues<R>(
         from serviceContext: ServiceContext,
         mirroring mirrors: [ContextVarMirror],
@@ -125,6 +151,13 @@ extension Context {
 
     /// The asynchronous ``withValues(from:mirroring:operation:)``; `operation`
     /// keeps the caller's isolation.
+    ///
+    /// - Parameters:
+    ///   - serviceContext: the values to take (as after `Instrument.extract`).
+    ///   - mirrors: the variables to set, with their keys.
+    ///   - isolation: the caller's isolation (inferred).
+    ///   - operation: the code to run.
+    /// - Returns: what `operation` returns.
     public static func withValues<R>(
         from serviceContext: ServiceContext,
         mirroring mirrors: [ContextVarMirror],
@@ -142,6 +175,11 @@ extension Context {
     /// service context plus the mirrored variables' current values — so that
     /// tracers and instruments that read `ServiceContext.current` see what
     /// was set through ContextKit.
+    ///
+    /// - Parameters:
+    ///   - mirrors: the variables to copy, with their keys.
+    ///   - operation: the code to run.
+    /// - Returns: what `operation` returns.
     public static func withMirroredServiceContext<R>(
         _ mirrors: [ContextVarMirror],
         operation: () throws -> R
@@ -150,6 +188,12 @@ extension Context {
     }
 
     /// The asynchronous ``withMirroredServiceContext(_:operation:)``.
+    ///
+    /// - Parameters:
+    ///   - mirrors: the variables to copy, with their keys.
+    ///   - isolation: the caller's isolation (inferred).
+    ///   - operation: the code to run.
+    /// - Returns: what `operation` returns.
     public static func withMirroredServiceContext<R>(
         _ mirrors: [ContextVarMirror],
         isolation: isolated (any Actor)? = #isolation,
@@ -158,3 +202,4 @@ extension Context {
         try await ServiceContext.withValue(ServiceContext.mirroring(mirrors), isolation: isolation, operation: operation)
     }
 }
+#endif

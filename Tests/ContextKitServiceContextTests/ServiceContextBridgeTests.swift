@@ -1,7 +1,9 @@
+#if Tracing  // the package trait that enables this product (see Package.swift)
 import ContextKit
 import ContextKitServiceContext
 import Instrumentation
 import ServiceContextModule
+import Foundation
 import Testing
 
 // A W3C-style trace parent carried in a ContextKit variable, mirrored into a
@@ -124,4 +126,38 @@ struct W3CTestInstrument: Instrument {
         let seen = Context.withValues(from: extracted, mirroring: mirrors) { traceParent.value }
         #expect(seen == nil)
     }
+    /// The wrapper instrument: every `inject` of `ServiceContext.current`
+    /// carries ContextKit values, with no `withMirroredServiceContext` scope.
+    @Test func contextKitInstrumentInjectsCurrentValuesEverywhere() async throws {
+        let instrument = ContextKitInstrument(wrapping: W3CTestInstrument(), mirroring: mirrors)
+        @Sendable func headersNow() -> [String: String] {
+            var headers: [String: String] = [:]
+            instrument.inject(ServiceContext.current ?? .topLevel, into: &headers, using: HeaderInjector())
+            return headers
+        }
+        #expect(headersNow() == [:])
+        try await Context().run {
+            traceParent.set(parent)
+            #expect(ServiceContext.current == nil)  // nothing bound it ...
+            #expect(headersNow() == ["traceparent": parent])  // ... yet inject sees the value
+            async let child = headersNow()
+            #expect(await child == ["traceparent": parent])
+            let thread = await withCheckedContinuation { continuation in
+                Thread.detachNewThreadInCopiedContext { continuation.resume(returning: headersNow()) }
+            }
+            #expect(thread == ["traceparent": parent])
+            // The ContextKit value wins over a key already in the service context.
+            var stale = ServiceContext.topLevel
+            stale[TraceParentKey.self] = "stale"
+            stale[TenantKey.self] = "from-service-context"
+            var headers: [String: String] = [:]
+            instrument.inject(stale, into: &headers, using: HeaderInjector())
+            #expect(headers == ["traceparent": parent, "x-tenant": "from-service-context"])
+        }
+        // Extraction is the wrapped instrument's.
+        var extracted = ServiceContext.topLevel
+        instrument.extract(["traceparent": parent], into: &extracted, using: HeaderExtractor())
+        #expect(extracted[TraceParentKey.self] == parent)
+    }
 }
+#endif

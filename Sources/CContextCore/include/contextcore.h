@@ -439,11 +439,6 @@ cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
  *  cannot be created), so it ends with nothing left. */
 CCTX_API cctx_status cctx_thread_cleanup(void);
 
-/** The Swift task running on the calling thread (an identity to compare,
- *  never to dereference), or NULL outside any task and in programs without
- *  the Swift runtime. For the Swift facade's hot path. */
-CCTX_API const void *cctx_swift_current_task(void);
-
 /** Finishes deferred reclamation that can be finished now (values dropped
  *  while other threads were reading the same contexts). Waits for readers
  *  that are inside a read; never for a thread that is idle. */

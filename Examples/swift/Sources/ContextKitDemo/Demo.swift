@@ -34,18 +34,19 @@ struct Demo {
         print("  main         sees greeting = \(local.greeting ?? "nothing")")
     }
 
-    static let requestID = ContextVar<String>("request_id", default: "none")
+    // Declared with a default: `value` is a String, never nil.
+    static let requestID = DefaultedContextVar("request_id", default: "none")
 
     /// 2. ContextVar: set, get, set again with a Token, reset.
     static func contextVarWithToken() throws {
         print("ContextVar (Swift): set, get, set again with a Token, reset")
-        print("  default:             request_id = \(try requestID.get())")
+        print("  default:             request_id = \(requestID.value)")
         requestID.set("req-1")
-        print("  after set:           request_id = \(try requestID.get())")
+        print("  after set:           request_id = \(requestID.value)")
         let token = requestID.set("req-2")
-        print("  set again:           request_id = \(try requestID.get()) (token remembers \(token.oldValue ?? "MISSING"))")
+        print("  set again:           request_id = \(requestID.value) (token remembers \(token.oldValue ?? "MISSING"))")
         try requestID.reset(token)
-        print("  after reset(token):  request_id = \(try requestID.get())")
+        print("  after reset(token):  request_id = \(requestID.value)")
         do {
             try requestID.reset(token)
         } catch {
@@ -59,10 +60,10 @@ struct Demo {
         let copy = Context.copyCurrent()
         try copy.run {
             requestID.set("req-inside-run")
-            print("  inside run:          request_id = \(requestID.value ?? "-")")
+            print("  inside run:          request_id = \(requestID.value)")
         }
-        print("  the copy holds:      request_id = \(copy[requestID] ?? "-")")
-        print("  the original holds:  request_id = \(requestID.value ?? "-")")
+        print("  the copy holds:      request_id = \(copy.get(requestID))")
+        print("  the original holds:  request_id = \(requestID.value)")
         print("  the copy:            \(copy)")
     }
 
@@ -78,7 +79,7 @@ struct Demo {
                         var seen: [String] = []
                         for _ in 0..<3 {
                             try? await Task.sleep(nanoseconds: UInt64.random(in: 0...1_000_000))
-                            seen.append(requestID.value ?? "-")
+                            seen.append(requestID.value)
                         }
                         return "  task \(n): saw \(seen.joined(separator: ", "))"
                     }) ?? "  task \(n): failed"
@@ -89,6 +90,6 @@ struct Demo {
             return all.sorted()
         }
         lines.forEach { print($0) }
-        print("  outside the tasks:   request_id = \(requestID.value ?? "-")")
+        print("  outside the tasks:   request_id = \(requestID.value)")
     }
 }

@@ -10,10 +10,12 @@
  * the same under the Swift and C calling conventions, which is why calling
  * it from C is sound (Swift code may not name runtime symbols directly).
  *
- * The reference is weak: a plain C program has no Swift runtime, the symbol
- * resolves to NULL, and the answer is "no task".
+ * The reference is weak so that a program without the Swift Concurrency
+ * runtime still links; there the answer is "no task".
  */
-#include "internal.h"
+#include "CContextKitShims.h"
+
+#include <stddef.h>
 
 #if defined(__clang__)
 #define CCTX_SWIFTCALL __attribute__((swiftcall))
@@ -25,7 +27,5 @@ extern void *swift_task_getCurrent(void) CCTX_SWIFTCALL __attribute__((weak));
 
 const void *cctx_swift_current_task(void)
 {
-    if (swift_task_getCurrent == NULL)
-        return NULL;
-    return swift_task_getCurrent();
+    return swift_task_getCurrent ? swift_task_getCurrent() : NULL;
 }
