@@ -63,13 +63,27 @@ struct Options {
 
 enum Stop: Sendable { case requested, deadline }
 
-func buildRouter<Binding: RequestIDBinding>(
-    _: Binding.Type, stop: AsyncStream<Void>.Continuation
-) -> Router<BasicRequestContext> {
+/// The router of one mode: its middleware on /bench, the handler specialised
+/// for its binding.
+func buildRouter(mode: String, stop: AsyncStream<Void>.Continuation) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
-    router.group("bench")
-        .add(middleware: BindRequestID<Binding, BasicRequestContext>())
-        .get { request, _ in await respond(request, Binding.self) }
+    let bench = router.group("bench")
+    switch mode {
+    case TaskLocalBinding.mode:
+        bench.add(middleware: TaskLocalMiddleware())
+            .get { request, _ in await respond(request, TaskLocalBinding.self) }
+    case ContextKitRunBinding.mode:
+        bench.add(middleware: ContextKitRunMiddleware())
+            .get { request, _ in await respond(request, ContextKitRunBinding.self) }
+    case ContextKitWithValueBinding.mode:
+        bench.add(middleware: ContextKitWithValueMiddleware())
+            .get { request, _ in await respond(request, ContextKitWithValueBinding.self) }
+    case UnscopedGlobalBinding.mode:
+        bench.add(middleware: UnscopedGlobalMiddleware())
+            .get { request, _ in await respond(request, UnscopedGlobalBinding.self) }
+    default:
+        fatalError("no router for mode \(mode)")  // Options.parse accepts only known modes
+    }
     router.get("stop") { _, _ -> String in
         stop.yield()
         return "stopping\n"
@@ -80,7 +94,7 @@ func buildRouter<Binding: RequestIDBinding>(
 func serve(_ options: Options) async throws -> Stop {
     let (stopRequests, stop) = AsyncStream.makeStream(of: Void.self)
     let app = Application(
-        router: buildRouter(options.binding, stop: stop),
+        router: buildRouter(mode: options.binding.mode, stop: stop),
         configuration: .init(address: .hostname("127.0.0.1", port: options.port)),
         onServerRunning: { channel in
             // Unbuffered, straight to the driver's pipe.

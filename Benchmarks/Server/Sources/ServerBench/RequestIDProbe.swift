@@ -40,35 +40,77 @@ func miss(_ read: String?, _ id: String) -> Int { read == id ? 0 : 1 }
 let okBody = ByteBuffer(string: "ok\n")
 let mismatchBody = ByteBuffer(string: "request id mismatch\n")
 
-/// Binds the request id for the rest of the request (reads 1 and 7).
-struct BindRequestID<Binding: RequestIDBinding, Context: RequestContext>: RouterMiddleware {
+/// The middleware's part (reads 1 and 7): binds the request's id with
+/// `Binding` for the rest of the request.
+///
+/// Each mode has its own non-generic middleware type calling this (below):
+/// Hummingbird calls middleware through an existential, and the witness of a
+/// type generic over `Binding` would be unspecialised generic code, which no
+/// application's own middleware is. Inlined into each, everything here is
+/// specialised for its binding.
+@inline(__always)
+func bindAndCheck<Binding: RequestIDBinding>(
+    _: Binding.Type, _ request: Request, _ next: () async throws -> Response
+) async throws -> Response {
+    guard let id = request.headers[requestIDField] else {
+        Tally.missingHeader.wrappingAdd(1, ordering: .relaxed)
+        return Response(status: .badRequest)
+    }
+    return try await Binding.bind(
+        id,
+        {
+            var bad = miss(Binding.current, id)  // 1
+            var response = try await next()
+            bad += miss(Binding.current, id)  // 7
+            if bad == 0 && response.status == .ok {
+                Tally.served.wrappingAdd(1, ordering: .relaxed)
+            } else if bad != 0 {
+                Tally.mismatches.wrappingAdd(bad, ordering: .relaxed)
+                response = Response(
+                    status: .internalServerError, body: ResponseBody(byteBuffer: mismatchBody))
+            }
+            return response
+        }, isolation: nil)
+}
+
+struct TaskLocalMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
     func handle(
-        _ request: Request, context: Context,
-        next: (Request, Context) async throws -> Response
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
-        guard let id = request.headers[requestIDField] else {
-            Tally.missingHeader.wrappingAdd(1, ordering: .relaxed)
-            return Response(status: .badRequest)
-        }
-        return try await Binding.bind(
-            id,
-            {
-                var bad = miss(Binding.current, id)  // 1
-                var response = try await next(request, context)
-                bad += miss(Binding.current, id)  // 7
-                if bad == 0 && response.status == .ok {
-                    Tally.served.wrappingAdd(1, ordering: .relaxed)
-                } else if bad != 0 {
-                    Tally.mismatches.wrappingAdd(bad, ordering: .relaxed)
-                    response = Response(
-                        status: .internalServerError, body: ResponseBody(byteBuffer: mismatchBody))
-                }
-                return response
-            }, isolation: nil)
+        try await bindAndCheck(TaskLocalBinding.self, request) { try await next(request, context) }
     }
 }
 
-/// The handler (reads 2 to 6).
+struct ContextKitRunMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        try await bindAndCheck(ContextKitRunBinding.self, request) { try await next(request, context) }
+    }
+}
+
+struct ContextKitWithValueMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        try await bindAndCheck(ContextKitWithValueBinding.self, request) { try await next(request, context) }
+    }
+}
+
+struct UnscopedGlobalMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        try await bindAndCheck(UnscopedGlobalBinding.self, request) { try await next(request, context) }
+    }
+}
+
+/// The handler (reads 2 to 6); each mode's route calls it with its concrete
+/// binding (Main.swift), so it is specialised for it.
 func respond<Binding: RequestIDBinding>(_ request: Request, _: Binding.Type) async -> Response {
     guard let id = request.headers[requestIDField] else { return Response(status: .badRequest) }
     var bad = miss(Binding.current, id)  // 2
