@@ -14,7 +14,7 @@
 #   make bench      build and run the benchmarks; prints one table
 #                   (SAVE=1: also writes docs/benchmarks.md, docs/scaling.svg)
 #   make bench-server  a Hummingbird server, ContextKit vs @TaskLocal per
-#                   request, under wrk on 127.0.0.1 (~2 min plus the build)
+#                   request, under wrk on 127.0.0.1 (~80 s plus the build)
 #   make install    install header, libraries and contextcore.pc under PREFIX
 #   make clean      remove build output
 #
