@@ -13,6 +13,8 @@
 #   make demo       build and run the examples (Swift and C)
 #   make bench      build and run the benchmarks; prints one table
 #                   (SAVE=1: also writes docs/benchmarks.md, docs/scaling.svg)
+#   make bench-server  a Hummingbird server, ContextKit vs @TaskLocal per
+#                   request, under wrk on 127.0.0.1 (~80 s plus the build)
 #   make install    install header, libraries and contextcore.pc under PREFIX
 #   make clean      remove build output
 #
@@ -368,6 +370,29 @@ bench: deps lib bench-deps
 	echo; $(MAKE) --no-print-directory bench-table SAVE=$(SAVE); \
 	echo "make bench: wall time $$(cat $(BENCH_DIR)/wall)"
 
+# `make bench-server`: Benchmarks/Server (its own package: Hummingbird takes
+# minutes to build in release mode) run as two servers on 127.0.0.1, one
+# binding each request's id with ContextKit, one with @TaskLocal, loaded by
+# wrk in alternating runs; scripts/bench/server.py prints requests/s, p99 and
+# server CPU per request (/proc) with the ratios. Installs wrk if missing.
+# BENCH_SERVER_ARGS passes options to server.py (e.g. "--pairs 5
+# --duration 20", "--ck-mode withvalue"; see its --help). Not part of `ci`.
+BENCH_SERVER_SCRATCH = $(BENCH_DIR)/server
+BENCH_SERVER_ARGS ?=
+
+.PHONY: bench-server bench-server-build
+
+bench-server-build:
+	@command -v wrk >/dev/null 2>&1 || { echo "make bench-server: installing wrk"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
+	@mkdir -p $(BENCH_DIR); echo "building Benchmarks/Server (release; Hummingbird takes minutes) ..."
+	@$(SWIFT) build -c release --package-path Benchmarks/Server --scratch-path $(BENCH_SERVER_SCRATCH) \
+		--product ServerBench > $(BENCH_DIR)/server-build.log 2>&1 || \
+		{ cat $(BENCH_DIR)/server-build.log; exit 1; }
+
+bench-server: bench-server-build
+	$(PYTHON) scripts/bench/server.py --server $(BENCH_SERVER_SCRATCH)/release/ServerBench $(BENCH_SERVER_ARGS)
+
 # DocC: symbol graphs from `swift package dump-symbol-graph` (it extracts
 # them from the built modules every time, so a second `make docs` with
 # nothing to recompile still has them), then the toolchain's docc, one
@@ -412,4 +437,5 @@ uninstall:
 
 clean:
 	rm -rf $(BUILD) .build .build-tsan .build-asan Tests/Downstream/.build Tests/Downstream/MinimalConsumer/.build \
-		Tests/Integration/.build Examples/swift/.build Benchmarks/.build
+		Tests/Integration/.build Examples/swift/.build Benchmarks/.build \
+		Benchmarks/Server/.build
