@@ -75,7 +75,9 @@ CORE_OBJ = $(patsubst $(CORE_DIR)/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
 # with allocation accounting (cctx__live_allocations) compiled in. The
 # production build leaves it out: a process-wide counter on every
 # allocation is a cache line all threads would fight over.
-ACCOUNTING := -DCCTX_ALLOC_ACCOUNTING
+# The same builds also turn the executable invariants on (CCTX_ASSERT, the
+# node check after each HAMT builder: internal.h).
+ACCOUNTING := -DCCTX_ALLOC_ACCOUNTING -DCCTX_INTERNAL_CHECKS
 TEST_CORE_OBJ = $(patsubst $(CORE_DIR)/%.c,$(BUILD)/test-obj/%.o,$(CORE_SRC))
 TEST_LIB = $(BUILD)/test-obj/libcontextcore-test.a
 

@@ -1,63 +1,98 @@
 /*
- * reclaim.c — when a root replaced by a writer may be freed.
+ * reclaim.c — the one file that calls Concurrency Kit's ck_epoch (see
+ * reclaim.h for the API and its memory bound).
  *
- * The argument, in order of events (see also reclaim.h):
+ * Why epochs and not a per-object reader count: a count can only say "no
+ * reader right now", and readers that overlap without pause never let it
+ * reach zero, so what waits for that moment grows with the number of writes.
+ * An epoch grace period needs only that every section open at some point
+ * ends, which short sections always do, however much they overlap.
  *
- * Reader R (not the writer)          Writer W
- *   inc ctx->readers   (full fence)    old = fas(ctx->root, new) (full fence)
- *   ck_epoch_begin                     n = load(ctx->readers)
- *   r = load(ctx->root)                n == 0: release(old) now
- *   ... use r (retain what escapes)    n != 0: push old on ctx->retired,
- *   ck_epoch_end                               then if readers is now 0,
- *   dec ctx->readers   (full fence)            drain the list (below)
- *   if ctx->retired: drain
+ * ck_epoch in brief: each thread has a record; a section stamps the record
+ * active with the global epoch it saw. A deferred object goes on the
+ * deferring record's bucket for the current epoch. The global epoch may
+ * advance once every active record has seen it; an object deferred in
+ * epoch e is safe once the epoch has reached e + 2 (no section can still
+ * be running that began before the object was unpublished).
+ * ck_epoch_poll advances and frees without waiting; ck_epoch_synchronize
+ * waits until it can advance (twice) — a grace period.
  *
- * If W reads readers == 0, every reader's increment comes after W's
- * exchange in the single total order of locked operations, so its load of
- * ctx->root returns `new` (or later): `old` is unreachable and released at
- * once. That is the common case (nobody reads the context from outside)
- * and costs the writer one exchange and one load.
- *
- * Otherwise `old` goes on the retired list. Draining takes the whole list
- * with one exchange and then waits for a ck_epoch grace period
- * (ck_epoch_synchronize_wait): every section that began before the drain —
- * among them every reader that could have loaded a retired root, since
- * those roots were unpublished before the drain started — has ended. Then
- * the roots are released. Readers drain on their way out, so a list never
- * waits for the writer's next call: the last reader finishes it, or the
- * context's destruction does. Sections are short (a lookup, an increment)
- * and never run user code beyond a value's retain callback, so the wait is
- * bounded.
+ * Memory ordering: the object was unpublished by the caller with a full
+ * barrier (an exchange) or a release store before reclaim_defer; ck_epoch
+ * orders the record's epoch load in ck_epoch_begin before the section's
+ * reads (a full fence there) and its end after them (a release store), so
+ * the standard epoch argument applies. ThreadSanitizer does not see inside
+ * libck: a section's end releases `epoch`, and every free after a grace
+ * period acquires it.
  */
 #include "internal.h"
 #include "reclaim.h"
+#include "thread_state.h"
 
+#include <ck_epoch.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 
-struct reclaim_retired {
-    struct reclaim_retired *next;
-    hamt_node *root;
-};
+_Static_assert(sizeof(ck_epoch_section_t) == sizeof(unsigned),
+               "reclaim_section keeps a ck_epoch_section_t as an unsigned");
+
+/* ck_epoch's record states (private to ck_epoch.c in 0.7.1, where USED is
+ * 0 and FREE is 1); only the fork handler needs them. */
+enum { RECLAIM_CK_STATE_USED = 0, RECLAIM_CK_STATE_FREE = 1 };
+
+static ck_epoch_entry_t *entry_of(ck_stack_entry_t *s)
+{
+    return (ck_epoch_entry_t *)((char *)s - offsetof(ck_epoch_entry_t, stack_entry));
+}
 
 static ck_epoch_t epoch;
 static pthread_once_t epoch_once = PTHREAD_ONCE_INIT;
 
+/* A record registered for a thread (as opposed to the static fallback
+ * record and other static records) carries this as its ck_epoch context:
+ * the fork handler recycles only these. */
+static char thread_record_tag;
+
+/* How deep the calling thread is in sections (any record). A thread inside
+ * a section must never wait for a grace period: it would wait for itself. */
+static __thread unsigned section_depth;
+/* Set while this thread runs deferred frees, so that a free that defers
+ * again (a release callback that sets a variable) does not recurse into
+ * another barrier. */
+static __thread unsigned dispatch_depth;
+
+/* Objects left on the records of threads that did not survive a fork:
+ * freed by the child's next poll or barrier. Only touched in the child
+ * handler (single-threaded) and under orphan_lock. */
+static ck_stack_t orphans;
+static pthread_mutex_t orphan_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned orphan_count;
+
+static void reclaim_atfork_prepare(void);
+static void reclaim_atfork_parent(void);
+static void reclaim_atfork_child(void);
+
 static void epoch_init(void)
 {
     ck_epoch_init(&epoch);
+    ck_stack_init(&orphans);
+    (void)pthread_atfork(reclaim_atfork_prepare, reclaim_atfork_parent,
+                         reclaim_atfork_child);
 }
 
-ck_epoch_t *reclaim_epoch(void)
+struct ck_epoch *reclaim_epoch(void)
 {
     pthread_once(&epoch_once, epoch_init);
     return &epoch;
 }
 
-ck_epoch_record_t *reclaim_record_acquire(void)
+/* ------------------------------------------------------------ records */
+
+reclaim_record *reclaim_record_acquire(void)
 {
     ck_epoch_t *e = reclaim_epoch();
-    ck_epoch_record_t *r = ck_epoch_recycle(e, NULL);
+    ck_epoch_record_t *r = ck_epoch_recycle(e, &thread_record_tag);
     if (r != NULL)
         return r;
     /* Records are cache-line aligned and, once registered, can never leave
@@ -68,10 +103,23 @@ ck_epoch_record_t *reclaim_record_acquire(void)
     if (posix_memalign(&mem, 64, sizeof(ck_epoch_record_t)) != 0)
         return NULL;
     r = mem;
-    ck_epoch_register(e, r, NULL);
+    ck_epoch_register(e, r, &thread_record_tag);
     return r;
 }
 
+void reclaim_record_release(reclaim_record *record)
+{
+    if (record == NULL)
+        return;
+    /* ck_epoch_unregister requires an empty record: free what it deferred.
+     * Frees may defer again (release callbacks), so repeat until empty. */
+    while (ck_pr_load_uint(&record->n_pending) != 0 && section_depth == 0)
+        reclaim_barrier(record);
+    ck_epoch_unregister(record);
+}
+
+/* The fallback record: for a thread whose state cannot be created. Static
+ * storage registered once without allocating; one thread at a time. */
 static ck_epoch_record_t fallback_record __attribute__((aligned(64)));
 static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t fallback_once = PTHREAD_ONCE_INIT;
@@ -81,109 +129,191 @@ static void fallback_register(void)
     ck_epoch_register(reclaim_epoch(), &fallback_record, NULL);
 }
 
-ck_epoch_record_t *reclaim_fallback_lock(void)
-{
-    pthread_once(&fallback_once, fallback_register);
-    pthread_mutex_lock(&fallback_lock);
-    return &fallback_record;
-}
+/* ------------------------------------------------------------ sections */
 
-void reclaim_fallback_unlock(void)
+void reclaim_section_begin(reclaim_record *record, reclaim_section *s)
 {
-    pthread_mutex_unlock(&fallback_lock);
-}
-
-void reclaim_record_release(ck_epoch_record_t *record)
-{
-    if (record != NULL)
-        ck_epoch_unregister(record);
-}
-
-void reclaim_read_begin(cctx_context *ctx, ck_epoch_record_t *record, reclaim_section *s)
-{
-    cctx_inc_uint(&ctx->readers); /* full fence: ordered before the root load */
+    s->fallback = record == NULL;
+    if (s->fallback) {
+        pthread_once(&fallback_once, fallback_register);
+        pthread_mutex_lock(&fallback_lock);
+        record = &fallback_record;
+    }
     s->record = record;
-    ck_epoch_begin(s->record, &s->section);
+    section_depth++;
+    ck_epoch_begin(record, (ck_epoch_section_t *)&s->bucket);
 }
 
-static void drain(cctx_context *ctx)
+void reclaim_section_end(reclaim_section *s)
 {
-    struct reclaim_retired *list = cctx_fas_ptr(&ctx->retired, NULL);
-    if (list == NULL)
+    /* Everything read in the section happens before frees that waited. */
+    CCTX_TSAN_RELEASE(&epoch);
+    ck_epoch_end(s->record, (ck_epoch_section_t *)&s->bucket);
+    section_depth--;
+    if (s->fallback)
+        pthread_mutex_unlock(&fallback_lock);
+}
+
+/* ------------------------------------------------------------ deferral */
+
+struct deferred {
+    ck_epoch_entry_t entry; /* first: ck_epoch hands this pointer back */
+    void *object;
+    void (*free_fn)(void *);
+};
+
+static void deferred_run(ck_epoch_entry_t *entry)
+{
+    struct deferred *d = (struct deferred *)entry;
+    void *object = d->object;
+    void (*free_fn)(void *) = d->free_fn;
+    cctx_dealloc(d);
+    CCTX_TSAN_ACQUIRE(&epoch);
+    dispatch_depth++;
+    free_fn(object);
+    dispatch_depth--;
+}
+
+static void orphans_free(void)
+{
+    if (ck_pr_load_uint(&orphan_count) == 0)
         return;
-    /* Grace period: every epoch section open now ends before this returns. */
+    pthread_mutex_lock(&orphan_lock);
+    ck_stack_entry_t *list = ck_stack_batch_pop_npsc(&orphans);
+    orphan_count = 0;
+    pthread_mutex_unlock(&orphan_lock);
+    /* Deferred by threads that no longer exist (fork): nobody reads them,
+     * and the child's own sections began after they were unpublished. */
+    while (list != NULL) {
+        ck_stack_entry_t *next = list->next;
+        ck_epoch_entry_t *e = entry_of(list);
+        e->function(e);
+        list = next;
+    }
+}
+
+void reclaim_synchronize(void)
+{
     ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
     CCTX_TSAN_ACQUIRE(&epoch);
-    while (list != NULL) {
-        struct reclaim_retired *next = list->next;
-        hamt_release(list->root);
-        cctx_dealloc(list);
-        list = next;
-    }
 }
 
-void reclaim_read_finish(cctx_context *ctx)
+void reclaim_defer(reclaim_record *record, void *object, void (*free_fn)(void *))
 {
-    bool last = cctx_dec_uint_is_zero(&ctx->readers); /* full fence */
-    if (last && cctx_load_ptr(&ctx->retired) != NULL)
-        drain(ctx);
-}
-
-void reclaim_read_end(cctx_context *ctx, reclaim_section *s)
-{
-    CCTX_TSAN_RELEASE(&epoch);
-    ck_epoch_end(s->record, &s->section);
-    reclaim_read_finish(ctx);
-}
-
-void reclaim_retire(cctx_context *ctx, hamt_node *old_root)
-{
-    if (old_root == NULL)
-        return;
-    if (cctx_load_uint(&ctx->readers) == 0) {
-        hamt_release(old_root);
+    struct deferred *d = record != NULL ? cctx_alloc(sizeof *d) : NULL;
+    if (d == NULL) {
+        /* No record (no thread state) or no memory to defer with: wait for
+         * the grace period here. Slower, never wrong. A thread inside a
+         * section cannot wait; it has a record (sections on the fallback
+         * record do not write), so only ENOMEM inside a section gets here:
+         * then the object is kept, as the old code did, rather than freed
+         * early. */
+        if (section_depth != 0)
+            return;
+        reclaim_synchronize();
+        free_fn(object);
         return;
     }
-    struct reclaim_retired *item = cctx_alloc(sizeof *item);
-    if (item == NULL) {
-        /* No memory to defer with: wait for the grace period here instead.
-         * Slower, never wrong, and the write has already succeeded. */
-        ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
+    d->object = object;
+    d->free_fn = free_fn;
+    ck_epoch_call(record, &d->entry, deferred_run);
+    unsigned n = ck_pr_load_uint(&record->n_pending);
+    if (n % RECLAIM_POLL_EVERY == 0 && dispatch_depth == 0)
+        reclaim_poll(record);
+    /* The bound: a record never holds more than RECLAIM_PENDING_MAX. */
+    if (ck_pr_load_uint(&record->n_pending) >= RECLAIM_PENDING_MAX &&
+        section_depth == 0 && dispatch_depth == 0)
+        reclaim_barrier(record);
+}
+
+void reclaim_poll(reclaim_record *record)
+{
+    if (record == NULL || section_depth != 0)
+        return;
+    /* ck_epoch_poll frees the buckets two epochs old; a record inside a
+     * section cannot poll (ck_epoch requires it be outside). */
+    (void)ck_epoch_poll(record);
+    orphans_free();
+}
+
+void reclaim_barrier(reclaim_record *record)
+{
+    if (section_depth != 0)
+        return;
+    if (record == NULL) {
+        reclaim_synchronize();
+    } else {
+        /* Grace period, then free every bucket of this record. */
+        ck_epoch_barrier(record);
         CCTX_TSAN_ACQUIRE(&epoch);
-        hamt_release(old_root);
-        return;
     }
-    item->root = old_root;
-    struct reclaim_retired *head;
-    do {
-        head = cctx_load_ptr(&ctx->retired);
-        item->next = head;
-    } while (!cctx_cas_ptr(&ctx->retired, head, item)); /* full fence */
-    /* A reader that left between our first look and the push may have
-     * missed the item: if none is left now, drain it ourselves. */
-    if (cctx_load_uint(&ctx->readers) == 0)
-        drain(ctx);
+    orphans_free();
 }
 
-void reclaim_context_destroy(cctx_context *ctx)
+unsigned reclaim_pending(reclaim_record *record)
 {
-    /* No references are left, so no reader or writer is inside: a plain
-     * load (not an exchange) and a direct release. */
-    struct reclaim_retired *list = cctx_load_ptr(&ctx->retired);
-    ctx->retired = NULL;
-    while (list != NULL) {
-        struct reclaim_retired *next = list->next;
-        hamt_release(list->root);
-        cctx_dealloc(list);
-        list = next;
-    }
+    return (record != NULL ? ck_pr_load_uint(&record->n_pending) : 0) +
+           ck_pr_load_uint(&orphan_count);
 }
 
 void cctx_reclaim(void)
 {
-    /* Drains happen eagerly (see above); what can remain is a grace period
-     * in progress on another thread. Waiting for one more grace period here
-     * lets tests and shutdown code observe a settled state. */
-    ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
-    CCTX_TSAN_ACQUIRE(&epoch);
+    /* Frees what this thread deferred (and what a fork left over), after a
+     * grace period: tests and shutdown code observe a settled state. */
+    cctx_thread_state *ts = thread_state_peek();
+    reclaim_barrier(ts != NULL ? ts->record : NULL);
+}
+
+/* ------------------------------------------------------------ fork */
+
+/* Locks another thread could hold at the fork are taken first, so that the
+ * child starts with them free and its structures consistent. */
+static void reclaim_atfork_prepare(void)
+{
+    pthread_mutex_lock(&fallback_lock);
+    pthread_mutex_lock(&orphan_lock);
+}
+
+static void reclaim_atfork_parent(void)
+{
+    pthread_mutex_unlock(&orphan_lock);
+    pthread_mutex_unlock(&fallback_lock);
+}
+
+/* The child has one thread. Every record but its own belongs to a thread
+ * that is gone: if that thread was in a section, its record says "active"
+ * forever and every grace period would wait for it. Deactivate them all;
+ * thread records become recyclable and hand their deferred objects to the
+ * orphan list (static records stay registered: their owners keep using
+ * them). Runs before any other code in the child, so plain stores do. */
+static void reclaim_atfork_child(void)
+{
+    pthread_mutex_unlock(&orphan_lock);
+    pthread_mutex_unlock(&fallback_lock);
+    cctx_thread_state *ts = thread_state_peek();
+    ck_epoch_record_t *mine = ts != NULL ? ts->record : NULL;
+    ck_stack_entry_t *cursor;
+    CK_STACK_FOREACH(&epoch.records, cursor) {
+        ck_epoch_record_t *r = (ck_epoch_record_t *)cursor;
+        if (r == mine)
+            continue;
+        r->active = 0;
+        for (unsigned b = 0; b < CK_EPOCH_SENSE; b++)
+            r->local.bucket[b].count = 0;
+        if (r->state != RECLAIM_CK_STATE_USED || r->ct != &thread_record_tag)
+            continue;
+        for (unsigned i = 0; i < CK_EPOCH_LENGTH; i++) {
+            ck_stack_entry_t *list = ck_stack_batch_pop_npsc(&r->pending[i]);
+            while (list != NULL) {
+                ck_stack_entry_t *next = list->next;
+                ck_stack_push_spnc(&orphans, list);
+                orphan_count++;
+                list = next;
+            }
+        }
+        r->n_pending = 0;
+        r->epoch = 0;
+        r->state = RECLAIM_CK_STATE_FREE;
+        epoch.n_free++;
+    }
 }

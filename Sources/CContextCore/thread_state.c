@@ -1,8 +1,8 @@
 /*
  * thread_state.c — each OS thread's state: its current context, the chain
- * of contexts it entered, its ck_epoch record, its threading.local slots;
- * entering and leaving contexts; starting threads in a copy of the caller's
- * context.
+ * of contexts it entered, its reclamation record, its threading.local
+ * slots; starting threads in a copy of the caller's context. Entering and
+ * leaving contexts live in context.c, next to the owner state machine.
  *
  * Lifetime: created on the first call that needs it (a get on a thread
  * without state reads an empty context and creates nothing); destroyed by
@@ -29,22 +29,14 @@ static int state_key_error;
 /* Leaves the innermost context the thread has entered (not the base). */
 static void leave_innermost(cctx_thread_state *ts)
 {
-    cctx_context *c = ts->current;
-    ts->current = c->prev;
-    c->prev = NULL;
-    thread_state_invalidate(ts);
-    /* Release: our writes to the context happen before the next owner's. */
-    cctx_store_uintptr(&c->owner, CCTX_OWNER_NONE);
-    watch_notify(ts, CCTX_EVENT_EXITED, ts->current);
-    cctx_context_release(c);
+    context_exit_innermost(ts);
 }
 
 /* Leaves every context entered after `ctx` (which stays entered); used when
  * a callback returned without leaving what it entered. */
 static void leave_above(cctx_thread_state *ts, cctx_context *ctx)
 {
-    while (ts->current != ctx && ts->current != ts->base)
-        leave_innermost(ts);
+    context_exit_above(ts, ctx);
 }
 
 static void state_destroy(cctx_thread_state *ts)
@@ -55,7 +47,7 @@ static void state_destroy(cctx_thread_state *ts)
         leave_innermost(ts);
     watch_notify(ts, CCTX_EVENT_SWITCHED, NULL);
     local_thread_release(ts);
-    cctx_store_uintptr(&ts->base->owner, CCTX_OWNER_NONE);
+    context_owner_leave(ts->base, ts);
     cctx_context_release(ts->base);
     reclaim_record_release(ts->record);
     cctx_dealloc(ts);
@@ -78,7 +70,7 @@ cctx_thread_state *thread_state_slow(void)
     pthread_once(&state_key_once, state_key_create);
     if (state_key_error != 0)
         return NULL;
-    cctx_thread_state *ts = cctx_alloc_zeroed(sizeof *ts);
+    cctx_thread_state *ts = cctx_alloc_zeroed(sizeof *ts); /* once per thread */
     if (ts == NULL)
         return NULL;
     cctx_context *base;
@@ -93,7 +85,7 @@ cctx_thread_state *thread_state_slow(void)
         cctx_dealloc(ts);
         return NULL;
     }
-    base->owner = (uintptr_t)ts;
+    context_owner_adopt(base, ts);
     ts->version = 1;
     ts->base = base;
     ts->current = base;
@@ -115,86 +107,6 @@ cctx_status cctx_thread_cleanup(void)
     return CCTX_OK;
 }
 
-/* ------------------------------------------------------------ enter/exit */
-
-cctx_status cctx_context_enter(cctx_context *ctx)
-{
-    if (!context_is_valid(ctx))
-        return CCTX_EINVAL;
-    cctx_thread_state *ts = thread_state_get();
-    if (ts == NULL)
-        return CCTX_ENOMEM;
-    if (!cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, (uintptr_t)ts))
-        return CCTX_ALREADY_ENTERED;
-    cctx_context_retain(ctx);
-    ctx->prev = ts->current;
-    ts->current = ctx;
-    thread_state_invalidate(ts);
-    watch_notify(ts, CCTX_EVENT_ENTERED, ctx);
-    return CCTX_OK;
-}
-
-cctx_status cctx_context_exit(cctx_context *ctx)
-{
-    if (!context_is_valid(ctx))
-        return CCTX_EINVAL;
-    cctx_thread_state *ts = thread_state_peek();
-    if (ts == NULL || ts->current != ctx || ctx == ts->base)
-        return CCTX_NOT_CURRENT;
-    leave_innermost(ts);
-    return CCTX_OK;
-}
-
-cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)
-{
-    if (fn == NULL)
-        return CCTX_EINVAL;
-    cctx_status st = cctx_context_enter(ctx);
-    if (st != CCTX_OK)
-        return st;
-    fn(arg);
-    /* fn may have entered contexts it did not leave; leave them too so the
-     * thread's chain stays balanced. */
-    cctx_thread_state *ts = thread_state_peek();
-    if (cctx_load_uintptr(&ctx->owner) != (uintptr_t)ts)
-        return CCTX_NOT_CURRENT; /* fn left it itself */
-    leave_above(ts, ctx);
-    return cctx_context_exit(ctx);
-}
-
-cctx_status cctx_context_copy_current(cctx_context **out)
-{
-    if (out == NULL)
-        return CCTX_EINVAL;
-    cctx_thread_state *ts = thread_state_peek();
-    if (ts == NULL)
-        return cctx_context_new(out);
-    return cctx_context_copy(ts->current, out);
-}
-
-/* ------------------------------------------------------------ introspection */
-
-cctx_context *cctx_context_current(void)
-{
-    cctx_thread_state *ts = thread_state_get();
-    return ts == NULL ? NULL : ts->current; /* borrowed: the thread holds it */
-}
-
-size_t cctx_thread_contexts(cctx_context **out, size_t max)
-{
-    cctx_thread_state *ts = thread_state_peek();
-    if (ts == NULL)
-        return 0; /* no state yet: nothing entered, no base created */
-    /* Only this thread touches its chain (`prev`), so a plain walk is safe. */
-    size_t n = 0;
-    for (cctx_context *c = ts->current; c != NULL; c = c == ts->base ? NULL : c->prev) {
-        if (out != NULL && n < max)
-            out[n] = c;
-        n++;
-    }
-    return n;
-}
-
 /* ------------------------------------------------------------ threads */
 
 struct thread_start {
@@ -214,7 +126,7 @@ static void *thread_trampoline(void *p)
     void *result = start.fn(start.arg);
     if (st == CCTX_OK) {
         cctx_thread_state *ts = thread_state_peek();
-        if (cctx_load_uintptr(&start.ctx->owner) == (uintptr_t)ts) {
+        if (context_owner(start.ctx) == (uintptr_t)ts) {
             leave_above(ts, start.ctx);
             leave_innermost(ts);
         }
