@@ -66,35 +66,35 @@ void cctx_context_release(cctx_context *ctx)
 
 /* A read of `ctx`'s root by the calling thread: direct when the thread is
  * the context's writer, guarded otherwise: the reader counts itself in
- * `readers` (so that a writer seeing zero may free an old root at once)
- * and reads inside a reclamation section (so that a writer seeing non-zero
- * defers the free past a grace period). Never fails: a thread whose state
- * cannot be created (out of memory) reads through the fallback record, so
- * that reads which cannot report an error (count, contains, equal) still
- * answer correctly. */
+ * `readers` (so that a writer that sees zero may free an old root at once)
+ * and reads the root under a hazard pointer (so that a writer that sees
+ * non-zero frees it only once no hazard names it: reclaim.h). Never
+ * fails: a thread whose state cannot be created (out of memory) reads
+ * through the fallback record, so that reads which cannot report an error
+ * (count, contains, equal) still answer correctly. */
 typedef struct read_guard {
     bool guarded;
-    reclaim_section section;
+    reclaim_guard hazard;
 } read_guard;
 
 static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
 {
     cctx_thread_state *ts = thread_state_get();
     g->guarded = ts == NULL || context_owner(ctx) != (uintptr_t)ts;
-    if (g->guarded) {
-        /* Full fence: ordered before the root load, against the writer's
-         * exchange-then-load-readers (context_publish). */
-        cctx_inc_uint(&ctx->readers);
-        reclaim_section_begin(ts != NULL ? ts->record : NULL, &g->section);
-    }
-    return cctx_load_ptr(&ctx->root);
+    if (!g->guarded)
+        return cctx_load_ptr(&ctx->root); /* our own root */
+    /* Full fence: counted before the root load, against the writer's
+     * exchange-then-load-readers (context_publish). */
+    cctx_inc_uint(&ctx->readers);
+    return reclaim_protect(ts != NULL ? ts->record : NULL, (void *const *)&ctx->root,
+                           &g->hazard);
 }
 
 static void read_end(cctx_context *ctx, read_guard *g)
 {
     if (!g->guarded)
         return;
-    reclaim_section_end(&g->section);
+    reclaim_unprotect(&g->hazard);
     cctx_dec_uint_is_zero(&ctx->readers);
 }
 
@@ -280,7 +280,7 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
     if (cctx_load_uint(&ctx->readers) == 0)
         hamt_release(old); /* no reader can hold it (read_begin) */
     else
-        reclaim_defer(ts->record, old, root_release);
+        reclaim_retire(ts->record, old, root_release);
 }
 
 cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,

@@ -31,8 +31,10 @@
 
 #include <ck_epoch.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 _Static_assert(sizeof(ck_epoch_section_t) == sizeof(unsigned),
                "reclaim_section keeps a ck_epoch_section_t as an unsigned");
@@ -51,8 +53,39 @@ static pthread_once_t epoch_once = PTHREAD_ONCE_INIT;
 
 /* A record registered for a thread (as opposed to the static fallback
  * record and other static records) carries this as its ck_epoch context:
- * the fork handler recycles only these. */
+ * the fork handler recycles only these. The fallback record carries
+ * fallback_tag. Both are the first member of a reclaim_thread. */
 static char thread_record_tag;
+static char fallback_tag;
+
+struct retired {
+    struct retired *next;
+    void *object;
+    void (*free_fn)(void *);
+};
+
+/* A thread's reclamation state: its ck_epoch record, its hazard slots and
+ * its retired list. Allocated once, never freed, recycled with the record
+ * (ck_epoch keeps records in its list for ever). */
+struct reclaim_thread {
+    ck_epoch_record_t record; /* first: thread_of() casts */
+    /* Written by the owner, read by every scanning writer: a line of their
+     * own, apart from the record's fields. */
+    void *hazard[RECLAIM_HAZARDS] __attribute__((aligned(64)));
+    unsigned depth; /* hazard slots in use (owner only) */
+    struct retired *retired __attribute__((aligned(64))); /* owner only */
+    unsigned n_retired;
+};
+
+static struct reclaim_thread *thread_of(ck_epoch_record_t *r)
+{
+    return (struct reclaim_thread *)r;
+}
+
+static bool has_hazards(const ck_epoch_record_t *r)
+{
+    return r->ct == &thread_record_tag || r->ct == &fallback_tag;
+}
 
 /* How deep the calling thread is in sections (any record). A thread inside
  * a section must never wait for a grace period: it would wait for itself. */
@@ -89,6 +122,9 @@ struct ck_epoch *reclaim_epoch(void)
 
 /* ------------------------------------------------------------ records */
 
+static void retired_drain(struct reclaim_thread *t);
+static void orphans_retired_scan(void);
+
 reclaim_record *reclaim_record_acquire(void)
 {
     ck_epoch_t *e = reclaim_epoch();
@@ -100,9 +136,10 @@ reclaim_record *reclaim_record_acquire(void)
      * the live-allocation count used by leak tests stays meaningful, and
      * reused through ck_epoch_recycle when their thread exits. */
     void *mem = NULL;
-    if (posix_memalign(&mem, 64, sizeof(ck_epoch_record_t)) != 0)
+    if (posix_memalign(&mem, 64, sizeof(struct reclaim_thread)) != 0)
         return NULL;
-    r = mem;
+    memset(mem, 0, sizeof(struct reclaim_thread));
+    r = &((struct reclaim_thread *)mem)->record;
     ck_epoch_register(e, r, &thread_record_tag);
     return r;
 }
@@ -115,18 +152,20 @@ void reclaim_record_release(reclaim_record *record)
      * Frees may defer again (release callbacks), so repeat until empty. */
     while (ck_pr_load_uint(&record->n_pending) != 0 && section_depth == 0)
         reclaim_barrier(record);
+    retired_drain(thread_of(record));
     ck_epoch_unregister(record);
 }
 
 /* The fallback record: for a thread whose state cannot be created. Static
  * storage registered once without allocating; one thread at a time. */
-static ck_epoch_record_t fallback_record __attribute__((aligned(64)));
+static struct reclaim_thread fallback_thread __attribute__((aligned(64)));
+#define fallback_record (fallback_thread.record)
 static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t fallback_once = PTHREAD_ONCE_INIT;
 
 static void fallback_register(void)
 {
-    ck_epoch_register(reclaim_epoch(), &fallback_record, NULL);
+    ck_epoch_register(reclaim_epoch(), &fallback_record, &fallback_tag);
 }
 
 /* ------------------------------------------------------------ sections */
@@ -192,9 +231,21 @@ static void orphans_free(void)
     }
 }
 
+/* Called by ck_epoch while a grace period waits for a reader that has not
+ * moved on. Readers may be descheduled inside their section (more threads
+ * than cores): spinning would keep them off the core we hold, so give it
+ * up instead. */
+static void wait_yield(ck_epoch_t *e, ck_epoch_record_t *blocking, void *arg)
+{
+    (void)e;
+    (void)blocking;
+    (void)arg;
+    sched_yield();
+}
+
 void reclaim_synchronize(void)
 {
-    ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
+    ck_epoch_synchronize_wait(reclaim_epoch(), wait_yield, NULL);
     CCTX_TSAN_ACQUIRE(&epoch);
 }
 
@@ -244,7 +295,7 @@ void reclaim_barrier(reclaim_record *record)
         reclaim_synchronize();
     } else {
         /* Grace period, then free every bucket of this record. */
-        ck_epoch_barrier(record);
+        ck_epoch_barrier_wait(record, wait_yield, NULL);
         CCTX_TSAN_ACQUIRE(&epoch);
     }
     orphans_free();
@@ -262,6 +313,177 @@ void cctx_reclaim(void)
      * grace period: tests and shutdown code observe a settled state. */
     cctx_thread_state *ts = thread_state_peek();
     reclaim_barrier(ts != NULL ? ts->record : NULL);
+    if (ts != NULL && ts->record != NULL && section_depth == 0)
+        retired_drain(thread_of(ts->record));
+    else
+        orphans_retired_scan();
+}
+
+/* ------------------------------------------------------------ hazards */
+
+/* Readers past RECLAIM_HAZARDS nested reads: while any exists, no scan
+ * frees anything (it cannot tell what they hold). */
+static unsigned overflow_readers;
+
+/* Retired objects of threads that did not survive a fork (child only). */
+static struct retired *orphan_retired;
+
+void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g)
+{
+    if (record == NULL) {
+        pthread_once(&fallback_once, fallback_register);
+        pthread_mutex_lock(&fallback_lock);
+        record = &fallback_record;
+    }
+    struct reclaim_thread *t = thread_of(record);
+    g->thread = t;
+    g->slot = t->depth++;
+    if (CCTX_UNLIKELY(g->slot >= RECLAIM_HAZARDS)) {
+        /* Full barrier: counted before the load, against the scanner's
+         * exchange-then-load (retired_scan). */
+        cctx_inc_uint(&overflow_readers);
+        return cctx_load_ptr((void **)src);
+    }
+    void *p = cctx_load_ptr((void **)src);
+    for (;;) {
+        /* Exchange: a full barrier between naming `p` and re-reading the
+         * source. If the source still holds `p` after our hazard became
+         * visible, any writer that unpublishes it later scans after that
+         * and sees the hazard. */
+        (void)cctx_fas_ptr(&t->hazard[g->slot], p);
+        void *again = cctx_load_ptr((void **)src);
+        if (again == p)
+            return p;
+        p = again;
+    }
+}
+
+void reclaim_unprotect(reclaim_guard *g)
+{
+    struct reclaim_thread *t = g->thread;
+    if (CCTX_UNLIKELY(g->slot >= RECLAIM_HAZARDS)) {
+        cctx_dec_uint_is_zero(&overflow_readers);
+    } else {
+        /* Release: our reads of the object happen before its free. */
+        cctx_store_ptr(&t->hazard[g->slot], NULL);
+    }
+    t->depth--;
+    if (t == &fallback_thread)
+        pthread_mutex_unlock(&fallback_lock);
+}
+
+/* Is `object` named by any hazard slot of any thread? */
+static bool hazarded(void *object)
+{
+    ck_stack_entry_t *cursor;
+    CK_STACK_FOREACH(&reclaim_epoch()->records, cursor) {
+        ck_epoch_record_t *r = (ck_epoch_record_t *)cursor;
+        if (!has_hazards(r))
+            continue;
+        struct reclaim_thread *t = thread_of(r);
+        for (unsigned i = 0; i < RECLAIM_HAZARDS; i++)
+            if (cctx_load_ptr(&t->hazard[i]) == object)
+                return true;
+    }
+    return false;
+}
+
+/* Frees every entry of `*list` that no hazard names; returns how many
+ * remain. The caller unpublished each with a full barrier before it got
+ * here, so a hazard set after our load is validated against the new value
+ * and never names it (reclaim_protect). */
+static unsigned retired_scan(struct retired **list)
+{
+    if (cctx_load_uint(&overflow_readers) != 0) {
+        unsigned n = 0;
+        for (struct retired *r = *list; r != NULL; r = r->next)
+            n++;
+        return n;
+    }
+    struct retired *keep = NULL, *free_list = NULL;
+    unsigned kept = 0;
+    for (struct retired *r = *list, *next; r != NULL; r = next) {
+        next = r->next;
+        if (hazarded(r->object)) {
+            r->next = keep;
+            keep = r;
+            kept++;
+        } else {
+            r->next = free_list;
+            free_list = r;
+        }
+    }
+    *list = keep;
+    /* Free after the list is consistent: a free_fn may retire again. */
+    CCTX_TSAN_ACQUIRE(&epoch);
+    while (free_list != NULL) {
+        struct retired *next = free_list->next;
+        free_list->free_fn(free_list->object);
+        cctx_dealloc(free_list);
+        free_list = next;
+    }
+    return kept;
+}
+
+static void orphans_retired_scan(void)
+{
+    if (cctx_load_ptr(&orphan_retired) == NULL)
+        return;
+    pthread_mutex_lock(&orphan_lock);
+    struct retired *list = orphan_retired;
+    orphan_retired = NULL;
+    pthread_mutex_unlock(&orphan_lock);
+    while (list != NULL) { /* nobody alive can hold them: free all */
+        struct retired *next = list->next;
+        list->free_fn(list->object);
+        cctx_dealloc(list);
+        list = next;
+    }
+}
+
+void reclaim_retire(reclaim_record *record, void *object, void (*free_fn)(void *))
+{
+    struct retired *r = record != NULL ? cctx_alloc(sizeof *r) : NULL;
+    if (r == NULL) {
+        /* No record or no memory: wait here until no hazard names it.
+         * Protected reads are short; yield to a descheduled reader. */
+        while (hazarded(object) || cctx_load_uint(&overflow_readers) != 0)
+            sched_yield();
+        CCTX_TSAN_ACQUIRE(&epoch);
+        free_fn(object);
+        return;
+    }
+    struct reclaim_thread *t = thread_of(record);
+    r->object = object;
+    r->free_fn = free_fn;
+    r->next = t->retired;
+    t->retired = r;
+    if (++t->n_retired >= RECLAIM_SCAN_EVERY) {
+        /* Zeroed first: a free_fn that retires again (a release callback
+         * that sets a variable) counts onto the fresh total. What stays
+         * after the scan is hazarded: at most the slots in use. */
+        t->n_retired = 0;
+        t->n_retired += retired_scan(&t->retired);
+        orphans_retired_scan();
+    }
+}
+
+/* Thread exit (and cctx_reclaim): free the whole list, waiting for
+ * hazards to clear. */
+static void retired_drain(struct reclaim_thread *t)
+{
+    while (t->retired != NULL) {
+        t->n_retired = 0;
+        t->n_retired += retired_scan(&t->retired);
+        if (t->retired != NULL)
+            sched_yield();
+    }
+    orphans_retired_scan();
+}
+
+unsigned reclaim_retired_count(reclaim_record *record)
+{
+    return record != NULL ? thread_of(record)->n_retired : 0;
 }
 
 /* ------------------------------------------------------------ fork */
@@ -292,6 +514,10 @@ static void reclaim_atfork_child(void)
     pthread_mutex_unlock(&fallback_lock);
     cctx_thread_state *ts = thread_state_peek();
     ck_epoch_record_t *mine = ts != NULL ? ts->record : NULL;
+    /* Nested reads past the hazard slots belonged to threads now gone
+     * (the forking thread is not inside a read: fork is not called from
+     * inside the library). */
+    overflow_readers = 0;
     ck_stack_entry_t *cursor;
     CK_STACK_FOREACH(&epoch.records, cursor) {
         ck_epoch_record_t *r = (ck_epoch_record_t *)cursor;
@@ -300,6 +526,19 @@ static void reclaim_atfork_child(void)
         r->active = 0;
         for (unsigned b = 0; b < CK_EPOCH_SENSE; b++)
             r->local.bucket[b].count = 0;
+        if (has_hazards(r)) {
+            struct reclaim_thread *t = thread_of(r);
+            for (unsigned i = 0; i < RECLAIM_HAZARDS; i++)
+                t->hazard[i] = NULL;
+            t->depth = 0;
+            while (t->retired != NULL) {
+                struct retired *next = t->retired->next;
+                t->retired->next = orphan_retired;
+                orphan_retired = t->retired;
+                t->retired = next;
+            }
+            t->n_retired = 0;
+        }
         if (r->state != RECLAIM_CK_STATE_USED || r->ct != &thread_record_tag)
             continue;
         for (unsigned i = 0; i < CK_EPOCH_LENGTH; i++) {

@@ -23,6 +23,23 @@
  * for reclamation is at most RECLAIM_PENDING_MAX objects per thread,
  * whatever the readers do and however many writes there are.
  *
+ * Hazard pointers for context roots. A popular context is read by many
+ * threads without pause, and with more threads than cores some reader is
+ * always descheduled inside its read: an epoch grace period then lasts a
+ * scheduler round, and a writer that must wait for one to stay bounded
+ * slows to a crawl. So a context root is read under a hazard pointer
+ * instead: the reader names the root it reads in one of its record's
+ * hazard slots, and a writer frees a replaced root as soon as no slot
+ * names it — a descheduled reader keeps only the one root it named.
+ *
+ *   reclaim_protect/unprotect   read a published pointer under a hazard
+ *   reclaim_retire              free once no hazard names it
+ *
+ * A record's retired list is scanned every RECLAIM_SCAN_EVERY retirements;
+ * after a scan at most (hazard slots in use) entries remain, so a thread
+ * holds at most RECLAIM_SCAN_EVERY + RECLAIM_HAZARDS x threads retired
+ * roots.
+ *
  * fork(): reclaim.c installs pthread_atfork handlers. In the child, every
  * record but the forking thread's belongs to a thread that no longer
  * exists: those records are marked inactive (no grace period waits for
@@ -52,6 +69,34 @@ typedef struct reclaim_section {
     /* ck_epoch_section_t: one unsigned bucket index. */
     unsigned bucket;
 } reclaim_section;
+
+/* Hazard slots per thread (nested reads: a retain callback that reads
+ * another context). Deeper nesting is safe but stops every thread from
+ * freeing retired roots until it unwinds. */
+#define RECLAIM_HAZARDS 4u
+/* Retirements between scans of a record's retired list. */
+#define RECLAIM_SCAN_EVERY 64u
+
+/* A hazard-pointer read in progress. */
+typedef struct reclaim_guard {
+    struct reclaim_thread *thread;
+    unsigned slot; /* RECLAIM_HAZARDS: the overflow path */
+} reclaim_guard;
+
+/* Loads `*src` (a pointer published with a full barrier or a release
+ * store) and protects it: it is not freed through reclaim_retire until
+ * reclaim_unprotect. `record` is the calling thread's (NULL: the fallback
+ * record, under its mutex until reclaim_unprotect). */
+void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g) CCTX_HIDDEN;
+void reclaim_unprotect(reclaim_guard *g) CCTX_HIDDEN;
+
+/* Frees `object` with `free_fn(object)` once no hazard names it. The
+ * caller unpublished it with a full barrier (an exchange). `record` is the
+ * caller's own (NULL: waits for the hazards to clear, then frees). */
+void reclaim_retire(reclaim_record *record, void *object, void (*free_fn)(void *)) CCTX_HIDDEN;
+
+/* Retired objects this record still holds (tests). */
+unsigned reclaim_retired_count(reclaim_record *record) CCTX_HIDDEN;
 
 /* How many deferrals between polls, and the most one record holds. */
 #define RECLAIM_POLL_EVERY 32u

@@ -1,0 +1,236 @@
+/*
+ * test_reclaim.c — safe memory reclamation under the loads and process
+ * events real programs have:
+ * - readers that overlap without pause never stop old roots from being
+ *   freed: memory held for reclamation stays under a constant however many
+ *   writes there are (docs/reliability.md derives the constant);
+ * - fork() while other threads are inside read sections: the child can
+ *   wait for grace periods, exit threads with locals, set, copy and start
+ *   threads (each child is a separate process, bounded by alarm()).
+ */
+#include "test_support.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { READERS = 8 };
+
+/* ------------------------------------------------------------ bounded memory */
+
+/* What reclamation may hold on top of the live state, in allocations (see
+ * docs/reliability.md, "Bounded memory"): a writer scans its retired roots
+ * every 64 retirements (reclaim.h's RECLAIM_SCAN_EVERY) and keeps only
+ * those a hazard names, at most 4 slots (RECLAIM_HAZARDS) per thread, 9
+ * threads here: 64 + 36 = 100 retired roots, each one HAMT node (one
+ * variable: the root is the whole path) and one retired record. Plus 64
+ * for the root being built and counting slack: 2 * 100 + 64. */
+#define RECLAIM_BOUND 264L
+
+struct bounded {
+    cctx_context *ctx;
+    cctx_var *var;
+    int stop;
+    int started;
+};
+
+static void *bounded_reader(void *p)
+{
+    struct bounded *b = p;
+    void *v;
+    bool first = true;
+    while (!__atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) {
+        cctx_status st = cctx_context_lookup(b->ctx, b->var, &v);
+        if (st != CCTX_OK && st != CCTX_NOT_FOUND)
+            abort();
+        if (first) {
+            __atomic_add_fetch(&b->started, 1, __ATOMIC_SEQ_CST);
+            first = false;
+        }
+    }
+    cctx_thread_cleanup();
+    return NULL;
+}
+
+static void test_memory_bounded_under_overlapping_readers(void **state)
+{
+    (void)state;
+    struct bounded b = { 0 };
+    assert_ok(cctx_var_new("bounded", NULL, &b.var));
+    assert_ok(cctx_context_new(&b.ctx));
+    assert_ok(cctx_context_enter(b.ctx));
+    assert_ok(cctx_var_set(b.var, (void *)(intptr_t)1, NULL));
+
+    pthread_t readers[READERS];
+    for (int i = 0; i < READERS; i++)
+        assert_int_equal(pthread_create(&readers[i], NULL, bounded_reader, &b), 0);
+    /* The readers' own thread states are part of the baseline. */
+    while (__atomic_load_n(&b.started, __ATOMIC_SEQ_CST) < READERS)
+        sched_yield();
+
+    const long writes = scaled(5000000);
+    const long base = cctx__live_allocations();
+    long peak = base;
+    long i;
+    for (i = 0; i < writes; i++) {
+        assert_ok(cctx_var_set(b.var, (void *)(intptr_t)(i + 2), NULL));
+        if ((i & 255) == 0) {
+            long live = cctx__live_allocations();
+            if (live > peak)
+                peak = live;
+            if (live - base > RECLAIM_BOUND)
+                break; /* failed: stop before memory runs out */
+        }
+    }
+    __atomic_store_n(&b.stop, 1, __ATOMIC_RELEASE);
+    for (int r = 0; r < READERS; r++)
+        pthread_join(readers[r], NULL);
+    printf("writes %ld, peak above baseline %ld allocations (bound %ld)\n",
+           i, peak - base, RECLAIM_BOUND);
+    assert_true(peak - base <= RECLAIM_BOUND);
+    assert_int_equal(i, writes);
+
+    assert_ok(cctx_context_exit(b.ctx));
+    cctx_context_release(b.ctx);
+    cctx_var_release(b.var);
+    cctx_reclaim();
+}
+
+/* ------------------------------------------------------------ fork */
+
+struct forked {
+    cctx_context *ctx;
+    cctx_var *var;
+    int stop;
+    int started;
+};
+
+static void *fork_reader(void *p)
+{
+    struct forked *f = p;
+    void *v;
+    bool first = true;
+    while (!__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE)) {
+        if (cctx_context_lookup(f->ctx, f->var, &v) != CCTX_OK)
+            abort();
+        if (first) {
+            __atomic_add_fetch(&f->started, 1, __ATOMIC_SEQ_CST);
+            first = false;
+        }
+    }
+    return NULL;
+}
+
+static cctx_local *child_local;
+
+static void *child_thread_with_local(void *p)
+{
+    (void)p;
+    if (cctx_local_set(child_local, (void *)(intptr_t)7) != CCTX_OK)
+        _exit(10);
+    return NULL; /* exits with a local value: a grace period at exit */
+}
+
+static void *child_thread_reads(void *p)
+{
+    cctx_var *var = p;
+    void *v;
+    /* Inherited from the child's main thread by cctx_thread_create. */
+    if (cctx_var_get(var, &v) != CCTX_OK || v != (void *)(intptr_t)42)
+        _exit(11);
+    return NULL;
+}
+
+/* Everything the child does; any failure is its exit status. */
+static int child_main(struct forked *f)
+{
+    /* Generous bound: a child that hangs dies of SIGALRM. */
+    alarm(60);
+    if (cctx_local_new(NULL, NULL, NULL, &child_local) != CCTX_OK)
+        return 2;
+    pthread_t t;
+    if (pthread_create(&t, NULL, child_thread_with_local, NULL) != 0)
+        return 3;
+    pthread_join(t, NULL);
+    cctx_reclaim();
+    void *v;
+    if (cctx_context_lookup(f->ctx, f->var, &v) != CCTX_OK || v != (void *)(intptr_t)5)
+        return 4;
+    /* Writes to the context the dead readers were reading: the old roots
+     * must be freed, not kept for readers that no longer exist. */
+    for (int i = 0; i < 1000; i++)
+        if (cctx_context_set(f->ctx, f->var, (void *)(intptr_t)(100 + i), NULL) != CCTX_OK)
+            return 5;
+    cctx_reclaim();
+    if (cctx_var_set(f->var, (void *)(intptr_t)42, NULL) != CCTX_OK)
+        return 6;
+    cctx_context *copy;
+    if (cctx_context_copy_current(&copy) != CCTX_OK)
+        return 7;
+    if (cctx_context_lookup(copy, f->var, &v) != CCTX_OK || v != (void *)(intptr_t)42)
+        return 8;
+    cctx_context_release(copy);
+    if (cctx_thread_create(&t, NULL, child_thread_reads, f->var) != CCTX_OK)
+        return 9;
+    pthread_join(t, NULL);
+    cctx_local_release(child_local);
+    cctx_reclaim();
+    return 0;
+}
+
+static void test_fork_while_readers_in_sections(void **state)
+{
+    (void)state;
+    struct forked f = { 0 };
+    assert_ok(cctx_var_new("forked", NULL, &f.var));
+    assert_ok(cctx_context_new(&f.ctx));
+    assert_ok(cctx_context_set(f.ctx, f.var, (void *)(intptr_t)5, NULL));
+    /* Make the parent's own state (and record) exist before forking. */
+    void *v;
+    (void)cctx_var_get(f.var, &v);
+    assert_ok(cctx_var_set(f.var, (void *)(intptr_t)1, NULL));
+
+    enum { FORK_READERS = 4, FORKS = 20 };
+    pthread_t readers[FORK_READERS];
+    for (int i = 0; i < FORK_READERS; i++)
+        assert_int_equal(pthread_create(&readers[i], NULL, fork_reader, &f), 0);
+    while (__atomic_load_n(&f.started, __ATOMIC_SEQ_CST) < FORK_READERS)
+        sched_yield();
+
+    int failures = 0;
+    for (int i = 0; i < FORKS; i++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0)
+            _exit(child_main(&f));
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            failures++;
+            printf("fork %d: child %s %d\n", i, WIFEXITED(status) ? "exited" : "killed by signal",
+                   WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+        }
+    }
+    __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < FORK_READERS; i++)
+        pthread_join(readers[i], NULL);
+    assert_int_equal(failures, 0);
+    cctx_context_release(f.ctx);
+    cctx_var_release(f.var);
+    cctx_reclaim();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_memory_bounded_under_overlapping_readers),
+        cmocka_unit_test(test_fork_while_readers_in_sections),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    cctx_thread_cleanup();
+    return failed;
+}
