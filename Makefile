@@ -320,6 +320,20 @@ bench: deps lib bench-deps
 	echo; $(MAKE) --no-print-directory bench-table SAVE=$(SAVE); \
 	echo "make bench: wall time $$(cat $(BENCH_DIR)/wall)"
 
+# Locked instructions and allocations per operation, counted (not timed):
+# the library built with CCTX_COUNT_LOCKED (atomic.h counts each locked
+# read-modify-write), a driver that wraps malloc. See docs/performance.md.
+COUNT_DIR = $(BUILD)/count
+COUNT_OPS = set_reset_1 set_reset_100 copy enter_exit local_set get request
+.PHONY: count-ops
+count-ops: deps
+	@mkdir -p $(COUNT_DIR)
+	$(CC) $(CORE_CFLAGS) -DCCTX_COUNT_LOCKED -O2 -o $(COUNT_DIR)/count_ops \
+		Benchmarks/c/count_ops.c $(CORE_SRC) \
+		-Wl,--wrap=malloc,--wrap=realloc,--wrap=calloc $(CK_LIBS) -lpthread
+	@printf 'operation\tlocked/op\tallocs/op\n'
+	@for op in $(COUNT_OPS); do $(COUNT_DIR)/count_ops $$op 100000; done
+
 # DocC: symbol graphs from the compiler, then the toolchain's docc (no
 # plugin dependency in Package.swift). Warnings fail the build.
 DOCC ?= $(shell command -v docc 2>/dev/null || echo $(dir $(shell command -v $(SWIFT)))docc)

@@ -53,7 +53,11 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
 
 void cctx_context_release(cctx_context *ctx)
 {
-    if (!context_is_valid(ctx) || !cctx_dec_uint_is_zero(&ctx->refcnt))
+    if (!context_is_valid(ctx))
+        return;
+    /* Count 1 is the caller's own reference (see hamt_release): no locked
+     * decrement for the last one. */
+    if (cctx_load_uint(&ctx->refcnt) != 1 && !cctx_dec_uint_is_zero(&ctx->refcnt))
         return;
     /* Entering retains, so a context with no references is entered by
      * nobody and read by nobody. */

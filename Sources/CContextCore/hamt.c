@@ -289,8 +289,16 @@ void hamt_retain(hamt_node *root)
 
 void hamt_release(hamt_node *root)
 {
-    /* Recursion follows the tree's depth only (at most HAMT_MAX_DEPTH). */
-    if (root != NULL && cctx_dec_uint_is_zero(&root->refcnt))
+    /* Recursion follows the tree's depth only (at most HAMT_MAX_DEPTH).
+     * A count of 1 is our own reference and nobody else's: every holder
+     * is counted, and a reader that could still retain it without holding
+     * a reference (a hazard-protected snapshot, reclaim.h) has either done
+     * so already — its increment is visible to this acquire load, because
+     * the node was released only after that reader's hazard cleared — or
+     * can no longer find the node. So the last holder frees without a
+     * locked instruction; shared nodes pay the atomic decrement. */
+    if (root != NULL && (cctx_load_uint(&root->refcnt) == 1 ||
+                         cctx_dec_uint_is_zero(&root->refcnt)))
         node_free(root);
 }
 

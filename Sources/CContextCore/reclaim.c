@@ -48,6 +48,10 @@ static ck_epoch_entry_t *entry_of(ck_stack_entry_t *s)
     return (ck_epoch_entry_t *)((char *)s - offsetof(ck_epoch_entry_t, stack_entry));
 }
 
+#ifdef CCTX_COUNT_LOCKED
+__thread unsigned long cctx__locked_ops; /* atomic.h */
+#endif
+
 static ck_epoch_t epoch;
 static pthread_once_t epoch_once = PTHREAD_ONCE_INIT;
 
