@@ -10,6 +10,8 @@
  * reference to. See context.h for the ownership rules.
  */
 #include "internal.h"
+
+#include <sched.h>
 #include "context.h"
 #include "reclaim.h"
 #include "thread_state.h"
@@ -86,12 +88,23 @@ static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
     cctx_thread_state *ts = thread_state_get();
     g->guarded = ts == NULL || context_owner(ctx) != (uintptr_t)ts;
     if (!g->guarded)
-        return cctx_load_ptr(&ctx->root); /* our own root */
+        return context_own_root(ctx);
     /* Full fence: counted before the root load, against the writer's
-     * exchange-then-load-readers (context_publish). */
+     * exchange-then-load-readers (context_publish, write_in_place). */
     cctx_inc_uint(&ctx->readers);
-    return reclaim_protect(ts != NULL ? ts->record : NULL, (void *const *)&ctx->root,
-                           &g->hazard);
+    for (;;) {
+        hamt_node *root = reclaim_protect(ts != NULL ? ts->record : NULL,
+                                          (void *const *)&ctx->root, &g->hazard);
+        if (CCTX_LIKELY(((uintptr_t)root & CCTX_ROOT_IN_PLACE) == 0))
+            return root;
+        /* The writer is overwriting a value in place; having seen our
+         * count it will back out, or it started before and finishes in a
+         * few instructions. Wait for the plain root (acquire: its store
+         * of the value happens before). */
+        reclaim_unprotect(&g->hazard);
+        while ((uintptr_t)cctx_load_ptr(&ctx->root) & CCTX_ROOT_IN_PLACE)
+            sched_yield();
+    }
 }
 
 static void read_end(cctx_context *ctx, read_guard *g)
@@ -144,7 +157,7 @@ cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var, void **out)
 {
     if (!context_is_valid(ctx) || !var_is_valid(var) || out == NULL)
         return CCTX_EINVAL;
-    return hamt_find(cctx_load_ptr(&ctx->root), var, out) ? CCTX_OK : CCTX_NOT_FOUND;
+    return hamt_find(context_own_root(ctx), var, out) ? CCTX_OK : CCTX_NOT_FOUND;
 }
 
 bool cctx_context_contains(cctx_context *ctx, cctx_var *var)
@@ -287,11 +300,54 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
         reclaim_retire(ts->record, old, root_release);
 }
 
+/*
+ * Overwrites `var`'s value in place when nothing else can see the change:
+ * every node on its path is uniquely owned (no other root, snapshot or
+ * copy shares it) and no other thread is reading the context. The
+ * handshake with readers on other threads (read_begin) is one exchange:
+ *
+ *   writer                              reader
+ *   fas(root, root|IN_PLACE)  (fence)   inc(readers)            (fence)
+ *   readers == 0 && root unique?        load root: tagged -> wait
+ *     no: store root (untag), give up
+ *     yes: store value, store root (release)
+ *
+ * Either the writer sees the reader's count (and backs out, leaving the
+ * map as it was), or the reader sees the tag and waits until the value is
+ * stored. A reader that retained the root earlier (a snapshot) raised its
+ * count before leaving `readers`, so the writer sees a count of 2 and
+ * backs out: a snapshot never changes. The replaced value is released at
+ * once: no reader can hold it. A signal handler on this thread reads the
+ * slot old or new (one aligned store) and the version bump comes between
+ * the store and the release (var_access.c). One locked instruction, no
+ * allocation, no reference-count traffic.
+ */
+static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *root,
+                           cctx_var *var, void *value)
+{
+    void **slot = hamt_value_slot_if_unique(root, var);
+    if (slot == NULL)
+        return false;
+    var_value_retain(var, value); /* before anything is visible */
+    (void)cctx_fas_ptr(&ctx->root, (hamt_node *)((uintptr_t)root | CCTX_ROOT_IN_PLACE));
+    if (cctx_load_uint(&ctx->readers) != 0 || !hamt_is_unique(root)) {
+        cctx_store_ptr(&ctx->root, root);
+        var_value_release(var, value);
+        return false;
+    }
+    void *old = *slot;
+    *slot = value;
+    thread_state_invalidate(ts);
+    cctx_store_ptr(&ctx->root, root); /* release: readers see the value */
+    var_value_release(var, old);
+    return true;
+}
+
 cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
                               void *value, cctx_token **token_out)
 {
     /* The writer's own root: no other thread replaces it. */
-    hamt_node *root = cctx_load_ptr(&ctx->root);
+    hamt_node *root = context_own_root(ctx);
     void *old = NULL;
     bool has_old = hamt_find(root, var, &old);
     cctx_token *token = NULL;
@@ -307,13 +363,15 @@ cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var
             *token_out = token;
         return CCTX_OK;
     }
-    hamt_node *next;
-    cctx_status st = hamt_assoc(root, var, value, &next);
-    if (st != CCTX_OK) {
-        cctx_token_release(token);
-        return st;
+    if (!(has_old && write_in_place(ts, ctx, root, var, value))) {
+        hamt_node *next;
+        cctx_status st = hamt_assoc(root, var, value, &next);
+        if (st != CCTX_OK) {
+            cctx_token_release(token);
+            return st;
+        }
+        context_publish(ts, ctx, next);
     }
-    context_publish(ts, ctx, next);
     if (token_out != NULL)
         *token_out = token;
     return CCTX_OK;
@@ -330,11 +388,30 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
     if (token->ctx != ctx)
         return CCTX_TOKEN_WRONG_CONTEXT;
 
-    hamt_node *root = cctx_load_ptr(&ctx->root);
+    hamt_node *root = context_own_root(ctx);
     hamt_node *next = root;
     cctx_status st;
     void *cur;
     bool has_cur = hamt_find(root, var, &cur);
+    if (token->has_old && has_cur && cur != token->old_value &&
+        hamt_value_slot_if_unique(root, var) != NULL) {
+        /* In place (see write_in_place). The token is consumed first:
+         * the write cannot fail, and a token used concurrently elsewhere
+         * must not also write. */
+        if (!cctx_cas_uint(&token->used, 0, 1))
+            return CCTX_TOKEN_USED;
+        if (write_in_place(ts, ctx, root, var, token->old_value))
+            return CCTX_OK;
+        /* Backed out (a reader arrived): path copy; no failure allowed
+         * now that the token is used, so on ENOMEM give the token back. */
+        st = hamt_assoc(root, var, token->old_value, &next);
+        if (st != CCTX_OK) {
+            cctx_store_uint(&token->used, 0);
+            return st;
+        }
+        context_publish(ts, ctx, next);
+        return CCTX_OK;
+    }
     if (token->has_old) {
         st = has_cur && cur == token->old_value
                  ? CCTX_NOT_FOUND /* already bound so: nothing to build */
@@ -466,7 +543,7 @@ cctx_status cctx_context_delete(cctx_context *ctx, cctx_var *var)
     if (st != CCTX_OK)
         return st;
     hamt_node *next;
-    st = hamt_without(cctx_load_ptr(&ctx->root), var, &next);
+    st = hamt_without(context_own_root(ctx), var, &next);
     if (st == CCTX_OK)
         context_publish(ts, ctx, next);
     context_owner_write_end(ctx, transient);
@@ -587,7 +664,7 @@ cctx_status cctx_context_copy_current(cctx_context **out)
         return cctx_context_new(out);
     /* This thread owns its current context: it reads the root without a
      * read guard (nobody else replaces it). */
-    hamt_node *root = cctx_load_ptr(&ts->current->root);
+    hamt_node *root = context_own_root(ts->current);
     hamt_retain(root);
     cctx_status st = context_new_with_root(root, out);
     if (st != CCTX_OK)

@@ -73,6 +73,22 @@ static inline bool context_is_valid(const cctx_context *ctx)
     return ctx != NULL && ctx->magic == CCTX_CONTEXT_MAGIC;
 }
 
+/* ------------------------------------------------------------ root */
+
+/* Bit 0 of `root` is set while the writer overwrites a value in place
+ * (context.c's in-place handshake). Readers on other threads wait for it
+ * to clear; the writer's own reads (and a signal handler on its thread)
+ * mask it. */
+#define CCTX_ROOT_IN_PLACE ((uintptr_t)1)
+
+/* The root as its writer (or a signal handler on the writer's thread)
+ * reads it: no other thread replaces it. */
+static inline hamt_node *context_own_root(const cctx_context *ctx)
+{
+    uintptr_t raw = (uintptr_t)cctx_load_ptr(&((cctx_context *)ctx)->root);
+    return (hamt_node *)(raw & ~CCTX_ROOT_IN_PLACE);
+}
+
 /* ------------------------------------------------------------ owner */
 
 static inline uintptr_t context_owner(const cctx_context *ctx)

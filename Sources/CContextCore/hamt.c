@@ -626,6 +626,56 @@ bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
     return node_find(root, 0, key->hash, key, value);
 }
 
+/* The value slot of `key` when the caller may overwrite it in place: the
+ * key is bound and every node on its path has a reference count of 1 (so
+ * no other root shares any of them). NULL otherwise. The caller owns
+ * `root` (one reference), knows that no other thread can take a new
+ * reference to it meanwhile (context.c's in-place handshake) and is the
+ * only writer. Relaxed loads of the counts: another thread can only have
+ * changed a count through a root that shares the node, i.e. a count >= 2
+ * we would see. */
+bool hamt_is_unique(const hamt_node *root)
+{
+    return root != NULL && cctx_load_uint(&((hamt_node *)root)->refcnt) == 1;
+}
+
+void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
+{
+    if (root == NULL)
+        return NULL;
+    hamt_node *n = root;
+    const uint32_t hash = key->hash;
+    unsigned shift = 0;
+    for (;;) {
+        if (cctx_load_uint_relaxed(&n->refcnt) != 1)
+            return NULL;
+        const uint32_t dm = n->datamap;
+        const uint32_t nm = n->nodemap;
+        const unsigned frag = (hash >> (shift & 31)) & HAMT_FRAG_MASK;
+        const uint32_t bit = 1u << frag;
+        if ((dm & nm) == 0) {
+            if (dm & bit) {
+                void **e = &n->slot[2 * below(dm, bit)];
+                return e[0] == key ? &e[1] : NULL;
+            }
+            if ((nm & bit) == 0) {
+                if ((dm | nm) != 0)
+                    return NULL;
+                for (unsigned i = 0; i < n->size; i++) /* collision node */
+                    if (n->slot[2 * i] == key)
+                        return &n->slot[2 * i + 1];
+                return NULL;
+            }
+            n = n->slot[2 * hamt_popcount(dm) + below(nm, bit)];
+        } else {
+            n = n->slot[frag];
+            if (n == NULL)
+                return NULL;
+        }
+        shift += HAMT_BITS;
+    }
+}
+
 /* --------------------------------------------------------------- assoc */
 
 /*

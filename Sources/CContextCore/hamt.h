@@ -47,6 +47,15 @@ size_t hamt_count(const hamt_node *root) CCTX_HIDDEN;
  * false. Borrows `root`. */
 bool hamt_find(const hamt_node *root, const cctx_var *key, void **value) CCTX_HIDDEN;
 
+/* True when `root` has exactly one reference (acquire load). */
+bool hamt_is_unique(const hamt_node *root) CCTX_HIDDEN;
+
+/* The value slot of `key` in `root` when every node on its path is
+ * uniquely owned (reference count 1), else NULL: the one place a map is
+ * changed in place. Only context.c calls it, under its in-place handshake;
+ * the caller stores the new value (retained) and releases the old one. */
+void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key) CCTX_HIDDEN;
+
 /* Returns in `*out` a new reference to a map equal to `root` with `key`
  * bound to `value`. If `key` is already bound to the same pointer, `*out` is
  * `root` itself (retained). Borrows `root`, `key` and `value` (the new entry

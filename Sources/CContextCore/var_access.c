@@ -50,7 +50,7 @@ static inline bool current_lookup(const cctx_var *var, void **out)
     }
     ts->in_get++;
     SIGNAL_FENCE();
-    bool found = hamt_find(cctx_load_ptr(&ts->current->root), var, out);
+    bool found = hamt_find(context_own_root(ts->current), var, out);
     if (found && ts->in_get == 1) {
         e->version = 0;
         SIGNAL_FENCE();
