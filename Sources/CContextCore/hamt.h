@@ -90,6 +90,19 @@ bool hamt_iter_next(hamt_iter *it, cctx_var **key, void **value) CCTX_HIDDEN;
  * else the __LINE__ of the failed check. */
 int hamt_check(const hamt_node *root) CCTX_HIDDEN;
 
+/* A node's shape, for tests that assert the tree's form (instead of
+ * matching dump text). */
+typedef struct hamt_shape {
+    char kind; /* 'b' bitmap, 'a' array, 'c' collision; 0: no node there */
+    unsigned size, refcnt, entries, children;
+    uint32_t datamap, nodemap; /* as stored (an array node's datamap is a mark) */
+} hamt_shape;
+
+/* The shape of the node reached from `root` by `path`: child ranks (the
+ * j-th child in fragment order, from 0) separated by '.', "" for the root
+ * itself. Borrows `root`. */
+hamt_shape hamt_shape_at(const hamt_node *root, const char *path) CCTX_HIDDEN;
+
 /* Writes a readable tree to `out` (debugging and test failure reports). */
 void hamt_dump(FILE *out, const hamt_node *root) CCTX_HIDDEN;
 
