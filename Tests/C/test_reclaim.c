@@ -10,6 +10,10 @@
  */
 #include "test_support.h"
 
+#include "internal.h"
+#include "reclaim.h"
+#include "thread_state.h"
+
 #include <pthread.h>
 #include <signal.h>
 #include <sched.h>
@@ -97,6 +101,80 @@ static void test_memory_bounded_under_overlapping_readers(void **state)
     cctx_context_release(b.ctx);
     cctx_var_release(b.var);
     cctx_reclaim();
+}
+
+/* ------------------------------------------------------------ defer */
+
+/* The epoch half of the API (reclaim_defer/poll/barrier): readers that
+ * overlap without pause in epoch sections, a writer that defers 200,000
+ * objects; what one record holds never exceeds RECLAIM_PENDING_MAX (plus
+ * the one being added), every object is freed exactly once, and a defer
+ * from inside a section (which must not wait) still completes. */
+static long deferred_freed;
+
+static void counted_free(void *p)
+{
+    __atomic_add_fetch(&deferred_freed, 1, __ATOMIC_RELAXED);
+    cctx_dealloc(p);
+}
+
+static int section_stop, section_started;
+
+static void *section_reader(void *p)
+{
+    (void)p;
+    cctx_thread_state *ts = thread_state_get();
+    if (ts == NULL)
+        abort();
+    bool first = true;
+    while (!__atomic_load_n(&section_stop, __ATOMIC_ACQUIRE)) {
+        reclaim_section s;
+        reclaim_section_begin(ts->record, &s);
+        reclaim_section_end(&s);
+        if (first) {
+            __atomic_add_fetch(&section_started, 1, __ATOMIC_SEQ_CST);
+            first = false;
+        }
+    }
+    cctx_thread_cleanup();
+    return NULL;
+}
+
+static void test_deferred_objects_bounded_per_thread(void **state)
+{
+    (void)state;
+    cctx_thread_state *ts = thread_state_get();
+    assert_non_null(ts);
+    pthread_t r[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&r[i], NULL, section_reader, NULL), 0);
+    while (__atomic_load_n(&section_started, __ATOMIC_SEQ_CST) < 4)
+        sched_yield();
+    const long n = scaled(200000);
+    unsigned peak = 0;
+    for (long i = 0; i < n; i++) {
+        void *obj = cctx_alloc(16);
+        assert_non_null(obj);
+        reclaim_defer(ts->record, obj, counted_free);
+        unsigned pending = reclaim_pending(ts->record);
+        if (pending > peak)
+            peak = pending;
+    }
+    /* Inside a section: deferring never waits (it would wait for itself). */
+    reclaim_section s;
+    reclaim_section_begin(ts->record, &s);
+    for (unsigned i = 0; i < 2 * RECLAIM_PENDING_MAX; i++)
+        reclaim_defer(ts->record, cctx_alloc(16), counted_free);
+    reclaim_section_end(&s);
+    __atomic_store_n(&section_stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 4; i++)
+        pthread_join(r[i], NULL);
+    printf("deferred %ld, peak pending %u (bound %u)\n", n, peak, RECLAIM_PENDING_MAX);
+    assert_true(peak <= RECLAIM_PENDING_MAX);
+    cctx_reclaim();
+    assert_int_equal(reclaim_pending(ts->record), 0);
+    assert_int_equal(deferred_freed, n + 2 * RECLAIM_PENDING_MAX);
+    assert_ok(cctx_thread_cleanup());
 }
 
 /* ------------------------------------------------------------ fork */
@@ -244,6 +322,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memory_bounded_under_overlapping_readers),
+        cmocka_unit_test(test_deferred_objects_bounded_per_thread),
         cmocka_unit_test(test_fork_while_readers_in_sections),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
