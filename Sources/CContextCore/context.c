@@ -336,7 +336,9 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
         return false;
     }
     void *old = *slot;
-    *slot = value;
+    /* One aligned store: a signal handler on this thread reads the slot
+     * whole, old or new. */
+    cctx_store_ptr(slot, value);
     thread_state_invalidate(ts);
     cctx_store_ptr(&ctx->root, root); /* release: readers see the value */
     var_value_release(var, old);

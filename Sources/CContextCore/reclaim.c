@@ -317,10 +317,17 @@ void cctx_reclaim(void)
      * grace period: tests and shutdown code observe a settled state. */
     cctx_thread_state *ts = thread_state_peek();
     reclaim_barrier(ts != NULL ? ts->record : NULL);
-    if (ts != NULL && ts->record != NULL && section_depth == 0)
-        retired_drain(thread_of(ts->record));
-    else
+    struct reclaim_thread *t = ts != NULL && ts->record != NULL ? thread_of(ts->record) : NULL;
+    if (t != NULL && section_depth == 0 && t->depth == 0) {
+        retired_drain(t);
+    } else if (t != NULL) {
+        /* Called from inside a read (a retain callback): waiting for
+         * hazards could wait for our own; free what is free now. */
+        t->n_retired = 0;
+        t->n_retired += retired_scan(&t->retired);
+    } else {
         orphans_retired_scan();
+    }
 }
 
 /* ------------------------------------------------------------ hazards */
@@ -450,7 +457,12 @@ void reclaim_retire(reclaim_record *record, void *object, void (*free_fn)(void *
     struct retired *r = record != NULL ? cctx_alloc(sizeof *r) : NULL;
     if (r == NULL) {
         /* No record or no memory: wait here until no hazard names it.
-         * Protected reads are short; yield to a descheduled reader. */
+         * Protected reads are short; yield to a descheduled reader. If
+         * this very thread is inside a read (a callback that writes), the
+         * hazard may be its own: then the object is kept (leaked) rather
+         * than waited for — out of memory inside a callback only. */
+        if (record != NULL && thread_of(record)->depth != 0)
+            return;
         while (hazarded(object) || cctx_load_uint(&overflow_readers) != 0)
             sched_yield();
         CCTX_TSAN_ACQUIRE(&epoch);
