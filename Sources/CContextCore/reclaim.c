@@ -128,6 +128,7 @@ struct ck_epoch *reclaim_epoch(void)
 
 static void retired_drain(struct reclaim_thread *t);
 static void orphans_retired_scan(void);
+static unsigned retired_scan(struct retired **list);
 
 reclaim_record *reclaim_record_acquire(void)
 {
