@@ -77,6 +77,7 @@ struct reclaim_thread {
      * own, apart from the record's fields. */
     void *hazard[RECLAIM_HAZARDS] __attribute__((aligned(64)));
     unsigned depth; /* hazard slots in use (owner only) */
+    void *owner;    /* the thread's state (cctx_thread_state) */
     struct retired *retired __attribute__((aligned(64))); /* owner only */
     unsigned n_retired;
 };
@@ -130,12 +131,14 @@ static void retired_drain(struct reclaim_thread *t);
 static void orphans_retired_scan(void);
 static unsigned retired_scan(struct retired **list);
 
-reclaim_record *reclaim_record_acquire(void)
+reclaim_record *reclaim_record_acquire(void *owner)
 {
     ck_epoch_t *e = reclaim_epoch();
     ck_epoch_record_t *r = ck_epoch_recycle(e, &thread_record_tag);
-    if (r != NULL)
+    if (r != NULL) {
+        thread_of(r)->owner = owner;
         return r;
+    }
     /* Records are cache-line aligned and, once registered, can never leave
      * ck_epoch's global list: they are allocated outside cctx_alloc so that
      * the live-allocation count used by leak tests stays meaningful, and
@@ -145,6 +148,7 @@ reclaim_record *reclaim_record_acquire(void)
         return NULL;
     memset(mem, 0, sizeof(struct reclaim_thread));
     r = &((struct reclaim_thread *)mem)->record;
+    ((struct reclaim_thread *)mem)->owner = owner;
     ck_epoch_register(e, r, &thread_record_tag);
     return r;
 }
@@ -158,6 +162,7 @@ void reclaim_record_release(reclaim_record *record)
     while (ck_pr_load_uint(&record->n_pending) != 0 && section_depth == 0)
         reclaim_barrier(record);
     retired_drain(thread_of(record));
+    thread_of(record)->owner = NULL;
     ck_epoch_unregister(record);
 }
 
@@ -339,6 +344,11 @@ static unsigned overflow_readers;
 
 /* Retired objects of threads that did not survive a fork (child only). */
 static struct retired *orphan_retired;
+/* Their thread states: their owners are gone, and releasing what they hold
+ * would run user callbacks on behalf of threads that no longer exist, so
+ * they stay allocated — linked here, one per thread that existed at the
+ * fork. */
+cctx_thread_state *cctx_fork_orphan_states CCTX_HIDDEN; /* not static: never optimised away */
 
 void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g)
 {
@@ -558,6 +568,12 @@ static void reclaim_atfork_child(void)
         }
         if (r->state != RECLAIM_CK_STATE_USED || r->ct != &thread_record_tag)
             continue;
+        cctx_thread_state *dead = thread_of(r)->owner;
+        thread_of(r)->owner = NULL;
+        if (dead != NULL) {
+            dead->fork_orphan_next = cctx_fork_orphan_states;
+            cctx_fork_orphan_states = dead;
+        }
         for (unsigned i = 0; i < CK_EPOCH_LENGTH; i++) {
             ck_stack_entry_t *list = ck_stack_batch_pop_npsc(&r->pending[i]);
             while (list != NULL) {

@@ -102,9 +102,9 @@ unsigned reclaim_retired_count(reclaim_record *record) CCTX_HIDDEN;
 #define RECLAIM_POLL_EVERY 32u
 #define RECLAIM_PENDING_MAX 256u
 
-/* A record for a new thread: recycled from an exited thread or freshly
- * registered. NULL on ENOMEM. */
-reclaim_record *reclaim_record_acquire(void) CCTX_HIDDEN;
+/* A record for a new thread whose state is `owner`: recycled from an
+ * exited thread or freshly registered. NULL on ENOMEM. */
+reclaim_record *reclaim_record_acquire(void *owner) CCTX_HIDDEN;
 /* Thread exit: waits for a grace period, frees everything the record had
  * deferred, and gives the record back for reuse. NULL is ignored. */
 void reclaim_record_release(reclaim_record *record) CCTX_HIDDEN;

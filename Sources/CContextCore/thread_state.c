@@ -78,7 +78,7 @@ cctx_thread_state *thread_state_slow(void)
         cctx_dealloc(ts);
         return NULL;
     }
-    ts->record = reclaim_record_acquire();
+    ts->record = reclaim_record_acquire(ts);
     if (ts->record == NULL || pthread_setspecific(state_key, ts) != 0) {
         reclaim_record_release(ts->record);
         cctx_context_release(base);

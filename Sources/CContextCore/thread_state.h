@@ -59,6 +59,9 @@ typedef struct cctx_thread_state {
     lookup_cache_entry cache[CCTX_LOOKUP_CACHE_SIZE];
     struct ck_epoch_record *record; /* reclaim.h's reclaim_record */
     struct local_slots *locals;
+    /* In a fork child only: links the states of threads that did not
+     * survive the fork (reclaim.c), which stay allocated there. */
+    struct cctx_thread_state *fork_orphan_next;
 } cctx_thread_state;
 
 extern __thread cctx_thread_state *cctx_tls_state
