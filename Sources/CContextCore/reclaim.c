@@ -136,6 +136,10 @@ reclaim_record *reclaim_record_acquire(void *owner)
     ck_epoch_t *e = reclaim_epoch();
     ck_epoch_record_t *r = ck_epoch_recycle(e, &thread_record_tag);
     if (r != NULL) {
+        /* ck_epoch hands the record over (an exchange of its state, inside
+         * libck where ThreadSanitizer cannot see): the previous thread's
+         * writes to it happen before ours. */
+        CCTX_TSAN_ACQUIRE(r);
         thread_of(r)->owner = owner;
         return r;
     }
@@ -163,6 +167,7 @@ void reclaim_record_release(reclaim_record *record)
         reclaim_barrier(record);
     retired_drain(thread_of(record));
     thread_of(record)->owner = NULL;
+    CCTX_TSAN_RELEASE(record); /* to the next thread that recycles it */
     ck_epoch_unregister(record);
 }
 
