@@ -85,7 +85,9 @@ CORE_OBJ = $(patsubst $(CORE_DIR)/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
 # with allocation accounting (cctx__live_allocations) compiled in. The
 # production build leaves it out: a process-wide counter on every
 # allocation is a cache line all threads would fight over.
-ACCOUNTING := -DCCTX_ALLOC_ACCOUNTING
+# The same builds also turn the executable invariants on (CCTX_ASSERT, the
+# node check after each HAMT builder: internal.h).
+ACCOUNTING := -DCCTX_ALLOC_ACCOUNTING -DCCTX_INTERNAL_CHECKS
 TEST_CORE_OBJ = $(patsubst $(CORE_DIR)/%.c,$(BUILD)/test-obj/%.o,$(CORE_SRC))
 TEST_LIB = $(BUILD)/test-obj/libcontextcore-test.a
 
@@ -392,6 +394,20 @@ bench-server-build:
 
 bench-server: bench-server-build
 	$(PYTHON) scripts/bench/server.py --server $(BENCH_SERVER_SCRATCH)/release/ServerBench $(BENCH_SERVER_ARGS)
+
+# Locked instructions and allocations per operation, counted (not timed):
+# the library built with CCTX_COUNT_LOCKED (atomic.h counts each locked
+# read-modify-write), a driver that wraps malloc. See docs/performance.md.
+COUNT_DIR = $(BUILD)/count
+COUNT_OPS = set_reset_1 set_reset_100 copy enter_exit local_set get request
+.PHONY: count-ops
+count-ops: deps
+	@mkdir -p $(COUNT_DIR)
+	$(CC) $(CORE_CFLAGS) -DCCTX_COUNT_LOCKED -O2 -o $(COUNT_DIR)/count_ops \
+		Benchmarks/c/count_ops.c $(CORE_SRC) \
+		-Wl,--wrap=malloc,--wrap=realloc,--wrap=calloc $(CK_LIBS) -lpthread
+	@printf 'operation\tlocked/op\tallocs/op\n'
+	@for op in $(COUNT_OPS); do $(COUNT_DIR)/count_ops $$op 100000; done
 
 # DocC: symbol graphs from `swift package dump-symbol-graph` (it extracts
 # them from the built modules every time, so a second `make docs` with

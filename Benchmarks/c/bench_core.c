@@ -20,6 +20,10 @@
  *   pthread_getspecific / pthread_setspecific   raw, for reference
  *   throughput_2v1       get+set throughput of 2 threads over 1 (ratio;
  *                        each thread its own contexts, the same variables)
+ *   request_2v1          request throughput of 2 threads over 1 (ratio): a
+ *                        request copies a shared base context of 20
+ *                        variables, enters the copy, sets 2, gets 4, exits
+ *                        and releases it
  *   mem_per_entry_1e6    heap bytes (mallinfo2) per entry of a context
  *                        holding 1e6 variables
  *   map_lookup_N         cctx_context_get on a context of N entries,
@@ -268,6 +272,7 @@ typedef struct worker {
     cctx_context *snapshot; /* 100 variables; each worker enters a copy */
     uint64_t iters;
     pthread_barrier_t *start;
+    void (*loop)(cctx_context *snapshot, uint64_t n);
 } worker;
 
 static void mixed_loop(uint64_t n)
@@ -281,28 +286,57 @@ static void mixed_loop(uint64_t n)
     }
 }
 
+static void mixed_in_copy(cctx_context *snapshot, uint64_t n)
+{
+    cctx_context *mine = copy_of(snapshot);
+    check(cctx_context_enter(mine), "enter");
+    mixed_loop(n);
+    check(cctx_context_exit(mine), "exit");
+    cctx_context_release(mine);
+}
+
+/* One request: copy the shared base (20 variables), enter the copy, set 2
+ * variables, get 4, exit, release. */
+static void request_loop(cctx_context *base, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        cctx_context *c;
+        cctx_status st = cctx_context_copy(base, &c);
+        st |= cctx_context_enter(c);
+        st |= cctx_var_set(vars[20], VAL(i), NULL);
+        st |= cctx_var_set(vars[(i % 20)], VAL(i + 1), NULL);
+        for (int k = 0; k < 4; k++) {
+            void *out;
+            st |= cctx_var_get(vars[(i + 5 * (uint64_t)k) % 21], &out);
+            BENCH_SINK(out);
+        }
+        st |= cctx_context_exit(c);
+        cctx_context_release(c);
+        BENCH_SINK(st);
+    }
+}
+
 static void *worker_main(void *p)
 {
     worker *w = p;
-    cctx_context *mine = copy_of(w->snapshot);
-    check(cctx_context_enter(mine), "enter");
-    mixed_loop(w->iters / 16); /* warm-up: thread state, malloc arena */
+    w->loop(w->snapshot, w->iters / 16); /* warm-up: thread state, malloc arena */
     pthread_barrier_wait(w->start);
-    mixed_loop(w->iters);
-    check(cctx_context_exit(mine), "exit");
-    cctx_context_release(mine);
+    w->loop(w->snapshot, w->iters);
     (void)cctx_thread_cleanup();
     return NULL;
 }
 
-/* Wall time for `nthreads` threads each doing `iters` get+set pairs. */
+static void (*thread_loop)(cctx_context *snapshot, uint64_t n) = mixed_in_copy;
+
+/* Wall time for `nthreads` threads each doing `iters` loop iterations. */
 static double run_threads(int nthreads, cctx_context *snapshot, uint64_t iters)
 {
     pthread_barrier_t start;
     pthread_barrier_init(&start, NULL, (unsigned)nthreads + 1);
     worker w[2];
     for (int t = 0; t < nthreads; t++) {
-        w[t] = (worker){.snapshot = snapshot, .iters = iters, .start = &start};
+        w[t] = (worker){.snapshot = snapshot, .iters = iters, .start = &start,
+                        .loop = thread_loop};
         pthread_create(&w[t].thread, NULL, worker_main, &w[t]);
     }
     pthread_barrier_wait(&start);
@@ -314,7 +348,7 @@ static double run_threads(int nthreads, cctx_context *snapshot, uint64_t iters)
     return dt;
 }
 
-static void bench_throughput(cctx_context *snapshot)
+static void bench_throughput(cctx_context *snapshot, const char *op, const char *note)
 {
     /* Size the per-thread work to ~100 ms on one thread. */
     uint64_t iters = 1 << 16;
@@ -330,8 +364,7 @@ static void bench_throughput(cctx_context *snapshot)
         double t2 = run_threads(2, snapshot, iters);
         ratio[r] = 2.0 * t1 / t2; /* (2 iters / t2) / (iters / t1) */
     }
-    bench_row("core", "throughput_2v1", IMPL, bench_summarise(ratio, 5), "x",
-              "ops/s of 2 threads over 1; set+get on 100 shared variables");
+    bench_row("core", op, IMPL, bench_summarise(ratio, 5), "x", note);
 }
 
 /* ------------------------------------------------------------ main */
@@ -499,7 +532,14 @@ int main(void)
     }
 
     /* --- throughput, 2 threads vs 1. */
-    bench_throughput(snap[S100]);
+    thread_loop = mixed_in_copy;
+    bench_throughput(snap[S100], "throughput_2v1",
+                     "ops/s of 2 threads over 1; set+get on 100 shared variables");
+    cctx_context *request_base = build_context(20);
+    thread_loop = request_loop;
+    bench_throughput(request_base, "request_2v1",
+                     "requests/s of 2 threads over 1; copy base of 20, set 2, get 4");
+    cctx_context_release(request_base);
 
     for (int s = 0; s < 7; s++)
         cctx_context_release(snap[s]);

@@ -28,6 +28,16 @@
 
 #include <ck_pr.h>
 
+/* Counting build (make count-ops): every locked read-modify-write below
+ * also bumps a per-thread counter, so that a driver can report locked
+ * instructions per operation exactly instead of timing them. */
+#ifdef CCTX_COUNT_LOCKED
+extern __thread unsigned long cctx__locked_ops;
+#define CCTX_LOCKED(x) (cctx__locked_ops++, (x))
+#else
+#define CCTX_LOCKED(x) (x)
+#endif
+
 #if defined(CCTX_TSAN)
 
 /* ThreadSanitizer annotations for edges it cannot see (ck_epoch lives in
@@ -75,28 +85,28 @@ void __tsan_release(void *addr);
 
 #define cctx_load_ptr(p) ck_pr_load_ptr(p)
 #define cctx_store_ptr(p, v) ck_pr_store_ptr((p), (v))
-#define cctx_fas_ptr(p, v) ck_pr_fas_ptr((p), (v))
-#define cctx_cas_ptr(p, o, n) ck_pr_cas_ptr((p), (o), (n))
+#define cctx_fas_ptr(p, v) CCTX_LOCKED(ck_pr_fas_ptr((p), (v)))
+#define cctx_cas_ptr(p, o, n) CCTX_LOCKED(ck_pr_cas_ptr((p), (o), (n)))
 #define cctx_load_uint(p) ck_pr_load_uint(p)
 #define cctx_load_uint_relaxed(p) ck_pr_load_uint(p)
 #define cctx_store_uint(p, v) ck_pr_store_uint((p), (v))
-#define cctx_inc_uint(p) ck_pr_inc_uint(p)
+#define cctx_inc_uint(p) CCTX_LOCKED(ck_pr_inc_uint(p))
 #define cctx_dec_uint_is_zero(p) __extension__({ bool cctx_z_; \
-        ck_pr_dec_uint_zero((p), &cctx_z_); cctx_z_; })
-#define cctx_cas_uint(p, o, n) ck_pr_cas_uint((p), (o), (n))
+        CCTX_LOCKED(ck_pr_dec_uint_zero((p), &cctx_z_)); cctx_z_; })
+#define cctx_cas_uint(p, o, n) CCTX_LOCKED(ck_pr_cas_uint((p), (o), (n)))
 /* uintptr_t and uint64_t are the same type on the 64-bit targets CK's
  * 64-bit operations exist for. */
 _Static_assert(sizeof(uintptr_t) == sizeof(uint64_t), "64-bit targets only");
 #define cctx_load_uintptr(p) ((uintptr_t)ck_pr_load_64((uint64_t *)(p)))
 #define cctx_store_uintptr(p, v) ck_pr_store_64((uint64_t *)(p), (uint64_t)(v))
 #define cctx_cas_uintptr(p, o, n) \
-    ck_pr_cas_64((uint64_t *)(p), (uint64_t)(o), (uint64_t)(n))
-#define cctx_fence_memory() ck_pr_fence_memory()
+    CCTX_LOCKED(ck_pr_cas_64((uint64_t *)(p), (uint64_t)(o), (uint64_t)(n)))
+#define cctx_fence_memory() CCTX_LOCKED(ck_pr_fence_memory())
 #define cctx_load_int(p) ck_pr_load_int(p)
 #define cctx_store_int(p, v) ck_pr_store_int((p), (v))
-#define cctx_faa_int(p, v) ck_pr_faa_int((p), (v))
-#define cctx_inc_int(p) ck_pr_inc_int(p)
-#define cctx_dec_int(p) ck_pr_dec_int(p)
+#define cctx_faa_int(p, v) CCTX_LOCKED(ck_pr_faa_int((p), (v)))
+#define cctx_inc_int(p) CCTX_LOCKED(ck_pr_inc_int(p))
+#define cctx_dec_int(p) CCTX_LOCKED(ck_pr_dec_int(p))
 
 #endif
 

@@ -1,6 +1,7 @@
 /*
  * context.c — context objects: creation, copies, the read-only mapping
- * seen from any thread, explicit-context writes and async claims.
+ * seen from any thread, writes, and the owner state machine (context.h):
+ * enter, exit, run, async claims and one-off explicit writes.
  *
  * Reads come in two speeds. The writer of a context (the thread that has
  * entered it) reads `root` with a plain acquire load: nobody else can
@@ -9,9 +10,13 @@
  * reference to. See context.h for the ownership rules.
  */
 #include "internal.h"
+
+#include <sched.h>
 #include "context.h"
 #include "reclaim.h"
+#include "thread_state.h"
 #include "token.h"
+#include "watch.h"
 
 extern unsigned cctx_not_inherited_vars;
 
@@ -19,12 +24,17 @@ extern unsigned cctx_not_inherited_vars;
 
 cctx_status context_new_with_root(hamt_node *root, cctx_context **out)
 {
-    cctx_context *ctx = cctx_alloc_zeroed(sizeof *ctx);
+    /* malloc and field stores, not calloc: glibc's calloc skips the
+     * per-thread cache on non-main threads. */
+    cctx_context *ctx = cctx_alloc(sizeof *ctx);
     if (ctx == NULL)
         return CCTX_ENOMEM;
     ctx->magic = CCTX_CONTEXT_MAGIC;
     ctx->refcnt = 1;
     ctx->root = root;
+    ctx->owner = CCTX_OWNER_NONE;
+    ctx->prev = NULL;
+    ctx->readers = 0;
     *out = ctx;
     return CCTX_OK;
 }
@@ -45,12 +55,15 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
 
 void cctx_context_release(cctx_context *ctx)
 {
-    if (!context_is_valid(ctx) || !cctx_dec_uint_is_zero(&ctx->refcnt))
+    if (!context_is_valid(ctx))
+        return;
+    /* Count 1 is the caller's own reference (see hamt_release): no locked
+     * decrement for the last one. */
+    if (cctx_load_uint(&ctx->refcnt) != 1 && !cctx_dec_uint_is_zero(&ctx->refcnt))
         return;
     /* Entering retains, so a context with no references is entered by
      * nobody and read by nobody. */
     ctx->magic = 0;
-    reclaim_context_destroy(ctx);
     hamt_release(ctx->root);
     cctx_dealloc(ctx);
 }
@@ -58,47 +71,48 @@ void cctx_context_release(cctx_context *ctx)
 /* ------------------------------------------------------------ reading */
 
 /* A read of `ctx`'s root by the calling thread: direct when the thread is
- * the context's writer, guarded by reclaim.c otherwise. Never fails: a
- * thread whose state cannot be created (out of memory) reads through the
- * shared fallback record, so that reads which cannot report an error
+ * the context's writer, guarded otherwise: the reader counts itself in
+ * `readers` (so that a writer that sees zero may free an old root at once)
+ * and reads the root under a hazard pointer (so that a writer that sees
+ * non-zero frees it only once no hazard names it: reclaim.h). Never
+ * fails: a thread whose state cannot be created (out of memory) reads
+ * through the fallback record, so that reads which cannot report an error
  * (count, contains, equal) still answer correctly. */
 typedef struct read_guard {
     bool guarded;
-    bool fallback;
-    reclaim_section section;
+    reclaim_guard hazard;
 } read_guard;
 
 static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
 {
     cctx_thread_state *ts = thread_state_get();
-    g->guarded = true;
-    g->fallback = false;
-    if (ts != NULL && cctx_load_uintptr(&ctx->owner) == (uintptr_t)ts) {
-        g->guarded = false;
-    } else if (ts != NULL) {
-        reclaim_read_begin(ctx, ts->record, &g->section);
-    } else {
-        g->fallback = true;
-        reclaim_read_begin(ctx, reclaim_fallback_lock(), &g->section);
+    g->guarded = ts == NULL || context_owner(ctx) != (uintptr_t)ts;
+    if (!g->guarded)
+        return context_own_root(ctx);
+    /* Full fence: counted before the root load, against the writer's
+     * exchange-then-load-readers (context_publish, write_in_place). */
+    cctx_inc_uint(&ctx->readers);
+    for (;;) {
+        hamt_node *root = reclaim_protect(ts != NULL ? ts->record : NULL,
+                                          (void *const *)&ctx->root, &g->hazard);
+        if (CCTX_LIKELY(((uintptr_t)root & CCTX_ROOT_IN_PLACE) == 0))
+            return root;
+        /* The writer is overwriting a value in place; having seen our
+         * count it will back out, or it started before and finishes in a
+         * few instructions. Wait for the plain root (acquire: its store
+         * of the value happens before). */
+        reclaim_unprotect(&g->hazard);
+        while ((uintptr_t)cctx_load_ptr(&ctx->root) & CCTX_ROOT_IN_PLACE)
+            sched_yield();
     }
-    return cctx_load_ptr(&ctx->root);
 }
 
 static void read_end(cctx_context *ctx, read_guard *g)
 {
     if (!g->guarded)
         return;
-    /* The fallback lock is dropped before a possible drain (which waits for
-     * a grace period): nobody waits while holding it. */
-    if (g->fallback) {
-        reclaim_section s = g->section;
-        CCTX_TSAN_RELEASE(reclaim_epoch());
-        ck_epoch_end(s.record, &s.section);
-        reclaim_fallback_unlock();
-        reclaim_read_finish(ctx);
-        return;
-    }
-    reclaim_read_end(ctx, &g->section);
+    reclaim_unprotect(&g->hazard);
+    cctx_dec_uint_is_zero(&ctx->readers);
 }
 
 cctx_status context_snapshot(cctx_context *ctx, hamt_node **out)
@@ -143,7 +157,7 @@ cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var, void **out)
 {
     if (!context_is_valid(ctx) || !var_is_valid(var) || out == NULL)
         return CCTX_EINVAL;
-    return hamt_find(cctx_load_ptr(&ctx->root), var, out) ? CCTX_OK : CCTX_NOT_FOUND;
+    return hamt_find(context_own_root(ctx), var, out) ? CCTX_OK : CCTX_NOT_FOUND;
 }
 
 bool cctx_context_contains(cctx_context *ctx, cctx_var *var)
@@ -261,46 +275,112 @@ cctx_status cctx_context_copy_inherit(cctx_context *ctx, cctx_context **out)
 
 /* ------------------------------------------------------------ writing */
 
-void context_publish(cctx_context *ctx, hamt_node *new_root)
+static void root_release(void *root)
 {
-    /* The writer may be this thread writing its current context: its
-     * lookup cache must not outlive the old root (thread_state.h). */
-    cctx_thread_state *ts = thread_state_peek();
-    if (ts != NULL)
-        thread_state_invalidate(ts);
-    /* Full barrier: readers that arrive later see new_root (reclaim.c). */
-    hamt_node *old = cctx_fas_ptr(&ctx->root, new_root);
-    reclaim_retire(ctx, old);
+    hamt_release(root);
 }
 
-cctx_status context_write_set(cctx_context *ctx, cctx_var *var, void *value,
-                              cctx_token **token_out)
+void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_root)
 {
-    hamt_node *root = cctx_load_ptr(&ctx->root);
+    /* Full barrier: readers that arrive later see new_root; and the load
+     * of `readers` below cannot pass it (read_begin's argument). */
+    hamt_node *old = cctx_fas_ptr(&ctx->root, new_root);
+    /* The writer may be this thread writing its current context: its
+     * lookup cache must not outlive the old root. Bumped after the
+     * exchange and before the old root can be freed, so that a signal
+     * handler running on this thread in between sees either a cache entry
+     * of the old root (still alive) or caches a new-root value under the
+     * old version, which this bump then invalidates (var_access.c). */
+    thread_state_invalidate(ts);
+    if (old == NULL)
+        return;
+    if (cctx_load_uint(&ctx->readers) == 0)
+        hamt_release(old); /* no reader can hold it (read_begin) */
+    else
+        reclaim_retire(ts->record, old, root_release);
+}
+
+/*
+ * Overwrites `var`'s value in place when nothing else can see the change:
+ * every node on its path is uniquely owned (no other root, snapshot or
+ * copy shares it) and no other thread is reading the context. The
+ * handshake with readers on other threads (read_begin) is one exchange:
+ *
+ *   writer                              reader
+ *   fas(root, root|IN_PLACE)  (fence)   inc(readers)            (fence)
+ *   readers == 0 && root unique?        load root: tagged -> wait
+ *     no: store root (untag), give up
+ *     yes: store value, store root (release)
+ *
+ * Either the writer sees the reader's count (and backs out, leaving the
+ * map as it was), or the reader sees the tag and waits until the value is
+ * stored. A reader that retained the root earlier (a snapshot) raised its
+ * count before leaving `readers`, so the writer sees a count of 2 and
+ * backs out: a snapshot never changes. The replaced value is released at
+ * once: no reader can hold it. A signal handler on this thread reads the
+ * slot old or new (one aligned store) and the version bump comes between
+ * the store and the release (var_access.c). One locked instruction, no
+ * allocation, no reference-count traffic.
+ */
+static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *root,
+                           cctx_var *var, void *value)
+{
+    void **slot = hamt_value_slot_if_unique(root, var);
+    if (slot == NULL)
+        return false;
+    var_value_retain(var, value); /* before anything is visible */
+    (void)cctx_fas_ptr(&ctx->root, (hamt_node *)((uintptr_t)root | CCTX_ROOT_IN_PLACE));
+    if (cctx_load_uint(&ctx->readers) != 0 || !hamt_is_unique(root)) {
+        cctx_store_ptr(&ctx->root, root);
+        var_value_release(var, value);
+        return false;
+    }
+    void *old = *slot;
+    /* One aligned store: a signal handler on this thread reads the slot
+     * whole, old or new. */
+    cctx_store_ptr(slot, value);
+    thread_state_invalidate(ts);
+    cctx_store_ptr(&ctx->root, root); /* release: readers see the value */
+    var_value_release(var, old);
+    return true;
+}
+
+cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
+                              void *value, cctx_token **token_out)
+{
+    /* The writer's own root: no other thread replaces it. */
+    hamt_node *root = context_own_root(ctx);
+    void *old = NULL;
+    bool has_old = hamt_find(root, var, &old);
     cctx_token *token = NULL;
     if (token_out != NULL) {
-        void *old = NULL;
-        bool has_old = hamt_find(root, var, &old);
         cctx_status st = token_new(var, ctx, has_old, old, &token);
         if (st != CCTX_OK)
             return st;
     }
-    hamt_node *next;
-    cctx_status st = hamt_assoc(root, var, value, &next);
-    if (st != CCTX_OK) {
-        cctx_token_release(token);
-        return st;
+    if (has_old && old == value) {
+        /* Same binding: no reference taken, nothing published, so the
+         * shared root's count line is not written. */
+        if (token_out != NULL)
+            *token_out = token;
+        return CCTX_OK;
     }
-    if (next == root)
-        hamt_release(next); /* same binding: nothing to publish */
-    else
-        context_publish(ctx, next);
+    if (!(has_old && write_in_place(ts, ctx, root, var, value))) {
+        hamt_node *next;
+        cctx_status st = hamt_assoc(root, var, value, &next);
+        if (st != CCTX_OK) {
+            cctx_token_release(token);
+            return st;
+        }
+        context_publish(ts, ctx, next);
+    }
     if (token_out != NULL)
         *token_out = token;
     return CCTX_OK;
 }
 
-cctx_status context_write_reset(cctx_context *ctx, cctx_var *var, cctx_token *token)
+cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
+                                cctx_token *token)
 {
     /* Python's order of checks. */
     if (cctx_load_uint(&token->used))
@@ -310,37 +390,85 @@ cctx_status context_write_reset(cctx_context *ctx, cctx_var *var, cctx_token *to
     if (token->ctx != ctx)
         return CCTX_TOKEN_WRONG_CONTEXT;
 
-    hamt_node *root = cctx_load_ptr(&ctx->root);
-    hamt_node *next;
-    cctx_status st = token->has_old ? hamt_assoc(root, var, token->old_value, &next)
-                                    : hamt_without(root, var, &next);
-    if (st == CCTX_NOT_FOUND) { /* already without the variable */
-        hamt_retain(root);
-        next = root;
-    } else if (st != CCTX_OK) {
-        return st;
+    hamt_node *root = context_own_root(ctx);
+    hamt_node *next = root;
+    cctx_status st;
+    void *cur;
+    bool has_cur = hamt_find(root, var, &cur);
+    if (token->has_old && has_cur && cur != token->old_value &&
+        hamt_value_slot_if_unique(root, var) != NULL) {
+        /* In place (see write_in_place). The token is consumed first:
+         * the write cannot fail, and a token used concurrently elsewhere
+         * must not also write. */
+        if (!cctx_cas_uint(&token->used, 0, 1))
+            return CCTX_TOKEN_USED;
+        if (write_in_place(ts, ctx, root, var, token->old_value))
+            return CCTX_OK;
+        /* Backed out (a reader arrived): path copy; no failure allowed
+         * now that the token is used, so on ENOMEM give the token back. */
+        st = hamt_assoc(root, var, token->old_value, &next);
+        if (st != CCTX_OK) {
+            cctx_store_uint(&token->used, 0);
+            return st;
+        }
+        context_publish(ts, ctx, next);
+        return CCTX_OK;
     }
+    if (token->has_old) {
+        st = has_cur && cur == token->old_value
+                 ? CCTX_NOT_FOUND /* already bound so: nothing to build */
+                 : hamt_assoc(root, var, token->old_value, &next);
+    } else {
+        st = has_cur ? hamt_without(root, var, &next) : CCTX_NOT_FOUND;
+    }
+    if (st == CCTX_NOT_FOUND)
+        next = root; /* no change: no reference taken */
+    else if (st != CCTX_OK)
+        return st;
     /* Commit point: the token is consumed exactly once. */
     if (!cctx_cas_uint(&token->used, 0, 1)) {
-        hamt_release(next);
+        if (next != root)
+            hamt_release(next);
         return CCTX_TOKEN_USED;
     }
-    if (next == root)
-        hamt_release(next);
-    else
-        context_publish(ctx, next);
+    if (next != root)
+        context_publish(ts, ctx, next);
     return CCTX_OK;
+}
+
+/* ------------------------------------------------------------ owner */
+
+bool context_owner_enter(cctx_context *ctx, cctx_thread_state *ts)
+{
+    /* Acquire (full barrier): the previous owner's writes happen before. */
+    return cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, (uintptr_t)ts);
+}
+
+void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
+{
+    CCTX_ASSERT(ctx->owner == CCTX_OWNER_NONE);
+    ctx->owner = (uintptr_t)ts; /* a new context nobody else has seen */
+}
+
+void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)
+{
+    CCTX_ASSERT(context_owner(ctx) == (uintptr_t)ts);
+    (void)ts;
+    /* Release: our writes to the context happen before the next owner's. */
+    cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
 }
 
 /* Write ownership for the explicit-context functions: the thread that has
  * `ctx` entered, a claimer, or — for a context nobody has entered — a
- * one-off CCTX_OWNER_WRITING claim held for the duration of the write. */
-static cctx_status write_begin(cctx_context *ctx, bool *transient)
+ * one-off WRITING claim held for the duration of the write. Writes need the
+ * thread's state (its reclamation record): ENOMEM when it cannot be made,
+ * before anything changed. */
+static cctx_status context_owner_write_begin(cctx_context *ctx, cctx_thread_state *ts,
+                                             bool *transient)
 {
-    uintptr_t owner = cctx_load_uintptr(&ctx->owner);
-    cctx_thread_state *ts = thread_state_peek();
+    uintptr_t owner = context_owner(ctx);
     *transient = false;
-    if (owner == CCTX_OWNER_CLAIMED || (ts != NULL && owner == (uintptr_t)ts))
+    if (owner == CCTX_OWNER_CLAIMED || owner == (uintptr_t)ts)
         return CCTX_OK;
     if (owner == CCTX_OWNER_NONE &&
         cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, CCTX_OWNER_WRITING)) {
@@ -350,23 +478,42 @@ static cctx_status write_begin(cctx_context *ctx, bool *transient)
     return CCTX_ALREADY_ENTERED;
 }
 
-static void write_end(cctx_context *ctx, bool transient)
+static void context_owner_write_end(cctx_context *ctx, bool transient)
 {
     if (transient)
         cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
 }
+
+static cctx_status context_owner_claim(cctx_context *ctx)
+{
+    if (!cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, CCTX_OWNER_CLAIMED))
+        return CCTX_ALREADY_ENTERED;
+    return CCTX_OK;
+}
+
+static cctx_status context_owner_unclaim(cctx_context *ctx)
+{
+    if (!cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_CLAIMED, CCTX_OWNER_NONE))
+        return CCTX_NOT_ENTERED;
+    return CCTX_OK;
+}
+
+/* ------------------------------------------------------------ explicit writes */
 
 cctx_status cctx_context_set(cctx_context *ctx, cctx_var *var, void *value,
                              cctx_token **token_out)
 {
     if (!context_is_valid(ctx) || !var_is_valid(var))
         return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
+    if (ts == NULL)
+        return CCTX_ENOMEM;
     bool transient;
-    cctx_status st = write_begin(ctx, &transient);
+    cctx_status st = context_owner_write_begin(ctx, ts, &transient);
     if (st != CCTX_OK)
         return st;
-    st = context_write_set(ctx, var, value, token_out);
-    write_end(ctx, transient);
+    st = context_write_set(ts, ctx, var, value, token_out);
+    context_owner_write_end(ctx, transient);
     return st;
 }
 
@@ -374,12 +521,15 @@ cctx_status cctx_context_reset(cctx_context *ctx, cctx_var *var, cctx_token *tok
 {
     if (!context_is_valid(ctx) || !var_is_valid(var) || !token_is_valid(token))
         return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
+    if (ts == NULL)
+        return CCTX_ENOMEM;
     bool transient;
-    cctx_status st = write_begin(ctx, &transient);
+    cctx_status st = context_owner_write_begin(ctx, ts, &transient);
     if (st != CCTX_OK)
         return st;
-    st = context_write_reset(ctx, var, token);
-    write_end(ctx, transient);
+    st = context_write_reset(ts, ctx, var, token);
+    context_owner_write_end(ctx, transient);
     return st;
 }
 
@@ -387,15 +537,18 @@ cctx_status cctx_context_delete(cctx_context *ctx, cctx_var *var)
 {
     if (!context_is_valid(ctx) || !var_is_valid(var))
         return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
+    if (ts == NULL)
+        return CCTX_ENOMEM;
     bool transient;
-    cctx_status st = write_begin(ctx, &transient);
+    cctx_status st = context_owner_write_begin(ctx, ts, &transient);
     if (st != CCTX_OK)
         return st;
     hamt_node *next;
-    st = hamt_without(cctx_load_ptr(&ctx->root), var, &next);
+    st = hamt_without(context_own_root(ctx), var, &next);
     if (st == CCTX_OK)
-        context_publish(ctx, next);
-    write_end(ctx, transient);
+        context_publish(ts, ctx, next);
+    context_owner_write_end(ctx, transient);
     return st;
 }
 
@@ -405,26 +558,147 @@ cctx_status cctx_context_claim(cctx_context *ctx)
 {
     if (!context_is_valid(ctx))
         return CCTX_EINVAL;
-    if (!cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, CCTX_OWNER_CLAIMED))
-        return CCTX_ALREADY_ENTERED;
-    return CCTX_OK;
+    return context_owner_claim(ctx);
 }
 
 cctx_status cctx_context_unclaim(cctx_context *ctx)
 {
     if (!context_is_valid(ctx))
         return CCTX_EINVAL;
-    if (!cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_CLAIMED, CCTX_OWNER_NONE))
-        return CCTX_NOT_ENTERED;
-    return CCTX_OK;
+    return context_owner_unclaim(ctx);
 }
 
 bool cctx_context_is_entered(const cctx_context *ctx)
 {
     if (!context_is_valid(ctx))
         return false;
-    uintptr_t owner = cctx_load_uintptr(&((cctx_context *)ctx)->owner);
+    uintptr_t owner = context_owner(ctx);
     return owner != CCTX_OWNER_NONE && owner != CCTX_OWNER_WRITING;
+}
+
+/* ------------------------------------------------------------ enter/exit */
+
+void context_switched(cctx_thread_state *ts, cctx_event event, cctx_context *ctx)
+{
+    thread_state_invalidate(ts);
+    watch_notify(ts, event, ctx);
+}
+
+cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
+{
+    if (!context_owner_enter(ctx, ts))
+        return CCTX_ALREADY_ENTERED;
+    cctx_context_retain(ctx);
+    ctx->prev = ts->current;
+    /* The new current is published to a signal handler on this thread
+     * before the version bump (context_switched): see var_access.c. */
+    ts->current = ctx;
+    context_switched(ts, CCTX_EVENT_ENTERED, ctx);
+    return CCTX_OK;
+}
+
+void context_exit_innermost(cctx_thread_state *ts)
+{
+    cctx_context *c = ts->current;
+    CCTX_ASSERT(c != ts->base);
+    ts->current = c->prev;
+    c->prev = NULL;
+    context_switched(ts, CCTX_EVENT_EXITED, ts->current);
+    context_owner_leave(c, ts);
+    cctx_context_release(c);
+}
+
+void context_exit_above(cctx_thread_state *ts, cctx_context *ctx)
+{
+    while (ts->current != ctx && ts->current != ts->base)
+        context_exit_innermost(ts);
+}
+
+cctx_status cctx_context_enter(cctx_context *ctx)
+{
+    if (!context_is_valid(ctx))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
+    if (ts == NULL)
+        return CCTX_ENOMEM;
+    return context_enter(ts, ctx);
+}
+
+cctx_status cctx_context_exit(cctx_context *ctx)
+{
+    if (!context_is_valid(ctx))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_peek();
+    if (ts == NULL || ts->current != ctx || ctx == ts->base)
+        return CCTX_NOT_CURRENT;
+    context_exit_innermost(ts);
+    return CCTX_OK;
+}
+
+cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)
+{
+    if (fn == NULL || !context_is_valid(ctx))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
+    if (ts == NULL)
+        return CCTX_ENOMEM;
+    cctx_status st = context_enter(ts, ctx);
+    if (st != CCTX_OK)
+        return st;
+    fn(arg);
+    /* fn may have entered contexts it did not leave; leave them too so the
+     * thread's chain stays balanced. */
+    if (context_owner(ctx) != (uintptr_t)ts)
+        return CCTX_NOT_CURRENT; /* fn left it itself */
+    context_exit_above(ts, ctx);
+    if (ts->current != ctx)
+        return CCTX_NOT_CURRENT;
+    context_exit_innermost(ts);
+    return CCTX_OK;
+}
+
+cctx_status cctx_context_copy_current(cctx_context **out)
+{
+    if (out == NULL)
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_peek();
+    if (ts == NULL)
+        return cctx_context_new(out);
+    /* This thread owns its current context: it reads the root without a
+     * read guard (nobody else replaces it). */
+    hamt_node *root = context_own_root(ts->current);
+    hamt_retain(root);
+    cctx_status st = context_new_with_root(root, out);
+    if (st != CCTX_OK)
+        hamt_release(root);
+    return st;
+}
+
+cctx_context *cctx_context_current(void)
+{
+    cctx_thread_state *ts = thread_state_get();
+    return ts == NULL ? NULL : ts->current; /* borrowed: the thread holds it */
+}
+
+cctx_context *cctx_context_current_peek(void)
+{
+    cctx_thread_state *ts = thread_state_peek(); /* creates nothing */
+    return ts == NULL ? NULL : ts->current;
+}
+
+size_t cctx_thread_contexts(cctx_context **out, size_t max)
+{
+    cctx_thread_state *ts = thread_state_peek();
+    if (ts == NULL)
+        return 0; /* no state yet: nothing entered, no base created */
+    /* Only this thread touches its chain (`prev`), so a plain walk is safe. */
+    size_t n = 0;
+    for (cctx_context *c = ts->current; c != NULL; c = c == ts->base ? NULL : c->prev) {
+        if (out != NULL && n < max)
+            out[n] = c;
+        n++;
+    }
+    return n;
 }
 
 /* ------------------------------------------------------------ iteration */

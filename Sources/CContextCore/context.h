@@ -7,19 +7,40 @@
  *   replaced, never mutated: a writer builds a new root by path copying and
  *   publishes it with one atomic exchange. The context holds one reference
  *   to the root it points at.
- * - Writers are serialized by `owner`: 0 when nobody has entered the
- *   context; the entering thread's state (a pointer, always even and > 2)
- *   while a thread has it entered; CCTX_OWNER_CLAIMED while an async task
- *   claims it; CCTX_OWNER_WRITING during a one-off write into a context
- *   nobody has entered. Only the owner writes `root`.
+ * - Writers are serialized by `owner` (the state machine below). Only the
+ *   owner writes `root`.
  * - Readers on other threads never block the writer and never see freed
  *   memory: they announce themselves in `readers` and read inside a
- *   ck_epoch section (reclaim.c). A writer that replaces a root while
- *   `readers` is non-zero hands the old root to reclaim.c instead of
- *   releasing it.
+ *   reclamation section (reclaim.h). A writer that replaces a root while
+ *   `readers` is non-zero defers its release through reclaim.h instead of
+ *   releasing it; with no reader it releases it at once.
  * - `prev` is meaningful only while entered by a thread: the context that
  *   was that thread's current one before the enter. Only that thread
  *   touches it.
+ *
+ * The owner state machine. `owner` is one word; only the context_owner_*
+ * functions in context.c read-modify-write it.
+ *
+ *   state            value                  may write root / enter
+ *   FREE             CCTX_OWNER_NONE        nobody / anyone may enter
+ *   ENTERED(ts)      the thread state ts    thread ts only / nobody else
+ *   CLAIMED          CCTX_OWNER_CLAIMED     the claiming task / nobody
+ *   WRITING          CCTX_OWNER_WRITING     one explicit write / nobody
+ *
+ *   transition          from -> to             function (atomic op)
+ *   enter               FREE -> ENTERED(ts)    context_owner_enter (CAS)
+ *   take as base        new  -> ENTERED(ts)    context_owner_adopt (plain:
+ *                                              nobody else has the context)
+ *   exit                ENTERED(ts) -> FREE    context_owner_leave (release
+ *                                              store: only ts is there)
+ *   claim               FREE -> CLAIMED        context_owner_claim (CAS)
+ *   unclaim             CLAIMED -> FREE        context_owner_unclaim (CAS)
+ *   one-off write       FREE -> WRITING        context_owner_write_begin (CAS)
+ *   write done          WRITING -> FREE        context_owner_write_end (store)
+ *
+ * Every other transition is refused (CCTX_ALREADY_ENTERED or
+ * CCTX_NOT_ENTERED to the caller). The release store at exit/write-end
+ * orders this owner's writes before the next owner's, whose CAS acquires.
  */
 #ifndef CCTX_CONTEXT_H
 #define CCTX_CONTEXT_H
@@ -36,7 +57,7 @@
 #define CCTX_OWNER_CLAIMED ((uintptr_t)1)
 #define CCTX_OWNER_WRITING ((uintptr_t)2)
 
-struct reclaim_retired;
+typedef struct cctx_thread_state cctx_thread_state;
 
 struct cctx_context {
     uint32_t magic;
@@ -45,7 +66,6 @@ struct cctx_context {
     uintptr_t owner;
     cctx_context *prev;
     unsigned readers;
-    struct reclaim_retired *retired;
 };
 
 static inline bool context_is_valid(const cctx_context *ctx)
@@ -53,13 +73,43 @@ static inline bool context_is_valid(const cctx_context *ctx)
     return ctx != NULL && ctx->magic == CCTX_CONTEXT_MAGIC;
 }
 
+/* ------------------------------------------------------------ root */
+
+/* Bit 0 of `root` is set while the writer overwrites a value in place
+ * (context.c's in-place handshake). Readers on other threads wait for it
+ * to clear; the writer's own reads (and a signal handler on its thread)
+ * mask it. */
+#define CCTX_ROOT_IN_PLACE ((uintptr_t)1)
+
+/* The root as its writer (or a signal handler on the writer's thread)
+ * reads it: no other thread replaces it. */
+static inline hamt_node *context_own_root(const cctx_context *ctx)
+{
+    uintptr_t raw = (uintptr_t)cctx_load_ptr(&((cctx_context *)ctx)->root);
+    return (hamt_node *)(raw & ~CCTX_ROOT_IN_PLACE);
+}
+
+/* ------------------------------------------------------------ owner */
+
+static inline uintptr_t context_owner(const cctx_context *ctx)
+{
+    return cctx_load_uintptr(&((cctx_context *)ctx)->owner);
+}
+bool context_owner_enter(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
+void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
+void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
+
+/* ------------------------------------------------------------ contexts */
+
 /* A new context holding `root` (the reference is transferred to it). On
  * CCTX_ENOMEM the caller keeps its reference. */
 cctx_status context_new_with_root(hamt_node *root, cctx_context **out) CCTX_HIDDEN;
 
 /* Publishes `new_root` (reference transferred) in place of the current
- * root, and disposes of the old one (reclaim.c). Caller is the writer. */
-void context_publish(cctx_context *ctx, hamt_node *new_root) CCTX_HIDDEN;
+ * root, and disposes of the old one (reclaim.h). `ts` is the calling
+ * thread's state (the writer's). */
+void context_publish(cctx_thread_state *ts, cctx_context *ctx,
+                     hamt_node *new_root) CCTX_HIDDEN;
 
 /* A reference to the context's current root, taken safely from any thread
  * (also one whose state cannot be created: context.c). Always CCTX_OK. */
@@ -67,9 +117,21 @@ cctx_status context_snapshot(cctx_context *ctx, hamt_node **out) CCTX_HIDDEN;
 
 /* The writes behind cctx_var_set/reset and cctx_context_set/reset; the
  * caller has checked the arguments and holds write ownership. */
-cctx_status context_write_set(cctx_context *ctx, cctx_var *var, void *value,
-                              cctx_token **token_out) CCTX_HIDDEN;
-cctx_status context_write_reset(cctx_context *ctx, cctx_var *var,
+cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
+                              void *value, cctx_token **token_out) CCTX_HIDDEN;
+cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
                                 cctx_token *token) CCTX_HIDDEN;
+
+/* ------------------------------------------------------------ switching */
+
+/* Enters `ctx` on thread `ts` (CCTX_ALREADY_ENTERED if it is not free). */
+cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx) CCTX_HIDDEN;
+/* Leaves the innermost context `ts` has entered (not its base). */
+void context_exit_innermost(cctx_thread_state *ts) CCTX_HIDDEN;
+/* Leaves every context entered after `ctx`, which stays entered. */
+void context_exit_above(cctx_thread_state *ts, cctx_context *ctx) CCTX_HIDDEN;
+/* The side effects of any change of `ts`'s current context or of its
+ * current mapping: the lookup cache forgets, watchers hear `event`. */
+void context_switched(cctx_thread_state *ts, cctx_event event, cctx_context *ctx) CCTX_HIDDEN;
 
 #endif

@@ -1,5 +1,7 @@
 #include "internal.h"
 
+#include <stdlib.h>
+
 #include "hamt.h"
 
 #include <string.h>
@@ -289,8 +291,16 @@ void hamt_retain(hamt_node *root)
 
 void hamt_release(hamt_node *root)
 {
-    /* Recursion follows the tree's depth only (at most HAMT_MAX_DEPTH). */
-    if (root != NULL && cctx_dec_uint_is_zero(&root->refcnt))
+    /* Recursion follows the tree's depth only (at most HAMT_MAX_DEPTH).
+     * A count of 1 is our own reference and nobody else's: every holder
+     * is counted, and a reader that could still retain it without holding
+     * a reference (a hazard-protected snapshot, reclaim.h) has either done
+     * so already — its increment is visible to this acquire load, because
+     * the node was released only after that reader's hazard cleared — or
+     * can no longer find the node. So the last holder frees without a
+     * locked instruction; shared nodes pay the atomic decrement. */
+    if (root != NULL && (cctx_load_uint(&root->refcnt) == 1 ||
+                         cctx_dec_uint_is_zero(&root->refcnt)))
         node_free(root);
 }
 
@@ -306,6 +316,50 @@ size_t hamt_count(const hamt_node *root)
  * still belongs to the caller.
  */
 
+/* The end of every builder: in checked builds (CCTX_INTERNAL_CHECKS) the
+ * new node's own invariants — header, maps, slot counts, and its size
+ * against its entries and its children's sizes — are verified before the
+ * node is used (children were checked when they were built). Compiled out
+ * in production. */
+static hamt_node *node_built(hamt_node *n)
+{
+#ifdef CCTX_INTERNAL_CHECKS
+    if (n == NULL)
+        return NULL;
+    CCTX_ASSERT(n->refcnt == 1);
+    CCTX_ASSERT(n->size >= 1);
+    uint64_t total = 0;
+    if (is_array(n)) {
+        CCTX_ASSERT(n->datamap == HAMT_ARRAY_MARK);
+        CCTX_ASSERT(hamt_popcount(n->nodemap) >= HAMT_ARRAY_MIN_CHILDREN);
+        for (unsigned k = 0; k <= HAMT_FRAG_MASK; k++) {
+            const hamt_node *c = n->slot[k];
+            CCTX_ASSERT((c != NULL) == ((n->nodemap >> k) & 1));
+            if (c != NULL)
+                total += c->size;
+        }
+    } else if (is_collision(n)) {
+        CCTX_ASSERT(n->size >= 2);
+        for (unsigned k = 0; k < n->size; k++)
+            CCTX_ASSERT(entry_key(n, k)->hash == entry_key(n, 0)->hash);
+        total = n->size;
+    } else {
+        CCTX_ASSERT(hamt_popcount(n->nodemap) <= HAMT_BITMAP_MAX_CHILDREN);
+        unsigned nd = entry_count(n), nc = hamt_popcount(n->nodemap);
+        for (unsigned k = 0; k < nd; k++)
+            CCTX_ASSERT(var_is_valid(entry_key(n, k)));
+        for (unsigned k = 0; k < nc; k++) {
+            const hamt_node *c = n->slot[2 * nd + k];
+            CCTX_ASSERT(c != NULL);
+            total += c->size;
+        }
+        total += nd;
+    }
+    CCTX_ASSERT(total == n->size);
+#endif
+    return n;
+}
+
 /* A bitmap node at `shift` holding the one entry (key, value). */
 static hamt_node *leaf_new(unsigned shift, cctx_var *key, void *value)
 {
@@ -315,7 +369,7 @@ static hamt_node *leaf_new(unsigned shift, cctx_var *key, void *value)
     n->slot[0] = key;
     n->slot[1] = value;
     entry_retain(key, value);
-    return n;
+    return node_built(n);
 }
 
 enum slot_op { SLOT_EMPTY, SLOT_ENTRY, SLOT_CHILD };
@@ -368,7 +422,7 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
             hamt_retain(children[j]);
         }
     }
-    return m;
+    return node_built(m);
 }
 
 /* Copy of array node `n` with fragment `idx` set to `child` (the caller's
@@ -389,7 +443,7 @@ static hamt_node *array_rebuild(const hamt_node *n, unsigned idx, hamt_node *chi
             hamt_retain(m->slot[i]);
         }
     }
-    return m;
+    return node_built(m);
 }
 
 /* Frees an array node under construction (its nodemap names exactly the
@@ -437,7 +491,7 @@ static hamt_node *bitmap_promote(const hamt_node *n, unsigned shift, uint32_t bi
     }
     m->slot[__builtin_ctz(bit)] = child; /* nothing can fail any more */
     m->nodemap |= bit;
-    return m;
+    return node_built(m);
 }
 
 /*
@@ -471,7 +525,7 @@ static hamt_node *array_demote(const hamt_node *n, unsigned idx, uint32_t size)
         m->slot[2 * nd + j] = n->slot[__builtin_ctz(rest)];
         hamt_retain(m->slot[2 * nd + j]);
     }
-    return m;
+    return node_built(m);
 }
 
 /* A collision node of two entries (same full hash, different keys). */
@@ -486,7 +540,7 @@ static hamt_node *collision_pair(cctx_var *ka, void *va, cctx_var *kb, void *vb)
     m->slot[3] = vb;
     entry_retain(ka, va);
     entry_retain(kb, vb);
-    return m;
+    return node_built(m);
 }
 
 /* Copy of collision node `n` without entry `drop` (n->size: drop none),
@@ -512,7 +566,7 @@ static hamt_node *collision_rebuild(const hamt_node *n, unsigned drop, cctx_var 
         m->slot[2 * o + 1] = value;
         entry_retain(key, value);
     }
-    return m;
+    return node_built(m);
 }
 
 /*
@@ -563,7 +617,7 @@ static hamt_node *pair_new(unsigned shift, uint32_t ha, cctx_var *ka, void *va,
         up->slot[0] = n;
         n = up;
     }
-    return n;
+    return node_built(n);
 }
 
 /* -------------------------------------------------------------- lookup */
@@ -616,6 +670,56 @@ bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
     if (root == NULL)
         return false;
     return node_find(root, 0, key->hash, key, value);
+}
+
+/* The value slot of `key` when the caller may overwrite it in place: the
+ * key is bound and every node on its path has a reference count of 1 (so
+ * no other root shares any of them). NULL otherwise. The caller owns
+ * `root` (one reference), knows that no other thread can take a new
+ * reference to it meanwhile (context.c's in-place handshake) and is the
+ * only writer. Relaxed loads of the counts: another thread can only have
+ * changed a count through a root that shares the node, i.e. a count >= 2
+ * we would see. */
+bool hamt_is_unique(const hamt_node *root)
+{
+    return root != NULL && cctx_load_uint(&((hamt_node *)root)->refcnt) == 1;
+}
+
+void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
+{
+    if (root == NULL)
+        return NULL;
+    hamt_node *n = root;
+    const uint32_t hash = key->hash;
+    unsigned shift = 0;
+    for (;;) {
+        if (cctx_load_uint_relaxed(&n->refcnt) != 1)
+            return NULL;
+        const uint32_t dm = n->datamap;
+        const uint32_t nm = n->nodemap;
+        const unsigned frag = (hash >> (shift & 31)) & HAMT_FRAG_MASK;
+        const uint32_t bit = 1u << frag;
+        if ((dm & nm) == 0) {
+            if (dm & bit) {
+                void **e = &n->slot[2 * below(dm, bit)];
+                return e[0] == key ? &e[1] : NULL;
+            }
+            if ((nm & bit) == 0) {
+                if ((dm | nm) != 0)
+                    return NULL;
+                for (unsigned i = 0; i < n->size; i++) /* collision node */
+                    if (n->slot[2 * i] == key)
+                        return &n->slot[2 * i + 1];
+                return NULL;
+            }
+            n = n->slot[2 * hamt_popcount(dm) + below(nm, bit)];
+        } else {
+            n = n->slot[frag];
+            if (n == NULL)
+                return NULL;
+        }
+        shift += HAMT_BITS;
+    }
 }
 
 /* --------------------------------------------------------------- assoc */
@@ -1131,6 +1235,44 @@ static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
     }
     CHECK(total + nd == n->size);
     return 0;
+}
+
+/* The j-th child (fragment order) of any node kind; NULL when none. */
+static const hamt_node *child_rank(const hamt_node *n, unsigned j)
+{
+    if (is_collision(n))
+        return NULL;
+    unsigned k = 0;
+    for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1, k++) {
+        if (k != j)
+            continue;
+        return is_array(n) ? n->slot[__builtin_ctz(rest)] : bitmap_child(n, j);
+    }
+    return NULL;
+}
+
+hamt_shape hamt_shape_at(const hamt_node *root, const char *path)
+{
+    hamt_shape sh = { 0 };
+    const hamt_node *n = root;
+    while (n != NULL && *path != '\0') {
+        char *end;
+        unsigned long j = strtoul(path, &end, 10);
+        if (end == path)
+            return sh;
+        n = child_rank(n, (unsigned)j);
+        path = *end == '.' ? end + 1 : end;
+    }
+    if (n == NULL)
+        return sh;
+    sh.kind = is_array(n) ? 'a' : is_collision(n) ? 'c' : 'b';
+    sh.size = n->size;
+    sh.refcnt = cctx_load_uint_relaxed(&((hamt_node *)n)->refcnt);
+    sh.entries = is_array(n) ? 0 : entry_count(n);
+    sh.children = hamt_popcount(n->nodemap);
+    sh.datamap = n->datamap;
+    sh.nodemap = n->nodemap;
+    return sh;
 }
 
 int hamt_check(const hamt_node *root)

@@ -47,6 +47,15 @@ size_t hamt_count(const hamt_node *root) CCTX_HIDDEN;
  * false. Borrows `root`. */
 bool hamt_find(const hamt_node *root, const cctx_var *key, void **value) CCTX_HIDDEN;
 
+/* True when `root` has exactly one reference (acquire load). */
+bool hamt_is_unique(const hamt_node *root) CCTX_HIDDEN;
+
+/* The value slot of `key` in `root` when every node on its path is
+ * uniquely owned (reference count 1), else NULL: the one place a map is
+ * changed in place. Only context.c calls it, under its in-place handshake;
+ * the caller stores the new value (retained) and releases the old one. */
+void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key) CCTX_HIDDEN;
+
 /* Returns in `*out` a new reference to a map equal to `root` with `key`
  * bound to `value`. If `key` is already bound to the same pointer, `*out` is
  * `root` itself (retained). Borrows `root`, `key` and `value` (the new entry
@@ -80,6 +89,19 @@ bool hamt_iter_next(hamt_iter *it, cctx_var **key, void **value) CCTX_HIDDEN;
  * no bitmap node with a single collision child, array-node counts, …),
  * else the __LINE__ of the failed check. */
 int hamt_check(const hamt_node *root) CCTX_HIDDEN;
+
+/* A node's shape, for tests that assert the tree's form (instead of
+ * matching dump text). */
+typedef struct hamt_shape {
+    char kind; /* 'b' bitmap, 'a' array, 'c' collision; 0: no node there */
+    unsigned size, refcnt, entries, children;
+    uint32_t datamap, nodemap; /* as stored (an array node's datamap is a mark) */
+} hamt_shape;
+
+/* The shape of the node reached from `root` by `path`: child ranks (the
+ * j-th child in fragment order, from 0) separated by '.', "" for the root
+ * itself. Borrows `root`. */
+hamt_shape hamt_shape_at(const hamt_node *root, const char *path) CCTX_HIDDEN;
 
 /* Writes a readable tree to `out` (debugging and test failure reports). */
 void hamt_dump(FILE *out, const hamt_node *root) CCTX_HIDDEN;

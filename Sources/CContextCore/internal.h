@@ -25,4 +25,23 @@
 #define CCTX_HIDDEN
 #endif
 
+/* Executable invariants. On in the test, sanitizer and fuzz builds
+ * (-DCCTX_INTERNAL_CHECKS, set by the Makefile), compiled out in
+ * production: a failed check prints where and aborts; an unreachable branch
+ * is a check that always fails. Without the flag the condition is not
+ * evaluated, so it may be as costly as a tree walk. */
+#ifdef CCTX_INTERNAL_CHECKS
+#include <stdio.h>
+#include <stdlib.h>
+#define CCTX_ASSERT(cond) do { if (CCTX_UNLIKELY(!(cond))) { \
+        fprintf(stderr, "contextcore: internal check failed: %s (%s:%d)\n", \
+                #cond, __FILE__, __LINE__); abort(); } } while (0)
+#define CCTX_UNREACHABLE() do { \
+        fprintf(stderr, "contextcore: unreachable (%s:%d)\n", __FILE__, __LINE__); \
+        abort(); } while (0)
+#else
+#define CCTX_ASSERT(cond) ((void)0)
+#define CCTX_UNREACHABLE() __builtin_unreachable()
+#endif
+
 #endif

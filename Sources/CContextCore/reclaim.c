@@ -1,189 +1,610 @@
 /*
- * reclaim.c — when a root replaced by a writer may be freed.
+ * reclaim.c — the one file that calls Concurrency Kit's ck_epoch (see
+ * reclaim.h for the API and its memory bound).
  *
- * The argument, in order of events (see also reclaim.h):
+ * Why epochs and not a per-object reader count: a count can only say "no
+ * reader right now", and readers that overlap without pause never let it
+ * reach zero, so what waits for that moment grows with the number of writes.
+ * An epoch grace period needs only that every section open at some point
+ * ends, which short sections always do, however much they overlap.
  *
- * Reader R (not the writer)          Writer W
- *   inc ctx->readers   (full fence)    old = fas(ctx->root, new) (full fence)
- *   ck_epoch_begin                     n = load(ctx->readers)
- *   r = load(ctx->root)                n == 0: release(old) now
- *   ... use r (retain what escapes)    n != 0: push old on ctx->retired,
- *   ck_epoch_end                               then if readers is now 0,
- *   dec ctx->readers   (full fence)            drain the list (below)
- *   if ctx->retired: drain
+ * ck_epoch in brief: each thread has a record; a section stamps the record
+ * active with the global epoch it saw. A deferred object goes on the
+ * deferring record's bucket for the current epoch. The global epoch may
+ * advance once every active record has seen it; an object deferred in
+ * epoch e is safe once the epoch has reached e + 2 (no section can still
+ * be running that began before the object was unpublished).
+ * ck_epoch_poll advances and frees without waiting; ck_epoch_synchronize
+ * waits until it can advance (twice) — a grace period.
  *
- * If W reads readers == 0, every reader's increment comes after W's
- * exchange in the single total order of locked operations, so its load of
- * ctx->root returns `new` (or later): `old` is unreachable and released at
- * once. That is the common case (nobody reads the context from outside)
- * and costs the writer one exchange and one load.
- *
- * Otherwise `old` goes on the retired list. Draining takes the whole list
- * with one exchange and then waits for a ck_epoch grace period
- * (ck_epoch_synchronize_wait): every section that began before the drain —
- * among them every reader that could have loaded a retired root, since
- * those roots were unpublished before the drain started — has ended. Then
- * the roots are released. Readers drain on their way out, so a list never
- * waits for the writer's next call: the last reader finishes it, or the
- * context's destruction does. Sections are short (a lookup, an increment)
- * and never run user code beyond a value's retain callback, so the wait is
- * bounded.
+ * Memory ordering: the object was unpublished by the caller with a full
+ * barrier (an exchange) or a release store before reclaim_defer; ck_epoch
+ * orders the record's epoch load in ck_epoch_begin before the section's
+ * reads (a full fence there) and its end after them (a release store), so
+ * the standard epoch argument applies. ThreadSanitizer does not see inside
+ * libck: a section's end releases `epoch`, and every free after a grace
+ * period acquires it.
  */
 #include "internal.h"
 #include "reclaim.h"
+#include "thread_state.h"
 
+#include <ck_epoch.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
-struct reclaim_retired {
-    struct reclaim_retired *next;
-    hamt_node *root;
-};
+_Static_assert(sizeof(ck_epoch_section_t) == sizeof(unsigned),
+               "reclaim_section keeps a ck_epoch_section_t as an unsigned");
+
+/* ck_epoch's record states (private to ck_epoch.c in 0.7.1, where USED is
+ * 0 and FREE is 1); only the fork handler needs them. */
+enum { RECLAIM_CK_STATE_USED = 0, RECLAIM_CK_STATE_FREE = 1 };
+
+static ck_epoch_entry_t *entry_of(ck_stack_entry_t *s)
+{
+    return (ck_epoch_entry_t *)((char *)s - offsetof(ck_epoch_entry_t, stack_entry));
+}
+
+#ifdef CCTX_COUNT_LOCKED
+__thread unsigned long cctx__locked_ops; /* atomic.h */
+#endif
 
 static ck_epoch_t epoch;
 static pthread_once_t epoch_once = PTHREAD_ONCE_INIT;
 
+/* A record registered for a thread (as opposed to the static fallback
+ * record and other static records) carries this as its ck_epoch context:
+ * the fork handler recycles only these. The fallback record carries
+ * fallback_tag. Both are the first member of a reclaim_thread. */
+static char thread_record_tag;
+static char fallback_tag;
+
+struct retired {
+    struct retired *next;
+    void *object;
+    void (*free_fn)(void *);
+};
+
+/* A thread's reclamation state: its ck_epoch record, its hazard slots and
+ * its retired list. Allocated once, never freed, recycled with the record
+ * (ck_epoch keeps records in its list for ever). */
+struct reclaim_thread {
+    ck_epoch_record_t record; /* first: thread_of() casts */
+    /* Written by the owner, read by every scanning writer: a line of their
+     * own, apart from the record's fields. */
+    void *hazard[RECLAIM_HAZARDS] __attribute__((aligned(64)));
+    unsigned depth; /* hazard slots in use (owner only) */
+    void *owner;    /* the thread's state (cctx_thread_state) */
+    struct retired *retired __attribute__((aligned(64))); /* owner only */
+    unsigned n_retired;
+};
+
+static struct reclaim_thread *thread_of(ck_epoch_record_t *r)
+{
+    return (struct reclaim_thread *)r;
+}
+
+static bool has_hazards(const ck_epoch_record_t *r)
+{
+    return r->ct == &thread_record_tag || r->ct == &fallback_tag;
+}
+
+/* How deep the calling thread is in sections (any record). A thread inside
+ * a section must never wait for a grace period: it would wait for itself. */
+static __thread unsigned section_depth;
+/* Set while this thread runs deferred frees, so that a free that defers
+ * again (a release callback that sets a variable) does not recurse into
+ * another barrier. */
+static __thread unsigned dispatch_depth;
+
+/* Objects left on the records of threads that did not survive a fork:
+ * freed by the child's next poll or barrier. Only touched in the child
+ * handler (single-threaded) and under orphan_lock. */
+static ck_stack_t orphans;
+static pthread_mutex_t orphan_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned orphan_count;
+
+static void reclaim_atfork_prepare(void);
+static void reclaim_atfork_parent(void);
+static void reclaim_atfork_child(void);
+
 static void epoch_init(void)
 {
     ck_epoch_init(&epoch);
+    ck_stack_init(&orphans);
+    (void)pthread_atfork(reclaim_atfork_prepare, reclaim_atfork_parent,
+                         reclaim_atfork_child);
 }
 
-ck_epoch_t *reclaim_epoch(void)
+struct ck_epoch *reclaim_epoch(void)
 {
     pthread_once(&epoch_once, epoch_init);
     return &epoch;
 }
 
-ck_epoch_record_t *reclaim_record_acquire(void)
+/* ------------------------------------------------------------ records */
+
+static void retired_drain(struct reclaim_thread *t);
+static void orphans_retired_scan(void);
+static unsigned retired_scan(struct retired **list);
+
+reclaim_record *reclaim_record_acquire(void *owner)
 {
     ck_epoch_t *e = reclaim_epoch();
-    ck_epoch_record_t *r = ck_epoch_recycle(e, NULL);
-    if (r != NULL)
+    ck_epoch_record_t *r = ck_epoch_recycle(e, &thread_record_tag);
+    if (r != NULL) {
+        /* ck_epoch hands the record over (an exchange of its state, inside
+         * libck where ThreadSanitizer cannot see): the previous thread's
+         * writes to it happen before ours. */
+        CCTX_TSAN_ACQUIRE(r);
+        thread_of(r)->owner = owner;
         return r;
+    }
     /* Records are cache-line aligned and, once registered, can never leave
      * ck_epoch's global list: they are allocated outside cctx_alloc so that
      * the live-allocation count used by leak tests stays meaningful, and
      * reused through ck_epoch_recycle when their thread exits. */
     void *mem = NULL;
-    if (posix_memalign(&mem, 64, sizeof(ck_epoch_record_t)) != 0)
+    if (posix_memalign(&mem, 64, sizeof(struct reclaim_thread)) != 0)
         return NULL;
-    r = mem;
-    ck_epoch_register(e, r, NULL);
+    memset(mem, 0, sizeof(struct reclaim_thread));
+    r = &((struct reclaim_thread *)mem)->record;
+    ((struct reclaim_thread *)mem)->owner = owner;
+    ck_epoch_register(e, r, &thread_record_tag);
     return r;
 }
 
-static ck_epoch_record_t fallback_record __attribute__((aligned(64)));
+void reclaim_record_release(reclaim_record *record)
+{
+    if (record == NULL)
+        return;
+    /* ck_epoch_unregister requires an empty record: free what it deferred.
+     * Frees may defer again (release callbacks), so repeat until empty. */
+    while (ck_pr_load_uint(&record->n_pending) != 0 && section_depth == 0)
+        reclaim_barrier(record);
+    retired_drain(thread_of(record));
+    thread_of(record)->owner = NULL;
+    CCTX_TSAN_RELEASE(record); /* to the next thread that recycles it */
+    ck_epoch_unregister(record);
+}
+
+bool reclaim_flush(reclaim_record *record)
+{
+    if (record == NULL || section_depth != 0)
+        return false;
+    struct reclaim_thread *t = thread_of(record);
+    bool freed = ck_pr_load_uint(&record->n_pending) != 0 || t->retired != NULL;
+    /* Frees may defer or retire again (release callbacks that write): the
+     * caller loops on the result until a round frees nothing. */
+    if (ck_pr_load_uint(&record->n_pending) != 0)
+        reclaim_barrier(record);
+    retired_drain(t);
+    return freed;
+}
+
+/* The fallback record: for a thread whose state cannot be created. Static
+ * storage registered once without allocating; one thread at a time. */
+static struct reclaim_thread fallback_thread __attribute__((aligned(64)));
+#define fallback_record (fallback_thread.record)
 static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t fallback_once = PTHREAD_ONCE_INIT;
 
 static void fallback_register(void)
 {
-    ck_epoch_register(reclaim_epoch(), &fallback_record, NULL);
+    ck_epoch_register(reclaim_epoch(), &fallback_record, &fallback_tag);
 }
 
-ck_epoch_record_t *reclaim_fallback_lock(void)
-{
-    pthread_once(&fallback_once, fallback_register);
-    pthread_mutex_lock(&fallback_lock);
-    return &fallback_record;
-}
+/* ------------------------------------------------------------ sections */
 
-void reclaim_fallback_unlock(void)
+void reclaim_section_begin(reclaim_record *record, reclaim_section *s)
 {
-    pthread_mutex_unlock(&fallback_lock);
-}
-
-void reclaim_record_release(ck_epoch_record_t *record)
-{
-    if (record != NULL)
-        ck_epoch_unregister(record);
-}
-
-void reclaim_read_begin(cctx_context *ctx, ck_epoch_record_t *record, reclaim_section *s)
-{
-    cctx_inc_uint(&ctx->readers); /* full fence: ordered before the root load */
+    s->fallback = record == NULL;
+    if (s->fallback) {
+        pthread_once(&fallback_once, fallback_register);
+        pthread_mutex_lock(&fallback_lock);
+        record = &fallback_record;
+    }
     s->record = record;
-    ck_epoch_begin(s->record, &s->section);
+    section_depth++;
+    ck_epoch_begin(record, (ck_epoch_section_t *)&s->bucket);
 }
 
-static void drain(cctx_context *ctx)
+void reclaim_section_end(reclaim_section *s)
 {
-    struct reclaim_retired *list = cctx_fas_ptr(&ctx->retired, NULL);
-    if (list == NULL)
-        return;
-    /* Grace period: every epoch section open now ends before this returns. */
-    ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
-    CCTX_TSAN_ACQUIRE(&epoch);
-    while (list != NULL) {
-        struct reclaim_retired *next = list->next;
-        hamt_release(list->root);
-        cctx_dealloc(list);
-        list = next;
-    }
-}
-
-void reclaim_read_finish(cctx_context *ctx)
-{
-    bool last = cctx_dec_uint_is_zero(&ctx->readers); /* full fence */
-    if (last && cctx_load_ptr(&ctx->retired) != NULL)
-        drain(ctx);
-}
-
-void reclaim_read_end(cctx_context *ctx, reclaim_section *s)
-{
+    /* Everything read in the section happens before frees that waited. */
     CCTX_TSAN_RELEASE(&epoch);
-    ck_epoch_end(s->record, &s->section);
-    reclaim_read_finish(ctx);
+    ck_epoch_end(s->record, (ck_epoch_section_t *)&s->bucket);
+    section_depth--;
+    if (s->fallback)
+        pthread_mutex_unlock(&fallback_lock);
 }
 
-void reclaim_retire(cctx_context *ctx, hamt_node *old_root)
+/* ------------------------------------------------------------ deferral */
+
+struct deferred {
+    ck_epoch_entry_t entry; /* first: ck_epoch hands this pointer back */
+    void *object;
+    void (*free_fn)(void *);
+};
+
+static void deferred_run(ck_epoch_entry_t *entry)
 {
-    if (old_root == NULL)
-        return;
-    if (cctx_load_uint(&ctx->readers) == 0) {
-        hamt_release(old_root);
-        return;
-    }
-    struct reclaim_retired *item = cctx_alloc(sizeof *item);
-    if (item == NULL) {
-        /* No memory to defer with: wait for the grace period here instead.
-         * Slower, never wrong, and the write has already succeeded. */
-        ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
-        CCTX_TSAN_ACQUIRE(&epoch);
-        hamt_release(old_root);
-        return;
-    }
-    item->root = old_root;
-    struct reclaim_retired *head;
-    do {
-        head = cctx_load_ptr(&ctx->retired);
-        item->next = head;
-    } while (!cctx_cas_ptr(&ctx->retired, head, item)); /* full fence */
-    /* A reader that left between our first look and the push may have
-     * missed the item: if none is left now, drain it ourselves. */
-    if (cctx_load_uint(&ctx->readers) == 0)
-        drain(ctx);
+    struct deferred *d = (struct deferred *)entry;
+    void *object = d->object;
+    void (*free_fn)(void *) = d->free_fn;
+    cctx_dealloc(d);
+    CCTX_TSAN_ACQUIRE(&epoch);
+    dispatch_depth++;
+    free_fn(object);
+    dispatch_depth--;
 }
 
-void reclaim_context_destroy(cctx_context *ctx)
+static void orphans_free(void)
 {
-    /* No references are left, so no reader or writer is inside: a plain
-     * load (not an exchange) and a direct release. */
-    struct reclaim_retired *list = cctx_load_ptr(&ctx->retired);
-    ctx->retired = NULL;
+    if (ck_pr_load_uint(&orphan_count) == 0)
+        return;
+    pthread_mutex_lock(&orphan_lock);
+    ck_stack_entry_t *list = ck_stack_batch_pop_npsc(&orphans);
+    orphan_count = 0;
+    pthread_mutex_unlock(&orphan_lock);
+    /* Deferred by threads that no longer exist (fork): nobody reads them,
+     * and the child's own sections began after they were unpublished. */
     while (list != NULL) {
-        struct reclaim_retired *next = list->next;
-        hamt_release(list->root);
-        cctx_dealloc(list);
+        ck_stack_entry_t *next = list->next;
+        ck_epoch_entry_t *e = entry_of(list);
+        e->function(e);
         list = next;
     }
+}
+
+/* Called by ck_epoch while a grace period waits for a reader that has not
+ * moved on. Readers may be descheduled inside their section (more threads
+ * than cores): spinning would keep them off the core we hold, so give it
+ * up instead. */
+static void wait_yield(ck_epoch_t *e, ck_epoch_record_t *blocking, void *arg)
+{
+    (void)e;
+    (void)blocking;
+    (void)arg;
+    sched_yield();
+}
+
+void reclaim_synchronize(void)
+{
+    ck_epoch_synchronize_wait(reclaim_epoch(), wait_yield, NULL);
+    CCTX_TSAN_ACQUIRE(&epoch);
+}
+
+void reclaim_defer(reclaim_record *record, void *object, void (*free_fn)(void *))
+{
+    struct deferred *d = record != NULL ? cctx_alloc(sizeof *d) : NULL;
+    if (d == NULL) {
+        /* No record (no thread state) or no memory to defer with: wait for
+         * the grace period here. Slower, never wrong. A thread inside a
+         * section cannot wait; it has a record (sections on the fallback
+         * record do not write), so only ENOMEM inside a section gets here:
+         * then the object is kept, as the old code did, rather than freed
+         * early. */
+        if (section_depth != 0)
+            return;
+        reclaim_synchronize();
+        free_fn(object);
+        return;
+    }
+    d->object = object;
+    d->free_fn = free_fn;
+    ck_epoch_call(record, &d->entry, deferred_run);
+    unsigned n = ck_pr_load_uint(&record->n_pending);
+    if (n % RECLAIM_POLL_EVERY == 0 && dispatch_depth == 0)
+        reclaim_poll(record);
+    /* The bound: a record never holds more than RECLAIM_PENDING_MAX. */
+    if (ck_pr_load_uint(&record->n_pending) >= RECLAIM_PENDING_MAX &&
+        section_depth == 0 && dispatch_depth == 0)
+        reclaim_barrier(record);
+}
+
+void reclaim_poll(reclaim_record *record)
+{
+    if (record == NULL || section_depth != 0)
+        return;
+    /* ck_epoch_poll frees the buckets two epochs old; a record inside a
+     * section cannot poll (ck_epoch requires it be outside). */
+    (void)ck_epoch_poll(record);
+    orphans_free();
+}
+
+void reclaim_barrier(reclaim_record *record)
+{
+    if (section_depth != 0)
+        return;
+    if (record == NULL) {
+        reclaim_synchronize();
+    } else {
+        /* Grace period, then free every bucket of this record. */
+        ck_epoch_barrier_wait(record, wait_yield, NULL);
+        CCTX_TSAN_ACQUIRE(&epoch);
+    }
+    orphans_free();
+}
+
+unsigned reclaim_pending(reclaim_record *record)
+{
+    return (record != NULL ? ck_pr_load_uint(&record->n_pending) : 0) +
+           ck_pr_load_uint(&orphan_count);
 }
 
 void cctx_reclaim(void)
 {
-    /* Drains happen eagerly (see above); what can remain is a grace period
-     * in progress on another thread. Waiting for one more grace period here
-     * lets tests and shutdown code observe a settled state. */
-    ck_epoch_synchronize_wait(reclaim_epoch(), NULL, NULL);
+    /* Frees what this thread deferred (and what a fork left over), after a
+     * grace period: tests and shutdown code observe a settled state. */
+    cctx_thread_state *ts = thread_state_peek();
+    reclaim_barrier(ts != NULL ? ts->record : NULL);
+    struct reclaim_thread *t = ts != NULL && ts->record != NULL ? thread_of(ts->record) : NULL;
+    if (t != NULL && section_depth == 0 && t->depth == 0) {
+        retired_drain(t);
+    } else if (t != NULL) {
+        /* Called from inside a read (a retain callback): waiting for
+         * hazards could wait for our own; free what is free now. */
+        t->n_retired = 0;
+        t->n_retired += retired_scan(&t->retired);
+    } else {
+        orphans_retired_scan();
+    }
+}
+
+/* ------------------------------------------------------------ hazards */
+
+/* Readers past RECLAIM_HAZARDS nested reads: while any exists, no scan
+ * frees anything (it cannot tell what they hold). */
+static unsigned overflow_readers;
+
+/* Retired objects of threads that did not survive a fork (child only). */
+static struct retired *orphan_retired;
+/* Their thread states: their owners are gone, and releasing what they hold
+ * would run user callbacks on behalf of threads that no longer exist, so
+ * they stay allocated — linked here, one per thread that existed at the
+ * fork. */
+cctx_thread_state *cctx_fork_orphan_states CCTX_HIDDEN; /* not static: never optimised away */
+
+void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g)
+{
+    if (record == NULL) {
+        pthread_once(&fallback_once, fallback_register);
+        pthread_mutex_lock(&fallback_lock);
+        record = &fallback_record;
+    }
+    struct reclaim_thread *t = thread_of(record);
+    g->thread = t;
+    g->slot = t->depth++;
+    if (CCTX_UNLIKELY(g->slot >= RECLAIM_HAZARDS)) {
+        /* Full barrier: counted before the load, against the scanner's
+         * exchange-then-load (retired_scan). */
+        cctx_inc_uint(&overflow_readers);
+        return cctx_load_ptr((void **)src);
+    }
+    void *p = cctx_load_ptr((void **)src);
+    for (;;) {
+        /* Exchange: a full barrier between naming `p` and re-reading the
+         * source. If the source still holds `p` after our hazard became
+         * visible, any writer that unpublishes it later scans after that
+         * and sees the hazard. */
+        (void)cctx_fas_ptr(&t->hazard[g->slot], p);
+        void *again = cctx_load_ptr((void **)src);
+        if (again == p)
+            return p;
+        p = again;
+    }
+}
+
+void reclaim_unprotect(reclaim_guard *g)
+{
+    struct reclaim_thread *t = g->thread;
+    if (CCTX_UNLIKELY(g->slot >= RECLAIM_HAZARDS)) {
+        cctx_dec_uint_is_zero(&overflow_readers);
+    } else {
+        /* Release: our reads of the object happen before its free. */
+        cctx_store_ptr(&t->hazard[g->slot], NULL);
+    }
+    t->depth--;
+    if (t == &fallback_thread)
+        pthread_mutex_unlock(&fallback_lock);
+}
+
+/* Is `object` named by any hazard slot of any thread? */
+static bool hazarded(void *object)
+{
+    ck_stack_entry_t *cursor;
+    CK_STACK_FOREACH(&reclaim_epoch()->records, cursor) {
+        ck_epoch_record_t *r = (ck_epoch_record_t *)cursor;
+        if (!has_hazards(r))
+            continue;
+        struct reclaim_thread *t = thread_of(r);
+        for (unsigned i = 0; i < RECLAIM_HAZARDS; i++)
+            if (cctx_load_ptr(&t->hazard[i]) == object)
+                return true;
+    }
+    return false;
+}
+
+/* Frees every entry of `*list` that no hazard names; returns how many
+ * remain. The caller unpublished each with a full barrier before it got
+ * here, so a hazard set after our load is validated against the new value
+ * and never names it (reclaim_protect). */
+static unsigned retired_scan(struct retired **list)
+{
+    if (cctx_load_uint(&overflow_readers) != 0) {
+        unsigned n = 0;
+        for (struct retired *r = *list; r != NULL; r = r->next)
+            n++;
+        return n;
+    }
+    struct retired *keep = NULL, *free_list = NULL;
+    unsigned kept = 0;
+    for (struct retired *r = *list, *next; r != NULL; r = next) {
+        next = r->next;
+        if (hazarded(r->object)) {
+            r->next = keep;
+            keep = r;
+            kept++;
+        } else {
+            r->next = free_list;
+            free_list = r;
+        }
+    }
+    *list = keep;
+    /* Free after the list is consistent: a free_fn may retire again. */
     CCTX_TSAN_ACQUIRE(&epoch);
+    while (free_list != NULL) {
+        struct retired *next = free_list->next;
+        free_list->free_fn(free_list->object);
+        cctx_dealloc(free_list);
+        free_list = next;
+    }
+    return kept;
+}
+
+static void orphans_retired_scan(void)
+{
+    if (cctx_load_ptr(&orphan_retired) == NULL)
+        return;
+    pthread_mutex_lock(&orphan_lock);
+    struct retired *list = orphan_retired;
+    orphan_retired = NULL;
+    pthread_mutex_unlock(&orphan_lock);
+    while (list != NULL) { /* nobody alive can hold them: free all */
+        struct retired *next = list->next;
+        list->free_fn(list->object);
+        cctx_dealloc(list);
+        list = next;
+    }
+}
+
+void reclaim_retire(reclaim_record *record, void *object, void (*free_fn)(void *))
+{
+    struct retired *r = record != NULL ? cctx_alloc(sizeof *r) : NULL;
+    if (r == NULL) {
+        /* No record or no memory: wait here until no hazard names it.
+         * Protected reads are short; yield to a descheduled reader. If
+         * this very thread is inside a read (a callback that writes), the
+         * hazard may be its own: then the object is kept (leaked) rather
+         * than waited for — out of memory inside a callback only. */
+        if (record != NULL && thread_of(record)->depth != 0)
+            return;
+        while (hazarded(object) || cctx_load_uint(&overflow_readers) != 0)
+            sched_yield();
+        CCTX_TSAN_ACQUIRE(&epoch);
+        free_fn(object);
+        return;
+    }
+    struct reclaim_thread *t = thread_of(record);
+    r->object = object;
+    r->free_fn = free_fn;
+    r->next = t->retired;
+    t->retired = r;
+    if (++t->n_retired >= RECLAIM_SCAN_EVERY) {
+        /* Zeroed first: a free_fn that retires again (a release callback
+         * that sets a variable) counts onto the fresh total. What stays
+         * after the scan is hazarded: at most the slots in use. */
+        t->n_retired = 0;
+        t->n_retired += retired_scan(&t->retired);
+        orphans_retired_scan();
+    }
+}
+
+/* Thread exit (and cctx_reclaim): free the whole list, waiting for
+ * hazards to clear. */
+static void retired_drain(struct reclaim_thread *t)
+{
+    while (t->retired != NULL) {
+        t->n_retired = 0;
+        t->n_retired += retired_scan(&t->retired);
+        if (t->retired != NULL)
+            sched_yield();
+    }
+    orphans_retired_scan();
+}
+
+unsigned reclaim_retired_count(reclaim_record *record)
+{
+    return record != NULL ? thread_of(record)->n_retired : 0;
+}
+
+/* ------------------------------------------------------------ fork */
+
+/* Locks another thread could hold at the fork are taken first, so that the
+ * child starts with them free and its structures consistent. */
+static void reclaim_atfork_prepare(void)
+{
+    pthread_mutex_lock(&fallback_lock);
+    pthread_mutex_lock(&orphan_lock);
+}
+
+static void reclaim_atfork_parent(void)
+{
+    pthread_mutex_unlock(&orphan_lock);
+    pthread_mutex_unlock(&fallback_lock);
+}
+
+/* The child has one thread. Every record but its own belongs to a thread
+ * that is gone: if that thread was in a section, its record says "active"
+ * forever and every grace period would wait for it. Deactivate them all;
+ * thread records become recyclable and hand their deferred objects to the
+ * orphan list (static records stay registered: their owners keep using
+ * them). Runs before any other code in the child, so plain stores do. */
+static void reclaim_atfork_child(void)
+{
+    pthread_mutex_unlock(&orphan_lock);
+    pthread_mutex_unlock(&fallback_lock);
+    cctx_thread_state *ts = thread_state_peek();
+    ck_epoch_record_t *mine = ts != NULL ? ts->record : NULL;
+    /* Nested reads past the hazard slots belonged to threads now gone
+     * (the forking thread is not inside a read: fork is not called from
+     * inside the library). */
+    overflow_readers = 0;
+    ck_stack_entry_t *cursor;
+    CK_STACK_FOREACH(&epoch.records, cursor) {
+        ck_epoch_record_t *r = (ck_epoch_record_t *)cursor;
+        if (r == mine)
+            continue;
+        r->active = 0;
+        for (unsigned b = 0; b < CK_EPOCH_SENSE; b++)
+            r->local.bucket[b].count = 0;
+        if (has_hazards(r)) {
+            struct reclaim_thread *t = thread_of(r);
+            for (unsigned i = 0; i < RECLAIM_HAZARDS; i++)
+                t->hazard[i] = NULL;
+            t->depth = 0;
+            while (t->retired != NULL) {
+                struct retired *next = t->retired->next;
+                t->retired->next = orphan_retired;
+                orphan_retired = t->retired;
+                t->retired = next;
+            }
+            t->n_retired = 0;
+        }
+        if (r->state != RECLAIM_CK_STATE_USED || r->ct != &thread_record_tag)
+            continue;
+        cctx_thread_state *dead = thread_of(r)->owner;
+        thread_of(r)->owner = NULL;
+        if (dead != NULL) {
+            dead->fork_orphan_next = cctx_fork_orphan_states;
+            cctx_fork_orphan_states = dead;
+        }
+        for (unsigned i = 0; i < CK_EPOCH_LENGTH; i++) {
+            ck_stack_entry_t *list = ck_stack_batch_pop_npsc(&r->pending[i]);
+            while (list != NULL) {
+                ck_stack_entry_t *next = list->next;
+                ck_stack_push_spnc(&orphans, list);
+                orphan_count++;
+                list = next;
+            }
+        }
+        r->n_pending = 0;
+        r->epoch = 0;
+        r->state = RECLAIM_CK_STATE_FREE;
+        epoch.n_free++;
+    }
 }

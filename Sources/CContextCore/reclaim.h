@@ -1,16 +1,50 @@
 /*
- * reclaim.h — safe memory reclamation for roots read across threads.
+ * reclaim.h — the runtime's one safe-memory-reclamation API.
  *
- * Scheme (Concurrency Kit's ck_epoch): a thread that reads a context it is
- * not the writer of increments the context's `readers` count and reads
- * inside an epoch section of its own ck_epoch record. A writer swaps the
- * root with a full barrier, then looks at `readers`: zero means no reader
- * can hold the old root (any later reader sees the new one), so it is
- * released at once; otherwise the old root goes on the context's retired
- * list, and whoever next finds the list non-empty with no readers left (the
- * last reader on its way out, the writer, or the context's destruction)
- * waits for a ck_epoch grace period and releases it. Reclamation thus
- * finishes through other threads' calls, never only the dropper's.
+ * Memory that one thread unpublishes while another may still be reading it
+ * (a context's replaced root, a local's replaced slot directory) is freed
+ * only after a grace period: once every read section that was open when it
+ * was unpublished has ended. Scheme: Concurrency Kit's ck_epoch, called
+ * from reclaim.c only.
+ *
+ *   reclaim_section_begin/end   bracket a read of shared memory
+ *   reclaim_defer               free an object after a grace period
+ *   reclaim_poll                free what is already safe, without waiting
+ *   reclaim_barrier             wait for a grace period, then free all of
+ *                               this record's deferred objects
+ *   reclaim_synchronize         wait for a grace period (frees nothing)
+ *
+ * Bounded memory: deferred objects sit on the deferring thread's record.
+ * Every RECLAIM_POLL_EVERY deferrals the record polls (advances the global
+ * epoch when every active reader has seen it and frees what two epoch
+ * steps made safe); a record that holds RECLAIM_PENDING_MAX objects waits
+ * for a grace period before it defers more. Read sections are short (a
+ * lookup, a retain callback), so that wait is bounded, and what is held
+ * for reclamation is at most RECLAIM_PENDING_MAX objects per thread,
+ * whatever the readers do and however many writes there are.
+ *
+ * Hazard pointers for context roots. A popular context is read by many
+ * threads without pause, and with more threads than cores some reader is
+ * always descheduled inside its read: an epoch grace period then lasts a
+ * scheduler round, and a writer that must wait for one to stay bounded
+ * slows to a crawl. So a context root is read under a hazard pointer
+ * instead: the reader names the root it reads in one of its record's
+ * hazard slots, and a writer frees a replaced root as soon as no slot
+ * names it — a descheduled reader keeps only the one root it named.
+ *
+ *   reclaim_protect/unprotect   read a published pointer under a hazard
+ *   reclaim_retire              free once no hazard names it
+ *
+ * A record's retired list is scanned every RECLAIM_SCAN_EVERY retirements;
+ * after a scan at most (hazard slots in use) entries remain, so a thread
+ * holds at most RECLAIM_SCAN_EVERY + RECLAIM_HAZARDS x threads retired
+ * roots.
+ *
+ * fork(): reclaim.c installs pthread_atfork handlers. In the child, every
+ * record but the forking thread's belongs to a thread that no longer
+ * exists: those records are marked inactive (no grace period waits for
+ * them) and recyclable, and the objects they had deferred are adopted and
+ * freed by the child's next poll or barrier.
  */
 #ifndef CCTX_RECLAIM_H
 #define CCTX_RECLAIM_H
@@ -19,43 +53,101 @@
 #error "reclaim.h is internal to CContextCore"
 #endif
 
-#include "thread_state.h"
+#include "internal.h"
 
+#include <stdbool.h>
+
+/* A thread's reclamation record (ck_epoch_record_t; opaque outside
+ * reclaim.c). */
+typedef struct ck_epoch_record reclaim_record;
+
+/* A read section. `record` NULL means the shared fallback record (for a
+ * thread whose state could not be created); it is held under a mutex. */
 typedef struct reclaim_section {
-    ck_epoch_record_t *record;
-    ck_epoch_section_t section;
+    reclaim_record *record;
+    bool fallback;
+    /* ck_epoch_section_t: one unsigned bucket index. */
+    unsigned bucket;
 } reclaim_section;
 
-/* The process's epoch (initialised once). */
-ck_epoch_t *reclaim_epoch(void) CCTX_HIDDEN;
+/* Hazard slots per thread (nested reads: a retain callback that reads
+ * another context). Deeper nesting is safe but stops every thread from
+ * freeing retired roots until it unwinds. */
+#define RECLAIM_HAZARDS 4u
+/* Retirements between scans of a record's retired list. */
+#define RECLAIM_SCAN_EVERY 64u
 
-/* A ck_epoch record for a new thread: recycled from an exited thread or
- * freshly registered. NULL on ENOMEM. Records are never freed (ck_epoch
- * keeps them in its global list); they are reused. */
-ck_epoch_record_t *reclaim_record_acquire(void) CCTX_HIDDEN;
-/* Gives the record back for reuse (thread exit). */
-void reclaim_record_release(ck_epoch_record_t *record) CCTX_HIDDEN;
+/* A hazard-pointer read in progress. */
+typedef struct reclaim_guard {
+    struct reclaim_thread *thread;
+    unsigned slot; /* RECLAIM_HAZARDS: the overflow path */
+} reclaim_guard;
 
-/* Brackets a read of `ctx` by a thread that is not its writer, inside an
- * epoch section of `record` (the thread's own). */
-void reclaim_read_begin(cctx_context *ctx, ck_epoch_record_t *record,
-                        reclaim_section *s) CCTX_HIDDEN;
+/* Loads `*src` (a pointer published with a full barrier or a release
+ * store) and protects it: it is not freed through reclaim_retire until
+ * reclaim_unprotect. `record` is the calling thread's (NULL: the fallback
+ * record, under its mutex until reclaim_unprotect). */
+void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g) CCTX_HIDDEN;
+void reclaim_unprotect(reclaim_guard *g) CCTX_HIDDEN;
 
-/* For a thread whose state cannot be created (out of memory): a shared,
- * statically allocated record, registered once without allocating, used
- * under a mutex (a record serves one thread at a time). Off every normal
- * path: only reads that cannot report an error use it. */
-ck_epoch_record_t *reclaim_fallback_lock(void) CCTX_HIDDEN;
-void reclaim_fallback_unlock(void) CCTX_HIDDEN;
-void reclaim_read_end(cctx_context *ctx, reclaim_section *s) CCTX_HIDDEN;
-/* The second half of reclaim_read_end, after the section has ended: leaves
- * the readers count and drains if this was the last reader. */
-void reclaim_read_finish(cctx_context *ctx) CCTX_HIDDEN;
+/* Frees `object` with `free_fn(object)` once no hazard names it. The
+ * caller unpublished it with a full barrier (an exchange). `record` is the
+ * caller's own (NULL: waits for the hazards to clear, then frees). */
+void reclaim_retire(reclaim_record *record, void *object, void (*free_fn)(void *)) CCTX_HIDDEN;
 
-/* Disposes of `old_root` after the writer replaced it (see above). */
-void reclaim_retire(cctx_context *ctx, hamt_node *old_root) CCTX_HIDDEN;
+/* Retired objects this record still holds (tests). */
+unsigned reclaim_retired_count(reclaim_record *record) CCTX_HIDDEN;
 
-/* Releases every retired root of a context that has no references left. */
-void reclaim_context_destroy(cctx_context *ctx) CCTX_HIDDEN;
+/* How many deferrals between polls, and the most one record holds. */
+#define RECLAIM_POLL_EVERY 32u
+#define RECLAIM_PENDING_MAX 256u
+
+/* A record for a new thread whose state is `owner`: recycled from an
+ * exited thread or freshly registered. NULL on ENOMEM. */
+reclaim_record *reclaim_record_acquire(void *owner) CCTX_HIDDEN;
+/* Thread exit: waits for a grace period, frees everything the record had
+ * deferred, and gives the record back for reuse. NULL is ignored. */
+void reclaim_record_release(reclaim_record *record) CCTX_HIDDEN;
+
+/* Thread teardown, while the thread's state is still usable: waits for a
+ * grace period and the hazards, and frees everything the record deferred
+ * or retired, so that release callbacks run while they may still use the
+ * library. Returns whether there was anything to free (a freed value's
+ * callback may have deferred more: call again until false). Does nothing
+ * inside a read section or for NULL. */
+bool reclaim_flush(reclaim_record *record) CCTX_HIDDEN;
+
+/* Brackets a read. `record` is the calling thread's own (or NULL: the
+ * fallback record). Sections nest. Never waits for a grace period inside
+ * one: reclaim_barrier and the bound in reclaim_defer skip their wait on a
+ * thread that is inside a section (it would wait for itself). */
+void reclaim_section_begin(reclaim_record *record, reclaim_section *s) CCTX_HIDDEN;
+void reclaim_section_end(reclaim_section *s) CCTX_HIDDEN;
+
+/* Frees `object` with `free_fn(object)` once no section open now can still
+ * read it. `record` is the calling thread's own record; NULL (no thread
+ * state) waits for a grace period and frees at once. Uses one small
+ * allocation; when that fails it also waits and frees at once. free_fn may
+ * run user code (release callbacks) and may call back into the runtime. */
+void reclaim_defer(reclaim_record *record, void *object,
+                   void (*free_fn)(void *)) CCTX_HIDDEN;
+
+/* Frees what this record deferred that is already safe; never waits. */
+void reclaim_poll(reclaim_record *record) CCTX_HIDDEN;
+
+/* Waits for a grace period and frees everything this record (NULL: none)
+ * deferred, plus objects adopted after a fork. */
+void reclaim_barrier(reclaim_record *record) CCTX_HIDDEN;
+
+/* Waits for a grace period: every section open at the call has ended when
+ * it returns. Frees nothing. */
+void reclaim_synchronize(void) CCTX_HIDDEN;
+
+/* Objects deferred and not yet freed, on every record (tests, docs). */
+unsigned reclaim_pending(reclaim_record *record) CCTX_HIDDEN;
+
+/* For the code that still calls ck_epoch itself (local.c) while it moves
+ * to the functions above: the process's epoch. */
+struct ck_epoch *reclaim_epoch(void) CCTX_HIDDEN;
 
 #endif

@@ -1,8 +1,8 @@
 /*
  * thread_state.c — each OS thread's state: its current context, the chain
- * of contexts it entered, its ck_epoch record, its threading.local slots;
- * entering and leaving contexts; starting threads in a copy of the caller's
- * context.
+ * of contexts it entered, its reclamation record, its threading.local
+ * slots; starting threads in a copy of the caller's context. Entering and
+ * leaving contexts live in context.c, next to the owner state machine.
  *
  * Lifetime: created on the first call that needs it (a get on a thread
  * without state reads an empty context and creates nothing); destroyed by
@@ -59,27 +59,6 @@ static pthread_key_t state_key;
 static pthread_once_t state_key_once = PTHREAD_ONCE_INIT;
 static int state_key_error;
 
-/* Leaves the innermost context the thread has entered (not the base). */
-static void leave_innermost(cctx_thread_state *ts)
-{
-    cctx_context *c = ts->current;
-    ts->current = c->prev;
-    c->prev = NULL;
-    thread_state_invalidate(ts);
-    /* Release: our writes to the context happen before the next owner's. */
-    cctx_store_uintptr(&c->owner, CCTX_OWNER_NONE);
-    watch_notify(ts, CCTX_EVENT_EXITED, ts->current);
-    cctx_context_release(c);
-}
-
-/* Leaves every context entered after `ctx` (which stays entered); used when
- * a callback returned without leaving what it entered. */
-static void leave_above(cctx_thread_state *ts, cctx_context *ctx)
-{
-    while (ts->current != ctx && ts->current != ts->base)
-        leave_innermost(ts);
-}
-
 /* Rounds with the state usable before the final, closed one (see the
  * essay at the top). Callbacks that store a value whose own release stores
  * another one would otherwise never let a thread finish exiting. */
@@ -101,7 +80,7 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
     bool busy = false;
     /* Innermost first, so that each is free to be entered elsewhere. */
     while (ts->current != ts->base) {
-        leave_innermost(ts);
+        context_exit_innermost(ts);
         busy = true;
     }
     if (ts->start_ctx != NULL) { /* the thread function did not return */
@@ -112,6 +91,10 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
     }
     if (local_thread_release_values(ts))
         busy = true;
+    /* Roots and values this thread replaced while others read them: freed
+     * now, while their callbacks may still use the state. */
+    if (!closed && reclaim_flush(ts->record))
+        busy = true;
     if (closed || cctx_context_count(ts->base) == 0)
         return busy;
     cctx_context *fresh;
@@ -120,13 +103,13 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
         return busy;
     }
     cctx_context *old = ts->base;
-    fresh->owner = (uintptr_t)ts;
+    context_owner_adopt(fresh, ts);
     ts->base = fresh;
     ts->current = fresh;
     thread_state_invalidate(ts);
-    /* Release: this thread's writes to `old` happen before whatever its
-     * other holders do with it. */
-    cctx_store_uintptr(&old->owner, CCTX_OWNER_NONE);
+    /* The owner transition releases: this thread's writes to `old` happen
+     * before whatever its other holders do with it. */
+    context_owner_leave(old, ts);
     cctx_context_release(old); /* callbacks see `fresh` as current */
     return true;
 }
@@ -139,7 +122,7 @@ static void state_destroy(cctx_thread_state *ts)
     /* Watchers see the entered contexts exited, then the state gone (as
      * before rounds existed); the base swaps of later rounds are not. */
     while (ts->current != ts->base)
-        leave_innermost(ts);
+        context_exit_innermost(ts);
     watch_notify(ts, CCTX_EVENT_SWITCHED, NULL);
     bool stuck = false;
     for (int round = 0; round < TEARDOWN_ROUNDS && !stuck; round++) {
@@ -152,7 +135,7 @@ static void state_destroy(cctx_thread_state *ts)
     teardown_closed = true;
     (void)teardown_round(ts, true, &stuck);
     local_thread_release(ts); /* the table is empty now: unlink, free */
-    cctx_store_uintptr(&ts->base->owner, CCTX_OWNER_NONE);
+    context_owner_leave(ts->base, ts);
     cctx_context_release(ts->base);
     teardown_closed = false;
     reclaim_record_release(ts->record);
@@ -180,7 +163,7 @@ cctx_thread_state *thread_state_slow(void)
     pthread_once(&state_key_once, state_key_create);
     if (state_key_error != 0)
         return NULL;
-    cctx_thread_state *ts = cctx_alloc_zeroed(sizeof *ts);
+    cctx_thread_state *ts = cctx_alloc_zeroed(sizeof *ts); /* once per thread */
     if (ts == NULL)
         return NULL;
     cctx_context *base;
@@ -188,14 +171,14 @@ cctx_thread_state *thread_state_slow(void)
         cctx_dealloc(ts);
         return NULL;
     }
-    ts->record = reclaim_record_acquire();
+    ts->record = reclaim_record_acquire(ts);
     if (ts->record == NULL || pthread_setspecific(state_key, ts) != 0) {
         reclaim_record_release(ts->record);
         cctx_context_release(base);
         cctx_dealloc(ts);
         return NULL;
     }
-    base->owner = (uintptr_t)ts;
+    context_owner_adopt(base, ts);
     ts->version = 1;
     ts->base = base;
     ts->current = base;
@@ -216,92 +199,6 @@ cctx_status cctx_thread_cleanup(void)
     (void)pthread_setspecific(state_key, NULL);
     state_destroy(ts);
     return CCTX_OK;
-}
-
-/* ------------------------------------------------------------ enter/exit */
-
-cctx_status cctx_context_enter(cctx_context *ctx)
-{
-    if (!context_is_valid(ctx))
-        return CCTX_EINVAL;
-    cctx_thread_state *ts = thread_state_get();
-    if (ts == NULL)
-        return CCTX_ENOMEM;
-    if (!cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, (uintptr_t)ts))
-        return CCTX_ALREADY_ENTERED;
-    cctx_context_retain(ctx);
-    ctx->prev = ts->current;
-    ts->current = ctx;
-    thread_state_invalidate(ts);
-    watch_notify(ts, CCTX_EVENT_ENTERED, ctx);
-    return CCTX_OK;
-}
-
-cctx_status cctx_context_exit(cctx_context *ctx)
-{
-    if (!context_is_valid(ctx))
-        return CCTX_EINVAL;
-    cctx_thread_state *ts = thread_state_peek();
-    if (ts == NULL || ts->current != ctx || ctx == ts->base)
-        return CCTX_NOT_CURRENT;
-    leave_innermost(ts);
-    return CCTX_OK;
-}
-
-cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)
-{
-    if (fn == NULL)
-        return CCTX_EINVAL;
-    cctx_status st = cctx_context_enter(ctx);
-    if (st != CCTX_OK)
-        return st;
-    fn(arg);
-    /* fn may have entered contexts it did not leave; leave them too so the
-     * thread's chain stays balanced. */
-    cctx_thread_state *ts = thread_state_peek();
-    if (cctx_load_uintptr(&ctx->owner) != (uintptr_t)ts)
-        return CCTX_NOT_CURRENT; /* fn left it itself */
-    leave_above(ts, ctx);
-    return cctx_context_exit(ctx);
-}
-
-cctx_status cctx_context_copy_current(cctx_context **out)
-{
-    if (out == NULL)
-        return CCTX_EINVAL;
-    cctx_thread_state *ts = thread_state_peek();
-    if (ts == NULL)
-        return cctx_context_new(out);
-    return cctx_context_copy(ts->current, out);
-}
-
-/* ------------------------------------------------------------ introspection */
-
-cctx_context *cctx_context_current(void)
-{
-    cctx_thread_state *ts = thread_state_get();
-    return ts == NULL ? NULL : ts->current; /* borrowed: the thread holds it */
-}
-
-cctx_context *cctx_context_current_peek(void)
-{
-    cctx_thread_state *ts = thread_state_peek(); /* creates nothing */
-    return ts == NULL ? NULL : ts->current;
-}
-
-size_t cctx_thread_contexts(cctx_context **out, size_t max)
-{
-    cctx_thread_state *ts = thread_state_peek();
-    if (ts == NULL)
-        return 0; /* no state yet: nothing entered, no base created */
-    /* Only this thread touches its chain (`prev`), so a plain walk is safe. */
-    size_t n = 0;
-    for (cctx_context *c = ts->current; c != NULL; c = c == ts->base ? NULL : c->prev) {
-        if (out != NULL && n < max)
-            out[n] = c;
-        n++;
-    }
-    return n;
 }
 
 /* ------------------------------------------------------------ threads */
@@ -342,9 +239,9 @@ static void *thread_trampoline(void *p)
     ts = thread_state_peek();
     if (ts != NULL && ts->start_ctx == start.ctx) {
         ts->start_ctx = NULL;
-        if (cctx_load_uintptr(&start.ctx->owner) == (uintptr_t)ts) {
-            leave_above(ts, start.ctx);
-            leave_innermost(ts);
+        if (context_owner(start.ctx) == (uintptr_t)ts) {
+            context_exit_above(ts, start.ctx);
+            context_exit_innermost(ts);
         }
         cctx_context_release(start.ctx);
     }

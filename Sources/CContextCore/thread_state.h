@@ -53,8 +53,11 @@ typedef struct cctx_thread_state {
      * context.h). An entry whose version matches therefore names a value
      * the current root still holds. Starts at 1 so zeroed entries miss. */
     uint64_t version;
+    /* Non-zero while this thread is inside cctx_var_get: a get in a signal
+     * handler that interrupted one must not write the cache (var_access.c). */
+    unsigned in_get;
     lookup_cache_entry cache[CCTX_LOOKUP_CACHE_SIZE];
-    ck_epoch_record_t *record;
+    struct ck_epoch_record *record; /* reclaim.h's reclaim_record */
     struct local_slots *locals;
     /* The context cctx_thread_create started this thread in (one
      * reference), while its function runs; the teardown releases it when
@@ -63,6 +66,9 @@ typedef struct cctx_thread_state {
     /* Set when teardown begins (thread_state.c): cctx_thread_cleanup from
      * a release callback must not start a second one. */
     bool tearing_down;
+    /* In a fork child only: links the states of threads that did not
+     * survive the fork (reclaim.c), which stay allocated there. */
+    struct cctx_thread_state *fork_orphan_next;
 } cctx_thread_state;
 
 extern __thread cctx_thread_state *cctx_tls_state
@@ -79,10 +85,16 @@ static inline cctx_thread_state *thread_state_get(void)
     return thread_state_slow();
 }
 
-/* Forget every cached lookup of this thread (its current mapping changed). */
+/* Forget every cached lookup of this thread (its current mapping changed).
+ * The compiler barriers keep the bump after the change that caused it and
+ * before what follows (an old root's release): a signal handler on this
+ * thread sees the program order (var_access.c). No CPU fence: only this
+ * thread reads its cache. */
 static inline void thread_state_invalidate(cctx_thread_state *ts)
 {
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     ts->version++;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
 }
 
 /* The calling thread's state if it exists, without creating it. */

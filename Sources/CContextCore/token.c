@@ -33,7 +33,11 @@ cctx_token *cctx_token_retain(cctx_token *token)
 
 void cctx_token_release(cctx_token *token)
 {
-    if (!token_is_valid(token) || !cctx_dec_uint_is_zero(&token->refcnt))
+    /* Count 1 is the caller's own reference: nobody else can retain the
+     * token concurrently, so no locked decrement (see hamt_release). */
+    if (!token_is_valid(token))
+        return;
+    if (cctx_load_uint(&token->refcnt) != 1 && !cctx_dec_uint_is_zero(&token->refcnt))
         return;
     if (token->has_old)
         var_value_release(token->var, token->old_value);

@@ -13,23 +13,55 @@
 #include "thread_state.h"
 #include "token.h"
 
+/*
+ * Async-signal safety (contextcore.h promises it for get). A signal handler
+ * that calls get runs on this thread between two instructions of whatever
+ * the thread was doing; it sees this thread's memory in program order,
+ * which the compiler barriers below (no CPU fences: one thread) enforce.
+ * - A cache entry is valid only through its `version`, written last: a
+ *   writer first zeroes it, then writes var and value, then the version. A
+ *   handler that interrupted the write sees version 0 (a miss) or a whole
+ *   entry.
+ * - A get inside a handler that interrupted a get's cache write must not
+ *   write the entry itself: the interrupted write would then finish on top
+ *   of it and leave one variable's entry holding another's value. `in_get`
+ *   marks a get in progress; a nested get reads but never caches.
+ * - Publishing a root and switching contexts bump the version after the
+ *   change and before anything is freed (context.c), so that a handler in
+ *   between either hits an entry of the old mapping (still alive) or caches
+ *   a new value under the old version, which the bump then invalidates.
+ * - The map is read with no lock and no allocation: nodes never change
+ *   once published, and the thread's current root stays alive while it is
+ *   current.
+ */
+#define SIGNAL_FENCE() __atomic_signal_fence(__ATOMIC_SEQ_CST)
+
 static inline bool current_lookup(const cctx_var *var, void **out)
 {
     cctx_thread_state *ts = thread_state_peek();
     if (ts == NULL)
         return false;
-    /* Cache hit: same variable, current mapping unchanged since. */
     lookup_cache_entry *e = &ts->cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
-    if (CCTX_LIKELY(e->var == var && e->version == ts->version)) {
+    const uint64_t version = ts->version;
+    /* Cache hit: same variable, current mapping unchanged since. */
+    if (CCTX_LIKELY(e->version == version && e->var == var)) {
         *out = e->value;
         return true;
     }
-    if (!hamt_find(cctx_load_ptr(&ts->current->root), var, out))
-        return false;
-    e->var = var;
-    e->version = ts->version;
-    e->value = *out;
-    return true;
+    ts->in_get++;
+    SIGNAL_FENCE();
+    bool found = hamt_find(context_own_root(ts->current), var, out);
+    if (found && ts->in_get == 1) {
+        e->version = 0;
+        SIGNAL_FENCE();
+        e->var = var;
+        e->value = *out;
+        SIGNAL_FENCE();
+        e->version = version;
+    }
+    SIGNAL_FENCE();
+    ts->in_get--;
+    return found;
 }
 
 cctx_status cctx_var_get(cctx_var *var, void **out)
@@ -61,7 +93,7 @@ cctx_status cctx_var_set(cctx_var *var, void *value, cctx_token **token_out)
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
-    return context_write_set(ts->current, var, value, token_out);
+    return context_write_set(ts, ts->current, var, value, token_out);
 }
 
 cctx_status cctx_var_reset(cctx_var *var, cctx_token *token)
@@ -76,5 +108,5 @@ cctx_status cctx_var_reset(cctx_var *var, cctx_token *token)
             return CCTX_TOKEN_USED;
         return token->var != var ? CCTX_TOKEN_WRONG_VAR : CCTX_TOKEN_WRONG_CONTEXT;
     }
-    return context_write_reset(ts->current, var, token);
+    return context_write_reset(ts, ts->current, var, token);
 }

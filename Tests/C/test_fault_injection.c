@@ -705,7 +705,7 @@ static void test_retire_under_oom(void **state)
     const long base_allocs = cctx__live_allocations();
     int points = 0;
     bool retire_hit = false;
-    static tv_value slow_value = { 1, -5 }; /* not counted, never freed */
+    static tv_value slow_value = { .refcnt = 1, .id = -5 }; /* not counted, never freed */
     for (long n = 1; n < 100 && !retire_hit; n++) {
         cctx_var *slow, *v[8];
         cctx_context *c;

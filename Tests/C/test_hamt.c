@@ -159,38 +159,30 @@ static void keys_free(cctx_var **keys, size_t n)
     free(keys);
 }
 
-static char *dump_str(const hamt_node *root)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    assert_non_null(f);
-    hamt_dump(f, root);
-    fclose(f);
-    return buf;
-}
-
 static void print_dump(const hamt_node *root)
 {
     hamt_dump(stderr, root);
 }
 
-/* Does the dump of `root` start with / contain `what`? */
-static bool dump_starts_with(const hamt_node *root, const char *what)
+/* The shape of the node at `path` below `root` (hamt.h: child ranks
+ * separated by '.', "" for the root); on a mismatch the tree is printed. */
+static hamt_shape shape_at(const hamt_node *root, const char *path)
 {
-    char *s = dump_str(root);
-    bool r = strncmp(s, what, strlen(what)) == 0;
-    free(s);
-    return r;
+    return hamt_shape_at(root, path);
 }
 
-static bool dump_contains(const hamt_node *root, const char *what)
-{
-    char *s = dump_str(root);
-    bool r = strstr(s, what) != NULL;
-    free(s);
-    return r;
-}
+/* `kind` ('b', 'a', 'c', or 0 for "no node") and, unless 0, `size`. */
+#define assert_shape(root, path, kind_, size_)                                 \
+    do {                                                                       \
+        hamt_shape sh_ = shape_at((root), (path));                             \
+        const char k_ = (char)(kind_);                                         \
+        if (sh_.kind != k_ || ((size_) != 0 && sh_.size != (unsigned)(size_))) { \
+            print_dump(root);                                                  \
+            fail_msg("node at \"%s\": kind %c size %u, expected %c size %u",   \
+                     (path), sh_.kind != 0 ? sh_.kind : '-', sh_.size,          \
+                     k_ != 0 ? k_ : '-', (unsigned)(size_));                    \
+        }                                                                      \
+    } while (0)
 
 #define assert_check(root)                                                     \
     do {                                                                       \
@@ -365,7 +357,7 @@ static void test_empty_map(void **state)
     cctx_var *ik;
     hamt_iter_init(&it, NULL);
     assert_false(hamt_iter_next(&it, &ik, &v));
-    assert_true(dump_starts_with(NULL, "(empty map)"));
+    assert_shape(NULL, "", 0, 0);
 
     /* One entry, then back to the empty map. */
     hamt_node *one = assoc_ok(NULL, k, val(1));
@@ -506,7 +498,7 @@ static void test_collisions_full_hash(void **state)
         verify_map(root, &m);
     }
     /* Shape rule 2: the collision node is the root itself. */
-    assert_true(dump_starts_with(root, "collision level 0 size 7"));
+    assert_shape(root, "", 'c', 7);
 
     /* Replace inside the collision node. */
     root = set(root, keys[3], val(33));
@@ -519,10 +511,10 @@ static void test_collisions_full_hash(void **state)
     hamt_node *with_other = assoc_ok(root, other, val(5));
     assert_check(with_other);
     assert_int_equal(hamt_count(with_other), N + 1);
-    assert_true(dump_contains(with_other, "collision level 3 size 7"));
+    assert_shape(with_other, "0.0.0", 'c', 7);
     /* Removing it brings the collision node back up to the root. */
     hamt_node *back = del(with_other, other);
-    assert_true(dump_starts_with(back, "collision level 0"));
+    assert_shape(back, "", 'c', 0);
     assert_true(hamt_equal(back, root));
     hamt_release(back);
     key_free(other);
@@ -534,7 +526,7 @@ static void test_collisions_full_hash(void **state)
         model_del(&m, order[i]);
         verify_map(root, &m);
         if (m.count == 1)
-            assert_true(dump_starts_with(root, "bitmap level 0 size 1"));
+            assert_shape(root, "", 'b', 1);
     }
     assert_null(root);
     model_free(&m);
@@ -560,8 +552,8 @@ static void test_collisions_deep_paths(void **state)
         model_set(&m, i, val((unsigned)i));
         verify_map(root, &m);
     }
-    assert_true(dump_contains(root, "bitmap level 6 size 6"));
-    assert_true(dump_contains(root, "collision level 7 size 3"));
+    assert_shape(root, "0.0.0.0.0.0", 'b', 6);
+    assert_shape(root, "0.0.0.0.0.0.0", 'c', 3);
 
     /* Depth-first iteration down there. */
     verify_map(root, &m);
@@ -622,10 +614,12 @@ static void test_array_promotion_and_demotion(void **state)
         model_set(&m, 2 * f + 1, val(f));
         verify_map(root, &m);
         /* 16 children fit a bitmap node; the 17th promotes it. */
-        assert_true(dump_starts_with(root, f < 16 ? "bitmap level 0" : "array level 0"));
+        assert_shape(root, "", f < 16 ? 'b' : 'a', 0);
     }
     /* The lone entries now live in one-entry nodes below the array. */
-    assert_true(dump_contains(root, "array level 0 size 40 refcnt 1 children 23"));
+    assert_shape(root, "", 'a', 40);
+    assert_int_equal(shape_at(root, "").refcnt, 1);
+    assert_int_equal(shape_at(root, "").children, 23);
 
     /* Growing further keeps the array node. */
     for (unsigned f = 17; f < PAIRS; f++) {
@@ -647,7 +641,7 @@ static void test_array_promotion_and_demotion(void **state)
         model_del(&m, 2 * f + 1);
     }
     verify_map(root, &m);
-    assert_true(dump_starts_with(root, "array level 0"));
+    assert_shape(root, "", 'a', 0);
 
     /* Remove whole children: the array node stays above 8 children, then
      * turns back into a bitmap node (inlining one-entry children). */
@@ -657,12 +651,15 @@ static void test_array_promotion_and_demotion(void **state)
         model_del(&m, 2 * f);
         children--;
         verify_map(root, &m);
-        assert_true(dump_starts_with(root, children > 8 ? "array level 0" : "bitmap level 0"));
+        assert_shape(root, "", children > 8 ? 'a' : 'b', 0);
         if (children == 8)
             break;
     }
     /* The demoted node holds its survivors as inline entries. */
-    assert_true(dump_starts_with(root, "bitmap level 0 size 8 refcnt 1 datamap fc0c0000 nodemap 00000000"));
+    assert_shape(root, "", 'b', 8);
+    assert_int_equal(shape_at(root, "").refcnt, 1);
+    assert_int_equal(shape_at(root, "").datamap, 0xfc0c0000u);
+    assert_int_equal(shape_at(root, "").nodemap, 0);
 
     /* Hysteresis: regrowing to 16 children stays a bitmap node (pairs 18
      * and 19 become children again, plus 14 new pairs); the 17th child
@@ -681,7 +678,7 @@ static void test_array_promotion_and_demotion(void **state)
         root = set(root, keys[2 * f + 1], val(f));
         model_set(&m, 2 * f + 1, val(f));
         verify_map(root, &m);
-        assert_true(dump_starts_with(root, f < 14 ? "bitmap level 0" : "array level 0"));
+        assert_shape(root, "", f < 14 ? 'b' : 'a', 0);
     }
 
     /* Maps of equal content in both shapes compare equal: the array-shaped
@@ -697,9 +694,11 @@ static void test_array_promotion_and_demotion(void **state)
         model_del(&shrunk_m, 2 * f + 1);
     }
     verify_map(shrunk, &shrunk_m);
-    assert_true(dump_starts_with(shrunk, "array level 0 size 12 refcnt 1 children 9"));
+    assert_shape(shrunk, "", 'a', 12);
+    assert_int_equal(shape_at(shrunk, "").refcnt, 1);
+    assert_int_equal(shape_at(shrunk, "").children, 9);
     hamt_node *fresh = map_from_model(&shrunk_m);
-    assert_true(dump_starts_with(fresh, "bitmap level 0 size 12"));
+    assert_shape(fresh, "", 'b', 12);
     assert_true(hamt_equal(shrunk, fresh));
     assert_true(hamt_equal(fresh, shrunk));
     fresh = set(fresh, keys[2 * PAIRS], val(50));
@@ -1111,7 +1110,7 @@ static void test_fault_injection_assoc(void **state)
     model_del(&m, 33);
     hamt_release(root);
     root = map_from_model(&m);
-    assert_true(dump_starts_with(root, "bitmap level 0"));
+    assert_shape(root, "", 'b', 0);
     needed = fault_sweep(root, &m, 33, true, val(4));
     assert_true(needed >= 8); /* array, new pair, six leaves */
     fault_map_free(root, &m);
@@ -1126,7 +1125,7 @@ static void test_fault_injection_assoc(void **state)
     fault_map_free(root, &m);
     const uint32_t coll_root[] = { 0xCAFEF00Du, 0xCAFEF00Du, 0xCAFEF00Du ^ (1u << 27) };
     root = fault_map(&m, coll_root, 3, 2);
-    assert_true(dump_starts_with(root, "collision level 0"));
+    assert_shape(root, "", 'c', 0);
     needed = fault_sweep(root, &m, 2, true, val(7));
     assert_true(needed >= 6);
     fault_map_free(root, &m);
@@ -1170,14 +1169,16 @@ static void test_fault_injection_without(void **state)
     for (unsigned s = 0; s < 6; s++)
         demo[34 + s] = 26 + s;
     root = fault_map(&m, demo, 40, 40);
-    assert_true(dump_starts_with(root, "array level 0"));
+    assert_shape(root, "", 'a', 0);
     for (unsigned f = 0; f < 14; f++) {
         root = del(root, m.keys[2 * f]);
         model_del(&m, 2 * f);
         root = del(root, m.keys[2 * f + 1]);
         model_del(&m, 2 * f + 1);
     }
-    assert_true(dump_starts_with(root, "array level 0 size 12 refcnt 1 children 9"));
+    assert_shape(root, "", 'a', 12);
+    assert_int_equal(shape_at(root, "").refcnt, 1);
+    assert_int_equal(shape_at(root, "").children, 9);
     long needed = fault_sweep(root, &m, 34, false, NULL);
     assert_true(needed >= 1);
     fault_map_free(root, &m);
@@ -1186,7 +1187,7 @@ static void test_fault_injection_without(void **state)
     const uint32_t base = 0x0ABCDEF0u;
     const uint32_t deep[] = { base, base, base | 1u << 30, 0x13 };
     root = fault_map(&m, deep, 4, 4);
-    assert_true(dump_contains(root, "collision level 7"));
+    assert_shape(root, "0.0.0.0.0.0.0", 'c', 2);
     fault_sweep(root, &m, 0, false, NULL);
     fault_sweep(root, &m, 2, false, NULL);
     fault_sweep(root, &m, 3, false, NULL);

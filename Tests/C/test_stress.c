@@ -7,6 +7,7 @@
 #include "test_support.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 
 enum { NVARS = 16, MAX_DEPTH = 6, MAX_TOKENS = 24, WORKERS = 8 };
@@ -294,10 +295,87 @@ static void test_readers_while_writer_mutates(void **state)
     assert_int_equal(cctx__live_allocations(), allocs);
 }
 
+/* In-place writes (context.c's write_in_place): the owner overwrites one
+ * value over and over — in place whenever no other thread is reading —
+ * while readers copy the context and read the copy twice with a yield in
+ * between. A copy never changes, a read never sees a released value (the
+ * counted values abort on a release too many), and every value is
+ * released exactly once in the end. */
+struct inplace {
+    cctx_context *ctx;
+    cctx_var *var;
+    int done;
+    long torn;
+};
+
+static void *inplace_reader(void *p)
+{
+    struct inplace *s = p;
+    while (!__atomic_load_n(&s->done, __ATOMIC_ACQUIRE)) {
+        cctx_context *copy = NULL;
+        assert_ok(cctx_context_copy(s->ctx, &copy));
+        void *a, *b;
+        assert_ok(cctx_context_lookup(copy, s->var, &a));
+        sched_yield();
+        assert_ok(cctx_context_lookup(copy, s->var, &b));
+        if (a != b || ((tv_value *)a)->id != ((tv_value *)b)->id)
+            __atomic_add_fetch(&s->torn, 1, __ATOMIC_RELAXED);
+        cctx_var_release_value(s->var, a);
+        cctx_var_release_value(s->var, b);
+        cctx_context_release(copy);
+        /* And a direct read of the live context. */
+        assert_ok(cctx_context_lookup(s->ctx, s->var, &a));
+        assert_true(((tv_value *)a)->id >= 0);
+        cctx_var_release_value(s->var, a);
+    }
+    return NULL;
+}
+
+static void test_snapshots_never_change_under_in_place_writes(void **state)
+{
+    (void)state;
+    struct inplace s = { 0 };
+    assert_ok(cctx_var_new("inplace", &tv_ops, &s.var));
+    assert_ok(cctx_context_new(&s.ctx));
+    assert_ok(cctx_context_enter(s.ctx));
+    tv_value *v0 = tv_new(0);
+    assert_ok(cctx_var_set(s.var, v0, NULL));
+    tv_drop(v0);
+    pthread_t r[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&r[i], NULL, inplace_reader, &s), 0);
+    const long writes = scaled(300000);
+    for (long i = 1; i <= writes; i++) {
+        tv_value *v = tv_new(i);
+        cctx_token *t = NULL;
+        assert_ok(cctx_var_set(s.var, v, (i & 1) ? &t : NULL));
+        if (t != NULL) { /* and back, through reset */
+            assert_ok(cctx_var_reset(s.var, t));
+            cctx_token_release(t);
+            assert_ok(cctx_var_set(s.var, v, NULL));
+        }
+        void *out;
+        assert_ok(cctx_var_get(s.var, &out));
+        assert_ptr_equal(out, v);
+        tv_drop(v);
+    }
+    __atomic_store_n(&s.done, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 4; i++)
+        pthread_join(r[i], NULL);
+    assert_int_equal(s.torn, 0);
+    assert_ok(cctx_context_exit(s.ctx));
+    cctx_context_release(s.ctx);
+    cctx_var_release(s.var);
+    cctx_reclaim();
+    assert_int_equal(tv_live(), 0);
+    assert_ok(cctx_thread_cleanup());
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_workers_each_with_own_contexts),
+        cmocka_unit_test(test_snapshots_never_change_under_in_place_writes),
         cmocka_unit_test(test_readers_while_writer_mutates),
     };
     return cmocka_run_group_tests_name("stress", tests, NULL, NULL);

@@ -263,7 +263,15 @@ CCTX_API cctx_status cctx_var_default(const cctx_var *var, void **out);
  *  Precedence (Python): the value in the context, else the variable's
  *  default, else CCTX_NOT_FOUND.
  *  `*out` is borrowed: valid until this thread next sets, resets or exits a
- *  context, or until the caller retains it. */
+ *  context, or until the caller retains it.
+ *  Async-signal-safe (so is cctx_var_get_default): a signal handler may
+ *  call it whatever the interrupted thread was doing in this library (get,
+ *  set, reset, enter, exit); it returns the value the current context held
+ *  just before or just after the interrupted operation, takes no lock,
+ *  allocates nothing, and leaves the thread's state as it was. It does not
+ *  run the value's retain callback (retaining in a handler is the
+ *  handler's business). Not covered: a handler interrupting this thread's
+ *  exit teardown. */
 CCTX_API cctx_status cctx_var_get(cctx_var *var, void **out);
 
 /** As cctx_var_get, but when the context has no value `default_value` is
@@ -439,9 +447,11 @@ cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
  *  cannot be created), so it ends with nothing left. */
 CCTX_API cctx_status cctx_thread_cleanup(void);
 
-/** Finishes deferred reclamation that can be finished now (values dropped
- *  while other threads were reading the same contexts). Waits for readers
- *  that are inside a read; never for a thread that is idle. */
+/** Frees what this thread deferred for reclamation (roots and values it
+ *  replaced while other threads were reading the same contexts). Waits for
+ *  readers that are inside a read (a grace period); never for a thread
+ *  that is idle. Deferred memory is bounded without calling this; it is
+ *  for tests and shutdown code that want a settled state. */
 CCTX_API void cctx_reclaim(void);
 
 /** The calling thread's current context, borrowed: valid until the thread
