@@ -30,9 +30,12 @@ let package = Package(
                 .linkedLibrary("pthread"),
             ]
         ),
+        // The Swift runtime entry points the facade calls, each behind a
+        // one-line C function (Swift code may not name runtime symbols).
+        .target(name: "CContextKitShims"),
         .target(
             name: "ContextKit",
-            dependencies: ["CContextCore"]
+            dependencies: ["CContextCore", "CContextKitShims"]
         ),
         .target(
             name: "ContextKitServiceContext",

@@ -1,0 +1,286 @@
+import CContextCore
+import CContextKitShims
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The task binding: what a Swift task sees as its current context, who may
+// write it, and how a child reads it.
+//
+// Where code runs decides its current context:
+// * Outside any Swift task (a Thread, a DispatchQueue, `main` before any
+//   task): the calling thread's current context in C.
+// * Inside a task, the first that applies:
+//   1. the innermost binding of the ContextKit task-local
+//      (`TaskBinding.current`) when this task installed it — a scope of
+//      this task (`Context.run`, `ContextVar.withValue`, a spawn helper);
+//   2. the task's UNSCOPED binding, made by its first `set` outside any
+//      scope of its own (see `UnscopedBindings`);
+//   3. the innermost binding it inherited, read-only (a structured child
+//      links to its parent's task-local items; `Task {}` copies them;
+//      `Task.detached` gets none: an empty context).
+//
+// Writes: a task writes only a binding it owns (1 or 2). Its first write
+// anywhere else makes binding 2, holding a copy of what it sees (O(1),
+// copy-on-write), so its parent and siblings never see its writes.
+//
+// Why unscoped bindings live in a table and not in the task-local stack:
+// task-local items are allocated from the task's stack allocator, which
+// must be freed in LIFO order with the task's async frames; an item pushed
+// without a scope that pops it stops the process ("freed pointer was not
+// the last allocation") as soon as the function that pushed it returns.
+// So a task can hold a binding in its task-local stack only for a scope.
+// The price: a task's unscoped writes are not seen by child tasks it
+// creates (they read what the task inherited or bound in a scope); the
+// spawn helpers, `withValue` and `Context.run` pass them on
+// (docs/concurrency.md).
+//
+// Readers never see a torn map or freed memory: a binding's context is a C
+// context, whose writer swaps roots and whose other readers read through
+// `cctx_context_lookup` (the C runtime's one reclamation scheme). The owner
+// is the only writer, so its own reads borrow (`cctx_context_get`).
+//
+// Ownership under task-address reuse: `owner` is the task object's address,
+// and the binding holds a STRONG reference to that task object (tasks are
+// reference-counted heap objects; a `Task` handle does the same). While
+// anyone can reach the binding, the owner's memory cannot be reused by
+// another task, so "the running task's address equals `owner`" proves the
+// running task is the owner — and the unscoped table, keyed by address,
+// never confuses two tasks. No cycle: a scope binding is popped with its
+// scope, and the table drops an unscoped binding once its task has ended.
+
+/// The running task (its object's address), or nil outside any task.
+///
+/// Asked through the C runtime (`cctx_swift_current_task`):
+/// `withUnsafeCurrentTask` is generic and not specialised across modules,
+/// and cost more than the rest of a `get`.
+@inlinable
+func currentTask() -> UnsafeRawPointer? {
+    cctx_swift_current_task()
+}
+
+/// A context made current for a task or a scope, and its owner.
+@usableFromInline
+final class TaskBinding: Sendable {
+    /// The innermost scope binding around the running code (see the file
+    /// comment for who sees it).
+    @usableFromInline @TaskLocal static var current: TaskBinding?
+
+    /// The context this binding makes current. Written only by `owner`.
+    @usableFromInline let context: Context
+
+    /// The task that installed this binding, retained (see the file comment:
+    /// this is what makes an address comparison a proof of identity); nil
+    /// when a thread outside any task opened the scope.
+    ///
+    /// `nonisolated(unsafe)`: the pointer never changes after `init`.
+    @usableFromInline nonisolated(unsafe) let owner: UnsafeRawPointer?
+
+    /// Which API installed the binding (for ``Context/currentChainDescription``).
+    let origin: FrameOrigin
+
+    /// The binding the task saw when this one was installed, held WEAKLY:
+    /// only ``Context/currentChainDescription`` walks it, and a task must
+    /// keep alive only what it can read (an enclosing scope's values are
+    /// shadowed while this binding is innermost, and a `Task {}` copy must
+    /// not keep them alive after the scopes end).
+    weak let enclosing: TaskBinding?
+
+    /// True until the scope that installed the binding ends (for
+    /// ``Context/currentChainDescription`` only; ownership does not use it).
+    let isActiveFlag = Atomic<Bool>(true)
+
+    init(context: Context, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?) {
+        self.context = context
+        self.owner = owner
+        self.origin = origin
+        self.enclosing = enclosing
+        if let owner { _ = Unmanaged<AnyObject>.fromOpaque(owner).retain() }
+    }
+
+    deinit {
+        if let owner { Unmanaged<AnyObject>.fromOpaque(owner).release() }
+    }
+
+    var isActive: Bool { isActiveFlag.load(ordering: .relaxed) }
+
+    /// Whether `task` (the running task) owns this binding and may write it.
+    @inlinable
+    func isOwned(by task: UnsafeRawPointer) -> Bool {
+        owner == task
+    }
+
+    /// Whether the owner task has ended and nothing else refers to it (the
+    /// binding's own reference is the only one left: a running task holds
+    /// one to itself).
+    var ownerHasEnded: Bool {
+        guard let owner else { return false }
+        return cctx_shim_is_uniquely_referenced(owner)
+    }
+
+    /// The context the running task `task` may write: the binding it owns
+    /// (`place`), or — on its first write outside any scope of its own — a
+    /// new unscoped binding holding a copy of what it sees.
+    static func writableContext(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> Context {
+        if owned, let visible { return visible.context }
+        let copy = visible?.context.copyForSpawn() ?? Context()
+        UnscopedBindings.shared.insert(
+            TaskBinding(context: copy, owner: task, origin: .firstWrite, enclosing: visible), for: task)
+        return copy
+    }
+}
+
+/// Which API installed a binding, as ``Context/currentChainDescription``
+/// prints it.
+package enum FrameOrigin: Sendable, CustomStringConvertible {
+    /// `Context.run` (sync or async).
+    case run
+    /// `ContextVar.withValue`; the variable's name.
+    case withValue(variable: String)
+    /// A helper that runs work in a copy of the spawning context: the
+    /// helper's name (`Context.task`, `addTaskInCopiedContext`, …).
+    case helper(String)
+    /// The task's first `set` outside any scope of its own (copy-on-write).
+    case firstWrite
+
+    package var description: String {
+        switch self {
+        case .run: return "run"
+        case .withValue(let name): return "withValue(\(name))"
+        case .helper(let name): return name
+        case .firstWrite: return "first write of this task"
+        }
+    }
+}
+
+/// Where the running code's current context lives.
+@usableFromInline
+enum CurrentPlace {
+    /// Outside any task: the calling thread's current context in C.
+    case thread
+    /// In `task`: `binding` is the binding it reads (nil: none, an empty
+    /// context); `owned` whether the task owns it and may write it.
+    case task(UnsafeRawPointer, TaskBinding?, owned: Bool)
+
+    /// The binding the running code reads (nil on a thread or with none).
+    var binding: TaskBinding? {
+        if case .task(_, let binding, _) = self { return binding }
+        return nil
+    }
+
+    @inlinable
+    static var resolve: CurrentPlace {
+        guard let task = currentTask() else { return .thread }
+        let scoped = TaskBinding.current
+        if let scoped, scoped.isOwned(by: task) { return .task(task, scoped, owned: true) }
+        if let unscoped = UnscopedBindings.shared.binding(of: task) {
+            return .task(task, unscoped, owned: true)
+        }
+        return .task(task, scoped, owned: false)
+    }
+}
+
+/// The unscoped bindings: one per task that wrote outside any scope of its
+/// own, keyed by the task's address, each dropped once its task has ended.
+///
+/// Keying by address is sound because each binding retains its task (see
+/// the file comment): while the entry exists no other task can have that
+/// address. Entries die with their task: a reaper thread, running only
+/// while the table is not empty, drops every entry whose task has ended
+/// and nothing else refers to (`TaskBinding.ownerHasEnded`); the values go
+/// with them, released on the reaper thread outside any lock.
+///
+/// Sharded by address so that tasks on different threads rarely share a
+/// lock; a read in a task that owns a scope binding never comes here, and
+/// a read elsewhere costs one relaxed load while the table is empty.
+@usableFromInline
+final class UnscopedBindings: Sendable {
+    @usableFromInline static let shared = UnscopedBindings()
+
+    private final class Shard: Sendable {
+        let entries = Mutex<[UInt: TaskBinding]>([:])
+    }
+
+    private static let shardCount = 64
+    private let shards: [Shard] = (0..<UnscopedBindings.shardCount).map { _ in Shard() }
+    /// Entries in the table (so that an empty table costs one load).
+    private let entryCount = Atomic<Int>(0)
+    /// Whether the reaper thread runs.
+    private let reaperRunning = Atomic<Bool>(false)
+
+    private func shard(for task: UnsafeRawPointer) -> Shard {
+        // Task objects are at least 16-byte aligned: drop the low bits.
+        shards[Int((UInt(bitPattern: task) >> 4) % UInt(Self.shardCount))]
+    }
+
+    /// The unscoped binding of `task`, if it has one.
+    @usableFromInline
+    func binding(of task: UnsafeRawPointer) -> TaskBinding? {
+        if entryCount.load(ordering: .relaxed) == 0 { return nil }
+        return shard(for: task).entries.withLock { $0[UInt(bitPattern: task)] }
+    }
+
+    /// Records `binding` as the unscoped binding of `task` (the running
+    /// task, which has none yet).
+    func insert(_ binding: TaskBinding, for task: UnsafeRawPointer) {
+        shard(for: task).entries.withLock { $0[UInt(bitPattern: task)] = binding }
+        entryCount.add(1, ordering: .relaxed)
+        startReaperIfNeeded()
+    }
+
+    /// Drops the entries of ended tasks; returns how many entries remain.
+    @discardableResult
+    func reap() -> Int {
+        var dropped: [TaskBinding] = []
+        for shard in shards {
+            shard.entries.withLock { entries in
+                for (key, binding) in entries where binding.ownerHasEnded {
+                    entries[key] = nil
+                    dropped.append(binding)
+                }
+            }
+        }
+        let remaining = entryCount.subtract(dropped.count, ordering: .relaxed).newValue
+        // Released here, outside every lock: a value's deinit may use the
+        // library.
+        dropped.removeAll()
+        return remaining
+    }
+
+    private func startReaperIfNeeded() {
+        guard !reaperRunning.load(ordering: .relaxed),
+            reaperRunning.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+        else { return }
+        var thread = pthread_t()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        let status = pthread_create(&thread, &attributes, { _ in
+            UnscopedBindings.shared.reaperLoop()
+            return nil
+        }, nil)
+        pthread_attr_destroy(&attributes)
+        if status != 0 {
+            // No thread now: the next insert tries again.
+            reaperRunning.store(false, ordering: .releasing)
+        }
+    }
+
+    /// Reaps every few milliseconds while the table has entries, then ends.
+    private func reaperLoop() {
+        while true {
+            var pause = timespec(tv_sec: 0, tv_nsec: 5_000_000)
+            nanosleep(&pause, nil)
+            if reap() > 0 { continue }
+            reaperRunning.store(false, ordering: .releasing)
+            // An insert between the last reap and the store above saw the
+            // reaper running and started none: take over again if so.
+            guard entryCount.load(ordering: .relaxed) > 0,
+                reaperRunning.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
+                    .exchanged
+            else { return }
+        }
+    }
+}

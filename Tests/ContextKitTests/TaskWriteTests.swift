@@ -1,0 +1,238 @@
+import Foundation
+import Testing
+@testable import ContextKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `set`/`reset` work in every task (docs/concurrency.md). The scenarios
+/// that used to stop the process run as exit tests, so that a stop fails
+/// one test, not the suite; each child exits 0 only when every value it
+/// read was right.
+@Suite struct TaskWriteTests {
+    /// A Hummingbird middleware's `set` / `defer reset` around awaits, in a
+    /// task started outside any ContextKit scope (simulated with a detached
+    /// task: a server's handler task is one, with no binding of ours).
+    @Test func serverMiddlewareSetAndDeferredResetInAPlainTask() async {
+        await #expect(processExitsWith: .success) {
+            let requestID = ContextVar<String>("request_id", default: "none")
+            let ok = await Task.detached { () async -> Bool in
+                func handle() async -> Bool {
+                    let token = requestID.set("req-1")
+                    defer { try? requestID.reset(token) }
+                    await Task.yield()
+                    let afterAwait = requestID.value
+                    let helper = Context.task { requestID.value }
+                    let fromHelper = await helper.value
+                    return afterAwait == "req-1" && fromHelper == "req-1" && requestID.value == "req-1"
+                }
+                let handled = await handle()
+                return handled && requestID.value == "none"
+            }.value
+            if !ok { exit(1) }
+        }
+    }
+
+    /// Inside `Context().run`: an `async let` child that sets, a group child
+    /// that sets, and a `Task {}` that resets with its parent's token.
+    @Test func childrenInsideRunSetAndForeignResetThrows() async {
+        await #expect(processExitsWith: .success) {
+            let requestID = ContextVar<String>("request_id", default: "none")
+            let ok = try await Context().run { () async -> Bool in
+                let token = requestID.set("parent")
+                async let child: String? = { requestID.set("child"); return requestID.value }()
+                let grouped = await withTaskGroup(of: String?.self) { group in
+                    group.addTask { requestID.set("grouped"); await Task.yield(); return requestID.value }
+                    return await group.next()!
+                }
+                let foreign = await Task { () -> ContextError? in
+                    do { try requestID.reset(token); return nil } catch let error as ContextError {
+                        return error
+                    } catch { return nil }
+                }.value
+                let fromChild = await child
+                return fromChild == "child" && grouped == "grouped"
+                    && foreign == .tokenFromDifferentContext && requestID.value == "parent"
+            }
+            if !ok { exit(1) }
+        }
+    }
+
+    /// Code that awaited (so runs in a task with no context of its own, as
+    /// top-level code of an async `main` does) calls a synchronous function
+    /// that sets and resets.
+    @Test func syncFunctionAfterAwaitInATaskWithoutScope() async {
+        await #expect(processExitsWith: .success) {
+            let flag = ContextVar<Int>("flag", default: 0)
+            func configure() -> Int {
+                let token = flag.set(1)
+                defer { try? flag.reset(token) }
+                return flag.value!
+            }
+            let ok = await Task.detached { () async -> Bool in
+                await Task.yield()
+                return configure() == 1 && flag.value == 0
+            }.value
+            if !ok { exit(1) }
+        }
+    }
+
+    /// A task's unscoped `set` does not reach the child tasks it creates: the
+    /// Swift runtime gives a task no place for a binding its children can
+    /// see except a scope (docs/concurrency.md, "Unscoped writes"). asyncio
+    /// would show "req-1" in each child. Recorded as a known issue so that
+    /// the day it works, this test says so.
+    @Test func childrenOfAPlainTaskDoNotSeeItsUnscopedSet() async {
+        let requestID = ContextVar<String>("request_id", default: "none")
+        let seen = await Task.detached { () async -> [String?] in
+            requestID.set("req-1")
+            async let child = requestID.value
+            let inGroup = await withTaskGroup(of: String?.self) { group in
+                group.addTask { requestID.value }
+                return await group.next()!
+            }
+            let plain = await Task { requestID.value }.value
+            return [await child, inGroup, plain]
+        }.value
+        withKnownIssue("children of a task without a scope read what the task inherited") {
+            #expect(seen == ["req-1", "req-1", "req-1"])
+        }
+        #expect(seen == ["none", "none", "none"])
+    }
+
+    /// Guards the exit tests above against passing vacuously.
+    @Test func exitTestsDetectAFailingChild() async {
+        await #expect(processExitsWith: .failure) {
+            exit(1)
+        }
+    }
+
+    @Test func detachedTaskStartsEmpty() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        try await Context().run {
+            v.set(4)
+            let seen = await Task.detached { v.value }.value
+            #expect(seen == 0)
+        }
+    }
+
+    @Test func firstWriteIsPrivateToTheWritingChild() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        try await v.withValue(1) {
+            async let child: Int? = { v.set(2); await Task.yield(); return v.value }()
+            await Task.yield()
+            #expect(v.value == 1)
+            let fromChild = await child
+            #expect(fromChild == 2)
+            #expect(v.value == 1)
+        }
+    }
+
+    @Test func resetWithForeignTokenChangesNothing() async {
+        let v = ContextVar<Int>("v", default: 0)
+        let token = await Task.detached { v.set(3) }.value
+        await Task.detached {
+            v.set(8)
+            #expect(throws: ContextError.tokenFromDifferentContext) { try v.reset(token) }
+            #expect(v.value == 8)
+            #expect(!token.isUsed)
+        }.value
+        // A task that has not written: the same error, and still nothing set.
+        await Task.detached {
+            #expect(throws: ContextError.tokenFromDifferentContext) { try v.reset(token) }
+            #expect(Context.copyCurrent().count == 0)
+        }.value
+    }
+
+    @Test func runInATaskIsVisibleAfterAwaitsAndThroughTheContext() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        let context = Context()
+        try await context.run {
+            let token = v.set(1)
+            await Task.yield()
+            #expect(v.value == 1)
+            v.set(2)
+            try v.reset(token)
+            v.set(3)
+        }
+        #expect(context[v] == 3)
+        #expect(v.value == 0)
+    }
+
+    @Test func withValueBindsOnlyForTheOperation() async {
+        let v = ContextVar<Int>("v", default: 0)
+        await Task.detached {
+            v.set(1)
+            v.withValue(2) {
+                #expect(v.value == 2)
+                v.set(5)
+                #expect(v.value == 5)
+            }
+            #expect(v.value == 1)
+            await v.withValue(3) {
+                await Task.yield()
+                #expect(v.value == 3)
+                #expect(await Task { v.value }.value == 3)
+            }
+            #expect(v.value == 1)
+        }.value
+    }
+
+    @Test func contextAlreadyEnteredFromAnotherTask() async throws {
+        let context = Context()
+        let (inside, entered) = AsyncStream<Void>.makeStream()
+        let (leave, release) = AsyncStream<Void>.makeStream()
+        let holder = Task.detached {
+            try await context.run {
+                entered.yield()
+                for await _ in leave { break }
+            }
+        }
+        for await _ in inside { break }
+        await Task.detached {
+            #expect(throws: ContextError.contextAlreadyEntered) { try context.run {} }
+        }.value
+        release.yield()
+        try await holder.value
+    }
+
+    /// The documented exception (docs/concurrency.md): a structured child
+    /// or a `Task {}` reads its parent's binding live, so it may see an
+    /// unscoped `set` its parent makes after creating it. Values set before
+    /// the child was created are always seen; `Context.task` or `withValue`
+    /// around the spawn give an exact snapshot.
+    @Test func plainTaskSeesLaterUnscopedSetButSpawnHelperDoesNot() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        try await Context().run {
+            v.set(1)
+            let (go, open) = AsyncStream<Void>.makeStream()
+            let plain = Task { for await _ in go { break }; return v.value }
+            let helper = Context.task { for await _ in go { break }; return v.value }
+            let scoped = v.withValue(1) { Task { v.value } }
+            v.set(2)
+            open.yield()
+            open.yield()
+            #expect(await plain.value == 2)
+            #expect(await helper.value == 1)
+            #expect(await scoped.value == 1)
+        }
+    }
+
+    /// The runtime entry point behind dropping unscoped bindings: fails
+    /// loudly if `swift_isUniquelyReferenced_nonNull_native` stops telling a
+    /// running task from an ended one.
+    @Test func uniquenessShimTellsRunningFromEndedTasks() async {
+        let v = ContextVar<Int>("v")
+        let binding = await Task.detached { () -> TaskBinding? in
+            #expect(TaskBinding.current == nil)
+            v.set(1)
+            let binding = UnscopedBindings.shared.binding(of: currentTask()!)
+            #expect(binding?.context[v] == 1)
+            #expect(binding?.ownerHasEnded == false)
+            return binding
+        }.value
+        #expect(binding != nil)
+        #expect(eventually(seconds: 30) { binding?.ownerHasEnded == true })
+    }
+}
