@@ -14,7 +14,7 @@ extension Context {
     /// context chain, innermost first: which scope made each context current,
     /// and who owns it. For debugging and logs; the format may change.
     ///
-    /// In a task, one line per frame — its origin (`run`,
+    /// In a task, one line per binding — its origin (`run`,
     /// `withValue(request_id)`, `Context.task`, `addTaskInCopiedContext`, …),
     /// whether this task owns it (and may `set`), inherited it from the task
     /// that created it, or outlived its scope — then the context's values:
@@ -45,9 +45,9 @@ extension Context {
 
     private static func taskChainDescription(task: UnsafeRawPointer) -> String {
         var lines = ["task context chain (innermost first):"]
-        var frame = CurrentPlace.resolve.binding
+        var binding = CurrentPlace.resolve.binding
         var index = 0
-        while let current = frame {
+        while let current = binding {
             let role: String
             if current.isOwned(by: task) {
                 role = "owned by this task"
@@ -59,7 +59,7 @@ extension Context {
                 role = "inherited from an enclosing task"
             }
             lines.append("  #\(index) \(current.origin), \(role): \(current.context)")
-            frame = current.enclosing
+            binding = current.enclosing
             index += 1
         }
         if index == 0 {
@@ -73,12 +73,12 @@ extension Context {
         // Frames bound on this thread by a synchronous scope (owner 0) name
         // the Swift API that entered their context.
         var origins: [UnsafeMutableRawPointer: FrameOrigin] = [:]
-        var frame = TaskBinding.current
-        while let current = frame {
+        var binding = TaskBinding.current
+        while let current = binding {
             if current.owner == nil && current.isActive {
                 origins[UnsafeMutableRawPointer(current.context.handle)] = current.origin
             }
-            frame = current.enclosing
+            binding = current.enclosing
         }
         var count = cctx_thread_contexts(nil, 0)
         if count == 0 {

@@ -104,7 +104,9 @@ public final class Context: Sendable {
     /// visible through it after `run` returns. Outside a task the calling
     /// thread enters the context; in a task, the task does (threads it hops
     /// to are not affected). Tasks created inside `body` with `Task {}`,
-    /// `async let` or a task group see this context (read-only).
+    /// `async let` or a task group read this context; their own `set` gives
+    /// them a private copy. `file`/`line` name the caller in the one stop
+    /// that remains (C code inside `body` left a context entered).
     ///
     /// - Throws: ``ContextError/contextAlreadyEntered`` if the context is
     ///   already entered anywhere — on another thread, by a task, or by an

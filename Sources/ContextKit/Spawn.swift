@@ -65,8 +65,9 @@ extension TaskGroup {
     /// Adds a child task that runs `operation` in a copy of the current
     /// context taken now, which the child owns and may ``ContextVar/set(_:)``.
     ///
-    /// A plain `addTask` child sees the group's context read-only; use this
-    /// when the child sets variables of its own.
+    /// A plain `addTask` child reads the group's context (its own `set`
+    /// makes a private copy) but not the unscoped values its parent set;
+    /// this helper passes those on too (docs/concurrency.md).
     public mutating func addTaskInCopiedContext(
         priority: TaskPriority? = nil,
         operation: sending @escaping () async -> ChildTaskResult
@@ -82,8 +83,9 @@ extension ThrowingTaskGroup {
     /// Adds a child task that runs `operation` in a copy of the current
     /// context taken now, which the child owns and may ``ContextVar/set(_:)``.
     ///
-    /// A plain `addTask` child sees the group's context read-only; use this
-    /// when the child sets variables of its own.
+    /// A plain `addTask` child reads the group's context (its own `set`
+    /// makes a private copy) but not the unscoped values its parent set;
+    /// this helper passes those on too (docs/concurrency.md).
     public mutating func addTaskInCopiedContext(
         priority: TaskPriority? = nil,
         operation: sending @escaping () async throws -> ChildTaskResult

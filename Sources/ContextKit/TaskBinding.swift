@@ -268,12 +268,18 @@ final class UnscopedBindings: Sendable {
         }
     }
 
-    /// Reaps every few milliseconds while the table has entries, then ends.
+    /// Reaps while the table has entries, then ends: every 5 ms after a
+    /// pass that dropped something, backing off to 100 ms while entries
+    /// stay (long-lived tasks), so an idle table costs almost nothing.
     private func reaperLoop() {
+        var pauseMilliseconds = 5
         while true {
-            var pause = timespec(tv_sec: 0, tv_nsec: 5_000_000)
+            var pause = timespec(tv_sec: 0, tv_nsec: pauseMilliseconds * 1_000_000)
             nanosleep(&pause, nil)
-            if reap() > 0 { continue }
+            let before = entryCount.load(ordering: .relaxed)
+            let remaining = reap()
+            pauseMilliseconds = remaining < before ? 5 : Swift.min(pauseMilliseconds * 2, 100)
+            if remaining > 0 { continue }
             reaperRunning.store(false, ordering: .releasing)
             // An insert between the last reap and the store above saw the
             // reaper running and started none: take over again if so.
