@@ -199,8 +199,33 @@ enum CurrentPlace {
 final class UnscopedBindings: Sendable {
     @usableFromInline static let shared = UnscopedBindings()
 
-    private final class Shard: Sendable {
-        let entries = Mutex<[UInt: TaskBinding]>([:])
+    /// One shard: a dictionary behind a pthread mutex (not the standard
+    /// library's `Mutex`, whose futex-based lock ThreadSanitizer cannot see
+    /// through, so `make swift-tsan` could not check this table).
+    ///
+    /// `@unchecked Sendable` is sound: `storage` is read and written only
+    /// between `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`,
+    /// and both pointers never change.
+    private final class Shard: @unchecked Sendable {
+        private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+        private var storage: [UInt: TaskBinding] = [:]
+
+        init() {
+            mutex = .allocate(capacity: 1)
+            mutex.initialize(to: pthread_mutex_t())
+            pthread_mutex_init(mutex, nil)
+        }
+
+        deinit {
+            pthread_mutex_destroy(mutex)
+            mutex.deallocate()
+        }
+
+        func withLock<R>(_ body: (inout [UInt: TaskBinding]) -> R) -> R {
+            pthread_mutex_lock(mutex)
+            defer { pthread_mutex_unlock(mutex) }
+            return body(&storage)
+        }
     }
 
     private static let shardCount = 64
@@ -209,6 +234,12 @@ final class UnscopedBindings: Sendable {
     private let entryCount = Atomic<Int>(0)
     /// Whether the reaper thread runs.
     private let reaperRunning = Atomic<Bool>(false)
+
+    private init() {
+        // The reaper thread does not survive fork(): a child that inherited
+        // "running" would never reap. Its next insert starts a new one.
+        pthread_atfork(nil, nil) { UnscopedBindings.shared.reaperRunning.store(false, ordering: .relaxed) }
+    }
 
     private func shard(for task: UnsafeRawPointer) -> Shard {
         // Task objects are at least 16-byte aligned: drop the low bits.
@@ -219,13 +250,13 @@ final class UnscopedBindings: Sendable {
     @usableFromInline
     func binding(of task: UnsafeRawPointer) -> TaskBinding? {
         if entryCount.load(ordering: .relaxed) == 0 { return nil }
-        return shard(for: task).entries.withLock { $0[UInt(bitPattern: task)] }
+        return shard(for: task).withLock { $0[UInt(bitPattern: task)] }
     }
 
     /// Records `binding` as the unscoped binding of `task` (the running
     /// task, which has none yet).
     func insert(_ binding: TaskBinding, for task: UnsafeRawPointer) {
-        shard(for: task).entries.withLock { $0[UInt(bitPattern: task)] = binding }
+        shard(for: task).withLock { $0[UInt(bitPattern: task)] = binding }
         entryCount.add(1, ordering: .relaxed)
         startReaperIfNeeded()
     }
@@ -235,7 +266,7 @@ final class UnscopedBindings: Sendable {
     func reap() -> Int {
         var dropped: [TaskBinding] = []
         for shard in shards {
-            shard.entries.withLock { entries in
+            shard.withLock { entries in
                 for (key, binding) in entries where binding.ownerHasEnded {
                     entries[key] = nil
                     dropped.append(binding)
