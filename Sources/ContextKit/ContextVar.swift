@@ -4,7 +4,8 @@ import CContextCore
 ///
 /// A variable has a name and an optional default. Its value lives in the
 /// current ``Context``: the calling thread's, or — in a Swift task — the
-/// context the task entered with ``Context/run(_:)`` or ``withValue(_:operation:)``.
+/// context the task entered with ``Context/run(_:)`` or ``withValue(_:operation:)``,
+/// the private copy its first ``set(_:)`` made, or what it inherited.
 ///
 /// ```swift
 /// let requestID = ContextVar<Int>("request_id", default: 0)
