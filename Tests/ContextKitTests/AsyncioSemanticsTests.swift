@@ -2,6 +2,10 @@ import Foundation
 import Testing
 import ContextKit
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// asyncio's task semantics, case by case: each test runs the Swift twin of
 /// a case in Tests/Semantics/asyncio_twins.py and asserts the result that
 /// CPython's asyncio prints for it. Python's `create_task` maps to `Task {}`
@@ -14,16 +18,17 @@ import ContextKit
         let script = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Semantics/asyncio_twins.py")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script.path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        guard (try? process.run()) != nil else { return [:] }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        // popen rather than Foundation's Process, which leaks a weak
+        // reference under LeakSanitizer (make swift-asan).
+        guard let pipe = popen("python3 '\(script.path)'", "r") else { return [:] }
+        var output = ""
+        var buffer = [CChar](repeating: 0, count: 4096)
+        while fgets(&buffer, Int32(buffer.count), pipe) != nil {
+            output += String(cString: buffer)
+        }
+        pclose(pipe)
         var results: [String: String] = [:]
-        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+        for line in output.split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
             results[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }

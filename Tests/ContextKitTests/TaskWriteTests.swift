@@ -221,18 +221,29 @@ import Glibc
 
     /// The runtime entry point behind dropping unscoped bindings: fails
     /// loudly if `swift_isUniquelyReferenced_nonNull_native` stops telling a
-    /// running task from an ended one.
+    /// running task from an ended one (the binding would then never be
+    /// dropped, or be dropped while its task runs).
     @Test func uniquenessShimTellsRunningFromEndedTasks() async {
         let v = ContextVar<Int>("v")
-        let binding = await Task.detached { () -> TaskBinding? in
-            #expect(TaskBinding.current == nil)
+        final class WeakBinding: @unchecked Sendable {
+            weak var binding: TaskBinding?
+        }
+        let watch = WeakBinding()
+        let (go, open) = AsyncStream<Void>.makeStream()
+        let task = Task.detached { () -> Bool in
             v.set(1)
             let binding = UnscopedBindings.shared.binding(of: currentTask()!)
-            #expect(binding?.context[v] == 1)
-            #expect(binding?.ownerHasEnded == false)
-            return binding
-        }.value
-        #expect(binding != nil)
-        #expect(eventually(seconds: 30) { binding?.ownerHasEnded == true })
+            watch.binding = binding
+            // Still running: the reaper must keep it, however long this takes.
+            for await _ in go { break }
+            return binding?.context[v] == 1 && binding?.ownerHasEnded == false
+                && UnscopedBindings.shared.binding(of: currentTask()!) === binding
+        }
+        open.yield()
+        #expect(await task.value)
+        // The task has ended and nothing else holds it: the reaper drops the
+        // binding (the handle `task` still refers to the task, so drop it).
+        _ = consume task
+        #expect(eventually(seconds: 30) { watch.binding == nil })
     }
 }
