@@ -177,7 +177,7 @@ struct ContextScope {
     }
 
     private init(context: Context, task: UnsafeRawPointer?, origin: FrameOrigin, file: StaticString, line: UInt) {
-        let enclosing = task == nil ? TaskBinding.current : CurrentPlace.resolve.binding
+        let enclosing = task.map { CurrentPlace.resolve(in: $0).binding } ?? TaskBinding.current
         self.context = context
         self.binding = TaskBinding(context: context, owner: task, origin: origin, enclosing: enclosing)
         self.enclosing = task == nil ? nil : enclosing

@@ -173,6 +173,12 @@ enum CurrentPlace {
     @inlinable
     static var resolve: CurrentPlace {
         guard let task = currentTask() else { return .thread }
+        return resolve(in: task)
+    }
+
+    /// As ``resolve`` for a caller that already knows the running task.
+    @inlinable
+    static func resolve(in task: UnsafeRawPointer) -> CurrentPlace {
         let scoped = TaskBinding.current
         if let scoped, scoped.isOwned(by: task) { return .task(task, scoped, owned: true) }
         if let unscoped = UnscopedBindings.shared.binding(of: task) {
