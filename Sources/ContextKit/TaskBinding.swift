@@ -42,14 +42,25 @@ import Glibc
 // `cctx_context_lookup` (the C runtime's one reclamation scheme). The owner
 // is the only writer, so its own reads borrow (`cctx_context_get`).
 //
-// Ownership under task-address reuse: `owner` is the task object's address,
-// and the binding holds a STRONG reference to that task object (tasks are
-// reference-counted heap objects; a `Task` handle does the same). While
-// anyone can reach the binding, the owner's memory cannot be reused by
-// another task, so "the running task's address equals `owner`" proves the
-// running task is the owner — and the unscoped table, keyed by address,
-// never confuses two tasks. No cycle: a scope binding is popped with its
-// scope, and the table drops an unscoped binding once its task has ended.
+// Ownership under task-address reuse (task addresses are reused once a task
+// ends; `async let` children even share their parent's memory and often the
+// same address one after another):
+// * a scope binding records its owner's address and is active until its
+//   scope ends. A scope cannot outlive its task, so while the binding is
+//   active its owner is alive and no other task has that address: "the
+//   running task's address is the owner and the binding is active" proves
+//   the running task is the owner.
+// * the unscoped table is keyed by the task's unique id
+//   (`swift_task_getJobTaskId`), never by address. An entry is dropped once
+//   its task has ended: the binding retains the task object (tasks are
+//   reference-counted; a running task holds a reference to itself), and the
+//   reaper drops the entry when that reference is the only one left. An
+//   `async let` child lives in its parent's memory, which the parent frees
+//   at the end of the `async let` whatever the count, so it is never
+//   retained: its entry is dropped when another `async let` child of the
+//   same memory (the same address) writes, or when the process ends — the
+//   one case where an ended task's values can outlive it (bounded by the
+//   number of distinct addresses).
 
 /// The running task (its object's address), or nil outside any task.
 ///
@@ -71,12 +82,16 @@ final class TaskBinding: Sendable {
     /// The context this binding makes current. Written only by `owner`.
     @usableFromInline let context: Context
 
-    /// The task that installed this binding, retained (see the file comment:
-    /// this is what makes an address comparison a proof of identity); nil
-    /// when a thread outside any task opened the scope.
+    /// The address of the task that installed this binding; nil when a
+    /// thread outside any task opened the scope.
     ///
     /// `nonisolated(unsafe)`: the pointer never changes after `init`.
     @usableFromInline nonisolated(unsafe) let owner: UnsafeRawPointer?
+
+    /// The owner task object, retained, for an unscoped binding of a task
+    /// that is not an `async let` child (see the file comment); nil
+    /// otherwise. `nonisolated(unsafe)`: never changes after `init`.
+    nonisolated(unsafe) private let retainedOwner: UnsafeRawPointer?
 
     /// Which API installed the binding (for ``Context/currentChainDescription``).
     let origin: FrameOrigin
@@ -92,32 +107,38 @@ final class TaskBinding: Sendable {
     /// ``Context/currentChainDescription`` only; ownership does not use it).
     let isActiveFlag = Atomic<Bool>(true)
 
-    init(context: Context, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?) {
+    init(
+        context: Context, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
+        retainingOwner: Bool = false
+    ) {
         self.context = context
         self.owner = owner
         self.origin = origin
         self.enclosing = enclosing
-        if let owner { _ = Unmanaged<AnyObject>.fromOpaque(owner).retain() }
+        retainedOwner = retainingOwner ? owner : nil
+        if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
     }
 
     deinit {
-        if let owner { Unmanaged<AnyObject>.fromOpaque(owner).release() }
+        if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
     }
 
+    @usableFromInline
     var isActive: Bool { isActiveFlag.load(ordering: .relaxed) }
 
-    /// Whether `task` (the running task) owns this binding and may write it.
+    /// Whether `task` (the running task) owns this scope binding and may
+    /// write it (see the file comment for why this is a proof).
     @inlinable
     func isOwned(by task: UnsafeRawPointer) -> Bool {
-        owner == task
+        owner == task && isActive
     }
 
     /// Whether the owner task has ended and nothing else refers to it (the
     /// binding's own reference is the only one left: a running task holds
     /// one to itself).
     var ownerHasEnded: Bool {
-        guard let owner else { return false }
-        return cctx_shim_is_uniquely_referenced(owner)
+        guard let retainedOwner else { return false }
+        return cctx_shim_is_uniquely_referenced(retainedOwner)
     }
 
     /// The context the running task `task` may write: the binding it owns
@@ -126,8 +147,7 @@ final class TaskBinding: Sendable {
     static func writableContext(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> Context {
         if owned, let visible { return visible.context }
         let copy = visible?.context.copyForSpawn() ?? Context()
-        UnscopedBindings.shared.insert(
-            TaskBinding(context: copy, owner: task, origin: .firstWrite, enclosing: visible), for: task)
+        UnscopedBindings.shared.insert(context: copy, enclosing: visible, for: task)
         return copy
     }
 }
@@ -214,7 +234,9 @@ final class UnscopedBindings: Sendable {
     /// and both pointers never change.
     private final class Shard: @unchecked Sendable {
         private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-        private var storage: [UInt: TaskBinding] = [:]
+        private var storage: [UInt64: TaskBinding] = [:]
+        /// The id of the `async let` child that last wrote at each address.
+        private var asyncLetAtAddress: [UInt: UInt64] = [:]
 
         init() {
             mutex = .allocate(capacity: 1)
@@ -227,10 +249,10 @@ final class UnscopedBindings: Sendable {
             mutex.deallocate()
         }
 
-        func withLock<R>(_ body: (inout [UInt: TaskBinding]) -> R) -> R {
+        func withLock<R>(_ body: (inout [UInt64: TaskBinding], inout [UInt: UInt64]) -> R) -> R {
             pthread_mutex_lock(mutex)
             defer { pthread_mutex_unlock(mutex) }
-            return body(&storage)
+            return body(&storage, &asyncLetAtAddress)
         }
     }
 
@@ -248,22 +270,42 @@ final class UnscopedBindings: Sendable {
     }
 
     private func shard(for task: UnsafeRawPointer) -> Shard {
-        // Task objects are at least 16-byte aligned: drop the low bits.
+        // Task objects are at least 16-byte aligned: drop the low bits. By
+        // address, so that all entries ever made at one address share a
+        // shard (see `insert`).
         shards[Int((UInt(bitPattern: task) >> 4) % UInt(Self.shardCount))]
     }
 
-    /// The unscoped binding of `task`, if it has one.
+    /// The unscoped binding of `task` (the running task), if it has one.
     @usableFromInline
     func binding(of task: UnsafeRawPointer) -> TaskBinding? {
         if entryCount.load(ordering: .relaxed) == 0 { return nil }
-        return shard(for: task).withLock { $0[UInt(bitPattern: task)] }
+        let id = cctx_shim_task_id(task)
+        return shard(for: task).withLock { entries, _ in entries[id] }
     }
 
-    /// Records `binding` as the unscoped binding of `task` (the running
-    /// task, which has none yet).
-    func insert(_ binding: TaskBinding, for task: UnsafeRawPointer) {
-        shard(for: task).withLock { $0[UInt(bitPattern: task)] = binding }
-        entryCount.add(1, ordering: .relaxed)
+    /// Makes the unscoped binding of `task` (the running task, which has
+    /// none yet) for `context`.
+    func insert(context: Context, enclosing: TaskBinding?, for task: UnsafeRawPointer) {
+        let id = cctx_shim_task_id(task)
+        let isAsyncLet = cctx_shim_task_is_async_let(task)
+        let binding = TaskBinding(
+            context: context, owner: task, origin: .firstWrite, enclosing: enclosing,
+            retainingOwner: !isAsyncLet)
+        var replaced: TaskBinding?
+        shard(for: task).withLock { entries, asyncLetAtAddress in
+            entries[id] = binding
+            guard isAsyncLet else { return }
+            // An earlier `async let` child at this address has ended (two
+            // live tasks never share an address): drop its entry.
+            let address = UInt(bitPattern: task)
+            if let earlier = asyncLetAtAddress.updateValue(id, forKey: address), earlier != id {
+                replaced = entries.removeValue(forKey: earlier)
+            }
+        }
+        entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
+        // `replaced` is released here, outside the lock.
+        replaced = nil
         startReaperIfNeeded()
     }
 
@@ -272,7 +314,7 @@ final class UnscopedBindings: Sendable {
     func reap() -> Int {
         var dropped: [TaskBinding] = []
         for shard in shards {
-            shard.withLock { entries in
+            shard.withLock { entries, _ in
                 for (key, binding) in entries where binding.ownerHasEnded {
                     entries[key] = nil
                     dropped.append(binding)

@@ -247,3 +247,42 @@ import Glibc
         #expect(eventually(seconds: 30) { watch.binding == nil })
     }
 }
+
+/// Async let children are allocated in their parent's task memory, so
+/// successive ones in a loop often share an address: each must still start
+/// from its parent's context, never from a predecessor's writes.
+@Suite struct AsyncLetReuseTests {
+    @Test func asyncLetChildrenThatWriteInALoopStartFresh() async {
+        let v = ContextVar<Int>("v", default: 0)
+        let bad = await Task.detached { () async -> Int in
+            var bad = 0
+            for i in 1...scaled(2000) {
+                async let child: Int = { () async -> Int in
+                    let before = v.value!
+                    v.set(i)
+                    await Task.yield()
+                    return before == 0 && v.value == i ? 0 : 1
+                }()
+                bad += await child
+            }
+            return bad
+        }.value
+        #expect(bad == 0)
+    }
+
+    /// An `async let` child cannot be retained (its memory is its parent's),
+    /// so its unscoped binding is dropped when the next child at the same
+    /// address writes: a loop of writing children keeps at most the last
+    /// one's value, not one per iteration.
+    @Test func asyncLetChildrenThatWriteDoNotAccumulate() async {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("v")
+        await Task.detached {
+            for i in 1...scaled(1000) {
+                async let child: Void = { v.set(counter.make(i)) }()
+                await child
+            }
+        }.value
+        #expect(eventually(seconds: 30) { counter.alive <= 1 }, "alive: \(counter.alive)")
+    }
+}

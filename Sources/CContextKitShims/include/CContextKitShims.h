@@ -13,6 +13,7 @@
 #define CCONTEXTKIT_SHIMS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -27,6 +28,23 @@ extern "C" {
  * so "unique" means the task has completed and nothing else refers to it.
  */
 bool cctx_shim_is_uniquely_referenced(const void *object);
+
+/**
+ * The unique id of the task `task` (non-NULL, borrowed, alive): the
+ * runtime's `swift_task_getJobTaskId`, which `ExecutorJob`'s description
+ * uses. Task ids are never reused in a process (unlike task addresses), so
+ * they identify a task soundly after other tasks have come and gone.
+ */
+uint64_t cctx_shim_task_id(const void *task);
+
+/**
+ * Whether `task` (non-NULL, borrowed, alive) is an `async let` child: the
+ * runtime allocates those inside their parent's task memory and frees them
+ * when the `async let` scope ends whatever their reference count, so they
+ * must never be retained. The runtime's `swift_task_getJobFlags`, bit 28
+ * (`Task_IsAsyncLetTask` in the ABI's JobFlags).
+ */
+bool cctx_shim_task_is_async_let(const void *task);
 
 #ifdef __cplusplus
 }
