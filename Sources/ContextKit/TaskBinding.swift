@@ -105,7 +105,7 @@ final class TaskBinding: Sendable {
 
     /// True until the scope that installed the binding ends (for
     /// ``Context/currentChainDescription`` only; ownership does not use it).
-    let isActiveFlag = Atomic<Bool>(true)
+    @usableFromInline let isActiveFlag = Atomic<Bool>(true)
 
     init(
         context: Context, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
@@ -123,7 +123,7 @@ final class TaskBinding: Sendable {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
     }
 
-    @usableFromInline
+    @inlinable
     var isActive: Bool { isActiveFlag.load(ordering: .relaxed) }
 
     /// Whether `task` (the running task) owns this scope binding and may
