@@ -276,19 +276,30 @@ final class UnscopedBindings: Sendable {
         shards[Int((UInt(bitPattern: task) >> 4) % UInt(Self.shardCount))]
     }
 
+    /// The unique id of `task` (alive), never reused in the process.
+    static func id(of task: UnsafeRawPointer) -> UInt64 {
+        cctx_shim_task_id(task)
+    }
+
+    /// Whether `task` (alive) is an `async let` child, which must never be
+    /// retained.
+    static func isAsyncLetChild(_ task: UnsafeRawPointer) -> Bool {
+        cctx_shim_task_is_async_let(task)
+    }
+
     /// The unscoped binding of `task` (the running task), if it has one.
     @usableFromInline
     func binding(of task: UnsafeRawPointer) -> TaskBinding? {
         if entryCount.load(ordering: .relaxed) == 0 { return nil }
-        let id = cctx_shim_task_id(task)
+        let id = Self.id(of: task)
         return shard(for: task).withLock { entries, _ in entries[id] }
     }
 
     /// Makes the unscoped binding of `task` (the running task, which has
     /// none yet) for `context`.
     func insert(context: Context, enclosing: TaskBinding?, for task: UnsafeRawPointer) {
-        let id = cctx_shim_task_id(task)
-        let isAsyncLet = cctx_shim_task_is_async_let(task)
+        let id = Self.id(of: task)
+        let isAsyncLet = Self.isAsyncLetChild(task)
         let binding = TaskBinding(
             context: context, owner: task, origin: .firstWrite, enclosing: enclosing,
             retainingOwner: !isAsyncLet)

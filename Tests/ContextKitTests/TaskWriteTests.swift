@@ -285,4 +285,25 @@ import Glibc
         }.value
         #expect(eventually(seconds: 30) { counter.alive <= 1 }, "alive: \(counter.alive)")
     }
+
+    /// The runtime entry points behind task identity: fail loudly if task
+    /// ids stop being distinct, or the `async let` flag stops telling an
+    /// `async let` child (never to be retained) from other tasks.
+    @Test func taskIdentityShimsMatchTheRuntime() async {
+        let (detachedID, detachedIsAsyncLet) = await Task.detached {
+            (UnscopedBindings.id(of: currentTask()!), UnscopedBindings.isAsyncLetChild(currentTask()!))
+        }.value
+        #expect(!detachedIsAsyncLet)
+        async let child = (UnscopedBindings.id(of: currentTask()!), UnscopedBindings.isAsyncLetChild(currentTask()!))
+        let (childID, childIsAsyncLet) = await child
+        #expect(childIsAsyncLet)
+        let grouped = await withTaskGroup(of: (UInt64, Bool).self) { group in
+            group.addTask { (UnscopedBindings.id(of: currentTask()!), UnscopedBindings.isAsyncLetChild(currentTask()!)) }
+            return await group.next()!
+        }
+        #expect(!grouped.1)
+        let mine = UnscopedBindings.id(of: currentTask()!)
+        #expect(Set([detachedID, childID, grouped.0, mine]).count == 4)
+        #expect([detachedID, childID, grouped.0, mine].allSatisfy { $0 != 0 })
+    }
 }
