@@ -64,6 +64,8 @@ let package = Package(
                 .linkedLibrary("pthread"),
             ]
         ),
+        // The Swift runtime entry points the facade calls, each behind a
+        // one-line C function (Swift code may not name runtime symbols).
         .target(name: "CContextKitShims"),
         .target(
             name: "ContextKit",

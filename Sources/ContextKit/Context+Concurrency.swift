@@ -8,9 +8,8 @@ extension Context {
     /// thread, and every ``ContextVar/set(_:)`` / ``ContextVar/reset(_:)``
     /// inside it changes this context and is visible after each `await` and
     /// through the context after `run` returns. Child tasks created inside
-    /// (`async let`, task groups, `Task {}`) see this context (read-only);
-    /// to give a child a context it can write, use `Context.task(priority:operation:)`
-    /// or a `run` of its own. `body` keeps the caller's isolation.
+    /// (`async let`, task groups, `Task {}`) read this context; their own
+    /// `set` gives them a private copy. `body` keeps the caller's isolation.
     ///
     /// - Throws: ``ContextError/contextAlreadyEntered`` if the context is
     ///   already entered (by a thread, another task, or an enclosing `run`);
@@ -18,40 +17,24 @@ extension Context {
     @discardableResult
     public func run<R>(
         _ body: () async throws -> R,
-        isolation: isolated (any Actor)? = #isolation
+        isolation: isolated (any Actor)? = #isolation,
+        file: StaticString = #fileID, line: UInt = #line
     ) async throws -> R {
-        try check(cctx_context_claim(handle))
-        defer { unclaim() }
-        return try await withFrame(origin: .run, body, isolation: isolation)
+        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
+        defer { scope.leave() }
+        return try await TaskBinding.$current.withValue(scope.binding, operation: body, isolation: isolation)
     }
 
-    /// As ``run(_:isolation:)`` for a context the caller has just created,
-    /// which nobody else can have entered.
+    /// As ``run(_:isolation:file:line:)`` for a context the caller has just
+    /// created, which nobody else can have entered.
     package func runFresh<R>(
         origin: FrameOrigin,
         _ body: () async throws -> R,
-        isolation: isolated (any Actor)?
+        isolation: isolated (any Actor)?,
+        file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        checkOrTrap(cctx_context_claim(handle), "claiming a new Context")
-        defer { unclaim() }
-        return try await withFrame(origin: origin, body, isolation: isolation)
-    }
-
-    /// Binds a new frame for the task's async scope; notifies watchers of
-    /// `entered` at its start and `exited` (with the enclosing frame's
-    /// context, or none) at its end, on whatever thread each happens.
-    private func withFrame<R>(
-        origin: FrameOrigin,
-        _ body: () async throws -> R,
-        isolation: isolated (any Actor)?
-    ) async rethrows -> R {
-        let parent = TaskFrame.current
-        let frame = TaskFrame(context: self, owner: currentTaskIdentity(), origin: origin, parent: parent)
-        cctx_notify_watchers(CCTX_EVENT_ENTERED, handle)
-        defer {
-            frame.deactivate()
-            notifyExited(returningTo: parent)
-        }
-        return try await TaskFrame.$current.withValue(frame, operation: body, isolation: isolation)
+        let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
+        defer { scope.leave() }
+        return try await TaskBinding.$current.withValue(scope.binding, operation: body, isolation: isolation)
     }
 }

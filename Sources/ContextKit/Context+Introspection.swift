@@ -1,9 +1,10 @@
 import CContextCore
 
 // Introspection: where the running code's context came from. A task sees the
-// chain of frames bound by `run` / `withValue` / the spawn helpers (each
-// frame remembers its origin and the frame that was innermost when it was
-// opened, possibly one inherited from the creating task). A thread sees the
+// chain of bindings installed by `run` / `withValue` / the spawn helpers /
+// its first write (each remembers its origin and, weakly, the binding that
+// was innermost when it was installed, possibly one inherited from the
+// creating task: the chain stops where an enclosing binding is gone). A thread sees the
 // chain the C runtime keeps: the contexts it entered (through C or through a
 // synchronous `run` / `withValue` / helper, which also bound a frame) down to
 // its base context.
@@ -13,7 +14,7 @@ extension Context {
     /// context chain, innermost first: which scope made each context current,
     /// and who owns it. For debugging and logs; the format may change.
     ///
-    /// In a task, one line per frame — its origin (`run`,
+    /// In a task, one line per binding — its origin (`run`,
     /// `withValue(request_id)`, `Context.task`, `addTaskInCopiedContext`, …),
     /// whether this task owns it (and may `set`), inherited it from the task
     /// that created it, or outlived its scope — then the context's values:
@@ -38,27 +39,27 @@ extension Context {
     /// A task never sees its thread's contexts, so a task's chain lists no
     /// thread entries.
     public static var currentChainDescription: String {
-        let task = currentTaskIdentity()
-        return task == 0 ? threadChainDescription() : taskChainDescription(task: task)
+        guard let task = currentTask() else { return threadChainDescription() }
+        return taskChainDescription(task: task)
     }
 
-    private static func taskChainDescription(task: UInt) -> String {
+    private static func taskChainDescription(task: UnsafeRawPointer) -> String {
         var lines = ["task context chain (innermost first):"]
-        var frame = TaskFrame.current
+        var binding = CurrentPlace.resolve.binding
         var index = 0
-        while let current = frame {
+        while let current = binding {
             let role: String
-            if current.isWritable(by: task) {
+            if current.isOwned(by: task) {
                 role = "owned by this task"
             } else if !current.isActive {
                 role = "scope ended"
-            } else if current.owner == 0 {
+            } else if current.owner == nil {
                 role = "entered by a thread, inherited"
             } else {
                 role = "inherited from an enclosing task"
             }
             lines.append("  #\(index) \(current.origin), \(role): \(current.context)")
-            frame = current.parent
+            binding = current.enclosing
             index += 1
         }
         if index == 0 {
@@ -72,12 +73,12 @@ extension Context {
         // Frames bound on this thread by a synchronous scope (owner 0) name
         // the Swift API that entered their context.
         var origins: [UnsafeMutableRawPointer: FrameOrigin] = [:]
-        var frame = TaskFrame.current
-        while let current = frame {
-            if current.owner == 0 && current.isActive {
+        var binding = TaskBinding.current
+        while let current = binding {
+            if current.owner == nil && current.isActive {
                 origins[UnsafeMutableRawPointer(current.context.handle)] = current.origin
             }
-            frame = current.parent
+            binding = current.enclosing
         }
         var count = cctx_thread_contexts(nil, 0)
         if count == 0 {

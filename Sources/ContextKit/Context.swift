@@ -61,13 +61,11 @@ public final class Context: Sendable {
             var out: OpaquePointer?
             checkOrTrap(cctx_context_copy_current(&out), "copying the current context")
             return Context(adopting: out!)
-        case .task(let frame?, isOwner: true):
-            return frame.context.copy()
-        case .task(let frame?, isOwner: false):
-            // What this task sees of an inherited frame: the variables
-            // created `.notInherited` are not part of it.
-            return frame.context.copyForSpawn()
-        case .task(nil, _):
+        case .task(_, let binding?, let owned):
+            // What this task sees of a binding it does not own: the
+            // variables created `.notInherited` are not part of it.
+            return owned ? binding.context.copy() : binding.context.copyForSpawn()
+        case .task(_, nil, _):
             return Context()
         }
     }
@@ -106,81 +104,112 @@ public final class Context: Sendable {
     /// visible through it after `run` returns. Outside a task the calling
     /// thread enters the context; in a task, the task does (threads it hops
     /// to are not affected). Tasks created inside `body` with `Task {}`,
-    /// `async let` or a task group see this context (read-only).
+    /// `async let` or a task group read this context; their own `set` gives
+    /// them a private copy. `file`/`line` name the caller in the one stop
+    /// that remains (C code inside `body` left a context entered).
     ///
     /// - Throws: ``ContextError/contextAlreadyEntered`` if the context is
     ///   already entered anywhere — on another thread, by a task, or by an
     ///   enclosing `run` of the same context; nothing runs then. Errors thrown
     ///   by `body` propagate.
     @discardableResult
-    public func run<R>(_ body: () throws -> R) throws -> R {
-        let task = currentTaskIdentity()
-        if task == 0 {
-            try check(cctx_context_enter(handle))
-            defer { exitThread() }
-            return try withFrame(owner: 0, origin: .run, body)
-        } else {
-            try check(cctx_context_claim(handle))
-            defer { unclaim() }
-            return try withFrame(owner: task, origin: .run, body)
-        }
+    public func run<R>(
+        _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
+    ) throws -> R {
+        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
+        defer { scope.leave() }
+        return try TaskBinding.$current.withValue(scope.binding) { try body() }
     }
 
     /// Runs `body` in this context, which the caller has just created and no
     /// one else can have entered (so entering cannot fail).
-    package func runFresh<R>(origin: FrameOrigin, _ body: () throws -> R) rethrows -> R {
-        let task = currentTaskIdentity()
-        if task == 0 {
-            checkOrTrap(cctx_context_enter(handle), "entering a new Context")
-            defer { exitThread() }
-            return try withFrame(owner: 0, origin: origin, body)
-        } else {
-            checkOrTrap(cctx_context_claim(handle), "claiming a new Context")
-            defer { unclaim() }
-            return try withFrame(owner: task, origin: origin, body)
-        }
+    package func runFresh<R>(
+        origin: FrameOrigin, _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
+    ) rethrows -> R {
+        let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
+        defer { scope.leave() }
+        return try TaskBinding.$current.withValue(scope.binding) { try body() }
     }
+}
 
-    /// Binds a new frame for this context around `body`.
+/// One scope of `Context.run` / `ContextVar.withValue` / a spawn helper: the
+/// one place that enters or claims a context, binds it, notifies watchers,
+/// and undoes all of it. The sync and async `run` differ only in how they
+/// bind (`TaskLocal.withValue`, sync or async) around the body.
+struct ContextScope {
+    /// The context entered (by a thread) or claimed (by a task).
+    let context: Context
+    /// The binding that makes it current for the scope.
+    let binding: TaskBinding
+    /// The binding the task saw before the scope (for the `exited` event).
+    let enclosing: TaskBinding?
+    /// Where the scope was opened, for a stop that names the caller.
+    let file: StaticString
+    let line: UInt
+
+    /// Enters `context` for a scope: a thread enters it
+    /// (`cctx_context_enter`, which notifies watchers), a task claims it
+    /// (`cctx_context_claim`) and notifies watchers here.
     ///
-    /// Watchers: a thread (`owner == 0`) entered the context through
-    /// `cctx_context_enter`, which has notified them already; a task's scope
-    /// notifies them here — `entered` with this context, and when it ends
-    /// `exited` with the context the task sees again (the enclosing frame's,
-    /// or none). `cctx_notify_watchers` is one atomic load when nobody
-    /// watches.
-    private func withFrame<R>(owner: UInt, origin: FrameOrigin, _ body: () throws -> R) rethrows -> R {
-        let parent = TaskFrame.current
-        let frame = TaskFrame(context: self, owner: owner, origin: origin, parent: parent)
-        if owner != 0 { cctx_notify_watchers(CCTX_EVENT_ENTERED, handle) }
-        defer {
-            frame.deactivate()
-            if owner != 0 { notifyExited(returningTo: parent) }
+    /// - Throws: ``ContextError/contextAlreadyEntered`` when the context is
+    ///   entered or claimed anywhere; nothing changed then.
+    static func enter(
+        _ context: Context, origin: FrameOrigin, file: StaticString, line: UInt
+    ) throws(ContextError) -> ContextScope {
+        let task = currentTask()
+        if task == nil {
+            try check(cctx_context_enter(context.handle))
+        } else {
+            try check(cctx_context_claim(context.handle))
         }
-        return try TaskFrame.$current.withValue(frame) { try body() }
+        return ContextScope(context: context, task: task, origin: origin, file: file, line: line)
     }
 
-    /// Sends `exited` for a task scope that ends, with the context the task
-    /// returns to (the parent frame's; nil when it has none).
-    func notifyExited(returningTo parent: TaskFrame?) {
-        if let parent {
-            withExtendedLifetime(parent) { cctx_notify_watchers(CCTX_EVENT_EXITED, parent.context.handle) }
+    /// As ``enter(_:origin:file:line:)`` for a context nobody else can have
+    /// entered (the caller just made it).
+    static func enterFresh(
+        _ context: Context, origin: FrameOrigin, file: StaticString, line: UInt
+    ) -> ContextScope {
+        let task = currentTask()
+        let status = task == nil ? cctx_context_enter(context.handle) : cctx_context_claim(context.handle)
+        checkOrTrap(status, "entering a new Context", file: file, line: line)
+        return ContextScope(context: context, task: task, origin: origin, file: file, line: line)
+    }
+
+    private init(context: Context, task: UnsafeRawPointer?, origin: FrameOrigin, file: StaticString, line: UInt) {
+        let enclosing = task.map { CurrentPlace.resolve(in: $0).binding } ?? TaskBinding.current
+        self.context = context
+        self.binding = TaskBinding(context: context, owner: task, origin: origin, enclosing: enclosing)
+        self.enclosing = task == nil ? nil : enclosing
+        self.file = file
+        self.line = line
+        if task != nil { cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle) }
+    }
+
+    /// Ends the scope: a thread exits the context, a task unclaims it and
+    /// notifies watchers of `exited` with the context it sees again (the
+    /// enclosing binding's, or none).
+    func leave() {
+        binding.isActiveFlag.store(false, ordering: .relaxed)
+        if binding.owner == nil {
+            let status = cctx_context_exit(context.handle)
+            if status != CCTX_OK {
+                fatalError(
+                    "Context.run: cannot exit context: it is not the current context of this thread "
+                        + "(code inside the body entered a context with cctx_context_enter and did not exit it)",
+                    file: file, line: line)
+            }
+            return
+        }
+        let status = cctx_context_unclaim(context.handle)
+        if status != CCTX_OK {
+            fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
+        }
+        if let enclosing {
+            withExtendedLifetime(enclosing) { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
         } else {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
         }
-    }
-
-    func exitThread() {
-        let status = cctx_context_exit(handle)
-        precondition(
-            status == CCTX_OK,
-            "Context.run: cannot exit context: it is not the current context of this thread "
-                + "(code inside the body entered a context with cctx_context_enter and did not exit it)")
-    }
-
-    func unclaim() {
-        let status = cctx_context_unclaim(handle)
-        precondition(status == CCTX_OK, "ContextKit internal error: a claimed context was not claimed")
     }
 }
 
@@ -216,14 +245,14 @@ extension Context {
         switch CurrentPlace.resolve {
         case .thread:
             return try copyCurrent().withUnsafeHandle { try body($0, false) }
-        case .task(let frame?, isOwner: true):
-            return try frame.context.withUnsafeHandle { try body($0, true) }
-        case .task(let frame?, isOwner: false):
+        case .task(_, let binding?, owned: true):
+            return try binding.context.withUnsafeHandle { try body($0, true) }
+        case .task(_, let binding?, owned: false):
             // A copy without the `.notInherited` variables, which a task
-            // that inherited the frame does not see (O(1) when no variable
-            // is `.notInherited`).
-            return try frame.context.copyForSpawn().withUnsafeHandle { try body($0, false) }
-        case .task(nil, _):
+            // that inherited the binding does not see (O(1) when no
+            // variable is `.notInherited`).
+            return try binding.context.copyForSpawn().withUnsafeHandle { try body($0, false) }
+        case .task(_, nil, _):
             return try Context().withUnsafeHandle { try body($0, false) }
         }
     }

@@ -4,7 +4,8 @@ import CContextCore
 ///
 /// A variable has a name and an optional default. Its value lives in the
 /// current ``Context``: the calling thread's, or — in a Swift task — the
-/// context the task entered with ``Context/run(_:)`` or ``withValue(_:operation:)``.
+/// context the task entered with ``Context/run(_:)`` or ``withValue(_:operation:)``,
+/// the private copy its first ``set(_:)`` made, or what it inherited.
 ///
 /// ```swift
 /// let requestID = ContextVar<Int>("request_id", default: 0)
@@ -123,23 +124,25 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
             // its own reference at once.
             guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
             return ValueBox<Value>.borrowedValue(pointer)
-        case .task(let frame?, isOwner: true):
-            // The owner is the frame's only writer: a borrowed read is stable.
-            guard foundValue(cctx_context_get(frame.context.handle, handle, &pointer)),
-                let pointer
-            else { return nil }
-            return ValueBox<Value>.borrowedValue(pointer)
-        case .task(let frame?, isOwner: false):
-            // A frame inherited from another task (or ended): a
+        case .task(_, let binding?, let owned):
+            if owned {
+                // The owner is the binding's only writer: a borrowed read is
+                // stable.
+                guard foundValue(cctx_context_get(binding.context.handle, handle, &pointer)),
+                    let pointer
+                else { return nil }
+                return ValueBox<Value>.borrowedValue(pointer)
+            }
+            // A binding inherited from another task or a thread: a
             // `.notInherited` value stays with the task or thread that set it.
             if inheritance == .notInherited { return nil }
-            // Another task may be writing the context on another thread: take
-            // a new reference.
-            guard foundValue(cctx_context_lookup(frame.context.handle, handle, &pointer)),
+            // Its owner may be writing it on another thread: take a new
+            // reference inside the C runtime's read section.
+            guard foundValue(cctx_context_lookup(binding.context.handle, handle, &pointer)),
                 let pointer
             else { return nil }
             return ValueBox<Value>.adopted(pointer).value
-        case .task(nil, _):
+        case .task(_, nil, _):
             return nil
         }
     }
@@ -151,14 +154,15 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     // MARK: Writing
 
     /// Sets the variable to `value` in the current context, and returns a
-    /// token that ``reset(_:)`` takes to restore the previous value.
+    /// token that ``reset(_:)`` takes to restore the previous value
+    /// (Python's `ContextVar.set`).
     ///
-    /// In a task, only the task that entered the current context (with
-    /// ``Context/run(_:)``, ``withValue(_:operation:)`` or `Context.task(priority:operation:)`)
-    /// may set: anywhere else — a task outside any context of its own, a
-    /// child task that inherited its parent's context — `set` stops the
-    /// program with a message naming the fix, because it would otherwise
-    /// change a context other tasks share (see docs/concurrency.md).
+    /// Works everywhere: on a thread, and in any task — a structured child,
+    /// `Task {}`, `Task.detached`, async `main`, a task started outside any
+    /// ``Context/run(_:)``, and synchronous code called from them. A task's
+    /// first `set` outside a scope of its own gives it a private copy of the
+    /// context it sees (copy-on-write), so its parent and siblings never see
+    /// the change. See docs/concurrency.md.
     @discardableResult
     public func set(_ value: Value) -> Token<Value> {
         let box = ValueBox(variable: self, value: value)
@@ -167,44 +171,37 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         switch CurrentPlace.resolve {
         case .thread:
             status = box.withOpaquePointer { cctx_var_set(handle, $0, &token) }
-        case .task(let frame?, isOwner: true):
-            status = box.withOpaquePointer { cctx_context_set(frame.context.handle, handle, $0, &token) }
-        case .task(let frame, isOwner: _):
-            refuseWrite(frame: frame, operation: "set(_:)")
+        case .task(let task, let binding, let owned):
+            let context = TaskBinding.writableContext(task: task, visible: binding, owned: owned)
+            status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, &token) }
         }
         checkOrTrap(status, "ContextVar '\(name)': set(_:)")
         return Token(adopting: token!, variable: self)
     }
 
     /// Restores the variable in the current context to what it was before
-    /// the ``set(_:)`` that made `token`: its old value, or no value at all.
+    /// the ``set(_:)`` that made `token`: its old value, or no value at all
+    /// (Python's `ContextVar.reset`).
     ///
     /// - Throws, in Python's order: ``ContextError/tokenAlreadyUsed``,
     ///   ``ContextError/tokenFromDifferentVariable``,
-    ///   ``ContextError/tokenFromDifferentContext``. Nothing changes then.
+    ///   ``ContextError/tokenFromDifferentContext`` (also for a token made in
+    ///   another task's context: a child task's context is its own copy).
+    ///   Nothing changes then.
     public func reset(_ token: Token<Value>) throws(ContextError) {
-        let status: cctx_status
         switch CurrentPlace.resolve {
         case .thread:
-            status = cctx_var_reset(handle, token.handle)
-        case .task(let frame?, isOwner: true):
-            status = cctx_context_reset(frame.context.handle, handle, token.handle)
-        case .task(let frame, isOwner: _):
-            // Python's order of checks; only a token made in the shared
-            // context this task sees would need a refused write.
+            try check(cctx_var_reset(handle, token.handle))
+        case .task(_, let binding?, owned: true):
+            try check(cctx_context_reset(binding.context.handle, handle, token.handle))
+        case .task:
+            // The task has not written yet: its context would be a fresh
+            // copy, which no token can have been made in. Python's order of
+            // checks; nothing is installed or changed.
             if token.isUsed { throw .tokenAlreadyUsed }
             if token.variable !== self { throw .tokenFromDifferentVariable }
-            guard let frame, cctx_token_context(token.handle) == frame.context.handle else {
-                throw .tokenFromDifferentContext
-            }
-            refuseWrite(frame: frame, operation: "reset(_:)")
+            throw .tokenFromDifferentContext
         }
-        try check(status)
-    }
-
-    private func refuseWrite(frame: TaskFrame?, operation: String) -> Never {
-        let decision = WriteDecision.decide(frame: frame, task: currentTaskIdentity())
-        preconditionFailure(WriteDecision.message(for: decision, variable: name, operation: operation))
     }
 
     // MARK: Identity and description
@@ -229,15 +226,6 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
 }
 
 extension ContextVar: AnyContextVar {}
-
-/// Whether a C read found a value: `CCTX_OK` yes, `CCTX_NOT_FOUND` no;
-/// anything else is a facade bug.
-@inlinable
-func foundValue(_ status: cctx_status) -> Bool {
-    if status == CCTX_OK { return true }
-    if status == CCTX_NOT_FOUND { return false }
-    preconditionFailure("ContextKit internal error: \(String(cString: cctx_strerror(status)))")
-}
 
 extension ContextVar {
     /// Runs `operation` in a copy of the current context in which this

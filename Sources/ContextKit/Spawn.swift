@@ -17,8 +17,11 @@ extension Context {
         operation: sending @escaping () async -> Success
     ) -> Task<Success, Never> {
         let context = copyCurrentForSpawn()
-        return Task(priority: priority) {
-            await context.runFresh(origin: .helper("Context.task"), operation, isolation: nil)
+        let transfer = SendingTransfer(operation)
+        return withoutBinding {
+            Task(priority: priority) {
+                await context.runFresh(origin: .helper("Context.task"), transfer.value, isolation: nil)
+            }
         }
     }
 
@@ -31,18 +34,40 @@ extension Context {
         operation: sending @escaping () async throws -> Success
     ) -> Task<Success, any Error> {
         let context = copyCurrentForSpawn()
-        return Task(priority: priority) {
-            try await context.runFresh(origin: .helper("Context.task"), operation, isolation: nil)
+        let transfer = SendingTransfer(operation)
+        return withoutBinding {
+            Task(priority: priority) {
+                try await context.runFresh(origin: .helper("Context.task"), transfer.value, isolation: nil)
+            }
         }
     }
+}
+
+/// Runs `body` (which creates an unstructured task) with no ContextKit
+/// binding current, so that the new task's copy of the task-locals holds
+/// none: it gets its context from the helper, and must not keep the
+/// spawner's binding (and the values in it) alive for its whole life.
+private func withoutBinding<R>(_ body: () -> R) -> R {
+    TaskBinding.$current.withValue(nil, operation: body)
+}
+
+/// Carries a `sending` closure into the task that `withoutBinding` creates.
+///
+/// `@unchecked Sendable` is sound: the closure arrived as `sending` (no
+/// other reference to its state exists in the caller), the wrapper is made
+/// once and consumed by exactly one task.
+private struct SendingTransfer<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }
 
 extension TaskGroup {
     /// Adds a child task that runs `operation` in a copy of the current
     /// context taken now, which the child owns and may ``ContextVar/set(_:)``.
     ///
-    /// A plain `addTask` child sees the group's context read-only; use this
-    /// when the child sets variables of its own.
+    /// A plain `addTask` child reads the group's context (its own `set`
+    /// makes a private copy) but not the unscoped values its parent set;
+    /// this helper passes those on too (docs/concurrency.md).
     public mutating func addTaskInCopiedContext(
         priority: TaskPriority? = nil,
         operation: sending @escaping () async -> ChildTaskResult
@@ -58,8 +83,9 @@ extension ThrowingTaskGroup {
     /// Adds a child task that runs `operation` in a copy of the current
     /// context taken now, which the child owns and may ``ContextVar/set(_:)``.
     ///
-    /// A plain `addTask` child sees the group's context read-only; use this
-    /// when the child sets variables of its own.
+    /// A plain `addTask` child reads the group's context (its own `set`
+    /// makes a private copy) but not the unscoped values its parent set;
+    /// this helper passes those on too (docs/concurrency.md).
     public mutating func addTaskInCopiedContext(
         priority: TaskPriority? = nil,
         operation: sending @escaping () async throws -> ChildTaskResult

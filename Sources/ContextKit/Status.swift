@@ -22,7 +22,7 @@ extension ContextError {
         case CCTX_ALREADY_ENTERED: return .failure(.contextAlreadyEntered)
         case CCTX_TOO_MANY_WATCHERS: return .failure(.tooManyWatchers)
         default:
-            preconditionFailure(
+            fatalError(
                 "ContextKit internal error: unexpected C status \(status.rawValue) "
                     + "(\(String(cString: cctx_strerror(status))))")
         }
@@ -38,9 +38,23 @@ func check(_ status: cctx_status) throws(ContextError) {
 /// For calls that cannot fail except by running out of memory (or by a facade
 /// bug): stops the program with the status text, as Swift itself does when an
 /// allocation fails.
+/// `file`/`line` name the caller (a stop must say where it came from, also
+/// in release builds: `fatalError` prints there, `precondition` does not).
 @usableFromInline
-func checkOrTrap(_ status: cctx_status, _ what: @autoclosure () -> String) {
+func checkOrTrap(
+    _ status: cctx_status, _ what: @autoclosure () -> String,
+    file: StaticString = #fileID, line: UInt = #line
+) {
     if case .failure(let error) = ContextError.result(of: status) {
-        fatalError("ContextKit: \(what()) failed: \(error)")
+        fatalError("ContextKit: \(what()) failed: \(error)", file: file, line: line)
     }
+}
+
+/// Whether a C read found a value: `CCTX_OK` yes, `CCTX_NOT_FOUND` no;
+/// anything else is a facade bug.
+@inlinable
+func foundValue(_ status: cctx_status) -> Bool {
+    if status == CCTX_OK { return true }
+    if status == CCTX_NOT_FOUND { return false }
+    fatalError("ContextKit internal error: \(String(cString: cctx_strerror(status)))")
 }

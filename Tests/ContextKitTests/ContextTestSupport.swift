@@ -80,3 +80,12 @@ func scaled(_ n: Int) -> Int {
     let percent = ProcessInfo.processInfo.environment["CONTEXTKIT_TEST_SCALE"].flatMap(Int.init) ?? 100
     return max(1, n * percent / 100)
 }
+
+/// A value behind a lock, for tests that collect results from many threads
+/// or tasks.
+final class LockedBox<T: Sendable>: Sendable {
+    private let storage: Mutex<T>
+    init(_ value: T) { storage = Mutex(value) }
+    var value: T { storage.withLock { $0 } }
+    func mutate(_ body: (inout T) -> Void) { storage.withLock { body(&$0) } }
+}

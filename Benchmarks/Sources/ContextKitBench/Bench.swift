@@ -15,6 +15,11 @@
 //   withValue_async        await v.withValue(x) { 1 } inside a task
 //   run_sync               try ctx.run { 1 } outside a task (ContextKit)
 //   run_async              try await ctx.run { 1 } inside a task (ContextKit)
+//   get_task_unscoped_1    get() in a task after an unscoped set(_:) in it
+//                          (ContextKit; compare with get_task_1 TaskLocal)
+//   request_pattern        one request: `Context().run { set; get x4; async
+//                          let child get }` (ContextKit) vs `$tl.withValue(x)
+//                          { read x4; async let child read }` (TaskLocal)
 //   threadlocal_get/set    ThreadLocal<Int>.value read / write (ContextKit);
 //                          swift-nio's ThreadSpecificVariable pattern (NIO
 //                          pattern); raw pthread_getspecific/setspecific
@@ -257,6 +262,40 @@ func taskRows() async {
         for _ in 0..<n { acc &+= try! await ctx.run { () async -> Int in 1 } }
         return acc
     }, note: "try await ctx.run { 1 } in a task")
+
+    // get() after an unscoped set, in a task with no scope of its own.
+    let unscoped = await Task.detached { () -> Stats in
+        v.set(1)
+        return getLoop(v)
+    }.value
+    emit("swift", "get_task_unscoped_1", "ContextKit", unscoped,
+         note: "get() in a task after an unscoped set")
+
+    emit("swift", "request_pattern", "ContextKit", await measureAsync { n in
+        var acc = 0
+        for i in 0..<n {
+            acc &+= try! await Context().run { () async -> Int in
+                v.set(i)
+                var sum = read(v) &+ read(v) &+ read(v) &+ read(v)
+                async let child = read(v)
+                sum &+= await child
+                return sum
+            }
+        }
+        return acc
+    }, note: "Context().run { set; get x4; async let child get }")
+    emit("swift", "request_pattern", "TaskLocal", await measureAsync { n in
+        var acc = 0
+        for i in 0..<n {
+            acc &+= await TL.$t0.withValue(i) { () async -> Int in
+                var sum = TL.t0 &+ TL.t0 &+ TL.t0 &+ TL.t0
+                async let child = TL.t0
+                sum &+= await child
+                return sum
+            }
+        }
+        return acc
+    }, note: "$tl.withValue(x) { read x4; async let child read }")
 }
 
 func mapRows() {

@@ -1,19 +1,68 @@
 /*
- * CContextKitShims — what only the Swift facade needs from C.
+ * CContextKitShims — what only the Swift facade needs from C: the Swift
+ * runtime entry points it calls, each behind a one-line C function (as
+ * swift-nio keeps CNIOLinux).
  *
  * Why a target of its own: the C runtime (CContextCore, contextcore.h) is
  * usable from plain C with no Swift present, so it must not carry calls into
- * the Swift runtime. The few things the Swift layer cannot say in Swift (it
- * may not name runtime entry points, and `@_silgen_name` for them warns that
- * it will become an error) live here as one-line C wrappers, compiled only
- * into Swift programs (the ContextKit target depends on this one). Nothing
- * here is public API.
+ * the Swift runtime; this target is compiled only into Swift programs (the
+ * ContextKit target depends on it).
+ *
+ * Why C: Swift code may not name a runtime symbol (`@_silgen_name` of a
+ * runtime function warns that it will become an error); a C declaration is
+ * the supported way to reach one. `swift_task_getCurrent` and
+ * `swift_isUniquelyReferenced_nonNull_native` are called by the standard
+ * library's own inlinable code, so they are part of the Swift ABI.
+ * `swift_task_getJobTaskId` and `swift_task_getJobFlags` are exported by the
+ * runtime but not called from inlinable code: they are used for soundness
+ * (task identity that is never reused), not speed, and TaskWriteTests'
+ * `taskIdentityShimsMatchTheRuntime` fails loudly if they stop answering as
+ * documented. When the standard library offers a task id, they can go.
+ * Not part of ContextKit's public API.
  */
-#ifndef CCONTEXTKITSHIMS_H
-#define CCONTEXTKITSHIMS_H
+#ifndef CCONTEXTKIT_SHIMS_H
+#define CCONTEXTKIT_SHIMS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 /** The Swift task running on the calling thread (an identity to compare,
  *  never to dereference), or NULL outside any task. */
 const void *cctx_swift_current_task(void);
+
+/**
+ * Whether the native Swift object `object` (non-NULL, borrowed) has exactly
+ * one strong reference: the runtime's
+ * `swift_isUniquelyReferenced_nonNull_native`, which the standard
+ * library's inlinable `isKnownUniquelyReferenced` calls. ContextKit asks it
+ * of a task object it retains: a running task holds a reference to itself,
+ * so "unique" means the task has completed and nothing else refers to it.
+ */
+bool cctx_shim_is_uniquely_referenced(const void *object);
+
+/**
+ * The unique id of the task `task` (non-NULL, borrowed, alive): the
+ * runtime's `swift_task_getJobTaskId`, which `ExecutorJob`'s description
+ * uses. Task ids are never reused in a process (unlike task addresses), so
+ * they identify a task soundly after other tasks have come and gone.
+ */
+uint64_t cctx_shim_task_id(const void *task);
+
+/**
+ * Whether `task` (non-NULL, borrowed, alive) is an `async let` child: the
+ * runtime allocates those inside their parent's task memory and frees them
+ * when the `async let` scope ends whatever their reference count, so they
+ * must never be retained. The runtime's `swift_task_getJobFlags`, bit 28
+ * (`Task_IsAsyncLetTask` in the ABI's JobFlags).
+ */
+bool cctx_shim_task_is_async_let(const void *task);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

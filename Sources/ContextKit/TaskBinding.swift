@@ -1,0 +1,382 @@
+import CContextCore
+import CContextKitShims
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The task binding: what a Swift task sees as its current context, who may
+// write it, and how a child reads it.
+//
+// Where code runs decides its current context:
+// * Outside any Swift task (a Thread, a DispatchQueue, `main` before any
+//   task): the calling thread's current context in C.
+// * Inside a task, the first that applies:
+//   1. the innermost binding of the ContextKit task-local
+//      (`TaskBinding.current`) when this task installed it — a scope of
+//      this task (`Context.run`, `ContextVar.withValue`, a spawn helper);
+//   2. the task's UNSCOPED binding, made by its first `set` outside any
+//      scope of its own (see `UnscopedBindings`);
+//   3. the innermost binding it inherited, read-only (a structured child
+//      links to its parent's task-local items; `Task {}` copies them;
+//      `Task.detached` gets none: an empty context).
+//
+// Writes: a task writes only a binding it owns (1 or 2). Its first write
+// anywhere else makes binding 2, holding a copy of what it sees (O(1),
+// copy-on-write), so its parent and siblings never see its writes.
+//
+// Why unscoped bindings live in a table and not in the task-local stack:
+// task-local items are allocated from the task's stack allocator, which
+// must be freed in LIFO order with the task's async frames; an item pushed
+// without a scope that pops it stops the process ("freed pointer was not
+// the last allocation") as soon as the function that pushed it returns.
+// So a task can hold a binding in its task-local stack only for a scope.
+// The price: a task's unscoped writes are not seen by child tasks it
+// creates (they read what the task inherited or bound in a scope); the
+// spawn helpers, `withValue` and `Context.run` pass them on
+// (docs/concurrency.md).
+//
+// Readers never see a torn map or freed memory: a binding's context is a C
+// context, whose writer swaps roots and whose other readers read through
+// `cctx_context_lookup` (the C runtime's one reclamation scheme). The owner
+// is the only writer, so its own reads borrow (`cctx_context_get`).
+//
+// Ownership under task-address reuse (task addresses are reused once a task
+// ends; `async let` children even share their parent's memory and often the
+// same address one after another):
+// * a scope binding records its owner's address and is active until its
+//   scope ends. A scope cannot outlive its task, so while the binding is
+//   active its owner is alive and no other task has that address: "the
+//   running task's address is the owner and the binding is active" proves
+//   the running task is the owner.
+// * the unscoped table is keyed by the task's unique id
+//   (`swift_task_getJobTaskId`), never by address. An entry is dropped once
+//   its task has ended: the binding retains the task object (tasks are
+//   reference-counted; a running task holds a reference to itself), and the
+//   reaper drops the entry when that reference is the only one left. An
+//   `async let` child lives in its parent's memory, which the parent frees
+//   at the end of the `async let` whatever the count, so it is never
+//   retained: its entry is dropped when another `async let` child of the
+//   same memory (the same address) writes, or when the process ends — the
+//   one case where an ended task's values can outlive it (bounded by the
+//   number of distinct addresses).
+
+/// The running task (its object's address), or nil outside any task.
+///
+/// Asked through the C runtime (`cctx_swift_current_task`):
+/// `withUnsafeCurrentTask` is generic and not specialised across modules,
+/// and cost more than the rest of a `get`.
+@inlinable
+func currentTask() -> UnsafeRawPointer? {
+    cctx_swift_current_task()
+}
+
+/// A context made current for a task or a scope, and its owner.
+@usableFromInline
+final class TaskBinding: Sendable {
+    /// The innermost scope binding around the running code (see the file
+    /// comment for who sees it).
+    @usableFromInline @TaskLocal static var current: TaskBinding?
+
+    /// The context this binding makes current. Written only by `owner`.
+    @usableFromInline let context: Context
+
+    /// The address of the task that installed this binding; nil when a
+    /// thread outside any task opened the scope.
+    ///
+    /// `nonisolated(unsafe)`: the pointer never changes after `init`.
+    @usableFromInline nonisolated(unsafe) let owner: UnsafeRawPointer?
+
+    /// The owner task object, retained, for an unscoped binding of a task
+    /// that is not an `async let` child (see the file comment); nil
+    /// otherwise. `nonisolated(unsafe)`: never changes after `init`.
+    nonisolated(unsafe) private let retainedOwner: UnsafeRawPointer?
+
+    /// Which API installed the binding (for ``Context/currentChainDescription``).
+    let origin: FrameOrigin
+
+    /// The binding the task saw when this one was installed, held WEAKLY:
+    /// only ``Context/currentChainDescription`` walks it, and a task must
+    /// keep alive only what it can read (an enclosing scope's values are
+    /// shadowed while this binding is innermost, and a `Task {}` copy must
+    /// not keep them alive after the scopes end).
+    weak let enclosing: TaskBinding?
+
+    /// True until the scope that installed the binding ends (for
+    /// ``Context/currentChainDescription`` only; ownership does not use it).
+    @usableFromInline let isActiveFlag = Atomic<Bool>(true)
+
+    init(
+        context: Context, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
+        retainingOwner: Bool = false
+    ) {
+        self.context = context
+        self.owner = owner
+        self.origin = origin
+        self.enclosing = enclosing
+        retainedOwner = retainingOwner ? owner : nil
+        if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
+    }
+
+    deinit {
+        if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
+    }
+
+    @inlinable
+    var isActive: Bool { isActiveFlag.load(ordering: .relaxed) }
+
+    /// Whether `task` (the running task) owns this scope binding and may
+    /// write it (see the file comment for why this is a proof).
+    @inlinable
+    func isOwned(by task: UnsafeRawPointer) -> Bool {
+        owner == task && isActive
+    }
+
+    /// Whether the owner task has ended and nothing else refers to it (the
+    /// binding's own reference is the only one left: a running task holds
+    /// one to itself).
+    var ownerHasEnded: Bool {
+        guard let retainedOwner else { return false }
+        return cctx_shim_is_uniquely_referenced(retainedOwner)
+    }
+
+    /// The context the running task `task` may write: the binding it owns
+    /// (`place`), or — on its first write outside any scope of its own — a
+    /// new unscoped binding holding a copy of what it sees.
+    static func writableContext(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> Context {
+        if owned, let visible { return visible.context }
+        let copy = visible?.context.copyForSpawn() ?? Context()
+        UnscopedBindings.shared.insert(context: copy, enclosing: visible, for: task)
+        return copy
+    }
+}
+
+/// Which API installed a binding, as ``Context/currentChainDescription``
+/// prints it.
+package enum FrameOrigin: Sendable, CustomStringConvertible {
+    /// `Context.run` (sync or async).
+    case run
+    /// `ContextVar.withValue`; the variable's name.
+    case withValue(variable: String)
+    /// A helper that runs work in a copy of the spawning context: the
+    /// helper's name (`Context.task`, `addTaskInCopiedContext`, …).
+    case helper(String)
+    /// The task's first `set` outside any scope of its own (copy-on-write).
+    case firstWrite
+
+    package var description: String {
+        switch self {
+        case .run: return "run"
+        case .withValue(let name): return "withValue(\(name))"
+        case .helper(let name): return name
+        case .firstWrite: return "first write of this task"
+        }
+    }
+}
+
+/// Where the running code's current context lives.
+@usableFromInline
+enum CurrentPlace {
+    /// Outside any task: the calling thread's current context in C.
+    case thread
+    /// In `task`: `binding` is the binding it reads (nil: none, an empty
+    /// context); `owned` whether the task owns it and may write it.
+    case task(UnsafeRawPointer, TaskBinding?, owned: Bool)
+
+    /// The binding the running code reads (nil on a thread or with none).
+    var binding: TaskBinding? {
+        if case .task(_, let binding, _) = self { return binding }
+        return nil
+    }
+
+    @inlinable
+    static var resolve: CurrentPlace {
+        guard let task = currentTask() else { return .thread }
+        return resolve(in: task)
+    }
+
+    /// As ``resolve`` for a caller that already knows the running task.
+    @inlinable
+    static func resolve(in task: UnsafeRawPointer) -> CurrentPlace {
+        let scoped = TaskBinding.current
+        if let scoped, scoped.isOwned(by: task) { return .task(task, scoped, owned: true) }
+        if let unscoped = UnscopedBindings.shared.binding(of: task) {
+            return .task(task, unscoped, owned: true)
+        }
+        return .task(task, scoped, owned: false)
+    }
+}
+
+/// The unscoped bindings: one per task that wrote outside any scope of its
+/// own, keyed by the task's address, each dropped once its task has ended.
+///
+/// Keying by address is sound because each binding retains its task (see
+/// the file comment): while the entry exists no other task can have that
+/// address. Entries die with their task: a reaper thread, running only
+/// while the table is not empty, drops every entry whose task has ended
+/// and nothing else refers to (`TaskBinding.ownerHasEnded`); the values go
+/// with them, released on the reaper thread outside any lock.
+///
+/// Sharded by address so that tasks on different threads rarely share a
+/// lock; a read in a task that owns a scope binding never comes here, and
+/// a read elsewhere costs one relaxed load while the table is empty.
+@usableFromInline
+final class UnscopedBindings: Sendable {
+    @usableFromInline static let shared = UnscopedBindings()
+
+    /// One shard: a dictionary behind a pthread mutex (not the standard
+    /// library's `Mutex`, whose futex-based lock ThreadSanitizer cannot see
+    /// through, so `make swift-tsan` could not check this table).
+    ///
+    /// `@unchecked Sendable` is sound: `storage` is read and written only
+    /// between `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`,
+    /// and both pointers never change.
+    private final class Shard: @unchecked Sendable {
+        private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+        private var storage: [UInt64: TaskBinding] = [:]
+        /// The id of the `async let` child that last wrote at each address.
+        private var asyncLetAtAddress: [UInt: UInt64] = [:]
+
+        init() {
+            mutex = .allocate(capacity: 1)
+            mutex.initialize(to: pthread_mutex_t())
+            pthread_mutex_init(mutex, nil)
+        }
+
+        deinit {
+            pthread_mutex_destroy(mutex)
+            mutex.deallocate()
+        }
+
+        func withLock<R>(_ body: (inout [UInt64: TaskBinding], inout [UInt: UInt64]) -> R) -> R {
+            pthread_mutex_lock(mutex)
+            defer { pthread_mutex_unlock(mutex) }
+            return body(&storage, &asyncLetAtAddress)
+        }
+    }
+
+    private static let shardCount = 64
+    private let shards: [Shard] = (0..<UnscopedBindings.shardCount).map { _ in Shard() }
+    /// Entries in the table (so that an empty table costs one load).
+    private let entryCount = Atomic<Int>(0)
+    /// Whether the reaper thread runs.
+    private let reaperRunning = Atomic<Bool>(false)
+
+    private init() {
+        // The reaper thread does not survive fork(): a child that inherited
+        // "running" would never reap. Its next insert starts a new one.
+        pthread_atfork(nil, nil) { UnscopedBindings.shared.reaperRunning.store(false, ordering: .relaxed) }
+    }
+
+    private func shard(for task: UnsafeRawPointer) -> Shard {
+        // Task objects are at least 16-byte aligned: drop the low bits. By
+        // address, so that all entries ever made at one address share a
+        // shard (see `insert`).
+        shards[Int((UInt(bitPattern: task) >> 4) % UInt(Self.shardCount))]
+    }
+
+    /// The unique id of `task` (alive), never reused in the process.
+    static func id(of task: UnsafeRawPointer) -> UInt64 {
+        cctx_shim_task_id(task)
+    }
+
+    /// Whether `task` (alive) is an `async let` child, which must never be
+    /// retained.
+    static func isAsyncLetChild(_ task: UnsafeRawPointer) -> Bool {
+        cctx_shim_task_is_async_let(task)
+    }
+
+    /// The unscoped binding of `task` (the running task), if it has one.
+    @usableFromInline
+    func binding(of task: UnsafeRawPointer) -> TaskBinding? {
+        if entryCount.load(ordering: .relaxed) == 0 { return nil }
+        let id = Self.id(of: task)
+        return shard(for: task).withLock { entries, _ in entries[id] }
+    }
+
+    /// Makes the unscoped binding of `task` (the running task, which has
+    /// none yet) for `context`.
+    func insert(context: Context, enclosing: TaskBinding?, for task: UnsafeRawPointer) {
+        let id = Self.id(of: task)
+        let isAsyncLet = Self.isAsyncLetChild(task)
+        let binding = TaskBinding(
+            context: context, owner: task, origin: .firstWrite, enclosing: enclosing,
+            retainingOwner: !isAsyncLet)
+        var replaced: TaskBinding?
+        shard(for: task).withLock { entries, asyncLetAtAddress in
+            entries[id] = binding
+            guard isAsyncLet else { return }
+            // An earlier `async let` child at this address has ended (two
+            // live tasks never share an address): drop its entry.
+            let address = UInt(bitPattern: task)
+            if let earlier = asyncLetAtAddress.updateValue(id, forKey: address), earlier != id {
+                replaced = entries.removeValue(forKey: earlier)
+            }
+        }
+        entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
+        // `replaced` is released here, outside the lock.
+        replaced = nil
+        startReaperIfNeeded()
+    }
+
+    /// Drops the entries of ended tasks; returns how many entries remain.
+    @discardableResult
+    func reap() -> Int {
+        var dropped: [TaskBinding] = []
+        for shard in shards {
+            shard.withLock { entries, _ in
+                for (key, binding) in entries where binding.ownerHasEnded {
+                    entries[key] = nil
+                    dropped.append(binding)
+                }
+            }
+        }
+        let remaining = entryCount.subtract(dropped.count, ordering: .relaxed).newValue
+        // Released here, outside every lock: a value's deinit may use the
+        // library.
+        dropped.removeAll()
+        return remaining
+    }
+
+    private func startReaperIfNeeded() {
+        guard !reaperRunning.load(ordering: .relaxed),
+            reaperRunning.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+        else { return }
+        var thread = pthread_t()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        let status = pthread_create(&thread, &attributes, { _ in
+            UnscopedBindings.shared.reaperLoop()
+            return nil
+        }, nil)
+        pthread_attr_destroy(&attributes)
+        if status != 0 {
+            // No thread now: the next insert tries again.
+            reaperRunning.store(false, ordering: .releasing)
+        }
+    }
+
+    /// Reaps while the table has entries, then ends: every 5 ms after a
+    /// pass that dropped something, backing off to 100 ms while entries
+    /// stay (long-lived tasks), so an idle table costs almost nothing.
+    private func reaperLoop() {
+        var pauseMilliseconds = 5
+        while true {
+            var pause = timespec(tv_sec: 0, tv_nsec: pauseMilliseconds * 1_000_000)
+            nanosleep(&pause, nil)
+            let before = entryCount.load(ordering: .relaxed)
+            let remaining = reap()
+            pauseMilliseconds = remaining < before ? 5 : Swift.min(pauseMilliseconds * 2, 100)
+            if remaining > 0 { continue }
+            reaperRunning.store(false, ordering: .releasing)
+            // An insert between the last reap and the store above saw the
+            // reaper running and started none: take over again if so.
+            guard entryCount.load(ordering: .relaxed) > 0,
+                reaperRunning.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
+                    .exchanged
+            else { return }
+        }
+    }
+}
