@@ -105,7 +105,9 @@ public final class ContextWatcher: Sendable {
     public func cancel() {
         guard !cancelledFlag.exchange(true, ordering: .acquiringAndReleasing) else { return }
         let status = cctx_clear_watcher(id)
-        precondition(status == CCTX_OK, "ContextKit internal error: watcher \(id) was not installed")
+        if status != CCTX_OK {
+            fatalError("ContextKit internal error: watcher \(id) was not installed")
+        }
         // No thread can still be inside the callback: give back C's reference.
         box.release()
     }

@@ -276,7 +276,7 @@ extension ContextVar {
 /// `cctx_thread_create` leaves such values out as well.
 public enum ContextVarInheritance: Sendable, Hashable {
     /// The default: the value flows into child tasks and into the copies the
-    /// spawn, thread and queue helpers make (SPEC sections 2 and 3).
+    /// spawn, thread and queue helpers make.
     case inherited
     /// The value is visible only in the context where it was set, in the
     /// same task or thread (nested scopes included) and in explicit copies;

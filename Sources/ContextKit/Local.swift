@@ -65,8 +65,9 @@ public final class Local: @unchecked Sendable {
         }
         let fresh = LocalStorageBox<[String: Any]>([:])
         let status = cctx_local_set(handle, Unmanaged.passUnretained(fresh).toOpaque())
-        precondition(status == CCTX_OK,
-                     "ContextKit: cannot store thread-local attributes: \(String(cString: cctx_strerror(status)))")
+        if status != CCTX_OK {
+            fatalError("ContextKit: cannot store thread-local attributes: \(String(cString: cctx_strerror(status)))")
+        }
         setUp?(self)
         return fresh
     }

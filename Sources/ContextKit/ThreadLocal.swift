@@ -82,7 +82,8 @@ public final class ThreadLocal<Value>: @unchecked Sendable {
     @usableFromInline
     func store(_ box: LocalStorageBox<Value>) {
         let status = cctx_local_set(handle, Unmanaged.passUnretained(box).toOpaque())
-        precondition(status == CCTX_OK,
-                     "ContextKit: cannot store a thread-local value: \(String(cString: cctx_strerror(status)))")
+        if status != CCTX_OK {
+            fatalError("ContextKit: cannot store a thread-local value: \(String(cString: cctx_strerror(status)))")
+        }
     }
 }

@@ -1,8 +1,8 @@
 import Testing
 import ContextKit   // not @testable: only the public API
 
-/// SPEC section 8's Swift names, spelled exactly as written there, compile
-/// and behave through the public API alone.
+/// The fixed public Swift names, spelled exactly as the contract gives them,
+/// compile and behave through the public API alone.
 @Suite struct APISurfaceTests {
     actor Holder {
         var count = 0

@@ -5,7 +5,7 @@ import Foundation
 import Testing
 @testable import ContextKit
 
-/// Per-variable inheritance (issue 9): each policy × each way code can come
+/// Per-variable inheritance: each policy × each way code can come
 /// to read the variable. `expected` is what a reader that does not inherit
 /// sees: the value for `.inherited`, the default (0) for `.notInherited`.
 @Suite struct InheritanceTests {
