@@ -240,7 +240,7 @@ soak-ci:
 # ---------------------------------------------------------------- top level
 test: deps lib c-test install-test swift-test downstream-test consumer-test snippet-test
 
-ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan integration-test fuzz-ci soak-ci
+ci: test c-asan c-tsan c-valgrind swift-tsan swift-asan integration-test fuzz-ci soak-ci docs
 	@echo "make ci: all stages passed"
 
 EXAMPLES_C := $(sort $(basename $(notdir $(wildcard Examples/c/*.c))))
