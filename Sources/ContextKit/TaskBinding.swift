@@ -288,11 +288,20 @@ final class UnscopedBindings: Sendable {
     }
 
     /// The unscoped binding of `task` (the running task), if it has one.
+    ///
+    /// After the first lookup on a thread, a task's reads there come from a
+    /// per-thread cache keyed by its id, with no lock (sound because the
+    /// entry stays until the task ends: see `unscoped_cache.c`).
     @usableFromInline
     func binding(of task: UnsafeRawPointer) -> TaskBinding? {
         if entryCount.load(ordering: .relaxed) == 0 { return nil }
+        if let cached = cctx_shim_unscoped_cache_get(task) {
+            return Unmanaged<TaskBinding>.fromOpaque(cached).takeUnretainedValue()
+        }
         let id = Self.id(of: task)
-        return shard(for: task).withLock { entries, _ in entries[id] }
+        let found = shard(for: task).withLock { entries, _ in entries[id] }
+        if let found { cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(found).toOpaque()) }
+        return found
     }
 
     /// Makes the unscoped binding of `task` (the running task, which has
@@ -315,6 +324,7 @@ final class UnscopedBindings: Sendable {
             }
         }
         entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
+        cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(binding).toOpaque())
         // `replaced` is released here, outside the lock.
         replaced = nil
         startReaperIfNeeded()

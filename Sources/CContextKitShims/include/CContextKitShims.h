@@ -61,6 +61,23 @@ uint64_t cctx_shim_task_id(const void *task);
  */
 bool cctx_shim_task_is_async_let(const void *task);
 
+/**
+ * The calling thread's cached unscoped binding (a `TaskBinding`, unretained)
+ * of the running task `task` (non-NULL, borrowed), or NULL when the thread
+ * has cached none for this task's id. Sound without locks because a task's
+ * unscoped binding stays in the table until the task ends and task ids are
+ * never reused (unscoped_cache.c). Mirrors no Python API (CPython's
+ * per-variable cache keyed by thread and context version is the analogue).
+ */
+const void *cctx_shim_unscoped_cache_get(const void *task);
+
+/**
+ * Caches `binding` (unretained; the table keeps it alive while `task` runs)
+ * as the unscoped binding of the running task `task` on the calling thread,
+ * replacing the thread's previous entry.
+ */
+void cctx_shim_unscoped_cache_put(const void *task, const void *binding);
+
 #ifdef __cplusplus
 }
 #endif
