@@ -66,7 +66,21 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         self.init(name: name, defaultValue: .some(`default`), inheritance: inheritance)
     }
 
+    /// `ValueBox<Value>.self`, looked up once: code that is not specialised
+    /// for `Value` (this module's `set`, `withValue`) would otherwise ask
+    /// the runtime for the generic class's metadata on every new box
+    /// (`swift_getGenericMetadata`, about 300 instructions).
+    @usableFromInline
+    let boxType: ValueBox<Value>.Type
+
+    /// A new box holding `value` for this variable.
+    @inlinable
+    func makeBox(_ value: Value) -> ValueBox<Value> {
+        boxType.init(variable: self, value: value)
+    }
+
     private init(name: String, defaultValue: Value?, inheritance: ContextVarInheritance) {
+        boxType = ValueBox<Value>.self
         self.name = name
         self.defaultValue = defaultValue
         self.inheritance = inheritance
@@ -165,7 +179,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// the change. See docs/concurrency.md.
     @discardableResult
     public func set(_ value: Value) -> Token<Value> {
-        let box = ValueBox(variable: self, value: value)
+        let box = makeBox(value)
         var token: OpaquePointer?
         let status: cctx_status
         switch CurrentPlace.resolve {
@@ -243,7 +257,7 @@ extension ContextVar {
     /// created and nobody has entered (for the ContextKitServiceContext
     /// bridge).
     package func setInFreshContext(_ context: Context, to value: Value) {
-        let box = ValueBox(variable: self, value: value)
+        let box = makeBox(value)
         let status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, nil) }
         checkOrTrap(status, "ContextVar '\(name)': setting a value in a new Context")
     }
@@ -252,7 +266,7 @@ extension ContextVar {
     /// before anyone else can see it.
     func copyWithValue(_ value: Value) -> Context {
         let context = Context.copyCurrent()
-        let box = ValueBox(variable: self, value: value)
+        let box = makeBox(value)
         // Nobody has entered the fresh copy: the write needs no claim.
         let status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, nil) }
         checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
