@@ -183,7 +183,13 @@ struct ContextScope {
         self.enclosing = task == nil ? nil : enclosing
         self.file = file
         self.line = line
-        if task != nil { cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle) }
+        if task != nil {
+            cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle)
+            // After the watchers (which may read and cache the enclosing
+            // place), before the task-local push: the task reads nothing
+            // in between.
+            TaskBinding.placeChanged()
+        }
     }
 
     /// Ends the scope: a thread exits the context, a task unclaims it and
@@ -191,6 +197,9 @@ struct ContextScope {
     /// enclosing binding's, or none).
     func leave() {
         binding.isActiveFlag.store(false, ordering: .relaxed)
+        // The task-local pop has just happened; the exited watchers below
+        // may read.
+        if binding.owner != nil { TaskBinding.placeChanged() }
         if binding.owner == nil {
             let status = cctx_context_exit(context.handle)
             if status != CCTX_OK {

@@ -133,6 +133,14 @@ final class TaskBinding: Sendable {
         owner == task && isActive
     }
 
+    /// Tells the place cache that the running task has just changed what it
+    /// reads: call right after binding or unbinding a scope in a task, and
+    /// after making its unscoped binding (see `CurrentPlace.resolve(in:)`).
+    @inlinable
+    static func placeChanged() {
+        cctx_shim_place_generation_bump()
+    }
+
     /// Whether the owner task has ended and nothing else refers to it (the
     /// binding's own reference is the only one left: a running task holds
     /// one to itself).
@@ -197,8 +205,31 @@ enum CurrentPlace {
     }
 
     /// As ``resolve`` for a caller that already knows the running task.
+    ///
+    /// First from the calling thread's place cache (`place_cache.c`): what
+    /// a task reads changes only when it binds or unbinds a scope or makes
+    /// its unscoped binding, and each of those bumps the place generation
+    /// (`TaskBinding.placeChanged()`), so an entry for this task id at the
+    /// current generation is still right, and its binding still alive.
     @inlinable
     static func resolve(in task: UnsafeRawPointer) -> CurrentPlace {
+        var cached: UnsafeRawPointer?
+        var owned = false
+        if cctx_shim_place_cache_get(task, &cached, &owned) {
+            guard let cached else { return .task(task, nil, owned: false) }
+            return .task(task, Unmanaged<TaskBinding>.fromOpaque(cached).takeUnretainedValue(), owned: owned)
+        }
+        let generation = cctx_shim_place_generation()
+        let place = resolveUncached(in: task)
+        if case .task(_, let binding, let owned) = place {
+            cctx_shim_place_cache_put(task, generation, binding.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) }, owned)
+        }
+        return place
+    }
+
+    /// ``resolve(in:)`` from the task-local and the unscoped table.
+    @usableFromInline
+    static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {
         let scoped = TaskBinding.current
         if let scoped, scoped.isOwned(by: task) { return .task(task, scoped, owned: true) }
         if let unscoped = UnscopedBindings.shared.binding(of: task) {
@@ -325,6 +356,7 @@ final class UnscopedBindings: Sendable {
         }
         entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
         cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(binding).toOpaque())
+        TaskBinding.placeChanged()
         // `replaced` is released here, outside the lock.
         replaced = nil
         startReaperIfNeeded()

@@ -78,6 +78,33 @@ const void *cctx_shim_unscoped_cache_get(const void *task);
  */
 void cctx_shim_unscoped_cache_put(const void *task, const void *binding);
 
+/**
+ * The process-wide place generation: bumped by ContextKit right after any
+ * task binds or unbinds a scope or makes its unscoped binding
+ * (place_cache.c). Read it BEFORE resolving a task's place, and cache the
+ * place under the value read.
+ */
+uint64_t cctx_shim_place_generation(void);
+
+/** Bumps the place generation (one relaxed atomic increment). */
+void cctx_shim_place_generation_bump(void);
+
+/**
+ * The calling thread's cached place of the running task `task` (non-NULL,
+ * borrowed): on a hit returns true and sets `*binding` (a `TaskBinding`,
+ * unretained, or NULL for none) and `*owned`; false when the thread has no
+ * entry for this task id at the current generation. Mirrors no Python API
+ * (CPython caches per variable, keyed by thread and context version).
+ */
+bool cctx_shim_place_cache_get(const void *task, const void **binding, bool *owned);
+
+/**
+ * Caches the place of the running task `task`, resolved after reading
+ * `generation` from cctx_shim_place_generation(): `binding` (unretained, or
+ * NULL) and whether the task owns it. Replaces the thread's entry.
+ */
+void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned);
+
 #ifdef __cplusplus
 }
 #endif
