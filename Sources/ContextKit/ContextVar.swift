@@ -1,4 +1,5 @@
 import CContextCore
+import CContextKitShims
 
 /// A context variable: Python's `contextvars.ContextVar`.
 ///
@@ -131,6 +132,19 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// for its `Value` (no generic metadata lookup on the hot path).
     @inlinable
     func currentValue() -> Value? {
+        // The fast path: a task whose place this thread has cached reads
+        // its binding borrowed (the cache's guarantee keeps it alive for
+        // the read), without a retain/release or a `CurrentPlace` value.
+        if let task = currentTask() {
+            var cached: UnsafeRawPointer?
+            var owned = false
+            if cctx_shim_place_cache_get(task, &cached, &owned) {
+                guard let cached else { return nil }
+                return Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef {
+                    value(in: $0, owned: owned)
+                }
+            }
+        }
         var pointer: UnsafeMutableRawPointer?
         switch CurrentPlace.resolve {
         case .thread:
@@ -139,26 +153,34 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
             guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
             return ValueBox<Value>.borrowedValue(pointer)
         case .task(_, let binding?, let owned):
-            if owned {
-                // The owner is the binding's only writer: a borrowed read is
-                // stable.
-                guard foundValue(cctx_context_get(binding.context.handle, handle, &pointer)),
-                    let pointer
-                else { return nil }
-                return ValueBox<Value>.borrowedValue(pointer)
-            }
-            // A binding inherited from another task or a thread: a
-            // `.notInherited` value stays with the task or thread that set it.
-            if inheritance == .notInherited { return nil }
-            // Its owner may be writing it on another thread: take a new
-            // reference inside the C runtime's read section.
-            guard foundValue(cctx_context_lookup(binding.context.handle, handle, &pointer)),
-                let pointer
-            else { return nil }
-            return ValueBox<Value>.adopted(pointer).value
+            return value(in: binding, owned: owned)
         case .task(_, nil, _):
             return nil
         }
+    }
+
+    /// The value `binding` holds, read by the running task, which owns the
+    /// binding or not (`owned`).
+    @inlinable
+    func value(in binding: TaskBinding, owned: Bool) -> Value? {
+        var pointer: UnsafeMutableRawPointer?
+        if owned {
+            // The owner is the binding's only writer: a borrowed read is
+            // stable.
+            guard foundValue(cctx_context_get(binding.context.handle, handle, &pointer)),
+                let pointer
+            else { return nil }
+            return ValueBox<Value>.borrowedValue(pointer)
+        }
+        // A binding inherited from another task or a thread: a
+        // `.notInherited` value stays with the task or thread that set it.
+        if inheritance == .notInherited { return nil }
+        // Its owner may be writing it on another thread: take a new
+        // reference inside the C runtime's read section.
+        guard foundValue(cctx_context_lookup(binding.context.handle, handle, &pointer)),
+            let pointer
+        else { return nil }
+        return ValueBox<Value>.adopted(pointer).value
     }
 
     /// The value the running code sees in its current context, without the
