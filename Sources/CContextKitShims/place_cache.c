@@ -48,9 +48,9 @@ uint64_t cctx_shim_place_generation(void)
     return atomic_load_explicit(&place_generation, memory_order_relaxed);
 }
 
-void cctx_shim_place_generation_bump(void)
+uint64_t cctx_shim_place_generation_bump(void)
 {
-    atomic_fetch_add_explicit(&place_generation, 1, memory_order_relaxed);
+    return atomic_fetch_add_explicit(&place_generation, 1, memory_order_relaxed) + 1;
 }
 
 bool cctx_shim_place_cache_get(const void *task, const void **binding, bool *owned)

@@ -138,7 +138,16 @@ final class TaskBinding: Sendable {
     /// after making its unscoped binding (see `CurrentPlace.resolve(in:)`).
     @inlinable
     static func placeChanged() {
-        cctx_shim_place_generation_bump()
+        _ = cctx_shim_place_generation_bump()
+    }
+
+    /// As ``placeChanged()``, for a caller that knows the running task's
+    /// new place: `binding` (nil: none), owned or not. Caches it, so that
+    /// the task's next read does not miss.
+    static func placeChanged(task: UnsafeRawPointer, to binding: TaskBinding?, owned: Bool) {
+        let generation = cctx_shim_place_generation_bump()
+        cctx_shim_place_cache_put(
+            task, generation, binding.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) }, owned)
     }
 
     /// Whether the owner task has ended and nothing else refers to it (the
@@ -356,7 +365,7 @@ final class UnscopedBindings: Sendable {
         }
         entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
         cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(binding).toOpaque())
-        TaskBinding.placeChanged()
+        TaskBinding.placeChanged(task: task, to: binding, owned: true)
         // `replaced` is released here, outside the lock.
         replaced = nil
         startReaperIfNeeded()

@@ -86,8 +86,12 @@ void cctx_shim_unscoped_cache_put(const void *task, const void *binding);
  */
 uint64_t cctx_shim_place_generation(void);
 
-/** Bumps the place generation (one relaxed atomic increment). */
-void cctx_shim_place_generation_bump(void);
+/**
+ * Bumps the place generation (one relaxed atomic increment) and returns the
+ * new value, under which the caller may cache the place it has just made
+ * current (another thread's bump in between only makes that entry miss).
+ */
+uint64_t cctx_shim_place_generation_bump(void);
 
 /**
  * The calling thread's cached place of the running task `task` (non-NULL,
