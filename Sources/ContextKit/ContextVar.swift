@@ -132,29 +132,28 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// for its `Value` (no generic metadata lookup on the hot path).
     @inlinable
     func currentValue() -> Value? {
+        var pointer: UnsafeMutableRawPointer?
+        guard let task = currentTask() else {
+            // Outside any task. Borrowed until this thread next writes its
+            // context: Swift takes its own reference at once.
+            guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
+            return ValueBox<Value>.borrowedValue(pointer)
+        }
         // The fast path: a task whose place this thread has cached reads
         // its binding borrowed (the cache's guarantee keeps it alive for
         // the read), without a retain/release or a `CurrentPlace` value.
-        if let task = currentTask() {
-            var cached: UnsafeRawPointer?
-            var owned = false
-            if cctx_shim_place_cache_get(task, &cached, &owned) {
-                guard let cached else { return nil }
-                return Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef {
-                    value(in: $0, owned: owned)
-                }
+        var cached: UnsafeRawPointer?
+        var owned = false
+        if cctx_shim_place_cache_get(task, &cached, &owned) {
+            guard let cached else { return nil }
+            return Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef {
+                value(in: $0, owned: owned)
             }
         }
-        var pointer: UnsafeMutableRawPointer?
-        switch CurrentPlace.resolve {
-        case .thread:
-            // Borrowed until this thread next writes its context: Swift takes
-            // its own reference at once.
-            guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
-            return ValueBox<Value>.borrowedValue(pointer)
+        switch CurrentPlace.resolve(in: task) {
         case .task(_, let binding?, let owned):
             return value(in: binding, owned: owned)
-        case .task(_, nil, _):
+        case .task(_, nil, _), .thread:
             return nil
         }
     }
