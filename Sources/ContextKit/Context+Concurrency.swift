@@ -14,19 +14,35 @@ extension Context {
     /// - Throws: ``ContextError/contextAlreadyEntered`` if the context is
     ///   already entered (by a thread, another task, or an enclosing `run`);
     ///   `body` does not run then. Errors thrown by `body` propagate.
+    ///
+    /// `nonisolated(nonsending)`: the call runs on the caller's executor (no
+    /// hop in or out), which an `isolated` parameter defaulted to
+    /// `#isolation` did not guarantee for a nonisolated caller.
     @discardableResult
-    public func run<R>(
-        _ body: () async throws -> R,
-        isolation: isolated (any Actor)? = #isolation,
+    public nonisolated(nonsending) func run<R>(
+        _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async throws -> R {
         let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.$current.withValue(scope.binding, operation: body, isolation: isolation)
+        return try await TaskBinding.$current.withValue(scope.binding, operation: body)
     }
 
-    /// As ``run(_:isolation:file:line:)`` for a context the caller has just
-    /// created, which nobody else can have entered.
+    /// As ``run(_:file:line:)`` for a context the caller has just created,
+    /// which nobody else can have entered.
+    nonisolated(nonsending) func runFresh<R>(
+        origin: FrameOrigin,
+        _ body: nonisolated(nonsending) () async throws -> R,
+        file: StaticString = #fileID, line: UInt = #line
+    ) async rethrows -> R {
+        let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
+        defer { scope.leave() }
+        return try await TaskBinding.$current.withValue(scope.binding, operation: body)
+    }
+
+    /// As ``run(_:file:line:)`` for a context the caller has just created,
+    /// run with the given isolation (the spawn helpers and the
+    /// ServiceContext bridge).
     package func runFresh<R>(
         origin: FrameOrigin,
         _ body: () async throws -> R,

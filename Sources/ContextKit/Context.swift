@@ -143,6 +143,10 @@ struct ContextScope {
     let binding: TaskBinding
     /// The binding the task saw before the scope (for the `exited` event).
     let enclosing: TaskBinding?
+    /// Whether the task owned `enclosing`: the place it returns to when the
+    /// scope ends (scopes are LIFO, and inside this scope the task writes
+    /// only this scope's binding, so that place cannot change meanwhile).
+    let enclosingOwned: Bool
     /// Where the scope was opened, for a stop that names the caller.
     let file: StaticString
     let line: UInt
@@ -177,13 +181,25 @@ struct ContextScope {
     }
 
     private init(context: Context, task: UnsafeRawPointer?, origin: FrameOrigin, file: StaticString, line: UInt) {
-        let enclosing = task.map { CurrentPlace.resolve(in: $0).binding } ?? TaskBinding.current
+        let enclosingPlace = task.map { CurrentPlace.resolve(in: $0) }
+        let enclosing = enclosingPlace.map { $0.binding } ?? TaskBinding.current
+        if case .task(_, _, let owned)? = enclosingPlace {
+            enclosingOwned = owned
+        } else {
+            enclosingOwned = false
+        }
         self.context = context
         self.binding = TaskBinding(context: context, owner: task, origin: origin, enclosing: enclosing)
         self.enclosing = task == nil ? nil : enclosing
         self.file = file
         self.line = line
-        if task != nil { cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle) }
+        if task != nil {
+            cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle)
+            // After the watchers (which may read and cache the enclosing
+            // place), before the task-local push: the task reads nothing
+            // in between.
+            TaskBinding.placeChanged(task: task!, to: binding, owned: true)
+        }
     }
 
     /// Ends the scope: a thread exits the context, a task unclaims it and
@@ -191,6 +207,11 @@ struct ContextScope {
     /// enclosing binding's, or none).
     func leave() {
         binding.isActiveFlag.store(false, ordering: .relaxed)
+        // The task-local pop has just happened; the exited watchers below
+        // may read.
+        if let task = binding.owner {
+            TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned)
+        }
         if binding.owner == nil {
             let status = cctx_context_exit(context.handle)
             if status != CCTX_OK {

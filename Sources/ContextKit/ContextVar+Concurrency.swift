@@ -8,11 +8,13 @@ extension ContextVar {
     /// `Task {}`) see `value`; `Task.detached` does not. ``set(_:)`` inside
     /// `operation` changes the copy, which is gone when `withValue` returns
     /// or throws.
-    public func withValue<R>(
+    ///
+    /// `nonisolated(nonsending)`: runs on the caller's executor, with no hop
+    /// in or out.
+    public nonisolated(nonsending) func withValue<R>(
         _ value: Value,
-        operation: () async throws -> R,
-        isolation: isolated (any Actor)? = #isolation
+        operation: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
-        try await copyWithValue(value).runFresh(origin: .withValue(variable: name), operation, isolation: isolation)
+        try await copyWithValue(value).runFresh(origin: .withValue(variable: name), operation)
     }
 }

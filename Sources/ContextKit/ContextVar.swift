@@ -1,4 +1,5 @@
 import CContextCore
+import CContextKitShims
 
 /// A context variable: Python's `contextvars.ContextVar`.
 ///
@@ -66,7 +67,21 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         self.init(name: name, defaultValue: .some(`default`), inheritance: inheritance)
     }
 
+    /// `ValueBox<Value>.self`, looked up once: code that is not specialised
+    /// for `Value` (this module's `set`, `withValue`) would otherwise ask
+    /// the runtime for the generic class's metadata on every new box
+    /// (`swift_getGenericMetadata`, about 300 instructions).
+    @usableFromInline
+    let boxType: ValueBox<Value>.Type
+
+    /// A new box holding `value` for this variable.
+    @inlinable
+    func makeBox(_ value: Value) -> ValueBox<Value> {
+        boxType.init(variable: self, value: value)
+    }
+
     private init(name: String, defaultValue: Value?, inheritance: ContextVarInheritance) {
+        boxType = ValueBox<Value>.self
         self.name = name
         self.defaultValue = defaultValue
         self.inheritance = inheritance
@@ -118,33 +133,53 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     @inlinable
     func currentValue() -> Value? {
         var pointer: UnsafeMutableRawPointer?
-        switch CurrentPlace.resolve {
-        case .thread:
-            // Borrowed until this thread next writes its context: Swift takes
-            // its own reference at once.
+        guard let task = currentTask() else {
+            // Outside any task. Borrowed until this thread next writes its
+            // context: Swift takes its own reference at once.
             guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
             return ValueBox<Value>.borrowedValue(pointer)
-        case .task(_, let binding?, let owned):
-            if owned {
-                // The owner is the binding's only writer: a borrowed read is
-                // stable.
-                guard foundValue(cctx_context_get(binding.context.handle, handle, &pointer)),
-                    let pointer
-                else { return nil }
-                return ValueBox<Value>.borrowedValue(pointer)
+        }
+        // The fast path: a task whose place this thread has cached reads
+        // its binding borrowed (the cache's guarantee keeps it alive for
+        // the read), without a retain/release or a `CurrentPlace` value.
+        var cached: UnsafeRawPointer?
+        var owned = false
+        if cctx_shim_place_cache_get(task, &cached, &owned) {
+            guard let cached else { return nil }
+            return Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef {
+                value(in: $0, owned: owned)
             }
-            // A binding inherited from another task or a thread: a
-            // `.notInherited` value stays with the task or thread that set it.
-            if inheritance == .notInherited { return nil }
-            // Its owner may be writing it on another thread: take a new
-            // reference inside the C runtime's read section.
-            guard foundValue(cctx_context_lookup(binding.context.handle, handle, &pointer)),
-                let pointer
-            else { return nil }
-            return ValueBox<Value>.adopted(pointer).value
-        case .task(_, nil, _):
+        }
+        switch CurrentPlace.resolve(in: task) {
+        case .task(_, let binding?, let owned):
+            return value(in: binding, owned: owned)
+        case .task(_, nil, _), .thread:
             return nil
         }
+    }
+
+    /// The value `binding` holds, read by the running task, which owns the
+    /// binding or not (`owned`).
+    @inlinable
+    func value(in binding: TaskBinding, owned: Bool) -> Value? {
+        var pointer: UnsafeMutableRawPointer?
+        if owned {
+            // The owner is the binding's only writer: a borrowed read is
+            // stable.
+            guard foundValue(cctx_context_get(binding.context.handle, handle, &pointer)),
+                let pointer
+            else { return nil }
+            return ValueBox<Value>.borrowedValue(pointer)
+        }
+        // A binding inherited from another task or a thread: a
+        // `.notInherited` value stays with the task or thread that set it.
+        if inheritance == .notInherited { return nil }
+        // Its owner may be writing it on another thread: take a new
+        // reference inside the C runtime's read section.
+        guard foundValue(cctx_context_lookup(binding.context.handle, handle, &pointer)),
+            let pointer
+        else { return nil }
+        return ValueBox<Value>.adopted(pointer).value
     }
 
     /// The value the running code sees in its current context, without the
@@ -165,7 +200,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// the change. See docs/concurrency.md.
     @discardableResult
     public func set(_ value: Value) -> Token<Value> {
-        let box = ValueBox(variable: self, value: value)
+        let box = makeBox(value)
         var token: OpaquePointer?
         let status: cctx_status
         switch CurrentPlace.resolve {
@@ -243,7 +278,7 @@ extension ContextVar {
     /// created and nobody has entered (for the ContextKitServiceContext
     /// bridge).
     package func setInFreshContext(_ context: Context, to value: Value) {
-        let box = ValueBox(variable: self, value: value)
+        let box = makeBox(value)
         let status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, nil) }
         checkOrTrap(status, "ContextVar '\(name)': setting a value in a new Context")
     }
@@ -252,7 +287,7 @@ extension ContextVar {
     /// before anyone else can see it.
     func copyWithValue(_ value: Value) -> Context {
         let context = Context.copyCurrent()
-        let box = ValueBox(variable: self, value: value)
+        let box = makeBox(value)
         // Nobody has entered the fresh copy: the write needs no claim.
         let status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, nil) }
         checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")

@@ -95,14 +95,12 @@ public struct DefaultedContextVar<Value: Sendable>: Sendable, Hashable, CustomSt
     /// - Parameters:
     ///   - value: the value inside `operation` and the child tasks it creates.
     ///   - operation: the code to run.
-    ///   - isolation: the caller's isolation (inferred).
     /// - Returns: what `operation` returns.
-    public func withValue<R>(
+    public nonisolated(nonsending) func withValue<R>(
         _ value: Value,
-        operation: () async throws -> R,
-        isolation: isolated (any Actor)? = #isolation
+        operation: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
-        try await variable.withValue(value, operation: operation, isolation: isolation)
+        try await variable.withValue(value, operation: operation)
     }
 
     /// Identity, as for ``ContextVar``: two wrappers are equal when they wrap

@@ -48,7 +48,11 @@ extension Context {
 /// none: it gets its context from the helper, and must not keep the
 /// spawner's binding (and the values in it) alive for its whole life.
 private func withoutBinding<R>(_ body: () -> R) -> R {
-    TaskBinding.$current.withValue(nil, operation: body)
+    defer { TaskBinding.placeChanged() }
+    return TaskBinding.$current.withValue(nil) {
+        TaskBinding.placeChanged()
+        return body()
+    }
 }
 
 /// Carries a `sending` closure into the task that `withoutBinding` creates.

@@ -52,9 +52,16 @@ func checkOrTrap(
 
 /// Whether a C read found a value: `CCTX_OK` yes, `CCTX_NOT_FOUND` no;
 /// anything else is a facade bug.
-@inlinable
+@inlinable @inline(__always)
 func foundValue(_ status: cctx_status) -> Bool {
     if status == CCTX_OK { return true }
     if status == CCTX_NOT_FOUND { return false }
+    unexpectedReadStatus(status)
+}
+
+/// The stop of ``foundValue(_:)``, out of line so that every read inlines
+/// only the two comparisons.
+@usableFromInline @inline(never)
+func unexpectedReadStatus(_ status: cctx_status) -> Never {
     fatalError("ContextKit internal error: \(String(cString: cctx_strerror(status)))")
 }

@@ -133,6 +133,23 @@ final class TaskBinding: Sendable {
         owner == task && isActive
     }
 
+    /// Tells the place cache that the running task has just changed what it
+    /// reads: call right after binding or unbinding a scope in a task, and
+    /// after making its unscoped binding (see `CurrentPlace.resolve(in:)`).
+    @inlinable
+    static func placeChanged() {
+        _ = cctx_shim_place_generation_bump()
+    }
+
+    /// As ``placeChanged()``, for a caller that knows the running task's
+    /// new place: `binding` (nil: none), owned or not. Caches it, so that
+    /// the task's next read does not miss.
+    static func placeChanged(task: UnsafeRawPointer, to binding: TaskBinding?, owned: Bool) {
+        let generation = cctx_shim_place_generation_bump()
+        cctx_shim_place_cache_put(
+            task, generation, binding.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) }, owned)
+    }
+
     /// Whether the owner task has ended and nothing else refers to it (the
     /// binding's own reference is the only one left: a running task holds
     /// one to itself).
@@ -197,8 +214,31 @@ enum CurrentPlace {
     }
 
     /// As ``resolve`` for a caller that already knows the running task.
+    ///
+    /// First from the calling thread's place cache (`place_cache.c`): what
+    /// a task reads changes only when it binds or unbinds a scope or makes
+    /// its unscoped binding, and each of those bumps the place generation
+    /// (`TaskBinding.placeChanged()`), so an entry for this task id at the
+    /// current generation is still right, and its binding still alive.
     @inlinable
     static func resolve(in task: UnsafeRawPointer) -> CurrentPlace {
+        var cached: UnsafeRawPointer?
+        var owned = false
+        if cctx_shim_place_cache_get(task, &cached, &owned) {
+            guard let cached else { return .task(task, nil, owned: false) }
+            return .task(task, Unmanaged<TaskBinding>.fromOpaque(cached).takeUnretainedValue(), owned: owned)
+        }
+        let generation = cctx_shim_place_generation()
+        let place = resolveUncached(in: task)
+        if case .task(_, let binding, let owned) = place {
+            cctx_shim_place_cache_put(task, generation, binding.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) }, owned)
+        }
+        return place
+    }
+
+    /// ``resolve(in:)`` from the task-local and the unscoped table.
+    @usableFromInline
+    static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {
         let scoped = TaskBinding.current
         if let scoped, scoped.isOwned(by: task) { return .task(task, scoped, owned: true) }
         if let unscoped = UnscopedBindings.shared.binding(of: task) {
@@ -288,11 +328,20 @@ final class UnscopedBindings: Sendable {
     }
 
     /// The unscoped binding of `task` (the running task), if it has one.
+    ///
+    /// After the first lookup on a thread, a task's reads there come from a
+    /// per-thread cache keyed by its id, with no lock (sound because the
+    /// entry stays until the task ends: see `unscoped_cache.c`).
     @usableFromInline
     func binding(of task: UnsafeRawPointer) -> TaskBinding? {
         if entryCount.load(ordering: .relaxed) == 0 { return nil }
+        if let cached = cctx_shim_unscoped_cache_get(task) {
+            return Unmanaged<TaskBinding>.fromOpaque(cached).takeUnretainedValue()
+        }
         let id = Self.id(of: task)
-        return shard(for: task).withLock { entries, _ in entries[id] }
+        let found = shard(for: task).withLock { entries, _ in entries[id] }
+        if let found { cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(found).toOpaque()) }
+        return found
     }
 
     /// Makes the unscoped binding of `task` (the running task, which has
@@ -315,6 +364,8 @@ final class UnscopedBindings: Sendable {
             }
         }
         entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
+        cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(binding).toOpaque())
+        TaskBinding.placeChanged(task: task, to: binding, owned: true)
         // `replaced` is released here, outside the lock.
         replaced = nil
         startReaperIfNeeded()

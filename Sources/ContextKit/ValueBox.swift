@@ -59,8 +59,10 @@ final class ValueBox<V: Sendable>: AnyValueBox, @unchecked Sendable {
     @usableFromInline let variable: ContextVar<V>
     @usableFromInline let value: V
 
+    /// `required` so that ``ContextVar`` can create boxes through the
+    /// metatype it looked up once (`ContextVar.makeBox`).
     @usableFromInline
-    init(variable: ContextVar<V>, value: V) {
+    required init(variable: ContextVar<V>, value: V) {
         self.variable = variable
         self.value = value
     }

@@ -59,8 +59,28 @@ func nextIterations(_ n: Int, _ dt: Double) -> Int {
     dt > 1e6 ? Int(Double(n) * (targetNs * 1.1) / dt) + 1 : n * 4
 }
 
+/// Counting mode, for callgrind (steady on a loaded machine, unlike the
+/// times): CKBENCH_N=<n> CKBENCH_INDEX=<k> runs loop number k (in the order
+/// the rows are measured; the rows print their numbers) once with n
+/// operations and every other loop once with 1, untimed; the map rows are
+/// skipped. Two runs with different n give a row's instructions per
+/// operation: (total(n2) - total(n1)) / (n2 - n1).
+let countingIterations: Int? = getenv("CKBENCH_N").flatMap { Int(String(cString: $0)) }
+let countingIndex: Int = getenv("CKBENCH_INDEX").flatMap { Int(String(cString: $0)) } ?? -1
+nonisolated(unsafe) var loopsMeasured = 0
+
+/// The iteration count of the next loop in counting mode.
+func nextCountingIterations(_ n: Int) -> Int {
+    defer { loopsMeasured += 1 }
+    return loopsMeasured == countingIndex ? n : 1
+}
+
 /// Times `body(n)`, a loop of n operations returning a folded result.
 func measure(_ body: (Int) -> Int) -> Stats {
+    if let n = countingIterations {
+        blackHole(body(nextCountingIterations(n)))
+        return Stats(median: 0, min: 0, max: 0)
+    }
     var n = 16
     while true {
         let t0 = nowNs()
@@ -82,6 +102,10 @@ func measure(_ body: (Int) -> Int) -> Stats {
 
 /// `measure` for loops that await.
 func measureAsync(_ body: (Int) async -> Int) async -> Stats {
+    if let n = countingIterations {
+        blackHole(await body(nextCountingIterations(n)))
+        return Stats(median: 0, min: 0, max: 0)
+    }
     var n = 16
     while true {
         let t0 = nowNs()
@@ -103,6 +127,10 @@ func measureAsync(_ body: (Int) async -> Int) async -> Stats {
 
 func emit(_ group: String, _ op: String, _ impl: String, _ s: Stats,
           unit: String = "ns", note: String = "") {
+    if countingIterations != nil {
+        print("loop \(loopsMeasured - 1)\t\(op)\t\(impl)")
+        return
+    }
     print("\(group)\t\(op)\t\(impl)\t\(fmt(s.median))\t\(fmt(s.min))\t\(fmt(s.max))\t\(unit)\t\(note)")
     fflush(stdout)
     let line = "  \(pad(group, 8)) \(pad(op, 26)) \(pad(impl, 16)) \(fmt(s.median)) \(unit)  [\(fmt(s.min)) .. \(fmt(s.max))]\n"

@@ -61,6 +61,54 @@ uint64_t cctx_shim_task_id(const void *task);
  */
 bool cctx_shim_task_is_async_let(const void *task);
 
+/**
+ * The calling thread's cached unscoped binding (a `TaskBinding`, unretained)
+ * of the running task `task` (non-NULL, borrowed), or NULL when the thread
+ * has cached none for this task's id. Sound without locks because a task's
+ * unscoped binding stays in the table until the task ends and task ids are
+ * never reused (unscoped_cache.c). Mirrors no Python API (CPython's
+ * per-variable cache keyed by thread and context version is the analogue).
+ */
+const void *cctx_shim_unscoped_cache_get(const void *task);
+
+/**
+ * Caches `binding` (unretained; the table keeps it alive while `task` runs)
+ * as the unscoped binding of the running task `task` on the calling thread,
+ * replacing the thread's previous entry.
+ */
+void cctx_shim_unscoped_cache_put(const void *task, const void *binding);
+
+/**
+ * The process-wide place generation: bumped by ContextKit right after any
+ * task binds or unbinds a scope or makes its unscoped binding
+ * (place_cache.c). Read it BEFORE resolving a task's place, and cache the
+ * place under the value read.
+ */
+uint64_t cctx_shim_place_generation(void);
+
+/**
+ * Bumps the place generation (one relaxed atomic increment) and returns the
+ * new value, under which the caller may cache the place it has just made
+ * current (another thread's bump in between only makes that entry miss).
+ */
+uint64_t cctx_shim_place_generation_bump(void);
+
+/**
+ * The calling thread's cached place of the running task `task` (non-NULL,
+ * borrowed): on a hit returns true and sets `*binding` (a `TaskBinding`,
+ * unretained, or NULL for none) and `*owned`; false when the thread has no
+ * entry for this task id at the current generation. Mirrors no Python API
+ * (CPython caches per variable, keyed by thread and context version).
+ */
+bool cctx_shim_place_cache_get(const void *task, const void **binding, bool *owned);
+
+/**
+ * Caches the place of the running task `task`, resolved after reading
+ * `generation` from cctx_shim_place_generation(): `binding` (unretained, or
+ * NULL) and whether the task owns it. Replaces the thread's entry.
+ */
+void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned);
+
 #ifdef __cplusplus
 }
 #endif
