@@ -115,11 +115,18 @@ static void epoch_init(void)
 {
     ck_epoch_init(&epoch);
     ck_stack_init(&orphans);
+}
+
+/* The runtime's fork handlers, registered when the library is loaded: a
+ * lock may be taken before any record exists (a local created on a thread
+ * that never read a context), and the handlers must already cover it. */
+__attribute__((constructor)) static void reclaim_fork_handlers_install(void)
+{
     (void)pthread_atfork(reclaim_atfork_prepare, reclaim_atfork_parent,
                          reclaim_atfork_child);
 }
 
-struct ck_epoch *reclaim_epoch(void)
+static ck_epoch_t *reclaim_epoch(void)
 {
     pthread_once(&epoch_once, epoch_init);
     return &epoch;
@@ -189,7 +196,11 @@ bool reclaim_flush(reclaim_record *record)
  * storage registered once without allocating; one thread at a time. */
 static struct reclaim_thread fallback_thread __attribute__((aligned(64)));
 #define fallback_record (fallback_thread.record)
-static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Recursive: a read on the fallback record may run a callback that opens
+ * another (a retain callback that drops a local's last reference walks
+ * the registry in a section). ck_epoch sections nest on one record, and
+ * hazard slots stack. */
+static pthread_mutex_t fallback_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static pthread_once_t fallback_once = PTHREAD_ONCE_INIT;
 
 static void fallback_register(void)
@@ -224,7 +235,7 @@ void reclaim_section_end(reclaim_section *s)
 
 /* ------------------------------------------------------------ deferral */
 
-struct deferred {
+struct reclaim_deferral {
     ck_epoch_entry_t entry; /* first: ck_epoch hands this pointer back */
     void *object;
     void (*free_fn)(void *);
@@ -232,7 +243,7 @@ struct deferred {
 
 static void deferred_run(ck_epoch_entry_t *entry)
 {
-    struct deferred *d = (struct deferred *)entry;
+    struct reclaim_deferral *d = (struct reclaim_deferral *)entry;
     void *object = d->object;
     void (*free_fn)(void *) = d->free_fn;
     cctx_dealloc(d);
@@ -278,9 +289,29 @@ void reclaim_synchronize(void)
     CCTX_TSAN_ACQUIRE(&epoch);
 }
 
+reclaim_deferral *reclaim_deferral_new(void)
+{
+    return cctx_alloc(sizeof(reclaim_deferral));
+}
+
+void reclaim_deferral_discard(reclaim_deferral *d)
+{
+    cctx_dealloc(d);
+}
+
 void reclaim_defer(reclaim_record *record, void *object, void (*free_fn)(void *))
 {
-    struct deferred *d = record != NULL ? cctx_alloc(sizeof *d) : NULL;
+    reclaim_defer_prepared(record, record != NULL ? reclaim_deferral_new() : NULL, object,
+                           free_fn);
+}
+
+void reclaim_defer_prepared(reclaim_record *record, reclaim_deferral *d, void *object,
+                            void (*free_fn)(void *))
+{
+    if (record == NULL) {
+        cctx_dealloc(d);
+        d = NULL;
+    }
     if (d == NULL) {
         /* No record (no thread state) or no memory to defer with: wait for
          * the grace period here. Slower, never wrong. A thread inside a
@@ -535,16 +566,21 @@ unsigned reclaim_retired_count(reclaim_record *record)
 /* ------------------------------------------------------------ fork */
 
 /* Locks another thread could hold at the fork are taken first, so that the
- * child starts with them free and its structures consistent. */
+ * child starts with them free and its structures consistent. One order for
+ * the whole runtime: the fallback lock first (a read on the fallback
+ * record may run a callback that creates a local, taking local.c's index
+ * lock), then local.c's locks, then orphan_lock (a leaf). */
 static void reclaim_atfork_prepare(void)
 {
     pthread_mutex_lock(&fallback_lock);
+    local_atfork_prepare();
     pthread_mutex_lock(&orphan_lock);
 }
 
 static void reclaim_atfork_parent(void)
 {
     pthread_mutex_unlock(&orphan_lock);
+    local_atfork_parent();
     pthread_mutex_unlock(&fallback_lock);
 }
 
@@ -557,7 +593,11 @@ static void reclaim_atfork_parent(void)
 static void reclaim_atfork_child(void)
 {
     pthread_mutex_unlock(&orphan_lock);
-    pthread_mutex_unlock(&fallback_lock);
+    local_atfork_child();
+    /* Initialised afresh, not unlocked: a recursive mutex remembers its
+     * owner's thread id, which is not the child's. */
+    static const pthread_mutex_t fresh = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+    memcpy(&fallback_lock, &fresh, sizeof fresh);
     cctx_thread_state *ts = thread_state_peek();
     ck_epoch_record_t *mine = ts != NULL ? ts->record : NULL;
     /* Nested reads past the hazard slots belonged to threads now gone
@@ -590,6 +630,14 @@ static void reclaim_atfork_child(void)
         cctx_thread_state *dead = thread_of(r)->owner;
         thread_of(r)->owner = NULL;
         if (dead != NULL) {
+            /* A thread stopped inside an in-place write (context.c) left
+             * its context's root tagged, and readers wait for the tag to
+             * clear: clear it. The slot holds the old value or the new one
+             * whole (one aligned store); the reference the write would
+             * have dropped stays with the dead thread, as everything else
+             * it held does. */
+            if (dead->in_place != NULL)
+                dead->in_place->root = context_own_root(dead->in_place);
             dead->fork_orphan_next = cctx_fork_orphan_states;
             cctx_fork_orphan_states = dead;
         }
