@@ -48,8 +48,11 @@
  *     `gen` and `release` fields of its slots. Other threads write nothing
  *     but a slot's `value`, and only with an atomic exchange.
  * I3. A value is owned by exactly one slot; whoever takes it out of the
- *     slot with the atomic exchange (the owner's set/delete/exit, or the
- *     local's final release on any thread) releases it, once.
+ *     slot with the atomic exchange (the owner's delete/exit, or the
+ *     local's final release on any thread) releases it, once. The owner's
+ *     set on a slot already its local's needs no exchange: no final
+ *     release of that local can run while the caller holds a reference
+ *     (see cctx_local_set), so it loads and stores.
  * I4. A thread's table is on the registry list from before its first value
  *     is stored until its thread state is destroyed.
  * I5. An index goes back to the allocator only after the local's final
@@ -631,10 +634,10 @@ cctx_status cctx_local_peek(cctx_local *local, void **out)
     return CCTX_OK;
 }
 
-cctx_status cctx_local_set(cctx_local *local, void *value)
+/* A set that needs a thread state, a slot, or to adopt the slot from
+ * another local (see local_slot_store). */
+static __attribute__((noinline)) cctx_status local_set_slow(cctx_local *local, void *value)
 {
-    if (CCTX_UNLIKELY(!local_is_valid(local)))
-        return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_get();
     if (CCTX_UNLIKELY(ts == NULL))
         return CCTX_ENOMEM;
@@ -645,6 +648,28 @@ cctx_status cctx_local_set(cctx_local *local, void *value)
     /* Retain before releasing the old value: they may be the same. */
     local_value_retain(local, value);
     local_slot_store(slot, local, value);
+    return CCTX_OK;
+}
+
+cctx_status cctx_local_set(cctx_local *local, void *value)
+{
+    if (CCTX_UNLIKELY(!local_is_valid(local)))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_peek();
+    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    if (CCTX_UNLIKELY(slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen))
+        return local_set_slow(local, value);
+    /* The slot is this local's already: replace the value with a load and
+     * a store, no exchange (I3). No other thread can take a value of a
+     * local out of this slot while the caller holds a reference to it:
+     * the final-release walk for `local` runs only after its last
+     * reference is gone, and a walk for an earlier local at this index
+     * ended before the index was reused (I5). The release store orders
+     * the value's construction before a later walk's exchange reads it. */
+    local_value_retain(local, value); /* first: old may be the same value */
+    void *old = cctx_load_ptr(&slot->value);
+    cctx_store_ptr(&slot->value, value);
+    local_value_release(local, old);
     return CCTX_OK;
 }
 
