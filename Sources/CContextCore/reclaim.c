@@ -434,7 +434,7 @@ void reclaim_unprotect(reclaim_guard *g)
 {
     struct reclaim_thread *t = g->thread;
     if (CCTX_UNLIKELY(g->slot >= RECLAIM_HAZARDS)) {
-        cctx_dec_uint_is_zero(&overflow_readers);
+        (void)cctx_dec_uint_is_zero(&overflow_readers);
     } else {
         /* Release: our reads of the object happen before its free. */
         cctx_store_ptr(&t->hazard[g->slot], NULL);
