@@ -196,16 +196,32 @@ bool reclaim_flush(reclaim_record *record)
  * storage registered once without allocating; one thread at a time. */
 static struct reclaim_thread fallback_thread __attribute__((aligned(64)));
 #define fallback_record (fallback_thread.record)
-/* Recursive: a read on the fallback record may run a callback that opens
- * another (a retain callback that drops a local's last reference walks
- * the registry in a section). ck_epoch sections nest on one record, and
- * hazard slots stack. */
-static pthread_mutex_t fallback_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static pthread_once_t fallback_once = PTHREAD_ONCE_INIT;
 
 static void fallback_register(void)
 {
     ck_epoch_register(reclaim_epoch(), &fallback_record, &fallback_tag);
+}
+/* Re-entrant on one thread: a read on the fallback record may run a
+ * callback that opens another (a retain callback that drops a local's last
+ * reference walks the registry in a section). ck_epoch sections nest on
+ * one record, and hazard slots stack. A plain mutex plus a per-thread
+ * depth rather than a recursive mutex: the fork child can unlock a plain
+ * one (a recursive one checks its owner's thread id, which changes). */
+static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread unsigned fallback_depth;
+
+static void fallback_acquire(void)
+{
+    pthread_once(&fallback_once, fallback_register);
+    if (fallback_depth++ == 0)
+        pthread_mutex_lock(&fallback_lock);
+}
+
+static void fallback_release(void)
+{
+    if (--fallback_depth == 0)
+        pthread_mutex_unlock(&fallback_lock);
 }
 
 /* ------------------------------------------------------------ sections */
@@ -214,8 +230,7 @@ void reclaim_section_begin(reclaim_record *record, reclaim_section *s)
 {
     s->fallback = record == NULL;
     if (s->fallback) {
-        pthread_once(&fallback_once, fallback_register);
-        pthread_mutex_lock(&fallback_lock);
+        fallback_acquire();
         record = &fallback_record;
     }
     s->record = record;
@@ -230,7 +245,7 @@ void reclaim_section_end(reclaim_section *s)
     ck_epoch_end(s->record, (ck_epoch_section_t *)&s->bucket);
     section_depth--;
     if (s->fallback)
-        pthread_mutex_unlock(&fallback_lock);
+        fallback_release();
 }
 
 /* ------------------------------------------------------------ deferral */
@@ -403,8 +418,7 @@ cctx_thread_state *cctx_fork_orphan_states CCTX_HIDDEN; /* not static: never opt
 void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g)
 {
     if (record == NULL) {
-        pthread_once(&fallback_once, fallback_register);
-        pthread_mutex_lock(&fallback_lock);
+        fallback_acquire();
         record = &fallback_record;
     }
     struct reclaim_thread *t = thread_of(record);
@@ -441,7 +455,7 @@ void reclaim_unprotect(reclaim_guard *g)
     }
     t->depth--;
     if (t == &fallback_thread)
-        pthread_mutex_unlock(&fallback_lock);
+        fallback_release();
 }
 
 /* Is `object` named by any hazard slot of any thread? */
@@ -594,10 +608,7 @@ static void reclaim_atfork_child(void)
 {
     pthread_mutex_unlock(&orphan_lock);
     local_atfork_child();
-    /* Initialised afresh, not unlocked: a recursive mutex remembers its
-     * owner's thread id, which is not the child's. */
-    static const pthread_mutex_t fresh = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
-    memcpy(&fallback_lock, &fresh, sizeof fresh);
+    pthread_mutex_unlock(&fallback_lock);
     cctx_thread_state *ts = thread_state_peek();
     ck_epoch_record_t *mine = ts != NULL ? ts->record : NULL;
     /* Nested reads past the hazard slots belonged to threads now gone

@@ -63,8 +63,8 @@ typedef struct ck_epoch_record reclaim_record;
 
 /* A read section. `record` NULL means the shared fallback record (for a
  * thread whose state could not be created, or whose teardown gave its
- * record back); it is held under a recursive mutex, so sections and
- * protected reads on it nest on one thread. */
+ * record back); it is held under a mutex, re-entrant on one thread, so
+ * sections and protected reads on it nest. */
 typedef struct reclaim_section {
     reclaim_record *record;
     bool fallback;
