@@ -40,11 +40,15 @@
  * holds at most RECLAIM_SCAN_EVERY + RECLAIM_HAZARDS x threads retired
  * roots.
  *
- * fork(): reclaim.c installs pthread_atfork handlers. In the child, every
- * record but the forking thread's belongs to a thread that no longer
- * exists: those records are marked inactive (no grace period waits for
- * them) and recyclable, and the objects they had deferred are adopted and
- * freed by the child's next poll or barrier.
+ * fork(): reclaim.c installs the runtime's only pthread_atfork handlers,
+ * at load time. Prepare takes every runtime lock in one order (the
+ * fallback lock, local.c's locks, the orphan lock); parent and child give
+ * them back. In the child, every record but the forking thread's belongs
+ * to a thread that no longer exists: those records are marked inactive
+ * (no grace period waits for them) and recyclable, the objects they had
+ * deferred are adopted and freed by the child's next poll or barrier, and
+ * a context root such a thread had tagged for an in-place write
+ * (cctx_thread_state.in_place) is untagged.
  */
 #ifndef CCTX_RECLAIM_H
 #define CCTX_RECLAIM_H
