@@ -329,9 +329,15 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
     if (slot == NULL)
         return false;
     var_value_retain(var, value); /* before anything is visible */
+    /* fork() may copy the process while the root is tagged; this thread
+     * does not exist in the child, so the child's fork handler (reclaim.c)
+     * clears the tag of the context named here. The exchange orders this
+     * store before the tag: a child that sees the tag sees the name. */
+    ts->in_place = ctx;
     (void)cctx_fas_ptr(&ctx->root, (hamt_node *)((uintptr_t)root | CCTX_ROOT_IN_PLACE));
     if (cctx_load_uint(&ctx->readers) != 0 || !hamt_is_unique(root)) {
         cctx_store_ptr(&ctx->root, root);
+        cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
         var_value_release(var, value);
         return false;
     }
@@ -341,6 +347,7 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
     cctx_store_ptr(slot, value);
     thread_state_invalidate(ts);
     cctx_store_ptr(&ctx->root, root); /* release: readers see the value */
+    cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
     var_value_release(var, old);
     return true;
 }

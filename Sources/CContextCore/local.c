@@ -48,8 +48,11 @@
  *     `gen` and `release` fields of its slots. Other threads write nothing
  *     but a slot's `value`, and only with an atomic exchange.
  * I3. A value is owned by exactly one slot; whoever takes it out of the
- *     slot with the atomic exchange (the owner's set/delete/exit, or the
- *     local's final release on any thread) releases it, once.
+ *     slot with the atomic exchange (the owner's delete/exit, or the
+ *     local's final release on any thread) releases it, once. The owner's
+ *     set on a slot already its local's needs no exchange: no final
+ *     release of that local can run while the caller holds a reference
+ *     (see cctx_local_set), so it loads and stores.
  * I4. A thread's table is on the registry list from before its first value
  *     is stored until its thread state is destroyed.
  * I5. An index goes back to the allocator only after the local's final
@@ -59,7 +62,7 @@
  * Reclamation argument
  * --------------------
  * The final release of a local L = (i, g) (`local_release_everywhere`)
- * walks the registry inside a ck_epoch section and, in each table whose
+ * walks the registry inside a read section (reclaim.h) and, in each table whose
  * slot i carries generation g, exchanges the value with EMPTY and releases
  * what it took out. Why that is enough and safe:
  *
@@ -76,15 +79,15 @@
  *   on the slot, so exactly one party gets the pointer, the other EMPTY.
  * - Nothing is read after free. The walk reads tables, directories and
  *   chunks of threads that may be exiting or growing concurrently:
- *     * a replaced directory is retired with ck_epoch_call on the owner's
- *       record and freed by ck_epoch_poll/ck_epoch_barrier only after a
- *       grace period, i.e. after every section that might still hold it;
+ *     * a replaced directory is deferred (reclaim_defer) on the owner's
+ *       record and freed only after a grace period, i.e. after every
+ *       section that might still hold it;
  *     * an exiting thread first releases its values with the table still
  *       registered (release callbacks may use locals, which store into that
  *       same table; thread_state.c repeats this until nothing new appears),
  *       then unlinks its table (walks already on it keep following its
  *       `next`, as in an RCU list) and waits for a grace period
- *       (ck_epoch_barrier) before freeing table, directory and chunks. Any
+ *       (reclaim_barrier) before freeing table, directory and chunks. Any
  *       walk that could have reached the table began before the unlink and
  *       so ends before the barrier returns.
  * - A stale value is never shown. Slot i of a table keeps the generation
@@ -98,15 +101,17 @@
  *   and thread exit/cleanup (unlink it). Once per thread, not per access.
  * - index_lock: cctx_local_new and a local's final release (index
  *   allocation). Once per local.
- * - release_lock: serialises final releases of locals so that they can
- *   share one statically allocated ck_epoch record (a final release cannot
- *   fail, so it must not allocate a record or a thread state; and it may
- *   run on a thread that never used ContextKit). Once per local.
  *
- * No release callback runs under any of these locks or inside an epoch
+ * A final release walks in a section on the calling thread's own record;
+ * a thread without a state (it never used ContextKit, or its teardown gave
+ * the record back) uses reclaim.c's fallback record. It never creates a
+ * state or a record: a final release cannot fail. Final releases on
+ * different threads walk at the same time; the exchanges arbitrate (I3).
+ *
+ * No release callback runs under any of these locks or inside a read
  * section. A final release takes values out of the slots in batches of
  * RELEASE_BATCH (a stack array: it must not allocate), leaves its section,
- * drops release_lock, releases the batch, and walks again from the head
+ * releases the batch, and walks again from the head
  * for the rest (slots already taken hold EMPTY and are passed over). So a
  * slow or blocking callback holds up no reader, writer, exiting thread or
  * other local's release — and a callback that takes a lock of its own (a
@@ -114,9 +119,8 @@
  * that holds that lock and releases another local. A callback may release
  * the last reference to another local: that is simply another walk.
  *
- * Under ThreadSanitizer the epoch edges are annotated: a walk releases
- * `local_epoch_edge` before leaving its section, and every free that waited
- * for a grace period acquires it (ck_epoch is outside TSan's view).
+ * fork(): both locks are taken by the runtime's fork handlers (see
+ * local_atfork_prepare), so a child never starts with one held.
  */
 #include "internal.h"
 #include "atomic.h"
@@ -161,7 +165,6 @@ struct local_slot {
 };
 
 struct local_dir {
-    ck_epoch_entry_t entry;       /* for retirement through ck_epoch_call */
     size_t cap;                   /* immutable once published */
     struct local_slot *chunks[];  /* NULL: no slot of that chunk used yet */
 };
@@ -175,9 +178,6 @@ struct local_slots {
 /* The "no value" marker. NULL cannot serve: NULL is a value users store. */
 static char local_empty_marker;
 #define LOCAL_EMPTY ((void *)&local_empty_marker)
-
-/* TSan edge for the grace periods of this file (see the essay above). */
-static char local_epoch_edge __attribute__((unused));
 
 /* ---------------------------------------------------------------- indices */
 
@@ -239,7 +239,7 @@ static void local_index_return(uint32_t index)
 /* --------------------------------------------------------------- registry */
 
 /* All live threads' tables. Insert and unlink under registry_lock (once per
- * thread); walked without the lock inside a ck_epoch section. */
+ * thread); walked without the lock inside a read section. */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct local_slots *registry_head;
 
@@ -267,6 +267,41 @@ static void registry_unlink(struct local_slots *t)
         cctx_store_ptr(&registry_head, next);
     /* t->next stays: a walk standing on t continues through it. */
     pthread_mutex_unlock(&registry_lock);
+}
+
+/* ------------------------------------------------------------------- fork */
+
+/* fork() copies this file's locks as they are: one another thread held at
+ * that moment would stay held in the child for ever. reclaim.c's fork
+ * handlers (one registration, so one lock order for the whole runtime)
+ * call these: prepare takes every lock of this file, in a fixed order,
+ * so that no other thread is inside one at the fork and the registry and
+ * the index allocator are consistent in the child; parent and child give
+ * them back (in the child the forking thread owns them, so unlocking is
+ * valid). Neither lock is held while taking any other lock, and no code
+ * takes reclaim.c's fallback lock while holding one of these (reclaim.c
+ * takes the fallback lock before calling prepare), so the order cannot
+ * deadlock. */
+void local_atfork_prepare(void)
+{
+    pthread_mutex_lock(&index_lock);
+    pthread_mutex_lock(&registry_lock);
+}
+
+void local_atfork_parent(void)
+{
+    pthread_mutex_unlock(&registry_lock);
+    pthread_mutex_unlock(&index_lock);
+}
+
+/* The registry still lists the tables of threads that did not survive the
+ * fork. They stay: their values belong to nobody now, and a local's final
+ * release in the child takes them out and releases them, as CPython
+ * clears other threads' locals after a fork. */
+void local_atfork_child(void)
+{
+    pthread_mutex_unlock(&registry_lock);
+    pthread_mutex_unlock(&index_lock);
 }
 
 /* ------------------------------------------------------------------ slots */
@@ -321,7 +356,7 @@ static inline void local_value_release(const cctx_local *local, void *value)
 
 /* The slot for `index` in a table, or NULL if its chunk does not exist.
  * Any thread, any time the table is reachable (owner, or a walk inside its
- * epoch section). */
+ * read section). */
 static inline struct local_slot *local_slot_find(struct local_slots *t, uint32_t index)
 {
     if (t == NULL)
@@ -336,11 +371,9 @@ static inline struct local_slot *local_slot_find(struct local_slots *t, uint32_t
     return &chunk[index & LOCAL_CHUNK_MASK];
 }
 
-static void local_dir_free(ck_epoch_entry_t *entry)
+/* Runs after a grace period (reclaim_defer): no walk holds the directory. */
+static void local_dir_free(void *dir)
 {
-    /* Dispatched by ck_epoch after a grace period: no walk holds it. */
-    CCTX_TSAN_ACQUIRE(&local_epoch_edge);
-    struct local_dir *dir = (struct local_dir *)((char *)entry - offsetof(struct local_dir, entry));
     cctx_dealloc(dir);
 }
 
@@ -361,6 +394,7 @@ static cctx_status local_slot_ensure(cctx_thread_state *ts, uint32_t index,
     struct local_dir *old = t != NULL ? t->dir : NULL;
     struct local_slots *new_table = NULL;
     struct local_dir *new_dir = NULL;
+    reclaim_deferral *retire_old = NULL;
     struct local_slot *chunk = cctx_alloc_zeroed(LOCAL_CHUNK_SLOTS * sizeof *chunk);
     if (chunk == NULL)
         goto fail;
@@ -372,6 +406,10 @@ static cctx_status local_slot_ensure(cctx_thread_state *ts, uint32_t index,
         if (new_dir == NULL)
             goto fail;
         new_dir->cap = cap;
+        /* Replacing a directory defers the old one: allocated now, so
+         * that nothing can fail once the new one is visible. */
+        if (old != NULL && (retire_old = reclaim_deferral_new()) == NULL)
+            goto fail;
         if (old != NULL)
             memcpy(new_dir->chunks, old->chunks, old->cap * sizeof old->chunks[0]);
     }
@@ -395,8 +433,7 @@ static cctx_status local_slot_ensure(cctx_thread_state *ts, uint32_t index,
              * so it waits for a grace period (I1: the chunks it points at
              * are shared with the new one and stay). */
             cctx_store_ptr(&t->dir, new_dir);
-            ck_epoch_call(ts->record, &old->entry, local_dir_free);
-            (void)ck_epoch_poll(ts->record);
+            reclaim_defer_prepared(ts->record, retire_old, old, local_dir_free);
         }
     } else {
         /* Release: a walk that loads the pointer sees a zeroed chunk. */
@@ -406,6 +443,7 @@ static cctx_status local_slot_ensure(cctx_thread_state *ts, uint32_t index,
     return CCTX_OK;
 
 fail:
+    reclaim_deferral_discard(retire_old);
     cctx_dealloc(new_table);
     cctx_dealloc(new_dir);
     cctx_dealloc(chunk);
@@ -478,30 +516,24 @@ cctx_local *cctx_local_retain(cctx_local *local)
     return local;
 }
 
-static pthread_mutex_t release_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_once_t release_record_once = PTHREAD_ONCE_INIT;
-/* Registered once and never unregistered: ck_epoch_recycle never hands it
- * to a thread. Static storage, so it is no allocation of ours to leak. */
-static ck_epoch_record_t release_record __attribute__((aligned(64)));
-
-static void release_record_register(void)
-{
-    ck_epoch_register(reclaim_epoch(), &release_record, NULL);
-}
-
 /* Values taken out per walk before the walk stops to release them. */
 #define RELEASE_BATCH 32
 
 /* Takes up to RELEASE_BATCH values of `local` out of the registry's tables
- * into `batch`, under release_lock and inside an epoch section (see the
- * essay). Returns how many; sets *more when it stopped with tables left. */
+ * into `batch`, inside a read section (see the essay). Returns how many;
+ * sets *more when it stopped with tables left. */
 static size_t local_take_batch(cctx_local *local, void **batch, bool *more)
 {
     size_t n = 0;
     *more = false;
-    pthread_once(&release_record_once, release_record_register);
-    pthread_mutex_lock(&release_lock);
-    ck_epoch_begin(&release_record, NULL);
+    /* The calling thread's own record when it has a state; otherwise the
+     * shared fallback record (reclaim.h). Never a new state: a final
+     * release cannot fail, and it may run on a thread that never used
+     * ContextKit — or on one whose teardown already gave its record back
+     * (then ts->record is NULL and the fallback serves). */
+    cctx_thread_state *ts = thread_state_peek();
+    reclaim_section section;
+    reclaim_section_begin(ts != NULL ? ts->record : NULL, &section);
     for (struct local_slots *t = cctx_load_ptr(&registry_head); t != NULL;
          t = cctx_load_ptr(&t->next)) {
         struct local_slot *slot = local_slot_find(t, local->index);
@@ -516,15 +548,12 @@ static size_t local_take_batch(cctx_local *local, void **batch, bool *more)
         if (local_is_value(v))
             batch[n++] = v;
     }
-    /* Everything read above happens before frees that wait for us. */
-    CCTX_TSAN_RELEASE(&local_epoch_edge);
-    ck_epoch_end(&release_record, NULL);
-    pthread_mutex_unlock(&release_lock);
+    reclaim_section_end(&section);
     return n;
 }
 
 /* Releases the values of `local` in every live thread (see the essay): the
- * callbacks run with no lock held and outside every epoch section. Each
+ * callbacks run with no lock held and outside every read section. Each
  * pass but the last takes RELEASE_BATCH values, and no thread can store a
  * new value of a local whose last reference is gone, so this ends. */
 static void local_release_everywhere(cctx_local *local)
@@ -605,10 +634,10 @@ cctx_status cctx_local_peek(cctx_local *local, void **out)
     return CCTX_OK;
 }
 
-cctx_status cctx_local_set(cctx_local *local, void *value)
+/* A set that needs a thread state, a slot, or to adopt the slot from
+ * another local (see local_slot_store). */
+static __attribute__((noinline)) cctx_status local_set_slow(cctx_local *local, void *value)
 {
-    if (CCTX_UNLIKELY(!local_is_valid(local)))
-        return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_get();
     if (CCTX_UNLIKELY(ts == NULL))
         return CCTX_ENOMEM;
@@ -619,6 +648,28 @@ cctx_status cctx_local_set(cctx_local *local, void *value)
     /* Retain before releasing the old value: they may be the same. */
     local_value_retain(local, value);
     local_slot_store(slot, local, value);
+    return CCTX_OK;
+}
+
+cctx_status cctx_local_set(cctx_local *local, void *value)
+{
+    if (CCTX_UNLIKELY(!local_is_valid(local)))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_peek();
+    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    if (CCTX_UNLIKELY(slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen))
+        return local_set_slow(local, value);
+    /* The slot is this local's already: replace the value with a load and
+     * a store, no exchange (I3). No other thread can take a value of a
+     * local out of this slot while the caller holds a reference to it:
+     * the final-release walk for `local` runs only after its last
+     * reference is gone, and a walk for an earlier local at this index
+     * ended before the index was reused (I5). The release store orders
+     * the value's construction before a later walk's exchange reads it. */
+    local_value_retain(local, value); /* first: old may be the same value */
+    void *old = cctx_load_ptr(&slot->value);
+    cctx_store_ptr(&slot->value, value);
+    local_value_release(local, old);
     return CCTX_OK;
 }
 
@@ -690,10 +741,10 @@ void local_thread_release(cctx_thread_state *ts)
     struct local_dir *dir = t->dir;
     /* Grace period: every walk that could have reached `t` began before the
      * unlink and has ended when this returns. It also runs the frees of
-     * directories this thread retired (ck_epoch_call on its record), which
-     * must not outlive the record's registration. */
-    ck_epoch_barrier(ts->record);
-    CCTX_TSAN_ACQUIRE(&local_epoch_edge);
+     * directories this thread deferred (reclaim_defer on its record),
+     * which must not outlive the record. Teardown runs outside every read
+     * section, so the barrier does wait. */
+    reclaim_barrier(ts->record);
     for (size_t k = 0; k < dir->cap; k++)
         cctx_dealloc(dir->chunks[k]);
     cctx_dealloc(dir);

@@ -115,11 +115,18 @@ static void epoch_init(void)
 {
     ck_epoch_init(&epoch);
     ck_stack_init(&orphans);
+}
+
+/* The runtime's fork handlers, registered when the library is loaded: a
+ * lock may be taken before any record exists (a local created on a thread
+ * that never read a context), and the handlers must already cover it. */
+__attribute__((constructor)) static void reclaim_fork_handlers_install(void)
+{
     (void)pthread_atfork(reclaim_atfork_prepare, reclaim_atfork_parent,
                          reclaim_atfork_child);
 }
 
-struct ck_epoch *reclaim_epoch(void)
+static ck_epoch_t *reclaim_epoch(void)
 {
     pthread_once(&epoch_once, epoch_init);
     return &epoch;
@@ -189,12 +196,32 @@ bool reclaim_flush(reclaim_record *record)
  * storage registered once without allocating; one thread at a time. */
 static struct reclaim_thread fallback_thread __attribute__((aligned(64)));
 #define fallback_record (fallback_thread.record)
-static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t fallback_once = PTHREAD_ONCE_INIT;
 
 static void fallback_register(void)
 {
     ck_epoch_register(reclaim_epoch(), &fallback_record, &fallback_tag);
+}
+/* Re-entrant on one thread: a read on the fallback record may run a
+ * callback that opens another (a retain callback that drops a local's last
+ * reference walks the registry in a section). ck_epoch sections nest on
+ * one record, and hazard slots stack. A plain mutex plus a per-thread
+ * depth rather than a recursive mutex: the fork child can unlock a plain
+ * one (a recursive one checks its owner's thread id, which changes). */
+static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread unsigned fallback_depth;
+
+static void fallback_acquire(void)
+{
+    pthread_once(&fallback_once, fallback_register);
+    if (fallback_depth++ == 0)
+        pthread_mutex_lock(&fallback_lock);
+}
+
+static void fallback_release(void)
+{
+    if (--fallback_depth == 0)
+        pthread_mutex_unlock(&fallback_lock);
 }
 
 /* ------------------------------------------------------------ sections */
@@ -203,8 +230,7 @@ void reclaim_section_begin(reclaim_record *record, reclaim_section *s)
 {
     s->fallback = record == NULL;
     if (s->fallback) {
-        pthread_once(&fallback_once, fallback_register);
-        pthread_mutex_lock(&fallback_lock);
+        fallback_acquire();
         record = &fallback_record;
     }
     s->record = record;
@@ -219,12 +245,12 @@ void reclaim_section_end(reclaim_section *s)
     ck_epoch_end(s->record, (ck_epoch_section_t *)&s->bucket);
     section_depth--;
     if (s->fallback)
-        pthread_mutex_unlock(&fallback_lock);
+        fallback_release();
 }
 
 /* ------------------------------------------------------------ deferral */
 
-struct deferred {
+struct reclaim_deferral {
     ck_epoch_entry_t entry; /* first: ck_epoch hands this pointer back */
     void *object;
     void (*free_fn)(void *);
@@ -232,7 +258,7 @@ struct deferred {
 
 static void deferred_run(ck_epoch_entry_t *entry)
 {
-    struct deferred *d = (struct deferred *)entry;
+    struct reclaim_deferral *d = (struct reclaim_deferral *)entry;
     void *object = d->object;
     void (*free_fn)(void *) = d->free_fn;
     cctx_dealloc(d);
@@ -278,9 +304,29 @@ void reclaim_synchronize(void)
     CCTX_TSAN_ACQUIRE(&epoch);
 }
 
+reclaim_deferral *reclaim_deferral_new(void)
+{
+    return cctx_alloc(sizeof(reclaim_deferral));
+}
+
+void reclaim_deferral_discard(reclaim_deferral *d)
+{
+    cctx_dealloc(d);
+}
+
 void reclaim_defer(reclaim_record *record, void *object, void (*free_fn)(void *))
 {
-    struct deferred *d = record != NULL ? cctx_alloc(sizeof *d) : NULL;
+    reclaim_defer_prepared(record, record != NULL ? reclaim_deferral_new() : NULL, object,
+                           free_fn);
+}
+
+void reclaim_defer_prepared(reclaim_record *record, reclaim_deferral *d, void *object,
+                            void (*free_fn)(void *))
+{
+    if (record == NULL) {
+        cctx_dealloc(d);
+        d = NULL;
+    }
     if (d == NULL) {
         /* No record (no thread state) or no memory to defer with: wait for
          * the grace period here. Slower, never wrong. A thread inside a
@@ -372,8 +418,7 @@ cctx_thread_state *cctx_fork_orphan_states CCTX_HIDDEN; /* not static: never opt
 void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g)
 {
     if (record == NULL) {
-        pthread_once(&fallback_once, fallback_register);
-        pthread_mutex_lock(&fallback_lock);
+        fallback_acquire();
         record = &fallback_record;
     }
     struct reclaim_thread *t = thread_of(record);
@@ -403,14 +448,14 @@ void reclaim_unprotect(reclaim_guard *g)
 {
     struct reclaim_thread *t = g->thread;
     if (CCTX_UNLIKELY(g->slot >= RECLAIM_HAZARDS)) {
-        cctx_dec_uint_is_zero(&overflow_readers);
+        (void)cctx_dec_uint_is_zero(&overflow_readers);
     } else {
         /* Release: our reads of the object happen before its free. */
         cctx_store_ptr(&t->hazard[g->slot], NULL);
     }
     t->depth--;
     if (t == &fallback_thread)
-        pthread_mutex_unlock(&fallback_lock);
+        fallback_release();
 }
 
 /* Is `object` named by any hazard slot of any thread? */
@@ -535,16 +580,21 @@ unsigned reclaim_retired_count(reclaim_record *record)
 /* ------------------------------------------------------------ fork */
 
 /* Locks another thread could hold at the fork are taken first, so that the
- * child starts with them free and its structures consistent. */
+ * child starts with them free and its structures consistent. One order for
+ * the whole runtime: the fallback lock first (a read on the fallback
+ * record may run a callback that creates a local, taking local.c's index
+ * lock), then local.c's locks, then orphan_lock (a leaf). */
 static void reclaim_atfork_prepare(void)
 {
     pthread_mutex_lock(&fallback_lock);
+    local_atfork_prepare();
     pthread_mutex_lock(&orphan_lock);
 }
 
 static void reclaim_atfork_parent(void)
 {
     pthread_mutex_unlock(&orphan_lock);
+    local_atfork_parent();
     pthread_mutex_unlock(&fallback_lock);
 }
 
@@ -557,6 +607,7 @@ static void reclaim_atfork_parent(void)
 static void reclaim_atfork_child(void)
 {
     pthread_mutex_unlock(&orphan_lock);
+    local_atfork_child();
     pthread_mutex_unlock(&fallback_lock);
     cctx_thread_state *ts = thread_state_peek();
     ck_epoch_record_t *mine = ts != NULL ? ts->record : NULL;
@@ -590,6 +641,14 @@ static void reclaim_atfork_child(void)
         cctx_thread_state *dead = thread_of(r)->owner;
         thread_of(r)->owner = NULL;
         if (dead != NULL) {
+            /* A thread stopped inside an in-place write (context.c) left
+             * its context's root tagged, and readers wait for the tag to
+             * clear: clear it. The slot holds the old value or the new one
+             * whole (one aligned store); the reference the write would
+             * have dropped stays with the dead thread, as everything else
+             * it held does. */
+            if (dead->in_place != NULL)
+                dead->in_place->root = context_own_root(dead->in_place);
             dead->fork_orphan_next = cctx_fork_orphan_states;
             cctx_fork_orphan_states = dead;
         }

@@ -40,11 +40,15 @@
  * holds at most RECLAIM_SCAN_EVERY + RECLAIM_HAZARDS x threads retired
  * roots.
  *
- * fork(): reclaim.c installs pthread_atfork handlers. In the child, every
- * record but the forking thread's belongs to a thread that no longer
- * exists: those records are marked inactive (no grace period waits for
- * them) and recyclable, and the objects they had deferred are adopted and
- * freed by the child's next poll or barrier.
+ * fork(): reclaim.c installs the runtime's only pthread_atfork handlers,
+ * at load time. Prepare takes every runtime lock in one order (the
+ * fallback lock, local.c's locks, the orphan lock); parent and child give
+ * them back. In the child, every record but the forking thread's belongs
+ * to a thread that no longer exists: those records are marked inactive
+ * (no grace period waits for them) and recyclable, the objects they had
+ * deferred are adopted and freed by the child's next poll or barrier, and
+ * a context root such a thread had tagged for an in-place write
+ * (cctx_thread_state.in_place) is untagged.
  */
 #ifndef CCTX_RECLAIM_H
 #define CCTX_RECLAIM_H
@@ -62,7 +66,9 @@
 typedef struct ck_epoch_record reclaim_record;
 
 /* A read section. `record` NULL means the shared fallback record (for a
- * thread whose state could not be created); it is held under a mutex. */
+ * thread whose state could not be created, or whose teardown gave its
+ * record back); it is held under a mutex, re-entrant on one thread, so
+ * sections and protected reads on it nest. */
 typedef struct reclaim_section {
     reclaim_record *record;
     bool fallback;
@@ -132,6 +138,17 @@ void reclaim_section_end(reclaim_section *s) CCTX_HIDDEN;
 void reclaim_defer(reclaim_record *record, void *object,
                    void (*free_fn)(void *)) CCTX_HIDDEN;
 
+/* The same in two steps, for a change that must not fail once it is
+ * visible (a local's directory growth): reclaim_deferral_new allocates the
+ * deferral before anything changes (NULL on ENOMEM; give an unused one
+ * back with reclaim_deferral_discard), and reclaim_defer_prepared defers
+ * with it and cannot fail. Same rules as reclaim_defer otherwise. */
+typedef struct reclaim_deferral reclaim_deferral;
+reclaim_deferral *reclaim_deferral_new(void) CCTX_HIDDEN;
+void reclaim_deferral_discard(reclaim_deferral *d) CCTX_HIDDEN;
+void reclaim_defer_prepared(reclaim_record *record, reclaim_deferral *d, void *object,
+                            void (*free_fn)(void *)) CCTX_HIDDEN;
+
 /* Frees what this record deferred that is already safe; never waits. */
 void reclaim_poll(reclaim_record *record) CCTX_HIDDEN;
 
@@ -145,9 +162,5 @@ void reclaim_synchronize(void) CCTX_HIDDEN;
 
 /* Objects deferred and not yet freed, on every record (tests, docs). */
 unsigned reclaim_pending(reclaim_record *record) CCTX_HIDDEN;
-
-/* For the code that still calls ck_epoch itself (local.c) while it moves
- * to the functions above: the process's epoch. */
-struct ck_epoch *reclaim_epoch(void) CCTX_HIDDEN;
 
 #endif

@@ -66,6 +66,10 @@ typedef struct cctx_thread_state {
     /* Set when teardown begins (thread_state.c): cctx_thread_cleanup from
      * a release callback must not start a second one. */
     bool tearing_down;
+    /* The context whose root this thread has tagged for an in-place write
+     * (context.c), NULL outside that window: only the fork child handler
+     * reads it, for threads that did not survive the fork (reclaim.c). */
+    cctx_context *in_place;
     /* In a fork child only: links the states of threads that did not
      * survive the fork (reclaim.c), which stay allocated there. */
     struct cctx_thread_state *fork_orphan_next;
@@ -112,5 +116,11 @@ static inline cctx_thread_state *thread_state_peek(void)
  *   releases what is left, unlinks the table and frees it. */
 bool local_thread_release_values(cctx_thread_state *ts) CCTX_HIDDEN;
 void local_thread_release(cctx_thread_state *ts) CCTX_HIDDEN;
+/* local.c's part of the fork handlers (reclaim.c registers them all, so
+ * that the runtime takes its locks in one order): take / give back the
+ * locals' locks. */
+void local_atfork_prepare(void) CCTX_HIDDEN;
+void local_atfork_parent(void) CCTX_HIDDEN;
+void local_atfork_child(void) CCTX_HIDDEN;
 
 #endif

@@ -1037,6 +1037,77 @@ static void test_local_out_of_memory_changes_nothing(void **state)
     cctx_local_release(f.target);
 }
 
+/* ------------------------------------------- final release inside a read */
+
+/* A read on a thread without state goes through reclaim.c's shared
+ * fallback record; here the variable's retain callback, which runs inside
+ * that read, drops the last reference to a local, whose final release
+ * walks the registry in a section on the same fallback record — nested on
+ * one thread. Run in a child: a lock taken twice hangs it. */
+static cctx_local *nested_local;
+static long nested_releases;
+
+static void nested_retain(void *v)
+{
+    (void)v;
+    cctx_local *l = nested_local;
+    nested_local = NULL;
+    if (l != NULL)
+        cctx_local_release(l); /* the last reference */
+}
+static void nested_release(void *v) { (void)v; } /* also a no-op retain */
+static void nested_value_release(void *v)
+{
+    (void)v;
+    __atomic_add_fetch(&nested_releases, 1, __ATOMIC_SEQ_CST);
+}
+
+struct nested_read {
+    cctx_context *ctx;
+    cctx_var *var;
+};
+
+static void *stateless_read(void *p)
+{
+    struct nested_read *r = p;
+    void *v = NULL;
+    /* The first allocation on this thread is its state: it fails, so the
+     * read uses the fallback record. */
+    cctx__fail_allocation(1);
+    cctx_status st = cctx_context_lookup(r->ctx, r->var, &v);
+    cctx__fail_allocation(0);
+    T_CHECK(st == CCTX_OK && v == (void *)(intptr_t)8);
+    T_CHECK(nested_local == NULL);
+    return NULL;
+}
+
+static void scenario_final_release_inside_a_fallback_read(void *arg)
+{
+    (void)arg;
+    static const cctx_value_ops var_ops = { nested_retain, nested_release };
+    static const cctx_value_ops local_ops = { nested_release, nested_value_release };
+    struct nested_read r;
+    T_CHECK(cctx_var_new("nested", &var_ops, &r.var) == CCTX_OK);
+    T_CHECK(cctx_context_new(&r.ctx) == CCTX_OK);
+    T_CHECK(cctx_context_set(r.ctx, r.var, (void *)(intptr_t)8, NULL) == CCTX_OK);
+    T_CHECK(cctx_local_new(&local_ops, NULL, NULL, &nested_local) == CCTX_OK);
+    T_CHECK(cctx_local_set(nested_local, (void *)(intptr_t)9) == CCTX_OK);
+    pthread_t t;
+    T_CHECK(pthread_create(&t, NULL, stateless_read, &r) == 0);
+    pthread_join(t, NULL);
+    /* The walk inside the read took this thread's value out; its release
+     * ran after the walk. */
+    T_CHECK(__atomic_load_n(&nested_releases, __ATOMIC_SEQ_CST) == 1);
+    cctx_context_release(r.ctx);
+    cctx_var_release(r.var);
+}
+
+static void test_local_final_release_inside_a_read_on_the_fallback_record(void **state)
+{
+    (void)state;
+    assert_child_ok(scenario_final_release_inside_a_fallback_read, NULL);
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(void)
@@ -1060,6 +1131,7 @@ int main(void)
         T(test_local_reused_slot_across_threads_never_shows_a_stale_value),
         T(test_local_release_callback_may_release_another_local),
         T(test_local_out_of_memory_changes_nothing),
+        T(test_local_final_release_inside_a_read_on_the_fallback_record),
 #undef T
     };
     return cmocka_run_group_tests_name("threading.local", tests, NULL, NULL);
