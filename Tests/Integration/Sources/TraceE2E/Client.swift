@@ -17,6 +17,12 @@ import NIOHTTP1
 import ServiceContextModule
 import TracePropagation
 
+/// Writes a line straight to stdout, unbuffered: a later crash must not
+/// swallow what was already checked.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
 enum Client {
     nonisolated(unsafe) static var passed = 0
     nonisolated(unsafe) static var failed = 0
@@ -24,15 +30,30 @@ enum Client {
     static func check(_ condition: Bool, _ what: String, _ detail: @autoclosure () -> String = "") {
         if condition {
             passed += 1
-            print("ok: \(what)")
+            say("ok: \(what)")
         } else {
             failed += 1
-            print("FAILED: \(what) \(detail())")
+            say("FAILED: \(what) \(detail())")
         }
     }
 
     /// GET `path`, headers injected the way an instrumented library does.
     static func get(_ port: Int, _ path: String) async throws -> String {
+        // A connection the server closed before answering (seen about once
+        // in three runs on a loaded machine, on the first request) is a
+        // transport event, not a propagation result: retry it, boundedly,
+        // and say so. What a reply carries is checked whatever the attempt.
+        for attempt in 1... {
+            do {
+                return try await getOnce(port, path)
+            } catch let error as HTTPClientError where error == .remoteConnectionClosed && attempt < 5 {
+                say("(GET /\(path): connection closed before a reply, attempt \(attempt); retrying)")
+            }
+        }
+        fatalError("unreachable")
+    }
+
+    static func getOnce(_ port: Int, _ path: String) async throws -> String {
         var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/\(path)")
         InstrumentationSystem.instrument.inject(
             ServiceContext.current ?? .topLevel, into: &request.headers, using: HTTPHeadersInjector())
@@ -67,7 +88,7 @@ enum Client {
         server.standardOutput = output
         try server.run()
         let port = try readPort(output.fileHandleForReading)
-        print("server pid \(server.processIdentifier) listening on 127.0.0.1:\(port)")
+        say("server pid \(server.processIdentifier) listening on 127.0.0.1:\(port)")
 
         let parent = TraceParent(traceID: "4bf92f3577b34da6a3ce929d0e0e4736", parentID: "00f067aa0ba902b7")
         let items = ["request_id": "r-1", "tenant": "acme corp;eu"]
@@ -114,10 +135,12 @@ enum Client {
               "\(mismatched.prefix(2))")
 
         // Stop the server and wait for it (it also stops by itself at its deadline).
-        _ = try await get(port, "stop")
+        // The server may close the connection as it shuts down, before the
+        // reply is flushed: a lost reply is fine, its clean exit is checked.
+        do { _ = try await getOnce(port, "stop") } catch { say("(the /stop reply was lost: \(error))") }
         server.waitUntilExit()
         check(server.terminationStatus == 0, "server stopped cleanly", "status \(server.terminationStatus)")
-        print("trace-e2e: \(passed) passed, \(failed) failed")
+        say("trace-e2e: \(passed) passed, \(failed) failed")
         return failed == 0 ? 0 : 1
     }
 
