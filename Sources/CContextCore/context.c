@@ -22,11 +22,30 @@ extern unsigned cctx_not_inherited_vars;
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* Context objects this thread freed, kept for its next copies: a copy and
+ * its release then touch no allocator and no line another thread writes.
+ * Used only while the thread has a state (thread_state.h), whose teardown
+ * drains it (context_cache_drain) once nothing can refill it: after the
+ * state is detached, frees go straight to the allocator. */
+static __thread cctx_block_cache context_cache __attribute__((tls_model("initial-exec")));
+
+static cctx_block_cache *context_cache_get(void)
+{
+    return thread_state_peek() != NULL ? &context_cache : NULL;
+}
+
+void context_cache_drain(void)
+{
+    cctx_block_cache_drain(&context_cache);
+}
+
 cctx_status context_new_with_root(hamt_node *root, cctx_context **out)
 {
-    /* malloc and field stores, not calloc: glibc's calloc skips the
-     * per-thread cache on non-main threads. */
-    cctx_context *ctx = cctx_alloc(sizeof *ctx);
+    /* Field stores, not calloc: glibc's calloc skips the per-thread cache
+     * on non-main threads. */
+    cctx_block_cache *cache = context_cache_get();
+    cctx_context *ctx = cache != NULL ? cctx_alloc_cached(cache, sizeof *ctx)
+                                      : cctx_alloc(sizeof *ctx);
     if (ctx == NULL)
         return CCTX_ENOMEM;
     ctx->magic = CCTX_CONTEXT_MAGIC;
@@ -64,8 +83,11 @@ void cctx_context_release(cctx_context *ctx)
     /* Entering retains, so a context with no references is entered by
      * nobody and read by nobody. */
     ctx->magic = 0;
-    hamt_release(ctx->root);
-    cctx_dealloc(ctx);
+    hamt_node *root = ctx->root;
+    cctx_dealloc_cached(context_cache_get(), ctx);
+    /* After the object is back in the cache: a callback run by the root's
+     * release may copy again and take it. */
+    hamt_release(root);
 }
 
 /* ------------------------------------------------------------ reading */

@@ -105,6 +105,10 @@ void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
  * CCTX_ENOMEM the caller keeps its reference. */
 cctx_status context_new_with_root(hamt_node *root, cctx_context **out) CCTX_HIDDEN;
 
+/* Frees the calling thread's cache of context objects; called by the
+ * thread-state teardown once the state is detached (nothing refills it). */
+void context_cache_drain(void) CCTX_HIDDEN;
+
 /* Publishes `new_root` (reference transferred) in place of the current
  * root, and disposes of the old one (reclaim.h). `ts` is the calling
  * thread's state (the writer's). */

@@ -803,6 +803,60 @@ static void *oom_fresh_thread(void *p)
     return NULL;
 }
 
+/* Copies of the current context reuse the thread's freed context objects
+ * (a per-thread cache); a reused object must still fail when an allocation
+ * failure is injected, leave nothing changed, and the cache must be empty
+ * of live blocks once the thread's state is gone. */
+static void *copy_cache_thread(void *p)
+{
+    (void)p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    tv_value *a = tv_new(7);
+    assert_ok(cctx_var_set(x, a, NULL));
+    long allocs = cctx__live_allocations();
+    /* Fill the cache. */
+    cctx_context *c[4];
+    for (int i = 0; i < 4; i++)
+        assert_ok(cctx_context_copy_current(&c[i]));
+    for (int i = 0; i < 4; i++)
+        cctx_context_release(c[i]);
+    assert_int_equal(cctx__live_allocations(), allocs);
+    cctx_context *d = NULL;
+    long fails = cctx__allocation_failures();
+    cctx__fail_allocation(1);
+    cctx_status st = cctx_context_copy_current(&d);
+    cctx__fail_allocation(0);
+    assert_int_equal(cctx__allocation_failures(), fails + 1);
+    assert_int_equal(st, CCTX_ENOMEM);
+    assert_null(d);
+    assert_int_equal(cctx__live_allocations(), allocs);
+    /* Reused objects are whole contexts: values, writes, independence. */
+    assert_ok(cctx_context_copy_current(&d));
+    void *out = NULL;
+    assert_ok(cctx_context_get(d, x, &out));
+    assert_ptr_equal(out, a);
+    tv_value *b = tv_new(8);
+    assert_ok(cctx_context_set(d, x, b, NULL));
+    assert_int_equal(get_id(x), 7);
+    cctx_context_release(d);
+    tv_drop(b);
+    cctx_var_release(x);
+    tv_drop(a);
+    return NULL; /* the thread's teardown drains its cache */
+}
+
+static void test_copy_current_cache_fails_and_drains(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, copy_cache_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 static void test_allocation_failure_creating_thread_state(void **state)
 {
     (void)state;
@@ -833,6 +887,7 @@ int main(void)
         cmocka_unit_test(test_lookup_cache_follows_every_change),
         cmocka_unit_test(test_allocation_failure_changes_nothing),
         cmocka_unit_test(test_allocation_failure_creating_thread_state),
+        cmocka_unit_test(test_copy_current_cache_fails_and_drains),
     };
     return cmocka_run_group_tests_name("context", tests, NULL, NULL);
 }
