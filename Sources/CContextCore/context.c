@@ -39,6 +39,80 @@ void context_cache_drain(void)
     cctx_block_cache_drain(&context_cache);
 }
 
+/*
+ * Root credits: references to one root taken in a batch and handed out to
+ * this thread's copies of the context holding it, so that copy_current and
+ * the release of the copy on this thread touch no shared line (the root's
+ * count is written once per batch, not once per copy).
+ *
+ * The credits are counted references like any other, so the root cannot
+ * be freed while this thread holds them. They are tied to `ctx`, a context
+ * this thread owns (entered, or its base) whose root is `root`, and are
+ * given back (credit_forget) before anything could make them the last
+ * references of a root nobody uses: before this thread writes `ctx` (a new
+ * root is published, or an in-place write tests the root for uniqueness,
+ * which credits would defeat) and when it stops owning `ctx` (exit, the
+ * base's teardown). While `ctx` is owned by this thread only this thread
+ * replaces its root, and `ctx` itself holds the root, so giving credits
+ * back never frees anything on the copy path and never runs a callback
+ * there. Only this thread reads or writes its credits; copy_current is not
+ * async-signal-safe (it may allocate), so no handler races them.
+ */
+#define ROOT_CREDIT_BATCH 64u
+static __thread struct {
+    cctx_context *ctx;
+    hamt_node *root;
+    unsigned n;
+} root_credit __attribute__((tls_model("initial-exec")));
+
+static void credit_flush(void)
+{
+    hamt_node *root = root_credit.root;
+    unsigned n = root_credit.n;
+    root_credit.ctx = NULL;
+    root_credit.root = NULL;
+    root_credit.n = 0;
+    hamt_release_n(root, n);
+}
+
+/* Gives back the credits tied to `ctx` (see above). */
+static inline void credit_forget(const cctx_context *ctx)
+{
+    if (CCTX_UNLIKELY(root_credit.ctx == ctx) && ctx != NULL)
+        credit_flush();
+}
+
+/* One reference to `root`, the current root of `ctx`, owned by this
+ * thread. */
+static void credit_take(cctx_context *ctx, hamt_node *root)
+{
+    if (root == NULL)
+        return;
+    if (CCTX_LIKELY(root_credit.ctx == ctx && root_credit.root == root && root_credit.n != 0)) {
+        root_credit.n--;
+        return;
+    }
+    /* Another context's (or none): the old credits go back; their root is
+     * still held by its context, so nothing is freed here. */
+    credit_flush();
+    hamt_retain_n(root, ROOT_CREDIT_BATCH);
+    root_credit.ctx = ctx;
+    root_credit.root = root;
+    root_credit.n = ROOT_CREDIT_BATCH - 1;
+}
+
+/* Drops one reference to `root`: back into the credits when they are for
+ * this root (only while this thread has a state: its teardown flushes). */
+static void credit_give(hamt_node *root)
+{
+    if (root != NULL && root_credit.root == root && root_credit.n < 2 * ROOT_CREDIT_BATCH &&
+        thread_state_peek() != NULL) {
+        root_credit.n++;
+        return;
+    }
+    hamt_release(root);
+}
+
 cctx_status context_new_with_root(hamt_node *root, cctx_context **out)
 {
     /* Field stores, not calloc: glibc's calloc skips the per-thread cache
@@ -87,7 +161,7 @@ void cctx_context_release(cctx_context *ctx)
     cctx_dealloc_cached(context_cache_get(), ctx);
     /* After the object is back in the cache: a callback run by the root's
      * release may copy again and take it. */
-    hamt_release(root);
+    credit_give(root);
 }
 
 /* ------------------------------------------------------------ reading */
@@ -304,6 +378,7 @@ static void root_release(void *root)
 
 void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_root)
 {
+    credit_forget(ctx); /* the old root must not outlive `ctx`'s use of it */
     /* Full barrier: readers that arrive later see new_root; and the load
      * of `readers` below cannot pass it (read_begin's argument). */
     hamt_node *old = cctx_fas_ptr(&ctx->root, new_root);
@@ -370,6 +445,8 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
 cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
                               void *value, cctx_token **token_out)
 {
+    /* Credits would make the root look shared to write_in_place. */
+    credit_forget(ctx);
     /* The writer's own root: no other thread replaces it. */
     hamt_node *root = context_own_root(ctx);
     void *old = NULL;
@@ -412,6 +489,7 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
     if (token->ctx != ctx)
         return CCTX_TOKEN_WRONG_CONTEXT;
 
+    credit_forget(ctx); /* as in context_write_set */
     hamt_node *root = context_own_root(ctx);
     hamt_node *next = root;
     cctx_status st;
@@ -476,6 +554,7 @@ void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)
 {
     CCTX_ASSERT(context_owner(ctx) == (uintptr_t)ts);
     (void)ts;
+    credit_forget(ctx); /* only an owner's credits are safe (see above) */
     /* Release: our writes to the context happen before the next owner's. */
     cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
 }
@@ -688,11 +767,12 @@ cctx_status cctx_context_copy_current(cctx_context **out)
         return cctx_context_new(out);
     /* This thread owns its current context: it reads the root without a
      * read guard (nobody else replaces it). */
-    hamt_node *root = context_own_root(ts->current);
-    hamt_retain(root);
+    cctx_context *cur = ts->current;
+    hamt_node *root = context_own_root(cur);
+    credit_take(cur, root);
     cctx_status st = context_new_with_root(root, out);
     if (st != CCTX_OK)
-        hamt_release(root);
+        credit_give(root);
     return st;
 }
 

@@ -846,6 +846,75 @@ static void *copy_cache_thread(void *p)
     return NULL; /* the thread's teardown drains its cache */
 }
 
+/* Copies of the current context share its root through references taken
+ * in batches; a value the context stops holding must still be released as
+ * soon as nothing else holds it: after a later set in the same context, and
+ * after leaving and releasing an entered context whose copies are gone.
+ * The copies here are released on this thread and on another one. */
+struct release_job { cctx_context *ctx; };
+static void *release_elsewhere(void *p)
+{
+    cctx_context_release(((struct release_job *)p)->ctx);
+    return NULL;
+}
+
+static void *copy_credit_thread(void *p)
+{
+    (void)p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    long live = tv_live();
+    tv_value *a = tv_new(1);
+    assert_ok(cctx_var_set(x, a, NULL));
+    tv_drop(a); /* the base context holds it alone */
+    cctx_context *c[3];
+    for (int i = 0; i < 3; i++)
+        assert_ok(cctx_context_copy_current(&c[i]));
+    cctx_context_release(c[0]);
+    struct release_job job = { c[1] };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_elsewhere, &job), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), live + 1);
+    /* c[2] still holds `a`; once it goes, the next set frees it. */
+    cctx_context_release(c[2]);
+    tv_value *b = tv_new(2);
+    assert_ok(cctx_var_set(x, b, NULL));
+    tv_drop(b);
+    assert_int_equal(tv_live(), live + 1); /* `a` is gone: only `b` */
+    assert_int_equal(get_id(x), 2);
+
+    /* An entered context: copies of it, then exit and release. */
+    cctx_context *e = NULL;
+    assert_ok(cctx_context_new(&e));
+    assert_ok(cctx_context_enter(e));
+    tv_value *v = tv_new(3);
+    assert_ok(cctx_var_set(x, v, NULL));
+    tv_drop(v);
+    for (int i = 0; i < 3; i++)
+        assert_ok(cctx_context_copy_current(&c[i]));
+    for (int i = 0; i < 3; i++)
+        cctx_context_release(c[i]);
+    assert_ok(cctx_context_exit(e));
+    assert_int_equal(tv_live(), live + 2);
+    cctx_context_release(e);
+    assert_int_equal(tv_live(), live + 1); /* `v` went with `e` */
+    assert_int_equal(get_id(x), 2);
+    cctx_var_release(x);
+    return NULL;
+}
+
+static void test_copy_current_credits_release_values_promptly(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, copy_credit_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 static void test_copy_current_cache_fails_and_drains(void **state)
 {
     (void)state;
@@ -888,6 +957,7 @@ int main(void)
         cmocka_unit_test(test_allocation_failure_changes_nothing),
         cmocka_unit_test(test_allocation_failure_creating_thread_state),
         cmocka_unit_test(test_copy_current_cache_fails_and_drains),
+        cmocka_unit_test(test_copy_current_credits_release_values_promptly),
     };
     return cmocka_run_group_tests_name("context", tests, NULL, NULL);
 }
