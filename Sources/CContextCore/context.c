@@ -146,16 +146,44 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
     return ctx;
 }
 
+/*
+ * Entering does not retain: while a context is entered, the thread that
+ * entered it relies on its caller's reference. When the last reference is
+ * released while the context is entered (ENTERED(ts) in context.h), the
+ * releaser hands that reference to the entered state instead of freeing:
+ * one CAS of `owner` from ts to ts|CCTX_OWNER_HELD, so that the count
+ * never reaches zero while the context is entered (a borrowed current
+ * context may still be retained). Exit is a CAS from ts to FREE; it fails
+ * only when a reference was handed over, and then the exiting thread
+ * frees `owner` and drops that reference. Either the releaser's CAS comes
+ * first (the exit sees HELD) or the exit's (the releaser sees FREE and
+ * frees: the exiting thread no longer touches the context after its CAS).
+ */
 void cctx_context_release(cctx_context *ctx)
 {
     if (!context_is_valid(ctx))
         return;
-    /* Count 1 is the caller's own reference (see hamt_release): no locked
-     * decrement for the last one. */
-    if (cctx_load_uint(&ctx->refcnt) != 1 && !cctx_dec_uint_is_zero(&ctx->refcnt))
-        return;
-    /* Entering retains, so a context with no references is entered by
-     * nobody and read by nobody. */
+    /* Not the last reference: one locked CAS, as a decrement would be. A
+     * count of 1 is the caller's own reference (see hamt_release): nobody
+     * else can raise it except the thread that has the context entered
+     * (retaining its borrowed current context), which the handover below
+     * allows for. */
+    for (;;) {
+        unsigned n = cctx_load_uint(&ctx->refcnt);
+        if (n == 1)
+            break;
+        if (cctx_cas_uint(&ctx->refcnt, n, n - 1))
+            return;
+    }
+    for (;;) {
+        uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+        if (owner <= CCTX_OWNER_WRITING || (owner & CCTX_OWNER_HELD) != 0)
+            break; /* FREE (or claimed, or a one-off writer): free it */
+        /* Entered: the entered state keeps this reference (see above). */
+        if (cctx_cas_uintptr(&ctx->owner, owner, owner | CCTX_OWNER_HELD))
+            return;
+        /* The owner left meanwhile: look again. */
+    }
     ctx->magic = 0;
     hamt_node *root = ctx->root;
     cctx_dealloc_cached(context_cache_get(), ctx);
@@ -553,10 +581,16 @@ void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
 void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)
 {
     CCTX_ASSERT(context_owner(ctx) == (uintptr_t)ts);
-    (void)ts;
     credit_forget(ctx); /* only an owner's credits are safe (see above) */
-    /* Release: our writes to the context happen before the next owner's. */
+    /* Full barrier: our writes to the context happen before the next
+     * owner's; and a releaser's handover either happened (the CAS fails)
+     * or will see FREE (cctx_context_release). */
+    if (cctx_cas_uintptr(&ctx->owner, (uintptr_t)ts, CCTX_OWNER_NONE))
+        return;
+    /* The last reference was handed to us while entered: nobody else can
+     * reach the context now; leave, then drop that reference. */
     cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
+    cctx_context_release(ctx);
 }
 
 /* Write ownership for the explicit-context functions: the thread that has
@@ -689,7 +723,8 @@ cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
 {
     if (!context_owner_enter(ctx, ts))
         return CCTX_ALREADY_ENTERED;
-    cctx_context_retain(ctx);
+    /* No retain: the caller's reference keeps it, or is handed to this
+     * entered state when released early (cctx_context_release). */
     ctx->prev = ts->current;
     /* The new current is published to a signal handler on this thread
      * before the version bump (context_switched): see var_access.c. */
@@ -705,8 +740,7 @@ void context_exit_innermost(cctx_thread_state *ts)
     ts->current = c->prev;
     c->prev = NULL;
     context_switched(ts, CCTX_EVENT_EXITED, ts->current);
-    context_owner_leave(c, ts);
-    cctx_context_release(c);
+    context_owner_leave(c, ts); /* may free it: not touched after */
 }
 
 void context_exit_above(cctx_thread_state *ts, cctx_context *ctx)

@@ -5,6 +5,7 @@
 #include "test_support.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 
 static cctx_var *new_var(const char *name)
@@ -915,6 +916,83 @@ static void test_copy_current_credits_release_values_promptly(void **state)
     assert_int_equal(cctx__live_allocations(), start_allocs);
 }
 
+/* Entering takes no reference: the caller's last release while the context
+ * is entered hands that reference to the entered state, which drops it at
+ * exit. Here the release comes from another thread, racing the exit, many
+ * times; and once on the same thread followed by a retain of the borrowed
+ * current context. Every value is released exactly once, nothing leaks
+ * (the sanitizers and valgrind see the memory). */
+struct handover {
+    cctx_context *ctx;
+    unsigned go; /* 1: release now */
+};
+
+static void *handover_releaser(void *p)
+{
+    struct handover *h = p;
+    while (__atomic_load_n(&h->go, __ATOMIC_ACQUIRE) == 0)
+        sched_yield();
+    cctx_context_release(h->ctx);
+    return NULL;
+}
+
+static void *handover_thread(void *p)
+{
+    (void)p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    long live = tv_live();
+    long rounds = scaled(2000);
+    for (long i = 0; i < rounds; i++) {
+        struct handover h = { NULL, 0 };
+        assert_ok(cctx_context_new(&h.ctx));
+        assert_ok(cctx_context_enter(h.ctx));
+        tv_value *v = tv_new(i);
+        assert_ok(cctx_var_set(x, v, NULL));
+        tv_drop(v);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, handover_releaser, &h), 0);
+        __atomic_store_n(&h.go, 1, __ATOMIC_RELEASE);
+        if (i % 2 == 0)
+            sched_yield(); /* let the release come first, sometimes */
+        assert_int_equal(get_id(x), i); /* still alive while entered */
+        assert_ok(cctx_context_exit(h.ctx));
+        pthread_join(t, NULL);
+        assert_int_equal(tv_live(), live);
+    }
+    /* Same thread: release while entered, then retain the borrowed current. */
+    cctx_context *c = NULL;
+    assert_ok(cctx_context_new(&c));
+    assert_ok(cctx_context_enter(c));
+    tv_value *w = tv_new(99);
+    assert_ok(cctx_var_set(x, w, NULL));
+    tv_drop(w);
+    cctx_context_release(c);
+    cctx_context *again = cctx_context_retain(cctx_context_current());
+    assert_ptr_equal(again, c);
+    assert_ok(cctx_context_exit(c));
+    assert_int_equal(tv_live(), live + 1); /* `again` keeps it */
+    void *out = NULL;
+    assert_ok(cctx_context_get(again, x, &out));
+    assert_ptr_equal(out, w);
+    cctx_context_release(again);
+    assert_int_equal(tv_live(), live);
+    assert_int_equal(get_id(x), -1);
+    cctx_var_release(x);
+    return NULL;
+}
+
+static void test_last_release_while_entered_is_handed_to_exit(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, handover_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 static void test_copy_current_cache_fails_and_drains(void **state)
 {
     (void)state;
@@ -957,6 +1035,7 @@ int main(void)
         cmocka_unit_test(test_allocation_failure_changes_nothing),
         cmocka_unit_test(test_allocation_failure_creating_thread_state),
         cmocka_unit_test(test_copy_current_cache_fails_and_drains),
+        cmocka_unit_test(test_last_release_while_entered_is_handed_to_exit),
         cmocka_unit_test(test_copy_current_credits_release_values_promptly),
     };
     return cmocka_run_group_tests_name("context", tests, NULL, NULL);
