@@ -86,6 +86,47 @@ void cctx_dealloc(void *ptr)
     free(ptr);
 }
 
+void *cctx_alloc_cached(cctx_block_cache *cache, size_t size)
+{
+    void *p = cache->head;
+    if (p == NULL)
+        return cctx_alloc(size);
+    /* An injected failure fails here too: a test that walks every
+     * allocation of an operation must not depend on what a cache holds. */
+    if (should_fail())
+        return NULL;
+    cache->head = *(void **)p;
+    cache->count--;
+    COUNT_ALLOCATION();
+    return p;
+}
+
+void cctx_dealloc_cached(cctx_block_cache *cache, void *ptr)
+{
+    if (ptr == NULL)
+        return;
+    if (cache == NULL || cache->count >= CCTX_BLOCK_CACHE_MAX) {
+        cctx_dealloc(ptr);
+        return;
+    }
+    COUNT_DEALLOCATION(); /* a cached block is not live */
+    *(void **)ptr = cache->head;
+    cache->head = ptr;
+    cache->count++;
+}
+
+void cctx_block_cache_drain(cctx_block_cache *cache)
+{
+    void *p = cache->head;
+    cache->head = NULL;
+    cache->count = 0;
+    while (p != NULL) {
+        void *next = *(void **)p;
+        free(p); /* already uncounted when cached */
+        p = next;
+    }
+}
+
 void cctx__fail_allocation(long nth)
 {
     cctx_store_int(&fail_countdown, nth < 0 ? 0 : (int)nth);

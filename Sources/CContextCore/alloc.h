@@ -25,4 +25,30 @@ void *cctx_realloc(void *ptr, size_t size);
 /* free; NULL is ignored. */
 void cctx_dealloc(void *ptr);
 
+/*
+ * A per-thread cache of same-size blocks (a free list), for objects that
+ * are made and dropped at a high rate on one thread (contexts from
+ * copy_current). Taking a block from the cache still consults the failure
+ * countdown and the live counts exactly as cctx_alloc/cctx_dealloc do, so
+ * fault injection and leak checks see no difference: a cached block is
+ * not live. The caller owns the cache's storage (a __thread variable) and
+ * must drain it before the thread's storage goes away.
+ */
+typedef struct cctx_block_cache {
+    void *head; /* first free block; each block's first word links the next */
+    unsigned count;
+} cctx_block_cache;
+
+/* How many blocks a cache keeps at most; the rest go back to malloc. */
+#define CCTX_BLOCK_CACHE_MAX 16
+
+/* A block of `size` bytes (>= sizeof(void *)): from `cache` if it holds
+ * one, else from cctx_alloc. NULL on (injected) failure. */
+void *cctx_alloc_cached(cctx_block_cache *cache, size_t size);
+/* Gives `ptr` back to `cache`, or frees it when the cache is full or
+ * `cache` is NULL. */
+void cctx_dealloc_cached(cctx_block_cache *cache, void *ptr);
+/* Frees every block in `cache`. */
+void cctx_block_cache_drain(cctx_block_cache *cache);
+
 #endif

@@ -22,11 +22,104 @@ extern unsigned cctx_not_inherited_vars;
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* Context objects this thread freed, kept for its next copies: a copy and
+ * its release then touch no allocator and no line another thread writes.
+ * Used only while the thread has a state (thread_state.h), whose teardown
+ * drains it (context_cache_drain) once nothing can refill it: after the
+ * state is detached, frees go straight to the allocator. */
+static __thread cctx_block_cache context_cache __attribute__((tls_model("initial-exec")));
+
+static cctx_block_cache *context_cache_get(void)
+{
+    return thread_state_peek() != NULL ? &context_cache : NULL;
+}
+
+void context_cache_drain(void)
+{
+    cctx_block_cache_drain(&context_cache);
+}
+
+/*
+ * Root credits: references to one root taken in a batch and handed out to
+ * this thread's copies of the context holding it, so that copy_current and
+ * the release of the copy on this thread touch no shared line (the root's
+ * count is written once per batch, not once per copy).
+ *
+ * The credits are counted references like any other, so the root cannot
+ * be freed while this thread holds them. They are tied to `ctx`, a context
+ * this thread owns (entered, or its base) whose root is `root`, and are
+ * given back (credit_forget) before anything could make them the last
+ * references of a root nobody uses: before this thread writes `ctx` (a new
+ * root is published, or an in-place write tests the root for uniqueness,
+ * which credits would defeat) and when it stops owning `ctx` (exit, the
+ * base's teardown). While `ctx` is owned by this thread only this thread
+ * replaces its root, and `ctx` itself holds the root, so giving credits
+ * back never frees anything on the copy path and never runs a callback
+ * there. Only this thread reads or writes its credits; copy_current is not
+ * async-signal-safe (it may allocate), so no handler races them.
+ */
+#define ROOT_CREDIT_BATCH 64u
+static __thread struct {
+    cctx_context *ctx;
+    hamt_node *root;
+    unsigned n;
+} root_credit __attribute__((tls_model("initial-exec")));
+
+static void credit_flush(void)
+{
+    hamt_node *root = root_credit.root;
+    unsigned n = root_credit.n;
+    root_credit.ctx = NULL;
+    root_credit.root = NULL;
+    root_credit.n = 0;
+    hamt_release_n(root, n);
+}
+
+/* Gives back the credits tied to `ctx` (see above). */
+static inline void credit_forget(const cctx_context *ctx)
+{
+    if (CCTX_UNLIKELY(root_credit.ctx == ctx) && ctx != NULL)
+        credit_flush();
+}
+
+/* One reference to `root`, the current root of `ctx`, owned by this
+ * thread. */
+static void credit_take(cctx_context *ctx, hamt_node *root)
+{
+    if (root == NULL)
+        return;
+    if (CCTX_LIKELY(root_credit.ctx == ctx && root_credit.root == root && root_credit.n != 0)) {
+        root_credit.n--;
+        return;
+    }
+    /* Another context's (or none): the old credits go back; their root is
+     * still held by its context, so nothing is freed here. */
+    credit_flush();
+    hamt_retain_n(root, ROOT_CREDIT_BATCH);
+    root_credit.ctx = ctx;
+    root_credit.root = root;
+    root_credit.n = ROOT_CREDIT_BATCH - 1;
+}
+
+/* Drops one reference to `root`: back into the credits when they are for
+ * this root (only while this thread has a state: its teardown flushes). */
+static void credit_give(hamt_node *root)
+{
+    if (root != NULL && root_credit.root == root && root_credit.n < 2 * ROOT_CREDIT_BATCH &&
+        thread_state_peek() != NULL) {
+        root_credit.n++;
+        return;
+    }
+    hamt_release(root);
+}
+
 cctx_status context_new_with_root(hamt_node *root, cctx_context **out)
 {
-    /* malloc and field stores, not calloc: glibc's calloc skips the
-     * per-thread cache on non-main threads. */
-    cctx_context *ctx = cctx_alloc(sizeof *ctx);
+    /* Field stores, not calloc: glibc's calloc skips the per-thread cache
+     * on non-main threads. */
+    cctx_block_cache *cache = context_cache_get();
+    cctx_context *ctx = cache != NULL ? cctx_alloc_cached(cache, sizeof *ctx)
+                                      : cctx_alloc(sizeof *ctx);
     if (ctx == NULL)
         return CCTX_ENOMEM;
     ctx->magic = CCTX_CONTEXT_MAGIC;
@@ -53,19 +146,50 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
     return ctx;
 }
 
+/*
+ * Entering does not retain: while a context is entered, the thread that
+ * entered it relies on its caller's reference. When the last reference is
+ * released while the context is entered (ENTERED(ts) in context.h), the
+ * releaser hands that reference to the entered state instead of freeing:
+ * one CAS of `owner` from ts to ts|CCTX_OWNER_HELD, so that the count
+ * never reaches zero while the context is entered (a borrowed current
+ * context may still be retained). Exit is a CAS from ts to FREE; it fails
+ * only when a reference was handed over, and then the exiting thread
+ * frees `owner` and drops that reference. Either the releaser's CAS comes
+ * first (the exit sees HELD) or the exit's (the releaser sees FREE and
+ * frees: the exiting thread no longer touches the context after its CAS).
+ */
 void cctx_context_release(cctx_context *ctx)
 {
     if (!context_is_valid(ctx))
         return;
-    /* Count 1 is the caller's own reference (see hamt_release): no locked
-     * decrement for the last one. */
-    if (cctx_load_uint(&ctx->refcnt) != 1 && !cctx_dec_uint_is_zero(&ctx->refcnt))
-        return;
-    /* Entering retains, so a context with no references is entered by
-     * nobody and read by nobody. */
+    /* Not the last reference: one locked CAS, as a decrement would be. A
+     * count of 1 is the caller's own reference (see hamt_release): nobody
+     * else can raise it except the thread that has the context entered
+     * (retaining its borrowed current context), which the handover below
+     * allows for. */
+    for (;;) {
+        unsigned n = cctx_load_uint(&ctx->refcnt);
+        if (n == 1)
+            break;
+        if (cctx_cas_uint(&ctx->refcnt, n, n - 1))
+            return;
+    }
+    for (;;) {
+        uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+        if (owner <= CCTX_OWNER_WRITING || (owner & CCTX_OWNER_HELD) != 0)
+            break; /* FREE (or claimed, or a one-off writer): free it */
+        /* Entered: the entered state keeps this reference (see above). */
+        if (cctx_cas_uintptr(&ctx->owner, owner, owner | CCTX_OWNER_HELD))
+            return;
+        /* The owner left meanwhile: look again. */
+    }
     ctx->magic = 0;
-    hamt_release(ctx->root);
-    cctx_dealloc(ctx);
+    hamt_node *root = ctx->root;
+    cctx_dealloc_cached(context_cache_get(), ctx);
+    /* After the object is back in the cache: a callback run by the root's
+     * release may copy again and take it. */
+    credit_give(root);
 }
 
 /* ------------------------------------------------------------ reading */
@@ -282,6 +406,7 @@ static void root_release(void *root)
 
 void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_root)
 {
+    credit_forget(ctx); /* the old root must not outlive `ctx`'s use of it */
     /* Full barrier: readers that arrive later see new_root; and the load
      * of `readers` below cannot pass it (read_begin's argument). */
     hamt_node *old = cctx_fas_ptr(&ctx->root, new_root);
@@ -355,6 +480,8 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
 cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
                               void *value, cctx_token **token_out)
 {
+    /* Credits would make the root look shared to write_in_place. */
+    credit_forget(ctx);
     /* The writer's own root: no other thread replaces it. */
     hamt_node *root = context_own_root(ctx);
     void *old = NULL;
@@ -397,6 +524,7 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
     if (token->ctx != ctx)
         return CCTX_TOKEN_WRONG_CONTEXT;
 
+    credit_forget(ctx); /* as in context_write_set */
     hamt_node *root = context_own_root(ctx);
     hamt_node *next = root;
     cctx_status st;
@@ -460,9 +588,16 @@ void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
 void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)
 {
     CCTX_ASSERT(context_owner(ctx) == (uintptr_t)ts);
-    (void)ts;
-    /* Release: our writes to the context happen before the next owner's. */
+    credit_forget(ctx); /* only an owner's credits are safe (see above) */
+    /* Full barrier: our writes to the context happen before the next
+     * owner's; and a releaser's handover either happened (the CAS fails)
+     * or will see FREE (cctx_context_release). */
+    if (cctx_cas_uintptr(&ctx->owner, (uintptr_t)ts, CCTX_OWNER_NONE))
+        return;
+    /* The last reference was handed to us while entered: nobody else can
+     * reach the context now; leave, then drop that reference. */
     cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
+    cctx_context_release(ctx);
 }
 
 /* Write ownership for the explicit-context functions: the thread that has
@@ -595,7 +730,8 @@ cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
 {
     if (!context_owner_enter(ctx, ts))
         return CCTX_ALREADY_ENTERED;
-    cctx_context_retain(ctx);
+    /* No retain: the caller's reference keeps it, or is handed to this
+     * entered state when released early (cctx_context_release). */
     ctx->prev = ts->current;
     /* The new current is published to a signal handler on this thread
      * before the version bump (context_switched): see var_access.c. */
@@ -611,8 +747,7 @@ void context_exit_innermost(cctx_thread_state *ts)
     ts->current = c->prev;
     c->prev = NULL;
     context_switched(ts, CCTX_EVENT_EXITED, ts->current);
-    context_owner_leave(c, ts);
-    cctx_context_release(c);
+    context_owner_leave(c, ts); /* may free it: not touched after */
 }
 
 void context_exit_above(cctx_thread_state *ts, cctx_context *ctx)
@@ -673,11 +808,12 @@ cctx_status cctx_context_copy_current(cctx_context **out)
         return cctx_context_new(out);
     /* This thread owns its current context: it reads the root without a
      * read guard (nobody else replaces it). */
-    hamt_node *root = context_own_root(ts->current);
-    hamt_retain(root);
+    cctx_context *cur = ts->current;
+    hamt_node *root = context_own_root(cur);
+    credit_take(cur, root);
     cctx_status st = context_new_with_root(root, out);
     if (st != CCTX_OK)
-        hamt_release(root);
+        credit_give(root);
     return st;
 }
 

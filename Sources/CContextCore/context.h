@@ -31,8 +31,11 @@
  *   enter               FREE -> ENTERED(ts)    context_owner_enter (CAS)
  *   take as base        new  -> ENTERED(ts)    context_owner_adopt (plain:
  *                                              nobody else has the context)
- *   exit                ENTERED(ts) -> FREE    context_owner_leave (release
- *                                              store: only ts is there)
+ *   exit                ENTERED(ts) -> FREE    context_owner_leave (CAS; if
+ *                                              HELD: store, then release)
+ *   last release        ENTERED(ts) ->         cctx_context_release (CAS:
+ *     while entered       ENTERED(ts)|HELD     the entered state keeps the
+ *                                              last reference until exit)
  *   claim               FREE -> CLAIMED        context_owner_claim (CAS)
  *   unclaim             CLAIMED -> FREE        context_owner_unclaim (CAS)
  *   one-off write       FREE -> WRITING        context_owner_write_begin (CAS)
@@ -91,9 +94,16 @@ static inline hamt_node *context_own_root(const cctx_context *ctx)
 
 /* ------------------------------------------------------------ owner */
 
+/* Bit 0 of an ENTERED(ts) owner: the context's last reference was released
+ * while entered and the entered state holds it (context.c). Thread states
+ * are aligned, so ts|HELD is never one of the small constants above. */
+#define CCTX_OWNER_HELD ((uintptr_t)1)
+
+/* The owner's state, without the HELD mark. */
 static inline uintptr_t context_owner(const cctx_context *ctx)
 {
-    return cctx_load_uintptr(&((cctx_context *)ctx)->owner);
+    uintptr_t owner = cctx_load_uintptr(&((cctx_context *)ctx)->owner);
+    return owner > CCTX_OWNER_WRITING ? owner & ~CCTX_OWNER_HELD : owner;
 }
 bool context_owner_enter(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
 void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
@@ -104,6 +114,10 @@ void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
 /* A new context holding `root` (the reference is transferred to it). On
  * CCTX_ENOMEM the caller keeps its reference. */
 cctx_status context_new_with_root(hamt_node *root, cctx_context **out) CCTX_HIDDEN;
+
+/* Frees the calling thread's cache of context objects; called by the
+ * thread-state teardown once the state is detached (nothing refills it). */
+void context_cache_drain(void) CCTX_HIDDEN;
 
 /* Publishes `new_root` (reference transferred) in place of the current
  * root, and disposes of the old one (reclaim.h). `ts` is the calling

@@ -304,6 +304,22 @@ void hamt_release(hamt_node *root)
         node_free(root);
 }
 
+void hamt_retain_n(hamt_node *root, unsigned n)
+{
+    if (root != NULL && n != 0)
+        (void)cctx_faa_uint(&root->refcnt, n);
+}
+
+void hamt_release_n(hamt_node *root, unsigned n)
+{
+    if (root == NULL || n == 0)
+        return;
+    /* As hamt_release: holding every counted reference means nobody else
+     * can take one, so no locked instruction for the last ones. */
+    if (cctx_load_uint(&root->refcnt) == n || cctx_faa_uint(&root->refcnt, -n) == n)
+        node_free(root);
+}
+
 size_t hamt_count(const hamt_node *root)
 {
     return root != NULL ? root->size : 0;

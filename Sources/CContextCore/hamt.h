@@ -39,6 +39,10 @@ void hamt_retain(hamt_node *root) CCTX_HIDDEN;
 /* Drops a reference; frees nodes that reach zero, releasing the keys and
  * values of their entries. NULL is ignored. */
 void hamt_release(hamt_node *root) CCTX_HIDDEN;
+/* hamt_retain/hamt_release of `n` references at once (one locked
+ * instruction; none for n == 0 or a NULL root). */
+void hamt_retain_n(hamt_node *root, unsigned n) CCTX_HIDDEN;
+void hamt_release_n(hamt_node *root, unsigned n) CCTX_HIDDEN;
 
 /* Number of entries, O(1). Borrows `root`. */
 size_t hamt_count(const hamt_node *root) CCTX_HIDDEN;

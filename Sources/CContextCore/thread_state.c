@@ -137,6 +137,7 @@ static void state_destroy(cctx_thread_state *ts)
     local_thread_release(ts); /* the table is empty now: unlink, free */
     context_owner_leave(ts->base, ts);
     cctx_context_release(ts->base);
+    context_cache_drain(); /* detached: later frees bypass the cache */
     teardown_closed = false;
     reclaim_record_release(ts->record);
     cctx_dealloc(ts);

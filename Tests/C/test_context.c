@@ -5,6 +5,7 @@
 #include "test_support.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 
 static cctx_var *new_var(const char *name)
@@ -803,6 +804,206 @@ static void *oom_fresh_thread(void *p)
     return NULL;
 }
 
+/* Copies of the current context reuse the thread's freed context objects
+ * (a per-thread cache); a reused object must still fail when an allocation
+ * failure is injected, leave nothing changed, and the cache must be empty
+ * of live blocks once the thread's state is gone. */
+static void *copy_cache_thread(void *p)
+{
+    (void)p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    tv_value *a = tv_new(7);
+    assert_ok(cctx_var_set(x, a, NULL));
+    long allocs = cctx__live_allocations();
+    /* Fill the cache. */
+    cctx_context *c[4];
+    for (int i = 0; i < 4; i++)
+        assert_ok(cctx_context_copy_current(&c[i]));
+    for (int i = 0; i < 4; i++)
+        cctx_context_release(c[i]);
+    assert_int_equal(cctx__live_allocations(), allocs);
+    cctx_context *d = NULL;
+    long fails = cctx__allocation_failures();
+    cctx__fail_allocation(1);
+    cctx_status st = cctx_context_copy_current(&d);
+    cctx__fail_allocation(0);
+    assert_int_equal(cctx__allocation_failures(), fails + 1);
+    assert_int_equal(st, CCTX_ENOMEM);
+    assert_null(d);
+    assert_int_equal(cctx__live_allocations(), allocs);
+    /* Reused objects are whole contexts: values, writes, independence. */
+    assert_ok(cctx_context_copy_current(&d));
+    void *out = NULL;
+    assert_ok(cctx_context_get(d, x, &out));
+    assert_ptr_equal(out, a);
+    tv_value *b = tv_new(8);
+    assert_ok(cctx_context_set(d, x, b, NULL));
+    assert_int_equal(get_id(x), 7);
+    cctx_context_release(d);
+    tv_drop(b);
+    cctx_var_release(x);
+    tv_drop(a);
+    return NULL; /* the thread's teardown drains its cache */
+}
+
+/* Copies of the current context share its root through references taken
+ * in batches; a value the context stops holding must still be released as
+ * soon as nothing else holds it: after a later set in the same context, and
+ * after leaving and releasing an entered context whose copies are gone.
+ * The copies here are released on this thread and on another one. */
+struct release_job { cctx_context *ctx; };
+static void *release_elsewhere(void *p)
+{
+    cctx_context_release(((struct release_job *)p)->ctx);
+    return NULL;
+}
+
+static void *copy_credit_thread(void *p)
+{
+    (void)p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    long live = tv_live();
+    tv_value *a = tv_new(1);
+    assert_ok(cctx_var_set(x, a, NULL));
+    tv_drop(a); /* the base context holds it alone */
+    cctx_context *c[3];
+    for (int i = 0; i < 3; i++)
+        assert_ok(cctx_context_copy_current(&c[i]));
+    cctx_context_release(c[0]);
+    struct release_job job = { c[1] };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_elsewhere, &job), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), live + 1);
+    /* c[2] still holds `a`; once it goes, the next set frees it. */
+    cctx_context_release(c[2]);
+    tv_value *b = tv_new(2);
+    assert_ok(cctx_var_set(x, b, NULL));
+    tv_drop(b);
+    assert_int_equal(tv_live(), live + 1); /* `a` is gone: only `b` */
+    assert_int_equal(get_id(x), 2);
+
+    /* An entered context: copies of it, then exit and release. */
+    cctx_context *e = NULL;
+    assert_ok(cctx_context_new(&e));
+    assert_ok(cctx_context_enter(e));
+    tv_value *v = tv_new(3);
+    assert_ok(cctx_var_set(x, v, NULL));
+    tv_drop(v);
+    for (int i = 0; i < 3; i++)
+        assert_ok(cctx_context_copy_current(&c[i]));
+    for (int i = 0; i < 3; i++)
+        cctx_context_release(c[i]);
+    assert_ok(cctx_context_exit(e));
+    assert_int_equal(tv_live(), live + 2);
+    cctx_context_release(e);
+    assert_int_equal(tv_live(), live + 1); /* `v` went with `e` */
+    assert_int_equal(get_id(x), 2);
+    cctx_var_release(x);
+    return NULL;
+}
+
+static void test_copy_current_credits_release_values_promptly(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, copy_credit_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
+/* Entering takes no reference: the caller's last release while the context
+ * is entered hands that reference to the entered state, which drops it at
+ * exit. Here the release comes from another thread, racing the exit, many
+ * times; and once on the same thread followed by a retain of the borrowed
+ * current context. Every value is released exactly once, nothing leaks
+ * (the sanitizers and valgrind see the memory). */
+struct handover {
+    cctx_context *ctx;
+    unsigned go; /* 1: release now */
+};
+
+static void *handover_releaser(void *p)
+{
+    struct handover *h = p;
+    while (__atomic_load_n(&h->go, __ATOMIC_ACQUIRE) == 0)
+        sched_yield();
+    cctx_context_release(h->ctx);
+    return NULL;
+}
+
+static void *handover_thread(void *p)
+{
+    (void)p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    long live = tv_live();
+    long rounds = scaled(2000);
+    for (long i = 0; i < rounds; i++) {
+        struct handover h = { NULL, 0 };
+        assert_ok(cctx_context_new(&h.ctx));
+        assert_ok(cctx_context_enter(h.ctx));
+        tv_value *v = tv_new(i);
+        assert_ok(cctx_var_set(x, v, NULL));
+        tv_drop(v);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, handover_releaser, &h), 0);
+        __atomic_store_n(&h.go, 1, __ATOMIC_RELEASE);
+        if (i % 2 == 0)
+            sched_yield(); /* let the release come first, sometimes */
+        assert_int_equal(get_id(x), i); /* still alive while entered */
+        assert_ok(cctx_context_exit(h.ctx));
+        pthread_join(t, NULL);
+        assert_int_equal(tv_live(), live);
+    }
+    /* Same thread: release while entered, then retain the borrowed current. */
+    cctx_context *c = NULL;
+    assert_ok(cctx_context_new(&c));
+    assert_ok(cctx_context_enter(c));
+    tv_value *w = tv_new(99);
+    assert_ok(cctx_var_set(x, w, NULL));
+    tv_drop(w);
+    cctx_context_release(c);
+    cctx_context *again = cctx_context_retain(cctx_context_current());
+    assert_ptr_equal(again, c);
+    assert_ok(cctx_context_exit(c));
+    assert_int_equal(tv_live(), live + 1); /* `again` keeps it */
+    void *out = NULL;
+    assert_ok(cctx_context_get(again, x, &out));
+    assert_ptr_equal(out, w);
+    cctx_context_release(again);
+    assert_int_equal(tv_live(), live);
+    assert_int_equal(get_id(x), -1);
+    cctx_var_release(x);
+    return NULL;
+}
+
+static void test_last_release_while_entered_is_handed_to_exit(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, handover_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
+static void test_copy_current_cache_fails_and_drains(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, copy_cache_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 static void test_allocation_failure_creating_thread_state(void **state)
 {
     (void)state;
@@ -833,6 +1034,9 @@ int main(void)
         cmocka_unit_test(test_lookup_cache_follows_every_change),
         cmocka_unit_test(test_allocation_failure_changes_nothing),
         cmocka_unit_test(test_allocation_failure_creating_thread_state),
+        cmocka_unit_test(test_copy_current_cache_fails_and_drains),
+        cmocka_unit_test(test_last_release_while_entered_is_handed_to_exit),
+        cmocka_unit_test(test_copy_current_credits_release_values_promptly),
     };
     return cmocka_run_group_tests_name("context", tests, NULL, NULL);
 }

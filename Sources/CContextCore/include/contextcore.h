@@ -334,8 +334,9 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_current(cctx_context **o
 CCTX_API cctx_context *cctx_context_retain(cctx_context *ctx);
 CCTX_API void cctx_context_release(cctx_context *ctx);
 
-/** Makes `ctx` the calling thread's current context (it retains `ctx` until
- *  the matching exit). CCTX_ALREADY_ENTERED if `ctx` is entered anywhere or
+/** Makes `ctx` the calling thread's current context; `ctx` stays alive until
+ *  the matching exit even if the caller releases its last reference
+ *  meanwhile (that reference is then dropped at the exit). CCTX_ALREADY_ENTERED if `ctx` is entered anywhere or
  *  claimed; nothing changes then. */
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_enter(cctx_context *ctx);
 
