@@ -10,7 +10,7 @@ pattern, TreeDictionary). A row is
 
 (median/min/max empty and unit "skip" for a skipped row, the note saying
 why). Each line of COMPARISONS below pairs a ContextKit row with its peer
-row from the same run and checks issue 6's target for it.
+row from the same run and checks the row's target for it.
 
     table.py [--save DOCS_DIR] [--start-load L] FILE.tsv ...
 
@@ -438,7 +438,7 @@ def main():
             "Each cell: median ns per operation over 7 timed loops of ~25–50 ms "
             "(after calibration and a warm-up), min–max in parentheses. Ratio = "
             "ContextKit median / peer median, both from this same run. Rows marked "
-            "(info) have no target in issue 6 and are there for context.",
+            "(info) have no target and are there for context.",
             "",
             table,
             "",
