@@ -688,6 +688,12 @@ bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
     return node_find(root, 0, key->hash, key, value);
 }
 
+/* Whether `root` is held by exactly one reference. */
+bool hamt_is_unique(const hamt_node *root)
+{
+    return root != NULL && cctx_load_uint(&((hamt_node *)root)->refcnt) == 1;
+}
+
 /* The value slot of `key` when the caller may overwrite it in place: the
  * key is bound and every node on its path has a reference count of 1 (so
  * no other root shares any of them). NULL otherwise. The caller owns
@@ -696,11 +702,6 @@ bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
  * only writer. Relaxed loads of the counts: another thread can only have
  * changed a count through a root that shares the node, i.e. a count >= 2
  * we would see. */
-bool hamt_is_unique(const hamt_node *root)
-{
-    return root != NULL && cctx_load_uint(&((hamt_node *)root)->refcnt) == 1;
-}
-
 void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
 {
     if (root == NULL)
