@@ -28,7 +28,7 @@ extension Context {
         return try await TaskBinding.$current.withValue(scope.binding, operation: body)
     }
 
-    /// As ``run(_:file:line:)`` for a context the caller has just created,
+    /// As `run` for a context the caller has just created,
     /// which nobody else can have entered.
     nonisolated(nonsending) func runFresh<R>(
         origin: FrameOrigin,
@@ -40,7 +40,7 @@ extension Context {
         return try await TaskBinding.$current.withValue(scope.binding, operation: body)
     }
 
-    /// As ``run(_:file:line:)`` for a context the caller has just created,
+    /// As `run` for a context the caller has just created,
     /// run with the given isolation (the spawn helpers and the
     /// ServiceContext bridge).
     package func runFresh<R>(

@@ -25,8 +25,8 @@ import Synchronization
 /// What happened to the current context, as a watcher sees it.
 public enum ContextEvent: Sendable, Hashable, CustomStringConvertible {
     /// A context became current: a thread entered it (`cctx_context_enter`,
-    /// ``Context/run(_:file:line:)`` outside a task), or a task scope began
-    /// (``Context/run(_:file:line:)``, ``ContextVar/withValue(_:operation:)``, a spawn
+    /// `Context.run` outside a task), or a task scope began
+    /// (`Context.run`, `ContextVar.withValue`, a spawn
     /// helper). The watcher's context is the one entered.
     case entered
     /// A context stopped being current. The watcher's context is the one
@@ -121,9 +121,9 @@ extension Context {
     /// that caused it returns, until the handle is cancelled or deinitialized.
     ///
     /// Events come from threads (a thread entering or leaving a context, in
-    /// C or through ``run(_:file:line:)`` outside a task; a thread's state being
-    /// created or destroyed) and from task scopes (``run(_:file:line:)`` sync and
-    /// async, ``ContextVar/withValue(_:operation:)``, the spawn helpers),
+    /// C or through `run` outside a task; a thread's state being
+    /// created or destroyed) and from task scopes (`run` sync and
+    /// async, `ContextVar.withValue`, the spawn helpers),
     /// each as ``ContextEvent/entered`` with the context entered and
     /// ``ContextEvent/exited`` with the context current again (`nil` when a
     /// task leaves its outermost scope).

@@ -3,7 +3,7 @@ import CContextCore
 /// A mapping from context variables to values: Python's `contextvars.Context`.
 ///
 /// Every thread has a current context; every task that runs inside
-/// ``run(_:file:line:)`` or ``ContextVar/withValue(_:operation:)`` has one too. Copies
+/// `run` or `ContextVar.withValue` has one too. Copies
 /// are O(1) and independent: the two share structure and never affect each
 /// other.
 ///
@@ -53,7 +53,7 @@ public final class Context: Sendable {
     /// A copy of the current context (Python's `contextvars.copy_context()`).
     ///
     /// Outside any task: the calling thread's current context. In a task: the
-    /// context of the innermost ``run(_:file:line:)`` or ``ContextVar/withValue(_:operation:)``
+    /// context of the innermost `run` or `ContextVar.withValue`
     /// around the call, or an empty context when there is none. O(1).
     public static func copyCurrent() -> Context {
         switch CurrentPlace.resolve {
@@ -251,7 +251,7 @@ extension Context {
     /// call, and whether the caller may write it — how async code hands its
     /// context to C functions that take one explicitly.
     ///
-    /// - In a task inside ``run(_:file:line:)`` / ``ContextVar/withValue(_:operation:)``:
+    /// - In a task inside `run` / `ContextVar.withValue`:
     ///   the task's context. `isWritable` is true in the task that entered it
     ///   (C may then call `cctx_context_set`/`reset` on it during `body`, on
     ///   the calling thread), false in child tasks that inherited it.

@@ -5,7 +5,7 @@ import CContextKitShims
 ///
 /// A variable has a name and an optional default. Its value lives in the
 /// current ``Context``: the calling thread's, or — in a Swift task — the
-/// context the task entered with ``Context/run(_:file:line:)`` or ``withValue(_:operation:)``,
+/// context the task entered with `Context.run` or `withValue`,
 /// the private copy its first ``set(_:)`` made, or what it inherited.
 ///
 /// ```swift
@@ -194,7 +194,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     ///
     /// Works everywhere: on a thread, and in any task — a structured child,
     /// `Task {}`, `Task.detached`, async `main`, a task started outside any
-    /// ``Context/run(_:file:line:)``, and synchronous code called from them. A task's
+    /// `Context.run`, and synchronous code called from them. A task's
     /// first `set` outside a scope of its own gives it a private copy of the
     /// context it sees (copy-on-write), so its parent and siblings never see
     /// the change. See docs/concurrency.md.

@@ -79,7 +79,7 @@ public struct DefaultedContextVar<Value: Sendable>: Sendable, Hashable, CustomSt
     public func reset(_ token: Token<Value>) throws(ContextError) { try variable.reset(token) }
 
     /// Runs `operation` with this variable bound to `value`; see
-    /// ``ContextVar/withValue(_:operation:)``.
+    /// `ContextVar.withValue`.
     ///
     /// - Parameters:
     ///   - value: the value inside `operation`.
@@ -89,7 +89,7 @@ public struct DefaultedContextVar<Value: Sendable>: Sendable, Hashable, CustomSt
         try variable.withValue(value, operation: operation)
     }
 
-    /// The asynchronous ``withValue(_:operation:)``; `operation` keeps the
+    /// The asynchronous `withValue`; `operation` keeps the
     /// caller's isolation.
     ///
     /// - Parameters:
