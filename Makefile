@@ -417,7 +417,7 @@ count-ops: deps
 DOCC ?= $(shell command -v docc 2>/dev/null || echo $(dir $(shell command -v $(SWIFT)))docc)
 DOC_MODULES := ContextKit ContextKitLogging ContextKitServiceContext
 docs: deps
-	@rm -rf $(BUILD)/symbol-graphs $(BUILD)/docs .build/*/symbolgraph
+	@rm -rf $(BUILD)/symbol-graphs $(BUILD)/docs .build/*/symbolgraph; mkdir -p $(BUILD)
 	$(SWIFT) package $(TRAITS) dump-symbol-graph --minimum-access-level public \
 		--emit-extension-block-symbols > $(BUILD)/symbol-graphs.log 2>&1 || \
 		{ cat $(BUILD)/symbol-graphs.log; exit 1; }
