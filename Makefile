@@ -418,6 +418,10 @@ DOCC ?= $(shell command -v docc 2>/dev/null || echo $(dir $(shell command -v $(S
 DOC_MODULES := ContextKit ContextKitLogging ContextKitServiceContext
 docs: deps
 	@rm -rf $(BUILD)/symbol-graphs $(BUILD)/docs .build/*/symbolgraph; mkdir -p $(BUILD)
+	@# dump-symbol-graph reads every module of the package, the test ones too:
+	@# build them first, or a fresh checkout has none to read.
+	$(SWIFT) build $(TRAITS) --build-tests > $(BUILD)/docs-build.log 2>&1 || \
+		{ cat $(BUILD)/docs-build.log; exit 1; }
 	$(SWIFT) package $(TRAITS) dump-symbol-graph --minimum-access-level public \
 		--emit-extension-block-symbols > $(BUILD)/symbol-graphs.log 2>&1 || \
 		{ cat $(BUILD)/symbol-graphs.log; exit 1; }
