@@ -13,9 +13,8 @@ protocol RequestIDBinding: Sendable {
 
     /// Runs `body` with `id` bound; `body` and every child task it creates
     /// read `id` through ``current``.
-    static func bind<R>(
-        _ id: String, _ body: () async throws -> R,
-        isolation: isolated (any Actor)?
+    nonisolated(nonsending) static func bind<R>(
+        _ id: String, _ body: nonisolated(nonsending) () async throws -> R
     ) async throws -> R
 
     /// The id bound for the running request; nil outside any request.
@@ -28,11 +27,10 @@ enum TaskLocalBinding: RequestIDBinding {
 
     static let mode = "tasklocal"
 
-    static func bind<R>(
-        _ id: String, _ body: () async throws -> R,
-        isolation: isolated (any Actor)?
+    nonisolated(nonsending) static func bind<R>(
+        _ id: String, _ body: nonisolated(nonsending) () async throws -> R
     ) async throws -> R {
-        try await $requestID.withValue(id, operation: body, isolation: isolation)
+        try await $requestID.withValue(id, operation: body)
     }
 
     static var current: String? { requestID }
@@ -45,9 +43,8 @@ enum ContextKitRunBinding: RequestIDBinding {
 
     static let mode = "contextkit-run"
 
-    static func bind<R>(
-        _ id: String, _ body: () async throws -> R,
-        isolation: isolated (any Actor)?
+    nonisolated(nonsending) static func bind<R>(
+        _ id: String, _ body: nonisolated(nonsending) () async throws -> R
     ) async throws -> R {
         // Inside a Hummingbird middleware `Context` names Hummingbird's
         // generic parameter; here it would not, but spell it as the
@@ -56,7 +53,7 @@ enum ContextKitRunBinding: RequestIDBinding {
             {
                 _ = requestID.set(id)
                 return try await body()
-            }, isolation: isolation)
+            })
     }
 
     static var current: String? { requestID.value }
@@ -68,11 +65,10 @@ enum ContextKitWithValueBinding: RequestIDBinding {
 
     static let mode = "contextkit-withvalue"
 
-    static func bind<R>(
-        _ id: String, _ body: () async throws -> R,
-        isolation: isolated (any Actor)?
+    nonisolated(nonsending) static func bind<R>(
+        _ id: String, _ body: nonisolated(nonsending) () async throws -> R
     ) async throws -> R {
-        try await requestID.withValue(id, operation: body, isolation: isolation)
+        try await requestID.withValue(id, operation: body)
     }
 
     static var current: String? { requestID.value }
@@ -88,9 +84,8 @@ enum UnscopedGlobalBinding: RequestIDBinding {
 
     static let mode = "unscoped-global"
 
-    static func bind<R>(
-        _ id: String, _ body: () async throws -> R,
-        isolation: isolated (any Actor)?
+    nonisolated(nonsending) static func bind<R>(
+        _ id: String, _ body: nonisolated(nonsending) () async throws -> R
     ) async throws -> R {
         slot.withLock { $0 = id }
         return try await body()

@@ -70,7 +70,7 @@ func bindAndCheck<Binding: RequestIDBinding>(
                     status: .internalServerError, body: ResponseBody(byteBuffer: mismatchBody))
             }
             return response
-        }, isolation: nil)
+        })
 }
 
 struct TaskLocalMiddleware: RouterMiddleware {
