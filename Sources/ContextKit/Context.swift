@@ -1,4 +1,5 @@
 import CContextCore
+import CContextKitShims
 
 /// A mapping from context variables to values: Python's `contextvars.Context`.
 ///
@@ -181,7 +182,7 @@ struct ContextScope {
     }
 
     private init(context: Context, task: UnsafeRawPointer?, origin: FrameOrigin, file: StaticString, line: UInt) {
-        let enclosingPlace = task.map { CurrentPlace.resolve(in: $0) }
+        let enclosingPlace = task.map { _ in CurrentPlace.resolve }
         let enclosing = enclosingPlace.map { $0.binding } ?? TaskBinding.current
         if case .task(_, _, let owned)? = enclosingPlace {
             enclosingOwned = owned
@@ -227,7 +228,12 @@ struct ContextScope {
             fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
         }
         if let enclosing {
-            withExtendedLifetime(enclosing) { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+            withExtendedLifetime(enclosing) {
+                // A C watcher on this thread may write the context the task
+                // returns to (it is the claimer's): a write the value cache
+                // must not outlive.
+                enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+            }
         } else {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
         }
@@ -244,7 +250,12 @@ extension Context {
     /// call ``ContextVar/set(_:)`` on it: see
     /// ``withCurrentUnsafeHandle(_:)``.
     public func withUnsafeHandle<R>(_ body: (OpaquePointer) throws -> R) rethrows -> R {
-        try withExtendedLifetime(self) { try body(handle) }
+        // C may write the running task's own context here, behind the
+        // value cache's back: no cached value survives the window
+        // (`place_cache.c`).
+        cctx_shim_unsafe_window_begin()
+        defer { cctx_shim_unsafe_window_end() }
+        return try withExtendedLifetime(self) { try body(handle) }
     }
 
     /// Calls `body` with the C handle of the current context, borrowed for the

@@ -94,20 +94,57 @@ uint64_t cctx_shim_place_generation(void);
 uint64_t cctx_shim_place_generation_bump(void);
 
 /**
- * The calling thread's cached place of the running task `task` (non-NULL,
- * borrowed): on a hit returns true and sets `*binding` (a `TaskBinding`,
- * unretained, or NULL for none) and `*owned`; false when the thread has no
- * entry for this task id at the current generation. Mirrors no Python API
- * (CPython caches per variable, keyed by thread and context version).
+ * The calling thread's place-cache entry (place_cache.c). Only the calling
+ * thread reads or writes it; Swift reads `binding`/`owned` and reads and
+ * fills the value fields through the pointer cctx_shim_current_place
+ * returns. Not part of any public API.
  */
-bool cctx_shim_place_cache_get(const void *task, const void **binding, bool *owned);
+typedef struct cctx_shim_place_entry {
+    uint64_t generation;     /**< the place generation it was made at; 0: empty */
+    const void *task;        /**< the running task's address then */
+    uint64_t id;             /**< that task's id (checked unless `scoped`) */
+    const void *binding;     /**< its binding (a `TaskBinding`, unretained), or NULL */
+    bool owned;              /**< whether the task owns `binding` */
+    bool scoped;             /**< owned scope binding: the address alone identifies the task */
+    uint32_t fill_blocked;   /**< > 0 inside an unsafe-handle window: fill no value */
+    const void *variable;    /**< value cache: the `cctx_var` read, or NULL for none */
+    uint64_t version;        /**< `binding`'s write count when the value was read */
+    void *value;             /**< the box the map held (borrowed), or NULL: no value */
+} cctx_shim_place_entry;
+
+/** The running task and, when valid for it, the thread's place entry. */
+typedef struct cctx_shim_place {
+    const void *task;              /**< NULL outside any task */
+    cctx_shim_place_entry *entry;  /**< NULL: no entry for this task at this generation */
+} cctx_shim_place;
+
+/**
+ * The Swift task running on the calling thread (`swift_task_getCurrent`,
+ * as cctx_swift_current_task) and the calling thread's place entry when it
+ * is the running task's at the current generation (see place_cache.c for
+ * why that proves it is still right). One call for both: the hot path of
+ * every read in a task. Mirrors no Python API (CPython caches per
+ * variable, keyed by thread and context version).
+ */
+cctx_shim_place cctx_shim_current_place(void);
 
 /**
  * Caches the place of the running task `task`, resolved after reading
  * `generation` from cctx_shim_place_generation(): `binding` (unretained, or
- * NULL) and whether the task owns it. Replaces the thread's entry.
+ * NULL), whether the task owns it, and whether it is a scope binding (not
+ * the unscoped one). Replaces the thread's entry and empties its value.
  */
-void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned);
+void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned,
+                               bool scoped);
+
+/**
+ * Brackets a window in which C code may write a context through a handle
+ * Swift gave it (Context.withUnsafeHandle): both bump the place generation
+ * (so that no thread's cached value survives the window), and inside it the
+ * calling thread caches no value. Windows nest.
+ */
+void cctx_shim_unsafe_window_begin(void);
+void cctx_shim_unsafe_window_end(void);
 
 #ifdef __cplusplus
 }
