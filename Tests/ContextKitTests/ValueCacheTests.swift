@@ -66,18 +66,20 @@ import Glibc
         }
     }
 
-    /// A value whose deinit reads its own variable, released by the `set`
-    /// that replaces it: the read inside the deinit sees the new value,
-    /// never the box being destroyed.
+    /// A value whose deinit reads its own variable, released by the
+    /// `reset` that replaces it (the map held its only reference; a `set`'s
+    /// token would keep the old value alive instead): the read inside the
+    /// deinit sees the restored value, never the box being destroyed.
     @Test func aDeinitReadingTheVariableDuringItsReplacement() async {
         await #expect(processExitsWith: .success) {
             let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async -> Bool in
+                try! await Context().run { () async throws -> Bool in
                     Probe.variable.set(Probe(1))
+                    let token = Probe.variable.set(Probe(2))
                     let before = Probe.variable.value?.id
-                    Probe.variable.set(Probe(2))
+                    try Probe.variable.reset(token)
                     let after = Probe.variable.value?.id
-                    return before == 1 && Probe.seenInDeinit.value == [2] && after == 2
+                    return before == 2 && Probe.seenInDeinit.value.first == 1 && after == 1
                 }
             }.value
             if !ok { exit(1) }
@@ -97,14 +99,20 @@ import Glibc
                 await v.withValue(1) { () async -> Int in
                     var wrong = 0
                     for i in 0..<200 {
-                        async let scoped: Int = withTaskExecutorPreference(second) { () async -> Int in
-                            await v.withValue(i + 10) { () async -> Int in
-                                await withTaskExecutorPreference(first) { v.value! }
+                        // One `async let` per block: each child's memory is
+                        // freed at its block's end, for the next to reuse.
+                        do {
+                            async let scoped: Int = withTaskExecutorPreference(second) { () async -> Int in
+                                await v.withValue(i + 10) { () async -> Int in
+                                    await withTaskExecutorPreference(first) { v.value! }
+                                }
                             }
+                            if await scoped != i + 10 { wrong += 1 }
                         }
-                        if await scoped != i + 10 { wrong += 1 }
-                        async let plain: Int = withTaskExecutorPreference(first) { v.value! }
-                        if await plain != 1 { wrong += 1 }
+                        do {
+                            async let plain: Int = withTaskExecutorPreference(first) { v.value! }
+                            if await plain != 1 { wrong += 1 }
+                        }
                     }
                     return wrong
                 }
