@@ -75,6 +75,13 @@ uint64_t cctx_shim_place_generation_bump(void)
     return atomic_fetch_add_explicit(&place_generation, 1, memory_order_relaxed) + 1;
 }
 
+/* The id check, out of line: the scoped hit path then saves no registers. */
+static __attribute__((noinline)) cctx_shim_place check_id(const void *task, cctx_shim_place_entry *entry)
+{
+    cctx_shim_place place = {task, entry->id == swift_task_getJobTaskId(task) ? entry : NULL};
+    return place;
+}
+
 cctx_shim_place cctx_shim_current_place(void)
 {
     cctx_shim_place place = {swift_task_getCurrent ? swift_task_getCurrent() : NULL, NULL};
@@ -83,7 +90,7 @@ cctx_shim_place cctx_shim_current_place(void)
     if (entry->generation != atomic_load_explicit(&place_generation, memory_order_relaxed)
         || entry->task != place.task)
         return place;
-    if (!entry->scoped && entry->id != swift_task_getJobTaskId(place.task)) return place;
+    if (!entry->scoped) return check_id(place.task, entry);
     place.entry = entry;
     return place;
 }

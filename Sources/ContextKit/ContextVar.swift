@@ -165,20 +165,14 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// the map, filling the cache.
     @inlinable
     func ownedValue(in binding: TaskBinding, entry: UnsafeMutablePointer<cctx_shim_place_entry>) -> Value? {
-        let variable = UnsafeRawPointer(handle)
-        if entry.pointee.variable == variable, entry.pointee.version == binding.writes {
-            guard let box = entry.pointee.value else { return nil }
-            return ValueBox<Value>.borrowedValue(box)
+        let box: UnsafeMutableRawPointer?
+        if entry.pointee.variable == UnsafeRawPointer(handle), entry.pointee.version == binding.writes {
+            box = entry.pointee.value
+        } else {
+            box = binding.readFilling(entry, variable: handle)
         }
-        var pointer: UnsafeMutableRawPointer?
-        let found = foundValue(cctx_context_get(binding.context.handle, handle, &pointer))
-        if entry.pointee.fill_blocked == 0 {
-            entry.pointee.variable = variable
-            entry.pointee.version = binding.writes
-            entry.pointee.value = found ? pointer : nil
-        }
-        guard found, let pointer else { return nil }
-        return ValueBox<Value>.borrowedValue(pointer)
+        guard let box else { return nil }
+        return ValueBox<Value>.borrowedValue(box)
     }
 
     /// The value `binding` holds, read by the running task, which owns the

@@ -174,6 +174,26 @@ final class TaskBinding: Sendable {
             binding?.isScope ?? false)
     }
 
+    /// The box `variable` has in `context` (borrowed), or nil, read by the
+    /// owner, the running task, and cached in the calling thread's `entry`
+    /// under the current write count unless an unsafe-handle window is
+    /// open. Not generic, so that the clients' specialised read path only
+    /// inlines the cache hit.
+    @usableFromInline
+    func readFilling(_ entry: UnsafeMutablePointer<cctx_shim_place_entry>, variable: OpaquePointer)
+        -> UnsafeMutableRawPointer?
+    {
+        var pointer: UnsafeMutableRawPointer?
+        let found = foundValue(cctx_context_get(context.handle, variable, &pointer))
+        let box = found ? pointer : nil
+        if entry.pointee.fill_blocked == 0 {
+            entry.pointee.variable = UnsafeRawPointer(variable)
+            entry.pointee.version = writes
+            entry.pointee.value = box
+        }
+        return box
+    }
+
     /// Brackets a write by the owner to `context`: see ``writes``.
     @inlinable
     func withWrite<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
