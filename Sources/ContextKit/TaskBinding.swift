@@ -220,6 +220,48 @@ final class TaskBinding: Sendable {
     }
 }
 
+extension TaskBinding {
+    /// `TaskBinding.$current` as the runtime names it: the `TaskLocal`
+    /// object's address (what `TaskLocal.withValue` passes as its key).
+    /// `nonisolated(unsafe)` (here and below): a constant, written once by
+    /// the lazy initialiser (`swift_once`) and only read after.
+    nonisolated(unsafe) static let taskLocalKey = UnsafeRawPointer(Unmanaged.passUnretained(TaskBinding.$current).toOpaque())
+
+    /// The metadata of `TaskBinding?`, the task-local's value type.
+    nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding?.self as Any.Type, to: UnsafeRawPointer.self)
+
+    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`); false
+    /// when the caller must use `TaskLocal.withValue` instead (inside a
+    /// `withTaskGroup` body).
+    private static func push(_ binding: TaskBinding) -> Bool {
+        let object = Unmanaged.passRetained(binding)
+        if cctx_shim_task_local_push(taskLocalKey, object.toOpaque(), taskLocalValueType) { return true }
+        object.release()
+        return false
+    }
+
+    /// `TaskBinding.$current.withValue(binding, operation: body)`, without
+    /// the generic, unspecialised `withValue` (`task_local.c`).
+    static func withCurrent<R>(_ binding: TaskBinding, _ body: () throws -> R) rethrows -> R {
+        guard push(binding) else { return try $current.withValue(binding, operation: body) }
+        defer { cctx_shim_task_local_pop() }
+        return try body()
+    }
+
+    /// As the synchronous ``withCurrent(_:_:)``, around an async body: the
+    /// push and the pop run in the same task, in LIFO order with its other
+    /// task-local bindings and task-allocator allocations (this function's
+    /// frame is allocated by its caller before the push, freed after the
+    /// pop, and it makes no allocation of its own in between).
+    nonisolated(nonsending) static func withCurrent<R>(
+        _ binding: TaskBinding, _ body: nonisolated(nonsending) () async throws -> R
+    ) async rethrows -> R {
+        guard push(binding) else { return try await $current.withValue(binding, operation: body) }
+        defer { cctx_shim_task_local_pop() }
+        return try await body()
+    }
+}
+
 /// Which API installed a binding, as ``Context/currentChainDescription``
 /// prints it.
 package enum FrameOrigin: Sendable, CustomStringConvertible {

@@ -11,8 +11,12 @@
  * Why C: Swift code may not name a runtime symbol (`@_silgen_name` of a
  * runtime function warns that it will become an error); a C declaration is
  * the supported way to reach one. `swift_task_getCurrent` and
- * `swift_isUniquelyReferenced_nonNull_native` are called by the standard
- * library's own inlinable code, so they are part of the Swift ABI.
+ * `swift_isUniquelyReferenced_nonNull_native`, and the task-local entry
+ * points `swift_task_localValuePush`/`Pop` and
+ * `swift_task_hasTaskGroupStatusRecord`, are called by the standard
+ * library's own inlinable code (`TaskLocal.withValue`), so they are part of
+ * the Swift ABI; TaskLocalShimTests fails loudly if the task-local ones
+ * stop behaving as `withValue`.
  * `swift_task_getJobTaskId` and `swift_task_getJobFlags` are exported by the
  * runtime but not called from inlinable code: they are used for soundness
  * (task identity that is never reused), not speed, and TaskWriteTests'
@@ -145,6 +149,24 @@ void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void
  */
 void cctx_shim_unsafe_window_begin(void);
 void cctx_shim_unsafe_window_end(void);
+
+/**
+ * Binds the task-local `key` (a `TaskLocal` object, borrowed) to `object` (a
+ * native Swift object reference or NULL, +1: the binding takes it over) for
+ * the running task, or the calling thread outside any task — exactly what
+ * the standard library's inlinable `TaskLocal.withValue` does, through the
+ * same runtime entry point (`swift_task_localValuePush`), for a value whose
+ * type `type` (the metadata of an `Optional` of a class) is one pointer.
+ * Returns false, pushing nothing and consuming nothing, when the running
+ * task is inside a `withTaskGroup` body (where `withValue` reports an
+ * illegal binding): the caller then uses `withValue` itself. Pair each
+ * successful push with cctx_shim_task_local_pop() in the same task or thread,
+ * in LIFO order with its other task-local bindings.
+ */
+bool cctx_shim_task_local_push(const void *key, const void *object, const void *type);
+
+/** Ends the innermost task-local binding (`swift_task_localValuePop`). */
+void cctx_shim_task_local_pop(void);
 
 #ifdef __cplusplus
 }
