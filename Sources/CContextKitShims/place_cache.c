@@ -100,10 +100,11 @@ void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void
 {
     place_cache.generation = generation;
     place_cache.task = task;
-    place_cache.id = swift_task_getJobTaskId(task);
+    place_cache.scoped = scoped && owned && binding != NULL;
+    /* A scoped entry is checked by address alone: no id to look up. */
+    place_cache.id = place_cache.scoped ? 0 : swift_task_getJobTaskId(task);
     place_cache.binding = binding;
     place_cache.owned = owned;
-    place_cache.scoped = scoped && owned && binding != NULL;
     place_cache.variable = NULL;
     place_cache.value = NULL;
 }
@@ -118,4 +119,20 @@ void cctx_shim_unsafe_window_end(void)
 {
     place_cache.fill_blocked -= 1;
     (void)cctx_shim_place_generation_bump();
+}
+
+/* The innermost scope binding of the calling thread outside any task; see
+ * CContextKitShims.h. Thread-local: only its own thread reads or writes it. */
+static __thread __attribute__((tls_model("initial-exec"))) const void *thread_scope_binding;
+
+const void *cctx_shim_thread_scope_binding(void)
+{
+    return thread_scope_binding;
+}
+
+const void *cctx_shim_thread_scope_binding_exchange(const void *binding)
+{
+    const void *previous = thread_scope_binding;
+    thread_scope_binding = binding;
+    return previous;
 }

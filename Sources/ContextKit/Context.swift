@@ -119,7 +119,7 @@ public final class Context: Sendable {
     ) throws -> R {
         let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
-        return try TaskBinding.withCurrent(scope.binding, body)
+        return try TaskBinding.withCurrent(scope.binding, onThread: scope.binding.owner == nil, body)
     }
 
     /// Runs `body` in this context, which the caller has just created and no
@@ -129,7 +129,7 @@ public final class Context: Sendable {
     ) rethrows -> R {
         let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
         defer { scope.leave() }
-        return try TaskBinding.withCurrent(scope.binding, body)
+        return try TaskBinding.withCurrent(scope.binding, onThread: scope.binding.owner == nil, body)
     }
 }
 
@@ -190,7 +190,7 @@ struct ContextScope {
             enclosing = binding
             enclosingOwned = owned
         } else {
-            enclosing = TaskBinding.current
+            enclosing = TaskBinding.threadScope
             enclosingOwned = false
         }
         self.context = context

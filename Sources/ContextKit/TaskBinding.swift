@@ -242,10 +242,25 @@ extension TaskBinding {
 
     /// `TaskBinding.$current.withValue(binding, operation: body)`, without
     /// the generic, unspecialised `withValue` (`task_local.c`).
-    static func withCurrent<R>(_ binding: TaskBinding, _ body: () throws -> R) rethrows -> R {
+    ///
+    /// `onThread`: the caller runs outside any task; the thread's
+    /// `cctx_shim_thread_scope_binding` follows the binding.
+    static func withCurrent<R>(_ binding: TaskBinding, onThread: Bool, _ body: () throws -> R) rethrows -> R {
+        let previous = onThread ? cctx_shim_thread_scope_binding_exchange(opaque(binding)) : nil
+        defer { if onThread { _ = cctx_shim_thread_scope_binding_exchange(previous) } }
         guard push(binding) else { return try $current.withValue(binding, operation: body) }
         defer { cctx_shim_task_local_pop() }
         return try body()
+    }
+
+    /// ``current`` on the calling thread, outside any task, without reading
+    /// the task-local (see `cctx_shim_thread_scope_binding`).
+    static var threadScope: TaskBinding? {
+        cctx_shim_thread_scope_binding().map { Unmanaged<TaskBinding>.fromOpaque($0).takeUnretainedValue() }
+    }
+
+    private static func opaque(_ binding: TaskBinding) -> UnsafeRawPointer {
+        UnsafeRawPointer(Unmanaged.passUnretained(binding).toOpaque())
     }
 
     /// As the synchronous ``withCurrent(_:_:)``, around an async body: the

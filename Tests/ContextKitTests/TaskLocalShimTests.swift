@@ -12,16 +12,22 @@ import Testing
         TaskBinding(context: Context(), owner: nil, origin: .run, enclosing: nil)
     }
 
+    /// On a thread the standard getter and ContextKit's per-thread copy
+    /// (`TaskBinding.threadScope`, which a scope on a thread reads instead)
+    /// agree at every level.
     @Test func aThreadReadsTheBindingThroughTheStandardGetter() {
         let outer = Self.binding(), inner = Self.binding()
         let seen = onNewThread { () -> [Bool] in
-            var seen = [TaskBinding.current == nil]
-            TaskBinding.withCurrent(outer) {
-                seen.append(TaskBinding.current === outer)
-                TaskBinding.withCurrent(inner) { seen.append(TaskBinding.current === inner) }
-                seen.append(TaskBinding.current === outer)
+            func agrees(_ expected: TaskBinding?) -> Bool {
+                TaskBinding.current === expected && TaskBinding.threadScope === expected
             }
-            seen.append(TaskBinding.current == nil)
+            var seen = [agrees(nil)]
+            TaskBinding.withCurrent(outer, onThread: true) {
+                seen.append(agrees(outer))
+                TaskBinding.withCurrent(inner, onThread: true) { seen.append(agrees(inner)) }
+                seen.append(agrees(outer))
+            }
+            seen.append(agrees(nil))
             return seen
         }
         #expect(seen == [true, true, true, true, true])
@@ -57,7 +63,7 @@ import Testing
         let task = onNewThread { () -> Task<Bool, Never> in
             let binding = Self.binding()
             let id = ObjectIdentifier(binding)
-            return TaskBinding.withCurrent(binding) {
+            return TaskBinding.withCurrent(binding, onThread: true) {
                 Task { TaskBinding.current.map(ObjectIdentifier.init) == id }
             }
         }

@@ -151,6 +151,19 @@ void cctx_shim_unsafe_window_begin(void);
 void cctx_shim_unsafe_window_end(void);
 
 /**
+ * Outside any task, what `TaskBinding.current` reads on the calling thread
+ * (a `TaskBinding`, unretained; the thread's task-local storage keeps it
+ * alive), or NULL: ContextKit sets it wherever it binds that task-local on
+ * a thread (its sync scopes and the spawn helpers' unbinding), and restores
+ * it when the binding ends, so that opening a scope on a thread need not
+ * read the task-local through the unspecialised `TaskLocal.get`.
+ */
+const void *cctx_shim_thread_scope_binding(void);
+
+/** Sets the calling thread's value above and returns the previous one. */
+const void *cctx_shim_thread_scope_binding_exchange(const void *binding);
+
+/**
  * Binds the task-local `key` (a `TaskLocal` object, borrowed) to `object` (a
  * native Swift object reference or NULL, +1: the binding takes it over) for
  * the running task, or the calling thread outside any task — exactly what
