@@ -1,19 +1,43 @@
 /*
  * place_cache.c — a per-thread, one-entry cache of "which ContextKit
- * binding the running task reads, and whether it owns it", so that a read
- * in a task skips the task-local lookup (a runtime call, generic value
- * witnesses, and a retain/release of the binding).
+ * binding the running task reads, whether it owns it, and the last value it
+ * read there", so that a read in a task skips the task-local lookup (a
+ * runtime call, generic value witnesses, a retain/release of the binding)
+ * and, for a binding the task owns, the map lookup too.
  *
- * What a task reads changes only when that task itself binds or unbinds a
- * scope (its task-local stack is its own) or makes its unscoped binding.
- * ContextKit does all of these, and bumps one process-wide generation right
- * after each (cctx_shim_place_generation_bump). An entry is used only when
- * both the running task's id (never reused in a process) and the
- * generation match: then the task has not changed what it reads since the
- * entry was made, and the binding is still kept alive by what kept it alive
- * then (the task's own task-local stack, its parent's — which outlives a
- * structured child — or the unscoped table, which keeps an entry until its
- * task ends). The cache holds no reference, so it never keeps values alive.
+ * The place. What a task reads changes only when that task itself binds or
+ * unbinds a scope (its task-local stack is its own) or makes its unscoped
+ * binding. ContextKit does all of these, and bumps one process-wide
+ * generation right after each (cctx_shim_place_generation_bump). An entry
+ * is used only when the generation matches and the entry is the running
+ * task's:
+ * - for a scope binding the task owns (`scoped`): the task's address
+ *   matches. Proof: the scope was active when the entry was made at
+ *   generation G, and a scope's end bumps the generation (ContextScope.leave,
+ *   after its task-local pop, before anything reads). So while the
+ *   generation is still G the scope is active, its owner task is alive, and
+ *   no other task can have its address. A task that later reuses the
+ *   address starts after the owner ended, hence after the bump, and reads
+ *   the generation on a thread it was handed to through the executor, which
+ *   orders the bump before its read: it sees G+1 or later and misses.
+ * - for any other entry (an inherited binding, none, the unscoped binding):
+ *   the task's id (never reused in a process, unlike addresses; one call
+ *   into the runtime) matches too.
+ * Then the task has not changed what it reads since the entry was made, and
+ * the binding is still kept alive by what kept it alive then (the task's own
+ * task-local stack, its parent's — which outlives a structured child — or
+ * the unscoped table, which keeps an entry until its task ends). The cache
+ * holds no reference, so it never keeps values alive.
+ *
+ * The value (owned bindings only; filled and read by ContextVar.swift
+ * through the pointer cctx_shim_current_place returns): the variable, the
+ * binding's write count and the box the map held. The owner is the only
+ * writer of its binding's context (the claim), and every write it makes
+ * bumps the binding's write count before and after (ContextVar.set/reset;
+ * C writes through an unsafe handle are fenced by
+ * cctx_shim_unsafe_window_begin/end, scope exits by ContextScope.leave). So
+ * an equal write count proves the map still holds the box: the borrowed
+ * read is as sound as cctx_context_get's.
  *
  * Ordering: only the task's own bumps decide whether its entry is current,
  * and a task that resumes on another thread does so after the executor's
@@ -33,15 +57,13 @@
 #endif
 
 extern uint64_t swift_task_getJobTaskId(const void *job) CCTX_PLACE_SWIFTCALL __attribute__((weak));
+extern void *swift_task_getCurrent(void) CCTX_PLACE_SWIFTCALL __attribute__((weak));
 
 static _Atomic uint64_t place_generation = 1;
 
-static __thread __attribute__((tls_model("initial-exec"))) struct {
-    uint64_t id;
-    uint64_t generation; /* 0: empty */
-    const void *binding;
-    bool owned;
-} place_cache;
+/* initial-exec: the shim is linked into the Swift module's image, and the
+ * default model would go through __tls_get_addr on every read. */
+static __thread __attribute__((tls_model("initial-exec"))) cctx_shim_place_entry place_cache;
 
 uint64_t cctx_shim_place_generation(void)
 {
@@ -53,19 +75,64 @@ uint64_t cctx_shim_place_generation_bump(void)
     return atomic_fetch_add_explicit(&place_generation, 1, memory_order_relaxed) + 1;
 }
 
-bool cctx_shim_place_cache_get(const void *task, const void **binding, bool *owned)
+/* The id check, out of line: the scoped hit path then saves no registers. */
+static __attribute__((noinline)) cctx_shim_place check_id(const void *task, cctx_shim_place_entry *entry)
 {
-    if (place_cache.generation != atomic_load_explicit(&place_generation, memory_order_relaxed)) return false;
-    if (place_cache.id != swift_task_getJobTaskId(task)) return false;
-    *binding = place_cache.binding;
-    *owned = place_cache.owned;
-    return true;
+    cctx_shim_place place = {task, entry->id == swift_task_getJobTaskId(task) ? entry : NULL};
+    return place;
 }
 
-void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned)
+cctx_shim_place cctx_shim_current_place(void)
 {
-    place_cache.id = swift_task_getJobTaskId(task);
+    cctx_shim_place place = {swift_task_getCurrent ? swift_task_getCurrent() : NULL, NULL};
+    if (place.task == NULL) return place;
+    cctx_shim_place_entry *entry = &place_cache;
+    if (entry->generation != atomic_load_explicit(&place_generation, memory_order_relaxed)
+        || entry->task != place.task)
+        return place;
+    if (!entry->scoped) return check_id(place.task, entry);
+    place.entry = entry;
+    return place;
+}
+
+void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned,
+                               bool scoped)
+{
     place_cache.generation = generation;
+    place_cache.task = task;
+    place_cache.scoped = scoped && owned && binding != NULL;
+    /* A scoped entry is checked by address alone: no id to look up. */
+    place_cache.id = place_cache.scoped ? 0 : swift_task_getJobTaskId(task);
     place_cache.binding = binding;
     place_cache.owned = owned;
+    place_cache.variable = NULL;
+    place_cache.value = NULL;
+}
+
+void cctx_shim_unsafe_window_begin(void)
+{
+    place_cache.fill_blocked += 1;
+    (void)cctx_shim_place_generation_bump();
+}
+
+void cctx_shim_unsafe_window_end(void)
+{
+    place_cache.fill_blocked -= 1;
+    (void)cctx_shim_place_generation_bump();
+}
+
+/* The innermost scope binding of the calling thread outside any task; see
+ * CContextKitShims.h. Thread-local: only its own thread reads or writes it. */
+static __thread __attribute__((tls_model("initial-exec"))) const void *thread_scope_binding;
+
+const void *cctx_shim_thread_scope_binding(void)
+{
+    return thread_scope_binding;
+}
+
+const void *cctx_shim_thread_scope_binding_exchange(const void *binding)
+{
+    const void *previous = thread_scope_binding;
+    thread_scope_binding = binding;
+    return previous;
 }

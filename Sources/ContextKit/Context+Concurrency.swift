@@ -25,7 +25,7 @@ extension Context {
     ) async throws -> R {
         let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.$current.withValue(scope.binding, operation: body)
+        return try await TaskBinding.withCurrent(scope.binding, body)
     }
 
     /// As `run` for a context the caller has just created,
@@ -37,7 +37,7 @@ extension Context {
     ) async rethrows -> R {
         let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.$current.withValue(scope.binding, operation: body)
+        return try await TaskBinding.withCurrent(scope.binding, body)
     }
 
     /// As `run` for a context the caller has just created,

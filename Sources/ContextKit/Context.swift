@@ -1,4 +1,5 @@
 import CContextCore
+import CContextKitShims
 
 /// A mapping from context variables to values: Python's `contextvars.Context`.
 ///
@@ -118,7 +119,7 @@ public final class Context: Sendable {
     ) throws -> R {
         let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
-        return try TaskBinding.$current.withValue(scope.binding) { try body() }
+        return try TaskBinding.withCurrent(scope.binding, onThread: scope.binding.owner == nil, body)
     }
 
     /// Runs `body` in this context, which the caller has just created and no
@@ -128,7 +129,7 @@ public final class Context: Sendable {
     ) rethrows -> R {
         let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
         defer { scope.leave() }
-        return try TaskBinding.$current.withValue(scope.binding) { try body() }
+        return try TaskBinding.withCurrent(scope.binding, onThread: scope.binding.owner == nil, body)
     }
 }
 
@@ -160,13 +161,13 @@ struct ContextScope {
     static func enter(
         _ context: Context, origin: FrameOrigin, file: StaticString, line: UInt
     ) throws(ContextError) -> ContextScope {
-        let task = currentTask()
-        if task == nil {
+        let place = cctx_shim_current_place()
+        if place.task == nil {
             try check(cctx_context_enter(context.handle))
         } else {
             try check(cctx_context_claim(context.handle))
         }
-        return ContextScope(context: context, task: task, origin: origin, file: file, line: line)
+        return ContextScope(context: context, place: place, origin: origin, file: file, line: line)
     }
 
     /// As ``enter(_:origin:file:line:)`` for a context nobody else can have
@@ -174,18 +175,22 @@ struct ContextScope {
     static func enterFresh(
         _ context: Context, origin: FrameOrigin, file: StaticString, line: UInt
     ) -> ContextScope {
-        let task = currentTask()
-        let status = task == nil ? cctx_context_enter(context.handle) : cctx_context_claim(context.handle)
+        let place = cctx_shim_current_place()
+        let status = place.task == nil ? cctx_context_enter(context.handle) : cctx_context_claim(context.handle)
         checkOrTrap(status, "entering a new Context", file: file, line: line)
-        return ContextScope(context: context, task: task, origin: origin, file: file, line: line)
+        return ContextScope(context: context, place: place, origin: origin, file: file, line: line)
     }
 
-    private init(context: Context, task: UnsafeRawPointer?, origin: FrameOrigin, file: StaticString, line: UInt) {
-        let enclosingPlace = task.map { CurrentPlace.resolve(in: $0) }
-        let enclosing = enclosingPlace.map { $0.binding } ?? TaskBinding.current
-        if case .task(_, _, let owned)? = enclosingPlace {
+    /// `place`: `cctx_shim_current_place()` as the caller asked it, right
+    /// before (entering or claiming the context changes no place).
+    private init(context: Context, place: cctx_shim_place, origin: FrameOrigin, file: StaticString, line: UInt) {
+        let task = place.task
+        let enclosing: TaskBinding?
+        if task != nil, case .task(_, let binding, let owned) = CurrentPlace.resolve(place) {
+            enclosing = binding
             enclosingOwned = owned
         } else {
+            enclosing = TaskBinding.threadScope
             enclosingOwned = false
         }
         self.context = context
@@ -227,7 +232,12 @@ struct ContextScope {
             fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
         }
         if let enclosing {
-            withExtendedLifetime(enclosing) { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+            withExtendedLifetime(enclosing) {
+                // A C watcher on this thread may write the context the task
+                // returns to (it is the claimer's): a write the value cache
+                // must not outlive.
+                enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+            }
         } else {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
         }
@@ -244,7 +254,12 @@ extension Context {
     /// call ``ContextVar/set(_:)`` on it: see
     /// ``withCurrentUnsafeHandle(_:)``.
     public func withUnsafeHandle<R>(_ body: (OpaquePointer) throws -> R) rethrows -> R {
-        try withExtendedLifetime(self) { try body(handle) }
+        // C may write the running task's own context here, behind the
+        // value cache's back: no cached value survives the window
+        // (`place_cache.c`).
+        cctx_shim_unsafe_window_begin()
+        defer { cctx_shim_unsafe_window_end() }
+        return try withExtendedLifetime(self) { try body(handle) }
     }
 
     /// Calls `body` with the C handle of the current context, borrowed for the

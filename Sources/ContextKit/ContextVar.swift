@@ -132,30 +132,47 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// for its `Value` (no generic metadata lookup on the hot path).
     @inlinable
     func currentValue() -> Value? {
-        var pointer: UnsafeMutableRawPointer?
-        guard let task = currentTask() else {
+        let place = cctx_shim_current_place()
+        guard place.task != nil else {
             // Outside any task. Borrowed until this thread next writes its
             // context: Swift takes its own reference at once.
+            var pointer: UnsafeMutableRawPointer?
             guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
             return ValueBox<Value>.borrowedValue(pointer)
         }
         // The fast path: a task whose place this thread has cached reads
         // its binding borrowed (the cache's guarantee keeps it alive for
         // the read), without a retain/release or a `CurrentPlace` value.
-        var cached: UnsafeRawPointer?
-        var owned = false
-        if cctx_shim_place_cache_get(task, &cached, &owned) {
-            guard let cached else { return nil }
+        if let entry = place.entry {
+            guard let cached = entry.pointee.binding else { return nil }
+            let owned = entry.pointee.owned
             return Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef {
-                value(in: $0, owned: owned)
+                owned ? ownedValue(in: $0, entry: entry) : value(in: $0, owned: false)
             }
         }
-        switch CurrentPlace.resolve(in: task) {
+        switch CurrentPlace.resolveMissed(in: place.task!) {
         case .task(_, let binding?, let owned):
             return value(in: binding, owned: owned)
         case .task(_, nil, _), .thread:
             return nil
         }
+    }
+
+    /// The value `binding` holds, read by its owner, the running task,
+    /// whose place is the calling thread's `entry`: from the entry's value
+    /// cache when it holds this variable at the binding's current write
+    /// count (the map still holds that box: see `place_cache.c`), else from
+    /// the map, filling the cache.
+    @inlinable
+    func ownedValue(in binding: TaskBinding, entry: UnsafeMutablePointer<cctx_shim_place_entry>) -> Value? {
+        let box: UnsafeMutableRawPointer?
+        if entry.pointee.variable == UnsafeRawPointer(handle), entry.pointee.version == binding.writes {
+            box = entry.pointee.value
+        } else {
+            box = binding.readFilling(entry, variable: handle)
+        }
+        guard let box else { return nil }
+        return ValueBox<Value>.borrowedValue(box)
     }
 
     /// The value `binding` holds, read by the running task, which owns the
@@ -207,8 +224,10 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         case .thread:
             status = box.withOpaquePointer { cctx_var_set(handle, $0, &token) }
         case .task(let task, let binding, let owned):
-            let context = TaskBinding.writableContext(task: task, visible: binding, owned: owned)
-            status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, &token) }
+            let writable = TaskBinding.writableBinding(task: task, visible: binding, owned: owned)
+            status = writable.withWrite {
+                box.withOpaquePointer { cctx_context_set(writable.context.handle, handle, $0, &token) }
+            }
         }
         checkOrTrap(status, "ContextVar '\(name)': set(_:)")
         return Token(adopting: token!, variable: self)
@@ -228,7 +247,9 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         case .thread:
             try check(cctx_var_reset(handle, token.handle))
         case .task(_, let binding?, owned: true):
-            try check(cctx_context_reset(binding.context.handle, handle, token.handle))
+            try binding.withWrite { () throws(ContextError) in
+                try check(cctx_context_reset(binding.context.handle, handle, token.handle))
+            }
         case .task:
             // The task has not written yet: its context would be a fresh
             // copy, which no token can have been made in. Python's order of

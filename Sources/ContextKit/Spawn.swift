@@ -3,6 +3,8 @@
 // the moment of the call. A task started this way owns its copy, so `set`
 // inside it works as in Python and changes nothing outside it.
 
+import CContextKitShims
+
 extension Context {
     /// Starts a task that runs `operation` in a copy of the current context
     /// taken now (Python's `asyncio.create_task`).
@@ -48,7 +50,14 @@ extension Context {
 /// none: it gets its context from the helper, and must not keep the
 /// spawner's binding (and the values in it) alive for its whole life.
 private func withoutBinding<R>(_ body: () -> R) -> R {
-    defer { TaskBinding.placeChanged() }
+    // On a thread, what `TaskBinding.current` reads follows (see
+    // `cctx_shim_thread_scope_binding`).
+    let onThread = currentTask() == nil
+    let previous = onThread ? cctx_shim_thread_scope_binding_exchange(nil) : nil
+    defer {
+        if onThread { _ = cctx_shim_thread_scope_binding_exchange(previous) }
+        TaskBinding.placeChanged()
+    }
     return TaskBinding.$current.withValue(nil) {
         TaskBinding.placeChanged()
         return body()

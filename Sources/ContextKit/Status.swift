@@ -31,7 +31,10 @@ extension ContextError {
 
 /// Throws the ``ContextError`` that `status` stands for; returns on `CCTX_OK`.
 @usableFromInline
+@inline(__always)
 func check(_ status: cctx_status) throws(ContextError) {
+    // The common case without building a `Result`.
+    if status == CCTX_OK { return }
     try ContextError.result(of: status).get()
 }
 
@@ -45,6 +48,7 @@ func checkOrTrap(
     _ status: cctx_status, _ what: @autoclosure () -> String,
     file: StaticString = #fileID, line: UInt = #line
 ) {
+    if status == CCTX_OK { return }
     if case .failure(let error) = ContextError.result(of: status) {
         fatalError("ContextKit: \(what()) failed: \(error)", file: file, line: line)
     }

@@ -107,6 +107,22 @@ final class TaskBinding: Sendable {
     /// ``Context/currentChainDescription`` only; ownership does not use it).
     @usableFromInline let isActiveFlag = Atomic<Bool>(true)
 
+    /// Whether a scope installed the binding (false: the unscoped binding
+    /// of a task's first write), for the place cache (`place_cache.c`).
+    let isScope: Bool
+
+    /// How many times the owner has started or finished a write to
+    /// `context`: the version the per-thread value cache checks
+    /// (`place_cache.c`). Bumped before and after every write, so that a
+    /// value released by the write (whose deinit may read again) is never
+    /// served from the cache.
+    ///
+    /// `nonisolated(unsafe)` and `@exclusivity(unchecked)` are sound: only
+    /// the owner task reads or writes it (a child that inherited the
+    /// binding never looks at it), and one task's accesses are ordered by
+    /// the executor hand-offs between the threads it runs on.
+    @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) var writes: UInt64 = 0
+
     init(
         context: Context, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
         retainingOwner: Bool = false
@@ -115,6 +131,7 @@ final class TaskBinding: Sendable {
         self.owner = owner
         self.origin = origin
         self.enclosing = enclosing
+        if case .firstWrite = origin { isScope = false } else { isScope = true }
         retainedOwner = retainingOwner ? owner : nil
         if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
     }
@@ -135,7 +152,7 @@ final class TaskBinding: Sendable {
 
     /// Tells the place cache that the running task has just changed what it
     /// reads: call right after binding or unbinding a scope in a task, and
-    /// after making its unscoped binding (see `CurrentPlace.resolve(in:)`).
+    /// after making its unscoped binding (see `CurrentPlace.resolve(_:)`).
     @inlinable
     static func placeChanged() {
         _ = cctx_shim_place_generation_bump()
@@ -146,8 +163,43 @@ final class TaskBinding: Sendable {
     /// the task's next read does not miss.
     static func placeChanged(task: UnsafeRawPointer, to binding: TaskBinding?, owned: Bool) {
         let generation = cctx_shim_place_generation_bump()
+        cachePlace(task: task, generation: generation, binding: binding, owned: owned)
+    }
+
+    /// Caches the place of `task` in the calling thread's entry.
+    @usableFromInline
+    static func cachePlace(task: UnsafeRawPointer, generation: UInt64, binding: TaskBinding?, owned: Bool) {
         cctx_shim_place_cache_put(
-            task, generation, binding.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) }, owned)
+            task, generation, binding.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) }, owned,
+            binding?.isScope ?? false)
+    }
+
+    /// The box `variable` has in `context` (borrowed), or nil, read by the
+    /// owner, the running task, and cached in the calling thread's `entry`
+    /// under the current write count unless an unsafe-handle window is
+    /// open. Not generic, so that the clients' specialised read path only
+    /// inlines the cache hit.
+    @usableFromInline
+    func readFilling(_ entry: UnsafeMutablePointer<cctx_shim_place_entry>, variable: OpaquePointer)
+        -> UnsafeMutableRawPointer?
+    {
+        var pointer: UnsafeMutableRawPointer?
+        let found = foundValue(cctx_context_get(context.handle, variable, &pointer))
+        let box = found ? pointer : nil
+        if entry.pointee.fill_blocked == 0 {
+            entry.pointee.variable = UnsafeRawPointer(variable)
+            entry.pointee.version = writes
+            entry.pointee.value = box
+        }
+        return box
+    }
+
+    /// Brackets a write by the owner to `context`: see ``writes``.
+    @inlinable
+    func withWrite<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        writes &+= 1
+        defer { writes &+= 1 }
+        return try body()
     }
 
     /// Whether the owner task has ended and nothing else refers to it (the
@@ -158,14 +210,70 @@ final class TaskBinding: Sendable {
         return cctx_shim_is_uniquely_referenced(retainedOwner)
     }
 
-    /// The context the running task `task` may write: the binding it owns
-    /// (`place`), or — on its first write outside any scope of its own — a
+    /// The binding the running task `task` may write: the one it owns
+    /// (`visible`), or — on its first write outside any scope of its own — a
     /// new unscoped binding holding a copy of what it sees.
-    static func writableContext(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> Context {
-        if owned, let visible { return visible.context }
+    static func writableBinding(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> TaskBinding {
+        if owned, let visible { return visible }
         let copy = visible?.context.copyForSpawn() ?? Context()
-        UnscopedBindings.shared.insert(context: copy, enclosing: visible, for: task)
-        return copy
+        return UnscopedBindings.shared.insert(context: copy, enclosing: visible, for: task)
+    }
+}
+
+extension TaskBinding {
+    /// `TaskBinding.$current` as the runtime names it: the `TaskLocal`
+    /// object's address (what `TaskLocal.withValue` passes as its key).
+    /// `nonisolated(unsafe)` (here and below): a constant, written once by
+    /// the lazy initialiser (`swift_once`) and only read after.
+    nonisolated(unsafe) static let taskLocalKey = UnsafeRawPointer(Unmanaged.passUnretained(TaskBinding.$current).toOpaque())
+
+    /// The metadata of `TaskBinding?`, the task-local's value type.
+    nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding?.self as Any.Type, to: UnsafeRawPointer.self)
+
+    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`); false
+    /// when the caller must use `TaskLocal.withValue` instead (inside a
+    /// `withTaskGroup` body).
+    private static func push(_ binding: TaskBinding) -> Bool {
+        let object = Unmanaged.passRetained(binding)
+        if cctx_shim_task_local_push(taskLocalKey, object.toOpaque(), taskLocalValueType) { return true }
+        object.release()
+        return false
+    }
+
+    /// `TaskBinding.$current.withValue(binding, operation: body)`, without
+    /// the generic, unspecialised `withValue` (`task_local.c`).
+    ///
+    /// `onThread`: the caller runs outside any task; the thread's
+    /// `cctx_shim_thread_scope_binding` follows the binding.
+    static func withCurrent<R>(_ binding: TaskBinding, onThread: Bool, _ body: () throws -> R) rethrows -> R {
+        let previous = onThread ? cctx_shim_thread_scope_binding_exchange(opaque(binding)) : nil
+        defer { if onThread { _ = cctx_shim_thread_scope_binding_exchange(previous) } }
+        guard push(binding) else { return try $current.withValue(binding, operation: body) }
+        defer { cctx_shim_task_local_pop() }
+        return try body()
+    }
+
+    /// ``current`` on the calling thread, outside any task, without reading
+    /// the task-local (see `cctx_shim_thread_scope_binding`).
+    static var threadScope: TaskBinding? {
+        cctx_shim_thread_scope_binding().map { Unmanaged<TaskBinding>.fromOpaque($0).takeUnretainedValue() }
+    }
+
+    private static func opaque(_ binding: TaskBinding) -> UnsafeRawPointer {
+        UnsafeRawPointer(Unmanaged.passUnretained(binding).toOpaque())
+    }
+
+    /// As the synchronous ``withCurrent(_:_:)``, around an async body: the
+    /// push and the pop run in the same task, in LIFO order with its other
+    /// task-local bindings and task-allocator allocations (this function's
+    /// frame is allocated by its caller before the push, freed after the
+    /// pop, and it makes no allocation of its own in between).
+    nonisolated(nonsending) static func withCurrent<R>(
+        _ binding: TaskBinding, _ body: nonisolated(nonsending) () async throws -> R
+    ) async rethrows -> R {
+        guard push(binding) else { return try await $current.withValue(binding, operation: body) }
+        defer { cctx_shim_task_local_pop() }
+        return try await body()
     }
 }
 
@@ -209,34 +317,42 @@ enum CurrentPlace {
 
     @inlinable
     static var resolve: CurrentPlace {
-        guard let task = currentTask() else { return .thread }
-        return resolve(in: task)
+        resolve(cctx_shim_current_place())
     }
 
-    /// As ``resolve`` for a caller that already knows the running task.
+    /// As ``resolve`` for a caller that already asked
+    /// `cctx_shim_current_place()`.
     ///
     /// First from the calling thread's place cache (`place_cache.c`): what
     /// a task reads changes only when it binds or unbinds a scope or makes
     /// its unscoped binding, and each of those bumps the place generation
-    /// (`TaskBinding.placeChanged()`), so an entry for this task id at the
+    /// (`TaskBinding.placeChanged()`), so the running task's entry at the
     /// current generation is still right, and its binding still alive.
     @inlinable
-    static func resolve(in task: UnsafeRawPointer) -> CurrentPlace {
-        var cached: UnsafeRawPointer?
-        var owned = false
-        if cctx_shim_place_cache_get(task, &cached, &owned) {
-            guard let cached else { return .task(task, nil, owned: false) }
-            return .task(task, Unmanaged<TaskBinding>.fromOpaque(cached).takeUnretainedValue(), owned: owned)
+    static func resolve(_ place: cctx_shim_place) -> CurrentPlace {
+        guard let task = place.task else { return .thread }
+        if let entry = place.entry {
+            guard let cached = entry.pointee.binding else { return .task(task, nil, owned: false) }
+            return .task(
+                task, Unmanaged<TaskBinding>.fromOpaque(cached).takeUnretainedValue(), owned: entry.pointee.owned)
         }
+        return resolveMissed(in: task)
+    }
+
+    /// ``resolve(_:)`` when the calling thread's entry is not the running
+    /// task's: resolves, and caches the answer under the generation read
+    /// before resolving.
+    @usableFromInline
+    static func resolveMissed(in task: UnsafeRawPointer) -> CurrentPlace {
         let generation = cctx_shim_place_generation()
         let place = resolveUncached(in: task)
         if case .task(_, let binding, let owned) = place {
-            cctx_shim_place_cache_put(task, generation, binding.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) }, owned)
+            TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
         }
         return place
     }
 
-    /// ``resolve(in:)`` from the task-local and the unscoped table.
+    /// ``resolve(_:)`` from the task-local and the unscoped table.
     @usableFromInline
     static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {
         let scoped = TaskBinding.current
@@ -346,7 +462,8 @@ final class UnscopedBindings: Sendable {
 
     /// Makes the unscoped binding of `task` (the running task, which has
     /// none yet) for `context`.
-    func insert(context: Context, enclosing: TaskBinding?, for task: UnsafeRawPointer) {
+    @discardableResult
+    func insert(context: Context, enclosing: TaskBinding?, for task: UnsafeRawPointer) -> TaskBinding {
         let id = Self.id(of: task)
         let isAsyncLet = Self.isAsyncLetChild(task)
         let binding = TaskBinding(
@@ -369,6 +486,7 @@ final class UnscopedBindings: Sendable {
         // `replaced` is released here, outside the lock.
         replaced = nil
         startReaperIfNeeded()
+        return binding
     }
 
     /// Drops the entries of ended tasks; returns how many entries remain.

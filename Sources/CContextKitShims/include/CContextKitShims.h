@@ -11,8 +11,12 @@
  * Why C: Swift code may not name a runtime symbol (`@_silgen_name` of a
  * runtime function warns that it will become an error); a C declaration is
  * the supported way to reach one. `swift_task_getCurrent` and
- * `swift_isUniquelyReferenced_nonNull_native` are called by the standard
- * library's own inlinable code, so they are part of the Swift ABI.
+ * `swift_isUniquelyReferenced_nonNull_native`, and the task-local entry
+ * points `swift_task_localValuePush`/`Pop` and
+ * `swift_task_hasTaskGroupStatusRecord`, are called by the standard
+ * library's own inlinable code (`TaskLocal.withValue`), so they are part of
+ * the Swift ABI; TaskLocalShimTests fails loudly if the task-local ones
+ * stop behaving as `withValue`.
  * `swift_task_getJobTaskId` and `swift_task_getJobFlags` are exported by the
  * runtime but not called from inlinable code: they are used for soundness
  * (task identity that is never reused), not speed, and TaskWriteTests'
@@ -94,20 +98,88 @@ uint64_t cctx_shim_place_generation(void);
 uint64_t cctx_shim_place_generation_bump(void);
 
 /**
- * The calling thread's cached place of the running task `task` (non-NULL,
- * borrowed): on a hit returns true and sets `*binding` (a `TaskBinding`,
- * unretained, or NULL for none) and `*owned`; false when the thread has no
- * entry for this task id at the current generation. Mirrors no Python API
- * (CPython caches per variable, keyed by thread and context version).
+ * The calling thread's place-cache entry (place_cache.c). Only the calling
+ * thread reads or writes it; Swift reads `binding`/`owned` and reads and
+ * fills the value fields through the pointer cctx_shim_current_place
+ * returns. Not part of any public API.
  */
-bool cctx_shim_place_cache_get(const void *task, const void **binding, bool *owned);
+typedef struct cctx_shim_place_entry {
+    uint64_t generation;     /**< the place generation it was made at; 0: empty */
+    const void *task;        /**< the running task's address then */
+    uint64_t id;             /**< that task's id (checked unless `scoped`) */
+    const void *binding;     /**< its binding (a `TaskBinding`, unretained), or NULL */
+    bool owned;              /**< whether the task owns `binding` */
+    bool scoped;             /**< owned scope binding: the address alone identifies the task */
+    uint32_t fill_blocked;   /**< > 0 inside an unsafe-handle window: fill no value */
+    const void *variable;    /**< value cache: the `cctx_var` read, or NULL for none */
+    uint64_t version;        /**< `binding`'s write count when the value was read */
+    void *value;             /**< the box the map held (borrowed), or NULL: no value */
+} cctx_shim_place_entry;
+
+/** The running task and, when valid for it, the thread's place entry. */
+typedef struct cctx_shim_place {
+    const void *task;              /**< NULL outside any task */
+    cctx_shim_place_entry *entry;  /**< NULL: no entry for this task at this generation */
+} cctx_shim_place;
+
+/**
+ * The Swift task running on the calling thread (`swift_task_getCurrent`,
+ * as cctx_swift_current_task) and the calling thread's place entry when it
+ * is the running task's at the current generation (see place_cache.c for
+ * why that proves it is still right). One call for both: the hot path of
+ * every read in a task. Mirrors no Python API (CPython caches per
+ * variable, keyed by thread and context version).
+ */
+cctx_shim_place cctx_shim_current_place(void);
 
 /**
  * Caches the place of the running task `task`, resolved after reading
  * `generation` from cctx_shim_place_generation(): `binding` (unretained, or
- * NULL) and whether the task owns it. Replaces the thread's entry.
+ * NULL), whether the task owns it, and whether it is a scope binding (not
+ * the unscoped one). Replaces the thread's entry and empties its value.
  */
-void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned);
+void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned,
+                               bool scoped);
+
+/**
+ * Brackets a window in which C code may write a context through a handle
+ * Swift gave it (Context.withUnsafeHandle): both bump the place generation
+ * (so that no thread's cached value survives the window), and inside it the
+ * calling thread caches no value. Windows nest.
+ */
+void cctx_shim_unsafe_window_begin(void);
+void cctx_shim_unsafe_window_end(void);
+
+/**
+ * Outside any task, what `TaskBinding.current` reads on the calling thread
+ * (a `TaskBinding`, unretained; the thread's task-local storage keeps it
+ * alive), or NULL: ContextKit sets it wherever it binds that task-local on
+ * a thread (its sync scopes and the spawn helpers' unbinding), and restores
+ * it when the binding ends, so that opening a scope on a thread need not
+ * read the task-local through the unspecialised `TaskLocal.get`.
+ */
+const void *cctx_shim_thread_scope_binding(void);
+
+/** Sets the calling thread's value above and returns the previous one. */
+const void *cctx_shim_thread_scope_binding_exchange(const void *binding);
+
+/**
+ * Binds the task-local `key` (a `TaskLocal` object, borrowed) to `object` (a
+ * native Swift object reference or NULL, +1: the binding takes it over) for
+ * the running task, or the calling thread outside any task — exactly what
+ * the standard library's inlinable `TaskLocal.withValue` does, through the
+ * same runtime entry point (`swift_task_localValuePush`), for a value whose
+ * type `type` (the metadata of an `Optional` of a class) is one pointer.
+ * Returns false, pushing nothing and consuming nothing, when the running
+ * task is inside a `withTaskGroup` body (where `withValue` reports an
+ * illegal binding): the caller then uses `withValue` itself. Pair each
+ * successful push with cctx_shim_task_local_pop() in the same task or thread,
+ * in LIFO order with its other task-local bindings.
+ */
+bool cctx_shim_task_local_push(const void *key, const void *object, const void *type);
+
+/** Ends the innermost task-local binding (`swift_task_localValuePop`). */
+void cctx_shim_task_local_pop(void);
 
 #ifdef __cplusplus
 }
