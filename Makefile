@@ -161,7 +161,8 @@ swift-test: deps
 
 # A separate package that depends on ContextKit by path, as users do.
 downstream-test: deps
-	@mkdir -p $(BUILD); echo "building Tests/Downstream (ContextKit as a path dependency) ..."
+	@mkdir -p $(BUILD); scripts/fresh-scratch.sh Tests/Downstream/.build
+	@echo "building Tests/Downstream (ContextKit as a path dependency) ..."
 	@$(SWIFT) build --package-path Tests/Downstream > $(BUILD)/downstream-build.log 2>&1 || \
 		{ cat $(BUILD)/downstream-build.log; exit 1; }
 	$(SWIFT) run --skip-build --package-path Tests/Downstream DownstreamCheck
@@ -174,6 +175,7 @@ consumer-test: deps
 # Every Swift and C block of README.md and the DocC articles compiles (and
 # those that state their output print it). See scripts/check-snippets.py.
 snippet-test: deps lib
+	@scripts/fresh-scratch.sh $(BUILD)/snippets
 	SWIFT=$(SWIFT) SNIPPET_CC=$(CC) $(PYTHON) scripts/check-snippets.py $(BUILD)
 
 # Tests/Integration: an AsyncHTTPClient client and a Hummingbird server in
@@ -181,7 +183,8 @@ snippet-test: deps lib
 # ContextKit variables. Minutes to build (Hummingbird, AsyncHTTPClient), so
 # `make ci` runs it, not `make test`.
 integration-test: deps
-	@mkdir -p $(BUILD); echo "building Tests/Integration (Hummingbird, AsyncHTTPClient) ..."
+	@mkdir -p $(BUILD); scripts/fresh-scratch.sh Tests/Integration/.build
+	@echo "building Tests/Integration (Hummingbird, AsyncHTTPClient) ..."
 	@$(SWIFT) build --package-path Tests/Integration > $(BUILD)/integration-build.log 2>&1 || \
 		{ cat $(BUILD)/integration-build.log; exit 1; }
 	timeout 600 $(SWIFT) run --skip-build --package-path Tests/Integration TraceE2E
@@ -250,6 +253,7 @@ $(BUILD)/examples/%: Examples/c/%.c $(BUILD)/libcontextcore.a $(CORE_DIR)/includ
 	$(CC) -std=c11 -Wall -Wextra -O2 -I$(CORE_DIR)/include -o $@ $< $(BUILD)/libcontextcore.a $(CK_LIBS) -lpthread
 
 demo: deps lib $(addprefix $(BUILD)/examples/,$(EXAMPLES_C))
+	@scripts/fresh-scratch.sh Examples/swift/.build
 	@echo "building the Swift examples (Examples/swift) ..."
 	@$(SWIFT) build --package-path Examples/swift > $(BUILD)/examples/swift-build.log 2>&1 || \
 		{ cat $(BUILD)/examples/swift-build.log; exit 1; }
@@ -333,6 +337,7 @@ $(BENCH_DIR)/bench_cpython: Benchmarks/c/bench_cpython.c Benchmarks/c/bench_comm
 	fi
 
 bench-swift-build:
+	@scripts/fresh-scratch.sh $(BENCH_SWIFT_SCRATCH)
 	$(SWIFT) build -c release --package-path Benchmarks --scratch-path $(BENCH_SWIFT_SCRATCH) \
 		--product ContextKitBench
 
@@ -387,7 +392,8 @@ BENCH_SERVER_ARGS ?=
 bench-server-build:
 	@command -v wrk >/dev/null 2>&1 || { echo "make bench-server: installing wrk"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
-	@mkdir -p $(BENCH_DIR); echo "building Benchmarks/Server (release; Hummingbird takes minutes) ..."
+	@mkdir -p $(BENCH_DIR); scripts/fresh-scratch.sh $(BENCH_SERVER_SCRATCH)
+	@echo "building Benchmarks/Server (release; Hummingbird takes minutes) ..."
 	@$(SWIFT) build -c release --package-path Benchmarks/Server --scratch-path $(BENCH_SERVER_SCRATCH) \
 		--product ServerBench > $(BENCH_DIR)/server-build.log 2>&1 || \
 		{ cat $(BENCH_DIR)/server-build.log; exit 1; }
