@@ -173,7 +173,9 @@
  *     with the same key, and borrows its VALUE when that entry also has
  *     the same value pointer. S holds the references of what N borrows.
  *   - N's child at fragment f is borrowed when S holds the same child
- *     pointer at f.
+ *     pointer at f. A borrowed child's count does not include N, so a
+ *     walk that passes one treats everything below it as shared (the
+ *     in-place slot lookup refuses, path copies borrow).
  *   - Everything else in N is owned: N retained it and releases it.
  *
  * So no per-slot mask is stored: ownership is decided by comparing with
@@ -181,8 +183,11 @@
  * release) and when a value is overwritten in place (context.c). Sources
  * never have sources themselves (a copy of N borrows from N's source, and
  * retains individually what N owned), so a node keeps at most one other
- * node alive and chains never grow. Only bitmap_rebuild borrows; the
- * other builders (promotion, demotion, array and collision copies) copy
+ * node alive and chains never grow. Array nodes borrow the same way (a
+ * child at fragment f is borrowed when the source holds the same pointer
+ * at f; the source slot follows the 32 child slots). Only bitmap_rebuild
+ * and array_rebuild borrow, so a node and its source are always of one
+ * kind; the other builders (promotion, demotion, collision copies) copy
  * as before. Readers never look at the source: a borrowing node is a
  * complete node.
  *
@@ -279,11 +284,14 @@ static inline hamt_node *bitmap_child(const hamt_node *n, unsigned j)
     return (hamt_node *)n->slot[2 * hamt_popcount(n->datamap) + j];
 }
 
-/* The source a bitmap node borrows from, or NULL. */
+/* The source a bitmap or array node borrows from, or NULL. It sits in the
+ * slot after the last one the node's kind uses. */
 static inline hamt_node *node_source(const hamt_node *n)
 {
     if ((n->sizeword & HAMT_HAS_SOURCE) == 0)
         return NULL;
+    if (is_array(n))
+        return n->slot[HAMT_ARRAY_SLOTS];
     return n->slot[2 * hamt_popcount(n->datamap) + hamt_popcount(n->nodemap)];
 }
 
@@ -304,11 +312,14 @@ static inline enum borrow entry_borrow(const hamt_node *src, uint32_t bit, const
 }
 
 /* Whether `child` at fragment `bit` of a node borrowing from `src` is
- * borrowed. */
+ * borrowed (a node and its source are of one kind: bitmap or array). */
 static inline bool child_borrowed(const hamt_node *src, uint32_t bit, const hamt_node *child)
 {
-    return src != NULL && (src->nodemap & bit) != 0 &&
-           bitmap_child(src, below(src->nodemap, bit)) == child;
+    if (src == NULL || child == NULL || (src->nodemap & bit) == 0)
+        return false;
+    if (is_array(src))
+        return src->slot[__builtin_ctz(bit)] == child;
+    return bitmap_child(src, below(src->nodemap, bit)) == child;
 }
 
 /* Whether a node's source `src` is held by that node alone: no map
@@ -332,6 +343,11 @@ static unsigned borrow_count(const hamt_node *n)
     if (src == NULL)
         return 0;
     unsigned count = 0, i = 0;
+    if (is_array(n)) {
+        for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1)
+            count += child_borrowed(src, rest & (~rest + 1), n->slot[__builtin_ctz(rest)]);
+        return count;
+    }
     for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++)
         count += entry_borrow(src, rest & (~rest + 1), entry_key(n, i), entry_value(n, i)) !=
                  BORROW_NONE;
@@ -383,6 +399,16 @@ static inline void entry_release(cctx_var *key, void *value)
  * source), then its reference to the source. */
 static void borrowing_node_free(hamt_node *n, hamt_node *src)
 {
+    if (is_array(n)) {
+        for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1) {
+            hamt_node *c = n->slot[__builtin_ctz(rest)];
+            if (!child_borrowed(src, rest & (~rest + 1), c))
+                hamt_release(c);
+        }
+        cctx_dealloc(n);
+        hamt_release(src);
+        return;
+    }
     const unsigned nd = hamt_popcount(n->datamap);
     unsigned i = 0;
     for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
@@ -492,6 +518,14 @@ static hamt_node *node_built(hamt_node *n)
     CCTX_ASSERT(n->refcnt == 1);
     CCTX_ASSERT(node_size(n) >= 1);
     uint64_t total = 0;
+    if (node_source(n) != NULL) {
+        /* Sources are sourceless nodes of the borrower's kind, and one is
+         * kept only while something is borrowed from it. */
+        CCTX_ASSERT(!is_collision(n));
+        CCTX_ASSERT(is_array(node_source(n)) == is_array(n));
+        CCTX_ASSERT(node_source(node_source(n)) == NULL);
+        CCTX_ASSERT(borrow_count(n) >= 1);
+    }
     if (is_array(n)) {
         CCTX_ASSERT(n->datamap == HAMT_ARRAY_MARK);
         CCTX_ASSERT(hamt_popcount(n->nodemap) >= HAMT_ARRAY_MIN_CHILDREN);
@@ -511,13 +545,6 @@ static hamt_node *node_built(hamt_node *n)
         unsigned nd = entry_count(n), nc = hamt_popcount(n->nodemap);
         for (unsigned k = 0; k < nd; k++)
             CCTX_ASSERT(var_is_valid(entry_key(n, k)));
-        if (node_source(n) != NULL) {
-            /* Sources are sourceless bitmap nodes, and one is kept only
-             * while something is borrowed from it. */
-            CCTX_ASSERT(is_bitmap(node_source(n)));
-            CCTX_ASSERT(node_source(node_source(n)) == NULL);
-            CCTX_ASSERT(borrow_count(n) >= 1);
-        }
         for (unsigned k = 0; k < nc; k++) {
             const hamt_node *c = n->slot[2 * nd + k];
             CCTX_ASSERT(c != NULL);
@@ -644,23 +671,46 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
 }
 
 /* Copy of array node `n` with fragment `idx` set to `child` (the caller's
- * reference moves in on success; NULL empties the slot). */
+ * reference moves in on success; NULL empties the slot). Borrows from a
+ * source exactly as bitmap_rebuild does (`shared` likewise): an array
+ * node's 9-32 children would otherwise cost one shared write each. */
 static hamt_node *array_rebuild(const hamt_node *n, unsigned idx, hamt_node *child,
-                                uint32_t size)
+                                uint32_t size, bool shared)
 {
+    hamt_node *src = node_source(n);
+    if (src == NULL) {
+        if (shared)
+            src = (hamt_node *)n;
+    } else if (source_orphaned(src)) {
+        src = NULL;
+    }
     hamt_node *m = node_new(size, HAMT_ARRAY_MARK,
                             (n->nodemap & ~(1u << idx)) | (child != NULL ? 1u << idx : 0),
-                            HAMT_ARRAY_SLOTS);
+                            HAMT_ARRAY_SLOTS + (src != NULL));
     if (m == NULL)
         return NULL;
+    unsigned borrowed = 0;
+    bool drop_child = false;
     for (unsigned i = 0; i < HAMT_ARRAY_SLOTS; i++) {
         if (i == idx) {
-            m->slot[i] = child;
+            m->slot[i] = child; /* the caller's reference moves in ... */
+            drop_child = child_borrowed(src, 1u << i, child); /* ... unless borrowed */
+            borrowed += drop_child;
         } else {
             m->slot[i] = n->slot[i];
-            hamt_retain(m->slot[i]);
+            if (child_borrowed(src, 1u << i, m->slot[i]))
+                borrowed++;
+            else
+                hamt_retain(m->slot[i]);
         }
     }
+    if (src != NULL && borrowed != 0) {
+        hamt_retain(src); /* one shared write for all borrowed children */
+        m->slot[HAMT_ARRAY_SLOTS] = src;
+        m->sizeword |= HAMT_HAS_SOURCE;
+    }
+    if (drop_child)
+        hamt_release(child); /* not the last: src, now retained, holds it */
     return node_built(m);
 }
 
@@ -958,9 +1008,10 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key,
                 return NULL;
             n = c;
         } else {
-            n = n->slot[frag];
-            if (n == NULL)
+            hamt_node *c = n->slot[frag];
+            if (c == NULL || child_borrowed(node_source(n), bit, c))
                 return NULL;
+            n = c;
         }
         shift += HAMT_BITS;
     }
@@ -1075,7 +1126,8 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
             return CCTX_ENOMEM;
         *added = true;
     } else {
-        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added, shared);
+        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added,
+                                    shared || child_borrowed(node_source(n), 1u << idx, child));
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
@@ -1083,7 +1135,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
             return CCTX_OK;
         }
     }
-    hamt_node *m = array_rebuild(n, idx, sub, node_size(n) + *added);
+    hamt_node *m = array_rebuild(n, idx, sub, node_size(n) + *added, shared);
     if (m == NULL) {
         hamt_release(sub);
         return CCTX_ENOMEM;
@@ -1233,13 +1285,14 @@ static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
     if (child == NULL)
         return CCTX_NOT_FOUND;
     hamt_node *sub, *m;
-    cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub, shared);
+    cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub,
+                                  shared || child_borrowed(node_source(n), 1u << idx, child));
     if (st != CCTX_OK)
         return st;
     if (sub == NULL && hamt_popcount(n->nodemap) - 1 < HAMT_ARRAY_MIN_CHILDREN) {
         m = array_demote(n, idx, node_size(n) - 1);
     } else {
-        m = array_rebuild(n, idx, sub, node_size(n) - 1);
+        m = array_rebuild(n, idx, sub, node_size(n) - 1, shared);
         if (m == NULL)
             hamt_release(sub);
     }
@@ -1435,6 +1488,13 @@ static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
     if (is_array(n)) {
         CHECK(n->datamap == HAMT_ARRAY_MARK);
         CHECK(shift + HAMT_BITS <= HAMT_LAST_SHIFT);
+        const hamt_node *asrc = node_source(n);
+        if (asrc != NULL) { /* as for bitmap nodes below */
+            CHECK(is_array(asrc));
+            CHECK(node_source(asrc) == NULL);
+            CHECK(cctx_load_uint_relaxed(&((hamt_node *)asrc)->refcnt) >= 1);
+            CHECK(borrow_count(n) >= 1);
+        }
         CHECK(hamt_popcount(n->nodemap) >= HAMT_ARRAY_MIN_CHILDREN);
         for (unsigned i = 0; i < HAMT_ARRAY_SLOTS; i++) {
             const hamt_node *c = n->slot[i];
@@ -1581,8 +1641,11 @@ static void dump_node(FILE *out, const hamt_node *n, unsigned shift, int indent)
 {
     const unsigned refcnt = cctx_load_uint_relaxed(&n->refcnt);
     if (is_array(n)) {
-        fprintf(out, "%*sarray level %u size %u refcnt %u children %u\n", indent, "",
+        fprintf(out, "%*sarray level %u size %u refcnt %u children %u", indent, "",
                 shift / HAMT_BITS, node_size(n), refcnt, hamt_popcount(n->nodemap));
+        if (node_source(n) != NULL)
+            fprintf(out, " source %p (borrows %u)", (void *)node_source(n), borrow_count(n));
+        fputc('\n', out);
         for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1) {
             fprintf(out, "%*s[%u]\n", indent + 2, "", (unsigned)__builtin_ctz(rest));
             dump_node(out, n->slot[__builtin_ctz(rest)], shift + HAMT_BITS, indent + 4);
