@@ -322,6 +322,52 @@ static inline bool child_borrowed(const hamt_node *src, uint32_t bit, const hamt
     return bitmap_child(src, below(src->nodemap, bit)) == child;
 }
 
+/* A walk along a bitmap source's entries (or children) in fragment
+ * order, for loops that visit their own slots in fragment order: each
+ * lookup moves the cursor forward instead of recounting bits. */
+typedef struct src_cursor {
+    const hamt_node *src; /* NULL: no source, nothing is borrowed */
+    void *const *slots;   /* the source's entries (pairs) or children */
+    uint32_t rest;        /* its fragments not passed yet */
+    unsigned index;       /* index of the lowest fragment in `rest` */
+} src_cursor;
+
+static inline src_cursor src_cursor_init(const hamt_node *src, bool entries)
+{
+    src_cursor c = { src, NULL, 0, 0 };
+    if (src != NULL) {
+        c.slots = entries ? &src->slot[0] : &src->slot[2 * hamt_popcount(src->datamap)];
+        c.rest = entries ? src->datamap : src->nodemap;
+    }
+    return c;
+}
+
+/* Moves to fragment `bit` (never backwards); true when the source has a
+ * slot there, then at c->index. */
+static inline bool src_cursor_seek(src_cursor *c, uint32_t bit)
+{
+    while ((c->rest & (bit - 1)) != 0) {
+        c->rest &= c->rest - 1;
+        c->index++;
+    }
+    return (c->rest & bit) != 0;
+}
+
+/* entry_borrow / child_borrowed through a cursor. */
+static inline enum borrow entry_borrow_at(src_cursor *c, uint32_t bit, const cctx_var *key,
+                                          const void *value)
+{
+    if (c->src == NULL || !src_cursor_seek(c, bit) || c->slots[2 * c->index] != key)
+        return BORROW_NONE;
+    return c->slots[2 * c->index + 1] == value ? BORROW_ENTRY : BORROW_KEY;
+}
+
+static inline bool child_borrowed_at(src_cursor *c, uint32_t bit, const hamt_node *child)
+{
+    return c->src != NULL && child != NULL && src_cursor_seek(c, bit) &&
+           c->slots[c->index] == child;
+}
+
 /* Whether a node's source `src` is held by that node alone: no map
  * reaches it any more, only what the node borrows keeps it. Such a source
  * keeps values alive that no map binds (the ones the borrower replaced or
@@ -410,11 +456,12 @@ static void borrowing_node_free(hamt_node *n, hamt_node *src)
         return;
     }
     const unsigned nd = hamt_popcount(n->datamap);
+    src_cursor cur = src_cursor_init(src, true);
     unsigned i = 0;
     for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
         cctx_var *key = entry_key(n, i);
         void *value = entry_value(n, i);
-        switch (entry_borrow(src, rest & (~rest + 1), key, value)) {
+        switch (entry_borrow_at(&cur, rest & (~rest + 1), key, value)) {
         case BORROW_NONE:
             entry_release(key, value);
             break;
@@ -425,10 +472,11 @@ static void borrowing_node_free(hamt_node *n, hamt_node *src)
             break;
         }
     }
+    cur = src_cursor_init(src, false);
     unsigned j = 0;
     for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1, j++) {
         hamt_node *c = n->slot[2 * nd + j];
-        if (!child_borrowed(src, rest & (~rest + 1), c))
+        if (!child_borrowed_at(&cur, rest & (~rest + 1), c))
             hamt_release(c);
     }
     cctx_dealloc(n);
@@ -613,20 +661,31 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
     if (m == NULL)
         return NULL;
 
-    /* From here nothing fails. */
+    /* From here nothing fails. Indices run along with the fragments
+     * instead of being recounted per slot (no popcount per entry):
+     * `k` is the slot's index in n, `cursor` walks the source. When the
+     * source is n itself, every slot but `bit` is n's own and therefore
+     * borrowed without comparing. */
     unsigned borrowed = 0;
+    const bool from_n = src == n;
+    src_cursor cur = src_cursor_init(src, true);
+    const uint32_t n_has_bit = (n->datamap & bit) != 0, m_has_bit = (dm & bit) != 0;
     unsigned i = 0;
     for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
         uint32_t b = rest & (~rest + 1);
+        enum borrow how;
         if (b == bit) {
             m->slot[2 * i] = key;
             m->slot[2 * i + 1] = value;
+            how = entry_borrow_at(&cur, b, key, value);
         } else {
-            unsigned k = below(n->datamap, b);
+            unsigned k = b < bit ? i : i - m_has_bit + n_has_bit;
             m->slot[2 * i] = n->slot[2 * k];
             m->slot[2 * i + 1] = n->slot[2 * k + 1];
+            how = from_n ? BORROW_ENTRY
+                         : entry_borrow_at(&cur, b, m->slot[2 * i], m->slot[2 * i + 1]);
         }
-        switch (entry_borrow(src, b, m->slot[2 * i], m->slot[2 * i + 1])) {
+        switch (how) {
         case BORROW_NONE:
             entry_retain(m->slot[2 * i], m->slot[2 * i + 1]);
             break;
@@ -640,17 +699,20 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
         }
     }
     void **children = &m->slot[2 * nd];
+    void *const *old_children = &n->slot[2 * old_nd];
+    const uint32_t n_has_cbit = (n->nodemap & bit) != 0, m_has_cbit = (nm & bit) != 0;
+    cur = src_cursor_init(src, false);
     unsigned j = 0;
     bool drop_child = false;
     for (uint32_t rest = nm; rest != 0; rest &= rest - 1, j++) {
         uint32_t b = rest & (~rest + 1);
         if (b == bit) {
             children[j] = child; /* the caller's reference moves in ... */
-            drop_child = child_borrowed(src, b, child); /* ... unless borrowed */
+            drop_child = child_borrowed_at(&cur, b, child); /* ... unless borrowed */
             borrowed += drop_child;
         } else {
-            children[j] = n->slot[2 * old_nd + below(n->nodemap, b)];
-            if (child_borrowed(src, b, children[j]))
+            children[j] = old_children[b < bit ? j : j - m_has_cbit + n_has_cbit];
+            if (from_n || child_borrowed_at(&cur, b, children[j]))
                 borrowed++;
             else
                 hamt_retain(children[j]);
@@ -698,7 +760,10 @@ static hamt_node *array_rebuild(const hamt_node *n, unsigned idx, hamt_node *chi
             borrowed += drop_child;
         } else {
             m->slot[i] = n->slot[i];
-            if (child_borrowed(src, 1u << i, m->slot[i]))
+            if (m->slot[i] == NULL)
+                continue;
+            /* From n itself: n's own children, borrowed without comparing. */
+            if (src == n || child_borrowed(src, 1u << i, m->slot[i]))
                 borrowed++;
             else
                 hamt_retain(m->slot[i]);
