@@ -377,9 +377,40 @@ static inline bool child_borrowed_at(src_cursor *c, uint32_t bit, const hamt_nod
  * it. A relaxed load: a stale count only delays that by one write (a
  * count of 1 cannot rise again: nothing but the borrower can reach the
  * source to retain it). */
-static inline bool source_orphaned(const hamt_node *src)
+/* Where a write is in the trie, for the borrowing decisions of the
+ * builders: whether a node above (or the current one) has other holders
+ * (then the nodes being copied survive the write), and the source node
+ * that the parent's copy drops because it is orphaned (`dying`, NULL if
+ * none: the write frees it), with the current node's fragment in the
+ * parent (`bit`). A source of this node that `dying` also holds is
+ * orphaned too: its only other holder goes with this write, so the
+ * guarantee "dropped at the next write through the node" holds at every
+ * level, not only at the root. */
+typedef struct hamt_path {
+    bool shared;
+    const hamt_node *dying;
+    uint32_t bit;
+} hamt_path;
+
+static const hamt_path HAMT_PATH_ROOT = { false, NULL, 0 };
+
+static inline bool source_orphaned(const hamt_node *src, hamt_path path)
 {
-    return cctx_load_uint_relaxed(&((hamt_node *)src)->refcnt) == 1;
+    const unsigned dying_holds = path.dying != NULL && child_borrowed(path.dying, path.bit, src);
+    return cctx_load_uint_relaxed(&((hamt_node *)src)->refcnt) == 1 + dying_holds;
+}
+
+/* The path one level down, into `child` at fragment `bit` of `n`. */
+static inline hamt_path path_down(const hamt_node *n, hamt_path path, uint32_t bit,
+                                  const hamt_node *child)
+{
+    const hamt_node *src = node_source(n);
+    hamt_path down;
+    /* A borrowed child is shared whatever its count (it holds none for n). */
+    down.shared = path.shared || child_borrowed(src, bit, child);
+    down.dying = !path.shared && src != NULL && source_orphaned(src, path) ? src : NULL;
+    down.bit = bit;
+    return down;
 }
 
 /* Keys and children bitmap node `n` borrows from its source (0: none). */
@@ -626,20 +657,21 @@ enum slot_op { SLOT_EMPTY, SLOT_ENTRY, SLOT_CHILD };
  * success). Everything else is shared. `size` is the copy's entry count.
  * The result must not be empty.
  *
- * `shared`: some node on the path from the root to `n` (n included) has
- * other holders, so `n` outlives this copy's construction. Then the copy
- * borrows from a source (see "Borrowing nodes"): n's own source if it has
- * one, else n. A copy of a node with a source borrows from that source
+ * `path.shared`: some node on the path from the root to `n` (n included)
+ * has other holders, so `n` outlives this copy's construction. Then the
+ * copy borrows from a source (see "Borrowing nodes"): n's own source if it
+ * has one, else n. A copy of a node with a source borrows from that source
  * even when unshared (the alternative is retaining every entry the source
- * lends), unless the source is orphaned (source_orphaned: only `n` holds
- * it; lending it on would keep its stale values alive). Otherwise the copy
+ * lends), unless the source is orphaned (source_orphaned: nothing but `n`
+ * and what this write frees holds it; lending it on would keep its stale
+ * values alive). Otherwise the copy
  * retains everything it shares, as a copy of a node about to be freed
  * should: borrowing from it would keep it alive for nothing. Heuristic
  * only; every choice is correct.
  */
 static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op op,
                                  cctx_var *key, void *value, hamt_node *child,
-                                 uint32_t size, bool shared)
+                                 uint32_t size, hamt_path path)
 {
     uint32_t dm = n->datamap & ~bit;
     uint32_t nm = n->nodemap & ~bit;
@@ -651,9 +683,9 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
     const unsigned old_nd = hamt_popcount(n->datamap);
     hamt_node *src = node_source(n);
     if (src == NULL) {
-        if (shared)
+        if (path.shared)
             src = (hamt_node *)n;
-    } else if (source_orphaned(src)) {
+    } else if (source_orphaned(src, path)) {
         src = NULL;
     }
 
@@ -734,16 +766,16 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
 
 /* Copy of array node `n` with fragment `idx` set to `child` (the caller's
  * reference moves in on success; NULL empties the slot). Borrows from a
- * source exactly as bitmap_rebuild does (`shared` likewise): an array
+ * source exactly as bitmap_rebuild does (`path` likewise): an array
  * node's 9-32 children would otherwise cost one shared write each. */
 static hamt_node *array_rebuild(const hamt_node *n, unsigned idx, hamt_node *child,
-                                uint32_t size, bool shared)
+                                uint32_t size, hamt_path path)
 {
     hamt_node *src = node_source(n);
     if (src == NULL) {
-        if (shared)
+        if (path.shared)
             src = (hamt_node *)n;
-    } else if (source_orphaned(src)) {
+    } else if (source_orphaned(src, path)) {
         src = NULL;
     }
     hamt_node *m = node_new(size, HAMT_ARRAY_MARK,
@@ -1038,7 +1070,7 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key,
     for (;;) {
         if (cctx_load_uint_relaxed(&n->refcnt) != 1)
             return NULL;
-        if (node_source(n) != NULL && source_orphaned(node_source(n)))
+        if (node_source(n) != NULL && source_orphaned(node_source(n), HAMT_PATH_ROOT))
             return NULL; /* a path copy drops the source (bitmap_rebuild) */
         const uint32_t dm = n->datamap;
         const uint32_t nm = n->nodemap;
@@ -1097,15 +1129,16 @@ static inline bool node_shared(const hamt_node *n, bool above)
  * Binds key -> value in the subtree `n` (not NULL) at `shift`. CCTX_OK with
  * `*out` a new reference, or `*out == n` with no reference taken when the
  * key is already bound to `value`; `*added` says whether the size grew.
- * `shared`: a node above `n` has other holders (node_shared).
+ * `path`: where `n` is (hamt_path: whether a node above has other
+ * holders, the source the parent's copy drops).
  * CCTX_ENOMEM: nothing changed.
  */
 static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
                               cctx_var *key, void *value, hamt_node **out, bool *added,
-                              bool shared);
+                              hamt_path path);
 
 static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
-                                cctx_var *key, void *value, hamt_node **out, bool *added, bool shared)
+                                cctx_var *key, void *value, hamt_node **out, bool *added, hamt_path path)
 {
     const uint32_t bit = 1u << hamt_frag(hash, shift);
     hamt_node *m, *sub;
@@ -1120,7 +1153,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
                 *out = n;
                 return CCTX_OK;
             }
-            m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, node_size(n), shared);
+            m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, node_size(n), path);
             if (m == NULL)
                 return CCTX_ENOMEM;
             *out = m;
@@ -1141,7 +1174,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         if (hamt_popcount(n->nodemap) >= HAMT_BITMAP_MAX_CHILDREN)
             m = bitmap_promote(n, shift, bit, sub, node_size(n) + 1);
         else
-            m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) + 1, shared);
+            m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) + 1, path);
         if (m == NULL) {
             hamt_release(sub);
             return CCTX_ENOMEM;
@@ -1152,17 +1185,15 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 
     if (n->nodemap & bit) {
         hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
-        /* A borrowed child is shared whatever its count (it holds none
-         * for this node). */
         cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added,
-                                    shared || child_borrowed(node_source(n), bit, child));
+                                    path_down(n, path, bit, child));
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
             *out = n;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) + *added, shared);
+        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) + *added, path);
         if (m == NULL) {
             hamt_release(sub);
             return CCTX_ENOMEM;
@@ -1171,7 +1202,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         return CCTX_OK;
     }
 
-    m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, node_size(n) + 1, shared);
+    m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, node_size(n) + 1, path);
     if (m == NULL)
         return CCTX_ENOMEM;
     *added = true;
@@ -1180,7 +1211,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 }
 
 static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
-                               cctx_var *key, void *value, hamt_node **out, bool *added, bool shared)
+                               cctx_var *key, void *value, hamt_node **out, bool *added, hamt_path path)
 {
     const unsigned idx = hamt_frag(hash, shift);
     hamt_node *child = n->slot[idx];
@@ -1192,7 +1223,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         *added = true;
     } else {
         cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added,
-                                    shared || child_borrowed(node_source(n), 1u << idx, child));
+                                    path_down(n, path, 1u << idx, child));
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
@@ -1200,7 +1231,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
             return CCTX_OK;
         }
     }
-    hamt_node *m = array_rebuild(n, idx, sub, node_size(n) + *added, shared);
+    hamt_node *m = array_rebuild(n, idx, sub, node_size(n) + *added, path);
     if (m == NULL) {
         hamt_release(sub);
         return CCTX_ENOMEM;
@@ -1210,7 +1241,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 }
 
 static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
-                                   cctx_var *key, void *value, hamt_node **out, bool *added, bool shared)
+                                   cctx_var *key, void *value, hamt_node **out, bool *added, hamt_path path)
 {
     const uint32_t chash = entry_key(n, 0)->hash;
     hamt_node *m;
@@ -1238,14 +1269,14 @@ static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 
 static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
                               cctx_var *key, void *value, hamt_node **out, bool *added,
-                              bool shared)
+                              hamt_path path)
 {
-    shared = node_shared(n, shared);
+    path.shared = node_shared(n, path.shared);
     if (is_array(n))
-        return array_assoc(n, shift, hash, key, value, out, added, shared);
+        return array_assoc(n, shift, hash, key, value, out, added, path);
     if (is_collision(n))
-        return collision_assoc(n, shift, hash, key, value, out, added, shared);
-    return bitmap_assoc(n, shift, hash, key, value, out, added, shared);
+        return collision_assoc(n, shift, hash, key, value, out, added, path);
+    return bitmap_assoc(n, shift, hash, key, value, out, added, path);
 }
 
 cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **out)
@@ -1259,7 +1290,7 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
         return CCTX_OK;
     }
     bool added;
-    cctx_status st = node_assoc(root, 0, key->hash, key, value, &m, &added, false);
+    cctx_status st = node_assoc(root, 0, key->hash, key, value, &m, &added, HAMT_PATH_ROOT);
     if (st != CCTX_OK)
         return st;
     if (m == root)
@@ -1273,13 +1304,13 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
 /*
  * Removes `key` from the subtree `n` (not NULL) at `shift`. CCTX_OK with
  * `*out` a new reference (NULL: the subtree is now empty), CCTX_NOT_FOUND or
- * CCTX_ENOMEM, both with nothing changed. `shared` as for node_assoc.
+ * CCTX_ENOMEM, both with nothing changed. `path` as for node_assoc.
  */
 static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
-                                const cctx_var *key, hamt_node **out, bool shared);
+                                const cctx_var *key, hamt_node **out, hamt_path path);
 
 static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
-                                  const cctx_var *key, hamt_node **out, bool shared)
+                                  const cctx_var *key, hamt_node **out, hamt_path path)
 {
     const uint32_t bit = 1u << hamt_frag(hash, shift);
     hamt_node *m;
@@ -1299,7 +1330,7 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
             *out = m;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, node_size(n) - 1, shared);
+        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, node_size(n) - 1, path);
         if (m == NULL)
             return CCTX_ENOMEM;
         *out = m;
@@ -1312,7 +1343,7 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
     hamt_node *sub;
     hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
     cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub,
-                                  shared || child_borrowed(node_source(n), bit, child));
+                                  path_down(n, path, bit, child));
     if (st != CCTX_OK)
         return st;
     if (sub == NULL) {
@@ -1322,17 +1353,17 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
             *out = NULL;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, node_size(n) - 1, shared);
+        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, node_size(n) - 1, path);
     } else if (is_bitmap(sub) && node_size(sub) == 1) {
         /* Shape rule 1: a lone entry moves up into this node. */
         m = bitmap_rebuild(n, bit, SLOT_ENTRY, entry_key(sub, 0), entry_value(sub, 0),
-                           NULL, node_size(n) - 1, shared);
+                           NULL, node_size(n) - 1, path);
         hamt_release(sub); /* after the copy has retained the entry */
     } else if (is_collision(sub) && n->datamap == 0 && n->nodemap == bit) {
         *out = sub; /* shape rule 2 */
         return CCTX_OK;
     } else {
-        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) - 1, shared);
+        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) - 1, path);
         if (m == NULL)
             hamt_release(sub);
     }
@@ -1343,7 +1374,7 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
 }
 
 static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
-                                 const cctx_var *key, hamt_node **out, bool shared)
+                                 const cctx_var *key, hamt_node **out, hamt_path path)
 {
     const unsigned idx = hamt_frag(hash, shift);
     hamt_node *child = n->slot[idx];
@@ -1351,13 +1382,13 @@ static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
         return CCTX_NOT_FOUND;
     hamt_node *sub, *m;
     cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub,
-                                  shared || child_borrowed(node_source(n), 1u << idx, child));
+                                  path_down(n, path, 1u << idx, child));
     if (st != CCTX_OK)
         return st;
     if (sub == NULL && hamt_popcount(n->nodemap) - 1 < HAMT_ARRAY_MIN_CHILDREN) {
         m = array_demote(n, idx, node_size(n) - 1);
     } else {
-        m = array_rebuild(n, idx, sub, node_size(n) - 1, shared);
+        m = array_rebuild(n, idx, sub, node_size(n) - 1, path);
         if (m == NULL)
             hamt_release(sub);
     }
@@ -1390,14 +1421,14 @@ static cctx_status collision_without(hamt_node *n, unsigned shift, const cctx_va
 }
 
 static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
-                                const cctx_var *key, hamt_node **out, bool shared)
+                                const cctx_var *key, hamt_node **out, hamt_path path)
 {
-    shared = node_shared(n, shared);
+    path.shared = node_shared(n, path.shared);
     if (is_array(n))
-        return array_without(n, shift, hash, key, out, shared);
+        return array_without(n, shift, hash, key, out, path);
     if (is_collision(n))
         return collision_without(n, shift, key, out);
-    return bitmap_without(n, shift, hash, key, out, shared);
+    return bitmap_without(n, shift, hash, key, out, path);
 }
 
 cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
@@ -1405,7 +1436,7 @@ cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
     if (root == NULL)
         return CCTX_NOT_FOUND;
     hamt_node *m;
-    cctx_status st = node_without(root, 0, key->hash, key, &m, false);
+    cctx_status st = node_without(root, 0, key->hash, key, &m, HAMT_PATH_ROOT);
     if (st != CCTX_OK)
         return st;
     *out = m;

@@ -62,13 +62,19 @@ static cctx_context *base_new(cctx_var **vars, int n, tv_hook hook)
 
 /* Value retain + release callbacks for one request against a base of
  * `n` variables: copy the base, enter, set a new variable and an existing
- * one, get 4, exit, release (Benchmarks/c/bench_core.c, request_loop). */
+ * one, get 4, exit, release (Benchmarks/c/bench_core.c, request_loop).
+ * The variables' hashes come from a fixed sequence, so the trie's shape is
+ * the same in every run: an insert that promotes a bitmap node to an array
+ * node (its 17th child) moves each of that node's entries into a new leaf
+ * and so retains them one by one (at most 32, rare); the sequence is one
+ * where the request's insert does not. */
 static long request_value_writes(int n)
 {
     cctx_var **vars = calloc((size_t)n + 1, sizeof(*vars));
     assert_non_null(vars);
+    uint64_t rng = 0x5EED0001u;
     for (int i = 0; i <= n; i++)
-        vars[i] = new_var("v");
+        assert_ok(cctx__var_new_with_hash("v", &tv_ops, (uint32_t)rng_next(&rng), &vars[i]));
     cctx_context *base = base_new(vars, n, NULL);
     tv_value *a = tv_new(-1), *b = tv_new(-2);
 
@@ -326,6 +332,42 @@ static void test_replaced_values_released_by_the_next_write(void **state)
     life_teardown();
 }
 
+/* The same one level down: x and y share the root's fragment 3, so they
+ * sit in a child node; z sits in the root. After the copy is gone, the
+ * base's root and that child both borrow from nodes only they (and the
+ * old root) hold; one write through the child drops both sources. */
+static void test_replaced_value_in_a_child_released_by_the_next_write(void **state)
+{
+    (void)state;
+    life_setup();
+    static const uint32_t hashes[3] = { 3u | (1u << 5), 3u | (2u << 5), 7u };
+    cctx_var *v3[3];
+    for (int i = 0; i < 3; i++) {
+        assert_ok(cctx__var_new_with_hash("deep", &tv_ops, hashes[i], &v3[i]));
+        cctx_var_release(life_vars[i]);
+        life_vars[i] = v3[i]; /* released by life_teardown */
+    }
+    cctx_context *base = base_new(life_vars, 3, hook_reads_and_sets);
+    cctx_context *c = NULL;
+    assert_ok(cctx_context_copy(base, &c));
+    tv_value *v = tv_new_hooked(5000, hook_reads_and_sets, NULL);
+    assert_ok(cctx_context_set(base, life_vars[0], v, NULL)); /* replaces id 1 */
+    tv_drop(v);
+    cctx_context_release(c);
+    assert_int_equal(hook_runs, 0); /* id 1: still in the base root's source */
+    tv_value *w = tv_new_hooked(5001, hook_reads_and_sets, NULL);
+    assert_ok(cctx_context_set(base, life_vars[0], w, NULL)); /* replaces 5000 */
+    tv_drop(w);
+    assert_int_equal(hook_runs, 2); /* 5000 and id 1 */
+    assert_int_equal(lookup_id(base, life_vars[0]), 5001);
+    assert_int_equal(lookup_id(base, life_vars[1]), 2);
+    assert_int_equal(lookup_id(base, life_vars[2]), 3);
+    assert_int_equal(cctx__context_check(base), 0);
+    cctx_context_release(base);
+    assert_int_equal(hook_runs, 3 + 2);
+    life_teardown();
+}
+
 /* Deleting through a derived map (hamt_without on a borrowing node). */
 static void test_delete_in_derived_map(void **state)
 {
@@ -456,6 +498,7 @@ int main(void)
         cmocka_unit_test(test_reset_restores_borrowed_value),
         cmocka_unit_test(test_in_place_overwrite_of_borrowed_entries),
         cmocka_unit_test(test_replaced_values_released_by_the_next_write),
+        cmocka_unit_test(test_replaced_value_in_a_child_released_by_the_next_write),
         cmocka_unit_test(test_delete_in_derived_map),
         cmocka_unit_test(test_threads_copy_a_base_that_is_being_replaced),
     };
