@@ -450,8 +450,7 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
 static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *root,
                            cctx_var *var, void *value)
 {
-    void *const *source_value;
-    void **slot = hamt_value_slot_if_unique(root, var, &source_value);
+    void **slot = hamt_value_slot_if_unique(root, var);
     if (slot == NULL)
         return false;
     var_value_retain(var, value); /* before anything is visible */
@@ -474,14 +473,7 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
     thread_state_invalidate(ts);
     cctx_store_ptr(&ctx->root, root); /* release: readers see the value */
     cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
-    /* A node borrowing the entry from a source (hamt.h) owns its value
-     * only while it differs from the source's: an old value equal to it
-     * was the source's reference, not ours to drop; a new value equal to
-     * it is borrowed again, so our reference goes (not the last one). */
-    if (source_value == NULL || old != *source_value)
-        var_value_release(var, old);
-    if (source_value != NULL && value == *source_value)
-        var_value_release(var, value);
+    var_value_release(var, old);
     return true;
 }
 
@@ -539,7 +531,7 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
     void *cur;
     bool has_cur = hamt_find(root, var, &cur);
     if (token->has_old && has_cur && cur != token->old_value &&
-        hamt_value_slot_if_unique(root, var, NULL) != NULL) {
+        hamt_value_slot_if_unique(root, var) != NULL) {
         /* In place (see write_in_place). The token is consumed first:
          * the write cannot fail, and a token used concurrently elsewhere
          * must not also write. */

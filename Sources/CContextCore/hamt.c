@@ -61,13 +61,11 @@
  *
  * Node layouts (one struct for all three kinds)
  * ---------------------------------------------
- *     struct hamt_node { unsigned refcnt; uint32_t sizeword;
+ *     struct hamt_node { unsigned refcnt; uint32_t size;
  *                        uint32_t datamap; uint32_t nodemap; void *slot[]; }
  *
- * 16 bytes of header, then pointer slots. The size (sizeword without its
- * top bit, which says whether the node borrows from a source: see
- * "Borrowing nodes" below) is the number of entries in the whole subtree,
- * which makes hamt_count O(1). The kind is encoded in the
+ * 16 bytes of header, then pointer slots. `size` is the number of entries in
+ * the whole subtree, which makes hamt_count O(1). The kind is encoded in the
  * two maps so that it costs no header space:
  *
  *   bitmap     datamap & nodemap == 0, not both zero. Bit i of datamap: the
@@ -78,8 +76,6 @@
  *              child 8 (the layout of Steindorfer's CHAMP; CPython's bitmap
  *              nodes spend two slots on every child as well).
  *              Index of fragment f: popcount(map & ((1 << f) - 1)).
- *              A borrowing bitmap node has one more slot after its
- *              children: its source node.
  *   collision  datamap == nodemap == 0. `size` entries in slot[] as
  *              key, value pairs, in no particular order; all their keys have
  *              the same hash (read from the first key when needed).
@@ -132,10 +128,9 @@
  *   node happens before its release).
  * - A node holds one reference to each child, and for each entry one
  *   reference to the key (var_ref) and one to the value (the key's retain
- *   callback), except what a borrowing node borrows from its source (see
- *   "Borrowing nodes"; it holds one reference to the source instead). A
- *   freed node releases what it owns, value before key (the key's
- *   callbacks release the value), then its source.
+ *   callback). So a copied node retains everything it shares with the
+ *   original, and a freed node releases all of it, value before key (the
+ *   key's callbacks release the value).
  * - Builders take their references only after their allocation succeeded,
  *   and a node under construction is always consistent, so a failure
  *   anywhere is undone by releasing what was built: the input maps and
@@ -156,61 +151,13 @@
 /* datamap of an array node; a bitmap node never has datamap & nodemap. */
 #define HAMT_ARRAY_MARK 0xFFFFFFFFu
 
-/*
- * Borrowing nodes
- * ---------------
- * A path copy of a node that is shared (another root also reaches it, so it
- * will outlive the copy's construction) would otherwise retain every key,
- * value and child it shares with the original: one locked write per entry
- * on reference counts that every thread using those variables also writes.
- * Instead the copy takes ONE reference to a *source* node and borrows from
- * it. The invariant, for a bitmap node N whose source is S (both bitmap
- * nodes at the same trie position; the source pointer sits in one extra
- * slot after the children, present only when HAMT_HAS_SOURCE is set in
- * `sizeword`):
- *
- *   - N's entry at fragment f borrows its KEY when S holds an entry at f
- *     with the same key, and borrows its VALUE when that entry also has
- *     the same value pointer. S holds the references of what N borrows.
- *   - N's child at fragment f is borrowed when S holds the same child
- *     pointer at f. A borrowed child's count does not include N, so a
- *     walk that passes one treats everything below it as shared (the
- *     in-place slot lookup refuses, path copies borrow).
- *   - Everything else in N is owned: N retained it and releases it.
- *
- * So no per-slot mask is stored: ownership is decided by comparing with
- * the source, at build time (what to retain), at free time (what to
- * release) and when a value is overwritten in place (context.c). Sources
- * never have sources themselves (a copy of N borrows from N's source, and
- * retains individually what N owned), so a node keeps at most one other
- * node alive and chains never grow. Array nodes borrow the same way (a
- * child at fragment f is borrowed when the source holds the same pointer
- * at f; the source slot follows the 32 child slots). Only bitmap_rebuild
- * and array_rebuild borrow, so a node and its source are always of one
- * kind; the other builders (promotion, demotion, collision copies) copy
- * as before. Readers never look at the source: a borrowing node is a
- * complete node.
- *
- * The cost is lifetime: a value replaced in a derived map stays referenced
- * by the source until the derived node that borrows from it is freed.
- * Bounded: one source per node, and only nodes copied from shared nodes
- * borrow (a node whose whole path is uniquely owned is about to be freed
- * by its owner, so its copy owns everything, as before).
- */
-#define HAMT_HAS_SOURCE 0x80000000u
-
 struct hamt_node {
     unsigned refcnt;
-    uint32_t sizeword; /* entries in the subtree | HAMT_HAS_SOURCE */
+    uint32_t size;
     uint32_t datamap;
     uint32_t nodemap;
     void *slot[];
 };
-
-static inline uint32_t node_size(const hamt_node *n)
-{
-    return n->sizeword & ~HAMT_HAS_SOURCE;
-}
 
 /* ------------------------------------------------------------------ bits */
 
@@ -265,7 +212,7 @@ static inline bool is_bitmap(const hamt_node *n)
 /* Entries stored in a bitmap or collision node. */
 static inline unsigned entry_count(const hamt_node *n)
 {
-    return is_collision(n) ? node_size(n) : hamt_popcount(n->datamap);
+    return is_collision(n) ? n->size : hamt_popcount(n->datamap);
 }
 
 static inline cctx_var *entry_key(const hamt_node *n, unsigned i)
@@ -284,156 +231,6 @@ static inline hamt_node *bitmap_child(const hamt_node *n, unsigned j)
     return (hamt_node *)n->slot[2 * hamt_popcount(n->datamap) + j];
 }
 
-/* The source a bitmap or array node borrows from, or NULL. It sits in the
- * slot after the last one the node's kind uses. */
-static inline hamt_node *node_source(const hamt_node *n)
-{
-    if ((n->sizeword & HAMT_HAS_SOURCE) == 0)
-        return NULL;
-    if (is_array(n))
-        return n->slot[HAMT_ARRAY_SLOTS];
-    return n->slot[2 * hamt_popcount(n->datamap) + hamt_popcount(n->nodemap)];
-}
-
-/* What an entry (key, value) at fragment `bit` of a node borrowing from
- * `src` (NULL: none) borrows: BORROW_NONE, BORROW_KEY, or BORROW_ENTRY
- * (key and value). The invariant under "Borrowing nodes". */
-enum borrow { BORROW_NONE, BORROW_KEY, BORROW_ENTRY };
-
-static inline enum borrow entry_borrow(const hamt_node *src, uint32_t bit, const cctx_var *key,
-                                       const void *value)
-{
-    if (src == NULL || (src->datamap & bit) == 0)
-        return BORROW_NONE;
-    const unsigned k = below(src->datamap, bit);
-    if (src->slot[2 * k] != key)
-        return BORROW_NONE;
-    return src->slot[2 * k + 1] == value ? BORROW_ENTRY : BORROW_KEY;
-}
-
-/* Whether `child` at fragment `bit` of a node borrowing from `src` is
- * borrowed (a node and its source are of one kind: bitmap or array). */
-static inline bool child_borrowed(const hamt_node *src, uint32_t bit, const hamt_node *child)
-{
-    if (src == NULL || child == NULL || (src->nodemap & bit) == 0)
-        return false;
-    if (is_array(src))
-        return src->slot[__builtin_ctz(bit)] == child;
-    return bitmap_child(src, below(src->nodemap, bit)) == child;
-}
-
-/* A walk along a bitmap source's entries (or children) in fragment
- * order, for loops that visit their own slots in fragment order: each
- * lookup moves the cursor forward instead of recounting bits. */
-typedef struct src_cursor {
-    const hamt_node *src; /* NULL: no source, nothing is borrowed */
-    void *const *slots;   /* the source's entries (pairs) or children */
-    uint32_t rest;        /* its fragments not passed yet */
-    unsigned index;       /* index of the lowest fragment in `rest` */
-} src_cursor;
-
-static inline src_cursor src_cursor_init(const hamt_node *src, bool entries)
-{
-    src_cursor c = { src, NULL, 0, 0 };
-    if (src != NULL) {
-        c.slots = entries ? &src->slot[0] : &src->slot[2 * hamt_popcount(src->datamap)];
-        c.rest = entries ? src->datamap : src->nodemap;
-    }
-    return c;
-}
-
-/* Moves to fragment `bit` (never backwards); true when the source has a
- * slot there, then at c->index. */
-static inline bool src_cursor_seek(src_cursor *c, uint32_t bit)
-{
-    while ((c->rest & (bit - 1)) != 0) {
-        c->rest &= c->rest - 1;
-        c->index++;
-    }
-    return (c->rest & bit) != 0;
-}
-
-/* entry_borrow / child_borrowed through a cursor. */
-static inline enum borrow entry_borrow_at(src_cursor *c, uint32_t bit, const cctx_var *key,
-                                          const void *value)
-{
-    if (c->src == NULL || !src_cursor_seek(c, bit) || c->slots[2 * c->index] != key)
-        return BORROW_NONE;
-    return c->slots[2 * c->index + 1] == value ? BORROW_ENTRY : BORROW_KEY;
-}
-
-static inline bool child_borrowed_at(src_cursor *c, uint32_t bit, const hamt_node *child)
-{
-    return c->src != NULL && child != NULL && src_cursor_seek(c, bit) &&
-           c->slots[c->index] == child;
-}
-
-/* Whether a node's source `src` is held by that node alone: no map
- * reaches it any more, only what the node borrows keeps it. Such a source
- * keeps values alive that no map binds (the ones the borrower replaced or
- * removed), so it is dropped at the borrower's next write instead of being
- * lent on: bitmap_rebuild copies such a node owning everything, and
- * hamt_value_slot_if_unique refuses the in-place write that would keep
- * it. A relaxed load: a stale count only delays that by one write (a
- * count of 1 cannot rise again: nothing but the borrower can reach the
- * source to retain it). */
-/* Where a write is in the trie, for the borrowing decisions of the
- * builders: whether a node above (or the current one) has other holders
- * (then the nodes being copied survive the write), and the source node
- * that the parent's copy drops because it is orphaned (`dying`, NULL if
- * none: the write frees it), with the current node's fragment in the
- * parent (`bit`). A source of this node that `dying` also holds is
- * orphaned too: its only other holder goes with this write, so the
- * guarantee "dropped at the next write through the node" holds at every
- * level, not only at the root. */
-typedef struct hamt_path {
-    bool shared;
-    const hamt_node *dying;
-    uint32_t bit;
-} hamt_path;
-
-static const hamt_path HAMT_PATH_ROOT = { false, NULL, 0 };
-
-static inline bool source_orphaned(const hamt_node *src, hamt_path path)
-{
-    const unsigned dying_holds = path.dying != NULL && child_borrowed(path.dying, path.bit, src);
-    return cctx_load_uint_relaxed(&((hamt_node *)src)->refcnt) == 1 + dying_holds;
-}
-
-/* The path one level down, into `child` at fragment `bit` of `n`. */
-static inline hamt_path path_down(const hamt_node *n, hamt_path path, uint32_t bit,
-                                  const hamt_node *child)
-{
-    const hamt_node *src = node_source(n);
-    hamt_path down;
-    /* A borrowed child is shared whatever its count (it holds none for n). */
-    down.shared = path.shared || child_borrowed(src, bit, child);
-    down.dying = !path.shared && src != NULL && source_orphaned(src, path) ? src : NULL;
-    down.bit = bit;
-    return down;
-}
-
-/* Keys and children bitmap node `n` borrows from its source (0: none). */
-static unsigned borrow_count(const hamt_node *n)
-{
-    const hamt_node *src = node_source(n);
-    if (src == NULL)
-        return 0;
-    unsigned count = 0, i = 0;
-    if (is_array(n)) {
-        for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1)
-            count += child_borrowed(src, rest & (~rest + 1), n->slot[__builtin_ctz(rest)]);
-        return count;
-    }
-    for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++)
-        count += entry_borrow(src, rest & (~rest + 1), entry_key(n, i), entry_value(n, i)) !=
-                 BORROW_NONE;
-    unsigned j = 0;
-    for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1, j++)
-        count += child_borrowed(src, rest & (~rest + 1), bitmap_child(n, j));
-    return count;
-}
-
 /* ------------------------------------------------------ node lifetime */
 
 /* A new node with its header set and `nslots` slots for the caller to fill;
@@ -444,19 +241,17 @@ static hamt_node *node_new(uint32_t size, uint32_t datamap, uint32_t nodemap, un
     if (n == NULL)
         return NULL;
     n->refcnt = 1; /* not yet shared: a plain store is enough */
-    n->sizeword = size; /* no source */
+    n->size = size;
     n->datamap = datamap;
     n->nodemap = nodemap;
     return n;
 }
 
 /* A bitmap node: its slot count follows from the maps (two per entry, one
- * per child), plus one for a source when `with_source`. */
-static hamt_node *bitmap_node_new(uint32_t size, uint32_t datamap, uint32_t nodemap,
-                                  bool with_source)
+ * per child). */
+static hamt_node *bitmap_node_new(uint32_t size, uint32_t datamap, uint32_t nodemap)
 {
-    return node_new(size, datamap, nodemap,
-                    2 * hamt_popcount(datamap) + hamt_popcount(nodemap) + with_source);
+    return node_new(size, datamap, nodemap, 2 * hamt_popcount(datamap) + hamt_popcount(nodemap));
 }
 
 static inline void entry_retain(cctx_var *key, void *value)
@@ -472,55 +267,8 @@ static inline void entry_release(cctx_var *key, void *value)
     var_unref(key);
 }
 
-/* Frees a borrowing node: what it owns (decided by comparing with the
- * source), then its reference to the source. */
-static void borrowing_node_free(hamt_node *n, hamt_node *src)
-{
-    if (is_array(n)) {
-        for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1) {
-            hamt_node *c = n->slot[__builtin_ctz(rest)];
-            if (!child_borrowed(src, rest & (~rest + 1), c))
-                hamt_release(c);
-        }
-        cctx_dealloc(n);
-        hamt_release(src);
-        return;
-    }
-    const unsigned nd = hamt_popcount(n->datamap);
-    src_cursor cur = src_cursor_init(src, true);
-    unsigned i = 0;
-    for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
-        cctx_var *key = entry_key(n, i);
-        void *value = entry_value(n, i);
-        switch (entry_borrow_at(&cur, rest & (~rest + 1), key, value)) {
-        case BORROW_NONE:
-            entry_release(key, value);
-            break;
-        case BORROW_KEY:
-            var_value_release(key, value); /* the source keeps the key alive */
-            break;
-        case BORROW_ENTRY:
-            break;
-        }
-    }
-    cur = src_cursor_init(src, false);
-    unsigned j = 0;
-    for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1, j++) {
-        hamt_node *c = n->slot[2 * nd + j];
-        if (!child_borrowed_at(&cur, rest & (~rest + 1), c))
-            hamt_release(c);
-    }
-    cctx_dealloc(n);
-    hamt_release(src);
-}
-
 static void node_free(hamt_node *n)
 {
-    hamt_node *src = node_source(n);
-    if (src != NULL) {
-        borrowing_node_free(n, src);
-        return;
-    }
     if (is_array(n)) {
         for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1)
             hamt_release(n->slot[__builtin_ctz(rest)]);
@@ -574,7 +322,7 @@ void hamt_release_n(hamt_node *root, unsigned n)
 
 size_t hamt_count(const hamt_node *root)
 {
-    return root != NULL ? node_size(root) : 0;
+    return root != NULL ? root->size : 0;
 }
 
 /* ------------------------------------------------------------ builders */
@@ -595,16 +343,8 @@ static hamt_node *node_built(hamt_node *n)
     if (n == NULL)
         return NULL;
     CCTX_ASSERT(n->refcnt == 1);
-    CCTX_ASSERT(node_size(n) >= 1);
+    CCTX_ASSERT(n->size >= 1);
     uint64_t total = 0;
-    if (node_source(n) != NULL) {
-        /* Sources are sourceless nodes of the borrower's kind, and one is
-         * kept only while something is borrowed from it. */
-        CCTX_ASSERT(!is_collision(n));
-        CCTX_ASSERT(is_array(node_source(n)) == is_array(n));
-        CCTX_ASSERT(node_source(node_source(n)) == NULL);
-        CCTX_ASSERT(borrow_count(n) >= 1);
-    }
     if (is_array(n)) {
         CCTX_ASSERT(n->datamap == HAMT_ARRAY_MARK);
         CCTX_ASSERT(hamt_popcount(n->nodemap) >= HAMT_ARRAY_MIN_CHILDREN);
@@ -612,13 +352,13 @@ static hamt_node *node_built(hamt_node *n)
             const hamt_node *c = n->slot[k];
             CCTX_ASSERT((c != NULL) == ((n->nodemap >> k) & 1));
             if (c != NULL)
-                total += node_size(c);
+                total += c->size;
         }
     } else if (is_collision(n)) {
-        CCTX_ASSERT(node_size(n) >= 2);
-        for (unsigned k = 0; k < node_size(n); k++)
+        CCTX_ASSERT(n->size >= 2);
+        for (unsigned k = 0; k < n->size; k++)
             CCTX_ASSERT(entry_key(n, k)->hash == entry_key(n, 0)->hash);
-        total = node_size(n);
+        total = n->size;
     } else {
         CCTX_ASSERT(hamt_popcount(n->nodemap) <= HAMT_BITMAP_MAX_CHILDREN);
         unsigned nd = entry_count(n), nc = hamt_popcount(n->nodemap);
@@ -627,11 +367,11 @@ static hamt_node *node_built(hamt_node *n)
         for (unsigned k = 0; k < nc; k++) {
             const hamt_node *c = n->slot[2 * nd + k];
             CCTX_ASSERT(c != NULL);
-            total += node_size(c);
+            total += c->size;
         }
         total += nd;
     }
-    CCTX_ASSERT(total == node_size(n));
+    CCTX_ASSERT(total == n->size);
 #endif
     return n;
 }
@@ -654,24 +394,12 @@ enum slot_op { SLOT_EMPTY, SLOT_ENTRY, SLOT_CHILD };
  * Copy of bitmap node `n` in which the fragment `bit` is emptied (SLOT_EMPTY),
  * holds the entry (key, value) (SLOT_ENTRY; retained by the copy) or holds
  * `child` (SLOT_CHILD; the caller's reference moves into the copy on
- * success). Everything else is shared. `size` is the copy's entry count.
- * The result must not be empty.
- *
- * `path.shared`: some node on the path from the root to `n` (n included)
- * has other holders, so `n` outlives this copy's construction. Then the
- * copy borrows from a source (see "Borrowing nodes"): n's own source if it
- * has one, else n. A copy of a node with a source borrows from that source
- * even when unshared (the alternative is retaining every entry the source
- * lends), unless the source is orphaned (source_orphaned: nothing but `n`
- * and what this write frees holds it; lending it on would keep its stale
- * values alive). Otherwise the copy
- * retains everything it shares, as a copy of a node about to be freed
- * should: borrowing from it would keep it alive for nothing. Heuristic
- * only; every choice is correct.
+ * success). Everything else is shared and retained. `size` is the copy's
+ * entry count. The result must not be empty.
  */
 static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op op,
                                  cctx_var *key, void *value, hamt_node *child,
-                                 uint32_t size, hamt_path path)
+                                 uint32_t size)
 {
     uint32_t dm = n->datamap & ~bit;
     uint32_t nm = n->nodemap & ~bit;
@@ -681,133 +409,56 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
         nm |= bit;
     const unsigned nd = hamt_popcount(dm);
     const unsigned old_nd = hamt_popcount(n->datamap);
-    hamt_node *src = node_source(n);
-    if (src == NULL) {
-        if (path.shared)
-            src = (hamt_node *)n;
-    } else if (source_orphaned(src, path)) {
-        src = NULL;
-    }
 
-    hamt_node *m = bitmap_node_new(size, dm, nm, src != NULL);
+    hamt_node *m = bitmap_node_new(size, dm, nm);
     if (m == NULL)
         return NULL;
 
-    /* From here nothing fails. Indices run along with the fragments
-     * instead of being recounted per slot (no popcount per entry):
-     * `k` is the slot's index in n, `cursor` walks the source. When the
-     * source is n itself, every slot but `bit` is n's own and therefore
-     * borrowed without comparing. */
-    unsigned borrowed = 0;
-    const bool from_n = src == n;
-    src_cursor cur = src_cursor_init(src, true);
-    const uint32_t n_has_bit = (n->datamap & bit) != 0, m_has_bit = (dm & bit) != 0;
     unsigned i = 0;
     for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
         uint32_t b = rest & (~rest + 1);
-        enum borrow how;
         if (b == bit) {
             m->slot[2 * i] = key;
             m->slot[2 * i + 1] = value;
-            how = entry_borrow_at(&cur, b, key, value);
         } else {
-            unsigned k = b < bit ? i : i - m_has_bit + n_has_bit;
+            unsigned k = below(n->datamap, b);
             m->slot[2 * i] = n->slot[2 * k];
             m->slot[2 * i + 1] = n->slot[2 * k + 1];
-            how = from_n ? BORROW_ENTRY
-                         : entry_borrow_at(&cur, b, m->slot[2 * i], m->slot[2 * i + 1]);
         }
-        switch (how) {
-        case BORROW_NONE:
-            entry_retain(m->slot[2 * i], m->slot[2 * i + 1]);
-            break;
-        case BORROW_KEY:
-            var_value_retain(m->slot[2 * i], m->slot[2 * i + 1]);
-            borrowed++;
-            break;
-        case BORROW_ENTRY:
-            borrowed++;
-            break;
-        }
+        entry_retain(m->slot[2 * i], m->slot[2 * i + 1]);
     }
     void **children = &m->slot[2 * nd];
-    void *const *old_children = &n->slot[2 * old_nd];
-    const uint32_t n_has_cbit = (n->nodemap & bit) != 0, m_has_cbit = (nm & bit) != 0;
-    cur = src_cursor_init(src, false);
     unsigned j = 0;
-    bool drop_child = false;
     for (uint32_t rest = nm; rest != 0; rest &= rest - 1, j++) {
         uint32_t b = rest & (~rest + 1);
         if (b == bit) {
-            children[j] = child; /* the caller's reference moves in ... */
-            drop_child = child_borrowed_at(&cur, b, child); /* ... unless borrowed */
-            borrowed += drop_child;
+            children[j] = child; /* the caller's reference moves in */
         } else {
-            children[j] = old_children[b < bit ? j : j - m_has_cbit + n_has_cbit];
-            if (from_n || child_borrowed_at(&cur, b, children[j]))
-                borrowed++;
-            else
-                hamt_retain(children[j]);
+            children[j] = n->slot[2 * old_nd + below(n->nodemap, b)];
+            hamt_retain(children[j]);
         }
     }
-    if (src != NULL && borrowed != 0) {
-        /* One reference for everything borrowed: the only write to a
-         * shared line that the shared part of the copy costs. */
-        hamt_retain(src);
-        m->slot[2 * nd + hamt_popcount(nm)] = src;
-        m->sizeword |= HAMT_HAS_SOURCE;
-    }
-    /* (borrowed == 0: nothing matched the source; the spare slot stays
-     * unused and the node owns everything.) */
-    if (drop_child)
-        hamt_release(child); /* not the last: src, now retained, holds it */
     return node_built(m);
 }
 
 /* Copy of array node `n` with fragment `idx` set to `child` (the caller's
- * reference moves in on success; NULL empties the slot). Borrows from a
- * source exactly as bitmap_rebuild does (`path` likewise): an array
- * node's 9-32 children would otherwise cost one shared write each. */
+ * reference moves in on success; NULL empties the slot). */
 static hamt_node *array_rebuild(const hamt_node *n, unsigned idx, hamt_node *child,
-                                uint32_t size, hamt_path path)
+                                uint32_t size)
 {
-    hamt_node *src = node_source(n);
-    if (src == NULL) {
-        if (path.shared)
-            src = (hamt_node *)n;
-    } else if (source_orphaned(src, path)) {
-        src = NULL;
-    }
     hamt_node *m = node_new(size, HAMT_ARRAY_MARK,
                             (n->nodemap & ~(1u << idx)) | (child != NULL ? 1u << idx : 0),
-                            HAMT_ARRAY_SLOTS + (src != NULL));
+                            HAMT_ARRAY_SLOTS);
     if (m == NULL)
         return NULL;
-    unsigned borrowed = 0;
-    bool drop_child = false;
     for (unsigned i = 0; i < HAMT_ARRAY_SLOTS; i++) {
         if (i == idx) {
-            m->slot[i] = child; /* the caller's reference moves in ... */
-            drop_child = child_borrowed(src, 1u << i, child); /* ... unless borrowed */
-            borrowed += drop_child;
+            m->slot[i] = child;
         } else {
             m->slot[i] = n->slot[i];
-            if (m->slot[i] == NULL)
-                continue;
-            /* From n itself: n's own children, borrowed without comparing. */
-            if (src == n || child_borrowed(src, 1u << i, m->slot[i]))
-                borrowed++;
-            else
-                hamt_retain(m->slot[i]);
+            hamt_retain(m->slot[i]);
         }
     }
-    if (src != NULL && borrowed != 0) {
-        hamt_retain(src); /* one shared write for all borrowed children */
-        m->slot[HAMT_ARRAY_SLOTS] = src;
-        m->sizeword |= HAMT_HAS_SOURCE;
-    }
-    if (drop_child)
-        hamt_release(child); /* not the last: src, now retained, holds it */
     return node_built(m);
 }
 
@@ -869,13 +520,13 @@ static hamt_node *array_demote(const hamt_node *n, unsigned idx, uint32_t size)
     for (uint32_t rest = n->nodemap & ~(1u << idx); rest != 0; rest &= rest - 1) {
         uint32_t b = rest & (~rest + 1);
         const hamt_node *c = n->slot[__builtin_ctz(b)];
-        if (is_bitmap(c) && node_size(c) == 1)
+        if (is_bitmap(c) && c->size == 1)
             dm |= b;
         else
             nm |= b;
     }
     const unsigned nd = hamt_popcount(dm);
-    hamt_node *m = bitmap_node_new(size, dm, nm, false);
+    hamt_node *m = bitmap_node_new(size, dm, nm);
     if (m == NULL)
         return NULL;
     unsigned i = 0;
@@ -908,17 +559,17 @@ static hamt_node *collision_pair(cctx_var *ka, void *va, cctx_var *kb, void *vb)
     return node_built(m);
 }
 
-/* Copy of collision node `n` without entry `drop` (node_size(n): drop none),
+/* Copy of collision node `n` without entry `drop` (n->size: drop none),
  * plus the entry (key, value) appended when key != NULL. */
 static hamt_node *collision_rebuild(const hamt_node *n, unsigned drop, cctx_var *key,
                                     void *value)
 {
-    unsigned count = node_size(n) - (drop < node_size(n)) + (key != NULL);
+    unsigned count = n->size - (drop < n->size) + (key != NULL);
     hamt_node *m = node_new(count, 0, 0, 2 * count); /* collision */
     if (m == NULL)
         return NULL;
     unsigned o = 0;
-    for (unsigned i = 0; i < node_size(n); i++) {
+    for (unsigned i = 0; i < n->size; i++) {
         if (i == drop)
             continue;
         m->slot[2 * o] = n->slot[2 * i];
@@ -952,7 +603,7 @@ static hamt_node *pair_new(unsigned shift, uint32_t ha, cctx_var *ka, void *va,
     const uint32_t bitb = 1u << hamt_frag(hb, s);
     hamt_node *n;
     if (a != NULL) {
-        n = bitmap_node_new(node_size(a) + 1, bitb, bita, false);
+        n = bitmap_node_new(a->size + 1, bitb, bita);
         if (n == NULL)
             return NULL;
         n->slot[0] = kb;
@@ -961,7 +612,7 @@ static hamt_node *pair_new(unsigned shift, uint32_t ha, cctx_var *ka, void *va,
         entry_retain(kb, vb);
         hamt_retain(a);
     } else {
-        n = bitmap_node_new(2, bita | bitb, 0, false);
+        n = bitmap_node_new(2, bita | bitb, 0);
         if (n == NULL)
             return NULL;
         unsigned ia = bita < bitb ? 0 : 1;
@@ -974,7 +625,7 @@ static hamt_node *pair_new(unsigned shift, uint32_t ha, cctx_var *ka, void *va,
     }
     while (s > shift) {
         s -= HAMT_BITS;
-        hamt_node *up = bitmap_node_new(node_size(n), 0, 1u << hamt_frag(hb, s), false);
+        hamt_node *up = bitmap_node_new(n->size, 0, 1u << hamt_frag(hb, s));
         if (up == NULL) {
             hamt_release(n);
             return NULL;
@@ -989,7 +640,7 @@ static hamt_node *pair_new(unsigned shift, uint32_t ha, cctx_var *ka, void *va,
 
 static bool collision_find(const hamt_node *n, const cctx_var *key, void **value)
 {
-    for (unsigned i = 0; i < node_size(n); i++) {
+    for (unsigned i = 0; i < n->size; i++) {
         if (n->slot[2 * i] == key) {
             *value = n->slot[2 * i + 1];
             return true;
@@ -1050,18 +701,9 @@ bool hamt_is_unique(const hamt_node *root)
  * reference to it meanwhile (context.c's in-place handshake) and is the
  * only writer. Relaxed loads of the counts: another thread can only have
  * changed a count through a root that shares the node, i.e. a count >= 2
- * we would see. The node holding the slot may borrow the key from a source
- * ("Borrowing nodes"); then `*source_value` (if not NULL) is set to the
- * source's value slot for the key, else to NULL: the node owns the value
- * in the slot exactly when it differs from the source's (the source is
- * immutable while the node holds it: its count is at least 2 if any root
- * also reaches it, and no root walk reaches a node held only as a
- * source). */
-void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key,
-                                 void *const **source_value)
+ * we would see. */
+void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
 {
-    if (source_value != NULL)
-        *source_value = NULL;
     if (root == NULL)
         return NULL;
     hamt_node *n = root;
@@ -1070,8 +712,6 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key,
     for (;;) {
         if (cctx_load_uint_relaxed(&n->refcnt) != 1)
             return NULL;
-        if (node_source(n) != NULL && source_orphaned(node_source(n), HAMT_PATH_ROOT))
-            return NULL; /* a path copy drops the source (bitmap_rebuild) */
         const uint32_t dm = n->datamap;
         const uint32_t nm = n->nodemap;
         const unsigned frag = (hash >> (shift & 31)) & HAMT_FRAG_MASK;
@@ -1079,36 +719,21 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key,
         if ((dm & nm) == 0) {
             if (dm & bit) {
                 void **e = &n->slot[2 * below(dm, bit)];
-                if (e[0] != key)
-                    return NULL;
-                /* The source's value for the key, if the node borrows
-                 * the key from it: the slot's value is borrowed exactly
-                 * while it equals that one. */
-                const hamt_node *src = node_source(n);
-                if (source_value != NULL && entry_borrow(src, bit, key, NULL) != BORROW_NONE)
-                    *source_value = &src->slot[2 * below(src->datamap, bit) + 1];
-                return &e[1];
+                return e[0] == key ? &e[1] : NULL;
             }
             if ((nm & bit) == 0) {
                 if ((dm | nm) != 0)
                     return NULL;
-                for (unsigned i = 0; i < node_size(n); i++) /* collision node */
+                for (unsigned i = 0; i < n->size; i++) /* collision node */
                     if (n->slot[2 * i] == key)
                         return &n->slot[2 * i + 1];
                 return NULL;
             }
-            hamt_node *c = n->slot[2 * hamt_popcount(dm) + below(nm, bit)];
-            /* A borrowed child is reached from the source too, though its
-             * count does not say so (the borrower holds no reference of
-             * its own): everything below it is shared. */
-            if (child_borrowed(node_source(n), bit, c))
-                return NULL;
-            n = c;
+            n = n->slot[2 * hamt_popcount(dm) + below(nm, bit)];
         } else {
-            hamt_node *c = n->slot[frag];
-            if (c == NULL || child_borrowed(node_source(n), bit, c))
+            n = n->slot[frag];
+            if (n == NULL)
                 return NULL;
-            n = c;
         }
         shift += HAMT_BITS;
     }
@@ -1116,29 +741,17 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key,
 
 /* --------------------------------------------------------------- assoc */
 
-/* Whether the node `n`, reached from the root through nodes of which some
- * are shared (`above`), survives this operation in another map: the
- * borrowing heuristic of bitmap_rebuild. A relaxed load: a stale count
- * only changes a heuristic choice, never correctness. */
-static inline bool node_shared(const hamt_node *n, bool above)
-{
-    return above || cctx_load_uint_relaxed(&((hamt_node *)n)->refcnt) != 1;
-}
-
 /*
  * Binds key -> value in the subtree `n` (not NULL) at `shift`. CCTX_OK with
  * `*out` a new reference, or `*out == n` with no reference taken when the
  * key is already bound to `value`; `*added` says whether the size grew.
- * `path`: where `n` is (hamt_path: whether a node above has other
- * holders, the source the parent's copy drops).
  * CCTX_ENOMEM: nothing changed.
  */
 static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
-                              cctx_var *key, void *value, hamt_node **out, bool *added,
-                              hamt_path path);
+                              cctx_var *key, void *value, hamt_node **out, bool *added);
 
 static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
-                                cctx_var *key, void *value, hamt_node **out, bool *added, hamt_path path)
+                                cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const uint32_t bit = 1u << hamt_frag(hash, shift);
     hamt_node *m, *sub;
@@ -1153,7 +766,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
                 *out = n;
                 return CCTX_OK;
             }
-            m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, node_size(n), path);
+            m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, n->size);
             if (m == NULL)
                 return CCTX_ENOMEM;
             *out = m;
@@ -1172,9 +785,9 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
             return CCTX_OK;
         }
         if (hamt_popcount(n->nodemap) >= HAMT_BITMAP_MAX_CHILDREN)
-            m = bitmap_promote(n, shift, bit, sub, node_size(n) + 1);
+            m = bitmap_promote(n, shift, bit, sub, n->size + 1);
         else
-            m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) + 1, path);
+            m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size + 1);
         if (m == NULL) {
             hamt_release(sub);
             return CCTX_ENOMEM;
@@ -1185,15 +798,14 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 
     if (n->nodemap & bit) {
         hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
-        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added,
-                                    path_down(n, path, bit, child));
+        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added);
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
             *out = n;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) + *added, path);
+        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size + *added);
         if (m == NULL) {
             hamt_release(sub);
             return CCTX_ENOMEM;
@@ -1202,7 +814,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         return CCTX_OK;
     }
 
-    m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, node_size(n) + 1, path);
+    m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, n->size + 1);
     if (m == NULL)
         return CCTX_ENOMEM;
     *added = true;
@@ -1211,7 +823,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 }
 
 static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
-                               cctx_var *key, void *value, hamt_node **out, bool *added, hamt_path path)
+                               cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const unsigned idx = hamt_frag(hash, shift);
     hamt_node *child = n->slot[idx];
@@ -1222,8 +834,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
             return CCTX_ENOMEM;
         *added = true;
     } else {
-        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added,
-                                    path_down(n, path, 1u << idx, child));
+        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added);
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
@@ -1231,7 +842,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
             return CCTX_OK;
         }
     }
-    hamt_node *m = array_rebuild(n, idx, sub, node_size(n) + *added, path);
+    hamt_node *m = array_rebuild(n, idx, sub, n->size + *added);
     if (m == NULL) {
         hamt_release(sub);
         return CCTX_ENOMEM;
@@ -1241,7 +852,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 }
 
 static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
-                                   cctx_var *key, void *value, hamt_node **out, bool *added, hamt_path path)
+                                   cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const uint32_t chash = entry_key(n, 0)->hash;
     hamt_node *m;
@@ -1252,9 +863,9 @@ static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         *added = true;
     } else {
         unsigned i = 0;
-        while (i < node_size(n) && entry_key(n, i) != key)
+        while (i < n->size && entry_key(n, i) != key)
             i++;
-        *added = i == node_size(n);
+        *added = i == n->size;
         if (!*added && entry_value(n, i) == value) {
             *out = n;
             return CCTX_OK;
@@ -1268,15 +879,13 @@ static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 }
 
 static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
-                              cctx_var *key, void *value, hamt_node **out, bool *added,
-                              hamt_path path)
+                              cctx_var *key, void *value, hamt_node **out, bool *added)
 {
-    path.shared = node_shared(n, path.shared);
     if (is_array(n))
-        return array_assoc(n, shift, hash, key, value, out, added, path);
+        return array_assoc(n, shift, hash, key, value, out, added);
     if (is_collision(n))
-        return collision_assoc(n, shift, hash, key, value, out, added, path);
-    return bitmap_assoc(n, shift, hash, key, value, out, added, path);
+        return collision_assoc(n, shift, hash, key, value, out, added);
+    return bitmap_assoc(n, shift, hash, key, value, out, added);
 }
 
 cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **out)
@@ -1290,7 +899,7 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
         return CCTX_OK;
     }
     bool added;
-    cctx_status st = node_assoc(root, 0, key->hash, key, value, &m, &added, HAMT_PATH_ROOT);
+    cctx_status st = node_assoc(root, 0, key->hash, key, value, &m, &added);
     if (st != CCTX_OK)
         return st;
     if (m == root)
@@ -1304,13 +913,13 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
 /*
  * Removes `key` from the subtree `n` (not NULL) at `shift`. CCTX_OK with
  * `*out` a new reference (NULL: the subtree is now empty), CCTX_NOT_FOUND or
- * CCTX_ENOMEM, both with nothing changed. `path` as for node_assoc.
+ * CCTX_ENOMEM, both with nothing changed.
  */
 static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
-                                const cctx_var *key, hamt_node **out, hamt_path path);
+                                const cctx_var *key, hamt_node **out);
 
 static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
-                                  const cctx_var *key, hamt_node **out, hamt_path path)
+                                  const cctx_var *key, hamt_node **out)
 {
     const uint32_t bit = 1u << hamt_frag(hash, shift);
     hamt_node *m;
@@ -1330,7 +939,7 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
             *out = m;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, node_size(n) - 1, path);
+        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
         if (m == NULL)
             return CCTX_ENOMEM;
         *out = m;
@@ -1341,9 +950,8 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
         return CCTX_NOT_FOUND;
 
     hamt_node *sub;
-    hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
-    cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub,
-                                  path_down(n, path, bit, child));
+    cctx_status st = node_without(bitmap_child(n, below(n->nodemap, bit)),
+                                  shift + HAMT_BITS, hash, key, &sub);
     if (st != CCTX_OK)
         return st;
     if (sub == NULL) {
@@ -1353,17 +961,17 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
             *out = NULL;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, node_size(n) - 1, path);
-    } else if (is_bitmap(sub) && node_size(sub) == 1) {
+        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
+    } else if (is_bitmap(sub) && sub->size == 1) {
         /* Shape rule 1: a lone entry moves up into this node. */
         m = bitmap_rebuild(n, bit, SLOT_ENTRY, entry_key(sub, 0), entry_value(sub, 0),
-                           NULL, node_size(n) - 1, path);
+                           NULL, n->size - 1);
         hamt_release(sub); /* after the copy has retained the entry */
     } else if (is_collision(sub) && n->datamap == 0 && n->nodemap == bit) {
         *out = sub; /* shape rule 2 */
         return CCTX_OK;
     } else {
-        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, node_size(n) - 1, path);
+        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size - 1);
         if (m == NULL)
             hamt_release(sub);
     }
@@ -1374,21 +982,20 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
 }
 
 static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
-                                 const cctx_var *key, hamt_node **out, hamt_path path)
+                                 const cctx_var *key, hamt_node **out)
 {
     const unsigned idx = hamt_frag(hash, shift);
     hamt_node *child = n->slot[idx];
     if (child == NULL)
         return CCTX_NOT_FOUND;
     hamt_node *sub, *m;
-    cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub,
-                                  path_down(n, path, 1u << idx, child));
+    cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub);
     if (st != CCTX_OK)
         return st;
     if (sub == NULL && hamt_popcount(n->nodemap) - 1 < HAMT_ARRAY_MIN_CHILDREN) {
-        m = array_demote(n, idx, node_size(n) - 1);
+        m = array_demote(n, idx, n->size - 1);
     } else {
-        m = array_rebuild(n, idx, sub, node_size(n) - 1, path);
+        m = array_rebuild(n, idx, sub, n->size - 1);
         if (m == NULL)
             hamt_release(sub);
     }
@@ -1402,12 +1009,12 @@ static cctx_status collision_without(hamt_node *n, unsigned shift, const cctx_va
                                      hamt_node **out)
 {
     unsigned i = 0;
-    while (i < node_size(n) && entry_key(n, i) != key)
+    while (i < n->size && entry_key(n, i) != key)
         i++;
-    if (i == node_size(n))
+    if (i == n->size)
         return CCTX_NOT_FOUND;
     hamt_node *m;
-    if (node_size(n) == 2) {
+    if (n->size == 2) {
         /* Rule 3: the survivor becomes a one-entry node, which a bitmap
          * parent then inlines (rule 1). */
         m = leaf_new(shift, entry_key(n, 1 - i), entry_value(n, 1 - i));
@@ -1421,14 +1028,13 @@ static cctx_status collision_without(hamt_node *n, unsigned shift, const cctx_va
 }
 
 static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
-                                const cctx_var *key, hamt_node **out, hamt_path path)
+                                const cctx_var *key, hamt_node **out)
 {
-    path.shared = node_shared(n, path.shared);
     if (is_array(n))
-        return array_without(n, shift, hash, key, out, path);
+        return array_without(n, shift, hash, key, out);
     if (is_collision(n))
         return collision_without(n, shift, key, out);
-    return bitmap_without(n, shift, hash, key, out, path);
+    return bitmap_without(n, shift, hash, key, out);
 }
 
 cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
@@ -1436,7 +1042,7 @@ cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
     if (root == NULL)
         return CCTX_NOT_FOUND;
     hamt_node *m;
-    cctx_status st = node_without(root, 0, key->hash, key, &m, HAMT_PATH_ROOT);
+    cctx_status st = node_without(root, 0, key->hash, key, &m);
     if (st != CCTX_OK)
         return st;
     *out = m;
@@ -1464,7 +1070,7 @@ static bool node_equal(const hamt_node *a, const hamt_node *b, unsigned shift)
 {
     if (a == b)
         return true; /* shared subtree */
-    if (node_size(a) != node_size(b))
+    if (a->size != b->size)
         return false;
     if (a->datamap != b->datamap || a->nodemap != b->nodemap || is_collision(a))
         return subtree_contained(a, b, shift);
@@ -1579,18 +1185,11 @@ static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
     CHECK(n != NULL);
     CHECK(depth < HAMT_MAX_DEPTH);
     CHECK(cctx_load_uint_relaxed(&n->refcnt) >= 1);
-    CHECK(node_size(n) >= 1);
+    CHECK(n->size >= 1);
 
     if (is_array(n)) {
         CHECK(n->datamap == HAMT_ARRAY_MARK);
         CHECK(shift + HAMT_BITS <= HAMT_LAST_SHIFT);
-        const hamt_node *asrc = node_source(n);
-        if (asrc != NULL) { /* as for bitmap nodes below */
-            CHECK(is_array(asrc));
-            CHECK(node_source(asrc) == NULL);
-            CHECK(cctx_load_uint_relaxed(&((hamt_node *)asrc)->refcnt) >= 1);
-            CHECK(borrow_count(n) >= 1);
-        }
         CHECK(hamt_popcount(n->nodemap) >= HAMT_ARRAY_MIN_CHILDREN);
         for (unsigned i = 0; i < HAMT_ARRAY_SLOTS; i++) {
             const hamt_node *c = n->slot[i];
@@ -1601,16 +1200,16 @@ static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
                               PARENT_ARRAY, depth + 1);
             if (line != 0)
                 return line;
-            total += node_size(c);
+            total += c->size;
         }
-        CHECK(total == node_size(n));
+        CHECK(total == n->size);
         return 0;
     }
 
     if (is_collision(n)) {
-        CHECK(node_size(n) >= 2);
+        CHECK(n->size >= 2);
         const uint32_t hash = entry_key(n, 0)->hash;
-        for (unsigned i = 0; i < node_size(n); i++) {
+        for (unsigned i = 0; i < n->size; i++) {
             line = check_key(entry_key(n, i), shift, prefix);
             if (line != 0)
                 return line;
@@ -1629,28 +1228,9 @@ static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
     CHECK(shift < HAMT_LAST_SHIFT || ((n->datamap | n->nodemap) & ~0xFu) == 0);
     CHECK(nc <= HAMT_BITMAP_MAX_CHILDREN);
     if (parent == PARENT_BITMAP)
-        CHECK(node_size(n) >= 2); /* rule 1 */
+        CHECK(n->size >= 2); /* rule 1 */
     if (nd == 0 && nc == 1)
         CHECK(!is_collision(bitmap_child(n, 0))); /* rule 2 */
-    const hamt_node *src = node_source(n);
-    if (src != NULL) {
-        /* Borrowing: the source is a live, sourceless bitmap node at the
-         * same trie position (its keys sit on this node's prefix), and
-         * something is still borrowed from it. Its subtree is not walked
-         * again: what this node borrows from it is checked below as part
-         * of this node. */
-        CHECK(is_bitmap(src));
-        CHECK(node_source(src) == NULL);
-        CHECK(cctx_load_uint_relaxed(&src->refcnt) >= 1);
-        CHECK(borrow_count(n) >= 1);
-        unsigned k = 0;
-        for (uint32_t rest = src->datamap; rest != 0; rest &= rest - 1, k++) {
-            line = check_key(entry_key(src, k), shift, prefix);
-            if (line != 0)
-                return line;
-            CHECK(hamt_frag(entry_key(src, k)->hash, shift) == (unsigned)__builtin_ctz(rest));
-        }
-    }
     unsigned i = 0;
     for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
         const cctx_var *key = entry_key(n, i);
@@ -1668,9 +1248,9 @@ static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
                           PARENT_BITMAP, depth + 1);
         if (line != 0)
             return line;
-        total += node_size(c);
+        total += c->size;
     }
-    CHECK(total + nd == node_size(n));
+    CHECK(total + nd == n->size);
     return 0;
 }
 
@@ -1703,14 +1283,12 @@ hamt_shape hamt_shape_at(const hamt_node *root, const char *path)
     if (n == NULL)
         return sh;
     sh.kind = is_array(n) ? 'a' : is_collision(n) ? 'c' : 'b';
-    sh.size = node_size(n);
+    sh.size = n->size;
     sh.refcnt = cctx_load_uint_relaxed(&((hamt_node *)n)->refcnt);
     sh.entries = is_array(n) ? 0 : entry_count(n);
     sh.children = hamt_popcount(n->nodemap);
     sh.datamap = n->datamap;
     sh.nodemap = n->nodemap;
-    sh.source = node_source(n);
-    sh.borrowed = borrow_count(n);
     return sh;
 }
 
@@ -1737,11 +1315,8 @@ static void dump_node(FILE *out, const hamt_node *n, unsigned shift, int indent)
 {
     const unsigned refcnt = cctx_load_uint_relaxed(&n->refcnt);
     if (is_array(n)) {
-        fprintf(out, "%*sarray level %u size %u refcnt %u children %u", indent, "",
-                shift / HAMT_BITS, node_size(n), refcnt, hamt_popcount(n->nodemap));
-        if (node_source(n) != NULL)
-            fprintf(out, " source %p (borrows %u)", (void *)node_source(n), borrow_count(n));
-        fputc('\n', out);
+        fprintf(out, "%*sarray level %u size %u refcnt %u children %u\n", indent, "",
+                shift / HAMT_BITS, n->size, refcnt, hamt_popcount(n->nodemap));
         for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1) {
             fprintf(out, "%*s[%u]\n", indent + 2, "", (unsigned)__builtin_ctz(rest));
             dump_node(out, n->slot[__builtin_ctz(rest)], shift + HAMT_BITS, indent + 4);
@@ -1750,16 +1325,13 @@ static void dump_node(FILE *out, const hamt_node *n, unsigned shift, int indent)
     }
     if (is_collision(n)) {
         fprintf(out, "%*scollision level %u size %u refcnt %u hash %08x\n", indent, "",
-                shift / HAMT_BITS, node_size(n), refcnt, entry_key(n, 0)->hash);
-        for (unsigned i = 0; i < node_size(n); i++)
+                shift / HAMT_BITS, n->size, refcnt, entry_key(n, 0)->hash);
+        for (unsigned i = 0; i < n->size; i++)
             dump_entry(out, indent + 2, true, i, entry_key(n, i), entry_value(n, i));
         return;
     }
-    fprintf(out, "%*sbitmap level %u size %u refcnt %u datamap %08x nodemap %08x",
-            indent, "", shift / HAMT_BITS, node_size(n), refcnt, n->datamap, n->nodemap);
-    if (node_source(n) != NULL)
-        fprintf(out, " source %p (borrows %u)", (void *)node_source(n), borrow_count(n));
-    fputc('\n', out);
+    fprintf(out, "%*sbitmap level %u size %u refcnt %u datamap %08x nodemap %08x\n",
+            indent, "", shift / HAMT_BITS, n->size, refcnt, n->datamap, n->nodemap);
     unsigned i = 0;
     for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++)
         dump_entry(out, indent + 2, false, (unsigned)__builtin_ctz(rest), entry_key(n, i),

@@ -11,14 +11,6 @@
  *   "new reference" is released with hamt_release.
  * - An entry retains its key (var_ref) and its value (the key's retain
  *   callback). Freeing a node releases what its entries retained.
- * - Except: a node copied from a node that another map still reaches
- *   *borrows* (hamt.c, "Borrowing nodes"): it holds one reference to a
- *   source node instead of one per shared key, value and child, so a
- *   copy-then-set of a shared map writes a constant number of shared
- *   reference counts, not one per entry. Consequence: a value replaced or
- *   removed in a derived map stays referenced until the derived node that
- *   borrows from the node holding it is freed (at most one source per
- *   node; sources never have sources).
  * - hamt_* never frees memory another thread could be reading: callers
  *   that publish roots to other threads (context.c) defer releases through
  *   reclaim.c.
@@ -64,16 +56,9 @@ bool hamt_is_unique(const hamt_node *root) CCTX_HIDDEN;
 
 /* The value slot of `key` in `root` when every node on its path is
  * uniquely owned (reference count 1), else NULL: the one place a map is
- * changed in place. Only context.c calls it, under its in-place handshake.
- * The node may borrow the entry from a source node (hamt.c, "Borrowing
- * nodes"): `*source_value` (unless `source_value` is NULL) is set to the
- * source's value slot for `key`, or NULL when the key is not borrowed. The
- * node owns the slot's value exactly when it differs from
- * `**source_value`; so the caller stores the new value retained, releases
- * the old value only if the node owned it, and drops its new reference if
- * the new value equals the source's (the node borrows it again). */
-void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key,
-                                 void *const **source_value) CCTX_HIDDEN;
+ * changed in place. Only context.c calls it, under its in-place handshake;
+ * the caller stores the new value (retained) and releases the old one. */
+void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key) CCTX_HIDDEN;
 
 /* Returns in `*out` a new reference to a map equal to `root` with `key`
  * bound to `value`. If `key` is already bound to the same pointer, `*out` is
@@ -115,8 +100,6 @@ typedef struct hamt_shape {
     char kind; /* 'b' bitmap, 'a' array, 'c' collision; 0: no node there */
     unsigned size, refcnt, entries, children;
     uint32_t datamap, nodemap; /* as stored (an array node's datamap is a mark) */
-    const hamt_node *source; /* the node it borrows from (hamt.c), or NULL */
-    unsigned borrowed;       /* keys and children borrowed from `source` */
 } hamt_shape;
 
 /* The shape of the node reached from `root` by `path`: child ranks (the

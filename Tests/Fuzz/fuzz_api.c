@@ -13,9 +13,8 @@
  *
  * Values are counted objects: the model knows which values are reachable
  * (from live contexts, tokens, iterator snapshots, locals and defaults) and
- * checks after every call that all of those are alive — single-threaded,
- * so nothing is deferred; a replaced value may outlive its reachability
- * while a borrowing map node keeps its source (hamt.h). At the end of each input everything is torn down:
+ * checks after every call that exactly those are alive — single-threaded,
+ * so nothing is deferred. At the end of each input everything is torn down:
  * no value may be left, and cctx__live_allocations() must return to where
  * it started once cctx_thread_cleanup() has run.
  *
@@ -562,13 +561,7 @@ static void check_all(void)
 
     void *all[4 * MAXV * MAXC + MAXT + MAXL + 8];
     int n = reachable(all, (int)(sizeof all / sizeof all[0]));
-    /* Every value the model reaches is alive (checked below: a freed one
-     * fails the tag check, or ASan reports it). More may be alive than
-     * the model reaches: a map that replaced or removed a value while
-     * another map shared that node borrows from it and keeps it until
-     * its next write through the node (hamt.h, "borrows"). So a leak
-     * shows at teardown, where nothing may be left. */
-    if (n > fv_live) {
+    if (n != fv_live) {
         fprintf(stderr, "fuzz_api: %ld values alive, model reaches %d (op #%d %s)\n",
                 fv_live, n, op_no, op_name);
         abort();

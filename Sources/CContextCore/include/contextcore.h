@@ -47,11 +47,7 @@
  * user pointer) owns its values: `retain` is called when the runtime
  * stores a value, `release` when it drops one. Callbacks are never called
  * with NULL; a NULL value is stored as is. With no callbacks the runtime
- * never touches values. A value replaced or removed in a context while a
- * copy or snapshot of it shared that part of the map may be released
- * later than the copy: at the context's next write through that part of
- * the map, or its release (maps derived from a shared map borrow its
- * nodes instead of retaining each entry). `release` without `retain` is refused with
+ * never touches values. `release` without `retain` is refused with
  * CCTX_EINVAL (the runtime would drop references it never took); `retain`
  * alone is allowed. Callbacks may run on any thread (values are released
  * by whichever thread drops the last reference), never while the runtime

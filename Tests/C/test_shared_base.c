@@ -1,16 +1,16 @@
 /*
- * test_borrow.c — maps derived from a shared map borrow its nodes
- * (hamt.c, "Borrowing nodes"), seen through the public API:
+ * test_shared_base.c — copies of one shared base context that set, reset,
+ * delete and overwrite in place what they share with it (the request
+ * pattern: Benchmarks/c/bench_core.c, request_loop), through the public
+ * API:
  *
- *   - cost: copying a shared base, setting 2 variables and releasing the
- *     copy writes a number of value reference counts that does not grow
- *     with the base (20 or 2,000 variables);
- *   - lifetime: values released through borrowed and owned entries in
- *     every order (base first, copy first, reset through a token, in-place
- *     overwrite of a borrowed entry, a value equal to the base's), with
- *     release callbacks that read and set variables; every count ends at 0;
+ *   - lifetime: values released in every order (base first, copy first,
+ *     reset through a token, in-place overwrite of a value the base also
+ *     binds, the base's own value stored again, deletes), with release
+ *     callbacks that read and set variables; every count ends at 0 and
+ *     each value is released as soon as no map binds it;
  *   - stress: threads copying one shared base and writing their copies
- *     while another thread keeps replacing the base's values.
+ *     while another thread keeps replacing and deleting the base's values.
  */
 #include "test_support.h"
 
@@ -56,67 +56,6 @@ static cctx_context *base_new(cctx_var **vars, int n, tv_hook hook)
         tv_drop(v);
     }
     return base;
-}
-
-/* ------------------------------------------------------------------ cost */
-
-/* Value retain + release callbacks for one request against a base of
- * `n` variables: copy the base, enter, set a new variable and an existing
- * one, get 4, exit, release (Benchmarks/c/bench_core.c, request_loop).
- * The variables' hashes come from a fixed sequence, so the trie's shape is
- * the same in every run: an insert that promotes a bitmap node to an array
- * node (its 17th child) moves each of that node's entries into a new leaf
- * and so retains them one by one (at most 32, rare); the sequence is one
- * where the request's insert does not. */
-static long request_value_writes(int n)
-{
-    cctx_var **vars = calloc((size_t)n + 1, sizeof(*vars));
-    assert_non_null(vars);
-    uint64_t rng = 0x5EED0001u;
-    for (int i = 0; i <= n; i++)
-        assert_ok(cctx__var_new_with_hash("v", &tv_ops, (uint32_t)rng_next(&rng), &vars[i]));
-    cctx_context *base = base_new(vars, n, NULL);
-    tv_value *a = tv_new(-1), *b = tv_new(-2);
-
-    long before = tv_retains() + tv_releases();
-    cctx_context *c = NULL;
-    assert_ok(cctx_context_copy(base, &c));
-    assert_ok(cctx_context_enter(c));
-    assert_ok(cctx_var_set(vars[n], a, NULL));
-    assert_ok(cctx_var_set(vars[n / 2], b, NULL));
-    for (int k = 0; k < 4; k++)
-        (void)current_id(vars[(5 * k) % (n + 1)]);
-    assert_ok(cctx_context_exit(c));
-    cctx_context_release(c);
-    long writes = tv_retains() + tv_releases() - before;
-
-    assert_int_equal(lookup_id(base, vars[n / 2]), n / 2 + 1); /* base unchanged */
-    assert_int_equal(lookup_id(base, vars[n]), -1);
-    tv_drop(a);
-    tv_drop(b);
-    cctx_context_release(base);
-    for (int i = 0; i <= n; i++)
-        cctx_var_release(vars[i]);
-    free(vars);
-    return writes;
-}
-
-/* The per-entry reference counts were what made 2 threads slower than 1
- * on this pattern: every entry the first set copied out of the shared
- * root was retained, and released with the copy. Now: the two values set
- * (retained, released) and at most one re-retain of an owned entry when
- * a second path copy is needed — the same bound for any base size. */
-static void test_request_value_writes_do_not_grow_with_the_base(void **state)
-{
-    (void)state;
-    long small = request_value_writes(20);
-    long large = request_value_writes(2000);
-    print_message("value reference-count writes per request: base of 20: %ld, of 2000: %ld\n",
-                  small, large);
-    assert_in_range(small, 4, 8);
-    assert_in_range(large, 4, 8);
-    assert_ok(cctx_thread_cleanup());
-    assert_int_equal(tv_live(), 0);
 }
 
 /* ------------------------------------------------------------- lifetime */
@@ -166,7 +105,8 @@ static void life_teardown(void)
 }
 
 /* A copy of `base` with a new variable set and an existing one replaced
- * (so its root borrows from the base's). Entered when `enter`. */
+ * (so its root is its own, sharing the rest with the base's). Entered
+ * when `enter`. */
 static cctx_context *derived_new(cctx_context *base, bool enter)
 {
     cctx_context *c = NULL;
@@ -192,7 +132,9 @@ static void test_release_base_first(void **state)
     cctx_context *base = base_new(life_vars, LIFE_VARS, hook_reads_and_sets);
     cctx_context *c = derived_new(base, false);
     cctx_context_release(base);
-    /* The derived map still reads every borrowed value. */
+    /* Id 4, which the copy replaced, is bound by no map now: released at
+     * once. The copy still reads every value it shares with the base. */
+    assert_int_equal(hook_runs, 1);
     for (int i = 0; i < LIFE_VARS; i++)
         assert_int_equal(lookup_id(c, life_vars[i]), i == 3 ? 1002 : i + 1);
     assert_int_equal(cctx__context_check(c), 0);
@@ -217,10 +159,9 @@ static void test_release_copy_first(void **state)
     life_teardown();
 }
 
-/* Inside the entered copy: set a base variable with a token and reset it
- * (the reset restores the base's own value: borrowed again), then the
- * same through the copy's second path. */
-static void test_reset_restores_borrowed_value(void **state)
+/* Inside the entered copy: set each base variable with a token and reset
+ * it (the reset stores the base's own value again). */
+static void test_reset_restores_the_base_value(void **state)
 {
     (void)state;
     life_setup();
@@ -245,12 +186,11 @@ static void test_reset_restores_borrowed_value(void **state)
     life_teardown();
 }
 
-/* The entered copy overwrites base variables in place (its root is its
- * own after the first set): the base keeps its values; the overwritten
- * borrowed value is not released by the copy; a later overwrite releases
- * the copy's own value. And a value equal to the base's is borrowed
- * again: the copy drops its extra reference (exact counts on the value). */
-static void test_in_place_overwrite_of_borrowed_entries(void **state)
+/* The entered copy overwrites base variables (in place where its path is
+ * its own): the base keeps its values, and each value the copy replaces
+ * is released at once when no map binds it any more; storing the base's
+ * own value again gives the copy one reference to it (exact counts). */
+static void test_overwrite_of_values_shared_with_the_base(void **state)
 {
     (void)state;
     life_setup();
@@ -268,16 +208,14 @@ static void test_in_place_overwrite_of_borrowed_entries(void **state)
             assert_ok(cctx_var_set(life_vars[i], v, NULL));
             tv_drop(v);
             assert_int_equal(v->refcnt, 1); /* the copy's only */
-            /* user + base, whatever the copy did */
-            assert_int_equal(shared[i]->refcnt, 2);
+            assert_int_equal(shared[i]->refcnt, 2); /* user + base */
             assert_int_equal(lookup_id(base, life_vars[i]), i + 1);
-            /* Back to the base's value: borrowed again, and the replaced
-             * value is released at once. */
+            /* Back to the base's value: the replaced value is released
+             * at once. */
             long runs = hook_runs;
             assert_ok(cctx_var_set(life_vars[i], shared[i], NULL));
             assert_int_equal(hook_runs, runs + 1);
-            /* The copy may own it (path copy) or borrow it (in place). */
-            assert_in_range(shared[i]->refcnt, 2, 3);
+            assert_int_equal(shared[i]->refcnt, 3); /* user, base, copy */
             assert_int_equal(cctx__context_check(c), 0);
         }
     }
@@ -293,82 +231,7 @@ static void test_in_place_overwrite_of_borrowed_entries(void **state)
     life_teardown();
 }
 
-/* The base replaces its values while copies hold its old root: the
- * base's new root borrows the old one; once the copies are gone that
- * source is orphaned and the base's next write through that node drops
- * it, releasing the replaced values (hamt.h: a replaced value lives until
- * then). Hashes 0..19 put every variable in the root node, so "the next
- * write through that node" is the next write. */
-static void test_replaced_values_released_by_the_next_write(void **state)
-{
-    (void)state;
-    life_setup();
-    cctx_var *flat[20];
-    for (int i = 0; i < 20; i++) {
-        assert_ok(cctx__var_new_with_hash("flat", &tv_ops, (uint32_t)i, &flat[i]));
-        cctx_var_release(life_vars[i]);
-        life_vars[i] = flat[i]; /* released by life_teardown */
-    }
-    cctx_context *base = base_new(life_vars, 20, hook_reads_and_sets);
-    cctx_context *c = NULL;
-    assert_ok(cctx_context_copy(base, &c));
-    tv_value *v = tv_new_hooked(4000, hook_reads_and_sets, NULL);
-    assert_ok(cctx_context_set(base, life_vars[5], v, NULL)); /* replaces id 6 */
-    tv_drop(v);
-    assert_int_equal(lookup_id(c, life_vars[5]), 6);
-    assert_int_equal(hook_runs, 0);
-    cctx_context_release(c);
-    /* Id 6 is bound by no map now; the base's root still borrows from
-     * the node that holds it. */
-    long live = tv_live();
-    tv_value *w = tv_new_hooked(4001, hook_reads_and_sets, NULL);
-    assert_ok(cctx_context_set(base, life_vars[5], w, NULL)); /* replaces 4000 */
-    tv_drop(w);
-    assert_int_equal(tv_live(), live - 1); /* 4000 and 6 gone, 4001 new */
-    assert_int_equal(hook_runs, 2);
-    assert_int_equal(cctx__context_check(base), 0);
-    cctx_context_release(base);
-    assert_int_equal(hook_runs, 20 + 2);
-    life_teardown();
-}
-
-/* The same one level down: x and y share the root's fragment 3, so they
- * sit in a child node; z sits in the root. After the copy is gone, the
- * base's root and that child both borrow from nodes only they (and the
- * old root) hold; one write through the child drops both sources. */
-static void test_replaced_value_in_a_child_released_by_the_next_write(void **state)
-{
-    (void)state;
-    life_setup();
-    static const uint32_t hashes[3] = { 3u | (1u << 5), 3u | (2u << 5), 7u };
-    cctx_var *v3[3];
-    for (int i = 0; i < 3; i++) {
-        assert_ok(cctx__var_new_with_hash("deep", &tv_ops, hashes[i], &v3[i]));
-        cctx_var_release(life_vars[i]);
-        life_vars[i] = v3[i]; /* released by life_teardown */
-    }
-    cctx_context *base = base_new(life_vars, 3, hook_reads_and_sets);
-    cctx_context *c = NULL;
-    assert_ok(cctx_context_copy(base, &c));
-    tv_value *v = tv_new_hooked(5000, hook_reads_and_sets, NULL);
-    assert_ok(cctx_context_set(base, life_vars[0], v, NULL)); /* replaces id 1 */
-    tv_drop(v);
-    cctx_context_release(c);
-    assert_int_equal(hook_runs, 0); /* id 1: still in the base root's source */
-    tv_value *w = tv_new_hooked(5001, hook_reads_and_sets, NULL);
-    assert_ok(cctx_context_set(base, life_vars[0], w, NULL)); /* replaces 5000 */
-    tv_drop(w);
-    assert_int_equal(hook_runs, 2); /* 5000 and id 1 */
-    assert_int_equal(lookup_id(base, life_vars[0]), 5001);
-    assert_int_equal(lookup_id(base, life_vars[1]), 2);
-    assert_int_equal(lookup_id(base, life_vars[2]), 3);
-    assert_int_equal(cctx__context_check(base), 0);
-    cctx_context_release(base);
-    assert_int_equal(hook_runs, 3 + 2);
-    life_teardown();
-}
-
-/* Deleting through a derived map (hamt_without on a borrowing node). */
+/* Deleting in the copy what it shares with the base. */
 static void test_delete_in_derived_map(void **state)
 {
     (void)state;
@@ -492,13 +355,10 @@ static void test_threads_copy_a_base_that_is_being_replaced(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_value_writes_do_not_grow_with_the_base),
         cmocka_unit_test(test_release_base_first),
         cmocka_unit_test(test_release_copy_first),
-        cmocka_unit_test(test_reset_restores_borrowed_value),
-        cmocka_unit_test(test_in_place_overwrite_of_borrowed_entries),
-        cmocka_unit_test(test_replaced_values_released_by_the_next_write),
-        cmocka_unit_test(test_replaced_value_in_a_child_released_by_the_next_write),
+        cmocka_unit_test(test_reset_restores_the_base_value),
+        cmocka_unit_test(test_overwrite_of_values_shared_with_the_base),
         cmocka_unit_test(test_delete_in_derived_map),
         cmocka_unit_test(test_threads_copy_a_base_that_is_being_replaced),
     };
