@@ -6,7 +6,12 @@
  * on a shared VM are not.
  *
  *   count_ops OP N      OP: set_reset_1 set_reset_100 copy enter_exit
- *                           local_set request get
+ *                           local_set request request_2000 get
+ *
+ * request_2000 is the request with a base of 2,000 variables instead of
+ * 20: shared structure must cost a constant number of shared writes per
+ * copy (hamt.c, "Borrowing nodes"), so the two rows differ only by the
+ * trie's depth (one or two more borrowing nodes per path copy).
  */
 #include <contextcore.h>
 
@@ -30,7 +35,9 @@ void *__wrap_calloc(size_t a, size_t b) { allocs++; return __real_calloc(a, b); 
 static int values[4];
 #define VAL(i) ((void *)&values[(i) & 3])
 
-static cctx_var *vars[128];
+enum { NVARS_MAX = 2048 };
+static cctx_var *vars[NVARS_MAX + 1];
+static int request_vars; /* the request's base size */
 
 static void check(cctx_status st, const char *what)
 {
@@ -71,16 +78,17 @@ __attribute__((noinline)) static void measured(const char *op, long n, cctx_cont
             void *out;
             check(cctx_var_get(vars[0], &out), "get");
         }
-    } else if (strcmp(op, "request") == 0) {
+    } else if (strncmp(op, "request", 7) == 0) {
+        const int nb = request_vars;
         for (long i = 0; i < n; i++) {
             cctx_context *c;
             check(cctx_context_copy(base, &c), "copy");
             check(cctx_context_enter(c), "enter");
-            check(cctx_var_set(vars[20], VAL(i), NULL), "set");
-            check(cctx_var_set(vars[i % 20], VAL(i + 1), NULL), "set");
+            check(cctx_var_set(vars[nb], VAL(i), NULL), "set");
+            check(cctx_var_set(vars[i % nb], VAL(i + 1), NULL), "set");
             for (int k = 0; k < 4; k++) {
                 void *out;
-                check(cctx_var_get(vars[(i + 5 * k) % 21], &out), "get");
+                check(cctx_var_get(vars[(i + 5 * k) % (nb + 1)], &out), "get");
             }
             check(cctx_context_exit(c), "exit");
             cctx_context_release(c);
@@ -96,12 +104,16 @@ int main(int argc, char **argv)
     }
     const char *op = argv[1];
     long n = atol(argv[2]);
-    for (int i = 0; i < 128; i++) {
+    for (int i = 0; i <= NVARS_MAX; i++) {
         char name[16];
         snprintf(name, sizeof name, "v%d", i);
         check(cctx_var_new(name, NULL, &vars[i]), "var_new");
     }
-    int nvars = strcmp(op, "set_reset_100") == 0 ? 100 : strcmp(op, "request") == 0 ? 20 : 1;
+    int nvars = strcmp(op, "set_reset_100") == 0  ? 100
+                : strcmp(op, "request") == 0      ? 20
+                : strcmp(op, "request_2000") == 0 ? 2000
+                                                  : 1;
+    request_vars = nvars;
     cctx_context *base;
     check(cctx_context_new(&base), "context_new");
     for (int i = 0; i < nvars; i++)
@@ -119,7 +131,7 @@ int main(int argc, char **argv)
            (double)(allocs - a0) / (double)n);
     cctx_local_release(local);
     cctx_context_release(base);
-    for (int i = 0; i < 128; i++)
+    for (int i = 0; i <= NVARS_MAX; i++)
         cctx_var_release(vars[i]);
     (void)cctx_thread_cleanup();
     return 0;
