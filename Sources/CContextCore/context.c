@@ -11,7 +11,15 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#endif
 #include "context.h"
 #include "reclaim.h"
 #include "thread_state.h"
@@ -147,42 +155,199 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
 }
 
 /*
- * Entering does not retain: while a context is entered, the thread that
- * entered it relies on its caller's reference. When the last reference is
- * released while the context is entered (ENTERED(ts) in context.h), the
- * releaser hands that reference to the entered state instead of freeing:
- * one CAS of `owner` from ts to ts|CCTX_OWNER_HELD, so that the count
- * never reaches zero while the context is entered (a borrowed current
- * context may still be retained). Exit is a CAS from ts to FREE; it fails
- * only when a reference was handed over, and then the exiting thread
- * frees `owner` and drops that reference. Either the releaser's CAS comes
- * first (the exit sees HELD) or the exit's (the releaser sees FREE and
- * frees: the exiting thread no longer touches the context after its CAS).
+ * The handover. Entering does not retain: while a context is entered, the
+ * thread that entered it (ts) relies on its caller's reference. When the
+ * last reference is released while the context is entered, the count must
+ * not reach zero (a borrowed current context may still be retained), so
+ * the releaser hands that reference to the entered state, which drops it
+ * at exit. Two cases (context.h's table):
+ *
+ * - The releaser is ts itself: it sets HELD in `owner` with a plain store
+ *   (nobody else writes an ENTERED(ts) word), and ts's exit, reading its
+ *   own word, drops the reference.
+ *
+ * - The releaser is another thread R. It must not write `owner` — then the
+ *   exit would need a locked instruction to notice — so it puts the
+ *   context on the handover list (a mutex-guarded list, rare), bumps
+ *   `handover_pending`, and looks at `owner` again; every exit stores FREE
+ *   and then reads `handover_pending`. This is Dekker's pattern:
+ *
+ *       exit (ts)                     release (R)
+ *       store owner = FREE            store handover_pending += 1
+ *       light barrier                 heavy barrier
+ *       load handover_pending         load owner
+ *
+ *   With a full barrier on both sides, at least one of the loads sees the
+ *   other side's store. The exit is the hot path, so its barrier is a
+ *   compiler barrier only, and R's barrier is membarrier(PRIVATE_EXPEDITED):
+ *   it runs a full barrier on every CPU running a thread of this process,
+ *   which makes the exit's program order (store, then load) hold as if it
+ *   had fenced (the asymmetric barrier of RCU implementations). Without
+ *   membarrier (old kernels, valgrind, a failed registration) the exit
+ *   fences for real and R's barrier is a plain fence.
+ *
+ *   So: if R sees ENTERED, the exit will see the pending count and collect
+ *   (handover_collect: under the lock, every listed context whose owner is
+ *   FREE is unlinked, and its reference released). If R sees FREE (the
+ *   exit came first), R unlinks the context itself and releases again.
+ *   Everything that touches a listed context does so under the lock, and
+ *   the exit touches nothing of the context after its store; so whichever
+ *   side unlinks it is the only one that still uses it, and no context is
+ *   freed while another thread looks at it. A collector that finds a
+ *   listed context entered again (by a holder of a newer reference) leaves
+ *   it for that entry's exit.
  */
+static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
+static cctx_context *handover_head;  /* under handover_lock */
+static unsigned handover_pending;    /* listed contexts; written under the lock */
+/* Non-zero: exits fence for real (no membarrier). Set once before any
+ * thread state exists (context_barrier_init), then only read. */
+static int exit_fence = 1;
+
+static bool membarrier_register(void)
+{
+#if defined(__linux__) && defined(SYS_membarrier)
+    long cmds = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    return cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
+           syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+#else
+    return false;
+#endif
+}
+
+void context_barrier_init(void)
+{
+    if (membarrier_register())
+        exit_fence = 0;
+}
+
+int cctx__context_exit_barrier(int mode)
+{
+    if (mode == 1)
+        exit_fence = 1;
+    else if (mode == 2)
+        context_barrier_init();
+    return exit_fence ? 1 : 2;
+}
+
+/* The releasing side's barrier (see above). */
+static void handover_heavy_barrier(void)
+{
+    if (exit_fence) {
+        cctx_fence_memory();
+        return;
+    }
+#if defined(__linux__) && defined(SYS_membarrier)
+    /* Registered, so this cannot fail short of a kernel bug; the exits no
+     * longer fence, so there is no correct way on. */
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+        fprintf(stderr, "contextcore: membarrier failed\n");
+        abort();
+    }
+#endif
+}
+
+void context_atfork_prepare(void)
+{
+    pthread_mutex_lock(&handover_lock);
+}
+
+void context_atfork_release(void)
+{
+    pthread_mutex_unlock(&handover_lock);
+}
+
+void context_atfork_child(void)
+{
+    pthread_mutex_unlock(&handover_lock);
+    /* Registration belongs to the address space; should the child's not
+     * carry it, fall back to fencing exits: safe to switch now, the child
+     * has one thread and it is not exiting a context. */
+    if (!exit_fence && !membarrier_register())
+        exit_fence = 1;
+}
+
+/* R's side: `ctx`'s last reference, released while another thread has it
+ * entered. Returns true when that thread's exit now owns the reference,
+ * false when the context was left meanwhile (the caller owns it again). */
+static bool handover_to_exit(cctx_context *ctx)
+{
+    pthread_mutex_lock(&handover_lock);
+    ctx->handover_next = handover_head;
+    handover_head = ctx;
+    cctx_store_uint(&handover_pending, handover_pending + 1);
+    handover_heavy_barrier();
+    uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+    bool handed = owner > CCTX_OWNER_WRITING;
+    if (!handed) {
+        /* Left (or claimed, or being written once: those hold no reference
+         * of their own): unlink; it is still first or behind contexts
+         * listed after it, and only lock holders change the list. */
+        cctx_context **p = &handover_head;
+        while (*p != ctx)
+            p = &(*p)->handover_next;
+        *p = ctx->handover_next;
+        cctx_store_uint(&handover_pending, handover_pending - 1);
+    }
+    pthread_mutex_unlock(&handover_lock);
+    return handed;
+}
+
+/* The exit's side, when contexts are listed: releases each listed context
+ * nobody has entered. Releases after the unlock: they may run callbacks
+ * that release more contexts. */
+static __attribute__((noinline, cold)) void handover_collect(void)
+{
+    cctx_context *drop = NULL;
+    pthread_mutex_lock(&handover_lock);
+    for (cctx_context **p = &handover_head; *p != NULL;) {
+        cctx_context *c = *p;
+        /* Acquire: the exiting thread's writes happen before the release. */
+        if (cctx_load_uintptr(&c->owner) == CCTX_OWNER_NONE) {
+            *p = c->handover_next;
+            c->handover_next = drop;
+            drop = c;
+            cctx_store_uint(&handover_pending, handover_pending - 1);
+        } else {
+            p = &c->handover_next;
+        }
+    }
+    pthread_mutex_unlock(&handover_lock);
+    while (drop != NULL) {
+        cctx_context *next = drop->handover_next;
+        cctx_context_release(drop);
+        drop = next;
+    }
+}
+
 void cctx_context_release(cctx_context *ctx)
 {
     if (!context_is_valid(ctx))
         return;
-    /* Not the last reference: one locked CAS, as a decrement would be. A
-     * count of 1 is the caller's own reference (see hamt_release): nobody
-     * else can raise it except the thread that has the context entered
-     * (retaining its borrowed current context), which the handover below
-     * allows for. */
     for (;;) {
+        /* Not the last reference: one locked CAS, as a decrement would be.
+         * A count of 1 is the caller's own reference (see hamt_release):
+         * nobody else can raise it except a thread that has the context
+         * entered (retaining its borrowed current context), which the
+         * handover allows for. */
         unsigned n = cctx_load_uint(&ctx->refcnt);
-        if (n == 1)
-            break;
-        if (cctx_cas_uint(&ctx->refcnt, n, n - 1))
-            return;
-    }
-    for (;;) {
+        if (n != 1) {
+            if (cctx_cas_uint(&ctx->refcnt, n, n - 1))
+                return;
+            continue;
+        }
         uintptr_t owner = cctx_load_uintptr(&ctx->owner);
         if (owner <= CCTX_OWNER_WRITING || (owner & CCTX_OWNER_HELD) != 0)
             break; /* FREE (or claimed, or a one-off writer): free it */
-        /* Entered: the entered state keeps this reference (see above). */
-        if (cctx_cas_uintptr(&ctx->owner, owner, owner | CCTX_OWNER_HELD))
+        if (owner == (uintptr_t)thread_state_peek()) {
+            /* Entered by this thread: only it writes the word (context.h). */
+            cctx_store_uintptr(&ctx->owner, owner | CCTX_OWNER_HELD);
             return;
-        /* The owner left meanwhile: look again. */
+        }
+        if (handover_to_exit(ctx))
+            return;
+        /* Its owner left meanwhile: the reference is ours again; look at
+         * the count again (the owner may have retained it before leaving). */
     }
     ctx->magic = 0;
     hamt_node *root = ctx->root;
@@ -585,19 +750,47 @@ void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
     ctx->owner = (uintptr_t)ts; /* a new context nobody else has seen */
 }
 
+/* ENTERED(ts)[|HELD] -> FREE by ts. `collect`: look at the handover list
+ * afterwards (every exit of an entered context must; see below). */
+static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
+                                                              cctx_thread_state *ts,
+                                                              bool collect)
+{
+    /* Plain read of our own word: only this thread writes an ENTERED(ts)
+     * owner (context.h). HELD: the last reference was handed to us. */
+    uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+    CCTX_ASSERT((owner & ~CCTX_OWNER_HELD) == (uintptr_t)ts);
+    credit_forget(ctx); /* only an owner's credits are safe (see above) */
+    int fence = cctx_load_int(&exit_fence);
+    /* Release: our writes to the context happen before the next owner's
+     * (its CAS acquires) and before a collector's release (its load
+     * acquires). After this store another thread may free the context
+     * (unless HELD): it is not touched again. */
+    cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
+    /* The exit's side of the handover barrier ("The handover"): the load
+     * of handover_pending must not come before the store above. */
+    if (CCTX_UNLIKELY(fence))
+        cctx_fence_memory();
+    else
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (CCTX_UNLIKELY(owner != (uintptr_t)ts))
+        cctx_context_release(ctx); /* the handed reference; may free */
+    if (collect && CCTX_UNLIKELY(cctx_load_uint_relaxed(&handover_pending) != 0))
+        handover_collect();
+}
+
 void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)
 {
-    CCTX_ASSERT(context_owner(ctx) == (uintptr_t)ts);
-    credit_forget(ctx); /* only an owner's credits are safe (see above) */
-    /* Full barrier: our writes to the context happen before the next
-     * owner's; and a releaser's handover either happened (the CAS fails)
-     * or will see FREE (cctx_context_release). */
-    if (cctx_cas_uintptr(&ctx->owner, (uintptr_t)ts, CCTX_OWNER_NONE))
-        return;
-    /* The last reference was handed to us while entered: nobody else can
-     * reach the context now; leave, then drop that reference. */
-    cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
-    cctx_context_release(ctx);
+    owner_leave(ctx, ts, true);
+}
+
+void context_owner_leave_base(cctx_context *ctx, cctx_thread_state *ts)
+{
+    /* A thread's base is never on the handover list: the thread holds its
+     * own reference until after this leave, so no other thread's release
+     * is the last while the base is entered. And the collect could run
+     * other threads' callbacks in this thread's closed teardown. */
+    owner_leave(ctx, ts, false);
 }
 
 /* Write ownership for the explicit-context functions: the thread that has
