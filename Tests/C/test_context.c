@@ -993,6 +993,128 @@ static void test_last_release_while_entered_is_handed_to_exit(void **state)
     assert_int_equal(cctx__live_allocations(), start_allocs);
 }
 
+/* Another thread's last release of an entered context, step by step:
+ * the context stays readable until its owner exits; the exit drops it and
+ * its value, whose release callback (it uses the library) drops the last
+ * reference of a second context entered on a third thread, which in turn
+ * keeps its value until that thread exits. A retained borrowed current
+ * context outlives the handover. */
+struct chain {
+    cctx_var *x;
+    cctx_context *c1, *c2;
+    test_gate in1, in2, go1, go2, out1;
+    long hook1_calls, hook2_calls;
+    bool c2_readable_in_hook;
+};
+
+static void chain_hook1(tv_value *v, void *arg)
+{
+    (void)v;
+    struct chain *s = arg;
+    /* The library from a release callback, on the exiting thread: a copy
+     * entered and left, then the last reference of c2 (entered elsewhere). */
+    cctx_context *c = NULL;
+    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
+    T_CHECK(cctx_context_enter(c) == CCTX_OK);
+    T_CHECK(cctx_context_exit(c) == CCTX_OK);
+    cctx_context_release(c);
+    cctx_context_release(s->c2);
+    __atomic_add_fetch(&s->hook1_calls, 1, __ATOMIC_RELAXED);
+}
+
+static void chain_hook2(tv_value *v, void *arg)
+{
+    (void)v;
+    struct chain *s = arg;
+    cctx_context *c = NULL;
+    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
+    T_CHECK(cctx_context_enter(c) == CCTX_OK);
+    T_CHECK(cctx_var_set(s->x, NULL, NULL) == CCTX_OK);
+    T_CHECK(cctx_context_exit(c) == CCTX_OK);
+    cctx_context_release(c);
+    __atomic_add_fetch(&s->hook2_calls, 1, __ATOMIC_RELAXED);
+}
+
+static void *chain_owner1(void *p)
+{
+    struct chain *s = p;
+    T_CHECK(cctx_context_enter(s->c1) == CCTX_OK); /* borrowed */
+    gate_open(&s->in1);
+    T_CHECK(gate_wait(&s->go1));
+    /* Released by the main thread by now: still ours to read. */
+    void *out = NULL;
+    T_CHECK(cctx_var_get(s->x, &out) == CCTX_OK && ((tv_value *)out)->id == 1);
+    cctx_context *again = cctx_context_retain(cctx_context_current());
+    T_CHECK(again == s->c1);
+    T_CHECK(cctx_context_exit(s->c1) == CCTX_OK);
+    T_CHECK(__atomic_load_n(&s->hook1_calls, __ATOMIC_RELAXED) == 0); /* `again` */
+    /* Entered again with our own reference, left, dropped: now it goes. */
+    T_CHECK(cctx_context_enter(again) == CCTX_OK);
+    T_CHECK(cctx_context_exit(again) == CCTX_OK);
+    cctx_context_release(again);
+    T_CHECK(__atomic_load_n(&s->hook1_calls, __ATOMIC_RELAXED) == 1);
+    gate_open(&s->out1);
+    return NULL;
+}
+
+static void *chain_owner2(void *p)
+{
+    struct chain *s = p;
+    T_CHECK(cctx_context_enter(s->c2) == CCTX_OK); /* borrowed */
+    gate_open(&s->in2);
+    T_CHECK(gate_wait(&s->go2));
+    void *out = NULL;
+    T_CHECK(cctx_var_get(s->x, &out) == CCTX_OK && ((tv_value *)out)->id == 2);
+    T_CHECK(cctx_context_exit(s->c2) == CCTX_OK);
+    T_CHECK(__atomic_load_n(&s->hook2_calls, __ATOMIC_RELAXED) == 1);
+    return NULL;
+}
+
+static void test_release_by_another_thread_while_entered(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    long live = tv_live();
+    for (int mode = 1; mode <= 2; mode++) {
+        (void)cctx__context_exit_barrier(mode);
+        struct chain s = { .in1 = TEST_GATE_INIT, .in2 = TEST_GATE_INIT,
+                           .go1 = TEST_GATE_INIT, .go2 = TEST_GATE_INIT,
+                           .out1 = TEST_GATE_INIT };
+        assert_ok(cctx_var_new("x", &tv_ops, &s.x));
+        assert_ok(cctx_context_new(&s.c1));
+        assert_ok(cctx_context_new(&s.c2));
+        tv_value *v1 = tv_new_hooked(1, chain_hook1, &s);
+        tv_value *v2 = tv_new_hooked(2, chain_hook2, &s);
+        assert_ok(cctx_context_set(s.c1, s.x, v1, NULL));
+        assert_ok(cctx_context_set(s.c2, s.x, v2, NULL));
+        tv_drop(v1);
+        tv_drop(v2);
+        pthread_t t1, t2;
+        assert_int_equal(pthread_create(&t1, NULL, chain_owner1, &s), 0);
+        assert_int_equal(pthread_create(&t2, NULL, chain_owner2, &s), 0);
+        assert_true(gate_wait(&s.in1));
+        assert_true(gate_wait(&s.in2));
+        cctx_context_release(s.c1); /* the last reference, c1 entered on t1 */
+        assert_int_equal(tv_live(), live + 2);
+        gate_open(&s.go1);
+        assert_true(gate_wait(&s.out1));
+        /* v1 went; its callback dropped c2's last reference: kept for t2. */
+        assert_int_equal(tv_live(), live + 1);
+        assert_int_equal(s.hook2_calls, 0);
+        gate_open(&s.go2);
+        pthread_join(t1, NULL);
+        pthread_join(t2, NULL);
+        assert_int_equal(thread_failures(), 0);
+        assert_int_equal(s.hook1_calls, 1);
+        assert_int_equal(s.hook2_calls, 1);
+        assert_int_equal(tv_live(), live);
+        cctx_var_release(s.x);
+    }
+    (void)cctx__context_exit_barrier(2);
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 static void test_copy_current_cache_fails_and_drains(void **state)
 {
     (void)state;
@@ -1036,6 +1158,7 @@ int main(void)
         cmocka_unit_test(test_allocation_failure_creating_thread_state),
         cmocka_unit_test(test_copy_current_cache_fails_and_drains),
         cmocka_unit_test(test_last_release_while_entered_is_handed_to_exit),
+        cmocka_unit_test(test_release_by_another_thread_while_entered),
         cmocka_unit_test(test_copy_current_credits_release_values_promptly),
     };
     return cmocka_run_group_tests_name("context", tests, NULL, NULL);
