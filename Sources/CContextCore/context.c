@@ -37,11 +37,6 @@ extern unsigned cctx_not_inherited_vars;
  * state is detached, frees go straight to the allocator. */
 static __thread cctx_block_cache context_cache __attribute__((tls_model("initial-exec")));
 
-static cctx_block_cache *context_cache_get(void)
-{
-    return thread_state_peek() != NULL ? &context_cache : NULL;
-}
-
 void context_cache_drain(void)
 {
     cctx_block_cache_drain(&context_cache);
@@ -90,18 +85,13 @@ static inline void credit_forget(const cctx_context *ctx)
         credit_flush();
 }
 
-/* One reference to `root`, the current root of `ctx`, owned by this
- * thread. */
-static void credit_take(cctx_context *ctx, hamt_node *root)
+/* The refill of credit_take: another context's credits (or none). */
+static __attribute__((noinline)) void credit_refill(cctx_context *ctx, hamt_node *root)
 {
     if (root == NULL)
         return;
-    if (CCTX_LIKELY(root_credit.ctx == ctx && root_credit.root == root && root_credit.n != 0)) {
-        root_credit.n--;
-        return;
-    }
-    /* Another context's (or none): the old credits go back; their root is
-     * still held by its context, so nothing is freed here. */
+    /* The old credits go back; their root is still held by its context,
+     * so nothing is freed here. */
     credit_flush();
     hamt_retain_n(root, ROOT_CREDIT_BATCH);
     root_credit.ctx = ctx;
@@ -109,33 +99,67 @@ static void credit_take(cctx_context *ctx, hamt_node *root)
     root_credit.n = ROOT_CREDIT_BATCH - 1;
 }
 
-/* Drops one reference to `root`: back into the credits when they are for
- * this root (only while this thread has a state: its teardown flushes). */
-static void credit_give(hamt_node *root)
+/* One reference to `root`, the current root of `ctx`, owned by this
+ * thread. (Credits exist only for a non-NULL root, so a NULL root never
+ * takes the first branch.) */
+static inline void credit_take(cctx_context *ctx, hamt_node *root)
 {
-    if (root != NULL && root_credit.root == root && root_credit.n < 2 * ROOT_CREDIT_BATCH &&
-        thread_state_peek() != NULL) {
+    if (CCTX_LIKELY(root_credit.ctx == ctx && root_credit.root == root && root_credit.n != 0)) {
+        root_credit.n--;
+        return;
+    }
+    credit_refill(ctx, root);
+}
+
+/* Drops one reference to `root`: back into the credits when they are for
+ * this root (only while this thread has a state, `ts`: its teardown
+ * flushes). */
+static inline void credit_give(cctx_thread_state *ts, hamt_node *root)
+{
+    if (CCTX_LIKELY(root != NULL && root_credit.root == root &&
+                    root_credit.n < 2 * ROOT_CREDIT_BATCH && ts != NULL)) {
         root_credit.n++;
         return;
     }
     hamt_release(root);
 }
 
-cctx_status context_new_with_root(hamt_node *root, cctx_context **out)
+/* A context object with every field as a new context has it but `root`
+ * and `owner`, which the caller sets. `ts`: the calling thread's state or
+ * NULL; with one, the object may come from the thread's cache, whose
+ * objects keep magic 0, refcnt 1 and readers 0 from their release
+ * (cctx_context_release) and need only magic. */
+static inline cctx_context *context_object(cctx_thread_state *ts)
 {
+    cctx_context *ctx;
+    if (CCTX_LIKELY(ts != NULL && context_cache.head != NULL)) {
+        ctx = cctx_alloc_cached(&context_cache, sizeof *ctx);
+        if (CCTX_LIKELY(ctx != NULL)) {
+            CCTX_ASSERT(ctx->refcnt == 1 && ctx->readers == 0);
+            ctx->magic = CCTX_CONTEXT_MAGIC;
+        }
+        return ctx;
+    }
     /* Field stores, not calloc: glibc's calloc skips the per-thread cache
      * on non-main threads. */
-    cctx_block_cache *cache = context_cache_get();
-    cctx_context *ctx = cache != NULL ? cctx_alloc_cached(cache, sizeof *ctx)
-                                      : cctx_alloc(sizeof *ctx);
+    ctx = cctx_alloc(sizeof *ctx);
+    if (ctx != NULL) {
+        ctx->magic = CCTX_CONTEXT_MAGIC;
+        ctx->refcnt = 1;
+        ctx->prev = NULL;
+        ctx->readers = 0;
+        ctx->handover_next = NULL;
+    }
+    return ctx;
+}
+
+cctx_status context_new_with_root(hamt_node *root, cctx_context **out)
+{
+    cctx_context *ctx = context_object(thread_state_peek());
     if (ctx == NULL)
         return CCTX_ENOMEM;
-    ctx->magic = CCTX_CONTEXT_MAGIC;
-    ctx->refcnt = 1;
     ctx->root = root;
     ctx->owner = CCTX_OWNER_NONE;
-    ctx->prev = NULL;
-    ctx->readers = 0;
     *out = ctx;
     return CCTX_OK;
 }
@@ -270,7 +294,7 @@ void context_atfork_child(void)
 /* R's side: `ctx`'s last reference, released while another thread has it
  * entered. Returns true when that thread's exit now owns the reference,
  * false when the context was left meanwhile (the caller owns it again). */
-static bool handover_to_exit(cctx_context *ctx)
+static __attribute__((noinline, cold)) bool handover_to_exit(cctx_context *ctx)
 {
     pthread_mutex_lock(&handover_lock);
     ctx->handover_next = handover_head;
@@ -320,10 +344,24 @@ static __attribute__((noinline, cold)) void handover_collect(void)
     }
 }
 
-void cctx_context_release(cctx_context *ctx)
+/* Frees `ctx`, whose last reference the caller dropped while nobody has it
+ * entered. */
+static inline __attribute__((always_inline)) void context_free(cctx_context *ctx)
 {
-    if (!context_is_valid(ctx))
-        return;
+    /* Nobody reads it now (readers hold a reference), and the count is 1:
+     * the state a cached object keeps (context_object). */
+    CCTX_ASSERT(ctx->readers == 0 && ctx->refcnt == 1);
+    ctx->magic = 0;
+    hamt_node *root = ctx->root;
+    cctx_thread_state *ts = thread_state_peek();
+    cctx_dealloc_cached(ts != NULL ? &context_cache : NULL, ctx);
+    /* After the object is back in the cache: a callback run by the root's
+     * release may copy again and take it. */
+    credit_give(ts, root);
+}
+
+static __attribute__((noinline)) void context_release_slow(cctx_context *ctx)
+{
     for (;;) {
         /* Not the last reference: one locked CAS, as a decrement would be.
          * A count of 1 is the caller's own reference (see hamt_release):
@@ -349,12 +387,21 @@ void cctx_context_release(cctx_context *ctx)
         /* Its owner left meanwhile: the reference is ours again; look at
          * the count again (the owner may have retained it before leaving). */
     }
-    ctx->magic = 0;
-    hamt_node *root = ctx->root;
-    cctx_dealloc_cached(context_cache_get(), ctx);
-    /* After the object is back in the cache: a callback run by the root's
-     * release may copy again and take it. */
-    credit_give(root);
+    context_free(ctx);
+}
+
+void cctx_context_release(cctx_context *ctx)
+{
+    if (!context_is_valid(ctx))
+        return;
+    /* The common last release (a copy's): nobody else has a reference, so
+     * the count cannot rise, and nobody has it entered. */
+    if (CCTX_LIKELY(cctx_load_uint(&ctx->refcnt) == 1 &&
+                    cctx_load_uintptr(&ctx->owner) == CCTX_OWNER_NONE)) {
+        context_free(ctx);
+        return;
+    }
+    context_release_slow(ctx);
 }
 
 /* ------------------------------------------------------------ reading */
@@ -750,8 +797,21 @@ void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
     ctx->owner = (uintptr_t)ts; /* a new context nobody else has seen */
 }
 
+/* The rare work of a leave, out of line so that the common leave keeps
+ * no registers across calls: drop a handed reference (`held`), then look
+ * at the handover list (`collect`). */
+static __attribute__((noinline, cold)) void owner_leave_slow(cctx_context *ctx, bool held,
+                                                             bool collect)
+{
+    if (held)
+        cctx_context_release(ctx); /* the handed reference; may free */
+    if (collect && cctx_load_uint_relaxed(&handover_pending) != 0)
+        handover_collect();
+}
+
 /* ENTERED(ts)[|HELD] -> FREE by ts. `collect`: look at the handover list
- * afterwards (every exit of an entered context must; see below). */
+ * afterwards (every exit of an entered context must; see "The
+ * handover"). */
 static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
                                                               cctx_thread_state *ts,
                                                               bool collect)
@@ -760,7 +820,9 @@ static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
      * owner (context.h). HELD: the last reference was handed to us. */
     uintptr_t owner = cctx_load_uintptr(&ctx->owner);
     CCTX_ASSERT((owner & ~CCTX_OWNER_HELD) == (uintptr_t)ts);
-    credit_forget(ctx); /* only an owner's credits are safe (see above) */
+    /* Only an owner's credits are safe (see "Root credits"). */
+    if (CCTX_UNLIKELY(root_credit.ctx == ctx))
+        credit_flush();
     int fence = cctx_load_int(&exit_fence);
     /* Release: our writes to the context happen before the next owner's
      * (its CAS acquires) and before a collector's release (its load
@@ -773,10 +835,9 @@ static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
         cctx_fence_memory();
     else
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    if (CCTX_UNLIKELY(owner != (uintptr_t)ts))
-        cctx_context_release(ctx); /* the handed reference; may free */
-    if (collect && CCTX_UNLIKELY(cctx_load_uint_relaxed(&handover_pending) != 0))
-        handover_collect();
+    bool held = owner != (uintptr_t)ts;
+    if (CCTX_UNLIKELY(held | (collect && cctx_load_uint_relaxed(&handover_pending) != 0)))
+        owner_leave_slow(ctx, held, collect);
 }
 
 void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)
@@ -919,12 +980,13 @@ void context_switched(cctx_thread_state *ts, cctx_event event, cctx_context *ctx
     watch_notify(ts, event, ctx);
 }
 
-cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
+static inline __attribute__((always_inline)) cctx_status enter(cctx_thread_state *ts,
+                                                                cctx_context *ctx)
 {
     if (!context_owner_enter(ctx, ts))
         return CCTX_ALREADY_ENTERED;
     /* No retain: the caller's reference keeps it, or is handed to this
-     * entered state when released early (cctx_context_release). */
+     * entered state when released early ("The handover"). */
     ctx->prev = ts->current;
     /* The new current is published to a signal handler on this thread
      * before the version bump (context_switched): see var_access.c. */
@@ -933,14 +995,25 @@ cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
     return CCTX_OK;
 }
 
+/* Leaves ts's innermost entered context `c` (not its base). */
+static inline __attribute__((always_inline)) void exit_innermost(cctx_thread_state *ts,
+                                                                 cctx_context *c)
+{
+    CCTX_ASSERT(c == ts->current && c != ts->base);
+    /* `prev` is left as is: it means nothing once the context is left. */
+    ts->current = c->prev;
+    context_switched(ts, CCTX_EVENT_EXITED, ts->current);
+    owner_leave(c, ts, true); /* may free it: not touched after */
+}
+
+cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
+{
+    return enter(ts, ctx);
+}
+
 void context_exit_innermost(cctx_thread_state *ts)
 {
-    cctx_context *c = ts->current;
-    CCTX_ASSERT(c != ts->base);
-    ts->current = c->prev;
-    c->prev = NULL;
-    context_switched(ts, CCTX_EVENT_EXITED, ts->current);
-    context_owner_leave(c, ts); /* may free it: not touched after */
+    exit_innermost(ts, ts->current);
 }
 
 void context_exit_above(cctx_thread_state *ts, cctx_context *ctx)
@@ -956,7 +1029,7 @@ cctx_status cctx_context_enter(cctx_context *ctx)
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
-    return context_enter(ts, ctx);
+    return enter(ts, ctx);
 }
 
 cctx_status cctx_context_exit(cctx_context *ctx)
@@ -966,7 +1039,7 @@ cctx_status cctx_context_exit(cctx_context *ctx)
     cctx_thread_state *ts = thread_state_peek();
     if (ts == NULL || ts->current != ctx || ctx == ts->base)
         return CCTX_NOT_CURRENT;
-    context_exit_innermost(ts);
+    exit_innermost(ts, ctx);
     return CCTX_OK;
 }
 
@@ -977,7 +1050,7 @@ cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
-    cctx_status st = context_enter(ts, ctx);
+    cctx_status st = enter(ts, ctx);
     if (st != CCTX_OK)
         return st;
     fn(arg);
@@ -988,7 +1061,27 @@ cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)
     context_exit_above(ts, ctx);
     if (ts->current != ctx)
         return CCTX_NOT_CURRENT;
-    context_exit_innermost(ts);
+    exit_innermost(ts, ctx);
+    return CCTX_OK;
+}
+
+/* copy_current when the credits or the cache run out (or allocations are
+ * being failed on purpose): out of line, so the common path saves no
+ * registers. */
+static __attribute__((noinline)) cctx_status copy_current_slow(cctx_thread_state *ts,
+                                                               cctx_context *cur,
+                                                               hamt_node *root,
+                                                               cctx_context **out)
+{
+    credit_take(cur, root);
+    cctx_context *ctx = context_object(ts);
+    if (ctx == NULL) {
+        credit_give(ts, root);
+        return CCTX_ENOMEM;
+    }
+    ctx->root = root;
+    ctx->owner = CCTX_OWNER_NONE;
+    *out = ctx;
     return CCTX_OK;
 }
 
@@ -1003,11 +1096,20 @@ cctx_status cctx_context_copy_current(cctx_context **out)
      * read guard (nobody else replaces it). */
     cctx_context *cur = ts->current;
     hamt_node *root = context_own_root(cur);
-    credit_take(cur, root);
-    cctx_status st = context_new_with_root(root, out);
-    if (st != CCTX_OK)
-        credit_give(root);
-    return st;
+    /* The common case: a credit for this root and a cached object (taking
+     * it cannot fail while the failure countdown is disarmed). */
+    if (CCTX_UNLIKELY(root_credit.ctx != cur || root_credit.root != root ||
+                      root_credit.n == 0 || context_cache.head == NULL ||
+                      __atomic_load_n(&cctx_alloc_fail_countdown, __ATOMIC_RELAXED) != 0))
+        return copy_current_slow(ts, cur, root, out);
+    root_credit.n--;
+    cctx_context *ctx = cctx_alloc_cached_checked(&context_cache);
+    CCTX_ASSERT(ctx->refcnt == 1 && ctx->readers == 0); /* see context_object */
+    ctx->magic = CCTX_CONTEXT_MAGIC;
+    ctx->root = root;
+    ctx->owner = CCTX_OWNER_NONE;
+    *out = ctx;
+    return CCTX_OK;
 }
 
 cctx_context *cctx_context_current(void)

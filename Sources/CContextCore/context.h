@@ -76,9 +76,13 @@
 typedef struct cctx_thread_state cctx_thread_state;
 
 struct cctx_context {
+    /* First: a free object in a thread's cache (context.c) keeps its link
+     * here, so the fields below keep the values a free object has (magic
+     * 0, refcnt 1, readers 0) and a reuse rewrites only root, magic and
+     * owner. */
+    hamt_node *root;
     uint32_t magic;
     unsigned refcnt;
-    hamt_node *root;
     uintptr_t owner;
     cctx_context *prev;
     unsigned readers;
