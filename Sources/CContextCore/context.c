@@ -725,6 +725,23 @@ cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var
     return CCTX_OK;
 }
 
+/*
+ * Marks `token` used. A plain (release) store, not a compare-and-swap:
+ * only the writer of token->ctx consumes the token (the reset checked
+ * token->ctx == ctx, and the caller holds write ownership of ctx, which
+ * context.h's state machine gives to one thread at a time: an entered
+ * context's thread, the one-off writer, or the claiming task, which runs
+ * on one thread at a time). So no other reset can test `used` and
+ * commit between this reset's test at the top and this store; other
+ * threads only read it (cctx_token_is_used, or a reset that then fails
+ * with CCTX_TOKEN_USED or CCTX_TOKEN_WRONG_CONTEXT).
+ */
+static inline void token_consume(cctx_token *token)
+{
+    CCTX_ASSERT(cctx_load_uint(&token->used) == 0);
+    cctx_store_uint(&token->used, 1);
+}
+
 cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
                                 cctx_token *token)
 {
@@ -745,10 +762,8 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
     if (token->has_old && has_cur && cur != token->old_value &&
         hamt_value_slot_if_unique(root, var) != NULL) {
         /* In place (see write_in_place). The token is consumed first:
-         * the write cannot fail, and a token used concurrently elsewhere
-         * must not also write. */
-        if (!cctx_cas_uint(&token->used, 0, 1))
-            return CCTX_TOKEN_USED;
+         * the write cannot fail. A plain store (see token_consume). */
+        token_consume(token);
         if (write_in_place(ts, ctx, root, var, token->old_value))
             return CCTX_OK;
         /* Backed out (a reader arrived): path copy; no failure allowed
@@ -773,11 +788,7 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
     else if (st != CCTX_OK)
         return st;
     /* Commit point: the token is consumed exactly once. */
-    if (!cctx_cas_uint(&token->used, 0, 1)) {
-        if (next != root)
-            hamt_release(next);
-        return CCTX_TOKEN_USED;
-    }
+    token_consume(token);
     if (next != root)
         context_publish(ts, ctx, next);
     return CCTX_OK;

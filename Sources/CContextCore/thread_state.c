@@ -47,6 +47,7 @@
 #include "internal.h"
 #include "reclaim.h"
 #include "thread_state.h"
+#include "token.h"
 #include "watch.h"
 
 #include <pthread.h>
@@ -137,7 +138,8 @@ static void state_destroy(cctx_thread_state *ts)
     local_thread_release(ts); /* the table is empty now: unlink, free */
     context_owner_leave_base(ts->base, ts);
     cctx_context_release(ts->base);
-    context_cache_drain(); /* detached: later frees bypass the cache */
+    context_cache_drain(); /* detached: later frees bypass the caches */
+    token_cache_drain();
     teardown_closed = false;
     reclaim_record_release(ts->record);
     cctx_dealloc(ts);
