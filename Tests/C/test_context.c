@@ -1126,6 +1126,112 @@ static void test_copy_current_cache_fails_and_drains(void **state)
     assert_int_equal(cctx__live_allocations(), start_allocs);
 }
 
+/* Token objects come from a per-thread cache as context objects do: an
+ * injected failure still fails a set that asks for a token (and changes
+ * nothing), a token released on another thread or during a thread's
+ * teardown is freed, nothing leaks. And a cached context object freed in
+ * an unusual state (claimed; entered and left) is whole when reused. */
+struct token_job { cctx_token *t; };
+static void *release_token_elsewhere(void *p)
+{
+    struct token_job *j = p;
+    cctx_token_release(j->t); /* into this thread's cache; drained at exit */
+    return NULL;
+}
+
+static void release_token_hook(tv_value *v, void *arg)
+{
+    (void)v;
+    cctx_token_release(arg); /* during the owning thread's teardown */
+}
+
+static void *token_cache_thread(void *p)
+{
+    (void)p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    tv_value *a = tv_new(7), *b = tv_new(8);
+    assert_ok(cctx_var_set(x, a, NULL));
+    long allocs = cctx__live_allocations();
+    for (int i = 0; i < 4; i++) { /* fill the cache */
+        cctx_token *t = NULL;
+        assert_ok(cctx_var_set(x, b, &t));
+        assert_ok(cctx_var_reset(x, t));
+        cctx_token_release(t);
+    }
+    assert_int_equal(cctx__live_allocations(), allocs);
+    cctx_token *t = NULL;
+    long fails = cctx__allocation_failures();
+    cctx__fail_allocation(1);
+    cctx_status st = cctx_var_set(x, b, &t);
+    cctx__fail_allocation(0);
+    assert_int_equal(cctx__allocation_failures(), fails + 1);
+    assert_int_equal(st, CCTX_ENOMEM);
+    assert_null(t);
+    assert_int_equal(get_id(x), 7);
+    assert_int_equal(cctx__live_allocations(), allocs);
+    /* A reused token is a whole token. */
+    assert_ok(cctx_var_set(x, b, &t));
+    assert_false(cctx_token_is_used(t));
+    assert_ptr_equal(cctx_token_var(t), x);
+    void *old = NULL;
+    assert_ok(cctx_token_old_value(t, &old));
+    assert_ptr_equal(old, a);
+    assert_ok(cctx_var_reset(x, t));
+    assert_true(cctx_token_is_used(t));
+    assert_int_equal(cctx_var_reset(x, t), CCTX_TOKEN_USED);
+    assert_int_equal(get_id(x), 7);
+    struct token_job j = { t };
+    pthread_t other;
+    assert_int_equal(pthread_create(&other, NULL, release_token_elsewhere, &j), 0);
+    pthread_join(other, NULL);
+    /* Context objects freed claimed, or after being entered, come back
+     * free and outside any chain. */
+    cctx_context *c = NULL;
+    assert_ok(cctx_context_copy_current(&c));
+    assert_ok(cctx_context_claim(c));
+    cctx_context_release(c);
+    assert_ok(cctx_context_copy_current(&c));
+    assert_false(cctx_context_is_entered(c));
+    assert_ok(cctx_context_enter(c));
+    assert_int_equal(cctx_thread_contexts(NULL, 0), 2);
+    assert_ok(cctx_context_exit(c));
+    cctx_context_release(c);
+    assert_ok(cctx_context_copy_current(&c));
+    assert_int_equal(cctx_context_unclaim(c), CCTX_NOT_ENTERED);
+    assert_ok(cctx_context_claim(c));
+    assert_ok(cctx_context_unclaim(c));
+    assert_int_equal(cctx_context_count(c), 1);
+    cctx_context_release(c);
+    /* A token whose last release runs in this thread's teardown, from a
+     * value's release callback (the base context drops the value). The
+     * token's context is another one, which the token keeps. */
+    cctx_token *late = NULL;
+    assert_ok(cctx_context_copy_current(&c));
+    assert_ok(cctx_context_enter(c));
+    assert_ok(cctx_var_set(x, b, &late));
+    assert_ok(cctx_context_exit(c));
+    cctx_context_release(c);
+    tv_value *hooked = tv_new_hooked(9, release_token_hook, late);
+    assert_ok(cctx_var_set(x, hooked, NULL));
+    tv_drop(hooked);
+    tv_drop(a);
+    tv_drop(b);
+    cctx_var_release(x);
+    return NULL; /* the teardown releases `hooked`, then drains the caches */
+}
+
+static void test_token_cache_fails_and_drains(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, token_cache_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 static void test_allocation_failure_creating_thread_state(void **state)
 {
     (void)state;
@@ -1157,6 +1263,7 @@ int main(void)
         cmocka_unit_test(test_allocation_failure_changes_nothing),
         cmocka_unit_test(test_allocation_failure_creating_thread_state),
         cmocka_unit_test(test_copy_current_cache_fails_and_drains),
+        cmocka_unit_test(test_token_cache_fails_and_drains),
         cmocka_unit_test(test_last_release_while_entered_is_handed_to_exit),
         cmocka_unit_test(test_release_by_another_thread_while_entered),
         cmocka_unit_test(test_copy_current_credits_release_values_promptly),
