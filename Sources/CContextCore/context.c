@@ -360,21 +360,27 @@ static inline __attribute__((always_inline)) void context_free(cctx_context *ctx
     credit_give(ts, root);
 }
 
+/*
+ * Which reference is the last? The count alone cannot say: a thread that
+ * has the context entered may retain it (its borrowed current context)
+ * and then exit. So `owner` is read first (acquire) and the count after:
+ * if the owner was seen FREE, any retain made while it was entered is
+ * seen in the count too (it precedes the exit's release store); if it was
+ * seen entered, the reference goes to the handover, which keeps working
+ * whatever the count becomes.
+ */
 static __attribute__((noinline)) void context_release_slow(cctx_context *ctx)
 {
     for (;;) {
-        /* Not the last reference: one locked CAS, as a decrement would be.
-         * A count of 1 is the caller's own reference (see hamt_release):
-         * nobody else can raise it except a thread that has the context
-         * entered (retaining its borrowed current context), which the
-         * handover allows for. */
+        uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+        /* Not the last reference: one locked CAS, as a decrement would be
+         * (a count of 1 is the caller's own reference: see hamt_release). */
         unsigned n = cctx_load_uint(&ctx->refcnt);
         if (n != 1) {
             if (cctx_cas_uint(&ctx->refcnt, n, n - 1))
                 return;
             continue;
         }
-        uintptr_t owner = cctx_load_uintptr(&ctx->owner);
         if (owner <= CCTX_OWNER_WRITING || (owner & CCTX_OWNER_HELD) != 0)
             break; /* FREE (or claimed, or a one-off writer): free it */
         if (owner == (uintptr_t)thread_state_peek()) {
@@ -384,8 +390,8 @@ static __attribute__((noinline)) void context_release_slow(cctx_context *ctx)
         }
         if (handover_to_exit(ctx))
             return;
-        /* Its owner left meanwhile: the reference is ours again; look at
-         * the count again (the owner may have retained it before leaving). */
+        /* Its owner left meanwhile: the reference is ours again; look
+         * again (the owner may have retained it before leaving). */
     }
     context_free(ctx);
 }
@@ -394,10 +400,10 @@ void cctx_context_release(cctx_context *ctx)
 {
     if (!context_is_valid(ctx))
         return;
-    /* The common last release (a copy's): nobody else has a reference, so
-     * the count cannot rise, and nobody has it entered. */
-    if (CCTX_LIKELY(cctx_load_uint(&ctx->refcnt) == 1 &&
-                    cctx_load_uintptr(&ctx->owner) == CCTX_OWNER_NONE)) {
+    /* The common last release (a copy's): nobody has it entered, and
+     * nobody else has a reference (owner first: see above). */
+    if (CCTX_LIKELY(cctx_load_uintptr(&ctx->owner) == CCTX_OWNER_NONE &&
+                    cctx_load_uint(&ctx->refcnt) == 1)) {
         context_free(ctx);
         return;
     }
