@@ -149,6 +149,7 @@ static inline cctx_context *context_object(cctx_thread_state *ts)
         ctx->prev = NULL;
         ctx->readers = 0;
         ctx->handover_next = NULL;
+        ctx->handover_ts = NULL;
     }
     return ctx;
 }
@@ -191,15 +192,16 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
  *   own word, drops the reference.
  *
  * - The releaser is another thread R. It must not write `owner` — then the
- *   exit would need a locked instruction to notice — so it puts the
- *   context on the handover list (a mutex-guarded list, rare), bumps
- *   `handover_pending`, and looks at `owner` again; every exit stores FREE
- *   and then reads `handover_pending`. This is Dekker's pattern:
+ *   exit would need a locked instruction to notice — so, holding the
+ *   handover lock, it puts the context on the handover list (rare),
+ *   bumps the entering thread's `handover_pending` (thread_state.h) and
+ *   looks at `owner` again; every exit stores FREE and then reads its own
+ *   thread's `handover_pending`. This is Dekker's pattern:
  *
  *       exit (ts)                     release (R)
- *       store owner = FREE            store handover_pending += 1
+ *       store owner = FREE            store ts->handover_pending += 1
  *       light barrier                 heavy barrier
- *       load handover_pending         load owner
+ *       load ts->handover_pending     load owner
  *
  *   With a full barrier on both sides, at least one of the loads sees the
  *   other side's store. The exit is the hot path, so its barrier is a
@@ -210,20 +212,25 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
  *   membarrier (old kernels, valgrind, a failed registration) the exit
  *   fences for real and R's barrier is a plain fence.
  *
- *   So: if R sees ENTERED, the exit will see the pending count and collect
- *   (handover_collect: under the lock, every listed context whose owner is
- *   FREE is unlinked, and its reference released). If R sees FREE (the
- *   exit came first), R unlinks the context itself and releases again.
- *   Everything that touches a listed context does so under the lock, and
- *   the exit touches nothing of the context after its store; so whichever
- *   side unlinks it is the only one that still uses it, and no context is
- *   freed while another thread looks at it. A collector that finds a
- *   listed context entered again (by a holder of a newer reference) leaves
- *   it for that entry's exit.
+ *   So: if R still sees ENTERED(ts), ts's exit will see its count and
+ *   collect (handover_collect: under the lock, each listed context counted
+ *   for ts is unlinked; its reference is released after the lock). If R
+ *   sees anything else (the exit came first), R unlinks the context
+ *   itself and releases again. Everything that touches a listed context does so under the
+ *   lock, and the exit touches nothing of the context after its store; so
+ *   whichever side unlinks it is the only one that still uses it, and no
+ *   context is freed while another thread looks at it.
+ *
+ *   R writes another thread's state: it does so only under the lock and
+ *   after reading, under the lock, that this thread has the context
+ *   entered; a thread's teardown takes the lock once after its last exit
+ *   and before freeing its state (context_handover_quiesce), so the state
+ *   is alive. Per-thread counts keep the cost where the handover is: a
+ *   context that stays entered on one thread with a pending handover
+ *   sends only that thread's exits to the lock.
  */
 static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
-static cctx_context *handover_head;  /* under handover_lock */
-static unsigned handover_pending;    /* listed contexts; written under the lock */
+static cctx_context *handover_head; /* under handover_lock */
 /* Non-zero: exits fence for real (no membarrier). Set once before any
  * thread state exists (context_barrier_init), then only read. */
 static int exit_fence = 1;
@@ -291,57 +298,94 @@ void context_atfork_child(void)
         exit_fence = 1;
 }
 
+static void handover_unlink(cctx_context *ctx)
+{
+    cctx_context **p = &handover_head;
+    while (*p != ctx)
+        p = &(*p)->handover_next;
+    *p = ctx->handover_next;
+}
+
+/* Counts listed `ctx` for the thread that has it entered as `owner`
+ * (ENTERED(x), read under the lock), then looks again (Dekker's order:
+ * count, heavy barrier, load). Returns true when x's exit will see the
+ * count; false (count undone) when `owner` changed meanwhile. Under the
+ * lock: x's state is alive (see the essay above). `owner` is never HELD
+ * here: HELD means x itself released the last reference, and the caller
+ * holds it. */
+static bool handover_count_for(cctx_context *ctx, uintptr_t owner)
+{
+    cctx_thread_state *x = (cctx_thread_state *)(owner & ~CCTX_OWNER_HELD);
+    ctx->handover_ts = x;
+    cctx_store_uint(&x->handover_pending, x->handover_pending + 1);
+    handover_heavy_barrier();
+    if (cctx_load_uintptr(&ctx->owner) == owner)
+        return true;
+    cctx_store_uint(&x->handover_pending, x->handover_pending - 1);
+    return false;
+}
+
 /* R's side: `ctx`'s last reference, released while another thread has it
  * entered. Returns true when that thread's exit now owns the reference,
  * false when the context was left meanwhile (the caller owns it again). */
 static __attribute__((noinline, cold)) bool handover_to_exit(cctx_context *ctx)
 {
     pthread_mutex_lock(&handover_lock);
-    ctx->handover_next = handover_head;
-    handover_head = ctx;
-    cctx_store_uint(&handover_pending, handover_pending + 1);
-    handover_heavy_barrier();
     uintptr_t owner = cctx_load_uintptr(&ctx->owner);
-    bool handed = owner > CCTX_OWNER_WRITING;
-    if (!handed) {
-        /* Left (or claimed, or being written once: those hold no reference
-         * of their own): unlink; it is still first or behind contexts
-         * listed after it, and only lock holders change the list. */
-        cctx_context **p = &handover_head;
-        while (*p != ctx)
-            p = &(*p)->handover_next;
-        *p = ctx->handover_next;
-        cctx_store_uint(&handover_pending, handover_pending - 1);
+    bool handed = false;
+    if (owner > CCTX_OWNER_WRITING) {
+        ctx->handover_next = handover_head;
+        handover_head = ctx;
+        handed = handover_count_for(ctx, owner);
+        if (!handed)
+            handover_unlink(ctx);
     }
     pthread_mutex_unlock(&handover_lock);
     return handed;
 }
 
-/* The exit's side, when contexts are listed: releases each listed context
- * nobody has entered. Releases after the unlock: they may run callbacks
- * that release more contexts. */
-static __attribute__((noinline, cold)) void handover_collect(void)
+/* The exit's side, when contexts are counted for `ts`: each listed
+ * context counted for ts is unlinked and its reference released, after the
+ * unlock (releases may run callbacks that release more contexts). The
+ * release decides what that reference means now, as for any release: the
+ * context left (ts's exit just stored FREE) is freed unless others hold
+ * references; one ts has entered again is handed to ts's entered state
+ * (HELD); one another thread has entered since, with a reference of its
+ * own, is just one reference fewer — or, were the listed reference the
+ * last, handed over again, counted for that thread (handover_to_exit). */
+static __attribute__((noinline, cold)) void handover_collect(cctx_thread_state *ts)
 {
     cctx_context *drop = NULL;
     pthread_mutex_lock(&handover_lock);
     for (cctx_context **p = &handover_head; *p != NULL;) {
         cctx_context *c = *p;
-        /* Acquire: the exiting thread's writes happen before the release. */
-        if (cctx_load_uintptr(&c->owner) == CCTX_OWNER_NONE) {
-            *p = c->handover_next;
-            c->handover_next = drop;
-            drop = c;
-            cctx_store_uint(&handover_pending, handover_pending - 1);
-        } else {
+        if (c->handover_ts != ts) {
             p = &c->handover_next;
+            continue;
         }
+        *p = c->handover_next;
+        c->handover_next = drop;
+        drop = c;
+        cctx_store_uint(&ts->handover_pending, ts->handover_pending - 1);
     }
     pthread_mutex_unlock(&handover_lock);
     while (drop != NULL) {
         cctx_context *next = drop->handover_next;
+        /* The lock's release/acquire orders the entering thread's writes
+         * (before its FREE store, which R or this thread saw) before this
+         * release. */
         cctx_context_release(drop);
         drop = next;
     }
+}
+
+void context_handover_quiesce(cctx_thread_state *ts)
+{
+    /* Anyone who read, under the lock, that ts had a context entered is
+     * done writing ts once this returns. */
+    pthread_mutex_lock(&handover_lock);
+    CCTX_ASSERT(ts->handover_pending == 0);
+    pthread_mutex_unlock(&handover_lock);
 }
 
 /* Frees `ctx`, whose last reference the caller dropped while nobody has it
@@ -817,13 +861,14 @@ void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
 /* The rare work of a leave, out of line so that the common leave keeps
  * no registers across calls: drop a handed reference (`held`), then look
  * at the handover list (`collect`). */
-static __attribute__((noinline, cold)) void owner_leave_slow(cctx_context *ctx, bool held,
+static __attribute__((noinline, cold)) void owner_leave_slow(cctx_thread_state *ts,
+                                                             cctx_context *ctx, bool held,
                                                              bool collect)
 {
     if (held)
         cctx_context_release(ctx); /* the handed reference; may free */
-    if (collect && cctx_load_uint_relaxed(&handover_pending) != 0)
-        handover_collect();
+    if (collect && cctx_load_uint_relaxed(&ts->handover_pending) != 0)
+        handover_collect(ts);
 }
 
 /* ENTERED(ts)[|HELD] -> FREE by ts. `collect`: look at the handover list
@@ -847,14 +892,14 @@ static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
      * (unless HELD): it is not touched again. */
     cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
     /* The exit's side of the handover barrier ("The handover"): the load
-     * of handover_pending must not come before the store above. */
+     * of ts->handover_pending must not come before the store above. */
     if (CCTX_UNLIKELY(fence))
         cctx_fence_memory();
     else
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
     bool held = owner != (uintptr_t)ts;
-    if (CCTX_UNLIKELY(held | (collect && cctx_load_uint_relaxed(&handover_pending) != 0)))
-        owner_leave_slow(ctx, held, collect);
+    if (CCTX_UNLIKELY(held | (collect && cctx_load_uint_relaxed(&ts->handover_pending) != 0)))
+        owner_leave_slow(ts, ctx, held, collect);
 }
 
 void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)

@@ -86,8 +86,10 @@ struct cctx_context {
     uintptr_t owner;
     cctx_context *prev;
     unsigned readers;
-    /* Link of the handover list (context.c), while on it; else unused. */
+    /* While on the handover list (context.c): its link, and the thread
+     * whose count includes it. Else unused. */
     cctx_context *handover_next;
+    cctx_thread_state *handover_ts;
 };
 
 static inline bool context_is_valid(const cctx_context *ctx)
@@ -130,6 +132,11 @@ void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
 /* The same for a thread's base context (thread_state.c): no look at the
  * handover list (context.c). */
 void context_owner_leave_base(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
+
+/* Called by a thread's teardown after its last exit, before its state is
+ * freed: waits until no releasing thread can still write the state's
+ * handover count (context.c, "The handover"). */
+void context_handover_quiesce(cctx_thread_state *ts) CCTX_HIDDEN;
 
 /* Chooses how exits order their `owner` store before their look at the
  * handover list (context.c): called once, before any thread state exists

@@ -142,6 +142,7 @@ static void state_destroy(cctx_thread_state *ts)
     token_cache_drain();
     teardown_closed = false;
     reclaim_record_release(ts->record);
+    context_handover_quiesce(ts);
     cctx_dealloc(ts);
 }
 

@@ -1115,6 +1115,65 @@ static void test_release_by_another_thread_while_entered(void **state)
     assert_int_equal(cctx__live_allocations(), start_allocs);
 }
 
+/* Two contexts entered one inside the other on one thread, both of whose
+ * last references another thread releases: leaving the inner one drops
+ * it, while the outer one, still entered, keeps its value until it is
+ * left too. */
+struct nested {
+    cctx_var *x;
+    cctx_context *outer, *inner;
+    test_gate in, go;
+    long live;
+};
+
+static void *nested_owner(void *p)
+{
+    struct nested *s = p;
+    T_CHECK(cctx_context_enter(s->outer) == CCTX_OK); /* borrowed */
+    T_CHECK(cctx_context_enter(s->inner) == CCTX_OK); /* borrowed */
+    gate_open(&s->in);
+    T_CHECK(gate_wait(&s->go)); /* both released by now */
+    T_CHECK(get_id(s->x) == 2);
+    T_CHECK(cctx_context_exit(s->inner) == CCTX_OK);
+    T_CHECK(tv_live() == s->live + 1); /* the inner value went */
+    T_CHECK(get_id(s->x) == 1);        /* the outer one is still there */
+    T_CHECK(cctx_context_exit(s->outer) == CCTX_OK);
+    T_CHECK(tv_live() == s->live);
+    return NULL;
+}
+
+static void test_release_of_nested_entered_contexts_by_another_thread(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    for (int mode = 1; mode <= 2; mode++) {
+        (void)cctx__context_exit_barrier(mode);
+        struct nested s = { .in = TEST_GATE_INIT, .go = TEST_GATE_INIT, .live = tv_live() };
+        assert_ok(cctx_var_new("x", &tv_ops, &s.x));
+        assert_ok(cctx_context_new(&s.outer));
+        assert_ok(cctx_context_new(&s.inner));
+        tv_value *v1 = tv_new(1), *v2 = tv_new(2);
+        assert_ok(cctx_context_set(s.outer, s.x, v1, NULL));
+        assert_ok(cctx_context_set(s.inner, s.x, v2, NULL));
+        tv_drop(v1);
+        tv_drop(v2);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, nested_owner, &s), 0);
+        assert_true(gate_wait(&s.in));
+        cctx_context_release(s.outer);
+        cctx_context_release(s.inner);
+        assert_int_equal(tv_live(), s.live + 2);
+        gate_open(&s.go);
+        pthread_join(t, NULL);
+        assert_int_equal(thread_failures(), 0);
+        assert_int_equal(tv_live(), s.live);
+        cctx_var_release(s.x);
+    }
+    (void)cctx__context_exit_barrier(2);
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 static void test_copy_current_cache_fails_and_drains(void **state)
 {
     (void)state;
@@ -1266,6 +1325,7 @@ int main(void)
         cmocka_unit_test(test_token_cache_fails_and_drains),
         cmocka_unit_test(test_last_release_while_entered_is_handed_to_exit),
         cmocka_unit_test(test_release_by_another_thread_while_entered),
+        cmocka_unit_test(test_release_of_nested_entered_contexts_by_another_thread),
         cmocka_unit_test(test_copy_current_credits_release_values_promptly),
     };
     return cmocka_run_group_tests_name("context", tests, NULL, NULL);
