@@ -17,7 +17,7 @@
  * - `locals` is owned by local.c: this thread's slots of threading.local
  *   objects.
  * Only the owning thread reads or writes a state, except `locals`, whose
- * rules local.c states.
+ * rules local.c states, and `handover_pending`, whose context.c states.
  */
 #ifndef CCTX_THREAD_STATE_H
 #define CCTX_THREAD_STATE_H
