@@ -15,9 +15,11 @@
 #include <string.h>
 
 /* 0: disarmed. n > 0: the n-th allocation from now fails (then disarmed). */
-static int fail_countdown;
+int cctx_alloc_fail_countdown;
+#define fail_countdown cctx_alloc_fail_countdown
 #ifdef CCTX_ALLOC_ACCOUNTING
-static int live_allocations;
+int cctx_alloc_live; /* also counted by alloc.h's inline cache paths */
+#define live_allocations cctx_alloc_live
 #endif
 static int failures_injected;
 
@@ -86,7 +88,7 @@ void cctx_dealloc(void *ptr)
     free(ptr);
 }
 
-void *cctx_alloc_cached(cctx_block_cache *cache, size_t size)
+void *cctx_alloc_cached_slow(cctx_block_cache *cache, size_t size)
 {
     void *p = cache->head;
     if (p == NULL)
@@ -99,20 +101,6 @@ void *cctx_alloc_cached(cctx_block_cache *cache, size_t size)
     cache->count--;
     COUNT_ALLOCATION();
     return p;
-}
-
-void cctx_dealloc_cached(cctx_block_cache *cache, void *ptr)
-{
-    if (ptr == NULL)
-        return;
-    if (cache == NULL || cache->count >= CCTX_BLOCK_CACHE_MAX) {
-        cctx_dealloc(ptr);
-        return;
-    }
-    COUNT_DEALLOCATION(); /* a cached block is not live */
-    *(void **)ptr = cache->head;
-    cache->head = ptr;
-    cache->count++;
 }
 
 void cctx_block_cache_drain(cctx_block_cache *cache)

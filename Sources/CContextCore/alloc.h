@@ -42,12 +42,60 @@ typedef struct cctx_block_cache {
 /* How many blocks a cache keeps at most; the rest go back to malloc. */
 #define CCTX_BLOCK_CACHE_MAX 16
 
+/* Out of line: a take from an empty cache or while the failure countdown
+ * is armed. */
+void *cctx_alloc_cached_slow(cctx_block_cache *cache, size_t size) __attribute__((visibility("hidden")));
+
+/* For the inline paths below: alloc.c's failure countdown (0: disarmed)
+ * and, with accounting, its live count. */
+extern int cctx_alloc_fail_countdown __attribute__((visibility("hidden")));
+#ifdef CCTX_ALLOC_ACCOUNTING
+extern int cctx_alloc_live __attribute__((visibility("hidden")));
+#define CCTX_ALLOC_LIVE_ADD(d) ((void)__atomic_add_fetch(&cctx_alloc_live, (d), __ATOMIC_SEQ_CST))
+#else
+#define CCTX_ALLOC_LIVE_ADD(d) ((void)0)
+#endif
+
 /* A block of `size` bytes (>= sizeof(void *)): from `cache` if it holds
- * one, else from cctx_alloc. NULL on (injected) failure. */
-void *cctx_alloc_cached(cctx_block_cache *cache, size_t size);
-/* Gives `ptr` back to `cache`, or frees it when the cache is full or
- * `cache` is NULL. */
-void cctx_dealloc_cached(cctx_block_cache *cache, void *ptr);
+ * one, else from cctx_alloc. NULL on (injected) failure. Inline: a copy
+ * of a context takes its object here. */
+static inline void *cctx_alloc_cached(cctx_block_cache *cache, size_t size)
+{
+    void *p = cache->head;
+    if (__builtin_expect(p == NULL || __atomic_load_n(&cctx_alloc_fail_countdown,
+                                                      __ATOMIC_RELAXED) != 0, 0))
+        return cctx_alloc_cached_slow(cache, size);
+    cache->head = *(void **)p;
+    cache->count--;
+    CCTX_ALLOC_LIVE_ADD(1);
+    return p;
+}
+
+/* cctx_alloc_cached for a caller that has seen `cache` non-empty and the
+ * failure countdown disarmed (cctx_alloc_fail_countdown == 0). */
+static inline void *cctx_alloc_cached_checked(cctx_block_cache *cache)
+{
+    void *p = cache->head;
+    cache->head = *(void **)p;
+    cache->count--;
+    CCTX_ALLOC_LIVE_ADD(1);
+    return p;
+}
+
+/* Gives `ptr` (not NULL) back to `cache`, or frees it when the cache is
+ * full or `cache` is NULL. */
+static inline void cctx_dealloc_cached(cctx_block_cache *cache, void *ptr)
+{
+    if (__builtin_expect(cache == NULL || cache->count >= CCTX_BLOCK_CACHE_MAX, 0)) {
+        cctx_dealloc(ptr);
+        return;
+    }
+    CCTX_ALLOC_LIVE_ADD(-1); /* a cached block is not live */
+    *(void **)ptr = cache->head;
+    cache->head = ptr;
+    cache->count++;
+}
+
 /* Frees every block in `cache`. */
 void cctx_block_cache_drain(cctx_block_cache *cache);
 

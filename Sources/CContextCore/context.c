@@ -11,7 +11,15 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#endif
 #include "context.h"
 #include "reclaim.h"
 #include "thread_state.h"
@@ -28,11 +36,6 @@ extern unsigned cctx_not_inherited_vars;
  * drains it (context_cache_drain) once nothing can refill it: after the
  * state is detached, frees go straight to the allocator. */
 static __thread cctx_block_cache context_cache __attribute__((tls_model("initial-exec")));
-
-static cctx_block_cache *context_cache_get(void)
-{
-    return thread_state_peek() != NULL ? &context_cache : NULL;
-}
 
 void context_cache_drain(void)
 {
@@ -82,18 +85,13 @@ static inline void credit_forget(const cctx_context *ctx)
         credit_flush();
 }
 
-/* One reference to `root`, the current root of `ctx`, owned by this
- * thread. */
-static void credit_take(cctx_context *ctx, hamt_node *root)
+/* The refill of credit_take: another context's credits (or none). */
+static __attribute__((noinline)) void credit_refill(cctx_context *ctx, hamt_node *root)
 {
     if (root == NULL)
         return;
-    if (CCTX_LIKELY(root_credit.ctx == ctx && root_credit.root == root && root_credit.n != 0)) {
-        root_credit.n--;
-        return;
-    }
-    /* Another context's (or none): the old credits go back; their root is
-     * still held by its context, so nothing is freed here. */
+    /* The old credits go back; their root is still held by its context,
+     * so nothing is freed here. */
     credit_flush();
     hamt_retain_n(root, ROOT_CREDIT_BATCH);
     root_credit.ctx = ctx;
@@ -101,33 +99,68 @@ static void credit_take(cctx_context *ctx, hamt_node *root)
     root_credit.n = ROOT_CREDIT_BATCH - 1;
 }
 
-/* Drops one reference to `root`: back into the credits when they are for
- * this root (only while this thread has a state: its teardown flushes). */
-static void credit_give(hamt_node *root)
+/* One reference to `root`, the current root of `ctx`, owned by this
+ * thread. (Credits exist only for a non-NULL root, so a NULL root never
+ * takes the first branch.) */
+static inline void credit_take(cctx_context *ctx, hamt_node *root)
 {
-    if (root != NULL && root_credit.root == root && root_credit.n < 2 * ROOT_CREDIT_BATCH &&
-        thread_state_peek() != NULL) {
+    if (CCTX_LIKELY(root_credit.ctx == ctx && root_credit.root == root && root_credit.n != 0)) {
+        root_credit.n--;
+        return;
+    }
+    credit_refill(ctx, root);
+}
+
+/* Drops one reference to `root`: back into the credits when they are for
+ * this root (only while this thread has a state, `ts`: its teardown
+ * flushes). */
+static inline void credit_give(cctx_thread_state *ts, hamt_node *root)
+{
+    if (CCTX_LIKELY(root != NULL && root_credit.root == root &&
+                    root_credit.n < 2 * ROOT_CREDIT_BATCH && ts != NULL)) {
         root_credit.n++;
         return;
     }
     hamt_release(root);
 }
 
-cctx_status context_new_with_root(hamt_node *root, cctx_context **out)
+/* A context object with every field as a new context has it but `root`
+ * and `owner`, which the caller sets. `ts`: the calling thread's state or
+ * NULL; with one, the object may come from the thread's cache, whose
+ * objects keep magic 0, refcnt 1 and readers 0 from their release
+ * (cctx_context_release) and need only magic. */
+static inline cctx_context *context_object(cctx_thread_state *ts)
 {
+    cctx_context *ctx;
+    if (CCTX_LIKELY(ts != NULL && context_cache.head != NULL)) {
+        ctx = cctx_alloc_cached(&context_cache, sizeof *ctx);
+        if (CCTX_LIKELY(ctx != NULL)) {
+            CCTX_ASSERT(ctx->refcnt == 1 && ctx->readers == 0);
+            ctx->magic = CCTX_CONTEXT_MAGIC;
+        }
+        return ctx;
+    }
     /* Field stores, not calloc: glibc's calloc skips the per-thread cache
      * on non-main threads. */
-    cctx_block_cache *cache = context_cache_get();
-    cctx_context *ctx = cache != NULL ? cctx_alloc_cached(cache, sizeof *ctx)
-                                      : cctx_alloc(sizeof *ctx);
+    ctx = cctx_alloc(sizeof *ctx);
+    if (ctx != NULL) {
+        ctx->magic = CCTX_CONTEXT_MAGIC;
+        ctx->refcnt = 1;
+        ctx->prev = NULL;
+        ctx->readers = 0;
+        ctx->handover_next = NULL;
+        ctx->handover_ts = NULL;
+    }
+    return ctx;
+}
+
+cctx_status context_new_with_root(hamt_node *root, cctx_context **out)
+{
+    cctx_context *ctx = context_object(thread_state_peek());
     if (ctx == NULL)
         return CCTX_ENOMEM;
-    ctx->magic = CCTX_CONTEXT_MAGIC;
-    ctx->refcnt = 1;
     ctx->root = root;
     ctx->owner = CCTX_OWNER_NONE;
-    ctx->prev = NULL;
-    ctx->readers = 0;
     *out = ctx;
     return CCTX_OK;
 }
@@ -147,49 +180,278 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
 }
 
 /*
- * Entering does not retain: while a context is entered, the thread that
- * entered it relies on its caller's reference. When the last reference is
- * released while the context is entered (ENTERED(ts) in context.h), the
- * releaser hands that reference to the entered state instead of freeing:
- * one CAS of `owner` from ts to ts|CCTX_OWNER_HELD, so that the count
- * never reaches zero while the context is entered (a borrowed current
- * context may still be retained). Exit is a CAS from ts to FREE; it fails
- * only when a reference was handed over, and then the exiting thread
- * frees `owner` and drops that reference. Either the releaser's CAS comes
- * first (the exit sees HELD) or the exit's (the releaser sees FREE and
- * frees: the exiting thread no longer touches the context after its CAS).
+ * The handover. Entering does not retain: while a context is entered, the
+ * thread that entered it (ts) relies on its caller's reference. When the
+ * last reference is released while the context is entered, the count must
+ * not reach zero (a borrowed current context may still be retained), so
+ * the releaser hands that reference to the entered state, which drops it
+ * at exit. Two cases (context.h's table):
+ *
+ * - The releaser is ts itself: it sets HELD in `owner` with a plain store
+ *   (nobody else writes an ENTERED(ts) word), and ts's exit, reading its
+ *   own word, drops the reference.
+ *
+ * - The releaser is another thread R. It must not write `owner` — then the
+ *   exit would need a locked instruction to notice — so, holding the
+ *   handover lock, it puts the context on the handover list (rare),
+ *   bumps the entering thread's `handover_pending` (thread_state.h) and
+ *   looks at `owner` again; every exit stores FREE and then reads its own
+ *   thread's `handover_pending`. This is Dekker's pattern:
+ *
+ *       exit (ts)                     release (R)
+ *       store owner = FREE            store ts->handover_pending += 1
+ *       light barrier                 heavy barrier
+ *       load ts->handover_pending     load owner
+ *
+ *   With a full barrier on both sides, at least one of the loads sees the
+ *   other side's store. The exit is the hot path, so its barrier is a
+ *   compiler barrier only, and R's barrier is membarrier(PRIVATE_EXPEDITED):
+ *   it runs a full barrier on every CPU running a thread of this process,
+ *   which makes the exit's program order (store, then load) hold as if it
+ *   had fenced (the asymmetric barrier of RCU implementations). Without
+ *   membarrier (old kernels, valgrind, a failed registration) the exit
+ *   fences for real and R's barrier is a plain fence.
+ *
+ *   So: if R still sees ENTERED(ts), ts's exit will see its count and
+ *   collect (handover_collect: under the lock, each listed context counted
+ *   for ts is unlinked; its reference is released after the lock). If R
+ *   sees anything else (the exit came first), R unlinks the context
+ *   itself and releases again. Everything that touches a listed context does so under the
+ *   lock, and the exit touches nothing of the context after its store; so
+ *   whichever side unlinks it is the only one that still uses it, and no
+ *   context is freed while another thread looks at it.
+ *
+ *   R writes another thread's state: it does so only under the lock and
+ *   after reading, under the lock, that this thread has the context
+ *   entered; a thread's teardown takes the lock once after its last exit
+ *   and before freeing its state (context_handover_quiesce), so the state
+ *   is alive. Per-thread counts keep the cost where the handover is: a
+ *   context that stays entered on one thread with a pending handover
+ *   sends only that thread's exits to the lock.
  */
+static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
+static cctx_context *handover_head; /* under handover_lock */
+/* Non-zero: exits fence for real (no membarrier). Set once before any
+ * thread state exists (context_barrier_init), then only read. */
+static int exit_fence = 1;
+
+static bool membarrier_register(void)
+{
+#if defined(__linux__) && defined(SYS_membarrier)
+    long cmds = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    return cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
+           syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+#else
+    return false;
+#endif
+}
+
+void context_barrier_init(void)
+{
+    if (membarrier_register())
+        exit_fence = 0;
+}
+
+int cctx__context_exit_barrier(int mode)
+{
+    if (mode == 1)
+        exit_fence = 1;
+    else if (mode == 2)
+        context_barrier_init();
+    return exit_fence ? 1 : 2;
+}
+
+/* The releasing side's barrier (see above). */
+static void handover_heavy_barrier(void)
+{
+    if (exit_fence) {
+        cctx_fence_memory();
+        return;
+    }
+#if defined(__linux__) && defined(SYS_membarrier)
+    /* Registered, so this cannot fail short of a kernel bug; the exits no
+     * longer fence, so there is no correct way on. */
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+        fprintf(stderr, "contextcore: membarrier failed\n");
+        abort();
+    }
+#endif
+}
+
+void context_atfork_prepare(void)
+{
+    pthread_mutex_lock(&handover_lock);
+}
+
+void context_atfork_release(void)
+{
+    pthread_mutex_unlock(&handover_lock);
+}
+
+void context_atfork_child(void)
+{
+    pthread_mutex_unlock(&handover_lock);
+    /* Registration belongs to the address space; should the child's not
+     * carry it, fall back to fencing exits: safe to switch now, the child
+     * has one thread and it is not exiting a context. */
+    if (!exit_fence && !membarrier_register())
+        exit_fence = 1;
+}
+
+static void handover_unlink(cctx_context *ctx)
+{
+    cctx_context **p = &handover_head;
+    while (*p != ctx)
+        p = &(*p)->handover_next;
+    *p = ctx->handover_next;
+}
+
+/* Counts listed `ctx` for the thread that has it entered as `owner`
+ * (ENTERED(x), read under the lock), then looks again (Dekker's order:
+ * count, heavy barrier, load). Returns true when x's exit will see the
+ * count; false (count undone) when `owner` changed meanwhile. Under the
+ * lock: x's state is alive (see the essay above). `owner` is never HELD
+ * here: HELD means x itself released the last reference, and the caller
+ * holds it. */
+static bool handover_count_for(cctx_context *ctx, uintptr_t owner)
+{
+    cctx_thread_state *x = (cctx_thread_state *)(owner & ~CCTX_OWNER_HELD);
+    ctx->handover_ts = x;
+    cctx_store_uint(&x->handover_pending, x->handover_pending + 1);
+    handover_heavy_barrier();
+    if (cctx_load_uintptr(&ctx->owner) == owner)
+        return true;
+    cctx_store_uint(&x->handover_pending, x->handover_pending - 1);
+    return false;
+}
+
+/* R's side: `ctx`'s last reference, released while another thread has it
+ * entered. Returns true when that thread's exit now owns the reference,
+ * false when the context was left meanwhile (the caller owns it again). */
+static __attribute__((noinline, cold)) bool handover_to_exit(cctx_context *ctx)
+{
+    pthread_mutex_lock(&handover_lock);
+    uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+    bool handed = false;
+    if (owner > CCTX_OWNER_WRITING) {
+        ctx->handover_next = handover_head;
+        handover_head = ctx;
+        handed = handover_count_for(ctx, owner);
+        if (!handed)
+            handover_unlink(ctx);
+    }
+    pthread_mutex_unlock(&handover_lock);
+    return handed;
+}
+
+/* The exit's side, when contexts are counted for `ts`: each listed
+ * context counted for ts is unlinked and its reference released, after the
+ * unlock (releases may run callbacks that release more contexts). The
+ * release decides what that reference means now, as for any release: the
+ * context left (ts's exit just stored FREE) is freed unless others hold
+ * references; one ts has entered again is handed to ts's entered state
+ * (HELD); one another thread has entered since, with a reference of its
+ * own, is just one reference fewer — or, were the listed reference the
+ * last, handed over again, counted for that thread (handover_to_exit). */
+static __attribute__((noinline, cold)) void handover_collect(cctx_thread_state *ts)
+{
+    cctx_context *drop = NULL;
+    pthread_mutex_lock(&handover_lock);
+    for (cctx_context **p = &handover_head; *p != NULL;) {
+        cctx_context *c = *p;
+        if (c->handover_ts != ts) {
+            p = &c->handover_next;
+            continue;
+        }
+        *p = c->handover_next;
+        c->handover_next = drop;
+        drop = c;
+        cctx_store_uint(&ts->handover_pending, ts->handover_pending - 1);
+    }
+    pthread_mutex_unlock(&handover_lock);
+    while (drop != NULL) {
+        cctx_context *next = drop->handover_next;
+        /* The lock's release/acquire orders the entering thread's writes
+         * (before its FREE store, which R or this thread saw) before this
+         * release. */
+        cctx_context_release(drop);
+        drop = next;
+    }
+}
+
+void context_handover_quiesce(cctx_thread_state *ts)
+{
+    /* Anyone who read, under the lock, that ts had a context entered is
+     * done writing ts once this returns. */
+    pthread_mutex_lock(&handover_lock);
+    CCTX_ASSERT(ts->handover_pending == 0);
+    pthread_mutex_unlock(&handover_lock);
+}
+
+/* Frees `ctx`, whose last reference the caller dropped while nobody has it
+ * entered. */
+static inline __attribute__((always_inline)) void context_free(cctx_context *ctx)
+{
+    /* Nobody reads it now (readers hold a reference), and the count is 1:
+     * the state a cached object keeps (context_object). */
+    CCTX_ASSERT(ctx->readers == 0 && ctx->refcnt == 1);
+    ctx->magic = 0;
+    hamt_node *root = ctx->root;
+    cctx_thread_state *ts = thread_state_peek();
+    cctx_dealloc_cached(ts != NULL ? &context_cache : NULL, ctx);
+    /* After the object is back in the cache: a callback run by the root's
+     * release may copy again and take it. */
+    credit_give(ts, root);
+}
+
+/*
+ * Which reference is the last? The count alone cannot say: a thread that
+ * has the context entered may retain it (its borrowed current context)
+ * and then exit. So `owner` is read first (acquire) and the count after:
+ * if the owner was seen FREE, any retain made while it was entered is
+ * seen in the count too (it precedes the exit's release store); if it was
+ * seen entered, the reference goes to the handover, which keeps working
+ * whatever the count becomes.
+ */
+static __attribute__((noinline)) void context_release_slow(cctx_context *ctx)
+{
+    for (;;) {
+        uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+        /* Not the last reference: one locked CAS, as a decrement would be
+         * (a count of 1 is the caller's own reference: see hamt_release). */
+        unsigned n = cctx_load_uint(&ctx->refcnt);
+        if (n != 1) {
+            if (cctx_cas_uint(&ctx->refcnt, n, n - 1))
+                return;
+            continue;
+        }
+        if (owner <= CCTX_OWNER_WRITING || (owner & CCTX_OWNER_HELD) != 0)
+            break; /* FREE (or claimed, or a one-off writer): free it */
+        if (owner == (uintptr_t)thread_state_peek()) {
+            /* Entered by this thread: only it writes the word (context.h). */
+            cctx_store_uintptr(&ctx->owner, owner | CCTX_OWNER_HELD);
+            return;
+        }
+        if (handover_to_exit(ctx))
+            return;
+        /* Its owner left meanwhile: the reference is ours again; look
+         * again (the owner may have retained it before leaving). */
+    }
+    context_free(ctx);
+}
+
 void cctx_context_release(cctx_context *ctx)
 {
     if (!context_is_valid(ctx))
         return;
-    /* Not the last reference: one locked CAS, as a decrement would be. A
-     * count of 1 is the caller's own reference (see hamt_release): nobody
-     * else can raise it except the thread that has the context entered
-     * (retaining its borrowed current context), which the handover below
-     * allows for. */
-    for (;;) {
-        unsigned n = cctx_load_uint(&ctx->refcnt);
-        if (n == 1)
-            break;
-        if (cctx_cas_uint(&ctx->refcnt, n, n - 1))
-            return;
+    /* The common last release (a copy's): nobody has it entered, and
+     * nobody else has a reference (owner first: see above). */
+    if (CCTX_LIKELY(cctx_load_uintptr(&ctx->owner) == CCTX_OWNER_NONE &&
+                    cctx_load_uint(&ctx->refcnt) == 1)) {
+        context_free(ctx);
+        return;
     }
-    for (;;) {
-        uintptr_t owner = cctx_load_uintptr(&ctx->owner);
-        if (owner <= CCTX_OWNER_WRITING || (owner & CCTX_OWNER_HELD) != 0)
-            break; /* FREE (or claimed, or a one-off writer): free it */
-        /* Entered: the entered state keeps this reference (see above). */
-        if (cctx_cas_uintptr(&ctx->owner, owner, owner | CCTX_OWNER_HELD))
-            return;
-        /* The owner left meanwhile: look again. */
-    }
-    ctx->magic = 0;
-    hamt_node *root = ctx->root;
-    cctx_dealloc_cached(context_cache_get(), ctx);
-    /* After the object is back in the cache: a callback run by the root's
-     * release may copy again and take it. */
-    credit_give(root);
+    context_release_slow(ctx);
 }
 
 /* ------------------------------------------------------------ reading */
@@ -513,6 +775,23 @@ cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var
     return CCTX_OK;
 }
 
+/*
+ * Marks `token` used. A plain (release) store, not a compare-and-swap:
+ * only the writer of token->ctx consumes the token (the reset checked
+ * token->ctx == ctx, and the caller holds write ownership of ctx, which
+ * context.h's state machine gives to one thread at a time: an entered
+ * context's thread, the one-off writer, or the claiming task, which runs
+ * on one thread at a time). So no other reset can test `used` and
+ * commit between this reset's test at the top and this store; other
+ * threads only read it (cctx_token_is_used, or a reset that then fails
+ * with CCTX_TOKEN_USED or CCTX_TOKEN_WRONG_CONTEXT).
+ */
+static inline void token_consume(cctx_token *token)
+{
+    CCTX_ASSERT(cctx_load_uint(&token->used) == 0);
+    cctx_store_uint(&token->used, 1);
+}
+
 cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
                                 cctx_token *token)
 {
@@ -533,10 +812,8 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
     if (token->has_old && has_cur && cur != token->old_value &&
         hamt_value_slot_if_unique(root, var) != NULL) {
         /* In place (see write_in_place). The token is consumed first:
-         * the write cannot fail, and a token used concurrently elsewhere
-         * must not also write. */
-        if (!cctx_cas_uint(&token->used, 0, 1))
-            return CCTX_TOKEN_USED;
+         * the write cannot fail. A plain store (see token_consume). */
+        token_consume(token);
         if (write_in_place(ts, ctx, root, var, token->old_value))
             return CCTX_OK;
         /* Backed out (a reader arrived): path copy; no failure allowed
@@ -561,11 +838,7 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
     else if (st != CCTX_OK)
         return st;
     /* Commit point: the token is consumed exactly once. */
-    if (!cctx_cas_uint(&token->used, 0, 1)) {
-        if (next != root)
-            hamt_release(next);
-        return CCTX_TOKEN_USED;
-    }
+    token_consume(token);
     if (next != root)
         context_publish(ts, ctx, next);
     return CCTX_OK;
@@ -585,19 +858,62 @@ void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
     ctx->owner = (uintptr_t)ts; /* a new context nobody else has seen */
 }
 
+/* The rare work of a leave, out of line so that the common leave keeps
+ * no registers across calls: drop a handed reference (`held`), then look
+ * at the handover list (`collect`). */
+static __attribute__((noinline, cold)) void owner_leave_slow(cctx_thread_state *ts,
+                                                             cctx_context *ctx, bool held,
+                                                             bool collect)
+{
+    if (held)
+        cctx_context_release(ctx); /* the handed reference; may free */
+    if (collect && cctx_load_uint_relaxed(&ts->handover_pending) != 0)
+        handover_collect(ts);
+}
+
+/* ENTERED(ts)[|HELD] -> FREE by ts. `collect`: look at the handover list
+ * afterwards (every exit of an entered context must; see "The
+ * handover"). */
+static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
+                                                              cctx_thread_state *ts,
+                                                              bool collect)
+{
+    /* Plain read of our own word: only this thread writes an ENTERED(ts)
+     * owner (context.h). HELD: the last reference was handed to us. */
+    uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+    CCTX_ASSERT((owner & ~CCTX_OWNER_HELD) == (uintptr_t)ts);
+    /* Only an owner's credits are safe (see "Root credits"). */
+    if (CCTX_UNLIKELY(root_credit.ctx == ctx))
+        credit_flush();
+    int fence = cctx_load_int(&exit_fence);
+    /* Release: our writes to the context happen before the next owner's
+     * (its CAS acquires) and before a collector's release (its load
+     * acquires). After this store another thread may free the context
+     * (unless HELD): it is not touched again. */
+    cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
+    /* The exit's side of the handover barrier ("The handover"): the load
+     * of ts->handover_pending must not come before the store above. */
+    if (CCTX_UNLIKELY(fence))
+        cctx_fence_memory();
+    else
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    bool held = owner != (uintptr_t)ts;
+    if (CCTX_UNLIKELY(held | (collect && cctx_load_uint_relaxed(&ts->handover_pending) != 0)))
+        owner_leave_slow(ts, ctx, held, collect);
+}
+
 void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)
 {
-    CCTX_ASSERT(context_owner(ctx) == (uintptr_t)ts);
-    credit_forget(ctx); /* only an owner's credits are safe (see above) */
-    /* Full barrier: our writes to the context happen before the next
-     * owner's; and a releaser's handover either happened (the CAS fails)
-     * or will see FREE (cctx_context_release). */
-    if (cctx_cas_uintptr(&ctx->owner, (uintptr_t)ts, CCTX_OWNER_NONE))
-        return;
-    /* The last reference was handed to us while entered: nobody else can
-     * reach the context now; leave, then drop that reference. */
-    cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
-    cctx_context_release(ctx);
+    owner_leave(ctx, ts, true);
+}
+
+void context_owner_leave_base(cctx_context *ctx, cctx_thread_state *ts)
+{
+    /* A thread's base is never on the handover list: the thread holds its
+     * own reference until after this leave, so no other thread's release
+     * is the last while the base is entered. And the collect could run
+     * other threads' callbacks in this thread's closed teardown. */
+    owner_leave(ctx, ts, false);
 }
 
 /* Write ownership for the explicit-context functions: the thread that has
@@ -726,12 +1042,13 @@ void context_switched(cctx_thread_state *ts, cctx_event event, cctx_context *ctx
     watch_notify(ts, event, ctx);
 }
 
-cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
+static inline __attribute__((always_inline)) cctx_status enter(cctx_thread_state *ts,
+                                                                cctx_context *ctx)
 {
     if (!context_owner_enter(ctx, ts))
         return CCTX_ALREADY_ENTERED;
     /* No retain: the caller's reference keeps it, or is handed to this
-     * entered state when released early (cctx_context_release). */
+     * entered state when released early ("The handover"). */
     ctx->prev = ts->current;
     /* The new current is published to a signal handler on this thread
      * before the version bump (context_switched): see var_access.c. */
@@ -740,14 +1057,25 @@ cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
     return CCTX_OK;
 }
 
+/* Leaves ts's innermost entered context `c` (not its base). */
+static inline __attribute__((always_inline)) void exit_innermost(cctx_thread_state *ts,
+                                                                 cctx_context *c)
+{
+    CCTX_ASSERT(c == ts->current && c != ts->base);
+    /* `prev` is left as is: it means nothing once the context is left. */
+    ts->current = c->prev;
+    context_switched(ts, CCTX_EVENT_EXITED, ts->current);
+    owner_leave(c, ts, true); /* may free it: not touched after */
+}
+
+cctx_status context_enter(cctx_thread_state *ts, cctx_context *ctx)
+{
+    return enter(ts, ctx);
+}
+
 void context_exit_innermost(cctx_thread_state *ts)
 {
-    cctx_context *c = ts->current;
-    CCTX_ASSERT(c != ts->base);
-    ts->current = c->prev;
-    c->prev = NULL;
-    context_switched(ts, CCTX_EVENT_EXITED, ts->current);
-    context_owner_leave(c, ts); /* may free it: not touched after */
+    exit_innermost(ts, ts->current);
 }
 
 void context_exit_above(cctx_thread_state *ts, cctx_context *ctx)
@@ -763,7 +1091,7 @@ cctx_status cctx_context_enter(cctx_context *ctx)
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
-    return context_enter(ts, ctx);
+    return enter(ts, ctx);
 }
 
 cctx_status cctx_context_exit(cctx_context *ctx)
@@ -773,7 +1101,7 @@ cctx_status cctx_context_exit(cctx_context *ctx)
     cctx_thread_state *ts = thread_state_peek();
     if (ts == NULL || ts->current != ctx || ctx == ts->base)
         return CCTX_NOT_CURRENT;
-    context_exit_innermost(ts);
+    exit_innermost(ts, ctx);
     return CCTX_OK;
 }
 
@@ -784,7 +1112,7 @@ cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
-    cctx_status st = context_enter(ts, ctx);
+    cctx_status st = enter(ts, ctx);
     if (st != CCTX_OK)
         return st;
     fn(arg);
@@ -795,7 +1123,27 @@ cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)
     context_exit_above(ts, ctx);
     if (ts->current != ctx)
         return CCTX_NOT_CURRENT;
-    context_exit_innermost(ts);
+    exit_innermost(ts, ctx);
+    return CCTX_OK;
+}
+
+/* copy_current when the credits or the cache run out (or allocations are
+ * being failed on purpose): out of line, so the common path saves no
+ * registers. */
+static __attribute__((noinline)) cctx_status copy_current_slow(cctx_thread_state *ts,
+                                                               cctx_context *cur,
+                                                               hamt_node *root,
+                                                               cctx_context **out)
+{
+    credit_take(cur, root);
+    cctx_context *ctx = context_object(ts);
+    if (ctx == NULL) {
+        credit_give(ts, root);
+        return CCTX_ENOMEM;
+    }
+    ctx->root = root;
+    ctx->owner = CCTX_OWNER_NONE;
+    *out = ctx;
     return CCTX_OK;
 }
 
@@ -810,11 +1158,20 @@ cctx_status cctx_context_copy_current(cctx_context **out)
      * read guard (nobody else replaces it). */
     cctx_context *cur = ts->current;
     hamt_node *root = context_own_root(cur);
-    credit_take(cur, root);
-    cctx_status st = context_new_with_root(root, out);
-    if (st != CCTX_OK)
-        credit_give(root);
-    return st;
+    /* The common case: a credit for this root and a cached object (taking
+     * it cannot fail while the failure countdown is disarmed). */
+    if (CCTX_UNLIKELY(root_credit.ctx != cur || root_credit.root != root ||
+                      root_credit.n == 0 || context_cache.head == NULL ||
+                      __atomic_load_n(&cctx_alloc_fail_countdown, __ATOMIC_RELAXED) != 0))
+        return copy_current_slow(ts, cur, root, out);
+    root_credit.n--;
+    cctx_context *ctx = cctx_alloc_cached_checked(&context_cache);
+    CCTX_ASSERT(ctx->refcnt == 1 && ctx->readers == 0); /* see context_object */
+    ctx->magic = CCTX_CONTEXT_MAGIC;
+    ctx->root = root;
+    ctx->owner = CCTX_OWNER_NONE;
+    *out = ctx;
+    return CCTX_OK;
 }
 
 cctx_context *cctx_context_current(void)

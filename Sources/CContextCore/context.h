@@ -19,31 +19,44 @@
  *   touches it.
  *
  * The owner state machine. `owner` is one word; only the context_owner_*
- * functions in context.c read-modify-write it.
+ * functions and cctx_context_release in context.c write it.
  *
  *   state            value                  may write root / enter
  *   FREE             CCTX_OWNER_NONE        nobody / anyone may enter
  *   ENTERED(ts)      the thread state ts    thread ts only / nobody else
+ *                    (|HELD: see below)
  *   CLAIMED          CCTX_OWNER_CLAIMED     the claiming task / nobody
  *   WRITING          CCTX_OWNER_WRITING     one explicit write / nobody
  *
- *   transition          from -> to             function (atomic op)
- *   enter               FREE -> ENTERED(ts)    context_owner_enter (CAS)
- *   take as base        new  -> ENTERED(ts)    context_owner_adopt (plain:
- *                                              nobody else has the context)
- *   exit                ENTERED(ts) -> FREE    context_owner_leave (CAS; if
- *                                              HELD: store, then release)
- *   last release        ENTERED(ts) ->         cctx_context_release (CAS:
- *     while entered       ENTERED(ts)|HELD     the entered state keeps the
- *                                              last reference until exit)
+ *   transition          from -> to             who, how
+ *   enter               FREE -> ENTERED(ts)    thread ts: context_owner_enter
+ *                                              (CAS)
+ *   take as base        new  -> ENTERED(ts)    thread ts: context_owner_adopt
+ *                                              (plain: nobody else has it)
+ *   exit                ENTERED(ts)[|HELD]     thread ts: context_owner_leave
+ *                         -> FREE              (release store, then a look
+ *                                              at the handover list;
+ *                                              _base: no look)
+ *   last release by ts  ENTERED(ts) ->         thread ts: cctx_context_release
+ *     while entered       ENTERED(ts)|HELD     (plain store: only ts writes
+ *                                              an ENTERED(ts) word)
+ *   last release by     ENTERED(ts) stays      the releasing thread: puts the
+ *     another thread      ENTERED(ts)          context on the handover list
+ *     while entered                            (context.c); `owner` is not
+ *                                              written
  *   claim               FREE -> CLAIMED        context_owner_claim (CAS)
  *   unclaim             CLAIMED -> FREE        context_owner_unclaim (CAS)
  *   one-off write       FREE -> WRITING        context_owner_write_begin (CAS)
  *   write done          WRITING -> FREE        context_owner_write_end (store)
  *
  * Every other transition is refused (CCTX_ALREADY_ENTERED or
- * CCTX_NOT_ENTERED to the caller). The release store at exit/write-end
- * orders this owner's writes before the next owner's, whose CAS acquires.
+ * CCTX_NOT_ENTERED to the caller). Because nobody but ts writes an
+ * ENTERED(ts) word (the CAS of every other transition expects FREE or
+ * CLAIMED, so it fails without writing), ts's exit needs no locked
+ * instruction. The release store at exit/write-end orders this owner's
+ * writes before the next owner's, whose CAS acquires. Who drops a
+ * reference released while the context is entered is context.c's
+ * "handover" essay.
  */
 #ifndef CCTX_CONTEXT_H
 #define CCTX_CONTEXT_H
@@ -63,12 +76,20 @@
 typedef struct cctx_thread_state cctx_thread_state;
 
 struct cctx_context {
+    /* First: a free object in a thread's cache (context.c) keeps its link
+     * here, so the fields below keep the values a free object has (magic
+     * 0, refcnt 1, readers 0) and a reuse rewrites only root, magic and
+     * owner. */
+    hamt_node *root;
     uint32_t magic;
     unsigned refcnt;
-    hamt_node *root;
     uintptr_t owner;
     cctx_context *prev;
     unsigned readers;
+    /* While on the handover list (context.c): its link, and the thread
+     * whose count includes it. Else unused. */
+    cctx_context *handover_next;
+    cctx_thread_state *handover_ts;
 };
 
 static inline bool context_is_valid(const cctx_context *ctx)
@@ -108,6 +129,26 @@ static inline uintptr_t context_owner(const cctx_context *ctx)
 bool context_owner_enter(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
 void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
 void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
+/* The same for a thread's base context (thread_state.c): no look at the
+ * handover list (context.c). */
+void context_owner_leave_base(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
+
+/* Called by a thread's teardown after its last exit, before its state is
+ * freed: waits until no releasing thread can still write the state's
+ * handover count (context.c, "The handover"). */
+void context_handover_quiesce(cctx_thread_state *ts) CCTX_HIDDEN;
+
+/* Chooses how exits order their `owner` store before their look at the
+ * handover list (context.c): called once, before any thread state exists
+ * (thread_state.c's one-time setup). */
+void context_barrier_init(void) CCTX_HIDDEN;
+/* The handover list's lock in the fork handlers (reclaim.c takes every
+ * lock of the runtime in one order): take / give back. */
+void context_atfork_prepare(void) CCTX_HIDDEN;
+void context_atfork_release(void) CCTX_HIDDEN;
+/* In the child (one thread): give back, and make sure the exits' barrier
+ * mode holds there too. */
+void context_atfork_child(void) CCTX_HIDDEN;
 
 /* ------------------------------------------------------------ contexts */
 

@@ -583,16 +583,19 @@ unsigned reclaim_retired_count(reclaim_record *record)
  * child starts with them free and its structures consistent. One order for
  * the whole runtime: the fallback lock first (a read on the fallback
  * record may run a callback that creates a local, taking local.c's index
- * lock), then local.c's locks, then orphan_lock (a leaf). */
+ * lock), then local.c's locks, then orphan_lock and context.c's handover
+ * lock (leaves: nothing is locked while either is held). */
 static void reclaim_atfork_prepare(void)
 {
     pthread_mutex_lock(&fallback_lock);
     local_atfork_prepare();
     pthread_mutex_lock(&orphan_lock);
+    context_atfork_prepare();
 }
 
 static void reclaim_atfork_parent(void)
 {
+    context_atfork_release();
     pthread_mutex_unlock(&orphan_lock);
     local_atfork_parent();
     pthread_mutex_unlock(&fallback_lock);
@@ -606,6 +609,7 @@ static void reclaim_atfork_parent(void)
  * them). Runs before any other code in the child, so plain stores do. */
 static void reclaim_atfork_child(void)
 {
+    context_atfork_child();
     pthread_mutex_unlock(&orphan_lock);
     local_atfork_child();
     pthread_mutex_unlock(&fallback_lock);

@@ -32,6 +32,12 @@ CCTX_API uint32_t cctx__var_hash(const cctx_var *var);
  * they hold, else a line number in hamt.c that names the broken one. */
 CCTX_API int cctx__context_check(cctx_context *ctx);
 
+/* How exits order their `owner` store before their look at the handover
+ * list (context.c): 0 only asks; 1 makes exits fence for real; 2 uses
+ * membarrier when the kernel offers it. Returns the mode in effect (1 or
+ * 2). Call only while no other thread uses the library. */
+CCTX_API int cctx__context_exit_barrier(int mode);
+
 #ifdef __cplusplus
 }
 #endif

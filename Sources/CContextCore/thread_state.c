@@ -47,6 +47,7 @@
 #include "internal.h"
 #include "reclaim.h"
 #include "thread_state.h"
+#include "token.h"
 #include "watch.h"
 
 #include <pthread.h>
@@ -109,7 +110,7 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
     thread_state_invalidate(ts);
     /* The owner transition releases: this thread's writes to `old` happen
      * before whatever its other holders do with it. */
-    context_owner_leave(old, ts);
+    context_owner_leave_base(old, ts);
     cctx_context_release(old); /* callbacks see `fresh` as current */
     return true;
 }
@@ -135,11 +136,13 @@ static void state_destroy(cctx_thread_state *ts)
     teardown_closed = true;
     (void)teardown_round(ts, true, &stuck);
     local_thread_release(ts); /* the table is empty now: unlink, free */
-    context_owner_leave(ts->base, ts);
+    context_owner_leave_base(ts->base, ts);
     cctx_context_release(ts->base);
-    context_cache_drain(); /* detached: later frees bypass the cache */
+    context_cache_drain(); /* detached: later frees bypass the caches */
+    token_cache_drain();
     teardown_closed = false;
     reclaim_record_release(ts->record);
+    context_handover_quiesce(ts);
     cctx_dealloc(ts);
 }
 
@@ -155,6 +158,7 @@ static void state_key_destructor(void *p)
 static void state_key_create(void)
 {
     state_key_error = pthread_key_create(&state_key, state_key_destructor);
+    context_barrier_init(); /* before any state, hence before any exit */
 }
 
 cctx_thread_state *thread_state_slow(void)

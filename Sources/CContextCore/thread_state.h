@@ -17,7 +17,7 @@
  * - `locals` is owned by local.c: this thread's slots of threading.local
  *   objects.
  * Only the owning thread reads or writes a state, except `locals`, whose
- * rules local.c states.
+ * rules local.c states, and `handover_pending`, whose context.c states.
  */
 #ifndef CCTX_THREAD_STATE_H
 #define CCTX_THREAD_STATE_H
@@ -70,6 +70,12 @@ typedef struct cctx_thread_state {
      * (context.c), NULL outside that window: only the fork child handler
      * reads it, for threads that did not survive the fork (reclaim.c). */
     cctx_context *in_place;
+    /* How many contexts on context.c's handover list are waiting for an
+     * exit of this thread (another thread released their last reference
+     * while this one had them entered). Written under the handover lock,
+     * possibly by other threads; read by this thread's exits without it
+     * (context.c, "The handover"). */
+    unsigned handover_pending;
     /* In a fork child only: links the states of threads that did not
      * survive the fork (reclaim.c), which stay allocated there. */
     struct cctx_thread_state *fork_orphan_next;

@@ -2,12 +2,25 @@
  * token.c — tokens returned by set and consumed by reset.
  */
 #include "internal.h"
+#include "thread_state.h"
 #include "token.h"
+
+/* Tokens this thread freed, kept for its next sets (as context.c keeps
+ * context objects): a set + reset + release on one thread then calls no
+ * allocator. Used only while the thread has a state; its teardown drains
+ * it (token_cache_drain) once nothing can refill it. */
+static __thread cctx_block_cache token_cache __attribute__((tls_model("initial-exec")));
+
+void token_cache_drain(void)
+{
+    cctx_block_cache_drain(&token_cache);
+}
 
 cctx_status token_new(cctx_var *var, cctx_context *ctx, bool has_old,
                       void *old_value, cctx_token **out)
 {
-    cctx_token *t = cctx_alloc(sizeof *t);
+    cctx_token *t = thread_state_peek() != NULL ? cctx_alloc_cached(&token_cache, sizeof *t)
+                                                : cctx_alloc(sizeof *t);
     if (t == NULL)
         return CCTX_ENOMEM;
     t->magic = CCTX_TOKEN_MAGIC;
@@ -44,7 +57,7 @@ void cctx_token_release(cctx_token *token)
     token->magic = 0;
     var_unref(token->var);
     cctx_context_release(token->ctx);
-    cctx_dealloc(token);
+    cctx_dealloc_cached(thread_state_peek() != NULL ? &token_cache : NULL, token);
 }
 
 cctx_var *cctx_token_var(const cctx_token *token)

@@ -993,12 +993,299 @@ static void test_last_release_while_entered_is_handed_to_exit(void **state)
     assert_int_equal(cctx__live_allocations(), start_allocs);
 }
 
+/* Another thread's last release of an entered context, step by step:
+ * the context stays readable until its owner exits; the exit drops it and
+ * its value, whose release callback (it uses the library) drops the last
+ * reference of a second context entered on a third thread, which in turn
+ * keeps its value until that thread exits. A retained borrowed current
+ * context outlives the handover. */
+struct chain {
+    cctx_var *x;
+    cctx_context *c1, *c2;
+    test_gate in1, in2, go1, go2, out1;
+    long hook1_calls, hook2_calls;
+    bool c2_readable_in_hook;
+};
+
+static void chain_hook1(tv_value *v, void *arg)
+{
+    (void)v;
+    struct chain *s = arg;
+    /* The library from a release callback, on the exiting thread: a copy
+     * entered and left, then the last reference of c2 (entered elsewhere). */
+    cctx_context *c = NULL;
+    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
+    T_CHECK(cctx_context_enter(c) == CCTX_OK);
+    T_CHECK(cctx_context_exit(c) == CCTX_OK);
+    cctx_context_release(c);
+    cctx_context_release(s->c2);
+    __atomic_add_fetch(&s->hook1_calls, 1, __ATOMIC_RELAXED);
+}
+
+static void chain_hook2(tv_value *v, void *arg)
+{
+    (void)v;
+    struct chain *s = arg;
+    cctx_context *c = NULL;
+    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
+    T_CHECK(cctx_context_enter(c) == CCTX_OK);
+    T_CHECK(cctx_var_set(s->x, NULL, NULL) == CCTX_OK);
+    T_CHECK(cctx_context_exit(c) == CCTX_OK);
+    cctx_context_release(c);
+    __atomic_add_fetch(&s->hook2_calls, 1, __ATOMIC_RELAXED);
+}
+
+static void *chain_owner1(void *p)
+{
+    struct chain *s = p;
+    T_CHECK(cctx_context_enter(s->c1) == CCTX_OK); /* borrowed */
+    gate_open(&s->in1);
+    T_CHECK(gate_wait(&s->go1));
+    /* Released by the main thread by now: still ours to read. */
+    void *out = NULL;
+    T_CHECK(cctx_var_get(s->x, &out) == CCTX_OK && ((tv_value *)out)->id == 1);
+    cctx_context *again = cctx_context_retain(cctx_context_current());
+    T_CHECK(again == s->c1);
+    T_CHECK(cctx_context_exit(s->c1) == CCTX_OK);
+    T_CHECK(__atomic_load_n(&s->hook1_calls, __ATOMIC_RELAXED) == 0); /* `again` */
+    /* Entered again with our own reference, left, dropped: now it goes. */
+    T_CHECK(cctx_context_enter(again) == CCTX_OK);
+    T_CHECK(cctx_context_exit(again) == CCTX_OK);
+    cctx_context_release(again);
+    T_CHECK(__atomic_load_n(&s->hook1_calls, __ATOMIC_RELAXED) == 1);
+    gate_open(&s->out1);
+    return NULL;
+}
+
+static void *chain_owner2(void *p)
+{
+    struct chain *s = p;
+    T_CHECK(cctx_context_enter(s->c2) == CCTX_OK); /* borrowed */
+    gate_open(&s->in2);
+    T_CHECK(gate_wait(&s->go2));
+    void *out = NULL;
+    T_CHECK(cctx_var_get(s->x, &out) == CCTX_OK && ((tv_value *)out)->id == 2);
+    T_CHECK(cctx_context_exit(s->c2) == CCTX_OK);
+    T_CHECK(__atomic_load_n(&s->hook2_calls, __ATOMIC_RELAXED) == 1);
+    return NULL;
+}
+
+static void test_release_by_another_thread_while_entered(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    long live = tv_live();
+    for (int mode = 1; mode <= 2; mode++) {
+        (void)cctx__context_exit_barrier(mode);
+        struct chain s = { .in1 = TEST_GATE_INIT, .in2 = TEST_GATE_INIT,
+                           .go1 = TEST_GATE_INIT, .go2 = TEST_GATE_INIT,
+                           .out1 = TEST_GATE_INIT };
+        assert_ok(cctx_var_new("x", &tv_ops, &s.x));
+        assert_ok(cctx_context_new(&s.c1));
+        assert_ok(cctx_context_new(&s.c2));
+        tv_value *v1 = tv_new_hooked(1, chain_hook1, &s);
+        tv_value *v2 = tv_new_hooked(2, chain_hook2, &s);
+        assert_ok(cctx_context_set(s.c1, s.x, v1, NULL));
+        assert_ok(cctx_context_set(s.c2, s.x, v2, NULL));
+        tv_drop(v1);
+        tv_drop(v2);
+        pthread_t t1, t2;
+        assert_int_equal(pthread_create(&t1, NULL, chain_owner1, &s), 0);
+        assert_int_equal(pthread_create(&t2, NULL, chain_owner2, &s), 0);
+        assert_true(gate_wait(&s.in1));
+        assert_true(gate_wait(&s.in2));
+        cctx_context_release(s.c1); /* the last reference, c1 entered on t1 */
+        assert_int_equal(tv_live(), live + 2);
+        gate_open(&s.go1);
+        assert_true(gate_wait(&s.out1));
+        /* v1 went; its callback dropped c2's last reference: kept for t2. */
+        assert_int_equal(tv_live(), live + 1);
+        assert_int_equal(s.hook2_calls, 0);
+        gate_open(&s.go2);
+        pthread_join(t1, NULL);
+        pthread_join(t2, NULL);
+        assert_int_equal(thread_failures(), 0);
+        assert_int_equal(s.hook1_calls, 1);
+        assert_int_equal(s.hook2_calls, 1);
+        assert_int_equal(tv_live(), live);
+        cctx_var_release(s.x);
+    }
+    (void)cctx__context_exit_barrier(2);
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
+/* Two contexts entered one inside the other on one thread, both of whose
+ * last references another thread releases: leaving the inner one drops
+ * it, while the outer one, still entered, keeps its value until it is
+ * left too. */
+struct nested {
+    cctx_var *x;
+    cctx_context *outer, *inner;
+    test_gate in, go;
+    long live;
+};
+
+static void *nested_owner(void *p)
+{
+    struct nested *s = p;
+    T_CHECK(cctx_context_enter(s->outer) == CCTX_OK); /* borrowed */
+    T_CHECK(cctx_context_enter(s->inner) == CCTX_OK); /* borrowed */
+    gate_open(&s->in);
+    T_CHECK(gate_wait(&s->go)); /* both released by now */
+    T_CHECK(get_id(s->x) == 2);
+    T_CHECK(cctx_context_exit(s->inner) == CCTX_OK);
+    T_CHECK(tv_live() == s->live + 1); /* the inner value went */
+    T_CHECK(get_id(s->x) == 1);        /* the outer one is still there */
+    T_CHECK(cctx_context_exit(s->outer) == CCTX_OK);
+    T_CHECK(tv_live() == s->live);
+    return NULL;
+}
+
+static void test_release_of_nested_entered_contexts_by_another_thread(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    for (int mode = 1; mode <= 2; mode++) {
+        (void)cctx__context_exit_barrier(mode);
+        struct nested s = { .in = TEST_GATE_INIT, .go = TEST_GATE_INIT, .live = tv_live() };
+        assert_ok(cctx_var_new("x", &tv_ops, &s.x));
+        assert_ok(cctx_context_new(&s.outer));
+        assert_ok(cctx_context_new(&s.inner));
+        tv_value *v1 = tv_new(1), *v2 = tv_new(2);
+        assert_ok(cctx_context_set(s.outer, s.x, v1, NULL));
+        assert_ok(cctx_context_set(s.inner, s.x, v2, NULL));
+        tv_drop(v1);
+        tv_drop(v2);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, nested_owner, &s), 0);
+        assert_true(gate_wait(&s.in));
+        cctx_context_release(s.outer);
+        cctx_context_release(s.inner);
+        assert_int_equal(tv_live(), s.live + 2);
+        gate_open(&s.go);
+        pthread_join(t, NULL);
+        assert_int_equal(thread_failures(), 0);
+        assert_int_equal(tv_live(), s.live);
+        cctx_var_release(s.x);
+    }
+    (void)cctx__context_exit_barrier(2);
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 static void test_copy_current_cache_fails_and_drains(void **state)
 {
     (void)state;
     long start_allocs = cctx__live_allocations();
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, copy_cache_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
+/* Token objects come from a per-thread cache as context objects do: an
+ * injected failure still fails a set that asks for a token (and changes
+ * nothing), a token released on another thread or during a thread's
+ * teardown is freed, nothing leaks. And a cached context object freed in
+ * an unusual state (claimed; entered and left) is whole when reused. */
+struct token_job { cctx_token *t; };
+static void *release_token_elsewhere(void *p)
+{
+    struct token_job *j = p;
+    cctx_token_release(j->t); /* into this thread's cache; drained at exit */
+    return NULL;
+}
+
+static void release_token_hook(tv_value *v, void *arg)
+{
+    (void)v;
+    cctx_token_release(arg); /* during the owning thread's teardown */
+}
+
+static void *token_cache_thread(void *p)
+{
+    (void)p;
+    cctx_var *x = NULL;
+    assert_ok(cctx_var_new("x", &tv_ops, &x));
+    tv_value *a = tv_new(7), *b = tv_new(8);
+    assert_ok(cctx_var_set(x, a, NULL));
+    long allocs = cctx__live_allocations();
+    for (int i = 0; i < 4; i++) { /* fill the cache */
+        cctx_token *t = NULL;
+        assert_ok(cctx_var_set(x, b, &t));
+        assert_ok(cctx_var_reset(x, t));
+        cctx_token_release(t);
+    }
+    assert_int_equal(cctx__live_allocations(), allocs);
+    cctx_token *t = NULL;
+    long fails = cctx__allocation_failures();
+    cctx__fail_allocation(1);
+    cctx_status st = cctx_var_set(x, b, &t);
+    cctx__fail_allocation(0);
+    assert_int_equal(cctx__allocation_failures(), fails + 1);
+    assert_int_equal(st, CCTX_ENOMEM);
+    assert_null(t);
+    assert_int_equal(get_id(x), 7);
+    assert_int_equal(cctx__live_allocations(), allocs);
+    /* A reused token is a whole token. */
+    assert_ok(cctx_var_set(x, b, &t));
+    assert_false(cctx_token_is_used(t));
+    assert_ptr_equal(cctx_token_var(t), x);
+    void *old = NULL;
+    assert_ok(cctx_token_old_value(t, &old));
+    assert_ptr_equal(old, a);
+    assert_ok(cctx_var_reset(x, t));
+    assert_true(cctx_token_is_used(t));
+    assert_int_equal(cctx_var_reset(x, t), CCTX_TOKEN_USED);
+    assert_int_equal(get_id(x), 7);
+    struct token_job j = { t };
+    pthread_t other;
+    assert_int_equal(pthread_create(&other, NULL, release_token_elsewhere, &j), 0);
+    pthread_join(other, NULL);
+    /* Context objects freed claimed, or after being entered, come back
+     * free and outside any chain. */
+    cctx_context *c = NULL;
+    assert_ok(cctx_context_copy_current(&c));
+    assert_ok(cctx_context_claim(c));
+    cctx_context_release(c);
+    assert_ok(cctx_context_copy_current(&c));
+    assert_false(cctx_context_is_entered(c));
+    assert_ok(cctx_context_enter(c));
+    assert_int_equal(cctx_thread_contexts(NULL, 0), 2);
+    assert_ok(cctx_context_exit(c));
+    cctx_context_release(c);
+    assert_ok(cctx_context_copy_current(&c));
+    assert_int_equal(cctx_context_unclaim(c), CCTX_NOT_ENTERED);
+    assert_ok(cctx_context_claim(c));
+    assert_ok(cctx_context_unclaim(c));
+    assert_int_equal(cctx_context_count(c), 1);
+    cctx_context_release(c);
+    /* A token whose last release runs in this thread's teardown, from a
+     * value's release callback (the base context drops the value). The
+     * token's context is another one, which the token keeps. */
+    cctx_token *late = NULL;
+    assert_ok(cctx_context_copy_current(&c));
+    assert_ok(cctx_context_enter(c));
+    assert_ok(cctx_var_set(x, b, &late));
+    assert_ok(cctx_context_exit(c));
+    cctx_context_release(c);
+    tv_value *hooked = tv_new_hooked(9, release_token_hook, late);
+    assert_ok(cctx_var_set(x, hooked, NULL));
+    tv_drop(hooked);
+    tv_drop(a);
+    tv_drop(b);
+    cctx_var_release(x);
+    return NULL; /* the teardown releases `hooked`, then drains the caches */
+}
+
+static void test_token_cache_fails_and_drains(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, token_cache_thread, NULL), 0);
     pthread_join(t, NULL);
     assert_int_equal(tv_live(), 0);
     assert_int_equal(cctx__live_allocations(), start_allocs);
@@ -1035,7 +1322,10 @@ int main(void)
         cmocka_unit_test(test_allocation_failure_changes_nothing),
         cmocka_unit_test(test_allocation_failure_creating_thread_state),
         cmocka_unit_test(test_copy_current_cache_fails_and_drains),
+        cmocka_unit_test(test_token_cache_fails_and_drains),
         cmocka_unit_test(test_last_release_while_entered_is_handed_to_exit),
+        cmocka_unit_test(test_release_by_another_thread_while_entered),
+        cmocka_unit_test(test_release_of_nested_entered_contexts_by_another_thread),
         cmocka_unit_test(test_copy_current_credits_release_values_promptly),
     };
     return cmocka_run_group_tests_name("context", tests, NULL, NULL);

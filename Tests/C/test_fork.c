@@ -13,6 +13,9 @@
  * - In-place writes: a writer overwrites a value in place (the context's
  *   root is tagged for a few instructions) and a reader reads while the
  *   main thread forks; the child reads that context.
+ * - Handovers: the forking thread has a context entered whose last
+ *   reference another thread released; the child exits it, and hands over
+ *   between two threads of its own.
  *
  * Every child runs under alarm(): a hang is a SIGALRM, reported as a
  * failure of that fork. ThreadSanitizer cannot start threads in the child
@@ -341,11 +344,113 @@ static void test_fork_during_in_place_writes(void **state)
     cctx_reclaim();
 }
 
+/* ------------------------------------------------------------ handovers */
+
+/* A fork while the forking thread has a context entered whose last
+ * reference another thread released (it waits on the handover list, counted
+ * for the forking thread). In the child, the exit still drops it (the
+ * handover lock and list came through the fork whole), and a new handover
+ * between two of the child's threads works (the exits' barrier mode holds
+ * in the child: membarrier registered there too, or fences). */
+struct pending_fork {
+    cctx_var *var;
+    cctx_context *ctx;   /* entered by the main thread, borrowed */
+    long live;           /* tv_live() with the value gone */
+};
+
+static void *release_it(void *p)
+{
+    cctx_context_release(p);
+    return NULL;
+}
+
+#if CHILD_STARTS_THREADS
+struct child_owner {
+    cctx_context *ctx;
+    test_gate in, go;
+    int ok;
+};
+
+static void *child_owner_main(void *p)
+{
+    struct child_owner *o = p;
+    if (cctx_context_enter(o->ctx) != CCTX_OK)
+        return NULL;
+    gate_open(&o->in);
+    if (!gate_wait(&o->go))
+        return NULL;
+    o->ok = cctx_context_exit(o->ctx) == CCTX_OK;
+    return NULL;
+}
+#endif
+
+static int pending_child(void *arg)
+{
+    struct pending_fork *f = arg;
+    void *v;
+    if (cctx_var_get(f->var, &v) != CCTX_OK || ((tv_value *)v)->id != 5)
+        return 1;
+    if (cctx_context_exit(f->ctx) != CCTX_OK)
+        return 2;
+    if (tv_live() != f->live)
+        return 3; /* the handed reference was not dropped */
+#if CHILD_STARTS_THREADS
+    struct child_owner o = { .in = TEST_GATE_INIT, .go = TEST_GATE_INIT };
+    if (cctx_context_new(&o.ctx) != CCTX_OK)
+        return 4;
+    tv_value *w = tv_new(6);
+    if (cctx_context_set(o.ctx, f->var, w, NULL) != CCTX_OK)
+        return 5;
+    tv_drop(w);
+    pthread_t t;
+    if (pthread_create(&t, NULL, child_owner_main, &o) != 0)
+        return 6;
+    if (!gate_wait(&o.in))
+        return 7;
+    cctx_context_release(o.ctx); /* the last reference: a handover */
+    if (tv_live() != f->live + 1)
+        return 8;
+    gate_open(&o.go);
+    pthread_join(t, NULL);
+    if (!o.ok || tv_live() != f->live)
+        return 9;
+#endif
+    return 0;
+}
+
+static void test_fork_with_a_pending_handover(void **state)
+{
+    (void)state;
+    for (int mode = 1; mode <= 2; mode++) {
+        (void)cctx__context_exit_barrier(mode);
+        struct pending_fork f = { .live = tv_live() };
+        assert_ok(cctx_var_new("handed", &tv_ops, &f.var));
+        assert_ok(cctx_context_new(&f.ctx));
+        tv_value *v = tv_new(5);
+        assert_ok(cctx_context_set(f.ctx, f.var, v, NULL));
+        tv_drop(v);
+        assert_ok(cctx_context_enter(f.ctx));
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, release_it, f.ctx), 0);
+        pthread_join(t, NULL); /* the last reference is now the handover's */
+        assert_int_equal(tv_live(), f.live + 1);
+        assert_true(fork_run(pending_child, &f, mode));
+        /* And in the parent, the same exit drops it. */
+        assert_ok(cctx_context_exit(f.ctx));
+        assert_int_equal(tv_live(), f.live);
+        cctx_var_release(f.var);
+    }
+    (void)cctx__context_exit_barrier(2);
+    cctx_thread_cleanup();
+    cctx_reclaim();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fork_while_threads_use_locals),
         cmocka_unit_test(test_fork_during_in_place_writes),
+        cmocka_unit_test(test_fork_with_a_pending_handover),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cctx_thread_cleanup();

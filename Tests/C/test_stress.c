@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 
 enum { NVARS = 16, MAX_DEPTH = 6, MAX_TOKENS = 24, WORKERS = 8 };
 
@@ -371,12 +372,179 @@ static void test_snapshots_never_change_under_in_place_writes(void **state)
     assert_ok(cctx_thread_cleanup());
 }
 
+/* The handover under contention. Per lane and round, a context C holding
+ * one hooked value:
+ * - the owner enters C with a borrowed pointer (no reference of its own),
+ *   reads the value, sometimes retains and later drops the borrowed
+ *   current context, and exits;
+ * - the releaser drops the creator's reference once the owner is in: the
+ *   last reference, often, racing the owner's exit;
+ * - an intruder holding its own reference tries to enter C (refused while
+ *   the owner has it, allowed before or after), and drops its reference,
+ *   sometimes while the owner has C entered (another cross-thread
+ *   handover).
+ * The value's release callback uses the library (copy, enter, get, exit,
+ * release), from whichever thread ends up dropping C. Lanes run at once, so
+ * exits also collect other lanes' contexts. Each value is released exactly
+ * once, nothing leaks; run with exits fencing and with membarrier. */
+enum { HO_LANES = 3 };
+
+static cctx_var *ho_var;
+static long ho_hook_calls;
+
+static bool ho_wait(unsigned *flag)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) == 0) {
+        sched_yield();
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec > TEST_WAIT_SECONDS)
+            return false;
+    }
+    return true;
+}
+
+static void ho_hook(tv_value *v, void *arg)
+{
+    (void)v;
+    (void)arg;
+    cctx_context *c = NULL;
+    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
+    T_CHECK(cctx_context_enter(c) == CCTX_OK);
+    void *out;
+    (void)cctx_var_get(ho_var, &out);
+    T_CHECK(cctx_context_exit(c) == CCTX_OK);
+    cctx_context_release(c);
+    __atomic_add_fetch(&ho_hook_calls, 1, __ATOMIC_RELAXED);
+}
+
+struct ho_lane {
+    cctx_context *ctx;
+    tv_value *value;
+    unsigned owner_in;
+    unsigned released; /* the releaser is done */
+    uint64_t rng;
+};
+
+static void *ho_owner(void *p)
+{
+    struct ho_lane *l = p;
+    bool retain = rng_next(&l->rng) % 3 == 0;
+    /* Only this thread draws from l->rng while the lane runs. */
+    cctx_status st;
+    /* The intruder may have it; the releaser waits for us, so it lives. */
+    while ((st = cctx_context_enter(l->ctx)) == CCTX_ALREADY_ENTERED)
+        sched_yield();
+    T_CHECK(st == CCTX_OK);
+    __atomic_store_n(&l->owner_in, 1, __ATOMIC_RELEASE);
+    void *out = NULL;
+    T_CHECK(cctx_var_get(ho_var, &out) == CCTX_OK && out == l->value);
+    cctx_context *again = retain ? cctx_context_retain(cctx_context_current()) : NULL;
+    switch (rng_next(&l->rng) % 3) {
+    case 0: /* exit after the release: a handover for certain */
+        T_CHECK(ho_wait(&l->released));
+        break;
+    case 1: /* race it */
+        for (int i = (int)(rng_next(&l->rng) % 4); i > 0; i--)
+            sched_yield();
+        break;
+    default:
+        break;
+    }
+    T_CHECK(cctx_context_exit(l->ctx) == CCTX_OK);
+    if (again != NULL) {
+        T_CHECK(cctx_context_get(again, ho_var, &out) == CCTX_OK && out == l->value);
+        cctx_context_release(again);
+    }
+    return NULL;
+}
+
+static void *ho_releaser(void *p)
+{
+    struct ho_lane *l = p;
+    T_CHECK(ho_wait(&l->owner_in));
+    cctx_context_release(l->ctx); /* the creator's reference */
+    __atomic_store_n(&l->released, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void *ho_intruder(void *p)
+{
+    struct ho_lane *l = p; /* holds a reference taken for it */
+    for (int i = 0; i < 3; i++) {
+        cctx_status st = cctx_context_enter(l->ctx);
+        T_CHECK(st == CCTX_OK || st == CCTX_ALREADY_ENTERED);
+        if (st == CCTX_OK) {
+            void *out = NULL;
+            T_CHECK(cctx_var_get(ho_var, &out) == CCTX_OK && out == l->value);
+            T_CHECK(cctx_context_exit(l->ctx) == CCTX_OK);
+        }
+        sched_yield();
+    }
+    cctx_context_release(l->ctx);
+    return NULL;
+}
+
+static void ho_rounds(long rounds)
+{
+    struct ho_lane lanes[HO_LANES];
+    for (int k = 0; k < HO_LANES; k++)
+        lanes[k].rng = 0x9e3779b97f4a7c15ull * (uint64_t)(k + 1);
+    for (long r = 0; r < rounds; r++) {
+        pthread_t t[HO_LANES][3];
+        for (int k = 0; k < HO_LANES; k++) {
+            struct ho_lane *l = &lanes[k];
+            l->owner_in = 0;
+            l->released = 0;
+            assert_ok(cctx_context_new(&l->ctx));
+            l->value = tv_new_hooked(r, ho_hook, NULL);
+            assert_ok(cctx_context_set(l->ctx, ho_var, l->value, NULL));
+            tv_drop(l->value); /* C holds it now */
+            cctx_context_retain(l->ctx); /* the intruder's */
+        }
+        for (int k = 0; k < HO_LANES; k++) {
+            assert_int_equal(pthread_create(&t[k][0], NULL, ho_owner, &lanes[k]), 0);
+            assert_int_equal(pthread_create(&t[k][1], NULL, ho_releaser, &lanes[k]), 0);
+            assert_int_equal(pthread_create(&t[k][2], NULL, ho_intruder, &lanes[k]), 0);
+        }
+        for (int k = 0; k < HO_LANES; k++)
+            for (int j = 0; j < 3; j++)
+                pthread_join(t[k][j], NULL);
+    }
+}
+
+static void test_handover_while_entered_under_contention(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    long live = tv_live();
+    assert_ok(cctx_var_new("handover", &tv_ops, &ho_var));
+    long rounds = scaled(400);
+    for (int mode = 1; mode <= 2; mode++) {
+        __atomic_store_n(&ho_hook_calls, 0, __ATOMIC_RELAXED);
+        int in_effect = cctx__context_exit_barrier(mode);
+        assert_true(mode == 1 ? in_effect == 1 : in_effect >= 1);
+        ho_rounds(rounds);
+        assert_int_equal(thread_failures(), 0);
+        assert_int_equal(tv_live(), live); /* each value released once */
+        assert_int_equal(__atomic_load_n(&ho_hook_calls, __ATOMIC_RELAXED),
+                         rounds * HO_LANES);
+    }
+    (void)cctx__context_exit_barrier(2);
+    cctx_var_release(ho_var);
+    cctx_reclaim();
+    assert_ok(cctx_thread_cleanup()); /* this thread's state, made here */
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_workers_each_with_own_contexts),
         cmocka_unit_test(test_snapshots_never_change_under_in_place_writes),
         cmocka_unit_test(test_readers_while_writer_mutates),
+        cmocka_unit_test(test_handover_while_entered_under_contention),
     };
     return cmocka_run_group_tests_name("stress", tests, NULL, NULL);
 }
