@@ -234,9 +234,22 @@ struct ContextScope {
         if let enclosing {
             withExtendedLifetime(enclosing) {
                 // A C watcher on this thread may write the context the task
-                // returns to (it is the claimer's): a write the value cache
-                // must not outlive.
-                enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+                // returns to when the task owns it (it is the claimer's): a
+                // write the value cache must not outlive. When the task
+                // does not own it (a child back in the binding it inherited
+                // from its parent), the parent is that binding's only
+                // writer and may be writing it on another thread right now:
+                // bumping its write count from here would race the parent's
+                // own bumps (`writes` is a plain counter only its owner
+                // touches), and a lost update could bring the count back to
+                // a value the parent's cache entry holds after the parent
+                // freed that box. A watcher may not write a context the
+                // task could not `set` on, so there is nothing to fence.
+                if enclosingOwned {
+                    enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+                } else {
+                    cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle)
+                }
             }
         } else {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
