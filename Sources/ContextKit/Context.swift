@@ -185,6 +185,22 @@ struct ContextScope {
     /// before (entering or claiming the context changes no place).
     private init(context: Context, place: cctx_shim_place, origin: FrameOrigin, file: StaticString, line: UInt) {
         let task = place.task
+        var place = place
+        if task != nil {
+            // The `entered` watchers run in this task before the scope's
+            // binding exists, and may `set`: the task's first write makes
+            // its unscoped binding, a new place for it (which bumps the
+            // generation). The enclosing place is what `leave` makes the
+            // task's place again, so take it after the watchers: when the
+            // generation moved (this task's change, or only other tasks'),
+            // ask again; otherwise nothing of this task's changed since the
+            // caller's `place`. (Before: the place from before the watchers,
+            // so after the scope the task read, and its next `set` copied,
+            // the context it had before its own watcher's write.)
+            let generation = cctx_shim_place_generation()
+            cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle)
+            if cctx_shim_place_generation() != generation { place = cctx_shim_current_place() }
+        }
         let enclosing: TaskBinding?
         if task != nil, case .task(_, let binding, let owned) = CurrentPlace.resolve(place) {
             enclosing = binding
@@ -199,7 +215,6 @@ struct ContextScope {
         self.file = file
         self.line = line
         if task != nil {
-            cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle)
             // After the watchers (which may read and cache the enclosing
             // place), before the task-local push: the task reads nothing
             // in between.

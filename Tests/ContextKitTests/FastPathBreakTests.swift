@@ -366,6 +366,33 @@ import Glibc
             if !(ok && eventually { counter.alive == 0 }) { exit(1) }
         }
     }
+
+    /// An `entered` watcher that `set`s a variable runs in the task before
+    /// the scope's context is current, so the set goes to the task's own
+    /// context (here its first, unscoped write). After the scope the task
+    /// must read that value, and its next `set` must write the same
+    /// context: the place the scope's end caches for the task must be the
+    /// one the task really has then, not the one it had before the watcher.
+    @Test func aSetInAnEnteredWatcherIsSeenAfterTheScope() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("fp_watch", default: 0)
+            let w = ContextVar<Int>("fp_watch_other", default: 0)
+            let armed = Atomic<Bool>(false)
+            let watcher = try! Context.addWatcher { event, _ in
+                guard event == .entered, armed.exchange(false, ordering: .relaxed) else { return }
+                v.set(9)
+            }
+            let seen = await Task.detached { () async -> [Int] in
+                armed.store(true, ordering: .relaxed)
+                let inside = try! await Context().run { () async -> Int in v.value! }
+                let after = v.value!
+                w.set(1)
+                return [inside, after, v.value!, w.value!]
+            }.value
+            watcher.cancel()
+            if seen != [0, 9, 9, 1] { exit(1) }
+        }
+    }
 }
 
 /// A value whose deinit sets its own variable (for the reset probe).
