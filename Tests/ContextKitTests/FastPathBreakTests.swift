@@ -393,6 +393,104 @@ import Glibc
             if seen != [0, 9, 9, 1] { exit(1) }
         }
     }
+
+    /// Many tasks, each in a scope of its own (half `run`, half an
+    /// unscoped first write), set and read one variable on two shared
+    /// threads, hopping between them: each thread's one entry is made and
+    /// replaced by every task in turn, and every read must see the
+    /// reader's own last write.
+    @Test func manyTasksInterleaveOnTwoThreads() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Tracked>("fp_interleave")
+            let counter = LifetimeCounter()
+            let threads = [ThreadExecutor(), ThreadExecutor()]
+            let rounds = scaled(200)
+            let wrong = await withTaskGroup(of: Int.self) { group -> Int in
+                for n in 0..<8 {
+                    group.addTask {
+                        await withTaskExecutorPreference(threads[n % 2]) { () async -> Int in
+                            func body() async -> Int {
+                                var wrong = 0
+                                for i in 0..<rounds {
+                                    let id = n * 100_000 + i
+                                    let token = v.set(counter.make(id))
+                                    if v.value?.id != id { wrong += 1 }
+                                    await withTaskExecutorPreference(threads[(n + i) % 2]) { () async in
+                                        if v.value?.id != id { wrong += 1 }
+                                    }
+                                    if v.value?.id != id { wrong += 1 }
+                                    if i % 3 == 0 { try? v.reset(token) }
+                                    await Task.yield()
+                                }
+                                return wrong
+                            }
+                            if n % 2 == 0 { return try! await Context().run { await body() } }
+                            return await body()
+                        }
+                    }
+                }
+                return await group.reduce(0, +)
+            }
+            if wrong != 0 { exit(1) }
+        }
+    }
+
+    /// `withValue` / `run` in a `withDiscardingTaskGroup` body (the shim's
+    /// decline path, as for `withTaskGroup`): children read the scope.
+    @Test func discardingGroupBodyScopes() async {
+        let v = ContextVar<Int>("fp_discarding", default: 0)
+        let seen = LockedBox<[Int]>([])
+        await withDiscardingTaskGroup { group in
+            await v.withValue(2) { () async in
+                group.addTask { seen.mutate { $0.append(v.value!) } }
+            }
+            try! await Context().run { () async in
+                v.set(3)
+                group.addTask { seen.mutate { $0.append(v.value!) } }
+            }
+            group.addTask { seen.mutate { $0.append(v.value!) } }
+        }
+        #expect(seen.value.sorted() == [0, 2, 3])
+        #expect(v.value == 0)
+    }
+
+    /// `Task.immediate` starts a task synchronously on the calling thread,
+    /// inside another task's scope (whose entry that thread holds) and
+    /// inside a plain thread's scope: each reads what it inherited, writes
+    /// its own copy, and the creator's reads are unchanged.
+    @Test func immediateTasksInsideScopes() async throws {
+        let v = ContextVar<Int>("fp_immediate", default: 0)
+        let inTask = try await Context().run { () async -> [Int] in
+            v.set(1)
+            _ = v.value
+            let child = Task.immediate { () async -> [Int] in
+                let inherited = v.value!
+                v.set(2)
+                let own = v.value!
+                await Task.yield()
+                return [inherited, own, v.value!]
+            }
+            let creator = v.value!
+            return await child.value + [creator, v.value!]
+        }
+        #expect(inTask == [1, 2, 2, 1, 1])
+        let onThread = onNewThread { () -> [Int] in
+            try! Context().run { () -> [Int] in
+                v.set(5)
+                let result = LockedBox<[Int]>([])
+                let done = DispatchSemaphore(value: 0)
+                Task.immediate {
+                    let inherited = v.value!
+                    v.set(6)
+                    result.mutate { $0 = [inherited, v.value!] }
+                    done.signal()
+                }
+                _ = done.wait(timeout: .now() + 60)
+                return result.value + [v.value!]
+            }
+        }
+        #expect(onThread == [5, 6, 5])
+    }
 }
 
 /// A value whose deinit sets its own variable (for the reset probe).
