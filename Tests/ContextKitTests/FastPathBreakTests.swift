@@ -260,11 +260,15 @@ import Glibc
     /// Nested `run` / `withValue` on a plain thread, with a throw out of the
     /// inner one: values, the chain description (which reads the
     /// per-thread scope pointer) and a spawn helper inside.
-    @Test func nestedScopesOnAThread() {
+    @Test func nestedScopesOnAThread() async {
         let v = ContextVar<Int>("fp_thread", default: 0)
         struct Stop: Error {}
-        let ok = onNewThread { () -> Bool in
+        // The spawned task is awaited here, not on the thread: a thread
+        // blocked on the cooperative pool from a pool thread (this test's
+        // caller joins it) could starve the pool on a 2-core machine.
+        let (ok, spawned) = onNewThread { () -> (Bool, Task<Int, Never>?) in
             var ok = true
+            var spawned: Task<Int, Never>?
             try! Context().run {
                 v.set(1)
                 v.withValue(2) {
@@ -273,15 +277,7 @@ import Glibc
                     ok = ok && lines.count >= 3
                         && lines[1].contains("withValue(fp_thread)") && lines[2].contains("run")
                     // A spawn helper on the thread unbinds and rebinds the pointer.
-                    let spawned = Context.task { v.value! }
-                    let waited = LockedBox<Int?>(nil)
-                    let done = DispatchSemaphore(value: 0)
-                    Task.detached {
-                        let value = await spawned.value
-                        waited.mutate { $0 = value }
-                        done.signal()
-                    }
-                    ok = ok && done.wait(timeout: .now() + 60) == .success && waited.value == 2
+                    spawned = Context.task { v.value! }
                     let after = Context.currentChainDescription.split(separator: "\n")
                     ok = ok && after.count >= 2 && after[1].contains("withValue(fp_thread)")
                 }
@@ -296,9 +292,10 @@ import Glibc
                     && !Context.currentChainDescription.contains("withValue")
             }
             ok = ok && v.value == 0
-            return ok
+            return (ok, spawned)
         }
         #expect(ok)
+        #expect(await spawned?.value == 2)
     }
 
     /// C writes the task's own context several times inside one window
@@ -484,14 +481,14 @@ import Glibc
             try! Context().run { () -> [Int] in
                 v.set(5)
                 let result = LockedBox<[Int]>([])
-                let done = DispatchSemaphore(value: 0)
+                // No suspension in the body: `Task.immediate` has run it to
+                // the end on this thread before it returns (no wait here,
+                // which would block the pool thread joining this one).
                 Task.immediate {
                     let inherited = v.value!
                     v.set(6)
                     result.mutate { $0 = [inherited, v.value!] }
-                    done.signal()
                 }
-                _ = done.wait(timeout: .now() + 60)
                 return result.value + [v.value!]
             }
         }
