@@ -185,6 +185,22 @@ struct ContextScope {
     /// before (entering or claiming the context changes no place).
     private init(context: Context, place: cctx_shim_place, origin: FrameOrigin, file: StaticString, line: UInt) {
         let task = place.task
+        var place = place
+        if task != nil {
+            // The `entered` watchers run in this task before the scope's
+            // binding exists, and may `set`: the task's first write makes
+            // its unscoped binding, a new place for it (which bumps the
+            // generation). The enclosing place is what `leave` makes the
+            // task's place again, so take it after the watchers: when the
+            // generation moved (this task's change, or only other tasks'),
+            // ask again; otherwise nothing of this task's changed since the
+            // caller's `place`. (Before: the place from before the watchers,
+            // so after the scope the task read, and its next `set` copied,
+            // the context it had before its own watcher's write.)
+            let generation = cctx_shim_place_generation()
+            cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle)
+            if cctx_shim_place_generation() != generation { place = cctx_shim_current_place() }
+        }
         let enclosing: TaskBinding?
         if task != nil, case .task(_, let binding, let owned) = CurrentPlace.resolve(place) {
             enclosing = binding
@@ -199,7 +215,6 @@ struct ContextScope {
         self.file = file
         self.line = line
         if task != nil {
-            cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle)
             // After the watchers (which may read and cache the enclosing
             // place), before the task-local push: the task reads nothing
             // in between.
@@ -234,9 +249,22 @@ struct ContextScope {
         if let enclosing {
             withExtendedLifetime(enclosing) {
                 // A C watcher on this thread may write the context the task
-                // returns to (it is the claimer's): a write the value cache
-                // must not outlive.
-                enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+                // returns to when the task owns it (it is the claimer's): a
+                // write the value cache must not outlive. When the task
+                // does not own it (a child back in the binding it inherited
+                // from its parent), the parent is that binding's only
+                // writer and may be writing it on another thread right now:
+                // bumping its write count from here would race the parent's
+                // own bumps (`writes` is a plain counter only its owner
+                // touches), and a lost update could bring the count back to
+                // a value the parent's cache entry holds after the parent
+                // freed that box. A watcher may not write a context the
+                // task could not `set` on, so there is nothing to fence.
+                if enclosingOwned {
+                    enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+                } else {
+                    cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle)
+                }
             }
         } else {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
