@@ -14,18 +14,24 @@ import Testing
 
 /// Records each log line's message and metadata (provider metadata merged
 /// under the call's, as swift-log's own handlers do).
-final class CapturingLogHandler: LogHandler, Sendable {
+///
+/// `@unchecked Sendable` is sound: `recorded` is read and written only while
+/// `lock` is held; `provider` never changes. (`NSLock` rather than the
+/// standard library's `Mutex`: it locks through pthread, which
+/// ThreadSanitizer sees; `Mutex` locks inside an uninstrumented module.)
+final class CapturingLogHandler: LogHandler, @unchecked Sendable {
     struct Line: Sendable {
         let message: String
         let metadata: Logger.Metadata
     }
 
-    private let storage = Mutex<[Line]>([])
+    private let lock = NSLock()
+    private var recorded: [Line] = []
     private let provider: Logger.MetadataProvider?
 
     init(metadataProvider: Logger.MetadataProvider?) { self.provider = metadataProvider }
 
-    var lines: [Line] { storage.withLock { $0 } }
+    var lines: [Line] { lock.withLock { recorded } }
 
     func metadataValue(of message: String, _ key: String) -> String? {
         guard let line = lines.first(where: { $0.message == message }), let value = line.metadata[key] else {
@@ -59,7 +65,7 @@ final class CapturingLogHandler: LogHandler, Sendable {
         var merged = provider?.get() ?? [:]
         merged.merge(metadata ?? [:]) { _, call in call }
         let entry = Line(message: message.description, metadata: merged)
-        storage.withLock { $0.append(entry) }
+        lock.withLock { recorded.append(entry) }
     }
 }
 

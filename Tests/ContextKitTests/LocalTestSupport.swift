@@ -60,7 +60,7 @@ final class ThreadRendezvous: Sendable {
 
 /// Failed checks made on raw threads, read back on the test's thread.
 final class Failures: Sendable {
-    private let storage = Mutex<[String]>([])
+    private let storage = TestMutex<[String]>([])
     func check(_ condition: Bool, _ message: @autoclosure () -> String) {
         if !condition {
             let text = message()

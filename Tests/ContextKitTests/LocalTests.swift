@@ -34,7 +34,7 @@ struct LocalTests {
         }
         #expect(calls.load(ordering: .sequentiallyConsistent) == 1)
         #expect(local.initialised as? Int == 1)
-        let perThread = Mutex<[Int]>([])
+        let perThread = TestMutex<[Int]>([])
         let failures = Failures()
         runOnJoinedThreads(8) { _ in
             let first = local.initialised as? Int
