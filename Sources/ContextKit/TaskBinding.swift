@@ -381,34 +381,20 @@ enum CurrentPlace {
 final class UnscopedBindings: Sendable {
     @usableFromInline static let shared = UnscopedBindings()
 
-    /// One shard: a dictionary behind a pthread mutex (not the standard
-    /// library's `Mutex`, whose futex-based lock ThreadSanitizer cannot see
-    /// through, so `make swift-tsan` could not check this table).
-    ///
-    /// `@unchecked Sendable` is sound: `storage` is read and written only
-    /// between `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`,
-    /// and both pointers never change.
-    private final class Shard: @unchecked Sendable {
-        private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-        private var storage: [UInt64: TaskBinding] = [:]
-        /// The id of the `async let` child that last wrote at each address.
-        private var asyncLetAtAddress: [UInt: UInt64] = [:]
-
-        init() {
-            mutex = .allocate(capacity: 1)
-            mutex.initialize(to: pthread_mutex_t())
-            pthread_mutex_init(mutex, nil)
+    /// One shard: the entries of the tasks whose addresses map to it,
+    /// behind a pthread mutex (`PThreadLocked`, which ThreadSanitizer can
+    /// check).
+    private final class Shard: Sendable {
+        private struct Tables {
+            var storage: [UInt64: TaskBinding] = [:]
+            /// The id of the `async let` child that last wrote at each address.
+            var asyncLetAtAddress: [UInt: UInt64] = [:]
         }
 
-        deinit {
-            pthread_mutex_destroy(mutex)
-            mutex.deallocate()
-        }
+        private let tables = PThreadLocked(Tables())
 
         func withLock<R>(_ body: (inout [UInt64: TaskBinding], inout [UInt: UInt64]) -> R) -> R {
-            pthread_mutex_lock(mutex)
-            defer { pthread_mutex_unlock(mutex) }
-            return body(&storage, &asyncLetAtAddress)
+            tables.withLock { body(&$0.storage, &$0.asyncLetAtAddress) }
         }
     }
 

@@ -10,7 +10,7 @@ import Glibc
 /// uses the thread's own context) and waits until the thread has exited —
 /// its thread-exit cleanup included.
 func onNewThread<R: Sendable>(_ body: @escaping @Sendable () -> R) -> R {
-    let result = TestMutex<R?>(nil)
+    let result = PThreadLocked<R?>(nil)
     runOnNewThreadAndJoin {
         let value = body()
         result.withLock { $0 = value }
@@ -81,44 +81,11 @@ func scaled(_ n: Int) -> Int {
     return max(1, n * percent / 100)
 }
 
-/// A lock and the value it guards, for tests that share state between
-/// threads and tasks. Built on a pthread mutex rather than the standard
-/// library's `Mutex`: that one locks inside the uninstrumented
-/// Synchronization module, so ThreadSanitizer (`make swift-tsan`) cannot
-/// see the ordering it provides and now and then reports the guarded
-/// accesses as a race.
-///
-/// `@unchecked Sendable` is sound: `value` is read and written only between
-/// `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`, and the
-/// pointer never changes.
-final class TestMutex<Value>: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private var value: Value
-
-    init(_ value: Value) {
-        self.value = value
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body(&value)
-    }
-}
-
 /// A value behind a lock, for tests that collect results from many threads
 /// or tasks.
 final class LockedBox<T: Sendable>: Sendable {
-    private let storage: TestMutex<T>
-    init(_ value: T) { storage = TestMutex(value) }
+    private let storage: PThreadLocked<T>
+    init(_ value: T) { storage = PThreadLocked(value) }
     var value: T { storage.withLock { $0 } }
     func mutate(_ body: (inout T) -> Void) { storage.withLock { body(&$0) } }
 }

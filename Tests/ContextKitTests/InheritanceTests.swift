@@ -76,7 +76,7 @@ import Testing
         // From a thread too (the thread's own context).
         let fromThread = onNewThread { () -> Int? in
             v.set(7)
-            let box = TestMutex<Int?>(nil)
+            let box = PThreadLocked<Int?>(nil)
             let sem = DispatchSemaphore(value: 0)
             Thread.detachNewThreadInCopiedContext {
                 box.withLock { $0 = v.value }

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+@testable import ContextKit
 
 #if canImport(Glibc)
 import Glibc
@@ -60,7 +61,7 @@ final class ThreadRendezvous: Sendable {
 
 /// Failed checks made on raw threads, read back on the test's thread.
 final class Failures: Sendable {
-    private let storage = TestMutex<[String]>([])
+    private let storage = PThreadLocked<[String]>([])
     func check(_ condition: Bool, _ message: @autoclosure () -> String) {
         if !condition {
             let text = message()

@@ -1,4 +1,4 @@
-import ContextKit
+@testable import ContextKit
 import Synchronization
 import Testing
 
@@ -34,7 +34,7 @@ struct LocalTests {
         }
         #expect(calls.load(ordering: .sequentiallyConsistent) == 1)
         #expect(local.initialised as? Int == 1)
-        let perThread = TestMutex<[Int]>([])
+        let perThread = PThreadLocked<[Int]>([])
         let failures = Failures()
         runOnJoinedThreads(8) { _ in
             let first = local.initialised as? Int

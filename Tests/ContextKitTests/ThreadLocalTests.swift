@@ -1,4 +1,4 @@
-import ContextKit
+@testable import ContextKit
 import Synchronization
 import Testing
 
@@ -74,13 +74,13 @@ struct ThreadLocalTests {
     @Test("releasing the ThreadLocal releases its value in every live thread")
     func releasingLocalReleasesAllThreads() {
         let before = LocalTracked.live.load(ordering: .sequentiallyConsistent)
-        let holder = TestMutex<ThreadLocal<LocalTracked?>?>(ThreadLocal { nil })
+        let holder = PThreadLocked<ThreadLocal<LocalTracked?>?>(ThreadLocal { nil })
         let other = ThreadLocal { 0 }
         let stored = ThreadRendezvous(9)
         let released = ThreadRendezvous(9)
         let liveWhileStored = Atomic<Int>(0)
         let liveAfterRelease = Atomic<Int>(-1)
-        let finals = TestMutex<[Int]>([])
+        let finals = PThreadLocked<[Int]>([])
         runOnJoinedThreads(9) { i in
             if i < 8 {
                 holder.withLock { $0!.value = LocalTracked(i) }

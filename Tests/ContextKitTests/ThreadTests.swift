@@ -11,7 +11,7 @@ import Testing
         let v = ContextVar<String>("v")
         let results = onNewThread { () -> [String?] in
             v.set("parent")
-            let seen = TestMutex<[String?]>([])
+            let seen = PThreadLocked<[String?]>([])
             let started = DispatchSemaphore(value: 0)
             let proceed = DispatchSemaphore(value: 0)
             let done = DispatchSemaphore(value: 0)
@@ -53,7 +53,7 @@ import Testing
             let queue = DispatchQueue(label: "contextkit.test")
             let gate = DispatchSemaphore(value: 0)
             let group = DispatchGroup()
-            let seen = TestMutex<[Int]>([])
+            let seen = PThreadLocked<[Int]>([])
             v.set(1)
             queue.async { gate.wait() }                       // hold the queue
             queue.asyncInCopiedContext(group: group) {

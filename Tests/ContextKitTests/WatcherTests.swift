@@ -20,7 +20,7 @@ final class EventLog: Sendable {
     /// inside a marked task creates its state then, which is legitimate but
     /// depends on which threads the task happened to run on.
     let includesSwitched: Bool
-    private let entries = TestMutex<[(ContextEvent, UInt?)]>([])
+    private let entries = PThreadLocked<[(ContextEvent, UInt?)]>([])
     init(mark: Int, includesSwitched: Bool = false) {
         self.mark = mark
         self.includesSwitched = includesSwitched
