@@ -1,10 +1,46 @@
 /*
  * var.c — context variables: creation, identity hash, reference counting.
  *
- * The hash is computed once, here, from the variable's address mixed with
- * its name's hash (CPython does the same): variables compare by identity,
- * so the address alone would do, but allocators hand out addresses with
- * regular low bits and strides; mixing spreads them over the HAMT levels.
+ * The hash only places a variable in the HAMT: keys compare by identity
+ * (address), so any hash works as long as the variables that share a
+ * context mostly have distinct low bits. Each variable takes its hash from
+ * a process-wide creation counter (var_ids, one atomic fetch-add per
+ * creation). The HAMT consumes the hash 5 bits per level from the least
+ * significant end, so consecutive ids differ in their level-0 fragment,
+ * and any 32^k consecutive ids differ somewhere in their first k
+ * fragments: the first 2^20 variables of a process fill four levels with
+ * no two keys sharing a path, and a context holding many of them is made
+ * of full 32-entry bitmap leaves (about 17 heap bytes per entry at 1e6,
+ * where random hashes leave a third of the keys in two-entry subnodes and
+ * cost 28). The per-thread lookup cache, indexed by the low hash bits,
+ * likewise gives consecutive variables distinct slots.
+ *
+ * CPython hashes a ContextVar from its address mixed with its name's hash
+ * (Python/context.c), to spread sequential allocations and separate equal
+ * names. A counter does both better here: it never repeats before 2^32
+ * creations (random 32-bit hashes already collide about 116 times among
+ * 1e6 variables) and its fragments are dense rather than random. No mixing
+ * bijection is applied on top: one that keeps consecutive ids' fragments
+ * distinct (an odd multiplier, say) permutes residues modulo 2^(5k) and so
+ * builds the very same shapes, and one that does not would undo the
+ * density. A program whose variables in use are spaced by a multiple of 32
+ * ids gets deeper paths, never wrong ones.
+ *
+ * The corners:
+ * - Wrap: after 2^32 creations the counter wraps (unsigned arithmetic) and
+ *   a new variable may share its hash with a live one. Equal hashes are
+ *   legal (collision nodes hold them, test_context's
+ *   test_variables_with_equal_hashes); only those two variables' lookups
+ *   get slower, and only in contexts holding both.
+ * - Threads: the fetch-add hands every creating thread a distinct id; its
+ *   ordering does not matter (the hash is published with the variable,
+ *   like every other field, by whatever hands the pointer to another
+ *   thread), so a relaxed increment would do, but atomic.h offers the full
+ *   one and creation is not a hot path.
+ * - fork: the child inherits the counter's value and continues from it;
+ *   its variables never meet the parent's ids in one map. Nothing to reset.
+ * - Variables made by cctx__var_new_with_hash (tests) keep the given hash
+ *   and take no id.
  */
 #include "internal.h"
 #include "var.h"
@@ -15,27 +51,8 @@
  * cctx_context_copy_inherit skip its filter in the common case. */
 unsigned cctx_not_inherited_vars CCTX_HIDDEN;
 
-static uint32_t hash_name(const char *name, size_t len)
-{
-    /* FNV-1a, 32 bits, over every byte (a name may contain NULs). */
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)name[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
-static uint32_t mix32(uint64_t x)
-{
-    /* A 64-bit finalizer (splitmix64's), folded to 32 bits. */
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    return (uint32_t)(x ^ (x >> 32));
-}
+/* The next variable's hash (see the top of this file). */
+static unsigned var_ids;
 
 /* Ops that release without retaining would release references the runtime
  * never took (a value stored twice would be freed twice): refused, so that
@@ -94,10 +111,7 @@ static cctx_status var_create(const var_spec *spec, cctx_var **out)
         var->ops = *spec->ops;
     if (spec->ops_ex != NULL)
         var->ops_ex = *spec->ops_ex;
-    var->hash = spec->hash_given
-                    ? spec->hash
-                    : mix32((uint64_t)(uintptr_t)var ^
-                            ((uint64_t)hash_name(spec->name, len) << 32));
+    var->hash = spec->hash_given ? spec->hash : (uint32_t)cctx_faa_uint(&var_ids, 1);
     var->has_default = spec->has_default;
     if (spec->has_default) {
         var->default_value = spec->default_value;

@@ -4,6 +4,11 @@
  */
 #include "test_support.h"
 
+/* The shape of a context's map, for the tests of how variables hash. */
+#include "internal.h"
+#include "context.h"
+#include "hamt.h"
+
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
@@ -1302,10 +1307,135 @@ static void test_allocation_failure_creating_thread_state(void **state)
     assert_int_equal(tv_live(), 0);
 }
 
+/* ------------------------------------------------------------ hashes */
+
+/* Variables are hashed by a creation counter (var.c): each one created
+ * takes the next hash, so the ones a program creates together differ in
+ * their low bits, which the HAMT reads first. (No other thread of this test
+ * creates variables meanwhile.) */
+static void test_variables_hash_in_creation_order(void **state)
+{
+    (void)state;
+    cctx_var *v[4];
+    for (int i = 0; i < 4; i++)
+        assert_ok(cctx_var_new("n", NULL, &v[i]));
+    for (int i = 1; i < 4; i++) /* unsigned: the counter may wrap between them */
+        assert_int_equal(cctx__var_hash(v[i]), (uint32_t)(cctx__var_hash(v[0]) + (uint32_t)i));
+    for (int i = 0; i < 4; i++)
+        cctx_var_release(v[i]);
+}
+
+/* Any 32 consecutive ids have 32 different level-0 fragments and any 1024
+ * have 1024 different two-level prefixes: a context of 1024 variables
+ * created in a row is an array root over 32 full bitmap leaves (32 entries
+ * each, no subnode). Random hashes put two or more keys in most fragments
+ * and push them into small subnodes. */
+static void test_consecutive_variables_fill_whole_nodes(void **state)
+{
+    (void)state;
+    enum { N = 1024 };
+    cctx_var **v = malloc(N * sizeof *v);
+    assert_non_null(v);
+    cctx_context *ctx;
+    assert_ok(cctx_context_new(&ctx));
+    for (int i = 0; i < N; i++) {
+        assert_ok(cctx_var_new("d", NULL, &v[i]));
+        assert_ok(cctx_context_set(ctx, v[i], &v[i], NULL));
+        if (i == 31) { /* the first 32: one bitmap node holds them all */
+            hamt_node *root;
+            assert_ok(context_snapshot(ctx, &root));
+            hamt_shape s = hamt_shape_at(root, "");
+            assert_int_equal(s.kind, 'b');
+            assert_int_equal(s.entries, 32);
+            assert_int_equal(s.children, 0);
+            hamt_release(root);
+        }
+    }
+    assert_int_equal(cctx__context_check(ctx), 0);
+    hamt_node *root;
+    assert_ok(context_snapshot(ctx, &root));
+    hamt_shape top = hamt_shape_at(root, "");
+    assert_int_equal(top.kind, 'a');
+    assert_int_equal(top.children, 32);
+    for (int f = 0; f < 32; f++) {
+        char path[8];
+        snprintf(path, sizeof path, "%d", f);
+        hamt_shape leaf = hamt_shape_at(root, path);
+        assert_int_equal(leaf.kind, 'b');
+        assert_int_equal(leaf.entries, 32);
+        assert_int_equal(leaf.children, 0);
+    }
+    hamt_release(root);
+    for (int i = 0; i < N; i++) {
+        void *got;
+        assert_ok(cctx_context_lookup(ctx, v[i], &got));
+        assert_ptr_equal(got, &v[i]);
+    }
+    cctx_context_release(ctx);
+    for (int i = 0; i < N; i++)
+        cctx_var_release(v[i]);
+    free(v);
+}
+
+/* Two live variables may share a hash: the counter wraps after 2^32
+ * creations, and cctx__var_new_with_hash gives any hash. Identity still
+ * tells them apart (a collision node holds both). */
+static void test_variables_with_equal_hashes(void **state)
+{
+    (void)state;
+    long live = tv_live();
+    cctx_var *a, *b, *c;
+    assert_ok(cctx_var_new("a", &tv_ops, &a));
+    /* b and c: what a wrapped counter would hand out beside a */
+    assert_ok(cctx__var_new_with_hash("b", &tv_ops, cctx__var_hash(a), &b));
+    assert_ok(cctx__var_new_with_hash("c", &tv_ops, cctx__var_hash(a), &c));
+    assert_int_equal(cctx__var_hash(b), cctx__var_hash(a));
+    cctx_var *vars[3] = { a, b, c };
+    tv_value *vals[3];
+    cctx_context *ctx;
+    assert_ok(cctx_context_new(&ctx));
+    for (int i = 0; i < 3; i++) {
+        vals[i] = tv_new(i);
+        assert_ok(cctx_context_set(ctx, vars[i], vals[i], NULL));
+        tv_drop(vals[i]);
+    }
+    assert_int_equal(cctx_context_count(ctx), 3);
+    assert_int_equal(cctx__context_check(ctx), 0);
+    for (int i = 0; i < 3; i++) {
+        void *got;
+        assert_ok(cctx_context_lookup(ctx, vars[i], &got));
+        assert_ptr_equal(got, vals[i]);
+        cctx_var_release_value(vars[i], got);
+    }
+    /* Replacing one and deleting another leaves the rest as they were. */
+    tv_value *nb = tv_new(10);
+    assert_ok(cctx_context_set(ctx, b, nb, NULL));
+    tv_drop(nb);
+    assert_ok(cctx_context_delete(ctx, a));
+    assert_false(cctx_context_contains(ctx, a));
+    assert_int_equal(cctx_context_count(ctx), 2);
+    assert_int_equal(cctx__context_check(ctx), 0);
+    void *got;
+    assert_ok(cctx_context_lookup(ctx, b, &got));
+    assert_ptr_equal(got, nb);
+    cctx_var_release_value(b, got);
+    assert_ok(cctx_context_lookup(ctx, c, &got));
+    assert_ptr_equal(got, vals[2]);
+    cctx_var_release_value(c, got);
+    cctx_context_release(ctx);
+    cctx_var_release(a);
+    cctx_var_release(b);
+    cctx_var_release(c);
+    assert_int_equal(tv_live(), live);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_precedence),
+        cmocka_unit_test(test_variables_hash_in_creation_order),
+        cmocka_unit_test(test_consecutive_variables_fill_whole_nodes),
+        cmocka_unit_test(test_variables_with_equal_hashes),
         cmocka_unit_test(test_set_reset_tokens),
         cmocka_unit_test(test_reset_errors_in_python_order),
         cmocka_unit_test(test_new_context_is_empty_and_copies_are_independent),

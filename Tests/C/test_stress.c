@@ -172,6 +172,101 @@ static void test_workers_each_with_own_contexts(void **state)
     assert_int_equal(cctx__live_allocations(), allocs);
 }
 
+/* ------------------------------------------------------------ creation */
+
+/* Threads creating variables at once: every variable gets its own hash
+ * (var.c's counter is one atomic fetch-add), and the contexts each thread
+ * builds from them, and one holding all of them, keep every HAMT
+ * invariant. Each thread sets its variables both in a context of its own
+ * and in its base context (cctx_var_set), then copies the base out. */
+enum { CREATORS = 8 };
+
+struct creator {
+    long n;
+    cctx_var **vars;
+    cctx_context *own;
+    cctx_context *base_copy;
+};
+
+static void *creator_main(void *p)
+{
+    struct creator *c = p;
+    T_CHECK(cctx_context_new(&c->own) == CCTX_OK);
+    for (long i = 0; i < c->n; i++) {
+        T_CHECK(cctx_var_new("c", &tv_ops, &c->vars[i]) == CCTX_OK);
+        tv_value *v = tv_new(i);
+        T_CHECK(cctx_context_set(c->own, c->vars[i], v, NULL) == CCTX_OK);
+        T_CHECK(cctx_var_set(c->vars[i], v, NULL) == CCTX_OK);
+        tv_drop(v);
+    }
+    T_CHECK(cctx_context_copy_current(&c->base_copy) == CCTX_OK);
+    return NULL; /* thread exit releases the base context */
+}
+
+static int compare_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_variables_created_by_many_threads(void **state)
+{
+    (void)state;
+    long allocs = cctx__live_allocations();
+    const long per = scaled(20000);
+    const long total = per * CREATORS;
+    struct creator cs[CREATORS];
+    pthread_t t[CREATORS];
+    for (int i = 0; i < CREATORS; i++) {
+        cs[i] = (struct creator){ .n = per, .vars = calloc((size_t)per, sizeof(cctx_var *)) };
+        assert_non_null(cs[i].vars);
+        assert_int_equal(pthread_create(&t[i], NULL, creator_main, &cs[i]), 0);
+    }
+    for (int i = 0; i < CREATORS; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(thread_failures(), 0);
+
+    uint32_t *hashes = malloc((size_t)total * sizeof *hashes);
+    assert_non_null(hashes);
+    cctx_context *all;
+    assert_ok(cctx_context_new(&all));
+    long k = 0;
+    for (int i = 0; i < CREATORS; i++) {
+        assert_int_equal(cctx_context_count(cs[i].own), (size_t)per);
+        assert_int_equal(cctx__context_check(cs[i].own), 0);
+        assert_int_equal(cctx_context_count(cs[i].base_copy), (size_t)per);
+        assert_int_equal(cctx__context_check(cs[i].base_copy), 0);
+        for (long j = 0; j < per; j++) {
+            cctx_var *v = cs[i].vars[j];
+            hashes[k++] = cctx__var_hash(v);
+            void *got;
+            assert_ok(cctx_context_lookup(cs[i].base_copy, v, &got));
+            assert_int_equal(((tv_value *)got)->id, j);
+            cctx_var_release_value(v, got);
+            assert_ok(cctx_context_set(all, v, got, NULL));
+        }
+    }
+    assert_int_equal(cctx_context_count(all), (size_t)total);
+    assert_int_equal(cctx__context_check(all), 0);
+    qsort(hashes, (size_t)total, sizeof *hashes, compare_u32);
+    for (long i = 1; i < total; i++)
+        assert_true(hashes[i] != hashes[i - 1]);
+    free(hashes);
+
+    cctx_context_release(all);
+    for (int i = 0; i < CREATORS; i++) {
+        cctx_context_release(cs[i].own);
+        cctx_context_release(cs[i].base_copy);
+        for (long j = 0; j < per; j++)
+            cctx_var_release(cs[i].vars[j]);
+        free(cs[i].vars);
+    }
+    cctx_reclaim();
+    assert_int_equal(tv_live(), 0);
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(cctx__live_allocations(), allocs);
+}
+
 /* ------------------------------------------------------------ readers */
 
 enum { K = 8, READERS = 4 };
@@ -542,6 +637,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_workers_each_with_own_contexts),
+        cmocka_unit_test(test_variables_created_by_many_threads),
         cmocka_unit_test(test_snapshots_never_change_under_in_place_writes),
         cmocka_unit_test(test_readers_while_writer_mutates),
         cmocka_unit_test(test_handover_while_entered_under_contention),
