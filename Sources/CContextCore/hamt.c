@@ -98,7 +98,10 @@
  * three levels above them, all children, become array nodes. Measured on
  * 1e6 random hashes: 23.4 bytes per entry requested from the allocator
  * (308k nodes), 28.3 with glibc's per-block overhead (Tests/C/test_hamt.c,
- * test_memory_per_entry_and_find_time, prints the latter).
+ * test_memory_per_entry_and_find_time, prints the latter). Variables'
+ * own hashes are not random but creation numbers (var.c): 1e6 variables
+ * created in a row fill 32,768 leaves of 30-31 entries: 17.4 bytes per
+ * entry with glibc's overhead.
  *
  * Shape rules (checked by hamt_check)
  * -----------------------------------
