@@ -228,6 +228,11 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
  *   is alive. Per-thread counts keep the cost where the handover is: a
  *   context that stays entered on one thread with a pending handover
  *   sends only that thread's exits to the lock.
+ *
+ *   fork(): the child keeps only the forking thread, so a context counted
+ *   for any other thread would wait for ever; the child's handler
+ *   (context_atfork_child) takes those off the list and releases them at
+ *   the child's next grace period.
  */
 static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
 static cctx_context *handover_head; /* under handover_lock */
@@ -288,6 +293,11 @@ void context_atfork_release(void)
     pthread_mutex_unlock(&handover_lock);
 }
 
+static void handover_release_orphan(void *ctx)
+{
+    cctx_context_release(ctx);
+}
+
 void context_atfork_child(void)
 {
     pthread_mutex_unlock(&handover_lock);
@@ -296,6 +306,32 @@ void context_atfork_child(void)
      * has one thread and it is not exiting a context. */
     if (!exit_fence && !membarrier_register())
         exit_fence = 1;
+    /* The list came through the fork whole (the prepare handler held its
+     * lock). A context counted for any thread but this one waits for the
+     * exit of a thread that is gone: nobody would ever drop its reference,
+     * and with it the context, its root and its values. The dead thread's
+     * entered state ends here (owner FREE: no exit of it will come, and
+     * its orphaned state, which still names the context as current, is
+     * never read again), and the reference is released at the child's next
+     * grace period with the other objects the dead threads left
+     * (reclaim_fork_orphan): not here, since a release runs user callbacks
+     * and other fork handlers may not have run yet. One thread, so plain
+     * stores. Contexts counted for this thread stay: its own exit collects
+     * them, as in the parent. */
+    cctx_thread_state *me = thread_state_peek();
+    for (cctx_context **p = &handover_head; *p != NULL;) {
+        cctx_context *c = *p;
+        if (c->handover_ts == me) {
+            p = &c->handover_next;
+            continue;
+        }
+        *p = c->handover_next;
+        c->handover_ts->handover_pending--;
+        c->handover_next = NULL;
+        c->handover_ts = NULL;
+        c->owner = CCTX_OWNER_NONE;
+        reclaim_fork_orphan(c, handover_release_orphan);
+    }
 }
 
 static void handover_unlink(cctx_context *ctx)

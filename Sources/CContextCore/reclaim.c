@@ -100,7 +100,8 @@ static __thread unsigned section_depth;
  * another barrier. */
 static __thread unsigned dispatch_depth;
 
-/* Objects left on the records of threads that did not survive a fork:
+/* Objects left on the records of threads that did not survive a fork, and
+ * the contexts whose handover waited for such a thread (context.c):
  * freed by the child's next poll or barrier. Only touched in the child
  * handler (single-threaded) and under orphan_lock. */
 static ck_stack_t orphans;
@@ -284,6 +285,18 @@ static void orphans_free(void)
         e->function(e);
         list = next;
     }
+}
+
+void reclaim_fork_orphan(void *object, void (*free_fn)(void *))
+{
+    struct reclaim_deferral *d = reclaim_deferral_new();
+    if (d == NULL)
+        return;
+    d->object = object;
+    d->free_fn = free_fn;
+    d->entry.function = deferred_run;
+    ck_stack_push_spnc(&orphans, &d->entry.stack_entry);
+    orphan_count++;
 }
 
 /* Called by ck_epoch while a grace period waits for a reader that has not

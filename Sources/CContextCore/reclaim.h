@@ -149,6 +149,12 @@ void reclaim_deferral_discard(reclaim_deferral *d) CCTX_HIDDEN;
 void reclaim_defer_prepared(reclaim_record *record, reclaim_deferral *d, void *object,
                             void (*free_fn)(void *)) CCTX_HIDDEN;
 
+/* In a fork child's handler only (one thread): free_fn(object) runs at the
+ * child's next poll or barrier, with the objects that threads which did
+ * not survive the fork had deferred. Allocates; without memory the object
+ * stays allocated (as everything else a dead thread held does). */
+void reclaim_fork_orphan(void *object, void (*free_fn)(void *)) CCTX_HIDDEN;
+
 /* Frees what this record deferred that is already safe; never waits. */
 void reclaim_poll(reclaim_record *record) CCTX_HIDDEN;
 

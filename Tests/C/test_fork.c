@@ -15,7 +15,9 @@
  *   main thread forks; the child reads that context.
  * - Handovers: the forking thread has a context entered whose last
  *   reference another thread released; the child exits it, and hands over
- *   between two threads of its own.
+ *   between two threads of its own. And the other way round: a thread
+ *   that does not survive the fork has the context entered; the child
+ *   must still release it (its values and allocations are counted).
  *
  * Every child runs under alarm(): a hang is a SIGALRM, reported as a
  * failure of that fork. ThreadSanitizer cannot start threads in the child
@@ -445,12 +447,110 @@ static void test_fork_with_a_pending_handover(void **state)
     cctx_reclaim();
 }
 
+/* A fork while a context's last reference waits on the handover list for
+ * a thread that does not survive the fork: thread X has the context
+ * entered, the main thread released it, then forks. In the child X never
+ * exits, so the runtime's fork handler must release that reference (at the
+ * child's next grace period, with the rest the dead threads left to free).
+ * The child reports its live values and allocations after cctx_reclaim:
+ * before the fix both stayed up by the context, its root and the value. */
+struct dead_owner {
+    cctx_context *ctx;
+    test_gate ready, enter, entered, leave;
+    int ok;
+};
+
+static void *dead_owner_main(void *p)
+{
+    struct dead_owner *o = p;
+    /* This thread's state (and its caches) exist before the count. */
+    cctx_context *own;
+    if (cctx_context_new(&own) != CCTX_OK || cctx_context_enter(own) != CCTX_OK ||
+        cctx_context_exit(own) != CCTX_OK)
+        return NULL;
+    cctx_context_release(own);
+    gate_open(&o->ready);
+    if (!gate_wait(&o->enter) || cctx_context_enter(o->ctx) != CCTX_OK)
+        return NULL;
+    gate_open(&o->entered);
+    if (!gate_wait(&o->leave))
+        return NULL;
+    o->ok = cctx_context_exit(o->ctx) == CCTX_OK;
+    return NULL;
+}
+
+struct dead_fork {
+    long live;   /* tv_live() without the value */
+    long allocs; /* cctx__live_allocations() without the context */
+};
+
+static int dead_owner_child(void *arg)
+{
+    struct dead_fork *f = arg;
+    cctx_reclaim();
+    long live = tv_live(), allocs = cctx__live_allocations();
+    if (live != f->live || allocs != f->allocs) {
+        printf("child: %ld values (want %ld), %ld allocations (want %ld)\n", live, f->live,
+               allocs, f->allocs);
+        fflush(stdout); /* the child leaves with _exit */
+        return 1;
+    }
+    return 0;
+}
+
+/* One context with one counted value, entered by nobody, released. */
+static void context_cycle(cctx_var *var, cctx_context **keep)
+{
+    cctx_context *c;
+    assert_ok(cctx_context_new(&c));
+    tv_value *v = tv_new(7);
+    assert_ok(cctx_context_set(c, var, v, NULL));
+    tv_drop(v);
+    if (keep != NULL)
+        *keep = c;
+    else
+        cctx_context_release(c);
+}
+
+static void test_fork_with_a_handover_pending_for_a_dead_thread(void **state)
+{
+    (void)state;
+    cctx_var *var;
+    assert_ok(cctx_var_new("dead", &tv_ops, &var));
+    struct dead_owner o = { .ready = TEST_GATE_INIT, .enter = TEST_GATE_INIT, .entered = TEST_GATE_INIT,
+                            .leave = TEST_GATE_INIT };
+    pthread_t x;
+    assert_int_equal(pthread_create(&x, NULL, dead_owner_main, &o), 0);
+    assert_true(gate_wait(&o.ready));
+    /* Warm the main thread's caches (context objects, nodes) the same way
+     * the measured context will use them, and settle deferred frees. */
+    context_cycle(var, NULL);
+    context_cycle(var, NULL);
+    cctx_reclaim();
+    struct dead_fork f = { .live = tv_live(), .allocs = cctx__live_allocations() };
+    context_cycle(var, &o.ctx);
+    gate_open(&o.enter);
+    assert_true(gate_wait(&o.entered));
+    cctx_context_release(o.ctx); /* the last reference: handed to X's exit */
+    assert_int_equal(tv_live(), f.live + 1);
+    bool child_ok = fork_run(dead_owner_child, &f, 0);
+    gate_open(&o.leave);
+    pthread_join(x, NULL);
+    assert_true(o.ok);
+    assert_int_equal(tv_live(), f.live); /* the parent's X did release it */
+    assert_true(child_ok);
+    cctx_var_release(var);
+    cctx_thread_cleanup();
+    cctx_reclaim();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fork_while_threads_use_locals),
         cmocka_unit_test(test_fork_during_in_place_writes),
         cmocka_unit_test(test_fork_with_a_pending_handover),
+        cmocka_unit_test(test_fork_with_a_handover_pending_for_a_dead_thread),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cctx_thread_cleanup();
