@@ -1358,7 +1358,7 @@ static void test_consecutive_variables_fill_whole_nodes(void **state)
     assert_int_equal(top.kind, 'a');
     assert_int_equal(top.children, 32);
     for (int f = 0; f < 32; f++) {
-        char path[8];
+        char path[16];
         snprintf(path, sizeof path, "%d", f);
         hamt_shape leaf = hamt_shape_at(root, path);
         assert_int_equal(leaf.kind, 'b');
