@@ -232,7 +232,9 @@ cctx_context *cctx_context_retain(cctx_context *ctx)
  *   fork(): the child keeps only the forking thread, so a context counted
  *   for any other thread would wait for ever; the child's handler
  *   (context_atfork_child) takes those off the list and releases them at
- *   the child's next grace period.
+ *   the child's next grace period. And a context such a thread had
+ *   entered, whose last reference the child releases later, is not handed
+ *   over but freed (handover_to_exit asks reclaim_thread_is_gone).
  */
 static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
 static cctx_context *handover_head; /* under handover_lock */
@@ -369,7 +371,13 @@ static __attribute__((noinline, cold)) bool handover_to_exit(cctx_context *ctx)
     pthread_mutex_lock(&handover_lock);
     uintptr_t owner = cctx_load_uintptr(&ctx->owner);
     bool handed = false;
-    if (owner > CCTX_OWNER_WRITING) {
+    if (owner > CCTX_OWNER_WRITING &&
+        reclaim_thread_is_gone((cctx_thread_state *)(owner & ~CCTX_OWNER_HELD))) {
+        /* A fork child releasing a context that a thread which did not
+         * survive the fork had entered: no exit will come. End that entered
+         * state; the caller holds the last reference and frees it. */
+        cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
+    } else if (owner > CCTX_OWNER_WRITING) {
         ctx->handover_next = handover_head;
         handover_head = ctx;
         handed = handover_count_for(ctx, owner);

@@ -428,6 +428,16 @@ static struct retired *orphan_retired;
  * fork. */
 cctx_thread_state *cctx_fork_orphan_states CCTX_HIDDEN; /* not static: never optimised away */
 
+/* The list is written only by the child handler, before the child can
+ * start a thread, and only read after: plain loads. */
+bool reclaim_thread_is_gone(const cctx_thread_state *ts)
+{
+    for (const cctx_thread_state *d = cctx_fork_orphan_states; d != NULL; d = d->fork_orphan_next)
+        if (d == ts)
+            return true;
+    return false;
+}
+
 void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g)
 {
     if (record == NULL) {

@@ -155,6 +155,12 @@ void reclaim_defer_prepared(reclaim_record *record, reclaim_deferral *d, void *o
  * stays allocated (as everything else a dead thread held does). */
 void reclaim_fork_orphan(void *object, void (*free_fn)(void *)) CCTX_HIDDEN;
 
+/* Whether `ts` is the state of a thread that did not survive a fork (only
+ * ever true in a fork child). Walks one list entry per such thread; for
+ * rare paths. */
+struct cctx_thread_state;
+bool reclaim_thread_is_gone(const struct cctx_thread_state *ts) CCTX_HIDDEN;
+
 /* Frees what this record deferred that is already safe; never waits. */
 void reclaim_poll(reclaim_record *record) CCTX_HIDDEN;
 

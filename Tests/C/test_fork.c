@@ -17,7 +17,8 @@
  *   reference another thread released; the child exits it, and hands over
  *   between two threads of its own. And the other way round: a thread
  *   that does not survive the fork has the context entered; the child
- *   must still release it (its values and allocations are counted).
+ *   must still release it, whether the last reference was released
+ *   before the fork or by the child (values and allocations counted).
  *
  * Every child runs under alarm(): a hang is a SIGALRM, reported as a
  * failure of that fork. ThreadSanitizer cannot start threads in the child
@@ -482,11 +483,14 @@ static void *dead_owner_main(void *p)
 struct dead_fork {
     long live;   /* tv_live() without the value */
     long allocs; /* cctx__live_allocations() without the context */
+    cctx_context *release; /* released by the child first (or NULL) */
 };
 
 static int dead_owner_child(void *arg)
 {
     struct dead_fork *f = arg;
+    if (f->release != NULL)
+        cctx_context_release(f->release);
     cctx_reclaim();
     long live = tv_live(), allocs = cctx__live_allocations();
     if (live != f->live || allocs != f->allocs) {
@@ -544,6 +548,40 @@ static void test_fork_with_a_handover_pending_for_a_dead_thread(void **state)
     cctx_reclaim();
 }
 
+/* The same dead owner, but the last reference is still the main thread's
+ * at the fork, and the child releases it: with the entering thread gone,
+ * the release must free the context instead of handing it to an exit that
+ * will never come. */
+static void test_fork_child_releases_a_context_a_dead_thread_entered(void **state)
+{
+    (void)state;
+    cctx_var *var;
+    assert_ok(cctx_var_new("dead", &tv_ops, &var));
+    struct dead_owner o = { .ready = TEST_GATE_INIT, .enter = TEST_GATE_INIT,
+                            .entered = TEST_GATE_INIT, .leave = TEST_GATE_INIT };
+    pthread_t x;
+    assert_int_equal(pthread_create(&x, NULL, dead_owner_main, &o), 0);
+    assert_true(gate_wait(&o.ready));
+    context_cycle(var, NULL);
+    context_cycle(var, NULL);
+    cctx_reclaim();
+    struct dead_fork f = { .live = tv_live(), .allocs = cctx__live_allocations() };
+    context_cycle(var, &o.ctx);
+    gate_open(&o.enter);
+    assert_true(gate_wait(&o.entered));
+    f.release = o.ctx; /* X borrows the main thread's only reference */
+    bool child_ok = fork_run(dead_owner_child, &f, 0);
+    gate_open(&o.leave);
+    pthread_join(x, NULL);
+    assert_true(o.ok);
+    cctx_context_release(o.ctx);
+    assert_int_equal(tv_live(), f.live);
+    assert_true(child_ok);
+    cctx_var_release(var);
+    cctx_thread_cleanup();
+    cctx_reclaim();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -551,6 +589,7 @@ int main(void)
         cmocka_unit_test(test_fork_during_in_place_writes),
         cmocka_unit_test(test_fork_with_a_pending_handover),
         cmocka_unit_test(test_fork_with_a_handover_pending_for_a_dead_thread),
+        cmocka_unit_test(test_fork_child_releases_a_context_a_dead_thread_entered),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cctx_thread_cleanup();
