@@ -22,7 +22,7 @@
  * 1e6 variables) and its fragments are dense rather than random. No mixing
  * bijection is applied on top: one that keeps consecutive ids' fragments
  * distinct (an odd multiplier, say) permutes residues modulo 2^(5k) and so
- * builds the very same shapes, and one that does not would undo the
+ * builds shapes just as dense, and one that does not would undo the
  * density. A program whose variables in use are spaced by a multiple of 32
  * ids gets deeper paths, never wrong ones.
  *
@@ -37,8 +37,10 @@
  *   like every other field, by whatever hands the pointer to another
  *   thread), so a relaxed increment would do, but atomic.h offers the full
  *   one and creation is not a hot path.
- * - fork: the child inherits the counter's value and continues from it;
- *   its variables never meet the parent's ids in one map. Nothing to reset.
+ * - fork: the child inherits the counter and continues after every id
+ *   handed out before the fork, so its new variables never share an id
+ *   with one it inherited; what the parent creates later never reaches the
+ *   child's maps. Nothing to reset.
  * - Variables made by cctx__var_new_with_hash (tests) keep the given hash
  *   and take no id.
  */
