@@ -230,14 +230,10 @@ extension TaskBinding {
     /// The metadata of `TaskBinding?`, the task-local's value type.
     nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding?.self as Any.Type, to: UnsafeRawPointer.self)
 
-    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`); false
-    /// when the caller must use `TaskLocal.withValue` instead (inside a
-    /// `withTaskGroup` body).
-    private static func push(_ binding: TaskBinding) -> Bool {
-        let object = Unmanaged.passRetained(binding)
-        if cctx_shim_task_local_push(taskLocalKey, object.toOpaque(), taskLocalValueType) { return true }
-        object.release()
-        return false
+    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`).
+    @inline(__always)
+    private static func push(_ binding: TaskBinding) {
+        cctx_shim_task_local_push(taskLocalKey, Unmanaged.passRetained(binding).toOpaque(), taskLocalValueType)
     }
 
     /// `TaskBinding.$current.withValue(binding, operation: body)`, without
@@ -248,7 +244,7 @@ extension TaskBinding {
     static func withCurrent<R>(_ binding: TaskBinding, onThread: Bool, _ body: () throws -> R) rethrows -> R {
         let previous = onThread ? cctx_shim_thread_scope_binding_exchange(opaque(binding)) : nil
         defer { if onThread { _ = cctx_shim_thread_scope_binding_exchange(previous) } }
-        guard push(binding) else { return try $current.withValue(binding, operation: body) }
+        push(binding)
         defer { cctx_shim_task_local_pop() }
         return try body()
     }
@@ -271,7 +267,7 @@ extension TaskBinding {
     nonisolated(nonsending) static func withCurrent<R>(
         _ binding: TaskBinding, _ body: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
-        guard push(binding) else { return try await $current.withValue(binding, operation: body) }
+        push(binding)
         defer { cctx_shim_task_local_pop() }
         return try await body()
     }
