@@ -264,6 +264,7 @@ extension TaskBinding {
     /// task-local bindings and task-allocator allocations (this function's
     /// frame is allocated by its caller before the push, freed after the
     /// pop, and it makes no allocation of its own in between).
+    @inline(__always)
     nonisolated(nonsending) static func withCurrent<R>(
         _ binding: TaskBinding, _ body: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
