@@ -79,8 +79,19 @@ final class TaskBinding: Sendable {
     /// comment for who sees it).
     @usableFromInline @TaskLocal static var current: TaskBinding?
 
-    /// The context this binding makes current. Written only by `owner`.
-    @usableFromInline let context: Context
+    /// The C context (`cctx_context *`) this binding makes current; one
+    /// reference, released in `deinit`. Written only by `owner`.
+    ///
+    /// A C handle, not a ``Context``: `withValue` makes a new context per
+    /// scope, and a Swift object around it cost an allocation and its
+    /// release each time (≈ 200 instructions) for nothing the scope needs.
+    /// `nonisolated(unsafe)`: the pointer never changes after `init`; the C
+    /// object is safe to read from any thread (see ``Context/handle``).
+    @usableFromInline nonisolated(unsafe) let handle: OpaquePointer
+
+    /// The context as a ``Context`` (a new Swift object on the same C
+    /// context), for the rare callers that need one.
+    var context: Context { Context(retaining: handle) }
 
     /// The address of the task that installed this binding; nil when a
     /// thread outside any task opened the scope.
@@ -123,11 +134,13 @@ final class TaskBinding: Sendable {
     /// the executor hand-offs between the threads it runs on.
     @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) var writes: UInt64 = 0
 
+    /// `adopting`: one reference to a C context, which the binding takes
+    /// over.
     init(
-        context: Context, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
+        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
         retainingOwner: Bool = false
     ) {
-        self.context = context
+        self.handle = handle
         self.owner = owner
         self.origin = origin
         self.enclosing = enclosing
@@ -138,6 +151,7 @@ final class TaskBinding: Sendable {
 
     deinit {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
+        cctx_context_release(handle)
     }
 
     @inlinable
@@ -184,7 +198,7 @@ final class TaskBinding: Sendable {
         -> UnsafeMutableRawPointer?
     {
         var pointer: UnsafeMutableRawPointer?
-        let found = foundValue(cctx_context_get(context.handle, variable, &pointer))
+        let found = foundValue(cctx_context_get(handle, variable, &pointer))
         let box = found ? pointer : nil
         if entry.pointee.fill_blocked == 0 {
             entry.pointee.variable = UnsafeRawPointer(variable)
@@ -215,8 +229,8 @@ final class TaskBinding: Sendable {
     /// new unscoped binding holding a copy of what it sees.
     static func writableBinding(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> TaskBinding {
         if owned, let visible { return visible }
-        let copy = visible?.context.copyForSpawn() ?? Context()
-        return UnscopedBindings.shared.insert(context: copy, enclosing: visible, for: task)
+        let copy = visible.map { Context.copyForSpawnHandle(of: $0.handle) } ?? Context.newHandle()
+        return UnscopedBindings.shared.insert(adopting: copy, enclosing: visible, for: task)
     }
 }
 
@@ -444,13 +458,13 @@ final class UnscopedBindings: Sendable {
     }
 
     /// Makes the unscoped binding of `task` (the running task, which has
-    /// none yet) for `context`.
+    /// none yet) for `context` (one reference, which the binding takes over).
     @discardableResult
-    func insert(context: Context, enclosing: TaskBinding?, for task: UnsafeRawPointer) -> TaskBinding {
+    func insert(adopting context: OpaquePointer, enclosing: TaskBinding?, for task: UnsafeRawPointer) -> TaskBinding {
         let id = Self.id(of: task)
         let isAsyncLet = Self.isAsyncLetChild(task)
         let binding = TaskBinding(
-            context: context, owner: task, origin: .firstWrite, enclosing: enclosing,
+            adopting: context, owner: task, origin: .firstWrite, enclosing: enclosing,
             retainingOwner: !isAsyncLet)
         var replaced: TaskBinding?
         shard(for: task).withLock { entries, asyncLetAtAddress in

@@ -9,7 +9,7 @@ import Testing
 /// in child tasks and `Task {}` copies, and gone after the scope.
 @Suite struct TaskLocalShimTests {
     static func binding() -> TaskBinding {
-        TaskBinding(context: Context(), owner: nil, origin: .run, enclosing: nil)
+        TaskBinding(adopting: Context.newHandle(), owner: nil, origin: .run, enclosing: nil)
     }
 
     /// On a thread the standard getter and ContextKit's per-thread copy
