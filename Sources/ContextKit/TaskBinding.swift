@@ -42,6 +42,17 @@ import Glibc
 // `cctx_context_lookup` (the C runtime's one reclamation scheme). The owner
 // is the only writer, so its own reads borrow (`cctx_context_get`).
 //
+// What a scope costs: a binding holds its C context itself (one reference,
+// no `Context` object; `withValue` copies the current context in C and
+// sets its value there before anyone can see it), and it is made current
+// by the runtime's task-local push and pop alone (`task_local.c`), as
+// `TaskLocal.withValue` does, also inside a `withTaskGroup` body. The
+// context is materialised for every scope: outside a task `get` reads the
+// thread's C context, and in a task children on other threads read the
+// binding's context through the C runtime's read sections; a binding that
+// deferred it would have to publish it under those read sections while a
+// `Task {}` copy reads (docs/performance.md).
+//
 // Ownership under task-address reuse (task addresses are reused once a task
 // ends; `async let` children even share their parent's memory and often the
 // same address one after another):
