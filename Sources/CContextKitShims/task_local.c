@@ -9,7 +9,9 @@
  * `swift_task_hasTaskGroupStatusRecord` and stopped inside a `withTaskGroup`
  * body; that check is deprecated there — "handled gracefully rather than by
  * crashing" — because the runtime's push now asks it itself and binds
- * correctly inside a group body. Asking it a second time here took the
+ * correctly inside a group body: since the Swift 6.0 runtime, older than
+ * any runtime ContextKit can run on (it needs `nonisolated(nonsending)` and
+ * the Synchronization module). Asking it a second time here took the
  * task's status-record lock once more per scope, ≈ 185 instructions.)
  *
  * ABI, as the standard library declares it (`@_silgen_name`, Swift calling
