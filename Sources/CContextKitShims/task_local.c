@@ -4,7 +4,15 @@
  * unspecialised in ContextKit: each call then copies the value through
  * generic value witnesses and, in async code, nests two more generic async
  * frames (task-allocator allocations and executor checks) around the body.
- * The calls below are the ones `withValue`'s inlinable body makes.
+ * The calls below are the ones `withValue`'s inlinable body makes: a push
+ * and a pop, nothing before them. (Older standard libraries first asked
+ * `swift_task_hasTaskGroupStatusRecord` and stopped inside a `withTaskGroup`
+ * body; that check is deprecated there — "handled gracefully rather than by
+ * crashing" — because the runtime's push now asks it itself and binds
+ * correctly inside a group body: since the Swift 6.0 runtime, older than
+ * any runtime ContextKit can run on (it needs `nonisolated(nonsending)` and
+ * the Synchronization module). Asking it a second time here took the
+ * task's status-record lock once more per scope, ≈ 185 instructions.)
  *
  * ABI, as the standard library declares it (`@_silgen_name`, Swift calling
  * convention):
@@ -12,8 +20,7 @@
  *     lowered for a generic Value to (key, pointer to the value, +1, taken
  *     by the runtime with the type's initializeWithTake, Value's metadata);
  *   swift_task_localValuePop()
- *   swift_task_hasTaskGroupStatusRecord() -> Bool
- * All three are weak so that a program without the Concurrency runtime still
+ * Both are weak so that a program without the Concurrency runtime still
  * links (it never reaches here: ContextKit needs that runtime).
  */
 #include "CContextKitShims.h"
@@ -29,18 +36,12 @@
 extern void swift_task_localValuePush(const void *key, void *value, const void *type) CCTX_TL_SWIFTCALL
     __attribute__((weak));
 extern void swift_task_localValuePop(void) CCTX_TL_SWIFTCALL __attribute__((weak));
-extern bool swift_task_hasTaskGroupStatusRecord(void) CCTX_TL_SWIFTCALL __attribute__((weak));
-
-bool cctx_shim_task_local_push(const void *key, const void *object, const void *type)
+void cctx_shim_task_local_push(const void *key, const void *object, const void *type)
 {
-    /* Inside a withTaskGroup body the standard library reports the binding
-     * as illegal; leave that (and its message) to withValue itself. */
-    if (swift_task_hasTaskGroupStatusRecord()) return false;
     /* The value's storage: one word holding the reference, which the
      * runtime takes over (initializeWithTake: a move, no retain). */
     const void *value = object;
     swift_task_localValuePush(key, &value, type);
-    return true;
 }
 
 void cctx_shim_task_local_pop(void)

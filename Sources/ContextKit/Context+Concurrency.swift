@@ -35,7 +35,19 @@ extension Context {
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
+        try await Context.runFresh(
+            adopting: cctx_context_retain(handle)!, origin: origin, body, file: file, line: line)
+    }
+
+    /// As `run` for a C context the caller has just made (one reference,
+    /// which the scope's binding takes over).
+    nonisolated(nonsending) static func runFresh<R>(
+        adopting handle: OpaquePointer,
+        origin: FrameOrigin,
+        _ body: nonisolated(nonsending) () async throws -> R,
+        file: StaticString = #fileID, line: UInt = #line
+    ) async rethrows -> R {
+        let scope = ContextScope.enterFresh(adopting: handle, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.withCurrent(scope.binding, body)
     }
@@ -49,7 +61,8 @@ extension Context {
         isolation: isolated (any Actor)?,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
+        let scope = ContextScope.enterFresh(
+            adopting: cctx_context_retain(handle)!, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.$current.withValue(scope.binding, operation: body, isolation: isolation)
     }

@@ -76,7 +76,7 @@ extension Context {
         var binding = TaskBinding.current
         while let current = binding {
             if current.owner == nil && current.isActive {
-                origins[UnsafeMutableRawPointer(current.context.handle)] = current.origin
+                origins[UnsafeMutableRawPointer(current.handle)] = current.origin
             }
             binding = current.enclosing
         }

@@ -42,9 +42,7 @@ public final class Context: Sendable {
 
     /// Creates an empty context (Python's `Context()`).
     public convenience init() {
-        var out: OpaquePointer?
-        checkOrTrap(cctx_context_new(&out), "creating a Context")
-        self.init(adopting: out!)
+        self.init(adopting: Context.newHandle())
     }
 
     deinit {
@@ -57,39 +55,64 @@ public final class Context: Sendable {
     /// context of the innermost `run` or `ContextVar.withValue`
     /// around the call, or an empty context when there is none. O(1).
     public static func copyCurrent() -> Context {
+        Context(adopting: copyCurrentHandle())
+    }
+
+    /// ``copyCurrent()`` as a C context (one reference, the caller's), for
+    /// the scopes that need no Swift object around it.
+    static func copyCurrentHandle() -> OpaquePointer {
         switch CurrentPlace.resolve {
         case .thread:
             var out: OpaquePointer?
             checkOrTrap(cctx_context_copy_current(&out), "copying the current context")
-            return Context(adopting: out!)
+            return out!
         case .task(_, let binding?, let owned):
             // What this task sees of a binding it does not own: the
             // variables created `.notInherited` are not part of it.
-            return owned ? binding.context.copy() : binding.context.copyForSpawn()
+            return owned ? copyHandle(of: binding.handle) : copyForSpawnHandle(of: binding.handle)
         case .task(_, nil, _):
-            return Context()
+            return newHandle()
         }
     }
 
     /// A copy of this context that shares its structure (O(1)). Later changes
     /// to either are not seen by the other.
     public func copy() -> Context {
-        var out: OpaquePointer?
-        checkOrTrap(cctx_context_copy(handle, &out), "copying a Context")
-        return Context(adopting: out!)
+        Context(adopting: Context.copyHandle(of: handle))
     }
 
     /// A copy for a new thread or task: as ``copy()``, leaving out variables
     /// that C created with `CCTX_VAR_NOT_INHERITED`.
     func copyForSpawn() -> Context {
-        var out: OpaquePointer?
-        checkOrTrap(cctx_context_copy_inherit(handle, &out), "copying a Context")
-        return Context(adopting: out!)
+        Context(adopting: Context.copyForSpawnHandle(of: handle))
     }
 
     /// A copy of the current context for a new thread or task.
     static func copyCurrentForSpawn() -> Context {
         copyCurrent().copyForSpawn()
+    }
+
+    /// A new empty C context (one reference, the caller's).
+    static func newHandle() -> OpaquePointer {
+        var out: OpaquePointer?
+        checkOrTrap(cctx_context_new(&out), "creating a Context")
+        return out!
+    }
+
+    /// A copy of the C context `handle` (borrowed); one reference, the
+    /// caller's.
+    static func copyHandle(of handle: OpaquePointer) -> OpaquePointer {
+        var out: OpaquePointer?
+        checkOrTrap(cctx_context_copy(handle, &out), "copying a Context")
+        return out!
+    }
+
+    /// As ``copyHandle(of:)``, leaving out the `CCTX_VAR_NOT_INHERITED`
+    /// variables.
+    static func copyForSpawnHandle(of handle: OpaquePointer) -> OpaquePointer {
+        var out: OpaquePointer?
+        checkOrTrap(cctx_context_copy_inherit(handle, &out), "copying a Context")
+        return out!
     }
 
     /// Whether a thread has entered this context or a task runs in it.
@@ -127,7 +150,16 @@ public final class Context: Sendable {
     package func runFresh<R>(
         origin: FrameOrigin, _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) rethrows -> R {
-        let scope = ContextScope.enterFresh(self, origin: origin, file: file, line: line)
+        try Context.runFresh(adopting: cctx_context_retain(handle)!, origin: origin, body, file: file, line: line)
+    }
+
+    /// As ``runFresh(origin:_:file:line:)`` for a C context the caller has
+    /// just made (one reference, which the scope's binding takes over).
+    static func runFresh<R>(
+        adopting handle: OpaquePointer, origin: FrameOrigin, _ body: () throws -> R,
+        file: StaticString = #fileID, line: UInt = #line
+    ) rethrows -> R {
+        let scope = ContextScope.enterFresh(adopting: handle, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try TaskBinding.withCurrent(scope.binding, onThread: scope.binding.owner == nil, body)
     }
@@ -138,8 +170,9 @@ public final class Context: Sendable {
 /// and undoes all of it. The sync and async `run` differ only in how they
 /// bind (`TaskLocal.withValue`, sync or async) around the body.
 struct ContextScope {
-    /// The context entered (by a thread) or claimed (by a task).
-    let context: Context
+    /// The C context entered (by a thread) or claimed (by a task); the
+    /// binding holds its reference.
+    let handle: OpaquePointer
     /// The binding that makes it current for the scope.
     let binding: TaskBinding
     /// The binding the task saw before the scope (for the `exited` event).
@@ -167,23 +200,28 @@ struct ContextScope {
         } else {
             try check(cctx_context_claim(context.handle))
         }
-        return ContextScope(context: context, place: place, origin: origin, file: file, line: line)
+        return ContextScope(
+            adopting: cctx_context_retain(context.handle)!, place: place, origin: origin, file: file, line: line)
     }
 
-    /// As ``enter(_:origin:file:line:)`` for a context nobody else can have
-    /// entered (the caller just made it).
+    /// As ``enter(_:origin:file:line:)`` for a C context nobody else can
+    /// have entered (the caller just made it), whose reference the scope's
+    /// binding takes over.
     static func enterFresh(
-        _ context: Context, origin: FrameOrigin, file: StaticString, line: UInt
+        adopting handle: OpaquePointer, origin: FrameOrigin, file: StaticString, line: UInt
     ) -> ContextScope {
         let place = cctx_shim_current_place()
-        let status = place.task == nil ? cctx_context_enter(context.handle) : cctx_context_claim(context.handle)
+        let status = place.task == nil ? cctx_context_enter(handle) : cctx_context_claim(handle)
         checkOrTrap(status, "entering a new Context", file: file, line: line)
-        return ContextScope(context: context, place: place, origin: origin, file: file, line: line)
+        return ContextScope(adopting: handle, place: place, origin: origin, file: file, line: line)
     }
 
     /// `place`: `cctx_shim_current_place()` as the caller asked it, right
     /// before (entering or claiming the context changes no place).
-    private init(context: Context, place: cctx_shim_place, origin: FrameOrigin, file: StaticString, line: UInt) {
+    /// `handle`: one reference, which the binding takes over.
+    private init(
+        adopting handle: OpaquePointer, place: cctx_shim_place, origin: FrameOrigin, file: StaticString, line: UInt
+    ) {
         let task = place.task
         var place = place
         if task != nil {
@@ -198,7 +236,7 @@ struct ContextScope {
             // so after the scope the task read, and its next `set` copied,
             // the context it had before its own watcher's write.)
             let generation = cctx_shim_place_generation()
-            cctx_notify_watchers(CCTX_EVENT_ENTERED, context.handle)
+            cctx_notify_watchers(CCTX_EVENT_ENTERED, handle)
             if cctx_shim_place_generation() != generation { place = cctx_shim_current_place() }
         }
         let enclosing: TaskBinding?
@@ -209,8 +247,8 @@ struct ContextScope {
             enclosing = TaskBinding.threadScope
             enclosingOwned = false
         }
-        self.context = context
-        self.binding = TaskBinding(context: context, owner: task, origin: origin, enclosing: enclosing)
+        self.handle = handle
+        self.binding = TaskBinding(adopting: handle, owner: task, origin: origin, enclosing: enclosing)
         self.enclosing = task == nil ? nil : enclosing
         self.file = file
         self.line = line
@@ -233,7 +271,7 @@ struct ContextScope {
             TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned)
         }
         if binding.owner == nil {
-            let status = cctx_context_exit(context.handle)
+            let status = cctx_context_exit(handle)
             if status != CCTX_OK {
                 fatalError(
                     "Context.run: cannot exit context: it is not the current context of this thread "
@@ -242,7 +280,7 @@ struct ContextScope {
             }
             return
         }
-        let status = cctx_context_unclaim(context.handle)
+        let status = cctx_context_unclaim(handle)
         if status != CCTX_OK {
             fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
         }
@@ -261,9 +299,9 @@ struct ContextScope {
                 // freed that box. A watcher may not write a context the
                 // task could not `set` on, so there is nothing to fence.
                 if enclosingOwned {
-                    enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle) }
+                    enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.handle) }
                 } else {
-                    cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.context.handle)
+                    cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.handle)
                 }
             }
         } else {
@@ -315,7 +353,7 @@ extension Context {
             // A copy without the `.notInherited` variables, which a task
             // that inherited the binding does not see (O(1) when no
             // variable is `.notInherited`).
-            return try binding.context.copyForSpawn().withUnsafeHandle { try body($0, false) }
+            return try Context(adopting: copyForSpawnHandle(of: binding.handle)).withUnsafeHandle { try body($0, false) }
         case .task(_, nil, _):
             return try Context().withUnsafeHandle { try body($0, false) }
         }

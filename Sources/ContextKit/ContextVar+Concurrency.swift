@@ -15,6 +15,6 @@ extension ContextVar {
         _ value: Value,
         operation: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
-        try await copyWithValue(value).runFresh(origin: .withValue(variable: name), operation)
+        try await Context.runFresh(adopting: copyWithValue(value), origin: .withValue(variable: name), operation)
     }
 }

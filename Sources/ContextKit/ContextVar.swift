@@ -74,6 +74,12 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     @usableFromInline
     let boxType: ValueBox<Value>.Type
 
+    /// `Token<Value>.self`, looked up once for the same reason: `set` is
+    /// not specialised for `Value`, and asked the runtime for the token
+    /// class's metadata on every call (≈ 320 instructions, a fifth of a
+    /// `set`).
+    let tokenType: Token<Value>.Type
+
     /// A new box holding `value` for this variable.
     @inlinable
     func makeBox(_ value: Value) -> ValueBox<Value> {
@@ -82,6 +88,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
 
     private init(name: String, defaultValue: Value?, inheritance: ContextVarInheritance) {
         boxType = ValueBox<Value>.self
+        tokenType = Token<Value>.self
         self.name = name
         self.defaultValue = defaultValue
         self.inheritance = inheritance
@@ -183,7 +190,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         if owned {
             // The owner is the binding's only writer: a borrowed read is
             // stable.
-            guard foundValue(cctx_context_get(binding.context.handle, handle, &pointer)),
+            guard foundValue(cctx_context_get(binding.handle, handle, &pointer)),
                 let pointer
             else { return nil }
             return ValueBox<Value>.borrowedValue(pointer)
@@ -193,7 +200,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         if inheritance == .notInherited { return nil }
         // Its owner may be writing it on another thread: take a new
         // reference inside the C runtime's read section.
-        guard foundValue(cctx_context_lookup(binding.context.handle, handle, &pointer)),
+        guard foundValue(cctx_context_lookup(binding.handle, handle, &pointer)),
             let pointer
         else { return nil }
         return ValueBox<Value>.adopted(pointer).value
@@ -226,11 +233,11 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         case .task(let task, let binding, let owned):
             let writable = TaskBinding.writableBinding(task: task, visible: binding, owned: owned)
             status = writable.withWrite {
-                box.withOpaquePointer { cctx_context_set(writable.context.handle, handle, $0, &token) }
+                box.withOpaquePointer { cctx_context_set(writable.handle, handle, $0, &token) }
             }
         }
         checkOrTrap(status, "ContextVar '\(name)': set(_:)")
-        return Token(adopting: token!, variable: self)
+        return tokenType.init(adopting: token!, variable: self)
     }
 
     /// Restores the variable in the current context to what it was before
@@ -248,7 +255,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
             try check(cctx_var_reset(handle, token.handle))
         case .task(_, let binding?, owned: true):
             try binding.withWrite { () throws(ContextError) in
-                try check(cctx_context_reset(binding.context.handle, handle, token.handle))
+                try check(cctx_context_reset(binding.handle, handle, token.handle))
             }
         case .task:
             // The task has not written yet: its context would be a fresh
@@ -292,7 +299,7 @@ extension ContextVar {
     /// returns or throws). Tasks created inside (`Task {}`, `async let`, task
     /// groups) see it too; `Task.detached` does not.
     public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
-        try copyWithValue(value).runFresh(origin: .withValue(variable: name), operation)
+        try Context.runFresh(adopting: copyWithValue(value), origin: .withValue(variable: name), operation)
     }
 
     /// Sets this variable to `value` in `context`, which the caller has just
@@ -304,13 +311,13 @@ extension ContextVar {
         checkOrTrap(status, "ContextVar '\(name)': setting a value in a new Context")
     }
 
-    /// A new context: the current one with this variable set to `value`,
-    /// before anyone else can see it.
-    func copyWithValue(_ value: Value) -> Context {
-        let context = Context.copyCurrent()
+    /// A new C context (one reference, the caller's): the current one with
+    /// this variable set to `value`, before anyone else can see it.
+    func copyWithValue(_ value: Value) -> OpaquePointer {
+        let context = Context.copyCurrentHandle()
         let box = makeBox(value)
         // Nobody has entered the fresh copy: the write needs no claim.
-        let status = box.withOpaquePointer { cctx_context_set(context.handle, handle, $0, nil) }
+        let status = box.withOpaquePointer { cctx_context_set(context, handle, $0, nil) }
         checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
         return context
     }

@@ -42,6 +42,17 @@ import Glibc
 // `cctx_context_lookup` (the C runtime's one reclamation scheme). The owner
 // is the only writer, so its own reads borrow (`cctx_context_get`).
 //
+// What a scope costs: a binding holds its C context itself (one reference,
+// no `Context` object; `withValue` copies the current context in C and
+// sets its value there before anyone can see it), and it is made current
+// by the runtime's task-local push and pop alone (`task_local.c`), as
+// `TaskLocal.withValue` does, also inside a `withTaskGroup` body. The
+// context is materialised for every scope: outside a task `get` reads the
+// thread's C context, and in a task children on other threads read the
+// binding's context through the C runtime's read sections; a binding that
+// deferred it would have to publish it under those read sections while a
+// `Task {}` copy reads (docs/performance.md).
+//
 // Ownership under task-address reuse (task addresses are reused once a task
 // ends; `async let` children even share their parent's memory and often the
 // same address one after another):
@@ -79,8 +90,19 @@ final class TaskBinding: Sendable {
     /// comment for who sees it).
     @usableFromInline @TaskLocal static var current: TaskBinding?
 
-    /// The context this binding makes current. Written only by `owner`.
-    @usableFromInline let context: Context
+    /// The C context (`cctx_context *`) this binding makes current; one
+    /// reference, released in `deinit`. Written only by `owner`.
+    ///
+    /// A C handle, not a ``Context``: `withValue` makes a new context per
+    /// scope, and a Swift object around it cost an allocation and its
+    /// release each time (≈ 200 instructions) for nothing the scope needs.
+    /// `nonisolated(unsafe)`: the pointer never changes after `init`; the C
+    /// object is safe to read from any thread (see ``Context/handle``).
+    @usableFromInline nonisolated(unsafe) let handle: OpaquePointer
+
+    /// The context as a ``Context`` (a new Swift object on the same C
+    /// context), for the rare callers that need one.
+    var context: Context { Context(retaining: handle) }
 
     /// The address of the task that installed this binding; nil when a
     /// thread outside any task opened the scope.
@@ -123,11 +145,13 @@ final class TaskBinding: Sendable {
     /// the executor hand-offs between the threads it runs on.
     @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) var writes: UInt64 = 0
 
+    /// `adopting`: one reference to a C context, which the binding takes
+    /// over.
     init(
-        context: Context, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
+        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
         retainingOwner: Bool = false
     ) {
-        self.context = context
+        self.handle = handle
         self.owner = owner
         self.origin = origin
         self.enclosing = enclosing
@@ -138,6 +162,7 @@ final class TaskBinding: Sendable {
 
     deinit {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
+        cctx_context_release(handle)
     }
 
     @inlinable
@@ -184,7 +209,7 @@ final class TaskBinding: Sendable {
         -> UnsafeMutableRawPointer?
     {
         var pointer: UnsafeMutableRawPointer?
-        let found = foundValue(cctx_context_get(context.handle, variable, &pointer))
+        let found = foundValue(cctx_context_get(handle, variable, &pointer))
         let box = found ? pointer : nil
         if entry.pointee.fill_blocked == 0 {
             entry.pointee.variable = UnsafeRawPointer(variable)
@@ -215,8 +240,8 @@ final class TaskBinding: Sendable {
     /// new unscoped binding holding a copy of what it sees.
     static func writableBinding(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> TaskBinding {
         if owned, let visible { return visible }
-        let copy = visible?.context.copyForSpawn() ?? Context()
-        return UnscopedBindings.shared.insert(context: copy, enclosing: visible, for: task)
+        let copy = visible.map { Context.copyForSpawnHandle(of: $0.handle) } ?? Context.newHandle()
+        return UnscopedBindings.shared.insert(adopting: copy, enclosing: visible, for: task)
     }
 }
 
@@ -230,14 +255,10 @@ extension TaskBinding {
     /// The metadata of `TaskBinding?`, the task-local's value type.
     nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding?.self as Any.Type, to: UnsafeRawPointer.self)
 
-    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`); false
-    /// when the caller must use `TaskLocal.withValue` instead (inside a
-    /// `withTaskGroup` body).
-    private static func push(_ binding: TaskBinding) -> Bool {
-        let object = Unmanaged.passRetained(binding)
-        if cctx_shim_task_local_push(taskLocalKey, object.toOpaque(), taskLocalValueType) { return true }
-        object.release()
-        return false
+    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`).
+    @inline(__always)
+    private static func push(_ binding: TaskBinding) {
+        cctx_shim_task_local_push(taskLocalKey, Unmanaged.passRetained(binding).toOpaque(), taskLocalValueType)
     }
 
     /// `TaskBinding.$current.withValue(binding, operation: body)`, without
@@ -248,7 +269,7 @@ extension TaskBinding {
     static func withCurrent<R>(_ binding: TaskBinding, onThread: Bool, _ body: () throws -> R) rethrows -> R {
         let previous = onThread ? cctx_shim_thread_scope_binding_exchange(opaque(binding)) : nil
         defer { if onThread { _ = cctx_shim_thread_scope_binding_exchange(previous) } }
-        guard push(binding) else { return try $current.withValue(binding, operation: body) }
+        push(binding)
         defer { cctx_shim_task_local_pop() }
         return try body()
     }
@@ -268,10 +289,11 @@ extension TaskBinding {
     /// task-local bindings and task-allocator allocations (this function's
     /// frame is allocated by its caller before the push, freed after the
     /// pop, and it makes no allocation of its own in between).
+    @inline(__always)
     nonisolated(nonsending) static func withCurrent<R>(
         _ binding: TaskBinding, _ body: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
-        guard push(binding) else { return try await $current.withValue(binding, operation: body) }
+        push(binding)
         defer { cctx_shim_task_local_pop() }
         return try await body()
     }
@@ -447,13 +469,13 @@ final class UnscopedBindings: Sendable {
     }
 
     /// Makes the unscoped binding of `task` (the running task, which has
-    /// none yet) for `context`.
+    /// none yet) for `context` (one reference, which the binding takes over).
     @discardableResult
-    func insert(context: Context, enclosing: TaskBinding?, for task: UnsafeRawPointer) -> TaskBinding {
+    func insert(adopting context: OpaquePointer, enclosing: TaskBinding?, for task: UnsafeRawPointer) -> TaskBinding {
         let id = Self.id(of: task)
         let isAsyncLet = Self.isAsyncLetChild(task)
         let binding = TaskBinding(
-            context: context, owner: task, origin: .firstWrite, enclosing: enclosing,
+            adopting: context, owner: task, origin: .firstWrite, enclosing: enclosing,
             retainingOwner: !isAsyncLet)
         var replaced: TaskBinding?
         shard(for: task).withLock { entries, asyncLetAtAddress in

@@ -13,7 +13,9 @@ public final class Token<Value: Sendable>: Sendable, CustomStringConvertible {
     /// The variable whose ``ContextVar/set(_:)`` made this token.
     public let variable: ContextVar<Value>
 
-    init(adopting handle: OpaquePointer, variable: ContextVar<Value>) {
+    /// `required`: ``ContextVar/set(_:)`` constructs tokens through the
+    /// metatype its variable looked up once (`ContextVar.tokenType`).
+    required init(adopting handle: OpaquePointer, variable: ContextVar<Value>) {
         self.handle = handle
         self.variable = variable
     }

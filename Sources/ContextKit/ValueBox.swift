@@ -72,11 +72,15 @@ final class ValueBox<V: Sendable>: AnyValueBox, @unchecked Sendable {
 
     /// Calls `body` with the box as a C value; the box stays alive for the
     /// call and C retains its own reference if it keeps the pointer.
+    ///
+    /// `_fixLifetime` rather than `withExtendedLifetime`: the callers
+    /// (`set`, `withValue`) are not specialised for `V`, and the generic
+    /// `withExtendedLifetime` was then called out of line with a closure
+    /// around `body`.
     @inlinable
     func withOpaquePointer<R>(_ body: (UnsafeMutableRawPointer) throws -> R) rethrows -> R {
-        try withExtendedLifetime(self) {
-            try body(Unmanaged.passUnretained(self).toOpaque())
-        }
+        defer { _fixLifetime(self) }
+        return try body(Unmanaged.passUnretained(self).toOpaque())
     }
 
     /// The box behind a borrowed pointer (C keeps its reference).

@@ -10,7 +10,7 @@ import Glibc
 
 /// Probes against the Swift fast paths: the per-thread value cache of
 /// `get` in a task, the task-local push through the runtime entry points
-/// (and its decline inside a `withTaskGroup` body), and the per-thread
+/// (also inside a `withTaskGroup` body), and the per-thread
 /// scope pointer of plain threads. Each test does what a demanding user
 /// might and checks Python's contextvars / asyncio answer. A probe that
 /// could read freed memory or stop runs as an exit test (a stop fails one
@@ -219,8 +219,8 @@ import Glibc
         #expect(v.value == 0)
     }
 
-    /// `run` / `withValue` in a `withTaskGroup` body (the shim declines and
-    /// `TaskLocal.withValue` binds): children added inside read the
+    /// `run` / `withValue` in a `withTaskGroup` body (the runtime's push
+    /// binds there): children added inside read the
     /// scope's value, also after the scope has ended; children added after
     /// read the body's.
     @Test func groupBodyScopesAndTheirChildren() async throws {

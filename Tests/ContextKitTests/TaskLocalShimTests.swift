@@ -9,7 +9,7 @@ import Testing
 /// in child tasks and `Task {}` copies, and gone after the scope.
 @Suite struct TaskLocalShimTests {
     static func binding() -> TaskBinding {
-        TaskBinding(context: Context(), owner: nil, origin: .run, enclosing: nil)
+        TaskBinding(adopting: Context.newHandle(), owner: nil, origin: .run, enclosing: nil)
     }
 
     /// On a thread the standard getter and ContextKit's per-thread copy
@@ -70,9 +70,9 @@ import Testing
         #expect(await task.value)
     }
 
-    /// Inside a `withTaskGroup` body the shim declines and `withValue`
-    /// binds (the standard library's own rule there); the binding still
-    /// reads back.
+    /// Inside a `withTaskGroup` body the shim pushes as everywhere (the
+    /// runtime's push handles a group body, as for `withValue`); the
+    /// binding reads back.
     @Test func insideATaskGroupBodyTheBindingStillReadsBack() async {
         let binding = Self.binding()
         let seen = await withTaskGroup(of: Bool.self) { group -> Bool in

@@ -13,8 +13,7 @@
  * the supported way to reach one. `swift_task_getCurrent` and
  * `swift_isUniquelyReferenced_nonNull_native`, and the task-local entry
  * points `swift_task_localValuePush`/`Pop` and
- * `swift_task_hasTaskGroupStatusRecord`, are called by the standard
- * library's own inlinable code (`TaskLocal.withValue`), so they are part of
+ * are called by the standard library's own inlinable code (`TaskLocal.withValue`), so they are part of
  * the Swift ABI; TaskLocalShimTests fails loudly if the task-local ones
  * stop behaving as `withValue`.
  * `swift_task_getJobTaskId` and `swift_task_getJobFlags` are exported by the
@@ -169,14 +168,13 @@ const void *cctx_shim_thread_scope_binding_exchange(const void *binding);
  * the running task, or the calling thread outside any task — exactly what
  * the standard library's inlinable `TaskLocal.withValue` does, through the
  * same runtime entry point (`swift_task_localValuePush`), for a value whose
- * type `type` (the metadata of an `Optional` of a class) is one pointer.
- * Returns false, pushing nothing and consuming nothing, when the running
- * task is inside a `withTaskGroup` body (where `withValue` reports an
- * illegal binding): the caller then uses `withValue` itself. Pair each
- * successful push with cctx_shim_task_local_pop() in the same task or thread,
- * in LIFO order with its other task-local bindings.
+ * type `type` (the metadata of an `Optional` of a class) is one pointer;
+ * also inside a `withTaskGroup` body, where the runtime's push binds as
+ * `withValue` does there. Pair each push with cctx_shim_task_local_pop() in
+ * the same task or thread, in LIFO order with its other task-local
+ * bindings.
  */
-bool cctx_shim_task_local_push(const void *key, const void *object, const void *type);
+void cctx_shim_task_local_push(const void *key, const void *object, const void *type);
 
 /** Ends the innermost task-local binding (`swift_task_localValuePop`). */
 void cctx_shim_task_local_pop(void);
