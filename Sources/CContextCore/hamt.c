@@ -152,12 +152,32 @@
 #define HAMT_ARRAY_MARK 0xFFFFFFFFu
 
 struct hamt_node {
-    unsigned refcnt;
-    uint32_t size;
+    unsigned counts;       /* owners | borrow references << HAMT_OWNER_BITS */
+    uint32_t size : 31;    /* entries in the subtree (a map cannot reach 2^31:
+                            * 16 bytes of slots per entry alone is 32 GiB) */
+    uint32_t borrows : 1;  /* bitmap node with a key source in its last slot */
     uint32_t datamap;
     uint32_t nodemap;
     void *slot[];
 };
+
+/*
+ * The two counts in `counts` (see "Borrowed keys" above). Owners get 24
+ * bits (16.7 million maps, parents and root credits holding one node; a
+ * retain that would carry into the borrow field stops the process) and
+ * borrow references 8: one held by the owners together while any is left,
+ * plus at most 254 borrowing nodes. A path copy that finds the field full
+ * owns its keys as before, so the cap costs speed, never correctness. One
+ * word rather than two keeps the header at 16 bytes (memory per entry is
+ * measured), and it lets the last owner with no borrower free the node
+ * after one plain load, as before.
+ */
+#define HAMT_OWNER_BITS 24u
+#define HAMT_OWNER_MASK ((1u << HAMT_OWNER_BITS) - 1)
+#define HAMT_BORROW_UNIT (1u << HAMT_OWNER_BITS)
+#define HAMT_BORROW_MAX 255u
+/* A new node: one owner, and the owners' shared borrow reference. */
+#define HAMT_COUNTS_NEW (1u + HAMT_BORROW_UNIT)
 
 /* ------------------------------------------------------------------ bits */
 
@@ -231,6 +251,41 @@ static inline hamt_node *bitmap_child(const hamt_node *n, unsigned j)
     return (hamt_node *)n->slot[2 * hamt_popcount(n->datamap) + j];
 }
 
+static inline unsigned owners_of(unsigned counts)
+{
+    return counts & HAMT_OWNER_MASK;
+}
+
+/* Owners of `n` as last seen; only a hint unless the caller is one of them
+ * and no other thread can reach the node (hamt_value_slot_if_unique). */
+static inline unsigned owners_relaxed(const hamt_node *n)
+{
+    return owners_of(cctx_load_uint_relaxed(&((hamt_node *)n)->counts));
+}
+
+/* Slots of a bitmap node before the key-source slot of a borrowing one. */
+static inline unsigned bitmap_slots(const hamt_node *n)
+{
+    return 2 * hamt_popcount(n->datamap) + hamt_popcount(n->nodemap);
+}
+
+/* The node whose keys a borrowing bitmap node shares; NULL when it owns
+ * all of its keys. */
+static inline hamt_node *key_source(const hamt_node *n)
+{
+    return n->borrows ? (hamt_node *)n->slot[bitmap_slots(n)] : NULL;
+}
+
+/* Whether `key`, stored at fragment `bit` of a node whose key source is
+ * `src`, is borrowed from it: the source holds the same key at the same
+ * fragment. The one rule every write and the free apply, so an entry is
+ * counted on the variable exactly when it is not borrowed. */
+static inline bool key_is_borrowed(const hamt_node *src, uint32_t bit, const cctx_var *key)
+{
+    return src != NULL && (src->datamap & bit) != 0 &&
+           entry_key(src, below(src->datamap, bit)) == key;
+}
+
 /* ------------------------------------------------------ node lifetime */
 
 /* A new node with its header set and `nslots` slots for the caller to fill;
@@ -240,8 +295,9 @@ static hamt_node *node_new(uint32_t size, uint32_t datamap, uint32_t nodemap, un
     hamt_node *n = cctx_alloc(sizeof(*n) + nslots * sizeof(void *));
     if (n == NULL)
         return NULL;
-    n->refcnt = 1; /* not yet shared: a plain store is enough */
+    n->counts = HAMT_COUNTS_NEW; /* not yet shared: a plain store is enough */
     n->size = size;
+    n->borrows = 0;
     n->datamap = datamap;
     n->nodemap = nodemap;
     return n;
@@ -260,54 +316,140 @@ static inline void entry_retain(cctx_var *key, void *value)
     var_value_retain(key, value);
 }
 
-static inline void entry_release(cctx_var *key, void *value)
-{
-    /* Value first: releasing it goes through the key's callbacks. */
-    var_value_release(key, value);
-    var_unref(key);
-}
-
-static void node_free(hamt_node *n)
+/* Frees the first half of a node, when its last owner lets go: values
+ * (through their keys' callbacks; every key is still alive, owned or kept
+ * by the key source this node holds) and children. What a borrower can
+ * still read — the keys and the maps that place them — stays. */
+static void node_release_contents(hamt_node *n)
 {
     if (is_array(n)) {
         for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1)
             hamt_release(n->slot[__builtin_ctz(rest)]);
-    } else {
-        unsigned nd = entry_count(n);
-        unsigned nc = hamt_popcount(n->nodemap);
-        for (unsigned i = 0; i < nd; i++)
-            entry_release(entry_key(n, i), entry_value(n, i));
-        for (unsigned j = 0; j < nc; j++)
-            hamt_release(n->slot[2 * nd + j]);
+        return;
+    }
+    unsigned nd = entry_count(n);
+    unsigned nc = hamt_popcount(n->nodemap);
+    for (unsigned i = 0; i < nd; i++)
+        var_value_release(entry_key(n, i), entry_value(n, i));
+    for (unsigned j = 0; j < nc; j++)
+        hamt_release(n->slot[2 * nd + j]);
+}
+
+static void borrow_release(hamt_node *src);
+
+/* The second half, when the last borrow reference goes: the keys this
+ * node owns, its own key source, and its memory. Borrowed keys are
+ * compared with the source before the source may go. */
+static void node_free_keys(hamt_node *n)
+{
+    if (!is_array(n)) {
+        hamt_node *src = key_source(n);
+        unsigned i = 0;
+        if (is_collision(n)) {
+            for (; i < n->size; i++)
+                var_unref(entry_key(n, i));
+        } else {
+            for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
+                if (!key_is_borrowed(src, rest & (~rest + 1), entry_key(n, i)))
+                    var_unref(entry_key(n, i));
+            }
+        }
+        if (src != NULL)
+            borrow_release(src); /* a source never borrows: depth 1 */
     }
     cctx_dealloc(n);
 }
 
+static void node_free(hamt_node *n)
+{
+    node_release_contents(n);
+    node_free_keys(n);
+}
+
+/*
+ * Drops one borrow reference of `src`. The last one frees its keys and
+ * memory. A count of exactly one borrow reference and no owner is ours
+ * alone: a new borrow reference is only ever taken by copying a node that
+ * an owner reaches, or one that borrows from `src` (whose reference would
+ * be counted), so nobody can add one and the plain acquire load decides,
+ * as in hamt_release. Otherwise the decrement is a full barrier (locked
+ * add): every thread's last reads of the keys happen before the one that
+ * sees the count reach zero frees them.
+ */
+static void borrow_release(hamt_node *src)
+{
+    if (cctx_load_uint(&src->counts) == HAMT_BORROW_UNIT ||
+        cctx_faa_uint(&src->counts, -HAMT_BORROW_UNIT) == HAMT_BORROW_UNIT)
+        node_free_keys(src);
+}
+
+/* One more borrow reference to `src` for a node being built; false when
+ * the field is full (the caller then owns its keys). The caller reaches
+ * `src` through a reference it holds, so the node is alive and needs no
+ * acquire; the compare-and-swap is a full barrier anyway. */
+static bool borrow_acquire(hamt_node *src)
+{
+    unsigned c = cctx_load_uint_relaxed(&src->counts);
+    for (;;) {
+        if ((c >> HAMT_OWNER_BITS) >= HAMT_BORROW_MAX)
+            return false;
+        if (cctx_cas_uint(&src->counts, c, c + HAMT_BORROW_UNIT))
+            return true;
+        c = cctx_load_uint_relaxed(&src->counts);
+    }
+}
+
+/* The last owner let go (its decrement, a full barrier, ordered every
+ * owner's use before this). Values and children go now, so a shadowed
+ * value is released exactly when it was before keys were borrowed; then
+ * the owners' shared borrow reference, which frees the rest unless a
+ * borrowing node still needs the keys. */
+static void owners_gone(hamt_node *n)
+{
+    node_release_contents(n);
+    borrow_release(n);
+}
+
+static void owner_overflow(void)
+{
+    fprintf(stderr, "contextcore: more than %u references to one map node\n",
+            HAMT_OWNER_MASK - 1);
+    abort();
+}
+
 void hamt_retain(hamt_node *root)
 {
-    if (root != NULL)
-        cctx_inc_uint(&root->refcnt);
+    if (root != NULL &&
+        CCTX_UNLIKELY(owners_of(cctx_faa_uint(&root->counts, 1)) >= HAMT_OWNER_MASK - 1))
+        owner_overflow();
 }
 
 void hamt_release(hamt_node *root)
 {
     /* Recursion follows the tree's depth only (at most HAMT_MAX_DEPTH).
-     * A count of 1 is our own reference and nobody else's: every holder
-     * is counted, and a reader that could still retain it without holding
-     * a reference (a hazard-protected snapshot, reclaim.h) has either done
-     * so already — its increment is visible to this acquire load, because
-     * the node was released only after that reader's hazard cleared — or
-     * can no longer find the node. So the last holder frees without a
-     * locked instruction; shared nodes pay the atomic decrement. */
-    if (root != NULL && (cctx_load_uint(&root->refcnt) == 1 ||
-                         cctx_dec_uint_is_zero(&root->refcnt)))
+     * One owner and no borrower is our own reference and nobody else's:
+     * every holder is counted, and a reader that could still retain it
+     * without holding a reference (a hazard-protected snapshot, reclaim.h)
+     * has either done so already — its increment is visible to this
+     * acquire load, because the node was released only after that
+     * reader's hazard cleared — or can no longer find the node; a borrower
+     * is made only by copying a node some owner reaches. So the last
+     * holder frees without a locked instruction; shared nodes pay the
+     * atomic decrement, a full barrier, and the one that takes the owners
+     * to zero releases the contents. */
+    if (root == NULL)
+        return;
+    if (cctx_load_uint(&root->counts) == HAMT_COUNTS_NEW)
         node_free(root);
+    else if (owners_of(cctx_faa_uint(&root->counts, -1u)) == 1)
+        owners_gone(root);
 }
 
 void hamt_retain_n(hamt_node *root, unsigned n)
 {
-    if (root != NULL && n != 0)
-        (void)cctx_faa_uint(&root->refcnt, n);
+    if (root != NULL && n != 0 &&
+        CCTX_UNLIKELY(owners_of(cctx_faa_uint(&root->counts, n)) + n >= HAMT_OWNER_MASK))
+        owner_overflow();
 }
 
 void hamt_release_n(hamt_node *root, unsigned n)
@@ -316,8 +458,10 @@ void hamt_release_n(hamt_node *root, unsigned n)
         return;
     /* As hamt_release: holding every counted reference means nobody else
      * can take one, so no locked instruction for the last ones. */
-    if (cctx_load_uint(&root->refcnt) == n || cctx_faa_uint(&root->refcnt, -n) == n)
+    if (cctx_load_uint(&root->counts) == n + HAMT_BORROW_UNIT)
         node_free(root);
+    else if (owners_of(cctx_faa_uint(&root->counts, -n)) == n)
+        owners_gone(root);
 }
 
 size_t hamt_count(const hamt_node *root)
@@ -342,7 +486,7 @@ static hamt_node *node_built(hamt_node *n)
 #ifdef CCTX_INTERNAL_CHECKS
     if (n == NULL)
         return NULL;
-    CCTX_ASSERT(n->refcnt == 1);
+    CCTX_ASSERT(n->counts == HAMT_COUNTS_NEW);
     CCTX_ASSERT(n->size >= 1);
     uint64_t total = 0;
     if (is_array(n)) {
@@ -394,10 +538,13 @@ enum slot_op { SLOT_EMPTY, SLOT_ENTRY, SLOT_CHILD };
  * Copy of bitmap node `n` in which the fragment `bit` is emptied (SLOT_EMPTY),
  * holds the entry (key, value) (SLOT_ENTRY; retained by the copy) or holds
  * `child` (SLOT_CHILD; the caller's reference moves into the copy on
- * success). Everything else is shared and retained. `size` is the copy's
- * entry count. The result must not be empty.
+ * success). Everything else is shared and retained — values and children
+ * one by one; keys through a key source when there is one (`lend`: `n`
+ * stays reachable from another map after this write, so it can be the
+ * source; a node that borrows passes on its own source). `size` is the
+ * copy's entry count. The result must not be empty.
  */
-static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op op,
+static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slot_op op,
                                  cctx_var *key, void *value, hamt_node *child,
                                  uint32_t size)
 {
@@ -409,10 +556,29 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
         nm |= bit;
     const unsigned nd = hamt_popcount(dm);
     const unsigned old_nd = hamt_popcount(n->datamap);
+    const unsigned nslots = 2 * nd + hamt_popcount(nm);
 
-    hamt_node *m = bitmap_node_new(size, dm, nm);
+    /* The key source, flattened: a borrowing node hands on its own source
+     * (never a chain), unless that source has lost its owners — then the
+     * copy owns its keys, so that an orphaned source is not kept alive by
+     * every later version of the map. */
+    hamt_node *src = key_source(n);
+    if (src == NULL && lend)
+        src = n;
+    else if (src != NULL && owners_relaxed(src) == 0)
+        src = NULL;
+    if (src != NULL && nd == 0)
+        src = NULL; /* no key to borrow */
+
+    hamt_node *m = node_new(size, dm, nm, nslots + (src != NULL));
     if (m == NULL)
         return NULL;
+    if (src != NULL && borrow_acquire(src)) {
+        m->borrows = 1;
+        m->slot[nslots] = src;
+    } else {
+        src = NULL; /* the trailing slot, if any, stays unused */
+    }
 
     unsigned i = 0;
     for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
@@ -425,7 +591,9 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
             m->slot[2 * i] = n->slot[2 * k];
             m->slot[2 * i + 1] = n->slot[2 * k + 1];
         }
-        entry_retain(m->slot[2 * i], m->slot[2 * i + 1]);
+        var_value_retain(m->slot[2 * i], m->slot[2 * i + 1]);
+        if (!key_is_borrowed(src, b, m->slot[2 * i]))
+            var_ref(m->slot[2 * i]);
     }
     void **children = &m->slot[2 * nd];
     unsigned j = 0;
@@ -691,7 +859,7 @@ bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
 /* Whether `root` is held by exactly one reference. */
 bool hamt_is_unique(const hamt_node *root)
 {
-    return root != NULL && cctx_load_uint(&((hamt_node *)root)->refcnt) == 1;
+    return root != NULL && owners_of(cctx_load_uint(&((hamt_node *)root)->counts)) == 1;
 }
 
 /* The value slot of `key` when the caller may overwrite it in place: the
@@ -710,8 +878,8 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
     const uint32_t hash = key->hash;
     unsigned shift = 0;
     for (;;) {
-        if (cctx_load_uint_relaxed(&n->refcnt) != 1)
-            return NULL;
+        if (owners_relaxed(n) != 1)
+            return NULL; /* borrowers do not matter: they read only keys */
         const uint32_t dm = n->datamap;
         const uint32_t nm = n->nodemap;
         const unsigned frag = (hash >> (shift & 31)) & HAMT_FRAG_MASK;
@@ -741,16 +909,27 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
 
 /* --------------------------------------------------------------- assoc */
 
+/* Whether node `n`, met on a write's path below a node for which this was
+ * `above`, stays reachable from another map after the write: some node on
+ * the path, `n` included, has another owner. Only a hint (a relaxed load;
+ * another thread may let go meanwhile): a wrong "yes" makes the copy
+ * borrow from a node that then lives on without its owners until the copy
+ * goes, a wrong "no" makes it own its keys as before. */
+static inline bool lend_to(bool above, const hamt_node *n)
+{
+    return above || owners_relaxed(n) > 1;
+}
+
 /*
  * Binds key -> value in the subtree `n` (not NULL) at `shift`. CCTX_OK with
  * `*out` a new reference, or `*out == n` with no reference taken when the
  * key is already bound to `value`; `*added` says whether the size grew.
  * CCTX_ENOMEM: nothing changed.
  */
-static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status node_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                               cctx_var *key, void *value, hamt_node **out, bool *added);
 
-static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status bitmap_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                 cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const uint32_t bit = 1u << hamt_frag(hash, shift);
@@ -766,7 +945,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
                 *out = n;
                 return CCTX_OK;
             }
-            m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, n->size);
+            m = bitmap_rebuild(n, lend, bit, SLOT_ENTRY, key, value, NULL, n->size);
             if (m == NULL)
                 return CCTX_ENOMEM;
             *out = m;
@@ -787,7 +966,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         if (hamt_popcount(n->nodemap) >= HAMT_BITMAP_MAX_CHILDREN)
             m = bitmap_promote(n, shift, bit, sub, n->size + 1);
         else
-            m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size + 1);
+            m = bitmap_rebuild(n, lend, bit, SLOT_CHILD, NULL, NULL, sub, n->size + 1);
         if (m == NULL) {
             hamt_release(sub);
             return CCTX_ENOMEM;
@@ -798,14 +977,15 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 
     if (n->nodemap & bit) {
         hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
-        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added);
+        cctx_status st = node_assoc(child, lend_to(lend, child), shift + HAMT_BITS, hash, key,
+                                    value, &sub, added);
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
             *out = n;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size + *added);
+        m = bitmap_rebuild(n, lend, bit, SLOT_CHILD, NULL, NULL, sub, n->size + *added);
         if (m == NULL) {
             hamt_release(sub);
             return CCTX_ENOMEM;
@@ -814,7 +994,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         return CCTX_OK;
     }
 
-    m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, n->size + 1);
+    m = bitmap_rebuild(n, lend, bit, SLOT_ENTRY, key, value, NULL, n->size + 1);
     if (m == NULL)
         return CCTX_ENOMEM;
     *added = true;
@@ -822,7 +1002,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status array_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const unsigned idx = hamt_frag(hash, shift);
@@ -834,7 +1014,8 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
             return CCTX_ENOMEM;
         *added = true;
     } else {
-        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added);
+        cctx_status st = node_assoc(child, lend_to(lend, child), shift + HAMT_BITS, hash, key,
+                                    value, &sub, added);
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
@@ -851,7 +1032,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status collision_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                    cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const uint32_t chash = entry_key(n, 0)->hash;
@@ -878,14 +1059,14 @@ static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status node_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                               cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     if (is_array(n))
-        return array_assoc(n, shift, hash, key, value, out, added);
+        return array_assoc(n, lend, shift, hash, key, value, out, added);
     if (is_collision(n))
-        return collision_assoc(n, shift, hash, key, value, out, added);
-    return bitmap_assoc(n, shift, hash, key, value, out, added);
+        return collision_assoc(n, lend, shift, hash, key, value, out, added);
+    return bitmap_assoc(n, lend, shift, hash, key, value, out, added);
 }
 
 cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **out)
@@ -899,7 +1080,7 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
         return CCTX_OK;
     }
     bool added;
-    cctx_status st = node_assoc(root, 0, key->hash, key, value, &m, &added);
+    cctx_status st = node_assoc(root, lend_to(false, root), 0, key->hash, key, value, &m, &added);
     if (st != CCTX_OK)
         return st;
     if (m == root)
@@ -915,10 +1096,10 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
  * `*out` a new reference (NULL: the subtree is now empty), CCTX_NOT_FOUND or
  * CCTX_ENOMEM, both with nothing changed.
  */
-static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status node_without(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                 const cctx_var *key, hamt_node **out);
 
-static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status bitmap_without(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                   const cctx_var *key, hamt_node **out)
 {
     const uint32_t bit = 1u << hamt_frag(hash, shift);
@@ -939,7 +1120,7 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
             *out = m;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
+        m = bitmap_rebuild(n, lend, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
         if (m == NULL)
             return CCTX_ENOMEM;
         *out = m;
@@ -950,8 +1131,9 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
         return CCTX_NOT_FOUND;
 
     hamt_node *sub;
-    cctx_status st = node_without(bitmap_child(n, below(n->nodemap, bit)),
-                                  shift + HAMT_BITS, hash, key, &sub);
+    hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
+    cctx_status st = node_without(child, lend_to(lend, child), shift + HAMT_BITS, hash, key,
+                                  &sub);
     if (st != CCTX_OK)
         return st;
     if (sub == NULL) {
@@ -961,17 +1143,17 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
             *out = NULL;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
+        m = bitmap_rebuild(n, lend, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
     } else if (is_bitmap(sub) && sub->size == 1) {
         /* Shape rule 1: a lone entry moves up into this node. */
-        m = bitmap_rebuild(n, bit, SLOT_ENTRY, entry_key(sub, 0), entry_value(sub, 0),
+        m = bitmap_rebuild(n, lend, bit, SLOT_ENTRY, entry_key(sub, 0), entry_value(sub, 0),
                            NULL, n->size - 1);
         hamt_release(sub); /* after the copy has retained the entry */
     } else if (is_collision(sub) && n->datamap == 0 && n->nodemap == bit) {
         *out = sub; /* shape rule 2 */
         return CCTX_OK;
     } else {
-        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size - 1);
+        m = bitmap_rebuild(n, lend, bit, SLOT_CHILD, NULL, NULL, sub, n->size - 1);
         if (m == NULL)
             hamt_release(sub);
     }
@@ -981,7 +1163,7 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status array_without(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                  const cctx_var *key, hamt_node **out)
 {
     const unsigned idx = hamt_frag(hash, shift);
@@ -989,7 +1171,8 @@ static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
     if (child == NULL)
         return CCTX_NOT_FOUND;
     hamt_node *sub, *m;
-    cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub);
+    cctx_status st = node_without(child, lend_to(lend, child), shift + HAMT_BITS, hash, key,
+                                  &sub);
     if (st != CCTX_OK)
         return st;
     if (sub == NULL && hamt_popcount(n->nodemap) - 1 < HAMT_ARRAY_MIN_CHILDREN) {
@@ -1005,7 +1188,7 @@ static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status collision_without(hamt_node *n, unsigned shift, const cctx_var *key,
+static cctx_status collision_without(hamt_node *n, bool lend, unsigned shift, const cctx_var *key,
                                      hamt_node **out)
 {
     unsigned i = 0;
@@ -1027,14 +1210,14 @@ static cctx_status collision_without(hamt_node *n, unsigned shift, const cctx_va
     return CCTX_OK;
 }
 
-static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status node_without(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                 const cctx_var *key, hamt_node **out)
 {
     if (is_array(n))
-        return array_without(n, shift, hash, key, out);
+        return array_without(n, lend, shift, hash, key, out);
     if (is_collision(n))
-        return collision_without(n, shift, key, out);
-    return bitmap_without(n, shift, hash, key, out);
+        return collision_without(n, lend, shift, key, out);
+    return bitmap_without(n, lend, shift, hash, key, out);
 }
 
 cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
@@ -1042,7 +1225,7 @@ cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
     if (root == NULL)
         return CCTX_NOT_FOUND;
     hamt_node *m;
-    cctx_status st = node_without(root, 0, key->hash, key, &m);
+    cctx_status st = node_without(root, lend_to(false, root), 0, key->hash, key, &m);
     if (st != CCTX_OK)
         return st;
     *out = m;
@@ -1184,8 +1367,16 @@ static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
     uint64_t total = 0;
     CHECK(n != NULL);
     CHECK(depth < HAMT_MAX_DEPTH);
-    CHECK(cctx_load_uint_relaxed(&n->refcnt) >= 1);
+    CHECK(owners_relaxed(n) >= 1);
     CHECK(n->size >= 1);
+    if (n->borrows) {
+        /* A key source is a bitmap node that does not borrow itself and
+         * counts this node's borrow reference besides its owners'. */
+        const hamt_node *src = key_source(n);
+        CHECK(is_bitmap(n) && src != NULL && is_bitmap(src) && !src->borrows);
+        const unsigned c = cctx_load_uint_relaxed(&((hamt_node *)src)->counts);
+        CHECK((c >> HAMT_OWNER_BITS) >= 1u + (owners_of(c) != 0));
+    }
 
     if (is_array(n)) {
         CHECK(n->datamap == HAMT_ARRAY_MARK);
@@ -1284,7 +1475,10 @@ hamt_shape hamt_shape_at(const hamt_node *root, const char *path)
         return sh;
     sh.kind = is_array(n) ? 'a' : is_collision(n) ? 'c' : 'b';
     sh.size = n->size;
-    sh.refcnt = cctx_load_uint_relaxed(&((hamt_node *)n)->refcnt);
+    const unsigned counts = cctx_load_uint_relaxed(&((hamt_node *)n)->counts);
+    sh.refcnt = owners_of(counts);
+    sh.borrowers = (counts >> HAMT_OWNER_BITS) - (owners_of(counts) != 0);
+    sh.source = key_source(n);
     sh.entries = is_array(n) ? 0 : entry_count(n);
     sh.children = hamt_popcount(n->nodemap);
     sh.datamap = n->datamap;
@@ -1313,10 +1507,10 @@ static void dump_entry(FILE *out, int indent, bool in_collision, unsigned index,
 
 static void dump_node(FILE *out, const hamt_node *n, unsigned shift, int indent)
 {
-    const unsigned refcnt = cctx_load_uint_relaxed(&n->refcnt);
+    const unsigned refcnt = owners_relaxed(n);
     if (is_array(n)) {
         fprintf(out, "%*sarray level %u size %u refcnt %u children %u\n", indent, "",
-                shift / HAMT_BITS, n->size, refcnt, hamt_popcount(n->nodemap));
+                shift / HAMT_BITS, (unsigned)n->size, refcnt, hamt_popcount(n->nodemap));
         for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1) {
             fprintf(out, "%*s[%u]\n", indent + 2, "", (unsigned)__builtin_ctz(rest));
             dump_node(out, n->slot[__builtin_ctz(rest)], shift + HAMT_BITS, indent + 4);
@@ -1325,13 +1519,16 @@ static void dump_node(FILE *out, const hamt_node *n, unsigned shift, int indent)
     }
     if (is_collision(n)) {
         fprintf(out, "%*scollision level %u size %u refcnt %u hash %08x\n", indent, "",
-                shift / HAMT_BITS, n->size, refcnt, entry_key(n, 0)->hash);
+                shift / HAMT_BITS, (unsigned)n->size, refcnt, entry_key(n, 0)->hash);
         for (unsigned i = 0; i < n->size; i++)
             dump_entry(out, indent + 2, true, i, entry_key(n, i), entry_value(n, i));
         return;
     }
-    fprintf(out, "%*sbitmap level %u size %u refcnt %u datamap %08x nodemap %08x\n",
-            indent, "", shift / HAMT_BITS, n->size, refcnt, n->datamap, n->nodemap);
+    fprintf(out, "%*sbitmap level %u size %u refcnt %u datamap %08x nodemap %08x",
+            indent, "", shift / HAMT_BITS, (unsigned)n->size, refcnt, n->datamap, n->nodemap);
+    if (n->borrows)
+        fprintf(out, " keys from %p", (void *)key_source(n));
+    fputc('\n', out);
     unsigned i = 0;
     for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++)
         dump_entry(out, indent + 2, false, (unsigned)__builtin_ctz(rest), entry_key(n, i),
