@@ -276,14 +276,35 @@ static inline hamt_node *key_source(const hamt_node *n)
     return n->borrows ? (hamt_node *)n->slot[bitmap_slots(n)] : NULL;
 }
 
-/* Whether `key`, stored at fragment `bit` of a node whose key source is
- * `src`, is borrowed from it: the source holds the same key at the same
- * fragment. The one rule every write and the free apply, so an entry is
- * counted on the variable exactly when it is not borrowed. */
-static inline bool key_is_borrowed(const hamt_node *src, uint32_t bit, const cctx_var *key)
+/*
+ * The borrowing rule, the one every write and the free apply, so that an
+ * entry is counted on its variable exactly when it is not borrowed: the
+ * key at fragment `bit` of a node whose key source is `src` is borrowed
+ * when the source holds the same key at the same fragment.
+ *
+ * Nodes are built and freed by walking their entries in fragment order,
+ * so the rule is applied through a cursor that walks the source's entries
+ * alongside (each source entry is passed once; no bit count per entry).
+ * Calls must come with increasing `bit`.
+ */
+typedef struct key_cursor {
+    const hamt_node *src; /* NULL: nothing is borrowed */
+    uint32_t rest;        /* the source's fragments not yet passed */
+    unsigned i;           /* entry index of rest's lowest fragment */
+} key_cursor;
+
+static inline key_cursor key_cursor_at(const hamt_node *src)
 {
-    return src != NULL && (src->datamap & bit) != 0 &&
-           entry_key(src, below(src->datamap, bit)) == key;
+    return (key_cursor){ src, src != NULL ? src->datamap : 0, 0 };
+}
+
+static inline bool key_is_borrowed(key_cursor *c, uint32_t bit, const cctx_var *key)
+{
+    while (c->rest & (bit - 1)) {
+        c->rest &= c->rest - 1;
+        c->i++;
+    }
+    return (c->rest & bit) != 0 && entry_key(c->src, c->i) == key;
 }
 
 /* ------------------------------------------------------ node lifetime */
@@ -349,8 +370,9 @@ static void node_free_keys(hamt_node *n)
             for (; i < n->size; i++)
                 var_unref(entry_key(n, i));
         } else {
+            key_cursor cur = key_cursor_at(src);
             for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
-                if (!key_is_borrowed(src, rest & (~rest + 1), entry_key(n, i)))
+                if (!key_is_borrowed(&cur, rest & (~rest + 1), entry_key(n, i)))
                     var_unref(entry_key(n, i));
             }
         }
@@ -360,10 +382,29 @@ static void node_free_keys(hamt_node *n)
     cctx_dealloc(n);
 }
 
+/* Both halves at once, for the last owner of a node nobody borrows from:
+ * one walk over the entries instead of two. */
 static void node_free(hamt_node *n)
 {
-    node_release_contents(n);
-    node_free_keys(n);
+    if (!is_bitmap(n)) {
+        node_release_contents(n);
+        node_free_keys(n);
+        return;
+    }
+    hamt_node *src = key_source(n);
+    key_cursor cur = key_cursor_at(src);
+    unsigned i = 0;
+    for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
+        cctx_var *key = entry_key(n, i);
+        var_value_release(key, entry_value(n, i)); /* value first: key callbacks */
+        if (!key_is_borrowed(&cur, rest & (~rest + 1), key))
+            var_unref(key);
+    }
+    for (unsigned j = 0, nc = hamt_popcount(n->nodemap); j < nc; j++)
+        hamt_release(n->slot[2 * i + j]);
+    if (src != NULL)
+        borrow_release(src);
+    cctx_dealloc(n);
 }
 
 /*
@@ -580,19 +621,30 @@ static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slo
         src = NULL; /* the trailing slot, if any, stays unused */
     }
 
+    /* When `n` is the source, every entry copied from it is borrowed by
+     * the rule without looking (same key, same fragment), and so is a new
+     * entry at `bit` whose key is the one `n` holds there; only a
+     * flattened source is walked with the cursor. */
+    const bool from_n = src == n;
+    const bool bit_borrowed = from_n && op == SLOT_ENTRY && (n->datamap & bit) != 0 &&
+                              entry_key(n, below(n->datamap, bit)) == key;
+    key_cursor cur = key_cursor_at(from_n ? NULL : src);
     unsigned i = 0;
     for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
         uint32_t b = rest & (~rest + 1);
+        bool borrowed;
         if (b == bit) {
             m->slot[2 * i] = key;
             m->slot[2 * i + 1] = value;
+            borrowed = from_n ? bit_borrowed : key_is_borrowed(&cur, b, key);
         } else {
             unsigned k = below(n->datamap, b);
             m->slot[2 * i] = n->slot[2 * k];
             m->slot[2 * i + 1] = n->slot[2 * k + 1];
+            borrowed = from_n || key_is_borrowed(&cur, b, m->slot[2 * i]);
         }
         var_value_retain(m->slot[2 * i], m->slot[2 * i + 1]);
-        if (!key_is_borrowed(src, b, m->slot[2 * i]))
+        if (!borrowed)
             var_ref(m->slot[2 * i]);
     }
     void **children = &m->slot[2 * nd];
