@@ -61,10 +61,11 @@
  *
  * Node layouts (one struct for all three kinds)
  * ---------------------------------------------
- *     struct hamt_node { unsigned refcnt; uint32_t size;
+ *     struct hamt_node { unsigned counts; uint32_t size : 31, borrows : 1;
  *                        uint32_t datamap; uint32_t nodemap; void *slot[]; }
  *
- * 16 bytes of header, then pointer slots. `size` is the number of entries in
+ * 16 bytes of header, then pointer slots (plus one trailing slot, the key
+ * source, in a bitmap node that borrows keys: "Borrowed keys" below). `size` is the number of entries in
  * the whole subtree, which makes hamt_count O(1). The kind is encoded in the
  * two maps so that it costs no header space:
  *
@@ -113,7 +114,9 @@
  *    one-entry node returned by a collision delete may be built below level
  *    6, but its parent always inlines it). Array nodes: 9-32 children,
  *    levels 0-5.
- * 6. size == entries + sum of children's sizes; refcnt >= 1.
+ * 6. size == entries + sum of children's sizes; owners >= 1.
+ * 7. A node that borrows keys is a bitmap node; its key source is a bitmap
+ *    node that borrows nothing and counts this node's borrow reference.
  * Deletion restores these shapes on the way back up, so the shape is the
  * same whatever order a key set was built in, except for the array/bitmap
  * choice inside the hysteresis band and the order of collision entries.
@@ -122,15 +125,52 @@
  *
  * Reference rules
  * ---------------
- * - A node is born with refcnt 1, owned by whoever built it. It is shared by
- *   retaining it (cctx_inc_uint); the holder that drops the count to zero
- *   frees it (cctx_dec_uint_is_zero is a full barrier, so every write to the
- *   node happens before its release).
- * - A node holds one reference to each child, and for each entry one
- *   reference to the key (var_ref) and one to the value (the key's retain
- *   callback). So a copied node retains everything it shares with the
- *   original, and a freed node releases all of it, value before key (the
- *   key's callbacks release the value).
+ * - A node is born with one owner, whoever built it. It is shared by
+ *   retaining it (an owner more); the holder that drops the owners to zero
+ *   releases its values and children (the decrement is a full barrier, so
+ *   every write to the node happens before its release).
+ * - A node holds one reference to each child and one to each value (the
+ *   key's retain callback), and one reference to each key (var_ref) that it
+ *   does not borrow. So a copied node retains every value and child it
+ *   shares with the original, and a freed node releases all of it, value
+ *   before key (the key's callbacks release the value).
+ *
+ * Borrowed keys
+ * -------------
+ * The request pattern — copy a shared base context, set a variable or two,
+ * read, let go — path-copies the base's root on the first set. Counting a
+ * reference on every variable the copy shares would write ~20 cache lines
+ * that every thread doing the same request writes too. Variables are
+ * identity objects: keeping one alive a little longer is not observable
+ * the way a value's release is. So a path copy of a node that stays
+ * reachable from another map (the node or a node above it has a second
+ * owner) takes one *borrow reference* to that node, its *key source*, and
+ * no reference to the keys it shares with it:
+ *
+ * - The rule: the key at fragment f of a borrowing node is borrowed when
+ *   its source holds the same key at fragment f; every other key is owned
+ *   (counted). Nodes never change after they are built (an in-place write
+ *   replaces a value, never a key), so applying the rule when the node is
+ *   built and again when it is freed counts each key exactly once. A key
+ *   deleted and inserted again at its place is borrowed again.
+ * - Flattened: a copy of a borrowing node borrows from the same source, so
+ *   a node keeps at most one other node's keys alive and a source never
+ *   borrows. A source whose owners are all gone is not passed on (the copy
+ *   owns its keys), so an old version does not live as long as the map's
+ *   later ones.
+ * - Only keys: values and children are still counted per entry, so a value
+ *   is released when the last map that binds it goes, as without
+ *   borrowing (a source that kept the values the copy replaced alive would
+ *   keep what no map can read).
+ * - Two lifetimes in one count word: owners (maps and parents; when they
+ *   reach zero the node releases its values and children) and borrow
+ *   references (one held by the owners together while any is left, one
+ *   per borrowing node; when they reach zero the node drops its owned keys
+ *   and its own source, and frees its memory). A borrowing node compares
+ *   its keys with the source's, so the source's memory as well as its keys
+ *   outlive every borrower.
+ * - Readers (hamt_find under the read guard) compare keys by address only;
+ *   a borrowed key is the source's, alive while the borrower is.
  * - Builders take their references only after their allocation succeeded,
  *   and a node under construction is always consistent, so a failure
  *   anywhere is undone by releasing what was built: the input maps and
