@@ -669,7 +669,11 @@ static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slo
     const bool bit_borrowed = from_n && op == SLOT_ENTRY && (n->datamap & bit) != 0 &&
                               entry_key(n, below(n->datamap, bit)) == key;
     key_cursor cur = key_cursor_at(from_n ? NULL : src);
-    unsigned i = 0;
+    /* Entries of `n` are copied in order, skipping the one at `bit` if
+     * any: the index in `n` of the entry at b is the number copied so far,
+     * plus one once b is past a skipped entry at `bit` (no bit count). */
+    const uint32_t skipped = n->datamap & bit;
+    unsigned i = 0, copied = 0;
     for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
         uint32_t b = rest & (~rest + 1);
         bool borrowed;
@@ -678,7 +682,7 @@ static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slo
             m->slot[2 * i + 1] = value;
             borrowed = from_n ? bit_borrowed : key_is_borrowed(&cur, b, key);
         } else {
-            unsigned k = below(n->datamap, b);
+            unsigned k = copied++ + (skipped != 0 && skipped < b);
             m->slot[2 * i] = n->slot[2 * k];
             m->slot[2 * i + 1] = n->slot[2 * k + 1];
             borrowed = from_n || key_is_borrowed(&cur, b, m->slot[2 * i]);
@@ -688,13 +692,15 @@ static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slo
             var_ref(m->slot[2 * i]);
     }
     void **children = &m->slot[2 * nd];
-    unsigned j = 0;
+    const uint32_t replaced = n->nodemap & bit; /* as `skipped`, for children */
+    unsigned j = 0, passed = 0;
     for (uint32_t rest = nm; rest != 0; rest &= rest - 1, j++) {
         uint32_t b = rest & (~rest + 1);
         if (b == bit) {
             children[j] = child; /* the caller's reference moves in */
         } else {
-            children[j] = n->slot[2 * old_nd + below(n->nodemap, b)];
+            unsigned k = passed++ + (replaced != 0 && replaced < b);
+            children[j] = n->slot[2 * old_nd + k];
             hamt_retain(children[j]);
         }
     }
