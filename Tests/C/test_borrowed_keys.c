@@ -307,6 +307,47 @@ static void test_replaced_value_goes_with_the_last_map_that_binds_it(void **stat
     hamt_release(d);
 }
 
+/* What borrowing does change: a variable lives until the last map that
+ * borrows from a node holding it goes, even a map that deleted it — and
+ * with it the variable's default value (released when the variable is
+ * freed). Bounded by that map's life; a value bound in a map is never
+ * kept so. */
+static void test_deleted_variable_and_its_default_live_until_the_borrower_goes(void **state)
+{
+    (void)state;
+    tv_value *dv = tv_new(77);
+    /* A level-0 fragment the base's keys leave free. The hash comes from
+     * the address, so rejected variables stay alive until one fits (each
+     * try fits with probability 10/32). */
+    cctx_var *d = NULL, *rejected[64];
+    int nrejected = 0;
+    for (;;) {
+        assert_ok(cctx_var_new_with_default("d", &tv_ops, dv, &d));
+        uint32_t f = cctx__var_hash(d) & 31;
+        if (f >= NKEYS && f != 25 && f != 26)
+            break;
+        assert_true(nrejected < 64);
+        rejected[nrejected++] = d;
+    }
+    for (int i = 0; i < nrejected; i++)
+        cctx_var_release(rejected[i]);
+    tv_drop(dv); /* the variable holds its default */
+    hamt_node *base0 = map_of(keys, NKEYS);
+    hamt_node *base = with(base0, d, 300);
+    hamt_release(base0);
+    hamt_retain(base);
+    hamt_node *c = without(base, d);
+    assert_ptr_equal(hamt_shape_at(c, "").source, base);
+    hamt_release(base);
+    hamt_release(base); /* the value 300 goes with the base... */
+    assert_int_equal(tv_live(), NKEYS + 1);
+    cctx_var_release(d); /* ...the variable and its default stay */
+    assert_int_equal(var_count(d), 1);
+    assert_int_equal(tv_live(), NKEYS + 1);
+    hamt_release(c); /* the base's keys go with c: d, then its default */
+    assert_int_equal(tv_live(), 0);
+}
+
 /* A source whose owners are gone is not passed on: the next copy owns
  * its keys, and the old source goes with the last node that borrows it. */
 static void test_orphaned_source_is_not_passed_on(void **state)
@@ -474,6 +515,8 @@ int main(void)
             test_released_variables_live_while_a_borrowing_map_reads_them, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_replaced_value_goes_with_the_last_map_that_binds_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_deleted_variable_and_its_default_live_until_the_borrower_goes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphaned_source_is_not_passed_on, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_borrow_count_falls_back_to_owned_keys, setup,
                                         teardown),
