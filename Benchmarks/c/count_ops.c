@@ -9,9 +9,9 @@
  *                           local_set request request_2000 get
  *
  * request_2000 is the request with a base of 2,000 variables instead of
- * 20: shared structure must cost a constant number of shared writes per
- * copy (hamt.c, "Borrowing nodes"), so the two rows differ only by the
- * trie's depth (one or two more borrowing nodes per path copy).
+ * 20. A path copy borrows the shared node's variables (hamt.c, "Borrowed
+ * keys") but still retains each child it shares, so this row grows with
+ * the children of the array nodes on the copied path (about 32 each).
  */
 #include <contextcore.h>
 

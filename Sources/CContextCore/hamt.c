@@ -61,10 +61,11 @@
  *
  * Node layouts (one struct for all three kinds)
  * ---------------------------------------------
- *     struct hamt_node { unsigned refcnt; uint32_t size;
+ *     struct hamt_node { unsigned counts; uint32_t size : 31, borrows : 1;
  *                        uint32_t datamap; uint32_t nodemap; void *slot[]; }
  *
- * 16 bytes of header, then pointer slots. `size` is the number of entries in
+ * 16 bytes of header, then pointer slots (plus one trailing slot, the key
+ * source, in a bitmap node that borrows keys: "Borrowed keys" below). `size` is the number of entries in
  * the whole subtree, which makes hamt_count O(1). The kind is encoded in the
  * two maps so that it costs no header space:
  *
@@ -116,7 +117,9 @@
  *    one-entry node returned by a collision delete may be built below level
  *    6, but its parent always inlines it). Array nodes: 9-32 children,
  *    levels 0-5.
- * 6. size == entries + sum of children's sizes; refcnt >= 1.
+ * 6. size == entries + sum of children's sizes; owners >= 1.
+ * 7. A node that borrows keys is a bitmap node; its key source is a bitmap
+ *    node that borrows nothing and counts this node's borrow reference.
  * Deletion restores these shapes on the way back up, so the shape is the
  * same whatever order a key set was built in, except for the array/bitmap
  * choice inside the hysteresis band and the order of collision entries.
@@ -125,15 +128,52 @@
  *
  * Reference rules
  * ---------------
- * - A node is born with refcnt 1, owned by whoever built it. It is shared by
- *   retaining it (cctx_inc_uint); the holder that drops the count to zero
- *   frees it (cctx_dec_uint_is_zero is a full barrier, so every write to the
- *   node happens before its release).
- * - A node holds one reference to each child, and for each entry one
- *   reference to the key (var_ref) and one to the value (the key's retain
- *   callback). So a copied node retains everything it shares with the
- *   original, and a freed node releases all of it, value before key (the
- *   key's callbacks release the value).
+ * - A node is born with one owner, whoever built it. It is shared by
+ *   retaining it (an owner more); the holder that drops the owners to zero
+ *   releases its values and children (the decrement is a full barrier, so
+ *   every write to the node happens before its release).
+ * - A node holds one reference to each child and one to each value (the
+ *   key's retain callback), and one reference to each key (var_ref) that it
+ *   does not borrow. So a copied node retains every value and child it
+ *   shares with the original, and a freed node releases all of it, value
+ *   before key (the key's callbacks release the value).
+ *
+ * Borrowed keys
+ * -------------
+ * The request pattern — copy a shared base context, set a variable or two,
+ * read, let go — path-copies the base's root on the first set. Counting a
+ * reference on every variable the copy shares would write ~20 cache lines
+ * that every thread doing the same request writes too. Variables are
+ * identity objects: keeping one alive a little longer is not observable
+ * the way a value's release is. So a path copy of a node that stays
+ * reachable from another map (the node or a node above it has a second
+ * owner) takes one *borrow reference* to that node, its *key source*, and
+ * no reference to the keys it shares with it:
+ *
+ * - The rule: the key at fragment f of a borrowing node is borrowed when
+ *   its source holds the same key at fragment f; every other key is owned
+ *   (counted). Nodes never change after they are built (an in-place write
+ *   replaces a value, never a key), so applying the rule when the node is
+ *   built and again when it is freed counts each key exactly once. A key
+ *   deleted and inserted again at its place is borrowed again.
+ * - Flattened: a copy of a borrowing node borrows from the same source, so
+ *   a node keeps at most one other node's keys alive and a source never
+ *   borrows. A source whose owners are all gone is not passed on (the copy
+ *   owns its keys), so an old version does not live as long as the map's
+ *   later ones.
+ * - Only keys: values and children are still counted per entry, so a value
+ *   is released when the last map that binds it goes, as without
+ *   borrowing (a source that kept the values the copy replaced alive would
+ *   keep what no map can read).
+ * - Two lifetimes in one count word: owners (maps and parents; when they
+ *   reach zero the node releases its values and children) and borrow
+ *   references (one held by the owners together while any is left, one
+ *   per borrowing node; when they reach zero the node drops its owned keys
+ *   and its own source, and frees its memory). A borrowing node compares
+ *   its keys with the source's, so the source's memory as well as its keys
+ *   outlive every borrower.
+ * - Readers (hamt_find under the read guard) compare keys by address only;
+ *   a borrowed key is the source's, alive while the borrower is.
  * - Builders take their references only after their allocation succeeded,
  *   and a node under construction is always consistent, so a failure
  *   anywhere is undone by releasing what was built: the input maps and
@@ -155,12 +195,32 @@
 #define HAMT_ARRAY_MARK 0xFFFFFFFFu
 
 struct hamt_node {
-    unsigned refcnt;
-    uint32_t size;
+    unsigned counts;       /* owners | borrow references << HAMT_OWNER_BITS */
+    uint32_t size : 31;    /* entries in the subtree (a map cannot reach 2^31:
+                            * 16 bytes of slots per entry alone is 32 GiB) */
+    uint32_t borrows : 1;  /* bitmap node with a key source in its last slot */
     uint32_t datamap;
     uint32_t nodemap;
     void *slot[];
 };
+
+/*
+ * The two counts in `counts` (see "Borrowed keys" above). Owners get 24
+ * bits (16.7 million maps, parents and root credits holding one node; a
+ * retain that would carry into the borrow field stops the process) and
+ * borrow references 8: one held by the owners together while any is left,
+ * plus at most 254 borrowing nodes. A path copy that finds the field full
+ * owns its keys as before, so the cap costs speed, never correctness. One
+ * word rather than two keeps the header at 16 bytes (memory per entry is
+ * measured), and it lets the last owner with no borrower free the node
+ * after one plain load, as before.
+ */
+#define HAMT_OWNER_BITS 24u
+#define HAMT_OWNER_MASK ((1u << HAMT_OWNER_BITS) - 1)
+#define HAMT_BORROW_UNIT (1u << HAMT_OWNER_BITS)
+#define HAMT_BORROW_MAX 255u
+/* A new node: one owner, and the owners' shared borrow reference. */
+#define HAMT_COUNTS_NEW (1u + HAMT_BORROW_UNIT)
 
 /* ------------------------------------------------------------------ bits */
 
@@ -234,6 +294,62 @@ static inline hamt_node *bitmap_child(const hamt_node *n, unsigned j)
     return (hamt_node *)n->slot[2 * hamt_popcount(n->datamap) + j];
 }
 
+static inline unsigned owners_of(unsigned counts)
+{
+    return counts & HAMT_OWNER_MASK;
+}
+
+/* Owners of `n` as last seen; only a hint unless the caller is one of them
+ * and no other thread can reach the node (hamt_value_slot_if_unique). */
+static inline unsigned owners_relaxed(const hamt_node *n)
+{
+    return owners_of(cctx_load_uint_relaxed(&((hamt_node *)n)->counts));
+}
+
+/* Slots of a bitmap node before the key-source slot of a borrowing one. */
+static inline unsigned bitmap_slots(const hamt_node *n)
+{
+    return 2 * hamt_popcount(n->datamap) + hamt_popcount(n->nodemap);
+}
+
+/* The node whose keys a borrowing bitmap node shares; NULL when it owns
+ * all of its keys. */
+static inline hamt_node *key_source(const hamt_node *n)
+{
+    return n->borrows ? (hamt_node *)n->slot[bitmap_slots(n)] : NULL;
+}
+
+/*
+ * The borrowing rule, the one every write and the free apply, so that an
+ * entry is counted on its variable exactly when it is not borrowed: the
+ * key at fragment `bit` of a node whose key source is `src` is borrowed
+ * when the source holds the same key at the same fragment.
+ *
+ * Nodes are built and freed by walking their entries in fragment order,
+ * so the rule is applied through a cursor that walks the source's entries
+ * alongside (each source entry is passed once; no bit count per entry).
+ * Calls must come with increasing `bit`.
+ */
+typedef struct key_cursor {
+    const hamt_node *src; /* NULL: nothing is borrowed */
+    uint32_t rest;        /* the source's fragments not yet passed */
+    unsigned i;           /* entry index of rest's lowest fragment */
+} key_cursor;
+
+static inline key_cursor key_cursor_at(const hamt_node *src)
+{
+    return (key_cursor){ src, src != NULL ? src->datamap : 0, 0 };
+}
+
+static inline bool key_is_borrowed(key_cursor *c, uint32_t bit, const cctx_var *key)
+{
+    while (c->rest & (bit - 1)) {
+        c->rest &= c->rest - 1;
+        c->i++;
+    }
+    return (c->rest & bit) != 0 && entry_key(c->src, c->i) == key;
+}
+
 /* ------------------------------------------------------ node lifetime */
 
 /* A new node with its header set and `nslots` slots for the caller to fill;
@@ -243,8 +359,9 @@ static hamt_node *node_new(uint32_t size, uint32_t datamap, uint32_t nodemap, un
     hamt_node *n = cctx_alloc(sizeof(*n) + nslots * sizeof(void *));
     if (n == NULL)
         return NULL;
-    n->refcnt = 1; /* not yet shared: a plain store is enough */
+    n->counts = HAMT_COUNTS_NEW; /* not yet shared: a plain store is enough */
     n->size = size;
+    n->borrows = 0;
     n->datamap = datamap;
     n->nodemap = nodemap;
     return n;
@@ -263,54 +380,160 @@ static inline void entry_retain(cctx_var *key, void *value)
     var_value_retain(key, value);
 }
 
-static inline void entry_release(cctx_var *key, void *value)
-{
-    /* Value first: releasing it goes through the key's callbacks. */
-    var_value_release(key, value);
-    var_unref(key);
-}
-
-static void node_free(hamt_node *n)
+/* Frees the first half of a node, when its last owner lets go: values
+ * (through their keys' callbacks; every key is still alive, owned or kept
+ * by the key source this node holds) and children. What a borrower can
+ * still read — the keys and the maps that place them — stays. */
+static void node_release_contents(hamt_node *n)
 {
     if (is_array(n)) {
         for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1)
             hamt_release(n->slot[__builtin_ctz(rest)]);
-    } else {
-        unsigned nd = entry_count(n);
-        unsigned nc = hamt_popcount(n->nodemap);
-        for (unsigned i = 0; i < nd; i++)
-            entry_release(entry_key(n, i), entry_value(n, i));
-        for (unsigned j = 0; j < nc; j++)
-            hamt_release(n->slot[2 * nd + j]);
+        return;
+    }
+    unsigned nd = entry_count(n);
+    unsigned nc = hamt_popcount(n->nodemap);
+    for (unsigned i = 0; i < nd; i++)
+        var_value_release(entry_key(n, i), entry_value(n, i));
+    for (unsigned j = 0; j < nc; j++)
+        hamt_release(n->slot[2 * nd + j]);
+}
+
+static void borrow_release(hamt_node *src);
+
+/* The second half, when the last borrow reference goes: the keys this
+ * node owns, its own key source, and its memory. Borrowed keys are
+ * compared with the source before the source may go. */
+static void node_free_keys(hamt_node *n)
+{
+    if (!is_array(n)) {
+        hamt_node *src = key_source(n);
+        unsigned i = 0;
+        if (is_collision(n)) {
+            for (; i < n->size; i++)
+                var_unref(entry_key(n, i));
+        } else {
+            key_cursor cur = key_cursor_at(src);
+            for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
+                if (!key_is_borrowed(&cur, rest & (~rest + 1), entry_key(n, i)))
+                    var_unref(entry_key(n, i));
+            }
+        }
+        if (src != NULL)
+            borrow_release(src); /* a source never borrows: depth 1 */
     }
     cctx_dealloc(n);
 }
 
+/* Both halves at once, for the last owner of a node nobody borrows from:
+ * one walk over the entries instead of two. */
+static void node_free(hamt_node *n)
+{
+    if (!is_bitmap(n)) {
+        node_release_contents(n);
+        node_free_keys(n);
+        return;
+    }
+    hamt_node *src = key_source(n);
+    key_cursor cur = key_cursor_at(src);
+    unsigned i = 0;
+    for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++) {
+        cctx_var *key = entry_key(n, i);
+        var_value_release(key, entry_value(n, i)); /* value first: key callbacks */
+        if (!key_is_borrowed(&cur, rest & (~rest + 1), key))
+            var_unref(key);
+    }
+    for (unsigned j = 0, nc = hamt_popcount(n->nodemap); j < nc; j++)
+        hamt_release(n->slot[2 * i + j]);
+    if (src != NULL)
+        borrow_release(src);
+    cctx_dealloc(n);
+}
+
+/*
+ * Drops one borrow reference of `src`. The last one frees its keys and
+ * memory. A count of exactly one borrow reference and no owner is ours
+ * alone: a new borrow reference is only ever taken by copying a node that
+ * an owner reaches, or one that borrows from `src` (whose reference would
+ * be counted), so nobody can add one and the plain acquire load decides,
+ * as in hamt_release. Otherwise the decrement is a full barrier (locked
+ * add): every thread's last reads of the keys happen before the one that
+ * sees the count reach zero frees them.
+ */
+static void borrow_release(hamt_node *src)
+{
+    if (cctx_load_uint(&src->counts) == HAMT_BORROW_UNIT ||
+        cctx_faa_uint(&src->counts, -HAMT_BORROW_UNIT) == HAMT_BORROW_UNIT)
+        node_free_keys(src);
+}
+
+/* One more borrow reference to `src` for a node being built; false when
+ * the field is full (the caller then owns its keys). The caller reaches
+ * `src` through a reference it holds, so the node is alive and needs no
+ * acquire; the compare-and-swap is a full barrier anyway. */
+static bool borrow_acquire(hamt_node *src)
+{
+    unsigned c = cctx_load_uint_relaxed(&src->counts);
+    for (;;) {
+        if ((c >> HAMT_OWNER_BITS) >= HAMT_BORROW_MAX)
+            return false;
+        if (cctx_cas_uint(&src->counts, c, c + HAMT_BORROW_UNIT))
+            return true;
+        c = cctx_load_uint_relaxed(&src->counts);
+    }
+}
+
+/* The last owner let go (its decrement, a full barrier, ordered every
+ * owner's use before this). Values and children go now, so a shadowed
+ * value is released exactly when it was before keys were borrowed; then
+ * the owners' shared borrow reference, which frees the rest unless a
+ * borrowing node still needs the keys. */
+static void owners_gone(hamt_node *n)
+{
+    node_release_contents(n);
+    borrow_release(n);
+}
+
+static void owner_overflow(void)
+{
+    fprintf(stderr, "contextcore: more than %u references to one map node\n",
+            HAMT_OWNER_MASK - 1);
+    abort();
+}
+
 void hamt_retain(hamt_node *root)
 {
-    if (root != NULL)
-        cctx_inc_uint(&root->refcnt);
+    if (root != NULL &&
+        CCTX_UNLIKELY(owners_of(cctx_faa_uint(&root->counts, 1)) >= HAMT_OWNER_MASK - 1))
+        owner_overflow();
 }
 
 void hamt_release(hamt_node *root)
 {
     /* Recursion follows the tree's depth only (at most HAMT_MAX_DEPTH).
-     * A count of 1 is our own reference and nobody else's: every holder
-     * is counted, and a reader that could still retain it without holding
-     * a reference (a hazard-protected snapshot, reclaim.h) has either done
-     * so already — its increment is visible to this acquire load, because
-     * the node was released only after that reader's hazard cleared — or
-     * can no longer find the node. So the last holder frees without a
-     * locked instruction; shared nodes pay the atomic decrement. */
-    if (root != NULL && (cctx_load_uint(&root->refcnt) == 1 ||
-                         cctx_dec_uint_is_zero(&root->refcnt)))
+     * One owner and no borrower is our own reference and nobody else's:
+     * every holder is counted, and a reader that could still retain it
+     * without holding a reference (a hazard-protected snapshot, reclaim.h)
+     * has either done so already — its increment is visible to this
+     * acquire load, because the node was released only after that
+     * reader's hazard cleared — or can no longer find the node; a borrower
+     * is made only by copying a node some owner reaches. So the last
+     * holder frees without a locked instruction; shared nodes pay the
+     * atomic decrement, a full barrier, and the one that takes the owners
+     * to zero releases the contents. */
+    if (root == NULL)
+        return;
+    if (cctx_load_uint(&root->counts) == HAMT_COUNTS_NEW)
         node_free(root);
+    else if (owners_of(cctx_faa_uint(&root->counts, -1u)) == 1)
+        owners_gone(root);
 }
 
 void hamt_retain_n(hamt_node *root, unsigned n)
 {
-    if (root != NULL && n != 0)
-        (void)cctx_faa_uint(&root->refcnt, n);
+    if (root != NULL && n != 0 &&
+        CCTX_UNLIKELY(owners_of(cctx_faa_uint(&root->counts, n)) + n >= HAMT_OWNER_MASK))
+        owner_overflow();
 }
 
 void hamt_release_n(hamt_node *root, unsigned n)
@@ -319,8 +542,10 @@ void hamt_release_n(hamt_node *root, unsigned n)
         return;
     /* As hamt_release: holding every counted reference means nobody else
      * can take one, so no locked instruction for the last ones. */
-    if (cctx_load_uint(&root->refcnt) == n || cctx_faa_uint(&root->refcnt, -n) == n)
+    if (cctx_load_uint(&root->counts) == n + HAMT_BORROW_UNIT)
         node_free(root);
+    else if (owners_of(cctx_faa_uint(&root->counts, -n)) == n)
+        owners_gone(root);
 }
 
 size_t hamt_count(const hamt_node *root)
@@ -345,7 +570,7 @@ static hamt_node *node_built(hamt_node *n)
 #ifdef CCTX_INTERNAL_CHECKS
     if (n == NULL)
         return NULL;
-    CCTX_ASSERT(n->refcnt == 1);
+    CCTX_ASSERT(n->counts == HAMT_COUNTS_NEW);
     CCTX_ASSERT(n->size >= 1);
     uint64_t total = 0;
     if (is_array(n)) {
@@ -397,10 +622,13 @@ enum slot_op { SLOT_EMPTY, SLOT_ENTRY, SLOT_CHILD };
  * Copy of bitmap node `n` in which the fragment `bit` is emptied (SLOT_EMPTY),
  * holds the entry (key, value) (SLOT_ENTRY; retained by the copy) or holds
  * `child` (SLOT_CHILD; the caller's reference moves into the copy on
- * success). Everything else is shared and retained. `size` is the copy's
- * entry count. The result must not be empty.
+ * success). Everything else is shared and retained — values and children
+ * one by one; keys through a key source when there is one (`lend`: `n`
+ * stays reachable from another map after this write, so it can be the
+ * source; a node that borrows passes on its own source). `size` is the
+ * copy's entry count. The result must not be empty.
  */
-static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op op,
+static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slot_op op,
                                  cctx_var *key, void *value, hamt_node *child,
                                  uint32_t size)
 {
@@ -412,32 +640,70 @@ static hamt_node *bitmap_rebuild(const hamt_node *n, uint32_t bit, enum slot_op 
         nm |= bit;
     const unsigned nd = hamt_popcount(dm);
     const unsigned old_nd = hamt_popcount(n->datamap);
+    const unsigned nslots = 2 * nd + hamt_popcount(nm);
 
-    hamt_node *m = bitmap_node_new(size, dm, nm);
+    /* The key source, flattened: a borrowing node hands on its own source
+     * (never a chain), unless that source has lost its owners — then the
+     * copy owns its keys, so that an orphaned source is not kept alive by
+     * every later version of the map. */
+    hamt_node *src = key_source(n);
+    if (src == NULL && lend)
+        src = n;
+    else if (src != NULL && owners_relaxed(src) == 0)
+        src = NULL;
+    if (src != NULL && nd == 0)
+        src = NULL; /* no key to borrow */
+
+    hamt_node *m = node_new(size, dm, nm, nslots + (src != NULL));
     if (m == NULL)
         return NULL;
+    if (src != NULL && borrow_acquire(src)) {
+        m->borrows = 1;
+        m->slot[nslots] = src;
+    } else {
+        src = NULL; /* the trailing slot, if any, stays unused */
+    }
 
-    unsigned i = 0;
+    /* When `n` is the source, every entry copied from it is borrowed by
+     * the rule without looking (same key, same fragment), and so is a new
+     * entry at `bit` whose key is the one `n` holds there; only a
+     * flattened source is walked with the cursor. */
+    const bool from_n = src == n;
+    const bool bit_borrowed = from_n && op == SLOT_ENTRY && (n->datamap & bit) != 0 &&
+                              entry_key(n, below(n->datamap, bit)) == key;
+    key_cursor cur = key_cursor_at(from_n ? NULL : src);
+    /* Entries of `n` are copied in order, skipping the one at `bit` if
+     * any: the index in `n` of the entry at b is the number copied so far,
+     * plus one once b is past a skipped entry at `bit` (no bit count). */
+    const uint32_t skipped = n->datamap & bit;
+    unsigned i = 0, copied = 0;
     for (uint32_t rest = dm; rest != 0; rest &= rest - 1, i++) {
         uint32_t b = rest & (~rest + 1);
+        bool borrowed;
         if (b == bit) {
             m->slot[2 * i] = key;
             m->slot[2 * i + 1] = value;
+            borrowed = from_n ? bit_borrowed : key_is_borrowed(&cur, b, key);
         } else {
-            unsigned k = below(n->datamap, b);
+            unsigned k = copied++ + (skipped != 0 && skipped < b);
             m->slot[2 * i] = n->slot[2 * k];
             m->slot[2 * i + 1] = n->slot[2 * k + 1];
+            borrowed = from_n || key_is_borrowed(&cur, b, m->slot[2 * i]);
         }
-        entry_retain(m->slot[2 * i], m->slot[2 * i + 1]);
+        var_value_retain(m->slot[2 * i], m->slot[2 * i + 1]);
+        if (!borrowed)
+            var_ref(m->slot[2 * i]);
     }
     void **children = &m->slot[2 * nd];
-    unsigned j = 0;
+    const uint32_t replaced = n->nodemap & bit; /* as `skipped`, for children */
+    unsigned j = 0, passed = 0;
     for (uint32_t rest = nm; rest != 0; rest &= rest - 1, j++) {
         uint32_t b = rest & (~rest + 1);
         if (b == bit) {
             children[j] = child; /* the caller's reference moves in */
         } else {
-            children[j] = n->slot[2 * old_nd + below(n->nodemap, b)];
+            unsigned k = passed++ + (replaced != 0 && replaced < b);
+            children[j] = n->slot[2 * old_nd + k];
             hamt_retain(children[j]);
         }
     }
@@ -694,7 +960,7 @@ bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
 /* Whether `root` is held by exactly one reference. */
 bool hamt_is_unique(const hamt_node *root)
 {
-    return root != NULL && cctx_load_uint(&((hamt_node *)root)->refcnt) == 1;
+    return root != NULL && owners_of(cctx_load_uint(&((hamt_node *)root)->counts)) == 1;
 }
 
 /* The value slot of `key` when the caller may overwrite it in place: the
@@ -713,8 +979,8 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
     const uint32_t hash = key->hash;
     unsigned shift = 0;
     for (;;) {
-        if (cctx_load_uint_relaxed(&n->refcnt) != 1)
-            return NULL;
+        if (owners_relaxed(n) != 1)
+            return NULL; /* borrowers do not matter: they read only keys */
         const uint32_t dm = n->datamap;
         const uint32_t nm = n->nodemap;
         const unsigned frag = (hash >> (shift & 31)) & HAMT_FRAG_MASK;
@@ -744,16 +1010,27 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
 
 /* --------------------------------------------------------------- assoc */
 
+/* Whether node `n`, met on a write's path below a node for which this was
+ * `above`, stays reachable from another map after the write: some node on
+ * the path, `n` included, has another owner. Only a hint (a relaxed load;
+ * another thread may let go meanwhile): a wrong "yes" makes the copy
+ * borrow from a node that then lives on without its owners until the copy
+ * goes, a wrong "no" makes it own its keys as before. */
+static inline bool lend_to(bool above, const hamt_node *n)
+{
+    return above || owners_relaxed(n) > 1;
+}
+
 /*
  * Binds key -> value in the subtree `n` (not NULL) at `shift`. CCTX_OK with
  * `*out` a new reference, or `*out == n` with no reference taken when the
  * key is already bound to `value`; `*added` says whether the size grew.
  * CCTX_ENOMEM: nothing changed.
  */
-static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status node_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                               cctx_var *key, void *value, hamt_node **out, bool *added);
 
-static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status bitmap_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                 cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const uint32_t bit = 1u << hamt_frag(hash, shift);
@@ -769,7 +1046,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
                 *out = n;
                 return CCTX_OK;
             }
-            m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, n->size);
+            m = bitmap_rebuild(n, lend, bit, SLOT_ENTRY, key, value, NULL, n->size);
             if (m == NULL)
                 return CCTX_ENOMEM;
             *out = m;
@@ -790,7 +1067,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         if (hamt_popcount(n->nodemap) >= HAMT_BITMAP_MAX_CHILDREN)
             m = bitmap_promote(n, shift, bit, sub, n->size + 1);
         else
-            m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size + 1);
+            m = bitmap_rebuild(n, lend, bit, SLOT_CHILD, NULL, NULL, sub, n->size + 1);
         if (m == NULL) {
             hamt_release(sub);
             return CCTX_ENOMEM;
@@ -801,14 +1078,15 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
 
     if (n->nodemap & bit) {
         hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
-        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added);
+        cctx_status st = node_assoc(child, lend_to(lend, child), shift + HAMT_BITS, hash, key,
+                                    value, &sub, added);
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
             *out = n;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size + *added);
+        m = bitmap_rebuild(n, lend, bit, SLOT_CHILD, NULL, NULL, sub, n->size + *added);
         if (m == NULL) {
             hamt_release(sub);
             return CCTX_ENOMEM;
@@ -817,7 +1095,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
         return CCTX_OK;
     }
 
-    m = bitmap_rebuild(n, bit, SLOT_ENTRY, key, value, NULL, n->size + 1);
+    m = bitmap_rebuild(n, lend, bit, SLOT_ENTRY, key, value, NULL, n->size + 1);
     if (m == NULL)
         return CCTX_ENOMEM;
     *added = true;
@@ -825,7 +1103,7 @@ static cctx_status bitmap_assoc(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status array_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const unsigned idx = hamt_frag(hash, shift);
@@ -837,7 +1115,8 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
             return CCTX_ENOMEM;
         *added = true;
     } else {
-        cctx_status st = node_assoc(child, shift + HAMT_BITS, hash, key, value, &sub, added);
+        cctx_status st = node_assoc(child, lend_to(lend, child), shift + HAMT_BITS, hash, key,
+                                    value, &sub, added);
         if (st != CCTX_OK)
             return st;
         if (sub == child) {
@@ -854,7 +1133,7 @@ static cctx_status array_assoc(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status collision_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                    cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     const uint32_t chash = entry_key(n, 0)->hash;
@@ -881,14 +1160,14 @@ static cctx_status collision_assoc(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status node_assoc(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status node_assoc(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                               cctx_var *key, void *value, hamt_node **out, bool *added)
 {
     if (is_array(n))
-        return array_assoc(n, shift, hash, key, value, out, added);
+        return array_assoc(n, lend, shift, hash, key, value, out, added);
     if (is_collision(n))
-        return collision_assoc(n, shift, hash, key, value, out, added);
-    return bitmap_assoc(n, shift, hash, key, value, out, added);
+        return collision_assoc(n, lend, shift, hash, key, value, out, added);
+    return bitmap_assoc(n, lend, shift, hash, key, value, out, added);
 }
 
 cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **out)
@@ -902,7 +1181,7 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
         return CCTX_OK;
     }
     bool added;
-    cctx_status st = node_assoc(root, 0, key->hash, key, value, &m, &added);
+    cctx_status st = node_assoc(root, lend_to(false, root), 0, key->hash, key, value, &m, &added);
     if (st != CCTX_OK)
         return st;
     if (m == root)
@@ -918,10 +1197,10 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
  * `*out` a new reference (NULL: the subtree is now empty), CCTX_NOT_FOUND or
  * CCTX_ENOMEM, both with nothing changed.
  */
-static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status node_without(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                 const cctx_var *key, hamt_node **out);
 
-static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status bitmap_without(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                   const cctx_var *key, hamt_node **out)
 {
     const uint32_t bit = 1u << hamt_frag(hash, shift);
@@ -942,7 +1221,7 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
             *out = m;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
+        m = bitmap_rebuild(n, lend, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
         if (m == NULL)
             return CCTX_ENOMEM;
         *out = m;
@@ -953,8 +1232,9 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
         return CCTX_NOT_FOUND;
 
     hamt_node *sub;
-    cctx_status st = node_without(bitmap_child(n, below(n->nodemap, bit)),
-                                  shift + HAMT_BITS, hash, key, &sub);
+    hamt_node *child = bitmap_child(n, below(n->nodemap, bit));
+    cctx_status st = node_without(child, lend_to(lend, child), shift + HAMT_BITS, hash, key,
+                                  &sub);
     if (st != CCTX_OK)
         return st;
     if (sub == NULL) {
@@ -964,17 +1244,17 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
             *out = NULL;
             return CCTX_OK;
         }
-        m = bitmap_rebuild(n, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
+        m = bitmap_rebuild(n, lend, bit, SLOT_EMPTY, NULL, NULL, NULL, n->size - 1);
     } else if (is_bitmap(sub) && sub->size == 1) {
         /* Shape rule 1: a lone entry moves up into this node. */
-        m = bitmap_rebuild(n, bit, SLOT_ENTRY, entry_key(sub, 0), entry_value(sub, 0),
+        m = bitmap_rebuild(n, lend, bit, SLOT_ENTRY, entry_key(sub, 0), entry_value(sub, 0),
                            NULL, n->size - 1);
         hamt_release(sub); /* after the copy has retained the entry */
     } else if (is_collision(sub) && n->datamap == 0 && n->nodemap == bit) {
         *out = sub; /* shape rule 2 */
         return CCTX_OK;
     } else {
-        m = bitmap_rebuild(n, bit, SLOT_CHILD, NULL, NULL, sub, n->size - 1);
+        m = bitmap_rebuild(n, lend, bit, SLOT_CHILD, NULL, NULL, sub, n->size - 1);
         if (m == NULL)
             hamt_release(sub);
     }
@@ -984,7 +1264,7 @@ static cctx_status bitmap_without(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status array_without(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                  const cctx_var *key, hamt_node **out)
 {
     const unsigned idx = hamt_frag(hash, shift);
@@ -992,7 +1272,8 @@ static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
     if (child == NULL)
         return CCTX_NOT_FOUND;
     hamt_node *sub, *m;
-    cctx_status st = node_without(child, shift + HAMT_BITS, hash, key, &sub);
+    cctx_status st = node_without(child, lend_to(lend, child), shift + HAMT_BITS, hash, key,
+                                  &sub);
     if (st != CCTX_OK)
         return st;
     if (sub == NULL && hamt_popcount(n->nodemap) - 1 < HAMT_ARRAY_MIN_CHILDREN) {
@@ -1008,7 +1289,7 @@ static cctx_status array_without(hamt_node *n, unsigned shift, uint32_t hash,
     return CCTX_OK;
 }
 
-static cctx_status collision_without(hamt_node *n, unsigned shift, const cctx_var *key,
+static cctx_status collision_without(hamt_node *n, bool lend, unsigned shift, const cctx_var *key,
                                      hamt_node **out)
 {
     unsigned i = 0;
@@ -1030,14 +1311,14 @@ static cctx_status collision_without(hamt_node *n, unsigned shift, const cctx_va
     return CCTX_OK;
 }
 
-static cctx_status node_without(hamt_node *n, unsigned shift, uint32_t hash,
+static cctx_status node_without(hamt_node *n, bool lend, unsigned shift, uint32_t hash,
                                 const cctx_var *key, hamt_node **out)
 {
     if (is_array(n))
-        return array_without(n, shift, hash, key, out);
+        return array_without(n, lend, shift, hash, key, out);
     if (is_collision(n))
-        return collision_without(n, shift, key, out);
-    return bitmap_without(n, shift, hash, key, out);
+        return collision_without(n, lend, shift, key, out);
+    return bitmap_without(n, lend, shift, hash, key, out);
 }
 
 cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
@@ -1045,7 +1326,7 @@ cctx_status hamt_without(hamt_node *root, const cctx_var *key, hamt_node **out)
     if (root == NULL)
         return CCTX_NOT_FOUND;
     hamt_node *m;
-    cctx_status st = node_without(root, 0, key->hash, key, &m);
+    cctx_status st = node_without(root, lend_to(false, root), 0, key->hash, key, &m);
     if (st != CCTX_OK)
         return st;
     *out = m;
@@ -1187,8 +1468,16 @@ static int check_node(const hamt_node *n, unsigned shift, uint32_t prefix,
     uint64_t total = 0;
     CHECK(n != NULL);
     CHECK(depth < HAMT_MAX_DEPTH);
-    CHECK(cctx_load_uint_relaxed(&n->refcnt) >= 1);
+    CHECK(owners_relaxed(n) >= 1);
     CHECK(n->size >= 1);
+    if (n->borrows) {
+        /* A key source is a bitmap node that does not borrow itself and
+         * counts this node's borrow reference besides its owners'. */
+        const hamt_node *src = key_source(n);
+        CHECK(is_bitmap(n) && src != NULL && is_bitmap(src) && !src->borrows);
+        const unsigned c = cctx_load_uint_relaxed(&((hamt_node *)src)->counts);
+        CHECK((c >> HAMT_OWNER_BITS) >= 1u + (owners_of(c) != 0));
+    }
 
     if (is_array(n)) {
         CHECK(n->datamap == HAMT_ARRAY_MARK);
@@ -1287,7 +1576,10 @@ hamt_shape hamt_shape_at(const hamt_node *root, const char *path)
         return sh;
     sh.kind = is_array(n) ? 'a' : is_collision(n) ? 'c' : 'b';
     sh.size = n->size;
-    sh.refcnt = cctx_load_uint_relaxed(&((hamt_node *)n)->refcnt);
+    const unsigned counts = cctx_load_uint_relaxed(&((hamt_node *)n)->counts);
+    sh.refcnt = owners_of(counts);
+    sh.borrowers = (counts >> HAMT_OWNER_BITS) - (owners_of(counts) != 0);
+    sh.source = key_source(n);
     sh.entries = is_array(n) ? 0 : entry_count(n);
     sh.children = hamt_popcount(n->nodemap);
     sh.datamap = n->datamap;
@@ -1316,10 +1608,10 @@ static void dump_entry(FILE *out, int indent, bool in_collision, unsigned index,
 
 static void dump_node(FILE *out, const hamt_node *n, unsigned shift, int indent)
 {
-    const unsigned refcnt = cctx_load_uint_relaxed(&n->refcnt);
+    const unsigned refcnt = owners_relaxed(n);
     if (is_array(n)) {
         fprintf(out, "%*sarray level %u size %u refcnt %u children %u\n", indent, "",
-                shift / HAMT_BITS, n->size, refcnt, hamt_popcount(n->nodemap));
+                shift / HAMT_BITS, (unsigned)n->size, refcnt, hamt_popcount(n->nodemap));
         for (uint32_t rest = n->nodemap; rest != 0; rest &= rest - 1) {
             fprintf(out, "%*s[%u]\n", indent + 2, "", (unsigned)__builtin_ctz(rest));
             dump_node(out, n->slot[__builtin_ctz(rest)], shift + HAMT_BITS, indent + 4);
@@ -1328,13 +1620,16 @@ static void dump_node(FILE *out, const hamt_node *n, unsigned shift, int indent)
     }
     if (is_collision(n)) {
         fprintf(out, "%*scollision level %u size %u refcnt %u hash %08x\n", indent, "",
-                shift / HAMT_BITS, n->size, refcnt, entry_key(n, 0)->hash);
+                shift / HAMT_BITS, (unsigned)n->size, refcnt, entry_key(n, 0)->hash);
         for (unsigned i = 0; i < n->size; i++)
             dump_entry(out, indent + 2, true, i, entry_key(n, i), entry_value(n, i));
         return;
     }
-    fprintf(out, "%*sbitmap level %u size %u refcnt %u datamap %08x nodemap %08x\n",
-            indent, "", shift / HAMT_BITS, n->size, refcnt, n->datamap, n->nodemap);
+    fprintf(out, "%*sbitmap level %u size %u refcnt %u datamap %08x nodemap %08x",
+            indent, "", shift / HAMT_BITS, (unsigned)n->size, refcnt, n->datamap, n->nodemap);
+    if (n->borrows)
+        fprintf(out, " keys from %p", (void *)key_source(n));
+    fputc('\n', out);
     unsigned i = 0;
     for (uint32_t rest = n->datamap; rest != 0; rest &= rest - 1, i++)
         dump_entry(out, indent + 2, false, (unsigned)__builtin_ctz(rest), entry_key(n, i),

@@ -100,6 +100,8 @@ typedef struct hamt_shape {
     char kind; /* 'b' bitmap, 'a' array, 'c' collision; 0: no node there */
     unsigned size, refcnt, entries, children;
     uint32_t datamap, nodemap; /* as stored (an array node's datamap is a mark) */
+    unsigned borrowers;        /* nodes borrowing this one's keys */
+    const hamt_node *source;   /* the node whose keys this one borrows, or NULL */
 } hamt_shape;
 
 /* The shape of the node reached from `root` by `path`: child ranks (the

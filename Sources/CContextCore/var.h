@@ -6,9 +6,12 @@
  * - `hash` never changes after creation; HAMT keys compare by address and
  *   hash by this field.
  * - `refcnt` counts the user's references plus one per HAMT entry, token
- *   and default that names the variable. The HAMT retains its keys, so a
- *   variable outlives every value stored under it and its `ops.release`
- *   can always be called. Updated with ck_pr atomics (atomic.h) (any thread).
+ *   and default that names the variable — except HAMT entries that borrow
+ *   their key from the node they were copied from (hamt.c, "Borrowed
+ *   keys"): that node's own reference keeps the variable for them. Either
+ *   way a variable outlives every value stored under it and its
+ *   `ops.release` can always be called. Updated with ck_pr atomics
+ *   (atomic.h) (any thread).
  */
 #ifndef CCTX_VAR_H
 #define CCTX_VAR_H

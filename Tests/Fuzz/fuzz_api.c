@@ -80,11 +80,14 @@ static void fv_retain(void *p)
     v->refcnt++;
 }
 
+static void model_value_freed(const fv *v);
+
 static void fv_release(void *p)
 {
     fv *v = p;
     CHECK(v->tag == FV_TAG && v->refcnt > 0); /* released more than retained */
     if (--v->refcnt == 0) {
+        model_value_freed(v);
         v->tag = 0;
         fv_live--;
         free(v);
@@ -128,6 +131,7 @@ typedef struct mvar {
     int refs; /* ours */
     bool has_def;
     void *def;
+    bool def_gone; /* the default was released (its variable was freed) */
     bool not_inh;
 } mvar;
 
@@ -319,7 +323,18 @@ static void compute_alive(void)
                     var_alive[k] = true;
 }
 
-/* Every value the model says is alive, deduplicated. */
+static void model_value_freed(const fv *v)
+{
+    for (int i = 0; i < M.nv; i++)
+        if (M.v[i].has_def && M.v[i].def == v)
+            M.v[i].def_gone = true;
+}
+
+/* Every value the model says is alive, deduplicated. The one exception
+ * it allows: a variable that no map, token or user reaches any more may
+ * still be alive with its default, because a map that borrows its keys
+ * from a node that holds the variable keeps it (hamt.c, "Borrowed keys")
+ * until that map goes; teardown still checks that nothing is left. */
 static int reachable(void **out, int cap)
 {
     int n = 0;
@@ -349,7 +364,7 @@ static int reachable(void **out, int cap)
         if (M.t[i].refs > 0 && M.t[i].has_old)
             ADD(M.t[i].old);
     for (int i = 0; i < M.nv; i++)
-        if (var_alive[i] && M.v[i].has_def)
+        if (M.v[i].has_def && (var_alive[i] || !M.v[i].def_gone))
             ADD(M.v[i].def);
     for (int i = 0; i < M.nl; i++)
         if (M.l[i].refs > 0 && M.l[i].state == L_VALUE)

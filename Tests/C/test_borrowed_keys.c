@@ -1,0 +1,526 @@
+/*
+ * test_borrowed_keys.c — a path copy of a map node that another map still
+ * reaches borrows the variables (keys) of that node instead of counting a
+ * reference on each (hamt.c, "Borrowed keys"):
+ *
+ *   - cost: copying a shared node writes no variable's reference count,
+ *     whatever the write (insert, replace, delete, re-insert of a borrowed
+ *     key in place), at the root and below it; copies of copies borrow
+ *     from the first source (one source per node, never a chain);
+ *   - lifetime: a variable the user released lives exactly as long as a
+ *     map that can read it, in every release order; values keep their
+ *     lifetime (a value the copy replaced goes with the source's last
+ *     owner); a source without owners is not passed on; a full borrow
+ *     count falls back to owned keys;
+ *   - stress: threads copying a shared base and writing their copies while
+ *     the base's owner replaces its values, then releases the base and
+ *     every variable while the copies still read them.
+ *
+ * Variables get fixed hashes (cctx__var_new_with_hash) so the trie's shape
+ * is exact; the white-box parts drive hamt.c directly.
+ */
+#include "test_support.h"
+
+#include "internal.h"
+
+#include "hamt.h"
+
+#include <string.h>
+
+/* ------------------------------------------------------------- helpers */
+
+enum { NKEYS = 20 };
+
+static cctx_var *key_with_hash(uint32_t hash)
+{
+    cctx_var *v = NULL;
+    assert_ok(cctx__var_new_with_hash("k", &tv_ops, hash, &v));
+    return v;
+}
+
+static unsigned var_count(const cctx_var *v)
+{
+    return cctx_load_uint_relaxed(&((cctx_var *)v)->refcnt);
+}
+
+/* A map binding keys[i] to a new value with id i + 1 (the map holds the
+ * only reference to each value). */
+static hamt_node *map_of(cctx_var **keys, int n)
+{
+    hamt_node *root = NULL;
+    for (int i = 0; i < n; i++) {
+        tv_value *v = tv_new(i + 1);
+        hamt_node *next = NULL;
+        assert_ok(hamt_assoc(root, keys[i], v, &next));
+        hamt_release(root);
+        tv_drop(v);
+        root = next;
+    }
+    assert_int_equal(hamt_check(root), 0);
+    return root;
+}
+
+static hamt_node *with(hamt_node *root, cctx_var *key, long id)
+{
+    tv_value *v = tv_new(id);
+    hamt_node *out = NULL;
+    assert_ok(hamt_assoc(root, key, v, &out));
+    tv_drop(v);
+    assert_int_equal(hamt_check(out), 0);
+    return out;
+}
+
+static hamt_node *without(hamt_node *root, cctx_var *key)
+{
+    hamt_node *out = NULL;
+    assert_ok(hamt_without(root, key, &out));
+    assert_int_equal(hamt_check(out), 0);
+    return out;
+}
+
+static long id_in(const hamt_node *root, const cctx_var *key)
+{
+    void *out = NULL;
+    if (!hamt_find(root, key, &out))
+        return -1;
+    return ((tv_value *)out)->id;
+}
+
+/* keys[0..NKEYS) in fragments 0..19 of the root; two spare keys in
+ * fragments 25 and 26, and one in fragment 3 one level down (hash 3 + 32). */
+static cctx_var *keys[NKEYS + 3];
+static long allocs_at_start;
+
+static int setup(void **state)
+{
+    (void)state;
+    allocs_at_start = cctx__live_allocations();
+    for (int i = 0; i < NKEYS; i++)
+        keys[i] = key_with_hash((uint32_t)i);
+    keys[NKEYS] = key_with_hash(25);
+    keys[NKEYS + 1] = key_with_hash(26);
+    keys[NKEYS + 2] = key_with_hash(3 + 32);
+    return 0;
+}
+
+/* Every variable is back to the user's one reference, no value is alive,
+ * no allocation is left. */
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < NKEYS + 3; i++) {
+        if (keys[i] == NULL)
+            continue;
+        assert_int_equal(var_count(keys[i]), 1);
+        cctx_var_release(keys[i]);
+        keys[i] = NULL;
+    }
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), allocs_at_start);
+    return 0;
+}
+
+static void assert_key_counts(int from, int to, unsigned expected)
+{
+    for (int i = from; i < to; i++)
+        assert_int_equal(var_count(keys[i]), expected);
+}
+
+/* ---------------------------------------------------------------- cost */
+
+static void test_copy_of_a_shared_root_counts_no_borrowed_key(void **state)
+{
+    (void)state;
+    hamt_node *base = map_of(keys, NKEYS);
+    hamt_retain(base); /* a second map holds it: shared */
+    assert_key_counts(0, NKEYS, 2);
+
+    hamt_node *c = with(base, keys[NKEYS], 100); /* insert */
+    assert_key_counts(0, NKEYS, 2);              /* borrowed, not counted */
+    assert_int_equal(var_count(keys[NKEYS]), 2); /* the new key is owned */
+    assert_ptr_equal(hamt_shape_at(c, "").source, base);
+    assert_int_equal(hamt_shape_at(base, "").borrowers, 1);
+    assert_int_equal(hamt_shape_at(base, "").refcnt, 2); /* owners unchanged */
+
+    hamt_node *d = with(base, keys[7], 107); /* replace: same key, same place */
+    assert_key_counts(0, NKEYS, 2);
+    assert_int_equal(hamt_shape_at(base, "").borrowers, 2);
+    assert_int_equal(id_in(d, keys[7]), 107);
+    assert_int_equal(id_in(base, keys[7]), 8);
+
+    for (int i = 0; i < NKEYS; i++)
+        assert_int_equal(id_in(c, keys[i]), i + 1);
+    hamt_release(c);
+    hamt_release(d);
+    assert_int_equal(hamt_shape_at(base, "").borrowers, 0);
+    hamt_release(base);
+    hamt_release(base);
+}
+
+/* The write goes one level down (fragment 3 holds a child after the
+ * insert of hash 3 + 32); the child is reached from a shared root, so its
+ * copy borrows from it although only one parent holds it. */
+static void test_copy_below_a_shared_root_borrows_at_its_level(void **state)
+{
+    (void)state;
+    hamt_node *base = map_of(keys, NKEYS);
+    hamt_node *deep = with(base, keys[NKEYS + 2], 200); /* 3 and 35 in a child */
+    hamt_release(base);
+    hamt_retain(deep);
+    hamt_shape child = hamt_shape_at(deep, "0");
+    assert_int_equal(child.kind, 'b');
+    assert_int_equal(child.entries, 2);
+    assert_int_equal(child.refcnt, 1);
+    unsigned k3 = var_count(keys[3]), k35 = var_count(keys[NKEYS + 2]);
+
+    hamt_node *c = with(deep, keys[NKEYS + 2], 201); /* replace in the child */
+    assert_int_equal(var_count(keys[3]), k3);
+    assert_int_equal(var_count(keys[NKEYS + 2]), k35);
+    assert_ptr_equal(hamt_shape_at(c, "").source, deep); /* its root */
+    assert_non_null(hamt_shape_at(c, "0").source);
+    assert_ptr_not_equal(hamt_shape_at(c, "0").source, deep);
+    assert_int_equal(hamt_shape_at(deep, "0").borrowers, 1);
+    assert_int_equal(id_in(c, keys[NKEYS + 2]), 201);
+    assert_int_equal(id_in(deep, keys[NKEYS + 2]), 200);
+
+    hamt_release(deep);
+    hamt_release(deep); /* the source child's owners are gone first */
+    assert_int_equal(id_in(c, keys[3]), 4);
+    hamt_release(c);
+}
+
+/* Deleting a borrowed key and putting it back at its place: no reference
+ * count moves, nothing leaks, nothing is dropped twice (valgrind, ASan). */
+static void test_delete_and_reinsert_of_a_borrowed_key(void **state)
+{
+    (void)state;
+    hamt_node *base = map_of(keys, NKEYS);
+    hamt_retain(base);
+    hamt_node *c1 = with(base, keys[NKEYS], 100);
+    hamt_node *c2 = without(c1, keys[5]); /* c1 is not shared, but borrows */
+    assert_ptr_equal(hamt_shape_at(c2, "").source, base);
+    assert_key_counts(0, NKEYS, 2);
+    hamt_node *c3 = with(c2, keys[5], 105); /* back at its fragment */
+    assert_ptr_equal(hamt_shape_at(c3, "").source, base);
+    assert_key_counts(0, NKEYS, 2);
+    hamt_node *c4 = without(c3, keys[NKEYS]); /* the owned key goes */
+    assert_int_equal(var_count(keys[NKEYS]), 1 + 3); /* c1, c2, c3 own it */
+    assert_int_equal(id_in(c4, keys[5]), 105);
+    assert_int_equal(id_in(c2, keys[5]), -1);
+
+    hamt_release(c1);
+    hamt_release(base);
+    hamt_release(base); /* source first */
+    assert_int_equal(id_in(c3, keys[0]), 1);
+    hamt_release(c2);
+    hamt_release(c4);
+    hamt_release(c3);
+}
+
+/* A copy of a borrowing node borrows from the same source, in every
+ * release order of the three maps. */
+static void test_copies_of_copies_borrow_from_the_first_source(void **state)
+{
+    (void)state;
+    static const int orders[6][3] = { { 0, 1, 2 }, { 0, 2, 1 }, { 1, 0, 2 },
+                                      { 1, 2, 0 }, { 2, 0, 1 }, { 2, 1, 0 } };
+    for (int o = 0; o < 6; o++) {
+        hamt_node *base = map_of(keys, NKEYS);
+        hamt_retain(base);
+        hamt_node *c1 = with(base, keys[NKEYS], 100);
+        hamt_retain(c1); /* c1 shared too */
+        hamt_node *c2 = with(c1, keys[NKEYS + 1], 101);
+        assert_ptr_equal(hamt_shape_at(c2, "").source, base); /* not c1 */
+        assert_int_equal(hamt_shape_at(base, "").borrowers, 2);
+        assert_int_equal(hamt_shape_at(c1, "").borrowers, 0);
+        assert_key_counts(0, NKEYS, 2);
+        assert_int_equal(var_count(keys[NKEYS]), 3); /* owned by c1 and c2 */
+        hamt_release(base);
+        hamt_release(c1);
+        hamt_node *maps[3] = { base, c1, c2 };
+        for (int k = 0; k < 3; k++) {
+            hamt_release(maps[orders[o][k]]);
+            for (int j = k + 1; j < 3; j++) { /* the others still read all */
+                hamt_node *m = maps[orders[o][j]];
+                for (int i = 0; i < NKEYS; i++)
+                    assert_int_equal(id_in(m, keys[i]), i + 1);
+                assert_int_equal(hamt_check(m), 0);
+            }
+        }
+        assert_int_equal(tv_live(), 0);
+        assert_key_counts(0, NKEYS + 2, 1);
+    }
+}
+
+/* ------------------------------------------------------------ lifetime */
+
+/* The user releases every variable while only a borrowing map reaches
+ * them (the source has no owner left): they stay valid and readable, each
+ * held once (by the source's keys), and are freed exactly when the last
+ * map goes. */
+static void test_released_variables_live_while_a_borrowing_map_reads_them(void **state)
+{
+    (void)state;
+    hamt_node *base = map_of(keys, NKEYS);
+    hamt_retain(base);
+    hamt_node *c = with(base, keys[NKEYS], 100);
+    hamt_release(base);
+    hamt_release(base); /* owners gone: the values only c holds remain */
+    assert_int_equal(tv_live(), NKEYS + 1);
+    long before = cctx__live_allocations();
+    for (int i = 0; i < NKEYS; i++) {
+        cctx_var_release(keys[i]);
+        assert_true(var_is_valid(keys[i]));
+        assert_int_equal(var_count(keys[i]), 1); /* the source's, once */
+    }
+    assert_int_equal(cctx__live_allocations(), before); /* nothing freed */
+    for (int i = 0; i < NKEYS; i++)
+        assert_int_equal(id_in(c, keys[i]), i + 1);
+    hamt_release(c);
+    /* c, the source's memory, and each variable (itself and its name). */
+    assert_int_equal(cctx__live_allocations(), before - 2 - 2 * NKEYS);
+    for (int i = 0; i < NKEYS; i++)
+        keys[i] = NULL; /* freed */
+}
+
+/* Values keep their lifetime: the value a copy replaced (or deleted) is
+ * released with the source's last owner, although the copy still borrows
+ * the source's keys. */
+static void test_replaced_value_goes_with_the_last_map_that_binds_it(void **state)
+{
+    (void)state;
+    hamt_node *base = map_of(keys, NKEYS);
+    hamt_retain(base);
+    hamt_node *c = with(base, keys[4], 104);
+    hamt_node *d = without(c, keys[9]); /* borrows from base as well */
+    hamt_release(c);
+    assert_ptr_equal(hamt_shape_at(d, "").source, base);
+    assert_int_equal(tv_live(), NKEYS + 1);
+    hamt_release(base);
+    assert_int_equal(tv_live(), NKEYS + 1);
+    hamt_release(base);
+    /* The base's values of keys 4 (id 5) and 9 (id 10) went with it. */
+    assert_int_equal(tv_live(), NKEYS - 1);
+    assert_int_equal(id_in(d, keys[4]), 104);
+    assert_int_equal(id_in(d, keys[9]), -1);
+    assert_int_equal(id_in(d, keys[10]), 11);
+    hamt_release(d);
+}
+
+/* What borrowing does change: a variable lives until the last map that
+ * borrows from a node holding it goes, even a map that deleted it — and
+ * with it the variable's default value (released when the variable is
+ * freed). Bounded by that map's life; a value bound in a map is never
+ * kept so. */
+static void test_deleted_variable_and_its_default_live_until_the_borrower_goes(void **state)
+{
+    (void)state;
+    tv_value *dv = tv_new(77);
+    /* A level-0 fragment the base's keys leave free. The hash comes from
+     * the address, so rejected variables stay alive until one fits (each
+     * try fits with probability 10/32). */
+    cctx_var *d = NULL, *rejected[64];
+    int nrejected = 0;
+    for (;;) {
+        assert_ok(cctx_var_new_with_default("d", &tv_ops, dv, &d));
+        uint32_t f = cctx__var_hash(d) & 31;
+        if (f >= NKEYS && f != 25 && f != 26)
+            break;
+        assert_true(nrejected < 64);
+        rejected[nrejected++] = d;
+    }
+    for (int i = 0; i < nrejected; i++)
+        cctx_var_release(rejected[i]);
+    tv_drop(dv); /* the variable holds its default */
+    hamt_node *base0 = map_of(keys, NKEYS);
+    hamt_node *base = with(base0, d, 300);
+    hamt_release(base0);
+    hamt_retain(base);
+    hamt_node *c = without(base, d);
+    assert_ptr_equal(hamt_shape_at(c, "").source, base);
+    hamt_release(base);
+    hamt_release(base); /* the value 300 goes with the base... */
+    assert_int_equal(tv_live(), NKEYS + 1);
+    cctx_var_release(d); /* ...the variable and its default stay */
+    assert_int_equal(var_count(d), 1);
+    assert_int_equal(tv_live(), NKEYS + 1);
+    hamt_release(c); /* the base's keys go with c: d, then its default */
+    assert_int_equal(tv_live(), 0);
+}
+
+/* A source whose owners are gone is not passed on: the next copy owns
+ * its keys, and the old source goes with the last node that borrows it. */
+static void test_orphaned_source_is_not_passed_on(void **state)
+{
+    (void)state;
+    hamt_node *base = map_of(keys, NKEYS);
+    hamt_retain(base);
+    hamt_node *c1 = with(base, keys[NKEYS], 100);
+    hamt_release(base);
+    hamt_release(base);
+    hamt_node *c2 = with(c1, keys[NKEYS + 1], 101);
+    assert_null(hamt_shape_at(c2, "").source);
+    assert_key_counts(0, NKEYS, 3); /* the user's, the source's and c2's */
+    long before = cctx__live_allocations();
+    hamt_release(c1);
+    assert_int_equal(cctx__live_allocations(), before - 2); /* c1 and the source */
+    assert_key_counts(0, NKEYS, 2);
+    hamt_release(c2);
+}
+
+/* At most 254 nodes borrow from one source; later copies own their keys
+ * (the count field is 8 bits), and everything is released once. */
+static void test_full_borrow_count_falls_back_to_owned_keys(void **state)
+{
+    (void)state;
+    enum { COPIES = 300, BORROWERS_MAX = 254 };
+    hamt_node *base = map_of(keys, NKEYS);
+    hamt_retain(base);
+    hamt_node **copies = calloc(COPIES, sizeof(*copies));
+    assert_non_null(copies);
+    for (int i = 0; i < COPIES; i++) {
+        copies[i] = with(base, keys[i % NKEYS], 1000 + i);
+        bool borrows = hamt_shape_at(copies[i], "").source == base;
+        assert_int_equal(borrows, i < BORROWERS_MAX);
+    }
+    assert_int_equal(hamt_shape_at(base, "").borrowers, BORROWERS_MAX);
+    /* Each copy that borrows holds its replaced key through the source as
+     * well (same key, same place); each that does not owns all 20. */
+    assert_key_counts(0, NKEYS, 2 + (COPIES - BORROWERS_MAX));
+    hamt_release(base);
+    for (int i = 0; i < COPIES; i += 2)
+        hamt_release(copies[i]);
+    hamt_release(base);
+    for (int i = 1; i < COPIES; i += 2)
+        hamt_release(copies[i]);
+    free(copies);
+}
+
+/* -------------------------------------------------------------- stress */
+
+enum { STRESS_VARS = 24, STRESS_WORKERS = 4 };
+
+struct stress_round {
+    cctx_var *vars[STRESS_VARS + STRESS_WORKERS];
+    cctx_context *base;
+    pthread_barrier_t copied;
+};
+
+struct stress_worker {
+    struct stress_round *round;
+    int index;
+    uint64_t rng;
+};
+
+static void *stress_worker_run(void *p)
+{
+    struct stress_worker *w = p;
+    struct stress_round *r = w->round;
+    cctx_var *own = r->vars[STRESS_VARS + w->index];
+    cctx_context *c = NULL;
+    T_CHECK(cctx_context_copy(r->base, &c) == CCTX_OK);
+    T_CHECK(cctx_context_enter(c) == CCTX_OK);
+    tv_value *a = tv_new(-1 - w->index);
+    T_CHECK(cctx_var_set(own, a, NULL) == CCTX_OK); /* the copy borrows */
+    tv_drop(a);
+    const int gone = (int)(rng_next(&w->rng) % STRESS_VARS);
+    T_CHECK(cctx_context_delete(c, r->vars[gone]) == CCTX_OK);
+    /* Copied: from here on the base's owner may release the base and
+     * every variable; this copy reaches all but `gone`. */
+    pthread_barrier_wait(&r->copied);
+    long set_ids[STRESS_VARS] = { 0 }; /* 0: still the base's value */
+    for (int round = 0; round < 8; round++) {
+        for (int i = 0; i < STRESS_VARS; i++) {
+            if (i == gone)
+                continue;
+            void *out = NULL;
+            T_CHECK(cctx_var_get(r->vars[i], &out) == CCTX_OK && out != NULL);
+            if (out == NULL)
+                continue;
+            long id = ((tv_value *)out)->id;
+            T_CHECK(set_ids[i] != 0 ? id == set_ids[i] : id >= 1);
+        }
+        int k = (int)(rng_next(&w->rng) % STRESS_VARS);
+        if (k != gone) {
+            set_ids[k] = -100 - round;
+            tv_value *b = tv_new(set_ids[k]);
+            T_CHECK(cctx_var_set(r->vars[k], b, NULL) == CCTX_OK);
+            tv_drop(b);
+        }
+        T_CHECK(cctx__context_check(c) == 0);
+    }
+    T_CHECK(cctx_context_exit(c) == CCTX_OK);
+    cctx_context_release(c);
+    return NULL;
+}
+
+static void test_threads_read_variables_the_owner_released(void **state)
+{
+    (void)state;
+    long allocs = cctx__live_allocations();
+    uint64_t rng = 0xB0220E5u;
+    const long rounds = scaled(300);
+    for (long n = 0; n < rounds; n++) {
+        struct stress_round r;
+        for (int i = 0; i < STRESS_VARS + STRESS_WORKERS; i++)
+            assert_ok(cctx__var_new_with_hash("s", &tv_ops, (uint32_t)rng_next(&rng),
+                                              &r.vars[i]));
+        assert_ok(cctx_context_new(&r.base));
+        for (int i = 0; i < STRESS_VARS; i++) {
+            tv_value *v = tv_new(i + 1);
+            assert_ok(cctx_context_set(r.base, r.vars[i], v, NULL));
+            tv_drop(v);
+        }
+        assert_int_equal(pthread_barrier_init(&r.copied, NULL, STRESS_WORKERS + 1), 0);
+        pthread_t t[STRESS_WORKERS];
+        struct stress_worker ws[STRESS_WORKERS];
+        for (int i = 0; i < STRESS_WORKERS; i++) {
+            ws[i] = (struct stress_worker){ &r, i, rng_next(&rng) | 1 };
+            assert_int_equal(pthread_create(&t[i], NULL, stress_worker_run, &ws[i]), 0);
+        }
+        /* The owner keeps replacing the base's values while the workers
+         * copy it, then waits for their copies and lets go of everything. */
+        for (int i = 0; i < 16; i++) {
+            tv_value *v = tv_new(1000 + i);
+            assert_ok(cctx_context_set(r.base, r.vars[i % STRESS_VARS], v, NULL));
+            tv_drop(v);
+        }
+        pthread_barrier_wait(&r.copied);
+        cctx_context_release(r.base);
+        for (int i = 0; i < STRESS_VARS + STRESS_WORKERS; i++)
+            cctx_var_release(r.vars[i]);
+        for (int i = 0; i < STRESS_WORKERS; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&r.copied);
+        assert_int_equal(thread_failures(), 0);
+        assert_ok(cctx_thread_cleanup());
+        assert_int_equal(tv_live(), 0);
+    }
+    if (allocs >= 0)
+        assert_int_equal(cctx__live_allocations(), allocs);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_copy_of_a_shared_root_counts_no_borrowed_key,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_below_a_shared_root_borrows_at_its_level,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete_and_reinsert_of_a_borrowed_key, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_copies_of_copies_borrow_from_the_first_source,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_released_variables_live_while_a_borrowing_map_reads_them, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_replaced_value_goes_with_the_last_map_that_binds_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_deleted_variable_and_its_default_live_until_the_borrower_goes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_orphaned_source_is_not_passed_on, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_borrow_count_falls_back_to_owned_keys, setup,
+                                        teardown),
+        cmocka_unit_test(test_threads_read_variables_the_owner_released),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
