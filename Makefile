@@ -121,6 +121,21 @@ $(BUILD)/tests/%: Tests/C/%.c $(C_TEST_COMMON) $(wildcard Tests/C/support/*.h) $
 
 c-test: lib $(addprefix $(BUILD)/tests/,$(C_TESTS))
 	@set -e; for t in $(C_TESTS); do echo "== $$t"; $(BUILD)/tests/$$t; done
+	@if [ -x "$(SIGNAL_CC)" ]; then $(MAKE) --no-print-directory $(BUILD)/tests-clang/test_signal && \
+		echo "== test_signal (built by $(SIGNAL_CC))" && \
+		CCTX_TEST_SCALE=$${CCTX_TEST_SCALE:-50} $(BUILD)/tests-clang/test_signal; \
+		else echo "c-test: no $(SIGNAL_CC): test_signal not run under clang"; fi
+
+# test_signal once more, built by the toolchain's clang, which compiles the
+# library in every Swift build: get's signal safety rests on what the
+# compiler may move across a signal fence, and clang moved accesses that
+# gcc kept in place.
+SIGNAL_CC ?= /opt/swift/usr/bin/clang
+$(BUILD)/tests-clang/test_signal: Tests/C/test_signal.c $(CORE_SRC) $(CORE_HDR) $(C_TEST_COMMON) \
+		$(wildcard Tests/C/support/*.h)
+	@mkdir -p $(BUILD)/tests-clang
+	$(SIGNAL_CC) $(TEST_CFLAGS) $(ACCOUNTING) -O2 -g -fno-omit-frame-pointer -o $@ $< \
+		$(C_TEST_COMMON) $(CORE_SRC) $(TEST_LIBS)
 
 # Sanitizer builds compile the library sources straight into each test.
 SAN_SRC = $(CORE_SRC) $(C_TEST_COMMON)

@@ -371,6 +371,15 @@ static inline struct local_slot *local_slot_find(struct local_slots *t, uint32_t
     return &chunk[index & LOCAL_CHUNK_MASK];
 }
 
+/* The calling thread's slot for `index` (owner only): through the state's
+ * shortcut to chunk 0 when the index is there, else through the table. */
+static inline struct local_slot *local_own_slot(const cctx_thread_state *ts, uint32_t index)
+{
+    if (CCTX_LIKELY(index < LOCAL_CHUNK_SLOTS && ts->local_chunk0 != NULL))
+        return &ts->local_chunk0[index];
+    return local_slot_find(ts->locals, index);
+}
+
 /* Runs after a grace period (reclaim_defer): no walk holds the directory. */
 static void local_dir_free(void *dir)
 {
@@ -384,7 +393,7 @@ static cctx_status local_slot_ensure(cctx_thread_state *ts, uint32_t index,
                                      struct local_slot **out)
 {
     struct local_slots *t = ts->locals;
-    struct local_slot *slot = local_slot_find(t, index);
+    struct local_slot *slot = local_own_slot(ts, index);
     if (CCTX_LIKELY(slot != NULL)) {
         *out = slot;
         return CCTX_OK;
@@ -439,6 +448,8 @@ static cctx_status local_slot_ensure(cctx_thread_state *ts, uint32_t index,
         /* Release: a walk that loads the pointer sees a zeroed chunk. */
         cctx_store_ptr(&old->chunks[k], chunk);
     }
+    if (k == 0)
+        ts->local_chunk0 = chunk; /* the owner's shortcut (thread_state.h) */
     *out = &chunk[index & LOCAL_CHUNK_MASK];
     return CCTX_OK;
 
@@ -606,7 +617,7 @@ cctx_status cctx_local_get(cctx_local *local, void **out)
     if (CCTX_UNLIKELY(!local_is_valid(local) || out == NULL))
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_peek();
-    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    struct local_slot *slot = ts != NULL ? local_own_slot(ts, local->index) : NULL;
     if (CCTX_LIKELY(slot != NULL && cctx_load_uintptr(&slot->gen) == local->gen)) {
         void *v = cctx_load_ptr(&slot->value);
         if (v == LOCAL_EMPTY)
@@ -619,12 +630,36 @@ cctx_status cctx_local_get(cctx_local *local, void **out)
     return local_get_init(local, out);
 }
 
+void *cctx_local_value(cctx_local *local)
+{
+    if (CCTX_UNLIKELY(!local_is_valid(local)))
+        return NULL;
+    cctx_thread_state *ts = thread_state_peek();
+    if (CCTX_UNLIKELY(ts == NULL))
+        return NULL;
+    /* local_own_slot spelled out, so that the chunk-0 path tests no slot
+     * pointer for NULL. */
+    uint32_t index = local->index;
+    struct local_slot *slot;
+    if (CCTX_LIKELY(index < LOCAL_CHUNK_SLOTS && ts->local_chunk0 != NULL)) {
+        slot = &ts->local_chunk0[index];
+    } else {
+        slot = local_slot_find(ts->locals, index);
+        if (slot == NULL)
+            return NULL;
+    }
+    if (CCTX_UNLIKELY(cctx_load_uintptr(&slot->gen) != local->gen))
+        return NULL;
+    void *v = cctx_load_ptr(&slot->value);
+    return v == LOCAL_EMPTY ? NULL : v;
+}
+
 cctx_status cctx_local_peek(cctx_local *local, void **out)
 {
     if (!local_is_valid(local) || out == NULL)
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_peek();
-    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    struct local_slot *slot = ts != NULL ? local_own_slot(ts, local->index) : NULL;
     if (slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen)
         return CCTX_NOT_FOUND;
     void *v = cctx_load_ptr(&slot->value);
@@ -656,7 +691,7 @@ cctx_status cctx_local_set(cctx_local *local, void *value)
     if (CCTX_UNLIKELY(!local_is_valid(local)))
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_peek();
-    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    struct local_slot *slot = ts != NULL ? local_own_slot(ts, local->index) : NULL;
     if (CCTX_UNLIKELY(slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen))
         return local_set_slow(local, value);
     /* The slot is this local's already: replace the value with a load and
@@ -678,7 +713,7 @@ cctx_status cctx_local_delete(cctx_local *local)
     if (CCTX_UNLIKELY(!local_is_valid(local)))
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_peek();
-    struct local_slot *slot = ts != NULL ? local_slot_find(ts->locals, local->index) : NULL;
+    struct local_slot *slot = ts != NULL ? local_own_slot(ts, local->index) : NULL;
     if (slot == NULL || cctx_load_uintptr(&slot->gen) != local->gen)
         return CCTX_NOT_FOUND; /* never touched here (or deleted): nothing */
     /* Back to "never touched" (gen 0 belongs to no local), so the next get
@@ -737,6 +772,7 @@ void local_thread_release(cctx_thread_state *ts)
      * arbitrate (I3). */
     (void)local_table_release_values(t);
     ts->locals = NULL;
+    ts->local_chunk0 = NULL;
     registry_unlink(t);
     struct local_dir *dir = t->dir;
     /* Grace period: every walk that could have reached `t` began before the

@@ -14,8 +14,8 @@
  * - `record` is this thread's ck_epoch record, registered (or recycled from
  *   an exited thread) when the state is created and unregistered when it
  *   is destroyed.
- * - `locals` is owned by local.c: this thread's slots of threading.local
- *   objects.
+ * - `locals` and `local_chunk0` are owned by local.c: this thread's slots
+ *   of threading.local objects.
  * Only the owning thread reads or writes a state, except `locals`, whose
  * rules local.c states, and `handover_pending`, whose context.c states.
  */
@@ -53,12 +53,18 @@ typedef struct cctx_thread_state {
      * context.h). An entry whose version matches therefore names a value
      * the current root still holds. Starts at 1 so zeroed entries miss. */
     uint64_t version;
-    /* Non-zero while this thread is inside cctx_var_get: a get in a signal
-     * handler that interrupted one must not write the cache (var_access.c). */
+    /* Non-zero while this thread is inside a get (hit or miss): a get in a
+     * signal handler that interrupted one must not write the cache
+     * (var_access.c). */
     unsigned in_get;
     lookup_cache_entry cache[CCTX_LOOKUP_CACHE_SIZE];
     struct ck_epoch_record *record; /* reclaim.h's reclaim_record */
     struct local_slots *locals;
+    /* The first chunk of `locals` (the slots of indices below 64), or
+     * NULL: local.c's shortcut past the table's directory on the owner's
+     * hot path. Set when that chunk is made, cleared before it is freed;
+     * chunks never move while their table lives (local.c, I1). */
+    struct local_slot *local_chunk0;
     /* The context cctx_thread_create started this thread in (one
      * reference), while its function runs; the teardown releases it when
      * the function never returned (pthread_exit, cancellation). */

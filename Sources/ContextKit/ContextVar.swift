@@ -141,10 +141,11 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     func currentValue() -> Value? {
         let place = cctx_shim_current_place()
         guard place.task != nil else {
-            // Outside any task. Borrowed until this thread next writes its
-            // context: Swift takes its own reference at once.
-            var pointer: UnsafeMutableRawPointer?
-            guard foundValue(cctx_var_get(handle, &pointer)), let pointer else { return nil }
+            // Outside any task: the thread's current context. A box pointer
+            // is never NULL, so NULL means no value (the C variable has no
+            // default). Borrowed until this thread next writes its context,
+            // which cannot happen during the read.
+            guard let pointer = cctx_var_value(handle) else { return nil }
             return ValueBox<Value>.borrowedValue(pointer)
         }
         // The fast path: a task whose place this thread has cached reads

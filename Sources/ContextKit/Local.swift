@@ -59,8 +59,7 @@ public final class Local: @unchecked Sendable {
     /// thread's first access. The box is stored before `setUp` runs, so the
     /// closure's own accesses land in it.
     private func attributes() -> LocalStorageBox<[String: Any]> {
-        var pointer: UnsafeMutableRawPointer?
-        if cctx_local_get(handle, &pointer) == CCTX_OK, let pointer {
+        if let pointer = cctx_local_value(handle) {
             return Unmanaged<LocalStorageBox<[String: Any]>>.fromOpaque(pointer).takeUnretainedValue()
         }
         let fresh = LocalStorageBox<[String: Any]>([:])

@@ -8,7 +8,7 @@ import CContextCore
 /// its own strong reference is alive; the C runtime takes its own reference
 /// through `localBoxOps.retain` and drops it through `localBoxOps.release`
 /// when the thread deletes the value, exits, or the local is released.
-/// Reads (`cctx_local_get`) borrow: `takeUnretainedValue()`.
+/// Reads (`cctx_local_value`) borrow: `takeUnretainedValue()`.
 ///
 /// A box is only ever read or written by the thread whose slot holds it
 /// (the runtime never hands one thread's slot to another), which is why it

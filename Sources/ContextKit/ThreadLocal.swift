@@ -48,17 +48,18 @@ public final class ThreadLocal<Value>: @unchecked Sendable {
     @inlinable
     public var value: Value {
         get {
-            var pointer: UnsafeMutableRawPointer?
-            if cctx_local_get(handle, &pointer) == CCTX_OK, let pointer {
-                // This thread's slot holds the box for the whole read.
+            // This thread's box, borrowed: its slot holds it for the whole
+            // read. A box pointer is never NULL, so NULL from
+            // cctx_local_value means this thread has no box (yet, or any
+            // more: released at its exit), and `box()` makes one.
+            if let pointer = cctx_local_value(handle) {
                 return Unmanaged<LocalStorageBox<Value>>.fromOpaque(pointer)
                     ._withUnsafeGuaranteedRef { $0.stored }
             }
             return box().stored
         }
         set {
-            var pointer: UnsafeMutableRawPointer?
-            if cctx_local_get(handle, &pointer) == CCTX_OK, let pointer {
+            if let pointer = cctx_local_value(handle) {
                 Unmanaged<LocalStorageBox<Value>>.fromOpaque(pointer)
                     ._withUnsafeGuaranteedRef { $0.stored = newValue }
             } else {
@@ -70,8 +71,7 @@ public final class ThreadLocal<Value>: @unchecked Sendable {
     /// This thread's box, created with the initial value on first use.
     @inlinable
     func box() -> LocalStorageBox<Value> {
-        var pointer: UnsafeMutableRawPointer?
-        if cctx_local_get(handle, &pointer) == CCTX_OK, let pointer {
+        if let pointer = cctx_local_value(handle) {
             return Unmanaged<LocalStorageBox<Value>>.fromOpaque(pointer).takeUnretainedValue()
         }
         let fresh = LocalStorageBox(initialValue())

@@ -320,6 +320,186 @@ static void test_binding_header_declares_the_binding_hooks(void **state)
     cctx_var_release(v);
 }
 
+/* ------------------------------------- reads with no status to check */
+
+/* cctx_var_value is cctx_var_get without defaults, status or out-parameter:
+ * NULL for "no value". Checked against get after every kind of change of
+ * the thread's current mapping, with more variables than the lookup cache
+ * has entries (so that they share entries and evict each other). */
+enum { VV_VARS = 40 };
+
+static void expect_var_value_matches_get(cctx_var *const *vars, int n)
+{
+    for (int i = 0; i < n; i++) {
+        void *got = (void *)0x1;
+        cctx_status st = cctx_var_get(vars[i], &got);
+        void *value = cctx_var_value(vars[i]);
+        if (st == CCTX_OK)
+            assert_ptr_equal(value, got);
+        else
+            assert_null(value);
+    }
+}
+
+static void test_var_value_reads_as_get_without_the_default(void **state)
+{
+    (void)state;
+    cctx_var *vars[VV_VARS];
+    for (int i = 0; i < VV_VARS; i++)
+        assert_ok(cctx_var_new("vv", NULL, &vars[i]));
+    cctx_var *with_default;
+    assert_ok(cctx_var_new_with_default("d", NULL, (void *)"default", &with_default));
+
+    /* No state yet: NULL, and nothing created. */
+    assert_null(cctx_context_current_peek());
+    assert_null(cctx_var_value(vars[0]));
+    assert_null(cctx_var_value(with_default)); /* the default is not used */
+    assert_null(cctx_context_current_peek());
+
+    /* Bad handles: NULL, nothing touched. */
+    uint64_t fake[16];
+    memset(fake, 0x5a, sizeof fake);
+    assert_null(cctx_var_value(NULL));
+    assert_null(cctx_var_value((cctx_var *)fake));
+
+    cctx_token *tokens[VV_VARS];
+    for (int i = 0; i < VV_VARS; i++) {
+        assert_ok(cctx_var_set(vars[i], (void *)(intptr_t)(i + 1), &tokens[i]));
+        /* Read everything after each set: a stale entry would show here. */
+        expect_var_value_matches_get(vars, VV_VARS);
+        assert_ptr_equal(cctx_var_value(vars[i]), (void *)(intptr_t)(i + 1));
+    }
+    /* A set of a variable read a moment ago replaces the cached value. */
+    for (int i = 0; i < VV_VARS; i++) {
+        assert_ptr_equal(cctx_var_value(vars[i]), (void *)(intptr_t)(i + 1));
+        cctx_token *t;
+        assert_ok(cctx_var_set(vars[i], (void *)(intptr_t)(1000 + i), &t));
+        assert_ptr_equal(cctx_var_value(vars[i]), (void *)(intptr_t)(1000 + i));
+        assert_ok(cctx_var_reset(vars[i], t));
+        assert_ptr_equal(cctx_var_value(vars[i]), (void *)(intptr_t)(i + 1));
+        cctx_token_release(t);
+    }
+
+    /* Entering and leaving a context switches what every read sees. */
+    cctx_context *other;
+    assert_ok(cctx_context_new(&other));
+    assert_ok(cctx_context_set(other, vars[3], (void *)"other", NULL));
+    expect_var_value_matches_get(vars, VV_VARS);
+    assert_ok(cctx_context_enter(other));
+    assert_ptr_equal(cctx_var_value(vars[3]), (void *)"other");
+    assert_null(cctx_var_value(vars[4]));
+    expect_var_value_matches_get(vars, VV_VARS);
+    assert_ok(cctx_context_exit(other));
+    assert_ptr_equal(cctx_var_value(vars[3]), (void *)(intptr_t)4);
+    expect_var_value_matches_get(vars, VV_VARS);
+    cctx_context_release(other);
+
+    /* NULL is a value for get; cctx_var_value cannot tell it from none. */
+    cctx_token *null_token;
+    assert_ok(cctx_var_set(vars[0], NULL, &null_token));
+    void *got = (void *)0x1;
+    assert_ok(cctx_var_get(vars[0], &got));
+    assert_null(got);
+    assert_null(cctx_var_value(vars[0]));
+    assert_ok(cctx_var_reset(vars[0], null_token));
+    cctx_token_release(null_token);
+
+    /* Resets back to "no value". */
+    for (int i = VV_VARS - 1; i >= 0; i--) {
+        assert_ok(cctx_var_reset(vars[i], tokens[i]));
+        cctx_token_release(tokens[i]);
+        assert_null(cctx_var_value(vars[i]));
+        expect_var_value_matches_get(vars, VV_VARS);
+    }
+    for (int i = 0; i < VV_VARS; i++)
+        cctx_var_release(vars[i]);
+    cctx_var_release(with_default);
+}
+
+static cctx_status tv_init(void *userdata, void **out)
+{
+    (void)userdata;
+    *out = tv_new(7);
+    return CCTX_OK;
+}
+
+/* More locals than a chunk of slots holds (64), so that some live past the
+ * thread state's shortcut to chunk 0. */
+enum { LV_LOCALS = 150 };
+
+static void test_local_value_reads_as_get_without_the_initialiser(void **state)
+{
+    (void)state;
+    cctx_local *init_local;
+    assert_ok(cctx_local_new(&tv_ops, tv_init, NULL, &init_local));
+
+    /* No state yet: NULL, no initialiser, no state made. */
+    assert_null(cctx_context_current_peek());
+    assert_null(cctx_local_value(init_local));
+    assert_null(cctx_context_current_peek());
+    assert_int_equal(tv_live(), values_at_start);
+
+    uint64_t fake[16];
+    memset(fake, 0x5a, sizeof fake);
+    assert_null(cctx_local_value(NULL));
+    assert_null(cctx_local_value((cctx_local *)fake));
+
+    /* After get ran the initialiser: the same borrowed value. */
+    void *out;
+    assert_ok(cctx_local_get(init_local, &out));
+    assert_ptr_equal(cctx_local_value(init_local), out);
+    assert_int_equal(((tv_value *)out)->id, 7);
+    /* Deleted: NULL again, and the initialiser did not run. */
+    assert_ok(cctx_local_delete(init_local));
+    assert_null(cctx_local_value(init_local));
+    assert_int_equal(tv_live(), values_at_start);
+    /* NULL is a value for get; cctx_local_value cannot tell it from none. */
+    assert_ok(cctx_local_set(init_local, NULL));
+    out = (void *)0x1;
+    assert_ok(cctx_local_get(init_local, &out));
+    assert_null(out);
+    assert_null(cctx_local_value(init_local));
+
+    cctx_local *locals[LV_LOCALS];
+    for (int i = 0; i < LV_LOCALS; i++)
+        assert_ok(cctx_local_new(&tv_ops, NULL, NULL, &locals[i]));
+    for (int i = 0; i < LV_LOCALS; i++) {
+        assert_null(cctx_local_value(locals[i]));
+        tv_value *v = tv_new(i);
+        assert_ok(cctx_local_set(locals[i], v));
+        tv_drop(v);
+    }
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < LV_LOCALS; i++) {
+            tv_value *v = cctx_local_value(locals[i]);
+            assert_non_null(v);
+            assert_int_equal(v->id, round * 1000 + i);
+            assert_ok(cctx_local_get(locals[i], &out));
+            assert_ptr_equal(out, v);
+            tv_value *next = tv_new(1000 + i);
+            assert_ok(cctx_local_set(locals[i], next)); /* releases v */
+            tv_drop(next);
+            assert_ptr_equal(cctx_local_value(locals[i]), next);
+        }
+    }
+
+    /* A new thread state (after cleanup) starts with no values at all. */
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(tv_live(), values_at_start);
+    for (int i = 0; i < LV_LOCALS; i++)
+        assert_null(cctx_local_value(locals[i]));
+    tv_value *again = tv_new(42);
+    assert_ok(cctx_local_set(locals[LV_LOCALS - 1], again));
+    assert_ok(cctx_local_set(locals[0], again));
+    tv_drop(again);
+    assert_ptr_equal(cctx_local_value(locals[LV_LOCALS - 1]), again);
+    assert_ptr_equal(cctx_local_value(locals[0]), again);
+
+    for (int i = 0; i < LV_LOCALS; i++)
+        cctx_local_release(locals[i]);
+    cctx_local_release(init_local);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -331,6 +511,8 @@ int main(void)
         T(test_names_with_a_length_may_hold_nul_bytes),
         T(test_peeks_have_no_side_effects),
         T(test_binding_header_declares_the_binding_hooks),
+        T(test_var_value_reads_as_get_without_the_default),
+        T(test_local_value_reads_as_get_without_the_initialiser),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

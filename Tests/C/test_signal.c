@@ -10,6 +10,12 @@
  * Another thread sends signals until the handler has run a fixed number of
  * times (count-bounded, not time-bounded). The whole test runs in
  * a child process: a crash or hang fails this test only.
+ *
+ * A second test turns it round: the worker only reads one variable, so
+ * nearly every read is a cache hit, and the handler reads another one that
+ * shares the entry, so it misses and rewrites the entry. A handler that
+ * lands between a hit's checks and its load of the value must not make
+ * that read return the handler's variable's value.
  */
 #include "test_support.h"
 
@@ -31,6 +37,9 @@ static cctx_context *entered;
 
 static long handled, wrong_in_handler, wrong_in_thread;
 static int stop, ready;
+/* The second test: the worker's one variable and what it holds. */
+static cctx_var *hit_var;
+#define HIT_VALUE ((void *)(intptr_t)0x417)
 
 static void on_signal(int sig)
 {
@@ -47,6 +56,13 @@ static void check_own(cctx_var *var, void *expect)
 {
     void *v = NULL;
     if (cctx_var_get(var, &v) != CCTX_OK || v != expect)
+        __atomic_add_fetch(&wrong_in_thread, 1, __ATOMIC_RELAXED);
+}
+
+/* check_own through cctx_var_value (the Swift binding's read). */
+static void check_own_value(cctx_var *var, void *expect)
+{
+    if (cctx_var_value(var) != expect)
         __atomic_add_fetch(&wrong_in_thread, 1, __ATOMIC_RELAXED);
 }
 
@@ -94,15 +110,32 @@ static void *worker(void *p)
     return NULL;
 }
 
-static int child_main(void)
+/* Sends SIGUSR1 to `w` until the handler has run `signals` times.
+ * Count-bounded: a signal sent while one is pending merges with it, so the
+ * count is of handler runs, not of sends; no wait per signal (on a loaded
+ * machine each would cost a scheduler round). */
+static void signal_until_handled(pthread_t w, long signals)
 {
-    alarm(600); /* generous bound: a hang dies of SIGALRM */
+    while (__atomic_load_n(&handled, __ATOMIC_ACQUIRE) < signals) {
+        pthread_kill(w, SIGUSR1);
+        sched_yield();
+    }
+}
+
+static int install_handler(void)
+{
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
-    if (sigaction(SIGUSR1, &sa, NULL) != 0)
+    return sigaction(SIGUSR1, &sa, NULL);
+}
+
+static int child_main(void)
+{
+    alarm(600); /* generous bound: a hang dies of SIGALRM */
+    if (install_handler() != 0)
         return 2;
     /* Chosen hashes: every variable maps to lookup-cache entry 0 (the
      * cache indexes by the low bits) and to different HAMT paths. */
@@ -120,15 +153,7 @@ static int child_main(void)
         return 5;
     while (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE))
         sched_yield();
-    /* Count-bounded: send until the handler has run `signals` times. A
-     * signal sent while one is pending merges with it, so the count is of
-     * handler runs, not of sends; no wait per signal (on a loaded machine
-     * each would cost a scheduler round). */
-    const long signals = scaled(60000);
-    while (__atomic_load_n(&handled, __ATOMIC_ACQUIRE) < signals) {
-        pthread_kill(w, SIGUSR1);
-        sched_yield();
-    }
+    signal_until_handled(w, scaled(60000));
     __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
     pthread_join(w, NULL);
     printf("signals handled %ld, wrong in handler %ld, wrong in thread %ld\n", handled,
@@ -144,14 +169,59 @@ static int child_main(void)
     return 0;
 }
 
-static void test_get_in_signal_handler_is_right_and_harmless(void **state)
+/* The worker of the second test: reads hit_var over and over (cache hits,
+ * but for the first read after each handler run, which finds the entry
+ * holding `x`). */
+static void *hit_worker(void *p)
 {
-    (void)state;
+    (void)p;
+    if (cctx_var_set(x, KNOWN, NULL) != CCTX_OK || cctx_var_set(hit_var, HIT_VALUE, NULL) != CCTX_OK)
+        abort();
+    __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
+    while (!__atomic_load_n(&stop, __ATOMIC_ACQUIRE))
+        for (int r = 0; r < 32; r++) {
+            check_own(hit_var, HIT_VALUE);
+            check_own_value(hit_var, HIT_VALUE);
+        }
+    cctx_thread_cleanup();
+    return NULL;
+}
+
+static int hit_child_main(void)
+{
+    alarm(600); /* generous bound: a hang dies of SIGALRM */
+    if (install_handler() != 0)
+        return 2;
+    /* Both map to lookup-cache entry 0 (chosen hashes). */
+    if (cctx__var_new_with_hash("x", NULL, 0x100u, &x) != CCTX_OK ||
+        cctx__var_new_with_hash("hit", NULL, 0x140u, &hit_var) != CCTX_OK)
+        return 3;
+    pthread_t w;
+    if (pthread_create(&w, NULL, hit_worker, NULL) != 0)
+        return 5;
+    while (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE))
+        sched_yield();
+    signal_until_handled(w, scaled(60000));
+    __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+    pthread_join(w, NULL);
+    printf("signals handled %ld, wrong in handler %ld, wrong in thread %ld\n", handled,
+           wrong_in_handler, wrong_in_thread);
+    fflush(stdout);
+    if (wrong_in_handler != 0 || wrong_in_thread != 0)
+        return 1;
+    cctx_var_release(hit_var);
+    cctx_var_release(x);
+    cctx_thread_cleanup();
+    return 0;
+}
+
+static void run_child(int (*main_fn)(void))
+{
     fflush(stdout);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0)
-        _exit(child_main());
+        _exit(main_fn());
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     if (!WIFEXITED(status))
@@ -159,10 +229,23 @@ static void test_get_in_signal_handler_is_right_and_harmless(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+static void test_get_in_signal_handler_is_right_and_harmless(void **state)
+{
+    (void)state;
+    run_child(child_main);
+}
+
+static void test_handler_rewriting_the_entry_of_a_cache_hit(void **state)
+{
+    (void)state;
+    run_child(hit_child_main);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_in_signal_handler_is_right_and_harmless),
+        cmocka_unit_test(test_handler_rewriting_the_entry_of_a_cache_hit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,6 +38,9 @@
  *   cctx_local_get / _peek        borrowed value         this thread's next
  *                                                        set/delete, or the
  *                                                        local's last release
+ *   cctx_var_value,               borrowed value or      as cctx_var_get /
+ *     cctx_local_value (binding   NULL for none          cctx_local_get
+ *     header)
  *   cctx_context_current / _peek  borrowed context       the thread exits it
  *   cctx_context_copy*, _new      NEW reference          cctx_context_release
  *   cctx_var_new*, cctx_local_new NEW reference          *_release

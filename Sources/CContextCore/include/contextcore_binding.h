@@ -14,6 +14,8 @@
  *   cctx_context_get a borrowed read, sound only for the context's writer
  *   notify           context-switch events for switches the runtime cannot
  *                    see (a task scope entered on the binding's side)
+ *   cctx_var_value,  reads for values that are never NULL (a binding's
+ *   cctx_local_value boxes): NULL means "none", with no status to check
  */
 #ifndef CONTEXTCORE_BINDING_H
 #define CONTEXTCORE_BINDING_H
@@ -46,6 +48,28 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_unclaim(cctx_context *ctx);
  *  for bad handles. Python: `PyContext_*`-level `ctx[var]` under the GIL. */
 CCTX_API cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var,
                                       void **out);
+
+/** The value of `var` in the calling thread's current context, BORROWED
+ *  (valid as cctx_var_get's result), or NULL when that context holds none
+ *  (the variable's default is not used), holds NULL, or `var` is not a
+ *  valid handle. cctx_var_get without the status and out-parameter, for a
+ *  binding whose values are never NULL; async-signal-safe like it. Python:
+ *  `PyContextVar_Get(var, NULL, &value)`, which leaves NULL when the
+ *  variable has no value. */
+CCTX_API void *cctx_var_value(cctx_var *var);
+
+/** The calling thread's value of `local`, BORROWED (valid as cctx_local_get's
+ *  result), when the thread holds one that is not NULL; otherwise NULL —
+ *  the thread has no value yet, deleted it, holds NULL, its value was
+ *  released (the local's last release, the thread's exit), or `local` is
+ *  not a valid handle. Never runs the initialiser, allocates or creates
+ *  thread state. For a binding whose values are never NULL (Swift's
+ *  per-thread boxes): NULL then means "call cctx_local_get", which runs the
+ *  initialiser or reports the error. The same slot lookup as cctx_local_get
+ *  without the status and out-parameter (a few instructions on a read that
+ *  costs about twenty). Python: the C-level attribute read of a
+ *  `threading.local` that has already been initialised on this thread. */
+CCTX_API void *cctx_local_value(cctx_local *local);
 
 /** Sends `event` for `ctx` (borrowed; may be NULL) to every watcher, on the
  *  calling thread: for runtimes that track their own current context (the
