@@ -613,7 +613,7 @@ static void borrowing_cycle(cctx_var *var, cctx_var *var2, cctx_context **keep)
  * root credits (it copied the context it had entered): the child frees the
  * context, its borrowing root, the source whose keys it borrowed, and the
  * values, as if the dead thread had exited. */
-static void dead_owner_borrowing(bool copies)
+static void dead_owner_borrowing(bool copies, bool child_releases)
 {
     cctx_var *var, *var2;
     assert_ok(cctx_var_new("dead", &tv_ops, &var));
@@ -631,12 +631,17 @@ static void dead_owner_borrowing(bool copies)
     borrowing_cycle(var, var2, &o.ctx);
     gate_open(&o.enter);
     assert_true(gate_wait(&o.entered));
-    cctx_context_release(o.ctx); /* the last reference: handed to X's exit */
+    if (child_releases)
+        f.release = o.ctx; /* the child drops the last reference itself */
+    else
+        cctx_context_release(o.ctx); /* the last reference: handed to X's exit */
     assert_int_equal(tv_live(), f.live + 2);
     bool child_ok = fork_run(dead_owner_child, &f, 0);
     gate_open(&o.leave);
     pthread_join(x, NULL);
     assert_true(o.ok);
+    if (child_releases)
+        cctx_context_release(o.ctx);
     cctx_reclaim();
     assert_int_equal(tv_live(), f.live);
     assert_true(child_ok);
@@ -649,16 +654,19 @@ static void dead_owner_borrowing(bool copies)
 static void test_fork_child_frees_a_borrowing_map_a_dead_thread_entered(void **state)
 {
     (void)state;
-    dead_owner_borrowing(false);
+    dead_owner_borrowing(false, false);
+    dead_owner_borrowing(false, true);
 }
 
-/* Failed before the fix: the dead thread's root credits (63 references
- * to the root, kept in its thread-local batch) were never given back, so
- * the child leaked the root and its values. */
+/* Failed before the fix (both the handover and the child's own last
+ * release): the dead thread's root credits (63 references to the root,
+ * kept in its thread-local batch) were never given back, so the child
+ * leaked the root, the source it borrows from and their values. */
 static void test_fork_child_frees_a_map_a_dead_thread_held_credits_on(void **state)
 {
     (void)state;
-    dead_owner_borrowing(true);
+    dead_owner_borrowing(true, false);
+    dead_owner_borrowing(true, true);
 }
 
 int main(void)
