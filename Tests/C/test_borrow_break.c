@@ -14,7 +14,9 @@
  *   - threads copying borrowers (flattened: each copy takes a borrow
  *     reference on the first source) while the source loses its owners
  *     and the 8-bit borrow field runs full;
- *   - thread exit and cctx_thread_cleanup while borrowing maps are alive.
+ *   - thread exit and cctx_thread_cleanup while borrowing maps are alive;
+ *   - the owner count at its 24-bit limit beside a borrow reference, and
+ *     one owner more (the process stops; run in a child).
  *
  * Each test ends with every variable back at the user's one reference, no
  * value alive and no allocation left (so a key counted twice or not at all
@@ -26,7 +28,10 @@
 
 #include "hamt.h"
 
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------- helpers */
 
@@ -365,6 +370,7 @@ struct hook_arg {
     cctx_var *var;
     cctx_context *scratch;
     long *fired;
+    cctx_context *drop; /* released by the hook when not NULL */
 };
 
 static void uses_library(tv_value *value, void *p)
@@ -378,6 +384,8 @@ static void uses_library(tv_value *value, void *p)
     tv_drop(x);
     (void)cctx__context_check(a->scratch);
     cctx_var_release(a->var);
+    if (a->drop != NULL)
+        cctx_context_release(a->drop); /* a map borrowing from this one */
     (*a->fired)++;
     free(a);
 }
@@ -389,6 +397,7 @@ static tv_value *hooked(cctx_var *var, cctx_context *scratch, long id, long *fir
     a->var = cctx_var_retain(var);
     a->scratch = scratch;
     a->fired = fired;
+    a->drop = NULL;
     return tv_new_hooked(id, uses_library, a);
 }
 
@@ -415,8 +424,18 @@ static void callbacks_on_each_release_path(int order)
     tv_value *s0 = tv_new(-5);
     assert_ok(cctx_context_set(scratch, v[N - 1], s0, NULL));
     tv_drop(s0);
+    /* victim: another map borrowing from the base's root, released by
+     * the hook of the base's value of v[3] (from inside that root's
+     * owners' last release, in both orders). */
+    cctx_context *victim;
+    assert_ok(cctx_context_copy(base, &victim));
+    tv_value *s1 = tv_new(-6);
+    assert_ok(cctx_context_set(victim, v[2], s1, NULL));
+    tv_drop(s1);
     for (int i = 0; i < N; i++) {
         tv_value *h = hooked(v[i], scratch, 100 + i, &fired);
+        if (i == 3) /* a value the copy replaces: released with this root */
+            ((struct hook_arg *)h->hook_arg)->drop = victim;
         assert_ok(cctx_context_set(base, v[i], h, NULL)); /* in place */
         tv_drop(h);
     }
@@ -641,6 +660,63 @@ static void test_thread_exit_with_borrowing_maps_alive(void **state)
     }
 }
 
+/* ------------------------------------------------------- owner overflow */
+
+/* Owners fill 24 bits of the count word, borrow references the 8 above:
+ * the largest owner count a node may reach leaves the borrow field of a
+ * source untouched, and giving those owners back frees nothing early. */
+static void test_owner_count_up_to_its_limit_keeps_the_borrow_field(void **state)
+{
+    (void)state;
+    hamt_node *base = NULL;
+    for (uint32_t i = 0; i < 4; i++)
+        base = set(base, key(i), (long)i + 1);
+    hamt_retain(base);
+    hamt_node *c = with(base, keys[0], 100); /* one borrower */
+    hamt_release(base);
+    const unsigned more = (1u << 24) - 3; /* owners: 1 -> 2^24 - 2 */
+    hamt_retain_n(base, more);
+    hamt_shape sh = hamt_shape_at(base, "");
+    assert_int_equal(sh.refcnt, (1u << 24) - 2);
+    assert_int_equal(sh.borrowers, 1);
+    assert_int_equal(hamt_check(base), 0);
+    assert_int_equal(hamt_check(c), 0);
+    hamt_release_n(base, more);
+    sh = hamt_shape_at(base, "");
+    assert_int_equal(sh.refcnt, 1);
+    assert_int_equal(sh.borrowers, 1);
+    assert_int_equal(tv_live(), 5);
+    hamt_release(base);
+    assert_int_equal(id_in(c, keys[1]), 2);
+    hamt_release(c);
+}
+
+static void owner_overflow_child(void *arg)
+{
+    (void)arg;
+    cctx_var *k = NULL;
+    if (cctx__var_new_with_hash("k", &tv_ops, 1, &k) != CCTX_OK)
+        return;
+    hamt_node *root = NULL;
+    tv_value *v = tv_new(1);
+    if (hamt_assoc(NULL, k, v, &root) != CCTX_OK)
+        return;
+    hamt_retain_n(root, (1u << 24) - 3); /* the limit: still fine */
+    hamt_retain(root);                   /* one more: must stop */
+    _exit(3); /* reached only if the carry went unnoticed */
+}
+
+/* One owner past the limit stops the process (abort) instead of carrying
+ * into the borrow field. */
+static void test_owner_count_past_its_limit_stops_the_process(void **state)
+{
+    (void)state;
+    int status = run_in_child(owner_overflow_child, NULL, 0);
+    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT)
+        fail_msg("child: %s %d, want SIGABRT", WIFSIGNALED(status) ? "signal" : "exit status",
+                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -661,6 +737,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_thread_exit_with_borrowing_maps_alive, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_owner_count_up_to_its_limit_keeps_the_borrow_field,
+                                        setup, teardown),
+        cmocka_unit_test(test_owner_count_past_its_limit_stops_the_process),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cctx_thread_cleanup();
