@@ -98,8 +98,10 @@ static __attribute__((noinline)) void credit_refill(cctx_context *ctx, hamt_node
      * The address escapes with it, so the compiler keeps every store to
      * the credits where the program puts it relative to the calls around
      * it: credit_flush's zeroing before its release, the refill's stores
-     * after its retain. A thread stopped anywhere by a fork thus leaves
-     * credits that are at most the references it holds, never more. */
+     * after its retain; the retain and the release are full barriers, so
+     * the processor keeps that order too. A thread stopped anywhere by a
+     * fork thus leaves credits that are at most the references it holds,
+     * never more. */
     cctx_thread_state *ts = thread_state_peek();
     if (ts != NULL)
         ts->credits = &root_credit;
