@@ -62,11 +62,12 @@ void context_cache_drain(void)
  * async-signal-safe (it may allocate), so no handler races them.
  */
 #define ROOT_CREDIT_BATCH 64u
-static __thread struct {
+struct root_credit {
     cctx_context *ctx;
     hamt_node *root;
     unsigned n;
-} root_credit __attribute__((tls_model("initial-exec")));
+};
+static __thread struct root_credit root_credit __attribute__((tls_model("initial-exec")));
 
 static void credit_flush(void)
 {
@@ -93,6 +94,17 @@ static __attribute__((noinline)) void credit_refill(cctx_context *ctx, hamt_node
     /* The old credits go back; their root is still held by its context,
      * so nothing is freed here. */
     credit_flush();
+    /* Named in the state for a fork child (context_fork_orphan_credits).
+     * The address escapes with it, so the compiler keeps every store to
+     * the credits where the program puts it relative to the calls around
+     * it: credit_flush's zeroing before its release, the refill's stores
+     * after its retain; the retain and the release are full barriers, so
+     * the processor keeps that order too. A thread stopped anywhere by a
+     * fork thus leaves credits that are at most the references it holds,
+     * never more. */
+    cctx_thread_state *ts = thread_state_peek();
+    if (ts != NULL)
+        ts->credits = &root_credit;
     hamt_retain_n(root, ROOT_CREDIT_BATCH);
     root_credit.ctx = ctx;
     root_credit.root = root;
@@ -334,6 +346,49 @@ void context_atfork_child(void)
         c->owner = CCTX_OWNER_NONE;
         reclaim_fork_orphan(c, handover_release_orphan);
     }
+}
+
+/*
+ * Root credits of a thread that did not survive a fork: references to the
+ * root of a context it had entered (or its base), which only its own exit
+ * would have given back. Without this, that root and every value in it
+ * outlive the last context that holds it in the child (the context itself
+ * is freed: context_atfork_child, handover_to_exit). The credits live in
+ * the dead thread's thread-local storage, which the C library may hand to
+ * the child's next thread, so they are read now, in the handler, and
+ * released later, at the child's next grace period with the rest the dead
+ * threads left (a release may run user callbacks; other fork handlers may
+ * not have run yet). The dead thread's credits are at most the references
+ * it holds (credit_refill), so this never releases one too many; a thread
+ * stopped between taking a batch and recording it leaves that batch, as it
+ * leaves whatever else it held in its registers.
+ */
+struct orphan_credits {
+    hamt_node *root;
+    unsigned n;
+};
+
+static void orphan_credits_release(void *p)
+{
+    struct orphan_credits *o = p;
+    hamt_release_n(o->root, o->n);
+    cctx_dealloc(o);
+}
+
+void context_fork_orphan_credits(cctx_thread_state *dead)
+{
+    struct root_credit *c = dead->credits;
+    if (c == NULL || c->root == NULL || c->n == 0)
+        return;
+    struct orphan_credits *o = cctx_alloc(sizeof *o);
+    if (o == NULL)
+        return; /* kept, as the dead thread's other references are */
+    o->root = c->root;
+    o->n = c->n;
+    c->ctx = NULL; /* one thread: plain stores */
+    c->root = NULL;
+    c->n = 0;
+    reclaim_fork_orphan(o, orphan_credits_release);
 }
 
 static void handover_unlink(cctx_context *ctx)

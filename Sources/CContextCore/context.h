@@ -149,6 +149,10 @@ void context_atfork_release(void) CCTX_HIDDEN;
 /* In the child (one thread): give back, and make sure the exits' barrier
  * mode holds there too. */
 void context_atfork_child(void) CCTX_HIDDEN;
+/* In the child, for the state of each thread that did not survive the
+ * fork: its root credits are given back at the child's next grace period
+ * (reclaim.c's fork handler). */
+void context_fork_orphan_credits(cctx_thread_state *dead) CCTX_HIDDEN;
 
 /* ------------------------------------------------------------ contexts */
 

@@ -676,6 +676,8 @@ static void reclaim_atfork_child(void)
              * it held does. */
             if (dead->in_place != NULL)
                 dead->in_place->root = context_own_root(dead->in_place);
+            /* Its root credits, which only its exit would give back. */
+            context_fork_orphan_credits(dead);
             dead->fork_orphan_next = cctx_fork_orphan_states;
             cctx_fork_orphan_states = dead;
         }

@@ -85,6 +85,11 @@ typedef struct cctx_thread_state {
     /* In a fork child only: links the states of threads that did not
      * survive the fork (reclaim.c), which stay allocated there. */
     struct cctx_thread_state *fork_orphan_next;
+    /* This thread's root credits (context.c, thread-local), named here
+     * once it takes any, so that a fork child can give back the credits
+     * of a thread that did not survive the fork (context_fork_orphan_credits).
+     * Only that handler reads it, before the child can start a thread. */
+    struct root_credit *credits;
 } cctx_thread_state;
 
 extern __thread cctx_thread_state *cctx_tls_state

@@ -459,6 +459,7 @@ struct dead_owner {
     cctx_context *ctx;
     test_gate ready, enter, entered, leave;
     int ok;
+    bool copies; /* copy the entered context (root credits) and drop the copy */
 };
 
 static void *dead_owner_main(void *p)
@@ -473,6 +474,15 @@ static void *dead_owner_main(void *p)
     gate_open(&o->ready);
     if (!gate_wait(&o->enter) || cctx_context_enter(o->ctx) != CCTX_OK)
         return NULL;
+    if (o->copies) {
+        /* What a request handler does: a copy of the current context, used
+         * and dropped. The thread keeps a batch of references to the root
+         * for its next copies. */
+        cctx_context *copy;
+        if (cctx_context_copy_current(&copy) != CCTX_OK)
+            return NULL;
+        cctx_context_release(copy);
+    }
     gate_open(&o->entered);
     if (!gate_wait(&o->leave))
         return NULL;
@@ -582,6 +592,83 @@ static void test_fork_child_releases_a_context_a_dead_thread_entered(void **stat
     cctx_reclaim();
 }
 
+/* One context whose root borrows the keys of another's (a copy written
+ * after the copy): both released, or the copy kept in *keep. */
+static void borrowing_cycle(cctx_var *var, cctx_var *var2, cctx_context **keep)
+{
+    cctx_context *base, *c;
+    context_cycle(var, &base);
+    assert_ok(cctx_context_copy(base, &c));
+    tv_value *v = tv_new(8);
+    assert_ok(cctx_context_set(c, var2, v, NULL)); /* borrows base's root */
+    tv_drop(v);
+    cctx_context_release(base); /* the source's owners go; c still reads */
+    if (keep != NULL)
+        *keep = c;
+    else
+        cctx_context_release(c);
+}
+
+/* The handover case with borrowed keys, and with the dead thread holding
+ * root credits (it copied the context it had entered): the child frees the
+ * context, its borrowing root, the source whose keys it borrowed, and the
+ * values, as if the dead thread had exited. */
+static void dead_owner_borrowing(bool copies, bool child_releases)
+{
+    cctx_var *var, *var2;
+    assert_ok(cctx_var_new("dead", &tv_ops, &var));
+    assert_ok(cctx_var_new("dead2", &tv_ops, &var2));
+    struct dead_owner o = { .ready = TEST_GATE_INIT, .enter = TEST_GATE_INIT,
+                            .entered = TEST_GATE_INIT, .leave = TEST_GATE_INIT,
+                            .copies = copies };
+    pthread_t x;
+    assert_int_equal(pthread_create(&x, NULL, dead_owner_main, &o), 0);
+    assert_true(gate_wait(&o.ready));
+    borrowing_cycle(var, var2, NULL);
+    borrowing_cycle(var, var2, NULL);
+    cctx_reclaim();
+    struct dead_fork f = { .live = tv_live(), .allocs = cctx__live_allocations() };
+    borrowing_cycle(var, var2, &o.ctx);
+    gate_open(&o.enter);
+    assert_true(gate_wait(&o.entered));
+    if (child_releases)
+        f.release = o.ctx; /* the child drops the last reference itself */
+    else
+        cctx_context_release(o.ctx); /* the last reference: handed to X's exit */
+    assert_int_equal(tv_live(), f.live + 2);
+    bool child_ok = fork_run(dead_owner_child, &f, 0);
+    gate_open(&o.leave);
+    pthread_join(x, NULL);
+    assert_true(o.ok);
+    if (child_releases)
+        cctx_context_release(o.ctx);
+    cctx_reclaim();
+    assert_int_equal(tv_live(), f.live);
+    assert_true(child_ok);
+    cctx_var_release(var);
+    cctx_var_release(var2);
+    cctx_thread_cleanup();
+    cctx_reclaim();
+}
+
+static void test_fork_child_frees_a_borrowing_map_a_dead_thread_entered(void **state)
+{
+    (void)state;
+    dead_owner_borrowing(false, false);
+    dead_owner_borrowing(false, true);
+}
+
+/* Failed before the fix (both the handover and the child's own last
+ * release): the dead thread's root credits (63 references to the root,
+ * kept in its thread-local batch) were never given back, so the child
+ * leaked the root, the source it borrows from and their values. */
+static void test_fork_child_frees_a_map_a_dead_thread_held_credits_on(void **state)
+{
+    (void)state;
+    dead_owner_borrowing(true, false);
+    dead_owner_borrowing(true, true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -590,6 +677,8 @@ int main(void)
         cmocka_unit_test(test_fork_with_a_pending_handover),
         cmocka_unit_test(test_fork_with_a_handover_pending_for_a_dead_thread),
         cmocka_unit_test(test_fork_child_releases_a_context_a_dead_thread_entered),
+        cmocka_unit_test(test_fork_child_frees_a_borrowing_map_a_dead_thread_entered),
+        cmocka_unit_test(test_fork_child_frees_a_map_a_dead_thread_held_credits_on),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cctx_thread_cleanup();
