@@ -314,6 +314,81 @@ enum ScopeBreakLocals {
         #expect(wrong == 0)
     }
 
+    /// The same `Context` run by a group body and, inside that scope, by
+    /// a child the scope added: the child's `run` throws
+    /// `contextAlreadyEntered` and changes nothing; after the body's scope
+    /// ended the child may run it, and its writes are the context's.
+    @Test func aGroupChildRunsTheBodysContextOnlyAfterItsScope() async throws {
+        let v = ContextVar<Int>("sbk_same_context", default: 0)
+        let context = Context()
+        let phase = LockedBox(0)
+        let lines = try await withThrowingTaskGroup(of: String.self) { group -> [String] in
+            try await context.run { () async throws in
+                v.set(1)
+                group.addTask {
+                    var line = ""
+                    do {
+                        try context.run { v.set(99) }
+                        line += "ran;"
+                    } catch {
+                        line += "\((error as? ContextError) == .contextAlreadyEntered):\(v.value!);"
+                    }
+                    phase.mutate { $0 = 1 }
+                    while phase.value != 2 { await Task.yield() }
+                    try await context.run { () async in
+                        line += "\(v.value!);"
+                        v.set(3)
+                    }
+                    return line + "\(v.value!)"
+                }
+                while phase.value != 1 { await Task.yield() }
+                #expect(v.value == 1)
+            }
+            phase.mutate { $0 = 2 }
+            var all: [String] = []
+            for try await line in group { all.append(line) }
+            return all
+        }
+        // The child's last read: it inherited the body's binding, whose
+        // context is `context` (a structured child reads its parent's
+        // scope binding live: docs/concurrency.md, exception 1).
+        #expect(lines == ["true:1;1;3"])
+        #expect(context[v] == 3)
+        #expect(!context.isEntered)
+    }
+
+    /// `currentChainDescription` read by a group child and a `Task {}`
+    /// after the scope they inherited ended (its enclosing bindings are
+    /// held weakly and may be gone): no stop, and the inherited binding is
+    /// named as ended.
+    @Test func chainDescriptionsAfterTheInheritedScopeEnded() async {
+        let v = ContextVar<Int>("sbk_chain", default: 0)
+        let gate = LockedBox(false)
+        let (inGroup, task) = await v.withValue(1) { () async -> (String, Task<String, Never>) in
+            let task = await v.withValue(2) { () async -> Task<String, Never> in
+                Task {
+                    while !gate.value { await Task.yield() }
+                    return Context.currentChainDescription
+                }
+            }
+            let inGroup = await withTaskGroup(of: String.self) { group -> String in
+                await v.withValue(3) { () async in
+                    group.addTask {
+                        while !gate.value { await Task.yield() }
+                        return Context.currentChainDescription
+                    }
+                }
+                gate.mutate { $0 = true }
+                return await group.next()!
+            }
+            return (inGroup, task)
+        }
+        let fromTask = await task.value
+        #expect(inGroup.contains("withValue(sbk_chain), scope ended"))
+        #expect(inGroup.contains("sbk_chain"))
+        #expect(fromTask.contains("withValue(sbk_chain), scope ended"))
+    }
+
     // MARK: handle ownership on every way out of a scope
 
     /// Values set in scopes are released exactly once (never twice, never
@@ -447,9 +522,27 @@ enum ScopeBreakLocals {
                     _ = try? LibraryUser.variable.withValue(LibraryUser(6)) { () throws in throw Boom() }
                 }
             }
-            _ = await eventuallyYielding(seconds: 60) { LibraryUser.ended.value.count >= 6 }
+            // The last holders are children: a group child and a `Task {}`
+            // made in the scope release it as they end (in their teardown).
+            let gate = LockedBox(false)
+            let copy = await withTaskGroup(of: Void.self) { group -> Task<Void, Never> in
+                let copy = LibraryUser.variable.withValue(LibraryUser(7)) { () -> Task<Void, Never> in
+                    group.addTask {
+                        while !gate.value { await Task.yield() }
+                        _ = LibraryUser.variable.value
+                    }
+                    return Task {
+                        while !gate.value { await Task.yield() }
+                        _ = LibraryUser.variable.value
+                    }
+                }
+                gate.mutate { $0 = true }
+                return copy
+            }
+            await copy.value
+            _ = await eventuallyYielding(seconds: 60) { LibraryUser.ended.value.count >= 7 }
             let ids = LibraryUser.ended.value.sorted()
-            if ids != [1, 2, 3, 4, 5, 6] { exit(1) }
+            if ids != [1, 2, 3, 4, 5, 6, 7] { exit(1) }
             if LibraryUser.other.value != 0 { exit(2) }
         }
     }
@@ -584,6 +677,33 @@ enum ScopeBreakLocals {
                 return false
             } catch {
                 return (error as? ContextError) == .tokenAlreadyUsed && v.value == 4
+            }
+        }
+        #expect(threadOK)
+    }
+
+    /// A token made inside a scope, used after the scope ended (in the
+    /// enclosing context, in a task and on a thread): the scope's context
+    /// was a different one, so `tokenFromDifferentContext`, and nothing
+    /// changes.
+    @Test func tokensOutliveTheirScope() async throws {
+        let v = ContextVar<Int>("sbk_token_scope", default: 0)
+        try await Context().run { () async throws in
+            v.set(1)
+            let token = await v.withValue(2) { () async -> Token<Int> in v.set(3) }
+            #expect(throws: ContextError.tokenFromDifferentContext) { try v.reset(token) }
+            #expect(v.value == 1)
+            #expect(!token.isUsed)
+            #expect(token.oldValue == 2)
+        }
+        let threadOK = onNewThread { () -> Bool in
+            v.set(4)
+            let token = v.withValue(5) { v.set(6) }
+            do {
+                try v.reset(token)
+                return false
+            } catch {
+                return (error as? ContextError) == .tokenFromDifferentContext && v.value == 4 && !token.isUsed
             }
         }
         #expect(threadOK)
