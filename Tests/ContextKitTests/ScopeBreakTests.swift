@@ -500,50 +500,65 @@ enum ScopeBreakLocals {
     /// deinit runs once and never stops the process.
     @Test func deinitsUsingTheLibraryAsScopesRelease() async {
         await #expect(processExitsWith: .success) {
-            let started = LockedBox(false)
-            await LibraryUser.variable.withValue(LibraryUser(1)) { () async in
-                LibraryUser.variable.set(LibraryUser(2))
-                await Task.yield()
-            }
-            _ = try? await LibraryUser.variable.withValue(LibraryUser(3)) { () async throws in
-                throw Boom()
-            }
-            let task = Task {
-                try await LibraryUser.variable.withValue(LibraryUser(4)) { () async throws in
-                    started.mutate { $0 = true }
-                    try await Task.sleep(for: .seconds(600))
+            // Inside a scope of its own, so that the deinits that run in
+            // this task set there: a task's unscoped binding would live
+            // until the process exits, and LeakSanitizer reports the weak
+            // reference side table of an object alive at exit as a leak
+            // (the object's refcount word holds it encoded, not as a
+            // pointer it can trace).
+            try! await Context().run { () async in
+                let started = LockedBox(false)
+                await LibraryUser.variable.withValue(LibraryUser(1)) { () async in
+                    LibraryUser.variable.set(LibraryUser(2))
+                    await Task.yield()
                 }
-            }
-            while !started.value { await Task.yield() }
-            task.cancel()
-            _ = await task.result
-            onNewThread {
-                LibraryUser.variable.withValue(LibraryUser(5)) {
-                    _ = try? LibraryUser.variable.withValue(LibraryUser(6)) { () throws in throw Boom() }
+                _ = try? await LibraryUser.variable.withValue(LibraryUser(3)) { () async throws in
+                    throw Boom()
                 }
-            }
-            // The last holders are children: a group child and a `Task {}`
-            // made in the scope release it as they end (in their teardown).
-            let gate = LockedBox(false)
-            let copy = await withTaskGroup(of: Void.self) { group -> Task<Void, Never> in
-                let copy = LibraryUser.variable.withValue(LibraryUser(7)) { () -> Task<Void, Never> in
-                    group.addTask {
-                        while !gate.value { await Task.yield() }
-                        _ = LibraryUser.variable.value
-                    }
-                    return Task {
-                        while !gate.value { await Task.yield() }
-                        _ = LibraryUser.variable.value
+                let task = Task {
+                    try await LibraryUser.variable.withValue(LibraryUser(4)) { () async throws in
+                        started.mutate { $0 = true }
+                        try await Task.sleep(for: .seconds(600))
                     }
                 }
-                gate.mutate { $0 = true }
-                return copy
+                while !started.value { await Task.yield() }
+                task.cancel()
+                _ = await task.result
+                onNewThread {
+                    LibraryUser.variable.withValue(LibraryUser(5)) {
+                        _ = try? LibraryUser.variable.withValue(LibraryUser(6)) { () throws in throw Boom() }
+                    }
+                }
+                // The last holders are children: a group child and a
+                // `Task {}` made in the scope release it as they end (in
+                // their teardown).
+                let gate = LockedBox(false)
+                let copy = await withTaskGroup(of: Void.self) { group -> Task<Void, Never> in
+                    let copy = LibraryUser.variable.withValue(LibraryUser(7)) { () -> Task<Void, Never> in
+                        group.addTask {
+                            while !gate.value { await Task.yield() }
+                            _ = LibraryUser.variable.value
+                        }
+                        return Task {
+                            while !gate.value { await Task.yield() }
+                            _ = LibraryUser.variable.value
+                        }
+                    }
+                    gate.mutate { $0 = true }
+                    return copy
+                }
+                await copy.value
             }
-            await copy.value
             _ = await eventuallyYielding(seconds: 60) { LibraryUser.ended.value.count >= 7 }
             let ids = LibraryUser.ended.value.sorted()
-            if ids != [1, 2, 3, 4, 5, 6, 7] { exit(1) }
+            if ids != [1, 2, 3, 4, 5, 6, 7] {
+                FileHandle.standardError.write(Data((LibraryUser.log.value.joined(separator: "\n") + "\n").utf8))
+                exit(1)
+            }
             if LibraryUser.other.value != 0 { exit(2) }
+            // The unscoped bindings the children's deinits made go with
+            // their tasks (see above).
+            if !(await eventuallyYielding(seconds: 60) { UnscopedBindings.shared.reap() == 0 }) { exit(3) }
         }
     }
 
@@ -792,14 +807,19 @@ final class LibraryUser: Sendable {
     static let variable = ContextVar<LibraryUser>("sbk_library_user")
     static let other = ContextVar<Int>("sbk_library_other", default: 0)
     static let ended = LockedBox<[Int]>([])
+    static let log = LockedBox<[String]>([])
     let id: Int
     init(_ id: Int) { self.id = id }
     deinit {
-        _ = LibraryUser.variable.value
+        let read = LibraryUser.variable.value?.id
         let token = LibraryUser.other.set(id)
+        let afterSet = LibraryUser.other.value
         let nested = LibraryUser.other.withValue(-id) { LibraryUser.other.value }
         let copied = Context.copyCurrent()[LibraryUser.other]
-        try? LibraryUser.other.reset(token)
+        let resetError: String
+        do { try LibraryUser.other.reset(token); resetError = "ok" } catch { resetError = "\(error)" }
+        let line = "id \(id) read \(read.map(String.init) ?? "nil") set \(afterSet.map(String.init) ?? "nil") nested \(nested.map(String.init) ?? "nil") copied \(copied.map(String.init) ?? "nil") reset \(resetError) inTask \(!isOutsideTask())"
+        LibraryUser.log.mutate { $0.append(line) }
         if nested == -id && copied == id { LibraryUser.ended.mutate { $0.append(id) } }
     }
 }
