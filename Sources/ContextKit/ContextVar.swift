@@ -313,13 +313,29 @@ extension ContextVar {
 
     /// A new C context (one reference, the caller's): the current one with
     /// this variable set to `value`, before anyone else can see it.
+    /// The copy and the set are one C call (`cctx_context_copy_with`: the
+    /// copy's root is the insert's path copy; no token, no write claim,
+    /// nothing published), except from a binding the task does not own,
+    /// whose `.notInherited` variables are first left out.
     func copyWithValue(_ value: Value) -> OpaquePointer {
-        let context = Context.copyCurrentHandle()
         let box = makeBox(value)
-        // Nobody has entered the fresh copy: the write needs no claim.
-        let status = box.withOpaquePointer { cctx_context_set(context, handle, $0, nil) }
+        var out: OpaquePointer?
+        let status: cctx_status
+        switch CurrentPlace.resolve {
+        case .thread:
+            status = box.withOpaquePointer { cctx_context_copy_with(nil, handle, $0, &out) }
+        case .task(_, let binding?, true):
+            status = box.withOpaquePointer { cctx_context_copy_with(binding.handle, handle, $0, &out) }
+        case .task(_, let binding?, false):
+            let context = Context.copyForSpawnHandle(of: binding.handle)
+            // Nobody has entered the fresh copy: the write needs no claim.
+            status = box.withOpaquePointer { cctx_context_set(context, handle, $0, nil) }
+            out = context
+        case .task(_, nil, _):
+            status = box.withOpaquePointer { cctx_context_new_with(handle, $0, &out) }
+        }
         checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
-        return context
+        return out!
     }
 }
 
