@@ -299,7 +299,8 @@ extension ContextVar {
     /// returns or throws). Tasks created inside (`Task {}`, `async let`, task
     /// groups) see it too; `Task.detached` does not.
     public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
-        try Context.runFresh(adopting: copyWithValue(value), origin: .withValue(variable: name), operation)
+        let (copy, place) = copyWithValue(value)
+        return try Context.runFresh(adopting: copy, place: place, origin: .withValue(variable: name), operation)
     }
 
     /// Sets this variable to `value` in `context`, which the caller has just
@@ -316,12 +317,17 @@ extension ContextVar {
     /// The copy and the set are one C call (`cctx_context_copy_with`: the
     /// copy's root is the insert's path copy; no token, no write claim,
     /// nothing published), except from a binding the task does not own,
-    /// whose `.notInherited` variables are first left out.
-    func copyWithValue(_ value: Value) -> OpaquePointer {
+    /// whose `.notInherited` variables are first left out. Also returns the
+    /// place it asked (`cctx_shim_current_place()`), for the scope to enter
+    /// the copy without asking again: nothing between the two calls runs
+    /// code that changes the task's place (the copy retains values through
+    /// `ValueBox`'s operations only).
+    func copyWithValue(_ value: Value) -> (OpaquePointer, cctx_shim_place) {
         let box = makeBox(value)
         var out: OpaquePointer?
         let status: cctx_status
-        switch CurrentPlace.resolve {
+        let place = cctx_shim_current_place()
+        switch CurrentPlace.resolve(place) {
         case .thread:
             status = box.withOpaquePointer { cctx_context_copy_with(nil, handle, $0, &out) }
         case .task(_, let binding?, true):
@@ -335,7 +341,7 @@ extension ContextVar {
             status = box.withOpaquePointer { cctx_context_new_with(handle, $0, &out) }
         }
         checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
-        return out!
+        return (out!, place)
     }
 }
 
