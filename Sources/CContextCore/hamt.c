@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "hamt.h"
+#include "thread_state.h"
 
 #include <string.h>
 
@@ -380,11 +381,56 @@ static inline bool key_is_borrowed(key_cursor *c, uint32_t bit, const cctx_var *
 
 /* ------------------------------------------------------ node lifetime */
 
+/*
+ * Small nodes (up to HAMT_SMALL_SLOTS slots: two entries and a key-source
+ * slot, or one entry and a child...) are made and dropped at the rate of
+ * scopes: a withValue copy path-copies the root of a small context and
+ * drops it at the scope's end, a set replaces the root. They come from a
+ * per-thread cache of blocks of one size (as context objects and tokens
+ * do): every small node is allocated at that size, also when no cache is
+ * used, so that any small node freed on any thread fits any later take.
+ * Whether a node is small is decided again when it is freed, from its
+ * maps: a bitmap node with at most HAMT_SMALL_SLOTS slots in use (a node
+ * built with a key-source slot it could not fill has one unused slot
+ * more, so it may have been allocated larger — never smaller). Only a
+ * thread with a state uses its cache; its teardown detaches the state
+ * before draining (thread_state.c), so later frees bypass it.
+ */
+#define HAMT_SMALL_SLOTS 6
+#define HAMT_SMALL_BYTES (sizeof(hamt_node) + HAMT_SMALL_SLOTS * sizeof(void *))
+static __thread cctx_block_cache node_cache __attribute__((tls_model("initial-exec")));
+
+void hamt_node_cache_drain(void)
+{
+    cctx_block_cache_drain(&node_cache);
+}
+
+static inline hamt_node *node_alloc(unsigned nslots)
+{
+    if (CCTX_LIKELY(nslots <= HAMT_SMALL_SLOTS)) {
+        if (CCTX_LIKELY(thread_state_peek() != NULL))
+            return cctx_alloc_cached(&node_cache, HAMT_SMALL_BYTES);
+        return cctx_alloc(HAMT_SMALL_BYTES);
+    }
+    return cctx_alloc(sizeof(hamt_node) + nslots * sizeof(void *));
+}
+
+/* Frees a node whose header (maps, borrows) is as built; a node under
+ * construction whose maps do not say its size goes to cctx_dealloc. */
+static inline void node_dealloc(hamt_node *n)
+{
+    if (is_bitmap(n) && bitmap_slots(n) + (n->borrows != 0) <= HAMT_SMALL_SLOTS &&
+        thread_state_peek() != NULL)
+        cctx_dealloc_cached(&node_cache, n);
+    else
+        cctx_dealloc(n);
+}
+
 /* A new node with its header set and `nslots` slots for the caller to fill;
  * the one place nodes are allocated. NULL on allocation failure. */
 static hamt_node *node_new(uint32_t size, uint32_t datamap, uint32_t nodemap, unsigned nslots)
 {
-    hamt_node *n = cctx_alloc(sizeof(*n) + nslots * sizeof(void *));
+    hamt_node *n = node_alloc(nslots);
     if (n == NULL)
         return NULL;
     n->counts = HAMT_COUNTS_NEW; /* not yet shared: a plain store is enough */
@@ -450,7 +496,7 @@ static void node_free_keys(hamt_node *n)
         if (src != NULL)
             borrow_release(src); /* a source never borrows: depth 1 */
     }
-    cctx_dealloc(n);
+    node_dealloc(n);
 }
 
 /* Both halves at once, for the last owner of a node nobody borrows from:
@@ -475,7 +521,7 @@ static void node_free(hamt_node *n)
         hamt_release(n->slot[2 * i + j]);
     if (src != NULL)
         borrow_release(src);
-    cctx_dealloc(n);
+    node_dealloc(n);
 }
 
 /*
