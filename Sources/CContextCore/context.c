@@ -1273,6 +1273,72 @@ cctx_status cctx_context_copy_current(cctx_context **out)
     return CCTX_OK;
 }
 
+/*
+ * copy + set in one pass. The copy is a new context nobody else can see
+ * yet, so what cctx_context_copy_current + cctx_context_set would do
+ * around the insert is not needed: the copy holds no reference to the
+ * source root (the insert's path copy is the new root, with its own
+ * references to what it shares), no one-off write claim, no publish
+ * exchange and no old root to release, no token.
+ */
+enum { SOURCE_EMPTY, SOURCE_CURRENT, SOURCE_CONTEXT };
+
+static cctx_status copy_with(int source, cctx_context *ctx, cctx_var *var, void *value,
+                             cctx_context **out)
+{
+    cctx_thread_state *ts = thread_state_peek();
+    /* Before the insert: a failure then leaves nothing to undo. */
+    cctx_context *copy = context_object(ts);
+    if (copy == NULL)
+        return CCTX_ENOMEM;
+    /* A reference to the source root for the insert: the insert retains
+     * the values it shares, and a retain callback may write the source
+     * context (replacing and releasing its root) before the insert is
+     * done. The current context's root is read without a guard (only this
+     * thread replaces it) and the reference is a root credit, as in
+     * copy_current: no locked instruction in the common case. */
+    hamt_node *src = NULL;
+    bool credit = false;
+    if (source == SOURCE_CURRENT && ts != NULL) {
+        src = context_own_root(ts->current);
+        credit_take(ts->current, src);
+        credit = true;
+    } else if (source == SOURCE_CONTEXT) {
+        (void)context_snapshot(ctx, &src);
+    }
+    hamt_node *root;
+    cctx_status st = hamt_assoc(src, var, value, &root);
+    if (credit)
+        credit_give(ts, src);
+    else
+        hamt_release(src);
+    if (st != CCTX_OK) {
+        copy->root = NULL;
+        copy->owner = CCTX_OWNER_NONE;
+        context_free(copy);
+        return st;
+    }
+    copy->root = root;
+    copy->owner = CCTX_OWNER_NONE;
+    *out = copy;
+    return CCTX_OK;
+}
+
+cctx_status cctx_context_copy_with(cctx_context *ctx, cctx_var *var, void *value,
+                                   cctx_context **out)
+{
+    if (out == NULL || !var_is_valid(var) || (ctx != NULL && !context_is_valid(ctx)))
+        return CCTX_EINVAL;
+    return copy_with(ctx == NULL ? SOURCE_CURRENT : SOURCE_CONTEXT, ctx, var, value, out);
+}
+
+cctx_status cctx_context_new_with(cctx_var *var, void *value, cctx_context **out)
+{
+    if (out == NULL || !var_is_valid(var))
+        return CCTX_EINVAL;
+    return copy_with(SOURCE_EMPTY, NULL, var, value, out);
+}
+
 cctx_context *cctx_context_current(void)
 {
     cctx_thread_state *ts = thread_state_get();

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "hamt.h"
+#include "thread_state.h"
 
 #include <string.h>
 
@@ -225,23 +226,51 @@ struct hamt_node {
 /* ------------------------------------------------------------------ bits */
 
 /*
- * GCC for baseline x86-64 (no POPCNT) turns __builtin_popcount into a call
- * into libgcc; an inline bit count is faster on the lookup path there.
- * Everywhere else the builtin is one instruction or an inline sequence.
+ * Baseline x86-64 has no POPCNT: GCC turns __builtin_popcount into a call
+ * into libgcc and clang into an inline bit count (about 11 instructions),
+ * and a path copy or a node's release counts bits a dozen times. Every
+ * x86-64 CPU of the last 15 years has the instruction, so it is used when
+ * CPUID says so (one predictable branch on a flag set once at load time)
+ * and the bit count otherwise (and before the flag is set: a constructor
+ * of another library that runs first). Elsewhere the builtin is one
+ * instruction or an inline sequence.
  */
-#if defined(__POPCNT__) || defined(__clang__) || !defined(__x86_64__)
-static inline unsigned hamt_popcount(uint32_t x)
-{
-    return (unsigned)__builtin_popcount(x);
-}
-#else
-static inline unsigned hamt_popcount(uint32_t x)
+static inline unsigned hamt_popcount_soft(uint32_t x)
 {
     x = x - ((x >> 1) & 0x55555555u);
     x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
     x = (x + (x >> 4)) & 0x0F0F0F0Fu;
     return (x * 0x01010101u) >> 24;
 }
+
+#if defined(__x86_64__) && !defined(__POPCNT__)
+#include <cpuid.h>
+/* Written once, by the constructor below, before any thread of the
+ * process can have been started by this library; read plainly. */
+static bool hamt_have_popcnt;
+
+__attribute__((constructor)) static void hamt_detect_popcnt(void)
+{
+    unsigned a, b, c, d;
+    hamt_have_popcnt = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_POPCNT) != 0;
+}
+
+static inline unsigned hamt_popcount(uint32_t x)
+{
+    if (CCTX_LIKELY(hamt_have_popcnt)) {
+        uint32_t n;
+        __asm__("popcnt %1, %0" : "=r"(n) : "rm"(x) : "cc");
+        return n;
+    }
+    return hamt_popcount_soft(x);
+}
+#elif defined(__POPCNT__) || defined(__clang__) || !defined(__x86_64__)
+static inline unsigned hamt_popcount(uint32_t x)
+{
+    return (unsigned)__builtin_popcount(x);
+}
+#else
+#define hamt_popcount hamt_popcount_soft
 #endif
 
 /* Fragment of `hash` at `shift`. Below the last level (shift >= 32, only
@@ -352,11 +381,56 @@ static inline bool key_is_borrowed(key_cursor *c, uint32_t bit, const cctx_var *
 
 /* ------------------------------------------------------ node lifetime */
 
+/*
+ * Small nodes (up to HAMT_SMALL_SLOTS slots: two entries and a key-source
+ * slot, or one entry and a child...) are made and dropped at the rate of
+ * scopes: a withValue copy path-copies the root of a small context and
+ * drops it at the scope's end, a set replaces the root. They come from a
+ * per-thread cache of blocks of one size (as context objects and tokens
+ * do): every small node is allocated at that size, also when no cache is
+ * used, so that any small node freed on any thread fits any later take.
+ * Whether a node is small is decided again when it is freed, from its
+ * maps: a bitmap node with at most HAMT_SMALL_SLOTS slots in use (a node
+ * built with a key-source slot it could not fill has one unused slot
+ * more, so it may have been allocated larger — never smaller). Only a
+ * thread with a state uses its cache; its teardown detaches the state
+ * before draining (thread_state.c), so later frees bypass it.
+ */
+#define HAMT_SMALL_SLOTS 6
+#define HAMT_SMALL_BYTES (sizeof(hamt_node) + HAMT_SMALL_SLOTS * sizeof(void *))
+static __thread cctx_block_cache node_cache __attribute__((tls_model("initial-exec")));
+
+void hamt_node_cache_drain(void)
+{
+    cctx_block_cache_drain(&node_cache);
+}
+
+static inline hamt_node *node_alloc(unsigned nslots)
+{
+    if (CCTX_LIKELY(nslots <= HAMT_SMALL_SLOTS)) {
+        if (CCTX_LIKELY(thread_state_peek() != NULL))
+            return cctx_alloc_cached(&node_cache, HAMT_SMALL_BYTES);
+        return cctx_alloc(HAMT_SMALL_BYTES);
+    }
+    return cctx_alloc(sizeof(hamt_node) + nslots * sizeof(void *));
+}
+
+/* Frees a node whose header (maps, borrows) is as built; a node under
+ * construction whose maps do not say its size goes to cctx_dealloc. */
+static inline void node_dealloc(hamt_node *n)
+{
+    if (is_bitmap(n) && bitmap_slots(n) + (n->borrows != 0) <= HAMT_SMALL_SLOTS &&
+        thread_state_peek() != NULL)
+        cctx_dealloc_cached(&node_cache, n);
+    else
+        cctx_dealloc(n);
+}
+
 /* A new node with its header set and `nslots` slots for the caller to fill;
  * the one place nodes are allocated. NULL on allocation failure. */
 static hamt_node *node_new(uint32_t size, uint32_t datamap, uint32_t nodemap, unsigned nslots)
 {
-    hamt_node *n = cctx_alloc(sizeof(*n) + nslots * sizeof(void *));
+    hamt_node *n = node_alloc(nslots);
     if (n == NULL)
         return NULL;
     n->counts = HAMT_COUNTS_NEW; /* not yet shared: a plain store is enough */
@@ -422,7 +496,7 @@ static void node_free_keys(hamt_node *n)
         if (src != NULL)
             borrow_release(src); /* a source never borrows: depth 1 */
     }
-    cctx_dealloc(n);
+    node_dealloc(n);
 }
 
 /* Both halves at once, for the last owner of a node nobody borrows from:
@@ -447,7 +521,7 @@ static void node_free(hamt_node *n)
         hamt_release(n->slot[2 * i + j]);
     if (src != NULL)
         borrow_release(src);
-    cctx_dealloc(n);
+    node_dealloc(n);
 }
 
 /*

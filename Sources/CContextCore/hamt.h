@@ -44,6 +44,10 @@ void hamt_release(hamt_node *root) CCTX_HIDDEN;
 void hamt_retain_n(hamt_node *root, unsigned n) CCTX_HIDDEN;
 void hamt_release_n(hamt_node *root, unsigned n) CCTX_HIDDEN;
 
+/* Frees the calling thread's cache of small nodes (its teardown, after its
+ * state is detached). */
+void hamt_node_cache_drain(void) CCTX_HIDDEN;
+
 /* Number of entries, O(1). Borrows `root`. */
 size_t hamt_count(const hamt_node *root) CCTX_HIDDEN;
 

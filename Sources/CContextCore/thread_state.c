@@ -45,6 +45,7 @@
  * theirs to release.
  */
 #include "internal.h"
+#include "hamt.h"
 #include "reclaim.h"
 #include "thread_state.h"
 #include "token.h"
@@ -140,6 +141,7 @@ static void state_destroy(cctx_thread_state *ts)
     cctx_context_release(ts->base);
     context_cache_drain(); /* detached: later frees bypass the caches */
     token_cache_drain();
+    hamt_node_cache_drain();
     teardown_closed = false;
     reclaim_record_release(ts->record);
     context_handover_quiesce(ts);

@@ -1,4 +1,5 @@
 import CContextCore
+import CContextKitShims
 
 extension Context {
     /// Runs the asynchronous `body` in this context (Python's `Context.run`
@@ -43,11 +44,12 @@ extension Context {
     /// which the scope's binding takes over).
     nonisolated(nonsending) static func runFresh<R>(
         adopting handle: OpaquePointer,
+        place: cctx_shim_place? = nil,
         origin: FrameOrigin,
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        let scope = ContextScope.enterFresh(adopting: handle, origin: origin, file: file, line: line)
+        let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.withCurrent(scope.binding, body)
     }

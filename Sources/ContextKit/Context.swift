@@ -155,11 +155,12 @@ public final class Context: Sendable {
 
     /// As ``runFresh(origin:_:file:line:)`` for a C context the caller has
     /// just made (one reference, which the scope's binding takes over).
+    /// `place`: `cctx_shim_current_place()` if the caller has just asked it.
     static func runFresh<R>(
-        adopting handle: OpaquePointer, origin: FrameOrigin, _ body: () throws -> R,
-        file: StaticString = #fileID, line: UInt = #line
+        adopting handle: OpaquePointer, place: cctx_shim_place? = nil, origin: FrameOrigin,
+        _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) rethrows -> R {
-        let scope = ContextScope.enterFresh(adopting: handle, origin: origin, file: file, line: line)
+        let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try TaskBinding.withCurrent(scope.binding, onThread: scope.binding.owner == nil, body)
     }
@@ -207,10 +208,13 @@ struct ContextScope {
     /// As ``enter(_:origin:file:line:)`` for a C context nobody else can
     /// have entered (the caller just made it), whose reference the scope's
     /// binding takes over.
+    /// `place`: `cctx_shim_current_place()` if the caller has just asked
+    /// it (on this thread, with nothing in between that changes places).
     static func enterFresh(
-        adopting handle: OpaquePointer, origin: FrameOrigin, file: StaticString, line: UInt
+        adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: FrameOrigin,
+        file: StaticString, line: UInt
     ) -> ContextScope {
-        let place = cctx_shim_current_place()
+        let place = known ?? cctx_shim_current_place()
         let status = place.task == nil ? cctx_context_enter(handle) : cctx_context_claim(handle)
         checkOrTrap(status, "entering a new Context", file: file, line: line)
         return ContextScope(adopting: handle, place: place, origin: origin, file: file, line: line)

@@ -15,6 +15,7 @@ extension ContextVar {
         _ value: Value,
         operation: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
-        try await Context.runFresh(adopting: copyWithValue(value), origin: .withValue(variable: name), operation)
+        let (copy, place) = copyWithValue(value)
+        return try await Context.runFresh(adopting: copy, place: place, origin: .withValue(variable: name), operation)
     }
 }

@@ -300,7 +300,8 @@ extension ContextVar {
     /// returns or throws). Tasks created inside (`Task {}`, `async let`, task
     /// groups) see it too; `Task.detached` does not.
     public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
-        try Context.runFresh(adopting: copyWithValue(value), origin: .withValue(variable: name), operation)
+        let (copy, place) = copyWithValue(value)
+        return try Context.runFresh(adopting: copy, place: place, origin: .withValue(variable: name), operation)
     }
 
     /// Sets this variable to `value` in `context`, which the caller has just
@@ -314,13 +315,34 @@ extension ContextVar {
 
     /// A new C context (one reference, the caller's): the current one with
     /// this variable set to `value`, before anyone else can see it.
-    func copyWithValue(_ value: Value) -> OpaquePointer {
-        let context = Context.copyCurrentHandle()
+    /// The copy and the set are one C call (`cctx_context_copy_with`: the
+    /// copy's root is the insert's path copy; no token, no write claim,
+    /// nothing published), except from a binding the task does not own,
+    /// whose `.notInherited` variables are first left out. Also returns the
+    /// place it asked (`cctx_shim_current_place()`), for the scope to enter
+    /// the copy without asking again: nothing between the two calls runs
+    /// code that changes the task's place (the copy retains values through
+    /// `ValueBox`'s operations only).
+    func copyWithValue(_ value: Value) -> (OpaquePointer, cctx_shim_place) {
         let box = makeBox(value)
-        // Nobody has entered the fresh copy: the write needs no claim.
-        let status = box.withOpaquePointer { cctx_context_set(context, handle, $0, nil) }
+        var out: OpaquePointer?
+        let status: cctx_status
+        let place = cctx_shim_current_place()
+        switch CurrentPlace.resolve(place) {
+        case .thread:
+            status = box.withOpaquePointer { cctx_context_copy_with(nil, handle, $0, &out) }
+        case .task(_, let binding?, true):
+            status = box.withOpaquePointer { cctx_context_copy_with(binding.handle, handle, $0, &out) }
+        case .task(_, let binding?, false):
+            let context = Context.copyForSpawnHandle(of: binding.handle)
+            // Nobody has entered the fresh copy: the write needs no claim.
+            status = box.withOpaquePointer { cctx_context_set(context, handle, $0, nil) }
+            out = context
+        case .task(_, nil, _):
+            status = box.withOpaquePointer { cctx_context_new_with(handle, $0, &out) }
+        }
         checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
-        return context
+        return (out!, place)
     }
 }
 

@@ -799,6 +799,50 @@ static void op_ctx_new(void)
     new_ctx_record(c, &d);
 }
 
+/* cctx_context_copy_with (from a context or the current one) and
+ * cctx_context_new_with: a new context, the source's map with one
+ * binding. */
+static void op_ctx_copy_with(void)
+{
+    if (M.nc >= MAXC)
+        return;
+    uint8_t kind = u8() % 3; /* 0: from a context, 1: the current one, 2: empty */
+    int src = kind == 0 ? pick_ctx() : -1;
+    int vi = pick_var();
+    bool fresh;
+    void *val = choose_value(&fresh);
+    if ((kind == 0 && src < 0) || vi < 0) {
+        drop_fresh(val, fresh);
+        return;
+    }
+    cctx_context *c = NULL;
+    arm_now();
+    cctx_status st = kind == 0   ? cctx_context_copy_with(M.c[src].ptr, M.v[vi].ptr, val, &c)
+                     : kind == 1 ? cctx_context_copy_with(NULL, M.v[vi].ptr, val, &c)
+                                 : cctx_context_new_with(M.v[vi].ptr, val, &c);
+    bool inj = disarm();
+    /* From a context: its read may absorb a failure to make this thread's
+     * state, as cctx_context_copy does. */
+    bool ok = kind == 0 ? expect_read(st, CCTX_OK, inj) : expect(st, CCTX_OK, inj);
+    if (!ok) {
+        CHECK(c == NULL);
+        drop_fresh(val, fresh);
+        return;
+    }
+    dict d;
+    memset(&d, 0, sizeof d);
+    if (kind == 0)
+        d = M.c[src].d;
+    if (kind == 1 && cur_ctx() >= 0)
+        d = M.c[cur_ctx()].d;
+    d.has[vi] = true;
+    d.val[vi] = val;
+    for (int i = 0; i < M.nc; i++) /* a new object, not an old handle */
+        CHECK(M.c[i].refs == 0 || M.c[i].ptr != c);
+    new_ctx_record(c, &d);
+    drop_fresh(val, fresh);
+}
+
 static void op_ctx_refs(void)
 {
     int ci = pick_ctx();
@@ -1387,6 +1431,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 19: op_name = "thread_cleanup"; op_cleanup(); break;
         case 20: op_name = "run"; op_run(); break;
         case 21: op_name = "misuse"; op_misuse(); break;
+        case 22: op_name = "ctx_copy_with"; op_ctx_copy_with(); break;
         default:
             op_name = "arm";
             arm = 1 + u8() % 6;

@@ -71,6 +71,25 @@ CCTX_API void *cctx_var_value(cctx_var *var);
  *  `threading.local` that has already been initialised on this thread. */
 CCTX_API void *cctx_local_value(cctx_local *local);
 
+/** A new context (`*out`, one reference, the caller's): a copy of `ctx`
+ *  (borrowed), or of the calling thread's current context when `ctx` is
+ *  NULL, in which `var` is bound to `value` (retained through the
+ *  variable's value operations, as cctx_context_set does). One step
+ *  instead of a copy and a set: no token, no write claim, nothing
+ *  published; what `ContextVar.withValue` needs for its scope. Safe from any
+ *  thread, also while another thread writes into `ctx`. Errors:
+ *  CCTX_EINVAL (bad handle, `out` NULL), CCTX_ENOMEM (nothing made, nothing
+ *  retained). Python: `ctx = copy_context(); ctx.run(var.set, value)`. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_with(cctx_context *ctx, cctx_var *var,
+                                                             void *value, cctx_context **out);
+
+/** As cctx_context_copy_with from an empty context: a new context whose
+ *  only binding is `var` = `value`. Errors: CCTX_EINVAL, CCTX_ENOMEM
+ *  (nothing made, nothing retained). Python: `ctx = Context();
+ *  ctx.run(var.set, value)`. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new_with(cctx_var *var, void *value,
+                                                            cctx_context **out);
+
 /** Sends `event` for `ctx` (borrowed; may be NULL) to every watcher, on the
  *  calling thread: for runtimes that track their own current context (the
  *  Swift facade's tasks). Costs one atomic load when no watcher is set.
