@@ -8,28 +8,6 @@
 
 #include <string.h>
 
-static long allocations_at_start;
-static long values_at_start;
-
-static int setup(void **state)
-{
-    (void)state;
-    assert_ok(cctx_thread_cleanup());
-    allocations_at_start = cctx__live_allocations();
-    values_at_start = tv_live();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    assert_ok(cctx_thread_cleanup());
-    cctx_reclaim();
-    assert_int_equal(tv_live(), values_at_start);
-    assert_int_equal(cctx__live_allocations(), allocations_at_start);
-    return 0;
-}
-
 /* --------------------------------------------- release without retain */
 
 static void plain_free(void *p) { free(p); }
@@ -437,7 +415,7 @@ static void test_local_value_reads_as_get_without_the_initialiser(void **state)
     assert_null(cctx_context_current_peek());
     assert_null(cctx_local_value(init_local));
     assert_null(cctx_context_current_peek());
-    assert_int_equal(tv_live(), values_at_start);
+    assert_int_equal(tv_live(), tv_live_at_setup());
 
     uint64_t fake[16];
     memset(fake, 0x5a, sizeof fake);
@@ -452,7 +430,7 @@ static void test_local_value_reads_as_get_without_the_initialiser(void **state)
     /* Deleted: NULL again, and the initialiser did not run. */
     assert_ok(cctx_local_delete(init_local));
     assert_null(cctx_local_value(init_local));
-    assert_int_equal(tv_live(), values_at_start);
+    assert_int_equal(tv_live(), tv_live_at_setup());
     /* NULL is a value for get; cctx_local_value cannot tell it from none. */
     assert_ok(cctx_local_set(init_local, NULL));
     out = (void *)0x1;
@@ -485,7 +463,7 @@ static void test_local_value_reads_as_get_without_the_initialiser(void **state)
 
     /* A new thread state (after cleanup) starts with no values at all. */
     assert_ok(cctx_thread_cleanup());
-    assert_int_equal(tv_live(), values_at_start);
+    assert_int_equal(tv_live(), tv_live_at_setup());
     for (int i = 0; i < LV_LOCALS; i++)
         assert_null(cctx_local_value(locals[i]));
     tv_value *again = tv_new(42);
@@ -502,7 +480,7 @@ static void test_local_value_reads_as_get_without_the_initialiser(void **state)
 
 int main(void)
 {
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, nothing_left_setup, nothing_left_teardown)
     const struct CMUnitTest tests[] = {
         T(test_ops_with_release_but_no_retain_are_refused),
         T(test_ops_ex_callbacks_receive_their_ctx),

@@ -7,28 +7,6 @@
  */
 #include "test_support.h"
 
-static long allocations_at_start;
-static long values_at_start;
-
-static int setup(void **state)
-{
-    (void)state;
-    assert_ok(cctx_thread_cleanup());
-    allocations_at_start = cctx__live_allocations();
-    values_at_start = tv_live();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    assert_ok(cctx_thread_cleanup());
-    cctx_reclaim();
-    assert_int_equal(tv_live(), values_at_start);
-    assert_int_equal(cctx__live_allocations(), allocations_at_start);
-    return 0;
-}
-
 /* The value of `v` in `ctx` (borrowed), or NULL when unbound. */
 static tv_value *value_in(cctx_context *ctx, cctx_var *v)
 {
@@ -401,7 +379,7 @@ static void test_a_retain_callback_that_writes_the_source_is_safe(void **state)
 
 int main(void)
 {
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, nothing_left_setup, nothing_left_teardown)
     const struct CMUnitTest tests[] = {
         T(test_copy_with_current_adds_one_binding),
         T(test_copy_with_the_same_value_is_an_equal_copy),

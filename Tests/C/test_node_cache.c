@@ -8,28 +8,6 @@
  */
 #include "test_support.h"
 
-static long allocations_at_start;
-static long values_at_start;
-
-static int setup(void **state)
-{
-    (void)state;
-    assert_ok(cctx_thread_cleanup());
-    allocations_at_start = cctx__live_allocations();
-    values_at_start = tv_live();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    assert_ok(cctx_thread_cleanup());
-    cctx_reclaim();
-    assert_int_equal(tv_live(), values_at_start);
-    assert_int_equal(cctx__live_allocations(), allocations_at_start);
-    return 0;
-}
-
 enum { VARS = 4, ROUNDS = 2000 };
 
 typedef struct shared {
@@ -162,7 +140,7 @@ static void test_nodes_with_an_unused_key_source_slot_go_back_too(void **state)
 
 int main(void)
 {
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, nothing_left_setup, nothing_left_teardown)
     const struct CMUnitTest tests[] = {
         T(test_small_nodes_freed_on_another_thread_are_reused_whole),
         T(test_nodes_with_an_unused_key_source_slot_go_back_too),

@@ -219,3 +219,29 @@ void assert_child_status_ok(int status, const char *what)
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         fail_msg("%s: child exited with status %d", what, WEXITSTATUS(status));
 }
+
+/* ------------------------------------------------------------- fixtures */
+
+static long nothing_left_allocations;
+static long nothing_left_values;
+
+int nothing_left_setup(void **state)
+{
+    (void)state;
+    assert_int_equal(cctx_thread_cleanup(), CCTX_OK);
+    nothing_left_allocations = cctx__live_allocations();
+    nothing_left_values = tv_live();
+    return 0;
+}
+
+long tv_live_at_setup(void) { return nothing_left_values; }
+
+int nothing_left_teardown(void **state)
+{
+    (void)state;
+    assert_int_equal(cctx_thread_cleanup(), CCTX_OK);
+    cctx_reclaim();
+    assert_int_equal(tv_live(), nothing_left_values);
+    assert_int_equal(cctx__live_allocations(), nothing_left_allocations);
+    return 0;
+}

@@ -15,6 +15,8 @@
  *              every wait on one is bounded (never a sleep).
  *   children   run_in_child: a scenario that may crash or hang runs in a
  *              forked child with an alarm, so one crash fails one test.
+ *   fixtures   nothing_left_setup / nothing_left_teardown: a test leaves
+ *              no value and no allocation behind.
  */
 #ifndef CCTX_TEST_SUPPORT_H
 #define CCTX_TEST_SUPPORT_H
@@ -70,6 +72,17 @@ long tv_releases(void);
 /* Callbacks of tv_ops_ex that received the right ctx / a wrong one. */
 long tv_ex_calls(void);
 long tv_ex_wrong_ctx(void);
+
+/* ------------------------------------------------------------- fixtures */
+
+/* cmocka setup and teardown for tests that must leave nothing behind: the
+ * setup drops the thread's state and notes the live values and
+ * allocations; the teardown drops the thread's state again, waits a grace
+ * period and asserts both counts are back where they were. */
+int nothing_left_setup(void **state);
+int nothing_left_teardown(void **state);
+/* tv_live() when nothing_left_setup last ran. */
+long tv_live_at_setup(void);
 
 /* ---------------------------------------------------------------- scale */
 
