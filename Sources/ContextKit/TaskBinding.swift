@@ -104,6 +104,15 @@ final class TaskBinding: Sendable {
     /// context), for the rare callers that need one.
     var context: Context { Context(retaining: handle) }
 
+    /// The snapshot of `handle` taken when the scope ended while a
+    /// `Task {}` copy still held the binding (`freezeIfEscaped()`); nil
+    /// until then and for every binding that did not escape. Stored once
+    /// with release, never replaced; one reference, released in `deinit`.
+    /// Read by tasks that do not own the binding (`readInherited(_:)`).
+    /// The pointer's bit pattern (0: none), as `Atomic` of a pointer is not
+    /// `Sendable`.
+    @usableFromInline let frozen = Atomic<UInt>(0)
+
     /// The address of the task that installed this binding; nil when a
     /// thread outside any task opened the scope.
     ///
@@ -162,7 +171,64 @@ final class TaskBinding: Sendable {
 
     deinit {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
+        // The last reference is going: no reader is left, relaxed is enough.
+        if let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed)) { cctx_context_release(snapshot) }
         cctx_context_release(handle)
+    }
+
+    /// The snapshot published when the scope ended, if it was (acquire:
+    /// its C context was made before the release store that published it).
+    @inlinable
+    var frozenSnapshot: OpaquePointer? { OpaquePointer(bitPattern: frozen.load(ordering: .acquiring)) }
+
+    /// What `read` answers for the binding's context, read by a task that
+    /// does not own the binding: from the snapshot once the scope has
+    /// ended, else from the live context, checked again afterwards (see
+    /// the file comment, "After the scope"). `read` must own nothing it
+    /// returns that needs an explicit release (an answer is dropped when
+    /// the snapshot appeared meanwhile).
+    @inlinable
+    func readInherited<R>(_ read: (OpaquePointer) -> R) -> R {
+        if let snapshot = frozenSnapshot { return read(snapshot) }
+        let live = read(handle)
+        // Published meanwhile: `live` may hold a later scope's write.
+        if let snapshot = frozenSnapshot { return read(snapshot) }
+        return live
+    }
+
+    /// A copy without the `.notInherited` variables of what a task that
+    /// does not own the binding sees (one reference, the caller's): as
+    /// ``readInherited(_:)``, releasing a copy of the live context taken
+    /// while the scope ended.
+    func copyInheritedForSpawn() -> OpaquePointer {
+        if let snapshot = frozenSnapshot { return Context.copyForSpawnHandle(of: snapshot) }
+        let live = Context.copyForSpawnHandle(of: handle)
+        guard let snapshot = frozenSnapshot else { return live }
+        cctx_context_release(live)
+        return Context.copyForSpawnHandle(of: snapshot)
+    }
+
+    /// Called by the owner as its scope ends, after the task-local pop and
+    /// before the context is exited or unclaimed: when a `Task {}` copy
+    /// still holds the binding, publishes a snapshot of what the scope
+    /// ended with for it to read (see the file comment, "After the scope").
+    /// One uniqueness test when nothing escaped.
+    func freezeIfEscaped() {
+        let object = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
+        if cctx_shim_is_uniquely_referenced(object) { return }
+        // The owner has finished writing: the copy is what the scope ended
+        // with. O(1): it shares the root.
+        let snapshot = Context.copyHandle(of: handle)
+        // Not needed today (the value cache serves only the owner, and
+        // this binding is no longer the owner's place: `leave` bumped the
+        // place generation), but it keeps the cache's rule true: what the
+        // binding serves changes only inside a bracketed write.
+        withWrite {
+            // Release: a reader that loads the pointer sees the C context
+            // the copy made. Before the exit/unclaim, whose release orders
+            // it before any later scope's claim and hence its writes.
+            frozen.store(UInt(bitPattern: snapshot), ordering: .releasing)
+        }
     }
 
     @inlinable
@@ -240,7 +306,7 @@ final class TaskBinding: Sendable {
     /// new unscoped binding holding a copy of what it sees.
     static func writableBinding(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> TaskBinding {
         if owned, let visible { return visible }
-        let copy = visible.map { Context.copyForSpawnHandle(of: $0.handle) } ?? Context.newHandle()
+        let copy = visible.map { $0.copyInheritedForSpawn() } ?? Context.newHandle()
         return UnscopedBindings.shared.insert(adopting: copy, enclosing: visible, for: task)
     }
 }
