@@ -53,6 +53,49 @@ import Glibc
 // deferred it would have to publish it under those read sections while a
 // `Task {}` copy reads (docs/performance.md).
 //
+// After the scope (`freezeIfEscaped`, `readInherited`): a `Task {}` copies
+// the task-local items, so it keeps the binding, and with it the C context,
+// after the scope has ended. For `Context.run` that context is the user's:
+// a later, separate `run` of it may write it, and a reader of the live
+// context would see that (asyncio's `create_task` copied the context at
+// creation). So the scope's end freezes an escaped binding:
+// * Who escaped: at `leave` the task-local pop has released the item's
+//   reference and structured children have ended (a scope outlives them),
+//   so a binding referenced by anything but the scope itself is held by a
+//   `Task {}` copy (or by a reader in the middle of a read, who holds its
+//   copy too). One uniqueness test; a spurious "escaped" only costs a copy.
+//   `withValue`'s binding holds a private copy nobody else may write once
+//   its scope ends, but it is frozen the same way: one rule, and only a
+//   scope a task escaped pays the O(1) copy.
+// * What: the owner has made its last write (the body has returned), so
+//   `cctx_context_copy` (sharing the root) is what the scope ended with.
+//   Published once with a release store, never replaced, released in
+//   `deinit`; a reader loads it with acquire, which orders the C context
+//   the copy made before the reader's use of it.
+// * When: before the C exit/unclaim. A later scope's claim (or enter) is a
+//   CAS on the same owner word that reads from that exit/unclaim, so the
+//   publish happens before every write the later scope makes.
+// * A reader that loaded "no snapshot" and then read the live context may
+//   race the publish: it checks again after the read and, when the
+//   snapshot is there by then, drops what it read and reads the snapshot.
+//   Sound: if its read saw a later scope's write (a root stored with
+//   release, loaded by the reader's read section with acquire), that write
+//   happens after the publish (above), so the second load sees the
+//   snapshot. Without a snapshot on the second load, the read saw only the
+//   ending scope's roots: a value of the scope that is ending, never a later
+//   scope's. Copies (`copyInheritedForSpawn`) do the same, releasing the
+//   copy of the live context they drop.
+// * The per-thread value cache (`place_cache.c`) serves only the owner of
+//   an active binding; a reader that inherited the binding always takes
+//   the read above. The owner's own entry is dead after `leave` (it bumps
+//   the place generation); the publish still sits inside a bracketed write
+//   so that the cache's rule ("what a binding serves changes only inside a
+//   write the count brackets") stays true. Only the owner, the one leaving,
+//   touches the count.
+// * Lifetime: the snapshot keeps the values the scope ended with until the
+//   last `Task {}` copy of the binding goes; they are released there, in
+//   `deinit`, outside any lock, so their deinits may use the library.
+//
 // Ownership under task-address reuse (task addresses are reused once a task
 // ends; `async let` children even share their parent's memory and often the
 // same address one after another):
