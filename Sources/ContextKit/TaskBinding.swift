@@ -60,10 +60,12 @@ import Glibc
 // context would see that (asyncio's `create_task` copied the context at
 // creation). So the scope's end freezes an escaped binding:
 // * Who escaped: at `leave` the task-local pop has released the item's
-//   reference and structured children have ended (a scope outlives them),
-//   so a binding referenced by anything but the scope itself is held by a
-//   `Task {}` copy (or by a reader in the middle of a read, who holds its
-//   copy too). One uniqueness test; a spurious "escaped" only costs a copy.
+//   reference, and the structured children that link to the scope's items
+//   have ended (`async let` and groups made inside the scope end with it).
+//   So a binding referenced by anything but the scope itself is held by a
+//   task that copied the items: a `Task {}`, or a child added to a group
+//   made outside the scope (the runtime copies the items for it too), and
+//   it reads after the scope like a `Task {}` does. One uniqueness test; a spurious "escaped" only costs a copy.
 //   `withValue`'s binding holds a private copy nobody else may write once
 //   its scope ends, but it is frozen the same way: one rule, and only a
 //   scope a task escaped pays the O(1) copy.
