@@ -182,11 +182,13 @@ import Glibc
             let round = Round()
             let reader = try await context.run { () async -> Task<Void, Never> in
                 v.set(1)
-                // Spins (no await) on a thread of its own.
+                // Spins, yielding only every 64 reads: a reader that never
+                // yields holds a cooperative thread, and with another test
+                // blocking the other one (2 cores) nothing else could run.
                 let reader = Task {
                     while !round.stop.load(ordering: .relaxed) {
                         if (v.value ?? -1) != 1 { round.wrong.add(1, ordering: .relaxed) }
-                        round.reads.add(1, ordering: .relaxed)
+                        if round.reads.add(1, ordering: .relaxed).newValue % 64 == 0 { await Task.yield() }
                     }
                 }
                 // The reader runs before the scope ends.
