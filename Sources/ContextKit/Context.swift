@@ -69,7 +69,7 @@ public final class Context: Sendable {
         case .task(_, let binding?, let owned):
             // What this task sees of a binding it does not own: the
             // variables created `.notInherited` are not part of it.
-            return owned ? copyHandle(of: binding.handle) : copyForSpawnHandle(of: binding.handle)
+            return owned ? copyHandle(of: binding.handle) : binding.copyInheritedForSpawn()
         case .task(_, nil, _):
             return newHandle()
         }
@@ -269,6 +269,9 @@ struct ContextScope {
     /// enclosing binding's, or none).
     func leave() {
         binding.isActiveFlag.store(false, ordering: .relaxed)
+        // Before the exit/unclaim below: once the context is free, another
+        // scope may enter it and write (see `TaskBinding`, "After the scope").
+        binding.freezeIfEscaped()
         // The task-local pop has just happened; the exited watchers below
         // may read.
         if let task = binding.owner {
@@ -357,7 +360,7 @@ extension Context {
             // A copy without the `.notInherited` variables, which a task
             // that inherited the binding does not see (O(1) when no
             // variable is `.notInherited`).
-            return try Context(adopting: copyForSpawnHandle(of: binding.handle)).withUnsafeHandle { try body($0, false) }
+            return try Context(adopting: binding.copyInheritedForSpawn()).withUnsafeHandle { try body($0, false) }
         case .task(_, nil, _):
             return try Context().withUnsafeHandle { try body($0, false) }
         }

@@ -201,10 +201,12 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         if inheritance == .notInherited { return nil }
         // Its owner may be writing it on another thread: take a new
         // reference inside the C runtime's read section.
-        guard foundValue(cctx_context_lookup(binding.handle, handle, &pointer)),
-            let pointer
-        else { return nil }
-        return ValueBox<Value>.adopted(pointer).value
+        // After its scope ended, the snapshot it ended with (`readInherited`).
+        return binding.readInherited { context in
+            var box: UnsafeMutableRawPointer?
+            guard foundValue(cctx_context_lookup(context, handle, &box)), let box else { return nil }
+            return ValueBox<Value>.adopted(box).value
+        }
     }
 
     /// The value the running code sees in its current context, without the

@@ -53,6 +53,51 @@ import Glibc
 // deferred it would have to publish it under those read sections while a
 // `Task {}` copy reads (docs/performance.md).
 //
+// After the scope (`freezeIfEscaped`, `readInherited`): a `Task {}` copies
+// the task-local items, so it keeps the binding, and with it the C context,
+// after the scope has ended. For `Context.run` that context is the user's:
+// a later, separate `run` of it may write it, and a reader of the live
+// context would see that (asyncio's `create_task` copied the context at
+// creation). So the scope's end freezes an escaped binding:
+// * Who escaped: at `leave` the task-local pop has released the item's
+//   reference, and the structured children that link to the scope's items
+//   have ended (`async let` and groups made inside the scope end with it).
+//   So a binding referenced by anything but the scope itself is held by a
+//   task that copied the items: a `Task {}`, or a child added to a group
+//   made outside the scope (the runtime copies the items for it too), and
+//   it reads after the scope like a `Task {}` does. One uniqueness test; a spurious "escaped" only costs a copy.
+//   `withValue`'s binding holds a private copy nobody else may write once
+//   its scope ends, but it is frozen the same way: one rule, and only a
+//   scope a task escaped pays the O(1) copy.
+// * What: the owner has made its last write (the body has returned), so
+//   `cctx_context_copy` (sharing the root) is what the scope ended with.
+//   Published once with a release store, never replaced, released in
+//   `deinit`; a reader loads it with acquire, which orders the C context
+//   the copy made before the reader's use of it.
+// * When: before the C exit/unclaim. A later scope's claim (or enter) is a
+//   CAS on the same owner word that reads from that exit/unclaim, so the
+//   publish happens before every write the later scope makes.
+// * A reader that loaded "no snapshot" and then read the live context may
+//   race the publish: it checks again after the read and, when the
+//   snapshot is there by then, drops what it read and reads the snapshot.
+//   Sound: if its read saw a later scope's write (a root stored with
+//   release, loaded by the reader's read section with acquire), that write
+//   happens after the publish (above), so the second load sees the
+//   snapshot. Without a snapshot on the second load, the read saw only the
+//   ending scope's roots: a value of the scope that is ending, never a later
+//   scope's. Copies (`copyInheritedForSpawn`) do the same, releasing the
+//   copy of the live context they drop.
+// * The per-thread value cache (`place_cache.c`) serves only the owner of
+//   an active binding; a reader that inherited the binding always takes
+//   the read above. The owner's own entry is dead after `leave` (it bumps
+//   the place generation); the publish still sits inside a bracketed write
+//   so that the cache's rule ("what a binding serves changes only inside a
+//   write the count brackets") stays true. Only the owner, the one leaving,
+//   touches the count.
+// * Lifetime: the snapshot keeps the values the scope ended with until the
+//   last `Task {}` copy of the binding goes; they are released there, in
+//   `deinit`, outside any lock, so their deinits may use the library.
+//
 // Ownership under task-address reuse (task addresses are reused once a task
 // ends; `async let` children even share their parent's memory and often the
 // same address one after another):
@@ -103,6 +148,15 @@ final class TaskBinding: Sendable {
     /// The context as a ``Context`` (a new Swift object on the same C
     /// context), for the rare callers that need one.
     var context: Context { Context(retaining: handle) }
+
+    /// The snapshot of `handle` taken when the scope ended while a
+    /// `Task {}` copy still held the binding (`freezeIfEscaped()`); nil
+    /// until then and for every binding that did not escape. Stored once
+    /// with release, never replaced; one reference, released in `deinit`.
+    /// Read by tasks that do not own the binding (`readInherited(_:)`).
+    /// The pointer's bit pattern (0: none), as `Atomic` of a pointer is not
+    /// `Sendable`.
+    @usableFromInline let frozen = Atomic<UInt>(0)
 
     /// The address of the task that installed this binding; nil when a
     /// thread outside any task opened the scope.
@@ -162,7 +216,64 @@ final class TaskBinding: Sendable {
 
     deinit {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
+        // The last reference is going: no reader is left, relaxed is enough.
+        if let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed)) { cctx_context_release(snapshot) }
         cctx_context_release(handle)
+    }
+
+    /// The snapshot published when the scope ended, if it was (acquire:
+    /// its C context was made before the release store that published it).
+    @inlinable
+    var frozenSnapshot: OpaquePointer? { OpaquePointer(bitPattern: frozen.load(ordering: .acquiring)) }
+
+    /// What `read` answers for the binding's context, read by a task that
+    /// does not own the binding: from the snapshot once the scope has
+    /// ended, else from the live context, checked again afterwards (see
+    /// the file comment, "After the scope"). `read` must own nothing it
+    /// returns that needs an explicit release (an answer is dropped when
+    /// the snapshot appeared meanwhile).
+    @inlinable
+    func readInherited<R>(_ read: (OpaquePointer) -> R) -> R {
+        if let snapshot = frozenSnapshot { return read(snapshot) }
+        let live = read(handle)
+        // Published meanwhile: `live` may hold a later scope's write.
+        if let snapshot = frozenSnapshot { return read(snapshot) }
+        return live
+    }
+
+    /// A copy without the `.notInherited` variables of what a task that
+    /// does not own the binding sees (one reference, the caller's): as
+    /// ``readInherited(_:)``, releasing a copy of the live context taken
+    /// while the scope ended.
+    func copyInheritedForSpawn() -> OpaquePointer {
+        if let snapshot = frozenSnapshot { return Context.copyForSpawnHandle(of: snapshot) }
+        let live = Context.copyForSpawnHandle(of: handle)
+        guard let snapshot = frozenSnapshot else { return live }
+        cctx_context_release(live)
+        return Context.copyForSpawnHandle(of: snapshot)
+    }
+
+    /// Called by the owner as its scope ends, after the task-local pop and
+    /// before the context is exited or unclaimed: when a `Task {}` copy
+    /// still holds the binding, publishes a snapshot of what the scope
+    /// ended with for it to read (see the file comment, "After the scope").
+    /// One uniqueness test when nothing escaped.
+    func freezeIfEscaped() {
+        let object = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
+        if cctx_shim_is_uniquely_referenced(object) { return }
+        // The owner has finished writing: the copy is what the scope ended
+        // with. O(1): it shares the root.
+        let snapshot = Context.copyHandle(of: handle)
+        // Not needed today (the value cache serves only the owner, and
+        // this binding is no longer the owner's place: `leave` bumped the
+        // place generation), but it keeps the cache's rule true: what the
+        // binding serves changes only inside a bracketed write.
+        withWrite {
+            // Release: a reader that loads the pointer sees the C context
+            // the copy made. Before the exit/unclaim, whose release orders
+            // it before any later scope's claim and hence its writes.
+            frozen.store(UInt(bitPattern: snapshot), ordering: .releasing)
+        }
     }
 
     @inlinable
@@ -240,7 +351,7 @@ final class TaskBinding: Sendable {
     /// new unscoped binding holding a copy of what it sees.
     static func writableBinding(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> TaskBinding {
         if owned, let visible { return visible }
-        let copy = visible.map { Context.copyForSpawnHandle(of: $0.handle) } ?? Context.newHandle()
+        let copy = visible.map { $0.copyInheritedForSpawn() } ?? Context.newHandle()
         return UnscopedBindings.shared.insert(adopting: copy, enclosing: visible, for: task)
     }
 }

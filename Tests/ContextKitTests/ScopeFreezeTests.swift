@@ -1,0 +1,286 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import ContextKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A `Task {}` created inside a scope reads, after the scope has ended,
+/// what the scope ended with — never what a later, separate scope of the
+/// same `Context` writes (asyncio's `create_task` copies the context at
+/// creation; docs/concurrency.md, "After the scope").
+@Suite struct ScopeFreezeTests {
+    /// Sync `run` (here from a sync function, in a task): the task is
+    /// created in the first scope, reads after the second one wrote.
+    @Test func taskFromSyncRunReadsWhatTheScopeEndedWith() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        let context = Context()
+        let gate = AsyncGate()
+        func first() throws -> Task<Int, Never> {
+            try context.run {
+                v.set(1)
+                return Task { await gate.wait(); return (v.value ?? -1) }
+            }
+        }
+        let task = try first()
+        func second() throws { try context.run { v.set(2) } }
+        try second()
+        await gate.open()
+        #expect(await task.value == 1)
+        #expect(context[v] == 2)
+    }
+
+    /// Async `run`: the same, with an await inside each scope.
+    @Test func taskFromAsyncRunReadsWhatTheScopeEndedWith() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        let context = Context()
+        let gate = AsyncGate()
+        let task = try await context.run {
+            v.set(1)
+            await Task.yield()
+            return Task { await gate.wait(); return (v.value ?? -1) }
+        }
+        try await context.run {
+            await Task.yield()
+            v.set(2)
+        }
+        await gate.open()
+        #expect(await task.value == 1)
+    }
+
+    /// `run` on a thread outside any task (the binding has no owner task).
+    @Test func taskFromRunOnAThreadReadsWhatTheScopeEndedWith() async {
+        let v = ContextVar<Int>("v", default: 0)
+        let context = Context()
+        let gate = AsyncGate()
+        let task = onNewThread { () -> Task<Int, Never> in
+            let task = try! context.run {
+                v.set(1)
+                return Task { await gate.wait(); return (v.value ?? -1) }
+            }
+            try! context.run { v.set(2) }
+            return task
+        }
+        await gate.open()
+        #expect(await task.value == 1)
+    }
+
+    /// A `Task {}` created in a `withValue` nested in `run` holds
+    /// `withValue`'s binding, a private copy nobody writes after its scope:
+    /// a guard that this stays so (it passed before the freeze too), and
+    /// that the task's unscoped writes stay its own.
+    @Test func taskFromNestedWithValueReadsItsScope() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        let w = ContextVar<Int>("w", default: 0)
+        let context = Context()
+        let gate = AsyncGate()
+        let task = try await context.run {
+            v.set(1)
+            w.set(10)
+            return v.withValue(5) {
+                Task { () -> [Int] in
+                    await gate.wait()
+                    let before = [(v.value ?? -1), (w.value ?? -1)]
+                    w.set(11)
+                    return before + [(w.value ?? -1)]
+                }
+            }
+        }
+        try await context.run {
+            v.set(2)
+            w.set(20)
+        }
+        await gate.open()
+        #expect(await task.value == [5, 10, 11])
+        #expect(context[v] == 2 && context[w] == 20)
+    }
+
+    /// `Task.detached` inherits no binding: unaffected (a guard).
+    @Test func detachedTaskFromRunReadsNothing() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        let context = Context()
+        let gate = AsyncGate()
+        let task = try await context.run {
+            v.set(1)
+            return Task.detached { await gate.wait(); return (v.value ?? -1) }
+        }
+        try await context.run { v.set(2) }
+        await gate.open()
+        #expect(await task.value == 0)
+    }
+
+    /// Exception 1 still holds while the scope lasts, and after it ends the
+    /// task reads what the scope ended with (its last in-scope `set`).
+    @Test func laterSetInTheSameScopeIsSeenThenFrozen() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        let context = Context()
+        let inScope = AsyncGate()
+        let afterScope = AsyncGate()
+        let read = AsyncGate()
+        let seen = LockedBox<[Int]>([])
+        let task = try await context.run {
+            v.set(1)
+            let task = Task { () -> Int in
+                await inScope.wait()
+                seen.mutate { $0.append((v.value ?? -1)) }
+                await read.open()
+                await afterScope.wait()
+                return (v.value ?? -1)
+            }
+            v.set(3)
+            await inScope.open()
+            await read.wait()
+            return task
+        }
+        try await context.run { v.set(2) }
+        await afterScope.open()
+        #expect(await task.value == 3)
+        #expect(seen.value == [3])
+    }
+
+    /// Copies made from an inherited binding after its scope ended
+    /// (`Context.copyCurrent`, a first `set`, `withCurrentUnsafeHandle`)
+    /// hold what the scope ended with too.
+    @Test func copiesAfterTheScopeHoldWhatItEndedWith() async throws {
+        let v = ContextVar<Int>("v", default: 0)
+        let w = ContextVar<Int>("w", default: 0)
+        let context = Context()
+        let gate = AsyncGate()
+        let task = try await context.run {
+            v.set(1)
+            return Task { () -> [Int] in
+                await gate.wait()
+                let copied = Context.copyCurrent()[v] ?? -1
+                let viaHandle = Context.withCurrentUnsafeHandle { handle, _ in
+                    Context(retaining: handle)[v] ?? -1
+                }
+                w.set(7)  // first write: a copy of what the task sees
+                return [copied, viaHandle, (v.value ?? -1), (w.value ?? -1)]
+            }
+        }
+        try await context.run { v.set(2) }
+        await gate.open()
+        #expect(await task.value == [1, 1, 1, 7])
+    }
+
+    /// Stress: a `Task {}` reads in a loop while its scope ends and the
+    /// next scope of the same context writes; it must only ever see the
+    /// first scope's value. Many rounds; ThreadSanitizer-clean.
+    @Test func readerRacingTheScopeEndSeesOnlyTheFirstScope() async throws {
+        final class Round: Sendable {
+            let reads = Atomic<Int>(0)
+            let wrong = Atomic<Int>(0)
+            let stop = Atomic<Bool>(false)
+        }
+        let v = ContextVar<Int>("v", default: 0)
+        let rounds = scaled(200)
+        var wrongTotal = 0
+        for _ in 0..<rounds {
+            let context = Context()
+            let round = Round()
+            let reader = try await context.run { () async -> Task<Void, Never> in
+                v.set(1)
+                // Spins, yielding only every 64 reads: a reader that never
+                // yields holds a cooperative thread, and with another test
+                // blocking the other one (2 cores) nothing else could run.
+                let reader = Task {
+                    while !round.stop.load(ordering: .relaxed) {
+                        if (v.value ?? -1) != 1 { round.wrong.add(1, ordering: .relaxed) }
+                        if round.reads.add(1, ordering: .relaxed).newValue % 64 == 0 { await Task.yield() }
+                    }
+                }
+                // The reader runs before the scope ends.
+                while round.reads.load(ordering: .relaxed) == 0 { await Task.yield() }
+                return reader
+            }
+            let before = round.reads.load(ordering: .relaxed)
+            try await context.run {
+                for value in 2...20 { v.set(value) }
+            }
+            // And reads after the next scope wrote.
+            while round.reads.load(ordering: .relaxed) <= before + 1 { await Task.yield() }
+            round.stop.store(true, ordering: .relaxed)
+            await reader.value
+            wrongTotal += round.wrong.load(ordering: .relaxed)
+        }
+        #expect(wrongTotal == 0)
+    }
+
+    /// The same with a reader that yields between reads (it resumes on
+    /// either thread), fewer rounds.
+    @Test func yieldingReaderRacingTheScopeEnd() async throws {
+        final class Round: Sendable {
+            let reads = Atomic<Int>(0)
+            let wrong = Atomic<Int>(0)
+            let stop = Atomic<Bool>(false)
+        }
+        let v = ContextVar<Int>("v", default: 0)
+        var wrongTotal = 0
+        for _ in 0..<scaled(100) {
+            let context = Context()
+            let round = Round()
+            let reader = try await context.run { () async -> Task<Void, Never> in
+                v.set(1)
+                let reader = Task {
+                    while !round.stop.load(ordering: .relaxed) {
+                        if (v.value ?? -1) != 1 { round.wrong.add(1, ordering: .relaxed) }
+                        round.reads.add(1, ordering: .relaxed)
+                        await Task.yield()
+                    }
+                }
+                while round.reads.load(ordering: .relaxed) == 0 { await Task.yield() }
+                return reader
+            }
+            let before = round.reads.load(ordering: .relaxed)
+            try await context.run { for value in 2...20 { v.set(value) } }
+            while round.reads.load(ordering: .relaxed) <= before + 1 { await Task.yield() }
+            round.stop.store(true, ordering: .relaxed)
+            await reader.value
+            wrongTotal += round.wrong.load(ordering: .relaxed)
+        }
+        #expect(wrongTotal == 0)
+    }
+
+    /// Values whose deinit reads and sets the variable: the first scope's
+    /// value lives on in the snapshot while the escaped task holds the
+    /// binding, and is released (its deinit using the library) when the
+    /// task ends. In a child process: a stop fails this test alone.
+    @Test func snapshotValuesWithReentrantDeinitAreReleasedWithTheTask() async {
+        await #expect(processExitsWith: .success) {
+            let context = Context()
+            let gate = AsyncGate()
+            let task = try! await context.run {
+                Reentrant.variable.set(Reentrant(1))
+                return Task { await gate.wait(); return Reentrant.variable.value?.id ?? -1 }
+            }
+            // Replaces value 1 in the live context: only the snapshot holds it.
+            try! await context.run { Reentrant.variable.set(Reentrant(2)) }
+            if ReentrantCount.count.load(ordering: .sequentiallyConsistent) != 0 { exit(2) }
+            await gate.open()
+            if await task.value != 1 { exit(3) }
+            // The task has ended: its binding, and the snapshot, go with it.
+            let gone = eventually(seconds: 30) { ReentrantCount.count.load(ordering: .sequentiallyConsistent) == 1 }
+            if !gone { exit(4) }
+            if context[Reentrant.variable]?.id != 2 { exit(5) }
+            exit(0)
+        }
+    }
+}
+
+/// A value whose deinit reads and sets ContextKit variables, counting its
+/// releases (``ScopeFreezeTests/snapshotValuesWithReentrantDeinitAreReleasedWithTheTask()``).
+private final class Reentrant: Sendable {
+    static let variable = ContextVar<Reentrant>("reentrant")
+    static let log = ContextVar<Int>("log", default: 0)
+    let id: Int
+    init(_ id: Int) { self.id = id }
+    deinit {
+        _ = Reentrant.variable.value?.id
+        Reentrant.log.set((Reentrant.log.value ?? 0) + 1)
+        ReentrantCount.count.add(1, ordering: .sequentiallyConsistent)
+    }
+}
+
+private enum ReentrantCount { static let count = Atomic<Int>(0) }
