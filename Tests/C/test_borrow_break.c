@@ -27,6 +27,7 @@
 #include "internal.h"
 
 #include "hamt.h"
+#include "hamt_maps.h"
 
 #include <signal.h>
 #include <string.h>
@@ -55,38 +56,12 @@ static unsigned var_count(const cctx_var *v)
     return cctx_load_uint_relaxed(&((cctx_var *)v)->refcnt);
 }
 
-static hamt_node *with(hamt_node *root, cctx_var *k, long id)
-{
-    tv_value *v = tv_new(id);
-    hamt_node *out = NULL;
-    assert_ok(hamt_assoc(root, k, v, &out));
-    tv_drop(v);
-    assert_int_equal(hamt_check(out), 0);
-    return out;
-}
-
 /* `root` with k bound, the caller's reference to `root` moved in. */
 static hamt_node *set(hamt_node *root, cctx_var *k, long id)
 {
     hamt_node *out = with(root, k, id);
     hamt_release(root);
     return out;
-}
-
-static hamt_node *without(hamt_node *root, cctx_var *k)
-{
-    hamt_node *out = NULL;
-    assert_ok(hamt_without(root, k, &out));
-    assert_int_equal(hamt_check(out), 0);
-    return out;
-}
-
-static long id_in(const hamt_node *root, const cctx_var *k)
-{
-    void *out = NULL;
-    if (!hamt_find(root, k, &out))
-        return -1;
-    return ((tv_value *)out)->id;
 }
 
 static int setup(void **state)

@@ -24,6 +24,7 @@
 #include "internal.h"
 
 #include "hamt.h"
+#include "hamt_maps.h"
 
 #include <string.h>
 
@@ -58,32 +59,6 @@ static hamt_node *map_of(cctx_var **keys, int n)
     }
     assert_int_equal(hamt_check(root), 0);
     return root;
-}
-
-static hamt_node *with(hamt_node *root, cctx_var *key, long id)
-{
-    tv_value *v = tv_new(id);
-    hamt_node *out = NULL;
-    assert_ok(hamt_assoc(root, key, v, &out));
-    tv_drop(v);
-    assert_int_equal(hamt_check(out), 0);
-    return out;
-}
-
-static hamt_node *without(hamt_node *root, cctx_var *key)
-{
-    hamt_node *out = NULL;
-    assert_ok(hamt_without(root, key, &out));
-    assert_int_equal(hamt_check(out), 0);
-    return out;
-}
-
-static long id_in(const hamt_node *root, const cctx_var *key)
-{
-    void *out = NULL;
-    if (!hamt_find(root, key, &out))
-        return -1;
-    return ((tv_value *)out)->id;
 }
 
 /* keys[0..NKEYS) in fragments 0..19 of the root; two spare keys in

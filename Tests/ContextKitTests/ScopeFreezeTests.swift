@@ -167,28 +167,42 @@ import Glibc
 
     /// Stress: a `Task {}` reads in a loop while its scope ends and the
     /// next scope of the same context writes; it must only ever see the
-    /// first scope's value. Many rounds; ThreadSanitizer-clean.
+    /// first scope's value. Many rounds; ThreadSanitizer-clean. The reader
+    /// yields only every 64 reads: one that never yields holds a
+    /// cooperative thread, and with another test blocking the other one
+    /// (2 cores) nothing else could run.
     @Test func readerRacingTheScopeEndSeesOnlyTheFirstScope() async throws {
+        #expect(try await wrongReadsRacingTheScopeEnd(rounds: scaled(200), yieldEvery: 64) == 0)
+    }
+
+    /// The same with a reader that yields between reads (it resumes on
+    /// either thread), fewer rounds.
+    @Test func yieldingReaderRacingTheScopeEnd() async throws {
+        #expect(try await wrongReadsRacingTheScopeEnd(rounds: scaled(100), yieldEvery: 1) == 0)
+    }
+
+    /// Rounds of: a scope sets 1 and starts a `Task {}` that reads in a loop
+    /// (yielding every `yieldEvery` reads); once it has read, the scope
+    /// ends and a second scope of the same context sets 2...20; the reader
+    /// stops after a read made after that. Returns how many reads saw
+    /// anything but 1.
+    private func wrongReadsRacingTheScopeEnd(rounds: Int, yieldEvery: Int) async throws -> Int {
         final class Round: Sendable {
             let reads = Atomic<Int>(0)
             let wrong = Atomic<Int>(0)
             let stop = Atomic<Bool>(false)
         }
         let v = ContextVar<Int>("v", default: 0)
-        let rounds = scaled(200)
         var wrongTotal = 0
         for _ in 0..<rounds {
             let context = Context()
             let round = Round()
             let reader = try await context.run { () async -> Task<Void, Never> in
                 v.set(1)
-                // Spins, yielding only every 64 reads: a reader that never
-                // yields holds a cooperative thread, and with another test
-                // blocking the other one (2 cores) nothing else could run.
                 let reader = Task {
                     while !round.stop.load(ordering: .relaxed) {
                         if (v.value ?? -1) != 1 { round.wrong.add(1, ordering: .relaxed) }
-                        if round.reads.add(1, ordering: .relaxed).newValue % 64 == 0 { await Task.yield() }
+                        if round.reads.add(1, ordering: .relaxed).newValue % yieldEvery == 0 { await Task.yield() }
                     }
                 }
                 // The reader runs before the scope ends.
@@ -196,51 +210,14 @@ import Glibc
                 return reader
             }
             let before = round.reads.load(ordering: .relaxed)
-            try await context.run {
-                for value in 2...20 { v.set(value) }
-            }
+            try await context.run { for value in 2...20 { v.set(value) } }
             // And reads after the next scope wrote.
             while round.reads.load(ordering: .relaxed) <= before + 1 { await Task.yield() }
             round.stop.store(true, ordering: .relaxed)
             await reader.value
             wrongTotal += round.wrong.load(ordering: .relaxed)
         }
-        #expect(wrongTotal == 0)
-    }
-
-    /// The same with a reader that yields between reads (it resumes on
-    /// either thread), fewer rounds.
-    @Test func yieldingReaderRacingTheScopeEnd() async throws {
-        final class Round: Sendable {
-            let reads = Atomic<Int>(0)
-            let wrong = Atomic<Int>(0)
-            let stop = Atomic<Bool>(false)
-        }
-        let v = ContextVar<Int>("v", default: 0)
-        var wrongTotal = 0
-        for _ in 0..<scaled(100) {
-            let context = Context()
-            let round = Round()
-            let reader = try await context.run { () async -> Task<Void, Never> in
-                v.set(1)
-                let reader = Task {
-                    while !round.stop.load(ordering: .relaxed) {
-                        if (v.value ?? -1) != 1 { round.wrong.add(1, ordering: .relaxed) }
-                        round.reads.add(1, ordering: .relaxed)
-                        await Task.yield()
-                    }
-                }
-                while round.reads.load(ordering: .relaxed) == 0 { await Task.yield() }
-                return reader
-            }
-            let before = round.reads.load(ordering: .relaxed)
-            try await context.run { for value in 2...20 { v.set(value) } }
-            while round.reads.load(ordering: .relaxed) <= before + 1 { await Task.yield() }
-            round.stop.store(true, ordering: .relaxed)
-            await reader.value
-            wrongTotal += round.wrong.load(ordering: .relaxed)
-        }
-        #expect(wrongTotal == 0)
+        return wrongTotal
     }
 
     /// Values whose deinit reads and sets the variable: the first scope's
