@@ -162,6 +162,8 @@ static inline cctx_context *context_object(cctx_thread_state *ts)
         ctx->readers = 0;
         ctx->handover_next = NULL;
         ctx->handover_ts = NULL;
+        ctx->bias_entering = 0; /* 0 again whenever an object is freed */
+        ctx->bias_last = NULL;
     }
     return ctx;
 }
@@ -426,13 +428,13 @@ static __attribute__((noinline, cold)) bool handover_to_exit(cctx_context *ctx)
     pthread_mutex_lock(&handover_lock);
     uintptr_t owner = cctx_load_uintptr(&ctx->owner);
     bool handed = false;
-    if (owner > CCTX_OWNER_WRITING &&
+    if (owner_is_entered(owner) &&
         reclaim_thread_is_gone((cctx_thread_state *)(owner & ~CCTX_OWNER_HELD))) {
         /* A fork child releasing a context that a thread which did not
          * survive the fork had entered: no exit will come. End that entered
          * state; the caller holds the last reference and frees it. */
         cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
-    } else if (owner > CCTX_OWNER_WRITING) {
+    } else if (owner_is_entered(owner)) {
         ctx->handover_next = handover_head;
         handover_head = ctx;
         handed = handover_count_for(ctx, owner);
@@ -493,8 +495,9 @@ static inline __attribute__((always_inline)) void context_free(cctx_context *ctx
 {
     /* Nobody reads it now (readers hold a reference), and the count is 1:
      * the state a cached object keeps (context_object). */
-    CCTX_ASSERT(ctx->readers == 0 && ctx->refcnt == 1);
+    CCTX_ASSERT(ctx->readers == 0 && ctx->refcnt == 1 && ctx->bias_entering == 0);
     ctx->magic = 0;
+    ctx->bias_last = NULL; /* a reuse starts unbiased ("The bias") */
     hamt_node *root = ctx->root;
     cctx_thread_state *ts = thread_state_peek();
     cctx_dealloc_cached(ts != NULL ? &context_cache : NULL, ctx);
@@ -524,8 +527,8 @@ static __attribute__((noinline)) void context_release_slow(cctx_context *ctx)
                 return;
             continue;
         }
-        if (owner <= CCTX_OWNER_WRITING || (owner & CCTX_OWNER_HELD) != 0)
-            break; /* FREE (or claimed, or a one-off writer): free it */
+        if (!owner_is_entered(owner) || (owner & CCTX_OWNER_HELD) != 0)
+            break; /* FREE or LEFT (or claimed, or a one-off writer): free it */
         if (owner == (uintptr_t)thread_state_peek()) {
             /* Entered by this thread: only it writes the word (context.h). */
             cctx_store_uintptr(&ctx->owner, owner | CCTX_OWNER_HELD);
@@ -545,7 +548,7 @@ void cctx_context_release(cctx_context *ctx)
         return;
     /* The common last release (a copy's): nobody has it entered, and
      * nobody else has a reference (owner first: see above). */
-    if (CCTX_LIKELY(cctx_load_uintptr(&ctx->owner) == CCTX_OWNER_NONE &&
+    if (CCTX_LIKELY(context_owner(ctx) == CCTX_OWNER_NONE &&
                     cctx_load_uint(&ctx->refcnt) == 1)) {
         context_free(ctx);
         return;
@@ -945,10 +948,145 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
 
 /* ------------------------------------------------------------ owner */
 
+/*
+ * The bias. Most contexts are entered again and again by one thread (a
+ * loop of `run`, a worker's own contexts), and the CAS of an enter is most
+ * of its cost. So an exit by the thread that also made the previous exit
+ * (`bias_last`) leaves the context LEFT(ts) instead of FREE, and ts's next
+ * enter takes it back with plain stores. Any other taker (an enter by
+ * another thread, a claim, a one-off write) first revokes the bias:
+ *
+ *       biased enter (ts)                 revoke (r)
+ *       load owner == LEFT(ts)?           CAS owner LEFT(ts) -> REVOKING
+ *       store bias_entering = 1           heavy barrier (membarrier)
+ *       light barrier                     wait while bias_entering != 0
+ *       load owner == LEFT(ts)?           load owner:
+ *         store owner = ENTERED(ts)         REVOKING: bias_last = NEVER,
+ *       store bias_entering = 0               store owner = the taken state
+ *                                           else: ts entered first; look
+ *                                             again (it is entered: refused)
+ *
+ * Dekker's pattern again, with the asymmetric barrier of "The handover"
+ * (the same exit_fence mode decides both): either ts's second load sees
+ * REVOKING (it stores nothing and takes the CAS path, which refuses), or
+ * r's wait sees ts's window open and waits for it to close, after which
+ * ts's store of ENTERED(ts), ordered before its store of 0, is what r
+ * reads. So r writes the word only when no biased enter can still
+ * overwrite it, and exactly one side takes the context.
+ *
+ * One writer of `bias_entering`: a thread opens the window only when it
+ * saw LEFT(itself), and a LEFT(ts) word changes only by ts (enter, exit to
+ * LEFT(ts) again) or by a revoke, which sets bias_last = NEVER so that no
+ * exit biases the object again. So between an object's creation and its
+ * free at most one thread ever holds its bias; a thread that stopped
+ * holding it never opens the window again (its second load fails first),
+ * and nobody can be inside the window at free (an enter needs a
+ * reference). The window's `0` therefore never hides another thread's `1`.
+ *
+ * Costs: the biased enter has no locked instruction; a revoke costs one
+ * membarrier (≈ 0.3 µs), at most once per context object, and only for an
+ * object one thread left twice in a row. A context that moves between
+ * threads (a Swift task's claims never bias: only exits of entered
+ * contexts do) pays the plain CAS it always paid. A thread that exits
+ * leaves its LEFT words behind: they read as FREE to everyone (readers,
+ * releasers), a revoke never dereferences the state, and a new thread
+ * given the same address may take the bias over, which is as safe as its
+ * old holder taking it (no window of the dead thread is open). In a fork
+ * child, a window left open by a thread that did not survive is closed by
+ * fiat (reclaim_thread_is_gone), as the handover does.
+ */
+
+/* The revoke side and every other non-biased take: FREE or LEFT -> `to`
+ * for thread `ts` (NULL: no state; never the bias holder). False when the
+ * context is taken (entered, claimed, written, being revoked). */
+static __attribute__((noinline)) bool owner_take_slow(cctx_context *ctx, cctx_thread_state *ts,
+                                                      uintptr_t to)
+{
+    for (;;) {
+        uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+        if (owner == CCTX_OWNER_NONE ||
+            (ts != NULL && owner == ((uintptr_t)ts | CCTX_OWNER_LEFT))) {
+            /* Free, or our own bias: only we would take it with plain
+             * stores, and we are here. Acquire (full barrier): the
+             * previous owner's writes happen before. */
+            if (cctx_cas_uintptr(&ctx->owner, owner, to))
+                return true;
+            continue;
+        }
+        if (!owner_is_left(owner))
+            return false;
+        if (!cctx_cas_uintptr(&ctx->owner, owner, CCTX_OWNER_REVOKING))
+            continue;
+        handover_heavy_barrier();
+        cctx_thread_state *holder = (cctx_thread_state *)(owner & ~CCTX_OWNER_LEFT);
+        while (cctx_load_uint(&ctx->bias_entering) != 0) {
+            if (reclaim_thread_is_gone(holder))
+                break; /* a fork child: its window stays open for ever */
+            sched_yield();
+        }
+        if (cctx_load_uintptr(&ctx->owner) == CCTX_OWNER_REVOKING) {
+            ctx->bias_last = CCTX_BIAS_NEVER;
+            cctx_store_uintptr(&ctx->owner, to);
+            return true;
+        }
+        /* The holder's biased enter came first and overwrote REVOKING:
+         * look again (it is entered now, or has left once more). */
+    }
+}
+
+/* The exits' and the biased enter's side of a Dekker barrier ("The
+ * handover", "The bias"): a compiler barrier when membarrier does the
+ * other side's work, else a fence. */
+static inline __attribute__((always_inline)) void light_barrier(int fence)
+{
+    if (CCTX_UNLIKELY(fence))
+        cctx_fence_memory();
+    else
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+#ifdef CCTX_INTERNAL_CHECKS
+void (*cctx__bias_window_hook)(int where);
+#define BIAS_WINDOW(where)                                                   \
+    do {                                                                     \
+        void (*hook_)(int) = __atomic_load_n(&cctx__bias_window_hook, __ATOMIC_ACQUIRE); \
+        if (hook_ != NULL)                                                   \
+            hook_(where);                                                    \
+    } while (0)
+#else
+#define BIAS_WINDOW(where) ((void)0)
+#endif
+
+static inline __attribute__((always_inline)) bool owner_enter(cctx_context *ctx,
+                                                              cctx_thread_state *ts)
+{
+    uintptr_t owner = cctx_load_uintptr(&ctx->owner);
+    uintptr_t left = (uintptr_t)ts | CCTX_OWNER_LEFT;
+    if (CCTX_LIKELY(owner == left)) {
+        cctx_store_uint(&ctx->bias_entering, 1);
+        light_barrier(cctx_load_int(&exit_fence));
+        BIAS_WINDOW(1);
+        bool biased = cctx_load_uintptr(&ctx->owner) == left;
+        if (CCTX_LIKELY(biased)) {
+            BIAS_WINDOW(2);
+            cctx_store_uintptr(&ctx->owner, (uintptr_t)ts);
+        }
+        /* Release: after the owner store (a revoker that sees 0 sees it). */
+        cctx_store_uint(&ctx->bias_entering, 0);
+        if (CCTX_LIKELY(biased))
+            return true;
+    } else if (CCTX_LIKELY(owner == CCTX_OWNER_NONE) &&
+               cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, (uintptr_t)ts)) {
+        /* Acquire (full barrier): the previous owner's writes happen
+         * before. */
+        return true;
+    }
+    return owner_take_slow(ctx, ts, (uintptr_t)ts);
+}
+
 bool context_owner_enter(cctx_context *ctx, cctx_thread_state *ts)
 {
-    /* Acquire (full barrier): the previous owner's writes happen before. */
-    return cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, (uintptr_t)ts);
+    return owner_enter(ctx, ts);
 }
 
 void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
@@ -985,17 +1123,24 @@ static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
     if (CCTX_UNLIKELY(root_credit.ctx == ctx))
         credit_flush();
     int fence = cctx_load_int(&exit_fence);
+    /* Biased when this thread also made the previous exit ("The bias");
+     * a base never is (its teardown frees it). */
+    uintptr_t next = CCTX_OWNER_NONE;
+    if (collect) {
+        cctx_thread_state *last = ctx->bias_last;
+        if (CCTX_LIKELY(last == ts))
+            next = (uintptr_t)ts | CCTX_OWNER_LEFT;
+        else if (last != CCTX_BIAS_NEVER)
+            ctx->bias_last = ts;
+    }
     /* Release: our writes to the context happen before the next owner's
      * (its CAS acquires) and before a collector's release (its load
      * acquires). After this store another thread may free the context
      * (unless HELD): it is not touched again. */
-    cctx_store_uintptr(&ctx->owner, CCTX_OWNER_NONE);
+    cctx_store_uintptr(&ctx->owner, next);
     /* The exit's side of the handover barrier ("The handover"): the load
      * of ts->handover_pending must not come before the store above. */
-    if (CCTX_UNLIKELY(fence))
-        cctx_fence_memory();
-    else
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    light_barrier(fence);
     bool held = owner != (uintptr_t)ts;
     if (CCTX_UNLIKELY(held | (collect && cctx_load_uint_relaxed(&ts->handover_pending) != 0)))
         owner_leave_slow(ts, ctx, held, collect);
@@ -1027,8 +1172,7 @@ static cctx_status context_owner_write_begin(cctx_context *ctx, cctx_thread_stat
     *transient = false;
     if (owner == CCTX_OWNER_CLAIMED || owner == (uintptr_t)ts)
         return CCTX_OK;
-    if (owner == CCTX_OWNER_NONE &&
-        cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, CCTX_OWNER_WRITING)) {
+    if (owner == CCTX_OWNER_NONE && owner_take_slow(ctx, ts, CCTX_OWNER_WRITING)) {
         *transient = true;
         return CCTX_OK;
     }
@@ -1043,7 +1187,7 @@ static void context_owner_write_end(cctx_context *ctx, bool transient)
 
 static cctx_status context_owner_claim(cctx_context *ctx)
 {
-    if (!cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, CCTX_OWNER_CLAIMED))
+    if (!owner_take_slow(ctx, thread_state_peek(), CCTX_OWNER_CLAIMED))
         return CCTX_ALREADY_ENTERED;
     return CCTX_OK;
 }
@@ -1144,7 +1288,7 @@ void context_switched(cctx_thread_state *ts, cctx_event event, cctx_context *ctx
 static inline __attribute__((always_inline)) cctx_status enter(cctx_thread_state *ts,
                                                                 cctx_context *ctx)
 {
-    if (!context_owner_enter(ctx, ts))
+    if (!owner_enter(ctx, ts))
         return CCTX_ALREADY_ENTERED;
     /* No retain: the caller's reference keeps it, or is handed to this
      * entered state when released early ("The handover"). */

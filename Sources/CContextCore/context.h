@@ -23,20 +23,27 @@
  *
  *   state            value                  may write root / enter
  *   FREE             CCTX_OWNER_NONE        nobody / anyone may enter
+ *   LEFT(ts)         ts|CCTX_OWNER_LEFT     nobody / anyone (free, but
+ *                                           biased: see below)
  *   ENTERED(ts)      the thread state ts    thread ts only / nobody else
  *                    (|HELD: see below)
  *   CLAIMED          CCTX_OWNER_CLAIMED     the claiming task / nobody
  *   WRITING          CCTX_OWNER_WRITING     one explicit write / nobody
+ *   REVOKING         CCTX_OWNER_REVOKING    nobody / nobody (a thread is
+ *                                           taking a LEFT(ts) context)
  *
  *   transition          from -> to             who, how
  *   enter               FREE -> ENTERED(ts)    thread ts: context_owner_enter
  *                                              (CAS)
+ *   biased enter        LEFT(ts) ->            thread ts: plain stores, inside
+ *                         ENTERED(ts)          its `bias_entering` window
  *   take as base        new  -> ENTERED(ts)    thread ts: context_owner_adopt
  *                                              (plain: nobody else has it)
  *   exit                ENTERED(ts)[|HELD]     thread ts: context_owner_leave
- *                         -> FREE              (release store, then a look
- *                                              at the handover list;
- *                                              _base: no look)
+ *                         -> LEFT(ts) when ts  (release store, then a look
+ *                         also made the exit   at the handover list;
+ *                         before (`bias_last`), _base: FREE, no look)
+ *                         else -> FREE
  *   last release by ts  ENTERED(ts) ->         thread ts: cctx_context_release
  *     while entered       ENTERED(ts)|HELD     (plain store: only ts writes
  *                                              an ENTERED(ts) word)
@@ -44,19 +51,28 @@
  *     another thread      ENTERED(ts)          context on the handover list
  *     while entered                            (context.c); `owner` is not
  *                                              written
- *   claim               FREE -> CLAIMED        context_owner_claim (CAS)
+ *   take from a bias    LEFT(ts) -> X          ts itself: CAS, as from FREE.
+ *     (X: ENTERED(r),                          Another thread r: CAS to
+ *     CLAIMED, WRITING)                        REVOKING, membarrier, wait for
+ *                                              ts's window, then X by store,
+ *                                              or give up if ts entered
+ *                                              (context.c, "The bias")
+ *   claim               FREE|LEFT -> CLAIMED   context_owner_claim (CAS)
  *   unclaim             CLAIMED -> FREE        context_owner_unclaim (CAS)
- *   one-off write       FREE -> WRITING        context_owner_write_begin (CAS)
+ *   one-off write       FREE|LEFT -> WRITING   context_owner_write_begin (CAS)
  *   write done          WRITING -> FREE        context_owner_write_end (store)
  *
  * Every other transition is refused (CCTX_ALREADY_ENTERED or
- * CCTX_NOT_ENTERED to the caller). Because nobody but ts writes an
- * ENTERED(ts) word (the CAS of every other transition expects FREE or
- * CLAIMED, so it fails without writing), ts's exit needs no locked
+ * CCTX_NOT_ENTERED to the caller; REVOKING counts as taken, since every
+ * revoke ends in a taken state). Because nobody but ts writes an
+ * ENTERED(ts) word (the CAS of every other transition expects FREE,
+ * LEFT or CLAIMED, so it fails without writing), ts's exit needs no locked
  * instruction. The release store at exit/write-end orders this owner's
  * writes before the next owner's, whose CAS acquires. Who drops a
  * reference released while the context is entered is context.c's
- * "handover" essay.
+ * "handover" essay; why a LEFT(ts) word lets ts enter without a CAS, and
+ * why at most one thread ever holds the bias of a context object between
+ * its creation and its free, is "The bias".
  */
 #ifndef CCTX_CONTEXT_H
 #define CCTX_CONTEXT_H
@@ -72,6 +88,7 @@
 #define CCTX_OWNER_NONE ((uintptr_t)0)
 #define CCTX_OWNER_CLAIMED ((uintptr_t)1)
 #define CCTX_OWNER_WRITING ((uintptr_t)2)
+#define CCTX_OWNER_REVOKING ((uintptr_t)3)
 
 typedef struct cctx_thread_state cctx_thread_state;
 
@@ -86,11 +103,20 @@ struct cctx_context {
     uintptr_t owner;
     cctx_context *prev;
     unsigned readers;
+    /* Non-zero while the thread that holds the bias (LEFT) is inside its
+     * biased enter; written only by that thread (context.c, "The bias"). */
+    unsigned bias_entering;
     /* While on the handover list (context.c): its link, and the thread
      * whose count includes it. Else unused. */
     cctx_context *handover_next;
     cctx_thread_state *handover_ts;
+    /* The thread that made the last exit, CCTX_BIAS_NEVER once a bias was
+     * revoked; read and written by the owner only ("The bias"), and reset
+     * when the object is freed. */
+    cctx_thread_state *bias_last;
 };
+
+#define CCTX_BIAS_NEVER ((cctx_thread_state *)1)
 
 static inline bool context_is_valid(const cctx_context *ctx)
 {
@@ -120,11 +146,27 @@ static inline hamt_node *context_own_root(const cctx_context *ctx)
  * are aligned, so ts|HELD is never one of the small constants above. */
 #define CCTX_OWNER_HELD ((uintptr_t)1)
 
-/* The owner's state, without the HELD mark. */
+/* Bit 1 of a thread state's address: LEFT(ts), free but biased to ts.
+ * Thread states are allocated 16-aligned. */
+#define CCTX_OWNER_LEFT ((uintptr_t)2)
+
+/* Whether an `owner` word is ENTERED(ts)[|HELD] / LEFT(ts). */
+static inline bool owner_is_entered(uintptr_t owner)
+{
+    return owner > CCTX_OWNER_REVOKING && (owner & CCTX_OWNER_LEFT) == 0;
+}
+static inline bool owner_is_left(uintptr_t owner)
+{
+    return owner > CCTX_OWNER_REVOKING && (owner & CCTX_OWNER_LEFT) != 0;
+}
+
+/* The owner's state, without the HELD mark; LEFT(ts) reads as FREE. */
 static inline uintptr_t context_owner(const cctx_context *ctx)
 {
     uintptr_t owner = cctx_load_uintptr(&((cctx_context *)ctx)->owner);
-    return owner > CCTX_OWNER_WRITING ? owner & ~CCTX_OWNER_HELD : owner;
+    if (owner <= CCTX_OWNER_REVOKING)
+        return owner;
+    return (owner & CCTX_OWNER_LEFT) ? CCTX_OWNER_NONE : owner & ~CCTX_OWNER_HELD;
 }
 bool context_owner_enter(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;
 void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts) CCTX_HIDDEN;

@@ -38,6 +38,13 @@ CCTX_API int cctx__context_check(cctx_context *ctx);
  * 2). Call only while no other thread uses the library. */
 CCTX_API int cctx__context_exit_barrier(int mode);
 
+/* Test builds only (CCTX_INTERNAL_CHECKS): when set, called by a biased
+ * enter (context.c, "The bias") inside its window: `where` 1 after it
+ * announced itself and before it looks at `owner` again, 2 after that look
+ * succeeded and before it stores ENTERED. Lets a test hold a thread there
+ * while another revokes. Set it only while no other thread enters. */
+CCTX_API extern void (*cctx__bias_window_hook)(int where);
+
 #ifdef __cplusplus
 }
 #endif

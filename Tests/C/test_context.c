@@ -1429,6 +1429,138 @@ static void test_variables_with_equal_hashes(void **state)
     assert_int_equal(tv_live(), live);
 }
 
+/* A biased enter (context.c, "The bias") held inside its window while
+ * another thread's enter revokes the bias: the revoke must wait for the
+ * window, and exactly one of the two gets the context. Held before the
+ * biased thread looks at `owner` again (where 1), the revoke wins; held
+ * after that look and before its store (where 2), the biased thread wins
+ * and the revoker is refused. A revoke that did not wait would let both in
+ * (neither reports, and the bounded wait below fails). */
+struct bw_side {
+    cctx_status st;
+    unsigned reported;
+    bool current;
+};
+
+static cctx_context *bw_ctx;
+static int bw_where;
+static __thread bool bw_armed;
+static test_gate bw_in_window, bw_go, bw_done;
+static struct bw_side bw_holder_side, bw_revoker_side;
+
+static void bw_hook(int where)
+{
+    if (!bw_armed || where != bw_where)
+        return;
+    bw_armed = false;
+    gate_open(&bw_in_window);
+    T_CHECK(gate_wait(&bw_go));
+}
+
+static void bw_take(struct bw_side *side)
+{
+    side->st = cctx_context_enter(bw_ctx);
+    if (side->st == CCTX_OK) {
+        side->current = cctx_context_current_peek() == bw_ctx;
+        T_CHECK(gate_wait(&bw_done)); /* hold it while the other finishes */
+        T_CHECK(cctx_context_exit(bw_ctx) == CCTX_OK);
+    }
+    __atomic_store_n(&side->reported, 1, __ATOMIC_RELEASE);
+}
+
+static void *bw_holder(void *p)
+{
+    (void)p;
+    for (int i = 0; i < 2; i++) { /* the second exit biases it to us */
+        T_CHECK(cctx_context_enter(bw_ctx) == CCTX_OK);
+        T_CHECK(cctx_context_exit(bw_ctx) == CCTX_OK);
+    }
+    bw_armed = true;
+    bw_take(&bw_holder_side);
+    (void)cctx_thread_cleanup();
+    return NULL;
+}
+
+static void *bw_revoker(void *p)
+{
+    (void)p;
+    bw_take(&bw_revoker_side);
+    (void)cctx_thread_cleanup();
+    return NULL;
+}
+
+static bool bw_wait(bool (*cond)(void))
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (!cond()) {
+        sched_yield();
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec > TEST_WAIT_SECONDS)
+            return false;
+    }
+    return true;
+}
+
+static bool bw_revoke_started(void)
+{
+    /* LEFT reads as free; REVOKING (or ENTERED) as taken. */
+    return cctx_context_is_entered(bw_ctx);
+}
+
+static bool bw_one_reported(void)
+{
+    return __atomic_load_n(&bw_holder_side.reported, __ATOMIC_ACQUIRE) ||
+           __atomic_load_n(&bw_revoker_side.reported, __ATOMIC_ACQUIRE);
+}
+
+static void revoke_waits(void *arg)
+{
+    (void)arg;
+    for (int mode = 1; mode <= 2; mode++) {
+        (void)cctx__context_exit_barrier(mode);
+        for (bw_where = 1; bw_where <= 2; bw_where++) {
+            test_gate closed = TEST_GATE_INIT;
+            bw_in_window = bw_go = bw_done = closed;
+            memset(&bw_holder_side, 0, sizeof bw_holder_side);
+            memset(&bw_revoker_side, 0, sizeof bw_revoker_side);
+            T_CHECK(cctx_context_new(&bw_ctx) == CCTX_OK);
+            __atomic_store_n(&cctx__bias_window_hook, bw_hook, __ATOMIC_RELEASE);
+            pthread_t holder, revoker;
+            T_CHECK(pthread_create(&holder, NULL, bw_holder, NULL) == 0);
+            T_CHECK(gate_wait(&bw_in_window));
+            T_CHECK(pthread_create(&revoker, NULL, bw_revoker, NULL) == 0);
+            T_CHECK(bw_wait(bw_revoke_started));
+            gate_open(&bw_go);
+            bool one = bw_wait(bw_one_reported);
+            gate_open(&bw_done);
+            pthread_join(holder, NULL);
+            pthread_join(revoker, NULL);
+            __atomic_store_n(&cctx__bias_window_hook, NULL, __ATOMIC_RELEASE);
+            T_CHECK(one);
+            struct bw_side *winner = bw_where == 1 ? &bw_revoker_side : &bw_holder_side;
+            struct bw_side *loser = bw_where == 1 ? &bw_holder_side : &bw_revoker_side;
+            T_CHECK(winner->st == CCTX_OK);
+            T_CHECK(winner->current);
+            T_CHECK(loser->st == CCTX_ALREADY_ENTERED);
+            /* Free again for anyone. */
+            T_CHECK(!cctx_context_is_entered(bw_ctx));
+            T_CHECK(cctx_context_enter(bw_ctx) == CCTX_OK);
+            T_CHECK(cctx_context_exit(bw_ctx) == CCTX_OK);
+            cctx_context_release(bw_ctx);
+        }
+    }
+    (void)cctx__context_exit_barrier(2);
+}
+
+static void test_revoke_waits_for_a_biased_enter_in_its_window(void **state)
+{
+    (void)state;
+    /* In a child: a revoke that did not wait leaves two owners, which an
+     * internal check stops. */
+    assert_child_ok(revoke_waits, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1457,6 +1589,7 @@ int main(void)
         cmocka_unit_test(test_release_by_another_thread_while_entered),
         cmocka_unit_test(test_release_of_nested_entered_contexts_by_another_thread),
         cmocka_unit_test(test_copy_current_credits_release_values_promptly),
+        cmocka_unit_test(test_revoke_waits_for_a_biased_enter_in_its_window),
     };
     return cmocka_run_group_tests_name("context", tests, NULL, NULL);
 }

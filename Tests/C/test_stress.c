@@ -528,6 +528,14 @@ static void *ho_owner(void *p)
     bool retain = rng_next(&l->rng) % 3 == 0;
     /* Only this thread draws from l->rng while the lane runs. */
     cctx_status st;
+    /* Half the lanes leave it twice first, so that the enter below is a
+     * biased one (context.c, "The bias") unless the intruder revoked it. */
+    for (int i = rng_next(&l->rng) % 2 == 0 ? 2 : 0; i > 0; i--) {
+        while ((st = cctx_context_enter(l->ctx)) == CCTX_ALREADY_ENTERED)
+            sched_yield();
+        T_CHECK(st == CCTX_OK);
+        T_CHECK(cctx_context_exit(l->ctx) == CCTX_OK);
+    }
     /* The intruder may have it; the releaser waits for us, so it lives. */
     while ((st = cctx_context_enter(l->ctx)) == CCTX_ALREADY_ENTERED)
         sched_yield();
@@ -633,6 +641,159 @@ static void test_handover_while_entered_under_contention(void **state)
     assert_int_equal(cctx__live_allocations(), start_allocs);
 }
 
+/* ---------------------------------------------------------------- the bias
+ * A context one thread left twice in a row is re-entered by that thread
+ * with plain stores (context.c, "The bias"); every other taker revokes the
+ * bias first. Threads share a few contexts per round: each has a home
+ * context it enters in runs (so that it gains the bias), and now and then
+ * enters or claims another's (so that it revokes one). (No one-off
+ * explicit writes here: one on a context another thread has claimed is
+ * taken for the claimer's own, as the API says, and would race it.) Whoever
+ * holds a context counts itself in `inside`, which must go 0 -> 1: two
+ * holders at once would be a broken revoke. Each thread holds a reference
+ * to every context and releases them at its end, in random order, while
+ * the others may still enter them. Fresh contexts each round, because a
+ * revoke leaves an object unbiased for good. */
+enum { BIAS_THREADS = 6, BIAS_CTXS = 3 };
+
+struct bias_round {
+    cctx_context *ctx[BIAS_CTXS];
+    unsigned inside[BIAS_CTXS];
+    long ops;
+};
+
+struct bias_worker {
+    struct bias_round *round;
+    int index;
+    uint64_t rng;
+};
+
+static cctx_var *bias_var;
+
+static void bias_hold(struct bias_round *r, int k)
+{
+    T_CHECK(__atomic_fetch_add(&r->inside[k], 1, __ATOMIC_ACQ_REL) == 0);
+}
+
+static void bias_unhold(struct bias_round *r, int k)
+{
+    T_CHECK(__atomic_fetch_sub(&r->inside[k], 1, __ATOMIC_ACQ_REL) == 1);
+}
+
+static void *bias_worker_main(void *p)
+{
+    struct bias_worker *w = p;
+    struct bias_round *r = w->round;
+    int home = w->index % BIAS_CTXS;
+    for (long op = 0; op < r->ops; op++) {
+        int k = rng_next(&w->rng) % 4 == 0 ? (int)(rng_next(&w->rng) % BIAS_CTXS) : home;
+        cctx_context *c = r->ctx[k];
+        switch (rng_next(&w->rng) % 8) {
+        default: { /* a run of enters: the second exit biases, the rest ride it */
+            int n = 1 + (int)(rng_next(&w->rng) % 4);
+            for (int i = 0; i < n; i++) {
+                cctx_status st = cctx_context_enter(c);
+                T_CHECK(st == CCTX_OK || st == CCTX_ALREADY_ENTERED);
+                if (st != CCTX_OK)
+                    break;
+                bias_hold(r, k);
+                tv_value *v = tv_new(op);
+                T_CHECK(cctx_var_set(bias_var, v, NULL) == CCTX_OK);
+                void *out = NULL;
+                T_CHECK(cctx_var_get(bias_var, &out) == CCTX_OK && out == v);
+                tv_drop(v);
+                bias_unhold(r, k);
+                T_CHECK(cctx_context_exit(c) == CCTX_OK);
+            }
+            break;
+        }
+        case 5: { /* a claim, as a Swift task's scope takes a context */
+            cctx_status st = cctx_context_claim(c);
+            T_CHECK(st == CCTX_OK || st == CCTX_ALREADY_ENTERED);
+            if (st != CCTX_OK)
+                break;
+            bias_hold(r, k);
+            tv_value *v = tv_new(op);
+            T_CHECK(cctx_context_set(c, bias_var, v, NULL) == CCTX_OK);
+            tv_drop(v);
+            bias_unhold(r, k);
+            T_CHECK(cctx_context_unclaim(c) == CCTX_OK);
+            break;
+        }
+        case 7: { /* nested: home, then another context inside it */
+            int j = (int)(rng_next(&w->rng) % BIAS_CTXS);
+            if (j == k || cctx_context_enter(c) != CCTX_OK)
+                break;
+            bias_hold(r, k);
+            cctx_status st = cctx_context_enter(r->ctx[j]);
+            T_CHECK(st == CCTX_OK || st == CCTX_ALREADY_ENTERED);
+            if (st == CCTX_OK) {
+                bias_hold(r, j);
+                bias_unhold(r, j);
+                T_CHECK(cctx_context_exit(r->ctx[j]) == CCTX_OK);
+            }
+            bias_unhold(r, k);
+            T_CHECK(cctx_context_exit(c) == CCTX_OK);
+            break;
+        }
+        }
+    }
+    /* Our references, in random order; the last one frees a context that
+     * another thread may have left biased a moment ago. */
+    int order[BIAS_CTXS];
+    for (int i = 0; i < BIAS_CTXS; i++)
+        order[i] = i;
+    for (int i = BIAS_CTXS - 1; i > 0; i--) {
+        int j = (int)(rng_next(&w->rng) % (uint64_t)(i + 1));
+        int t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    for (int i = 0; i < BIAS_CTXS; i++)
+        cctx_context_release(r->ctx[order[i]]);
+    (void)cctx_thread_cleanup();
+    return NULL;
+}
+
+static void test_biased_enters_against_takers_on_other_threads(void **state)
+{
+    (void)state;
+    long start_allocs = cctx__live_allocations();
+    long live = tv_live();
+    assert_ok(cctx_var_new("bias", &tv_ops, &bias_var));
+    long rounds = scaled(60);
+    for (int mode = 1; mode <= 2; mode++) {
+        int in_effect = cctx__context_exit_barrier(mode);
+        assert_true(mode == 1 ? in_effect == 1 : in_effect >= 1);
+        for (long rd = 0; rd < rounds; rd++) {
+            struct bias_round r;
+            memset(&r, 0, sizeof r);
+            r.ops = 200;
+            for (int k = 0; k < BIAS_CTXS; k++) {
+                assert_ok(cctx_context_new(&r.ctx[k]));
+                for (int i = 1; i < BIAS_THREADS; i++)
+                    cctx_context_retain(r.ctx[k]); /* one per worker */
+            }
+            pthread_t t[BIAS_THREADS];
+            struct bias_worker w[BIAS_THREADS];
+            for (int i = 0; i < BIAS_THREADS; i++) {
+                w[i].round = &r;
+                w[i].index = i;
+                w[i].rng = 0x9e3779b97f4a7c15ull * (uint64_t)(rd * BIAS_THREADS + i + 1);
+                assert_int_equal(pthread_create(&t[i], NULL, bias_worker_main, &w[i]), 0);
+            }
+            for (int i = 0; i < BIAS_THREADS; i++)
+                pthread_join(t[i], NULL);
+            assert_int_equal(thread_failures(), 0);
+        }
+    }
+    (void)cctx__context_exit_barrier(2);
+    assert_int_equal(tv_live(), live); /* every value released once */
+    cctx_var_release(bias_var);
+    cctx_reclaim();
+    assert_int_equal(cctx__live_allocations(), start_allocs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -641,6 +802,7 @@ int main(void)
         cmocka_unit_test(test_snapshots_never_change_under_in_place_writes),
         cmocka_unit_test(test_readers_while_writer_mutates),
         cmocka_unit_test(test_handover_while_entered_under_contention),
+        cmocka_unit_test(test_biased_enters_against_takers_on_other_threads),
     };
     return cmocka_run_group_tests_name("stress", tests, NULL, NULL);
 }
