@@ -202,7 +202,7 @@ final class TaskBinding: Sendable {
     /// `adopting`: one reference to a C context, which the binding takes
     /// over.
     init(
-        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
+        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: __shared TaskBinding?,
         retainingOwner: Bool = false
     ) {
         self.handle = handle
@@ -212,6 +212,19 @@ final class TaskBinding: Sendable {
         if case .firstWrite = origin { isScope = false } else { isScope = true }
         retainedOwner = retainingOwner ? owner : nil
         if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
+    }
+
+    /// As ``init(adopting:owner:origin:enclosing:retainingOwner:)`` with the
+    /// enclosing binding unretained (a scope's, kept alive by others for
+    /// the scope: see `ContextScope.enclosing`). No weak reference is
+    /// formed when there is none (`swift_weakInit` of nil is still a call).
+    convenience init(adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin,
+                     enclosing: Unmanaged<TaskBinding>?) {
+        if let enclosing {
+            self.init(adopting: handle, owner: owner, origin: origin, enclosing: enclosing.takeUnretainedValue())
+        } else {
+            self.init(adopting: handle, owner: owner, origin: origin, enclosing: nil as TaskBinding?)
+        }
     }
 
     deinit {
@@ -302,6 +315,18 @@ final class TaskBinding: Sendable {
         cachePlace(task: task, generation: generation, binding: binding, owned: owned)
     }
 
+    /// As ``placeChanged(task:to:owned:)`` for a binding held unretained.
+    /// `id`: the task's id if known (`cctx_shim_place_cached_id`), else 0.
+    static func placeChanged(task: UnsafeRawPointer, to binding: Unmanaged<TaskBinding>?, owned: Bool, id: UInt64) {
+        let generation = cctx_shim_place_generation_bump()
+        guard let binding else {
+            cctx_shim_place_cache_put_id(task, generation, nil, owned, false, id)
+            return
+        }
+        let scoped = binding._withUnsafeGuaranteedRef { $0.isScope }
+        cctx_shim_place_cache_put_id(task, generation, UnsafeRawPointer(binding.toOpaque()), owned, scoped, id)
+    }
+
     /// Caches the place of `task` in the calling thread's entry.
     @usableFromInline
     static func cachePlace(task: UnsafeRawPointer, generation: UInt64, binding: TaskBinding?, owned: Bool) {
@@ -367,9 +392,21 @@ extension TaskBinding {
     nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding?.self as Any.Type, to: UnsafeRawPointer.self)
 
     /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`).
+    ///
+    /// Through `cctx_shim_task_local_push_binding`, which keeps the key and
+    /// type in C: reading the two `static let`s here cost a `swift_once`
+    /// call per scope. The first push in the process registers them.
     @inline(__always)
     private static func push(_ binding: TaskBinding) {
-        cctx_shim_task_local_push(taskLocalKey, Unmanaged.passRetained(binding).toOpaque(), taskLocalValueType)
+        let object = Unmanaged.passRetained(binding).toOpaque()
+        if !cctx_shim_task_local_push_binding(object) { pushRegistering(object) }
+    }
+
+    /// The first push: registers the key and type, then pushes.
+    @inline(never)
+    private static func pushRegistering(_ object: UnsafeMutableRawPointer) {
+        cctx_shim_task_local_register_binding(taskLocalKey, taskLocalValueType)
+        cctx_shim_task_local_push(taskLocalKey, object, taskLocalValueType)
     }
 
     /// `TaskBinding.$current.withValue(binding, operation: body)`, without
