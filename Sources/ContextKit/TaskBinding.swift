@@ -607,10 +607,13 @@ final class UnscopedBindings: Sendable {
     @usableFromInline
     func binding(of task: UnsafeRawPointer) -> TaskBinding? {
         if entryCount.load(ordering: .relaxed) == 0 { return nil }
-        if let cached = cctx_shim_unscoped_cache_get(task) {
+        var cached: UnsafeRawPointer?
+        var id: UInt64 = 0
+        // The thread's cache, then the filter (one task-id lookup for both).
+        guard cctx_shim_unscoped_probe(task, &cached, &id) else { return nil }
+        if let cached {
             return Unmanaged<TaskBinding>.fromOpaque(cached).takeUnretainedValue()
         }
-        let id = Self.id(of: task)
         let found = shard(for: task).withLock { entries, _ in entries[id] }
         if let found { cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(found).toOpaque()) }
         return found
@@ -626,6 +629,10 @@ final class UnscopedBindings: Sendable {
             adopting: context, owner: task, origin: .firstWrite, enclosing: enclosing,
             retainingOwner: !isAsyncLet)
         var replaced: TaskBinding?
+        var replacedID: UInt64 = 0
+        // Counted before the entry exists: this task's later lookups must
+        // not skip it (see `cctx_shim_unscoped_probe`).
+        cctx_shim_unscoped_filter_add(id)
         shard(for: task).withLock { entries, asyncLetAtAddress in
             entries[id] = binding
             guard isAsyncLet else { return }
@@ -634,9 +641,11 @@ final class UnscopedBindings: Sendable {
             let address = UInt(bitPattern: task)
             if let earlier = asyncLetAtAddress.updateValue(id, forKey: address), earlier != id {
                 replaced = entries.removeValue(forKey: earlier)
+                if replaced != nil { replacedID = earlier }
             }
         }
         entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
+        if replaced != nil { cctx_shim_unscoped_filter_remove(replacedID) }
         cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(binding).toOpaque())
         TaskBinding.placeChanged(task: task, to: binding, owned: true)
         // `replaced` is released here, outside the lock.
@@ -654,6 +663,7 @@ final class UnscopedBindings: Sendable {
                 for (key, binding) in entries where binding.ownerHasEnded {
                     entries[key] = nil
                     dropped.append(binding)
+                    cctx_shim_unscoped_filter_remove(key)
                 }
             }
         }

@@ -82,6 +82,23 @@ const void *cctx_shim_unscoped_cache_get(const void *task);
 void cctx_shim_unscoped_cache_put(const void *task, const void *binding);
 
 /**
+ * The unscoped-binding lookup of the running task `task`, before the
+ * table's lock: sets `*id` to the task's id and `*binding` to the cached
+ * binding when this thread's cache holds the task's (see
+ * cctx_shim_unscoped_cache_get()); otherwise NULL, and returns false when
+ * the task surely has no entry (its filter slot is 0: see
+ * unscoped_cache.c), true when the table must be asked.
+ */
+bool cctx_shim_unscoped_probe(const void *task, const void **binding, uint64_t *id);
+
+/** Counts an entry of the task with id `id` in the table (call before the
+ * entry is made, in that task). */
+void cctx_shim_unscoped_filter_add(uint64_t id);
+
+/** Uncounts an entry of `id` (after the entry left the table). */
+void cctx_shim_unscoped_filter_remove(uint64_t id);
+
+/**
  * The process-wide place generation: bumped by ContextKit right after any
  * task binds or unbinds a scope or makes its unscoped binding
  * (place_cache.c). Read it BEFORE resolving a task's place, and cache the
