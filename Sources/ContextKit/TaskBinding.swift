@@ -546,7 +546,10 @@ enum CurrentPlace {
 ///
 /// Sharded by address so that tasks on different threads rarely share a
 /// lock; a read in a task that owns a scope binding never comes here, and
-/// a read elsewhere costs one relaxed load while the table is empty.
+/// a read elsewhere costs one relaxed load while the table is empty. A task
+/// with no entry of its own skips the lock also when the table is not
+/// empty: a counting filter over task ids (`unscoped_cache.c`) says "surely
+/// none" unless a task whose id shares its slot has an entry.
 @usableFromInline
 final class UnscopedBindings: Sendable {
     @usableFromInline static let shared = UnscopedBindings()
