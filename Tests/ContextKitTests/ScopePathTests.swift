@@ -189,4 +189,32 @@ import Testing
         #expect(mismatches == 0)
         #expect(eventually(seconds: 30) { counter.alive == 0 })
     }
+
+    /// The unscoped table's filter (one counter per `id % 4096` slot): tasks
+    /// in waves that together cover more ids than there are slots, each
+    /// setting its own value, then reading it after another task's scope
+    /// moved the place generation (so the read misses the place cache and
+    /// asks the table), while the entries of earlier waves leave through
+    /// the reaper. A task must always find its own entry, whatever the
+    /// other counts of its slot do.
+    @Test func unscopedWritesAreFoundWhateverTheirFilterSlotHolds() async {
+        let v = ContextVar<Int>("sp_filter", default: -1)
+        var mismatches = 0
+        for wave in 0..<3 {
+            mismatches += await withTaskGroup(of: Int.self) { group in
+                for i in 0..<scaled(2_000) {
+                    group.addTask {
+                        let id = wave * 1_000_000 + i
+                        v.set(id)
+                        // A scope in another task bumps the generation.
+                        await Task.detached { try! Context().run {} }.value
+                        await Task.yield()
+                        return v.value == id ? 0 : 1
+                    }
+                }
+                return await group.reduce(0, +)
+            }
+        }
+        #expect(mismatches == 0)
+    }
 }
