@@ -216,15 +216,10 @@ final class TaskBinding: Sendable {
 
     /// As ``init(adopting:owner:origin:enclosing:retainingOwner:)`` with the
     /// enclosing binding unretained (a scope's, kept alive by others for
-    /// the scope: see `ContextScope.enclosing`). No weak reference is
-    /// formed when there is none (`swift_weakInit` of nil is still a call).
+    /// the scope: see `ContextScope.enclosing`).
     convenience init(adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin,
                      enclosing: Unmanaged<TaskBinding>?) {
-        if let enclosing {
-            self.init(adopting: handle, owner: owner, origin: origin, enclosing: enclosing.takeUnretainedValue())
-        } else {
-            self.init(adopting: handle, owner: owner, origin: origin, enclosing: nil as TaskBinding?)
-        }
+        self.init(adopting: handle, owner: owner, origin: origin, enclosing: enclosing?.takeUnretainedValue())
     }
 
     deinit {
