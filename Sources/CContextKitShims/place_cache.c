@@ -98,11 +98,27 @@ cctx_shim_place cctx_shim_current_place(void)
 void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned,
                                bool scoped)
 {
+    cctx_shim_place_cache_put_id(task, generation, binding, owned, scoped, 0);
+}
+
+uint64_t cctx_shim_place_cached_id(const void *task)
+{
+    const cctx_shim_place_entry *entry = &place_cache;
+    if (entry->task != task || entry->scoped
+        || entry->generation != atomic_load_explicit(&place_generation, memory_order_relaxed))
+        return 0;
+    return entry->id;
+}
+
+void cctx_shim_place_cache_put_id(const void *task, uint64_t generation, const void *binding, bool owned,
+                                  bool scoped, uint64_t id)
+{
     place_cache.generation = generation;
     place_cache.task = task;
     place_cache.scoped = scoped && owned && binding != NULL;
-    /* A scoped entry is checked by address alone: no id to look up. */
-    place_cache.id = place_cache.scoped ? 0 : swift_task_getJobTaskId(task);
+    /* A scoped entry is checked by address alone: no id to look up. An
+     * id the caller knows is the running task's (ids never change). */
+    place_cache.id = place_cache.scoped ? 0 : id != 0 ? id : swift_task_getJobTaskId(task);
     place_cache.binding = binding;
     place_cache.owned = owned;
     place_cache.variable = NULL;

@@ -25,6 +25,7 @@
  */
 #include "CContextKitShims.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #if defined(__clang__)
@@ -42,6 +43,27 @@ void cctx_shim_task_local_push(const void *key, const void *object, const void *
      * runtime takes over (initializeWithTake: a move, no retain). */
     const void *value = object;
     swift_task_localValuePush(key, &value, type);
+}
+
+/* The binding task-local's key and type. Written (the same values) by
+ * every register call; the key is stored last with release and loaded
+ * with acquire, so a push that sees the key sees the type. */
+static _Atomic(const void *) binding_key;
+static _Atomic(const void *) binding_type;
+
+void cctx_shim_task_local_register_binding(const void *key, const void *type)
+{
+    atomic_store_explicit(&binding_type, type, memory_order_relaxed);
+    atomic_store_explicit(&binding_key, key, memory_order_release);
+}
+
+bool cctx_shim_task_local_push_binding(const void *object)
+{
+    const void *key = atomic_load_explicit(&binding_key, memory_order_acquire);
+    if (key == NULL) return false;
+    const void *value = object;
+    swift_task_localValuePush(key, &value, atomic_load_explicit(&binding_type, memory_order_relaxed));
+    return true;
 }
 
 void cctx_shim_task_local_pop(void)

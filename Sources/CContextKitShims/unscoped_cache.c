@@ -14,6 +14,7 @@
  */
 #include "CContextKitShims.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #if defined(__clang__)
@@ -41,4 +42,43 @@ void cctx_shim_unscoped_cache_put(const void *task, const void *binding)
 {
     unscoped_cache.id = swift_task_getJobTaskId(task);
     unscoped_cache.binding = binding;
+}
+
+/*
+ * A counting filter over the ids of the tasks that have an entry in the
+ * table: slot id % CCTX_FILTER_SLOTS counts those entries. A task whose slot
+ * is 0 has no entry, and its lookup skips the shard's mutex and dictionary
+ * (the common case for a child task's first read: it inherited a binding
+ * and never wrote).
+ *
+ * Why relaxed is enough: only the running task asks about itself, and its
+ * own entry is added by itself, before the entry is made (program order,
+ * carried across its thread hops by the executor's hand-offs), and removed
+ * only after it has ended. Other tasks' counts only make a slot non-zero:
+ * a false positive costs the locked lookup, as before the filter. Task ids
+ * are given out in increasing order, so live tasks spread over the slots.
+ */
+#define CCTX_FILTER_SLOTS 4096u
+static _Atomic uint32_t unscoped_filter[CCTX_FILTER_SLOTS];
+
+void cctx_shim_unscoped_filter_add(uint64_t id)
+{
+    atomic_fetch_add_explicit(&unscoped_filter[id % CCTX_FILTER_SLOTS], 1, memory_order_relaxed);
+}
+
+void cctx_shim_unscoped_filter_remove(uint64_t id)
+{
+    atomic_fetch_sub_explicit(&unscoped_filter[id % CCTX_FILTER_SLOTS], 1, memory_order_relaxed);
+}
+
+bool cctx_shim_unscoped_probe(const void *task, const void **binding, uint64_t *id)
+{
+    const uint64_t task_id = swift_task_getJobTaskId(task);
+    *id = task_id;
+    *binding = NULL;
+    if (unscoped_cache.binding != NULL && unscoped_cache.id == task_id) {
+        *binding = unscoped_cache.binding;
+        return true;
+    }
+    return atomic_load_explicit(&unscoped_filter[task_id % CCTX_FILTER_SLOTS], memory_order_relaxed) != 0;
 }

@@ -142,7 +142,7 @@ public final class Context: Sendable {
     ) throws -> R {
         let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
-        return try TaskBinding.withCurrent(scope.binding, onThread: scope.binding.owner == nil, body)
+        return try scope.withCurrent(body)
     }
 
     /// Runs `body` in this context, which the caller has just created and no
@@ -162,7 +162,7 @@ public final class Context: Sendable {
     ) rethrows -> R {
         let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
-        return try TaskBinding.withCurrent(scope.binding, onThread: scope.binding.owner == nil, body)
+        return try scope.withCurrent(body)
     }
 }
 
@@ -170,18 +170,31 @@ public final class Context: Sendable {
 /// one place that enters or claims a context, binds it, notifies watchers,
 /// and undoes all of it. The sync and async `run` differ only in how they
 /// bind (`TaskLocal.withValue`, sync or async) around the body.
-struct ContextScope {
+///
+/// Noncopyable: a scope is entered and left once, and as a copyable value
+/// held across the body's `await`s it was copied and destroyed through its
+/// value witnesses (a retain/release pair and two calls per scope).
+struct ContextScope: ~Copyable {
     /// The C context entered (by a thread) or claimed (by a task); the
     /// binding holds its reference.
     let handle: OpaquePointer
     /// The binding that makes it current for the scope.
     let binding: TaskBinding
-    /// The binding the task saw before the scope (for the `exited` event).
-    let enclosing: TaskBinding?
+    /// The binding the task saw before the scope (for the `exited` event),
+    /// unretained: something else keeps it alive for the whole scope — the
+    /// enclosing scope's own frame (scopes are LIFO), the task-local items
+    /// the task inherited (they live as long as the task), or the unscoped
+    /// table (its entry stays until the task ends). Held strongly here, it
+    /// cost a retain/release pair (two locked instructions) per scope.
+    let enclosing: Unmanaged<TaskBinding>?
     /// Whether the task owned `enclosing`: the place it returns to when the
     /// scope ends (scopes are LIFO, and inside this scope the task writes
     /// only this scope's binding, so that place cannot change meanwhile).
     let enclosingOwned: Bool
+    /// The task's id as its place entry held it at the start, or 0: handed
+    /// to the put that restores the enclosing place (see
+    /// `cctx_shim_place_cached_id`).
+    let enclosingID: UInt64
     /// Where the scope was opened, for a stop that names the caller.
     let file: StaticString
     let line: UInt
@@ -243,14 +256,26 @@ struct ContextScope {
             cctx_notify_watchers(CCTX_EVENT_ENTERED, handle)
             if cctx_shim_place_generation() != generation { place = cctx_shim_current_place() }
         }
-        let enclosing: TaskBinding?
-        if task != nil, case .task(_, let binding, let owned) = CurrentPlace.resolve(place) {
-            enclosing = binding
-            enclosingOwned = owned
+        // The enclosing binding, unretained (see `enclosing`): from the
+        // place entry when it is the task's, without the retain a
+        // `CurrentPlace` value takes.
+        let enclosing: Unmanaged<TaskBinding>?
+        if let task {
+            if let entry = place.entry {
+                enclosing = entry.pointee.binding.map { Unmanaged<TaskBinding>.fromOpaque($0) }
+                enclosingOwned = entry.pointee.owned
+            } else if case .task(_, let binding, let owned) = CurrentPlace.resolveMissed(in: task) {
+                enclosing = binding.map { Unmanaged.passUnretained($0) }
+                enclosingOwned = owned
+            } else {
+                enclosing = nil
+                enclosingOwned = false
+            }
         } else {
-            enclosing = TaskBinding.threadScope
+            enclosing = cctx_shim_thread_scope_binding().map { Unmanaged<TaskBinding>.fromOpaque($0) }
             enclosingOwned = false
         }
+        enclosingID = task.map { cctx_shim_place_cached_id($0) } ?? 0
         self.handle = handle
         self.binding = TaskBinding(adopting: handle, owner: task, origin: origin, enclosing: enclosing)
         self.enclosing = task == nil ? nil : enclosing
@@ -264,6 +289,13 @@ struct ContextScope {
         }
     }
 
+    /// Runs `body` with the scope's binding current
+    /// (``TaskBinding/withCurrent(_:onThread:_:)``). A method, so that the
+    /// binding is passed borrowed from the scope, with no retain/release.
+    func withCurrent<R>(_ body: () throws -> R) rethrows -> R {
+        try TaskBinding.withCurrent(binding, onThread: binding.owner == nil, body)
+    }
+
     /// Ends the scope: a thread exits the context, a task unclaims it and
     /// notifies watchers of `exited` with the context it sees again (the
     /// enclosing binding's, or none).
@@ -275,7 +307,7 @@ struct ContextScope {
         // The task-local pop has just happened; the exited watchers below
         // may read.
         if let task = binding.owner {
-            TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned)
+            TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned, id: enclosingID)
         }
         if binding.owner == nil {
             let status = cctx_context_exit(handle)
@@ -291,7 +323,7 @@ struct ContextScope {
         if status != CCTX_OK {
             fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
         }
-        if let enclosing {
+        if let enclosing = enclosing?.takeUnretainedValue() {
             withExtendedLifetime(enclosing) {
                 // A C watcher on this thread may write the context the task
                 // returns to when the task owns it (it is the claimer's): a

@@ -230,13 +230,26 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         let box = makeBox(value)
         var token: OpaquePointer?
         let status: cctx_status
-        switch CurrentPlace.resolve {
-        case .thread:
-            status = box.withOpaquePointer { cctx_var_set(handle, $0, &token) }
-        case .task(let task, let binding, let owned):
-            let writable = TaskBinding.writableBinding(task: task, visible: binding, owned: owned)
-            status = writable.withWrite {
-                box.withOpaquePointer { cctx_context_set(writable.handle, handle, $0, &token) }
+        let place = cctx_shim_current_place()
+        if let entry = place.entry, entry.pointee.owned, let cached = entry.pointee.binding {
+            // The running task's own binding, from its place entry: alive
+            // for the call as for a read (its scope is active, or it is the
+            // task's unscoped binding, kept until the task ends), borrowed
+            // without the retain/release a `CurrentPlace` value takes.
+            status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable in
+                writable.withWrite {
+                    box.withOpaquePointer { cctx_context_set(writable.handle, handle, $0, &token) }
+                }
+            }
+        } else {
+            switch CurrentPlace.resolve(place) {
+            case .thread:
+                status = box.withOpaquePointer { cctx_var_set(handle, $0, &token) }
+            case .task(let task, let binding, let owned):
+                let writable = TaskBinding.writableBinding(task: task, visible: binding, owned: owned)
+                status = writable.withWrite {
+                    box.withOpaquePointer { cctx_context_set(writable.handle, handle, $0, &token) }
+                }
             }
         }
         checkOrTrap(status, "ContextVar '\(name)': set(_:)")
@@ -253,7 +266,16 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     ///   another task's context: a child task's context is its own copy).
     ///   Nothing changes then.
     public func reset(_ token: Token<Value>) throws(ContextError) {
-        switch CurrentPlace.resolve {
+        let place = cctx_shim_current_place()
+        if let entry = place.entry, entry.pointee.owned, let cached = entry.pointee.binding {
+            // The running task's own binding, borrowed as in `set`.
+            let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { binding in
+                binding.withWrite { cctx_context_reset(binding.handle, handle, token.handle) }
+            }
+            try check(status)
+            return
+        }
+        switch CurrentPlace.resolve(place) {
         case .thread:
             try check(cctx_var_reset(handle, token.handle))
         case .task(_, let binding?, owned: true):

@@ -202,7 +202,7 @@ final class TaskBinding: Sendable {
     /// `adopting`: one reference to a C context, which the binding takes
     /// over.
     init(
-        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: TaskBinding?,
+        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: __shared TaskBinding?,
         retainingOwner: Bool = false
     ) {
         self.handle = handle
@@ -212,6 +212,14 @@ final class TaskBinding: Sendable {
         if case .firstWrite = origin { isScope = false } else { isScope = true }
         retainedOwner = retainingOwner ? owner : nil
         if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
+    }
+
+    /// As ``init(adopting:owner:origin:enclosing:retainingOwner:)`` with the
+    /// enclosing binding unretained (a scope's, kept alive by others for
+    /// the scope: see `ContextScope.enclosing`).
+    convenience init(adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin,
+                     enclosing: Unmanaged<TaskBinding>?) {
+        self.init(adopting: handle, owner: owner, origin: origin, enclosing: enclosing?.takeUnretainedValue())
     }
 
     deinit {
@@ -302,6 +310,18 @@ final class TaskBinding: Sendable {
         cachePlace(task: task, generation: generation, binding: binding, owned: owned)
     }
 
+    /// As ``placeChanged(task:to:owned:)`` for a binding held unretained.
+    /// `id`: the task's id if known (`cctx_shim_place_cached_id`), else 0.
+    static func placeChanged(task: UnsafeRawPointer, to binding: Unmanaged<TaskBinding>?, owned: Bool, id: UInt64) {
+        let generation = cctx_shim_place_generation_bump()
+        guard let binding else {
+            cctx_shim_place_cache_put_id(task, generation, nil, owned, false, id)
+            return
+        }
+        let scoped = binding._withUnsafeGuaranteedRef { $0.isScope }
+        cctx_shim_place_cache_put_id(task, generation, UnsafeRawPointer(binding.toOpaque()), owned, scoped, id)
+    }
+
     /// Caches the place of `task` in the calling thread's entry.
     @usableFromInline
     static func cachePlace(task: UnsafeRawPointer, generation: UInt64, binding: TaskBinding?, owned: Bool) {
@@ -367,9 +387,21 @@ extension TaskBinding {
     nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding?.self as Any.Type, to: UnsafeRawPointer.self)
 
     /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`).
+    ///
+    /// Through `cctx_shim_task_local_push_binding`, which keeps the key and
+    /// type in C: reading the two `static let`s here cost a `swift_once`
+    /// call per scope. The first push in the process registers them.
     @inline(__always)
     private static func push(_ binding: TaskBinding) {
-        cctx_shim_task_local_push(taskLocalKey, Unmanaged.passRetained(binding).toOpaque(), taskLocalValueType)
+        let object = Unmanaged.passRetained(binding).toOpaque()
+        if !cctx_shim_task_local_push_binding(object) { pushRegistering(object) }
+    }
+
+    /// The first push: registers the key and type, then pushes.
+    @inline(never)
+    private static func pushRegistering(_ object: UnsafeMutableRawPointer) {
+        cctx_shim_task_local_register_binding(taskLocalKey, taskLocalValueType)
+        cctx_shim_task_local_push(taskLocalKey, object, taskLocalValueType)
     }
 
     /// `TaskBinding.$current.withValue(binding, operation: body)`, without
@@ -509,7 +541,10 @@ enum CurrentPlace {
 ///
 /// Sharded by address so that tasks on different threads rarely share a
 /// lock; a read in a task that owns a scope binding never comes here, and
-/// a read elsewhere costs one relaxed load while the table is empty.
+/// a read elsewhere costs one relaxed load while the table is empty. A task
+/// with no entry of its own skips the lock also when the table is not
+/// empty: a counting filter over task ids (`unscoped_cache.c`) says "surely
+/// none" unless a task whose id shares its slot has an entry.
 @usableFromInline
 final class UnscopedBindings: Sendable {
     @usableFromInline static let shared = UnscopedBindings()
@@ -570,10 +605,13 @@ final class UnscopedBindings: Sendable {
     @usableFromInline
     func binding(of task: UnsafeRawPointer) -> TaskBinding? {
         if entryCount.load(ordering: .relaxed) == 0 { return nil }
-        if let cached = cctx_shim_unscoped_cache_get(task) {
+        var cached: UnsafeRawPointer?
+        var id: UInt64 = 0
+        // The thread's cache, then the filter (one task-id lookup for both).
+        guard cctx_shim_unscoped_probe(task, &cached, &id) else { return nil }
+        if let cached {
             return Unmanaged<TaskBinding>.fromOpaque(cached).takeUnretainedValue()
         }
-        let id = Self.id(of: task)
         let found = shard(for: task).withLock { entries, _ in entries[id] }
         if let found { cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(found).toOpaque()) }
         return found
@@ -589,6 +627,10 @@ final class UnscopedBindings: Sendable {
             adopting: context, owner: task, origin: .firstWrite, enclosing: enclosing,
             retainingOwner: !isAsyncLet)
         var replaced: TaskBinding?
+        var replacedID: UInt64 = 0
+        // Counted before the entry exists: this task's later lookups must
+        // not skip it (see `cctx_shim_unscoped_probe`).
+        cctx_shim_unscoped_filter_add(id)
         shard(for: task).withLock { entries, asyncLetAtAddress in
             entries[id] = binding
             guard isAsyncLet else { return }
@@ -597,9 +639,11 @@ final class UnscopedBindings: Sendable {
             let address = UInt(bitPattern: task)
             if let earlier = asyncLetAtAddress.updateValue(id, forKey: address), earlier != id {
                 replaced = entries.removeValue(forKey: earlier)
+                if replaced != nil { replacedID = earlier }
             }
         }
         entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
+        if replaced != nil { cctx_shim_unscoped_filter_remove(replacedID) }
         cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(binding).toOpaque())
         TaskBinding.placeChanged(task: task, to: binding, owned: true)
         // `replaced` is released here, outside the lock.
@@ -617,6 +661,7 @@ final class UnscopedBindings: Sendable {
                 for (key, binding) in entries where binding.ownerHasEnded {
                     entries[key] = nil
                     dropped.append(binding)
+                    cctx_shim_unscoped_filter_remove(key)
                 }
             }
         }

@@ -82,6 +82,23 @@ const void *cctx_shim_unscoped_cache_get(const void *task);
 void cctx_shim_unscoped_cache_put(const void *task, const void *binding);
 
 /**
+ * The unscoped-binding lookup of the running task `task`, before the
+ * table's lock: sets `*id` to the task's id and `*binding` to the cached
+ * binding when this thread's cache holds the task's (see
+ * cctx_shim_unscoped_cache_get()); otherwise NULL, and returns false when
+ * the task surely has no entry (its filter slot is 0: see
+ * unscoped_cache.c), true when the table must be asked.
+ */
+bool cctx_shim_unscoped_probe(const void *task, const void **binding, uint64_t *id);
+
+/** Counts an entry of the task with id `id` in the table (call before the
+ * entry is made, in that task). */
+void cctx_shim_unscoped_filter_add(uint64_t id);
+
+/** Uncounts an entry of `id` (after the entry left the table). */
+void cctx_shim_unscoped_filter_remove(uint64_t id);
+
+/**
  * The process-wide place generation: bumped by ContextKit right after any
  * task binds or unbinds a scope or makes its unscoped binding
  * (place_cache.c). Read it BEFORE resolving a task's place, and cache the
@@ -141,6 +158,22 @@ void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void
                                bool scoped);
 
 /**
+ * As cctx_shim_place_cache_put() with the task's id already known (`id`,
+ * from cctx_shim_place_cached_id(); 0: unknown, asked of the runtime).
+ */
+void cctx_shim_place_cache_put_id(const void *task, uint64_t generation, const void *binding, bool owned,
+                                  bool scoped, uint64_t id);
+
+/**
+ * The id of the running task `task` as the calling thread's entry holds
+ * it, when that entry is the task's at the current generation and was
+ * checked by id (not a scope entry); else 0. Lets a scope that ends hand
+ * the id back to the put that restores the task's place, instead of
+ * asking the runtime (`swift_task_getJobTaskId`, ≈ 35 instructions).
+ */
+uint64_t cctx_shim_place_cached_id(const void *task);
+
+/**
  * Brackets a window in which C code may write a context through a handle
  * Swift gave it (Context.withUnsafeHandle): both bump the place generation
  * (so that no thread's cached value survives the window), and inside it the
@@ -175,6 +208,19 @@ const void *cctx_shim_thread_scope_binding_exchange(const void *binding);
  * bindings.
  */
 void cctx_shim_task_local_push(const void *key, const void *object, const void *type);
+
+/**
+ * As cctx_shim_task_local_push() for the one task-local ContextKit binds
+ * in every scope, whose key and type were given once to
+ * cctx_shim_task_local_register_binding(). Returns false, pushing nothing,
+ * before that (the caller registers, then pushes again). Why: Swift reads
+ * a `static let` through `swift_once` on every access, a call per scope.
+ */
+bool cctx_shim_task_local_push_binding(const void *object);
+
+/** Records the key and type cctx_shim_task_local_push_binding() uses
+ * (the same values from every caller; any thread, any number of times). */
+void cctx_shim_task_local_register_binding(const void *key, const void *type);
 
 /** Ends the innermost task-local binding (`swift_task_localValuePop`). */
 void cctx_shim_task_local_pop(void);
