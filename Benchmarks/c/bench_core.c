@@ -32,6 +32,10 @@
  *                        variable + release (a persistent insert)
  *   scaling get/set/copy/run @N   the same operations with N = 1, 10, 100,
  *                        1e4, 1e6 variables set, for docs/scaling.svg
+ *
+ * BENCH_ONLY=row[,row]  runs only the named 2-thread rows (throughput_2v1,
+ * request_2v1), without building the 1e6-variable contexts: a quick look
+ * at one scaling row, e.g. `BENCH_ONLY=request_2v1 build/bench/bench_core`.
  */
 #include "bench_common.h"
 
@@ -369,6 +373,35 @@ static void bench_throughput(cctx_context *snapshot, const char *op, const char 
 
 /* ------------------------------------------------------------ main */
 
+/* Is `op` named in BENCH_ONLY (comma-separated; unset: every row)? */
+static bool row_wanted(const char *only, const char *op)
+{
+    if (only == NULL)
+        return true;
+    size_t n = strlen(op);
+    for (const char *p = only; (p = strstr(p, op)) != NULL; p += n)
+        if ((p == only || p[-1] == ',') && (p[n] == '\0' || p[n] == ','))
+            return true;
+    return false;
+}
+
+/* The 2-thread rows (BENCH_ONLY may pick them). */
+static void throughput_rows(const char *only, cctx_context *snap100)
+{
+    if (row_wanted(only, "throughput_2v1")) {
+        thread_loop = mixed_in_copy;
+        bench_throughput(snap100, "throughput_2v1",
+                         "ops/s of 2 threads over 1; set+get on 100 shared variables");
+    }
+    if (row_wanted(only, "request_2v1")) {
+        cctx_context *request_base = build_context(20);
+        thread_loop = request_loop;
+        bench_throughput(request_base, "request_2v1",
+                         "requests/s of 2 threads over 1; copy base of 20, set 2, get 4");
+        cctx_context_release(request_base);
+    }
+}
+
 static void time_row(const char *group, const char *op, bench_loop_fn fn,
                      args *a, const char *note)
 {
@@ -377,12 +410,20 @@ static void time_row(const char *group, const char *op, bench_loop_fn fn,
 
 int main(void)
 {
-    fprintf(stderr, "bench_core: creating %d variables\n", NMAX);
+    const char *only = getenv("BENCH_ONLY");
+    const size_t nvars = only != NULL ? 128 : NMAX;
+    fprintf(stderr, "bench_core: creating %zu variables\n", nvars);
     vars = malloc(NMAX * sizeof *vars);
-    for (size_t i = 0; i < NMAX; i++) {
+    for (size_t i = 0; i < nvars; i++) {
         char name[32];
         snprintf(name, sizeof name, "v%zu", i);
         check(cctx_var_new(name, NULL, &vars[i]), "var_new");
+    }
+    if (only != NULL) {
+        cctx_context *snap100 = build_context(100);
+        throughput_rows(only, snap100);
+        cctx_context_release(snap100);
+        return 0;
     }
     /* Shuffled read orders are filled in per row. */
     cctx_var **shuffled = malloc(NMAX * sizeof *shuffled);
@@ -532,14 +573,7 @@ int main(void)
     }
 
     /* --- throughput, 2 threads vs 1. */
-    thread_loop = mixed_in_copy;
-    bench_throughput(snap[S100], "throughput_2v1",
-                     "ops/s of 2 threads over 1; set+get on 100 shared variables");
-    cctx_context *request_base = build_context(20);
-    thread_loop = request_loop;
-    bench_throughput(request_base, "request_2v1",
-                     "requests/s of 2 threads over 1; copy base of 20, set 2, get 4");
-    cctx_context_release(request_base);
+    throughput_rows(NULL, snap[S100]);
 
     for (int s = 0; s < 7; s++)
         cctx_context_release(snap[s]);
