@@ -5,9 +5,9 @@
  *
  * Reads come in two speeds. The writer of a context (the thread that has
  * entered it) reads `root` with a plain acquire load: nobody else can
- * replace it. Every other reader goes through reclaim.c (a `readers`
- * increment and a ck_epoch section) and keeps only what it took a
- * reference to. See context.h for the ownership rules.
+ * replace it. Every other reader goes through reclaim.c (a hazard
+ * pointer on the root, after marking the context `shared_reads` once) and
+ * keeps only what it took a reference to. See context.h for the ownership rules.
  */
 #include "internal.h"
 
@@ -139,7 +139,7 @@ static inline void credit_give(cctx_thread_state *ts, hamt_node *root)
 /* A context object with every field as a new context has it but `root`
  * and `owner`, which the caller sets. `ts`: the calling thread's state or
  * NULL; with one, the object may come from the thread's cache, whose
- * objects keep magic 0, refcnt 1 and readers 0 from their release
+ * objects keep magic 0, refcnt 1 and shared_reads 0 from their release
  * (cctx_context_release) and need only magic. */
 static inline cctx_context *context_object(cctx_thread_state *ts)
 {
@@ -147,7 +147,7 @@ static inline cctx_context *context_object(cctx_thread_state *ts)
     if (CCTX_LIKELY(ts != NULL && context_cache.head != NULL)) {
         ctx = cctx_alloc_cached(&context_cache, sizeof *ctx);
         if (CCTX_LIKELY(ctx != NULL)) {
-            CCTX_ASSERT(ctx->refcnt == 1 && ctx->readers == 0);
+            CCTX_ASSERT(ctx->refcnt == 1 && ctx->shared_reads == 0);
             ctx->magic = CCTX_CONTEXT_MAGIC;
         }
         return ctx;
@@ -159,7 +159,7 @@ static inline cctx_context *context_object(cctx_thread_state *ts)
         ctx->magic = CCTX_CONTEXT_MAGIC;
         ctx->refcnt = 1;
         ctx->prev = NULL;
-        ctx->readers = 0;
+        ctx->shared_reads = 0;
         ctx->handover_next = NULL;
         ctx->handover_ts = NULL;
     }
@@ -492,9 +492,11 @@ void context_handover_quiesce(cctx_thread_state *ts)
 static inline __attribute__((always_inline)) void context_free(cctx_context *ctx)
 {
     /* Nobody reads it now (readers hold a reference), and the count is 1:
-     * the state a cached object keeps (context_object). */
-    CCTX_ASSERT(ctx->readers == 0 && ctx->refcnt == 1);
+     * the state a cached object keeps (context_object), with no mark of
+     * past readers. */
+    CCTX_ASSERT(ctx->refcnt == 1);
     ctx->magic = 0;
+    ctx->shared_reads = 0;
     hamt_node *root = ctx->root;
     cctx_thread_state *ts = thread_state_peek();
     cctx_dealloc_cached(ts != NULL ? &context_cache : NULL, ctx);
@@ -555,14 +557,36 @@ void cctx_context_release(cctx_context *ctx)
 
 /* ------------------------------------------------------------ reading */
 
-/* A read of `ctx`'s root by the calling thread: direct when the thread is
- * the context's writer, guarded otherwise: the reader counts itself in
- * `readers` (so that a writer that sees zero may free an old root at once)
- * and reads the root under a hazard pointer (so that a writer that sees
- * non-zero frees it only once no hazard names it: reclaim.h). Never
- * fails: a thread whose state cannot be created (out of memory) reads
- * through the fallback record, so that reads which cannot report an error
- * (count, contains, equal) still answer correctly. */
+/*
+ * A read of `ctx`'s root by the calling thread: direct when the thread is
+ * the context's writer, guarded otherwise. Never fails: a thread whose
+ * state cannot be created (out of memory) reads through the fallback
+ * record, so that reads which cannot report an error (count, contains,
+ * equal) still answer correctly.
+ *
+ * A guarded read marks the context `shared_reads` (once: later readers
+ * only load the mark, so a base context that many threads copy stays a
+ * line they all read and none writes) and reads the root under a hazard
+ * pointer. The writer, after replacing the root (or tagging it for an
+ * in-place write) with an exchange, loads the mark: unmarked, no guarded
+ * reader can hold the old root; marked, it asks reclaim_is_protected
+ * whether a hazard names it. Both sides are Dekker's pattern, a store,
+ * a full barrier, then a load:
+ *
+ *   reader                                writer
+ *   store shared_reads = 1                fas(root, new)       (fence)
+ *   fas(hazard, r)            (fence)     load shared_reads
+ *   load root == r ?                      1: scan hazards for the old root
+ *
+ * If the writer loads 0, the reader's barrier comes after the writer's
+ * exchange, so its re-load of the root sees the new root and it never
+ * reads the old one. If it loads 1 and its scan misses the hazard, the
+ * reader's re-load comes after the exchange for the same reason, differs
+ * from r, and the reader starts over with the new root. So whenever the
+ * writer frees the old root at once, no guarded reader holds it. (The
+ * mark was a counter once, written twice by every read: the one line a
+ * base context's copiers all wrote.)
+ */
 typedef struct read_guard {
     bool guarded;
     reclaim_guard hazard;
@@ -574,16 +598,17 @@ static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
     g->guarded = ts == NULL || context_owner(ctx) != (uintptr_t)ts;
     if (!g->guarded)
         return context_own_root(ctx);
-    /* Full fence: counted before the root load, against the writer's
-     * exchange-then-load-readers (context_publish, write_in_place). */
-    cctx_inc_uint(&ctx->readers);
+    /* Ordered before the root load by reclaim_protect's exchange (see
+     * above). A plain store: every writer of it stores the same 1. */
+    if (CCTX_UNLIKELY(cctx_load_uint_relaxed(&ctx->shared_reads) == 0))
+        cctx_store_uint(&ctx->shared_reads, 1);
     for (;;) {
         hamt_node *root = reclaim_protect(ts != NULL ? ts->record : NULL,
                                           (void *const *)&ctx->root, &g->hazard);
         if (CCTX_LIKELY(((uintptr_t)root & CCTX_ROOT_IN_PLACE) == 0))
             return root;
         /* The writer is overwriting a value in place; having seen our
-         * count it will back out, or it started before and finishes in a
+         * hazard it will back out, or it started before and finishes in a
          * few instructions. Wait for the plain root (acquire: its store
          * of the value happens before). */
         reclaim_unprotect(&g->hazard);
@@ -597,7 +622,13 @@ static void read_end(cctx_context *ctx, read_guard *g)
     if (!g->guarded)
         return;
     reclaim_unprotect(&g->hazard);
-    cctx_dec_uint_is_zero(&ctx->readers);
+}
+
+/* Can a guarded reader hold `root`, which the caller (the writer) just
+ * unpublished or tagged with an exchange? See read_begin. */
+static inline bool root_may_be_read(cctx_context *ctx, hamt_node *root)
+{
+    return cctx_load_uint(&ctx->shared_reads) != 0 && reclaim_is_protected(root);
 }
 
 cctx_status context_snapshot(cctx_context *ctx, hamt_node **out)
@@ -768,8 +799,8 @@ static void root_release(void *root)
 void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_root)
 {
     credit_forget(ctx); /* the old root must not outlive `ctx`'s use of it */
-    /* Full barrier: readers that arrive later see new_root; and the load
-     * of `readers` below cannot pass it (read_begin's argument). */
+    /* Full barrier: readers that arrive later see new_root; and the loads
+     * of root_may_be_read below cannot pass it (read_begin's argument). */
     hamt_node *old = cctx_fas_ptr(&ctx->root, new_root);
     /* The writer may be this thread writing its current context: its
      * lookup cache must not outlive the old root. Bumped after the
@@ -780,7 +811,7 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
     thread_state_invalidate(ts);
     if (old == NULL)
         return;
-    if (cctx_load_uint(&ctx->readers) == 0)
+    if (!root_may_be_read(ctx, old))
         hamt_release(old); /* no reader can hold it (read_begin) */
     else
         reclaim_retire(ts->record, old, root_release);
@@ -793,15 +824,17 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
  * handshake with readers on other threads (read_begin) is one exchange:
  *
  *   writer                              reader
- *   fas(root, root|IN_PLACE)  (fence)   inc(readers)            (fence)
- *   readers == 0 && root unique?        load root: tagged -> wait
+ *   fas(root, root|IN_PLACE)  (fence)   fas(hazard, root)       (fence)
+ *   no hazard && root unique?           load root: tagged -> wait
  *     no: store root (untag), give up
  *     yes: store value, store root (release)
  *
- * Either the writer sees the reader's count (and backs out, leaving the
+ * Either the writer sees the reader's hazard (and backs out, leaving the
  * map as it was), or the reader sees the tag and waits until the value is
- * stored. A reader that retained the root earlier (a snapshot) raised its
- * count before leaving `readers`, so the writer sees a count of 2 and
+ * stored (read_begin's argument, with the tag for the new root; a context
+ * no other thread ever read has no such reader). A reader that retained
+ * the root earlier (a snapshot) raised its count before clearing its
+ * hazard, so the writer sees a count of 2 and
  * backs out: a snapshot never changes. The replaced value is released at
  * once: no reader can hold it. A signal handler on this thread reads the
  * slot old or new (one aligned store) and the version bump comes between
@@ -821,7 +854,7 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
      * store before the tag: a child that sees the tag sees the name. */
     ts->in_place = ctx;
     (void)cctx_fas_ptr(&ctx->root, (hamt_node *)((uintptr_t)root | CCTX_ROOT_IN_PLACE));
-    if (cctx_load_uint(&ctx->readers) != 0 || !hamt_is_unique(root)) {
+    if (root_may_be_read(ctx, root) || !hamt_is_unique(root)) {
         cctx_store_ptr(&ctx->root, root);
         cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
         var_value_release(var, value);
@@ -1265,7 +1298,7 @@ cctx_status cctx_context_copy_current(cctx_context **out)
         return copy_current_slow(ts, cur, root, out);
     root_credit.n--;
     cctx_context *ctx = cctx_alloc_cached_checked(&context_cache);
-    CCTX_ASSERT(ctx->refcnt == 1 && ctx->readers == 0); /* see context_object */
+    CCTX_ASSERT(ctx->refcnt == 1 && ctx->shared_reads == 0); /* see context_object */
     ctx->magic = CCTX_CONTEXT_MAGIC;
     ctx->root = root;
     ctx->owner = CCTX_OWNER_NONE;

@@ -497,6 +497,11 @@ static bool hazarded(void *object)
     return false;
 }
 
+bool reclaim_is_protected(void *object)
+{
+    return cctx_load_uint(&overflow_readers) != 0 || hazarded(object);
+}
+
 /* Frees every entry of `*list` that no hazard names; returns how many
  * remain. The caller unpublished each with a full barrier before it got
  * here, so a hazard set after our load is validated against the new value
