@@ -497,12 +497,16 @@ static inline __attribute__((always_inline)) void context_free(cctx_context *ctx
     CCTX_ASSERT(ctx->refcnt == 1);
     ctx->magic = 0;
     ctx->shared_reads = 0;
-    hamt_node *root = ctx->root;
+    uintptr_t raw = (uintptr_t)ctx->root;
+    hamt_node *root = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
     cctx_thread_state *ts = thread_state_peek();
     cctx_dealloc_cached(ts != NULL ? &context_cache : NULL, ctx);
     /* After the object is back in the cache: a callback run by the root's
      * release may copy again and take it. */
-    credit_give(ts, root);
+    if (raw & CCTX_ROOT_LOAN)
+        hamt_credit_give(root);
+    else
+        credit_give(ts, root);
 }
 
 /*
@@ -589,6 +593,7 @@ void cctx_context_release(cctx_context *ctx)
  */
 typedef struct read_guard {
     bool guarded;
+    bool loan; /* the context's reference to the root is a loan */
     reclaim_guard hazard;
 } read_guard;
 
@@ -596,8 +601,10 @@ static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
 {
     cctx_thread_state *ts = thread_state_get();
     g->guarded = ts == NULL || context_owner(ctx) != (uintptr_t)ts;
-    if (!g->guarded)
+    if (!g->guarded) {
+        g->loan = ((uintptr_t)cctx_load_ptr(&ctx->root) & CCTX_ROOT_LOAN) != 0;
         return context_own_root(ctx);
+    }
     /* Ordered before the root load by reclaim_protect's exchange (see
      * above). A plain store: every writer of it stores the same 1. */
     if (CCTX_UNLIKELY(cctx_load_uint_relaxed(&ctx->shared_reads) == 0))
@@ -605,8 +612,10 @@ static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
     for (;;) {
         hamt_node *root = reclaim_protect(ts != NULL ? ts->record : NULL,
                                           (void *const *)&ctx->root, &g->hazard);
-        if (CCTX_LIKELY(((uintptr_t)root & CCTX_ROOT_IN_PLACE) == 0))
-            return root;
+        if (CCTX_LIKELY(((uintptr_t)root & CCTX_ROOT_IN_PLACE) == 0)) {
+            g->loan = ((uintptr_t)root & CCTX_ROOT_LOAN) != 0;
+            return (hamt_node *)((uintptr_t)root & ~CCTX_ROOT_TAGS);
+        }
         /* The writer is overwriting a value in place; having seen our
          * hazard it will back out, or it started before and finishes in a
          * few instructions. Wait for the plain root (acquire: its store
@@ -709,17 +718,64 @@ bool cctx_context_equal(cctx_context *a, cctx_context *b)
 
 /* ------------------------------------------------------------ copies */
 
+/*
+ * A reference to `ctx`'s root for a copy, from any thread. From a context
+ * this thread does not write, it is a loan from this thread's shared
+ * credits when they are for that root (hamt.c, "Shared credits"): the
+ * copy then writes no line of the root, which every thread copying the
+ * same base would write too. The credits' own references keep the root
+ * alive, so comparing the pointer loaded here with theirs and taking one
+ * by a CAS on this thread's slot needs no read guard; the root read may
+ * be older than a concurrent write of the context, as a guarded read may.
+ * With the root tagged for an in-place write the credits make the root
+ * look shared to that writer, which backs out, so the copy sees no
+ * change either. Otherwise a guarded read, which installs a batch of
+ * credits when the context's reference is counted (never from a loan:
+ * credits need a counted reference behind them). Returns whether the
+ * reference is a loan (give it back with root_put).
+ */
+static bool root_take(cctx_thread_state *ts, cctx_context *ctx, hamt_node **out)
+{
+    if (ts != NULL && context_owner(ctx) != (uintptr_t)ts) {
+        uintptr_t raw = (uintptr_t)cctx_load_ptr(&ctx->root);
+        hamt_node *root = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
+        if (!(raw & CCTX_ROOT_LOAN) && hamt_credit_take(root)) {
+            *out = root;
+            return true;
+        }
+    }
+    read_guard g;
+    hamt_node *root = read_begin(ctx, &g);
+    bool loan = g.guarded && !g.loan && ts != NULL && hamt_credit_retain(root);
+    if (!loan)
+        hamt_retain(root);
+    read_end(ctx, &g);
+    if (loan)
+        hamt_credit_install(root); /* may release another root's values */
+    *out = root;
+    return loan;
+}
+
+static void root_put(hamt_node *root, bool loan)
+{
+    if (loan)
+        hamt_credit_give(root);
+    else
+        hamt_release(root);
+}
+
 cctx_status cctx_context_copy(cctx_context *ctx, cctx_context **out)
 {
     if (!context_is_valid(ctx) || out == NULL)
         return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
     hamt_node *root;
-    cctx_status st = context_snapshot(ctx, &root);
+    bool loan = root_take(ts, ctx, &root);
+    cctx_status st = context_new_with_root(root, out);
     if (st != CCTX_OK)
-        return st;
-    st = context_new_with_root(root, out);
-    if (st != CCTX_OK)
-        hamt_release(root);
+        root_put(root, loan);
+    else if (loan)
+        (*out)->root = (hamt_node *)((uintptr_t)root | CCTX_ROOT_LOAN);
     return st;
 }
 
@@ -801,7 +857,8 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
     credit_forget(ctx); /* the old root must not outlive `ctx`'s use of it */
     /* Full barrier: readers that arrive later see new_root; and the loads
      * of root_may_be_read below cannot pass it (read_begin's argument). */
-    hamt_node *old = cctx_fas_ptr(&ctx->root, new_root);
+    uintptr_t raw = (uintptr_t)cctx_fas_ptr(&ctx->root, new_root);
+    hamt_node *old = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
     /* The writer may be this thread writing its current context: its
      * lookup cache must not outlive the old root. Bumped after the
      * exchange and before the old root can be freed, so that a signal
@@ -811,10 +868,23 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
     thread_state_invalidate(ts);
     if (old == NULL)
         return;
-    if (!root_may_be_read(ctx, old))
-        hamt_release(old); /* no reader can hold it (read_begin) */
+    if (root_may_be_read(ctx, old))
+        reclaim_retire(ts->record, old, root_release); /* a loan too: counted */
+    else if (raw & CCTX_ROOT_LOAN)
+        hamt_credit_give(old); /* no reader can hold it (read_begin) */
     else
-        reclaim_retire(ts->record, old, root_release);
+        hamt_release(old);
+}
+
+/* This thread's shared credits for `ctx`'s root go back before a write:
+ * they would make the root look shared to write_in_place. A loaned root is
+ * shared anyway (its lender's context holds it), and giving the credits
+ * back there would undo every copy's saving. Only the writer calls this. */
+static inline void shared_credits_forget(cctx_context *ctx)
+{
+    uintptr_t raw = (uintptr_t)cctx_load_ptr(&ctx->root);
+    if (!(raw & CCTX_ROOT_LOAN))
+        hamt_credits_forget((hamt_node *)(raw & ~CCTX_ROOT_TAGS));
 }
 
 /*
@@ -853,9 +923,11 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
      * clears the tag of the context named here. The exchange orders this
      * store before the tag: a child that sees the tag sees the name. */
     ts->in_place = ctx;
-    (void)cctx_fas_ptr(&ctx->root, (hamt_node *)((uintptr_t)root | CCTX_ROOT_IN_PLACE));
+    /* The loan mark stays as it is (only this thread writes the word). */
+    hamt_node *plain = cctx_load_ptr(&ctx->root);
+    (void)cctx_fas_ptr(&ctx->root, (hamt_node *)((uintptr_t)plain | CCTX_ROOT_IN_PLACE));
     if (root_may_be_read(ctx, root) || !hamt_is_unique(root)) {
-        cctx_store_ptr(&ctx->root, root);
+        cctx_store_ptr(&ctx->root, plain);
         cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
         var_value_release(var, value);
         return false;
@@ -865,7 +937,7 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
      * whole, old or new. */
     cctx_store_ptr(slot, value);
     thread_state_invalidate(ts);
-    cctx_store_ptr(&ctx->root, root); /* release: readers see the value */
+    cctx_store_ptr(&ctx->root, plain); /* release: readers see the value */
     cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
     var_value_release(var, old);
     return true;
@@ -876,6 +948,7 @@ cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var
 {
     /* Credits would make the root look shared to write_in_place. */
     credit_forget(ctx);
+    shared_credits_forget(ctx);
     /* The writer's own root: no other thread replaces it. */
     hamt_node *root = context_own_root(ctx);
     void *old = NULL;
@@ -936,6 +1009,7 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
         return CCTX_TOKEN_WRONG_CONTEXT;
 
     credit_forget(ctx); /* as in context_write_set */
+    shared_credits_forget(ctx);
     hamt_node *root = context_own_root(ctx);
     hamt_node *next = root;
     cctx_status st;
@@ -1331,20 +1405,20 @@ static cctx_status copy_with(int source, cctx_context *ctx, cctx_var *var, void 
      * thread replaces it) and the reference is a root credit, as in
      * copy_current: no locked instruction in the common case. */
     hamt_node *src = NULL;
-    bool credit = false;
+    bool credit = false, loan = false;
     if (source == SOURCE_CURRENT && ts != NULL) {
         src = context_own_root(ts->current);
         credit_take(ts->current, src);
         credit = true;
     } else if (source == SOURCE_CONTEXT) {
-        (void)context_snapshot(ctx, &src);
+        loan = root_take(ts, ctx, &src); /* as a copy takes it */
     }
     hamt_node *root;
     cctx_status st = hamt_assoc(src, var, value, &root);
     if (credit)
         credit_give(ts, src);
     else
-        hamt_release(src);
+        root_put(src, loan);
     if (st != CCTX_OK) {
         copy->root = NULL;
         copy->owner = CCTX_OWNER_NONE;

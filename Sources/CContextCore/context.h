@@ -109,13 +109,20 @@ static inline bool context_is_valid(const cctx_context *ctx)
  * to clear; the writer's own reads (and a signal handler on its thread)
  * mask it. */
 #define CCTX_ROOT_IN_PLACE ((uintptr_t)1)
+/* Bit 1 of `root`: the context's reference to its root is a loan from the
+ * shared credits of the thread that made the copy (hamt.h), not a counted
+ * one. It is given back with hamt_credit_give, and nobody installs credits
+ * from such a root (hamt.c, "Shared credits": credits need a counted
+ * reference behind them). Read with the root in one load. */
+#define CCTX_ROOT_LOAN ((uintptr_t)2)
+#define CCTX_ROOT_TAGS (CCTX_ROOT_IN_PLACE | CCTX_ROOT_LOAN)
 
 /* The root as its writer (or a signal handler on the writer's thread)
  * reads it: no other thread replaces it. */
 static inline hamt_node *context_own_root(const cctx_context *ctx)
 {
     uintptr_t raw = (uintptr_t)cctx_load_ptr(&((cctx_context *)ctx)->root);
-    return (hamt_node *)(raw & ~CCTX_ROOT_IN_PLACE);
+    return (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
 }
 
 /* ------------------------------------------------------------ owner */

@@ -491,8 +491,8 @@ static bool hazarded(void *object)
             continue;
         struct reclaim_thread *t = thread_of(r);
         for (unsigned i = 0; i < RECLAIM_HAZARDS; i++)
-            if (cctx_load_ptr(&t->hazard[i]) == object)
-                return true;
+            if (((uintptr_t)cctx_load_ptr(&t->hazard[i]) & ~(uintptr_t)3) == (uintptr_t)object)
+                return true; /* a context root may carry tags in its 2 low bits */
     }
     return false;
 }
