@@ -172,7 +172,9 @@
  *   per borrowing node; when they reach zero the node drops its owned keys
  *   and its own source, and frees its memory). A borrowing node compares
  *   its keys with the source's, so the source's memory as well as its keys
- *   outlive every borrower.
+ *   outlive every borrower. Both counts include threads' shared credits
+ *   ("Shared credits" below), which take no part in either lifetime: a
+ *   counted release takes them all back first.
  * - Readers (hamt_find under the read guard) compare keys by address only;
  *   a borrowed key is the source's, alive while the borrower is.
  * - Builders take their references only after their allocation succeeded,

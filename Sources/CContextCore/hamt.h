@@ -135,9 +135,9 @@ int hamt_check(const hamt_node *root) CCTX_HIDDEN;
  * matching dump text). */
 typedef struct hamt_shape {
     char kind; /* 'b' bitmap, 'a' array, 'c' collision; 0: no node there */
-    unsigned size, refcnt, entries, children;
+    unsigned size, refcnt, entries, children; /* refcnt: owners, credits not counted */
     uint32_t datamap, nodemap; /* as stored (an array node's datamap is a mark) */
-    unsigned borrowers;        /* nodes borrowing this one's keys */
+    unsigned borrowers;        /* nodes borrowing this one's keys (credits not counted) */
     const hamt_node *source;   /* the node whose keys this one borrows, or NULL */
 } hamt_shape;
 
