@@ -34,8 +34,16 @@
  *                        1e4, 1e6 variables set, for docs/scaling.svg
  *
  * BENCH_ONLY=row[,row]  runs only the named 2-thread rows (throughput_2v1,
- * request_2v1), without building the 1e6-variable contexts: a quick look
- * at one scaling row, e.g. `BENCH_ONLY=request_2v1 build/bench/bench_core`.
+ * request_2v1, request_cpu_2v1), without building the 1e6-variable
+ * contexts: a quick look at one scaling row, e.g.
+ * `BENCH_ONLY=request_2v1 build/bench/bench_core`.
+ *
+ *   request_cpu_2v1      (only with BENCH_ONLY) CPU time per request of
+ *                        each of 2 threads pinned to CPUs 0 and 1 over
+ *                        that of 1 thread (ratio; 1.0 = no contention):
+ *                        the cost of the lines both threads write, which
+ *                        request_2v1's wall-clock ratio cannot show when
+ *                        other processes keep the second core busy
  */
 #include "bench_common.h"
 
@@ -44,6 +52,7 @@
 
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 
 #define IMPL "ContextKit"
 #define NMAX 1000000
@@ -385,6 +394,69 @@ static bool row_wanted(const char *only, const char *op)
     return false;
 }
 
+/* ------------------------------------------------------------ CPU time */
+
+typedef struct cpu_worker {
+    pthread_t thread;
+    cctx_context *base;
+    uint64_t iters;
+    int cpu;
+    pthread_barrier_t *start;
+    double ns_per_request; /* thread CPU time */
+} cpu_worker;
+
+static double thread_cpu_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+
+static void *cpu_worker_main(void *p)
+{
+    cpu_worker *w = p;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(w->cpu, &set);
+    (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    request_loop(w->base, w->iters / 16);
+    pthread_barrier_wait(w->start);
+    double t0 = thread_cpu_ns();
+    request_loop(w->base, w->iters);
+    w->ns_per_request = (thread_cpu_ns() - t0) / (double)w->iters;
+    (void)cctx_thread_cleanup();
+    return NULL;
+}
+
+/* Mean CPU ns per request of `n` threads pinned to CPUs 0..n-1. */
+static double cpu_per_request(int n, cctx_context *base, uint64_t iters)
+{
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)n);
+    cpu_worker w[2];
+    for (int t = 0; t < n; t++) {
+        w[t] = (cpu_worker){.base = base, .iters = iters, .cpu = t, .start = &start};
+        pthread_create(&w[t].thread, NULL, cpu_worker_main, &w[t]);
+    }
+    double sum = 0;
+    for (int t = 0; t < n; t++) {
+        pthread_join(w[t].thread, NULL);
+        sum += w[t].ns_per_request;
+    }
+    pthread_barrier_destroy(&start);
+    return sum / n;
+}
+
+static void bench_request_cpu(cctx_context *base)
+{
+    const uint64_t iters = 200000;
+    double ratio[5];
+    for (int r = 0; r < 5; r++)
+        ratio[r] = cpu_per_request(2, base, iters) / cpu_per_request(1, base, iters);
+    bench_row("core", "request_cpu_2v1", IMPL, bench_summarise(ratio, 5), "x",
+              "CPU ns per request, 2 threads pinned to 2 CPUs over 1 thread");
+}
+
 /* The 2-thread rows (BENCH_ONLY may pick them). */
 static void throughput_rows(const char *only, cctx_context *snap100)
 {
@@ -398,6 +470,11 @@ static void throughput_rows(const char *only, cctx_context *snap100)
         thread_loop = request_loop;
         bench_throughput(request_base, "request_2v1",
                          "requests/s of 2 threads over 1; copy base of 20, set 2, get 4");
+        cctx_context_release(request_base);
+    }
+    if (only != NULL && row_wanted(only, "request_cpu_2v1")) {
+        cctx_context *request_base = build_context(20);
+        bench_request_cpu(request_base);
         cctx_context_release(request_base);
     }
 }
