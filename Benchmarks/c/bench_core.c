@@ -32,6 +32,18 @@
  *                        variable + release (a persistent insert)
  *   scaling get/set/copy/run @N   the same operations with N = 1, 10, 100,
  *                        1e4, 1e6 variables set, for docs/scaling.svg
+ *
+ * BENCH_ONLY=row[,row]  runs only the named 2-thread rows (throughput_2v1,
+ * request_2v1, request_cpu_2v1), without building the 1e6-variable
+ * contexts: a quick look at one scaling row, e.g.
+ * `BENCH_ONLY=request_2v1 build/bench/bench_core`.
+ *
+ *   request_cpu_2v1      (only with BENCH_ONLY) CPU time per request of
+ *                        each of 2 threads pinned to CPUs 0 and 1 over
+ *                        that of 1 thread (ratio; 1.0 = no contention):
+ *                        the cost of the lines both threads write, which
+ *                        request_2v1's wall-clock ratio cannot show when
+ *                        other processes keep the second core busy
  */
 #include "bench_common.h"
 
@@ -40,6 +52,7 @@
 
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 
 #define IMPL "ContextKit"
 #define NMAX 1000000
@@ -369,6 +382,103 @@ static void bench_throughput(cctx_context *snapshot, const char *op, const char 
 
 /* ------------------------------------------------------------ main */
 
+/* Is `op` named in BENCH_ONLY (comma-separated; unset: every row)? */
+static bool row_wanted(const char *only, const char *op)
+{
+    if (only == NULL)
+        return true;
+    size_t n = strlen(op);
+    for (const char *p = only; (p = strstr(p, op)) != NULL; p += n)
+        if ((p == only || p[-1] == ',') && (p[n] == '\0' || p[n] == ','))
+            return true;
+    return false;
+}
+
+/* ------------------------------------------------------------ CPU time */
+
+typedef struct cpu_worker {
+    pthread_t thread;
+    cctx_context *base;
+    uint64_t iters;
+    int cpu;
+    pthread_barrier_t *start;
+    double ns_per_request; /* thread CPU time */
+} cpu_worker;
+
+static double thread_cpu_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+
+static void *cpu_worker_main(void *p)
+{
+    cpu_worker *w = p;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(w->cpu, &set);
+    (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    request_loop(w->base, w->iters / 16);
+    pthread_barrier_wait(w->start);
+    double t0 = thread_cpu_ns();
+    request_loop(w->base, w->iters);
+    w->ns_per_request = (thread_cpu_ns() - t0) / (double)w->iters;
+    (void)cctx_thread_cleanup();
+    return NULL;
+}
+
+/* Mean CPU ns per request of `n` threads pinned to CPUs 0..n-1. */
+static double cpu_per_request(int n, cctx_context *base, uint64_t iters)
+{
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)n);
+    cpu_worker w[2];
+    for (int t = 0; t < n; t++) {
+        w[t] = (cpu_worker){.base = base, .iters = iters, .cpu = t, .start = &start};
+        pthread_create(&w[t].thread, NULL, cpu_worker_main, &w[t]);
+    }
+    double sum = 0;
+    for (int t = 0; t < n; t++) {
+        pthread_join(w[t].thread, NULL);
+        sum += w[t].ns_per_request;
+    }
+    pthread_barrier_destroy(&start);
+    return sum / n;
+}
+
+static void bench_request_cpu(cctx_context *base)
+{
+    const uint64_t iters = 200000;
+    double ratio[5];
+    for (int r = 0; r < 5; r++)
+        ratio[r] = cpu_per_request(2, base, iters) / cpu_per_request(1, base, iters);
+    bench_row("core", "request_cpu_2v1", IMPL, bench_summarise(ratio, 5), "x",
+              "CPU ns per request, 2 threads pinned to 2 CPUs over 1 thread");
+}
+
+/* The 2-thread rows (BENCH_ONLY may pick them). */
+static void throughput_rows(const char *only, cctx_context *snap100)
+{
+    if (row_wanted(only, "throughput_2v1")) {
+        thread_loop = mixed_in_copy;
+        bench_throughput(snap100, "throughput_2v1",
+                         "ops/s of 2 threads over 1; set+get on 100 shared variables");
+    }
+    if (row_wanted(only, "request_2v1")) {
+        cctx_context *request_base = build_context(20);
+        thread_loop = request_loop;
+        bench_throughput(request_base, "request_2v1",
+                         "requests/s of 2 threads over 1; copy base of 20, set 2, get 4");
+        cctx_context_release(request_base);
+    }
+    if (only != NULL && row_wanted(only, "request_cpu_2v1")) {
+        cctx_context *request_base = build_context(20);
+        bench_request_cpu(request_base);
+        cctx_context_release(request_base);
+    }
+}
+
 static void time_row(const char *group, const char *op, bench_loop_fn fn,
                      args *a, const char *note)
 {
@@ -377,12 +487,20 @@ static void time_row(const char *group, const char *op, bench_loop_fn fn,
 
 int main(void)
 {
-    fprintf(stderr, "bench_core: creating %d variables\n", NMAX);
+    const char *only = getenv("BENCH_ONLY");
+    const size_t nvars = only != NULL ? 128 : NMAX;
+    fprintf(stderr, "bench_core: creating %zu variables\n", nvars);
     vars = malloc(NMAX * sizeof *vars);
-    for (size_t i = 0; i < NMAX; i++) {
+    for (size_t i = 0; i < nvars; i++) {
         char name[32];
         snprintf(name, sizeof name, "v%zu", i);
         check(cctx_var_new(name, NULL, &vars[i]), "var_new");
+    }
+    if (only != NULL) {
+        cctx_context *snap100 = build_context(100);
+        throughput_rows(only, snap100);
+        cctx_context_release(snap100);
+        return 0;
     }
     /* Shuffled read orders are filled in per row. */
     cctx_var **shuffled = malloc(NMAX * sizeof *shuffled);
@@ -532,14 +650,7 @@ int main(void)
     }
 
     /* --- throughput, 2 threads vs 1. */
-    thread_loop = mixed_in_copy;
-    bench_throughput(snap[S100], "throughput_2v1",
-                     "ops/s of 2 threads over 1; set+get on 100 shared variables");
-    cctx_context *request_base = build_context(20);
-    thread_loop = request_loop;
-    bench_throughput(request_base, "request_2v1",
-                     "requests/s of 2 threads over 1; copy base of 20, set 2, get 4");
-    cctx_context_release(request_base);
+    throughput_rows(NULL, snap[S100]);
 
     for (int s = 0; s < 7; s++)
         cctx_context_release(snap[s]);

@@ -5,9 +5,9 @@
  *
  * Reads come in two speeds. The writer of a context (the thread that has
  * entered it) reads `root` with a plain acquire load: nobody else can
- * replace it. Every other reader goes through reclaim.c (a `readers`
- * increment and a ck_epoch section) and keeps only what it took a
- * reference to. See context.h for the ownership rules.
+ * replace it. Every other reader goes through reclaim.c (a hazard
+ * pointer on the root, after marking the context `shared_reads` once) and
+ * keeps only what it took a reference to. See context.h for the ownership rules.
  */
 #include "internal.h"
 
@@ -139,7 +139,7 @@ static inline void credit_give(cctx_thread_state *ts, hamt_node *root)
 /* A context object with every field as a new context has it but `root`
  * and `owner`, which the caller sets. `ts`: the calling thread's state or
  * NULL; with one, the object may come from the thread's cache, whose
- * objects keep magic 0, refcnt 1 and readers 0 from their release
+ * objects keep magic 0, refcnt 1 and shared_reads 0 from their release
  * (cctx_context_release) and need only magic. */
 static inline cctx_context *context_object(cctx_thread_state *ts)
 {
@@ -147,7 +147,7 @@ static inline cctx_context *context_object(cctx_thread_state *ts)
     if (CCTX_LIKELY(ts != NULL && context_cache.head != NULL)) {
         ctx = cctx_alloc_cached(&context_cache, sizeof *ctx);
         if (CCTX_LIKELY(ctx != NULL)) {
-            CCTX_ASSERT(ctx->refcnt == 1 && ctx->readers == 0);
+            CCTX_ASSERT(ctx->refcnt == 1 && ctx->shared_reads == 0);
             ctx->magic = CCTX_CONTEXT_MAGIC;
         }
         return ctx;
@@ -159,7 +159,7 @@ static inline cctx_context *context_object(cctx_thread_state *ts)
         ctx->magic = CCTX_CONTEXT_MAGIC;
         ctx->refcnt = 1;
         ctx->prev = NULL;
-        ctx->readers = 0;
+        ctx->shared_reads = 0;
         ctx->handover_next = NULL;
         ctx->handover_ts = NULL;
         ctx->bias_entering = 0; /* 0 again whenever an object is freed */
@@ -494,16 +494,22 @@ void context_handover_quiesce(cctx_thread_state *ts)
 static inline __attribute__((always_inline)) void context_free(cctx_context *ctx)
 {
     /* Nobody reads it now (readers hold a reference), and the count is 1:
-     * the state a cached object keeps (context_object). */
-    CCTX_ASSERT(ctx->readers == 0 && ctx->refcnt == 1 && ctx->bias_entering == 0);
+     * the state a cached object keeps (context_object), with no mark of
+     * past readers. */
+    CCTX_ASSERT(ctx->refcnt == 1 && ctx->bias_entering == 0);
     ctx->magic = 0;
+    ctx->shared_reads = 0;
     ctx->bias_last = NULL; /* a reuse starts unbiased ("The bias") */
-    hamt_node *root = ctx->root;
+    uintptr_t raw = (uintptr_t)ctx->root;
+    hamt_node *root = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
     cctx_thread_state *ts = thread_state_peek();
     cctx_dealloc_cached(ts != NULL ? &context_cache : NULL, ctx);
     /* After the object is back in the cache: a callback run by the root's
      * release may copy again and take it. */
-    credit_give(ts, root);
+    if (raw & CCTX_ROOT_LOAN)
+        hamt_credit_give(root);
+    else
+        credit_give(ts, root);
 }
 
 /*
@@ -558,16 +564,39 @@ void cctx_context_release(cctx_context *ctx)
 
 /* ------------------------------------------------------------ reading */
 
-/* A read of `ctx`'s root by the calling thread: direct when the thread is
- * the context's writer, guarded otherwise: the reader counts itself in
- * `readers` (so that a writer that sees zero may free an old root at once)
- * and reads the root under a hazard pointer (so that a writer that sees
- * non-zero frees it only once no hazard names it: reclaim.h). Never
- * fails: a thread whose state cannot be created (out of memory) reads
- * through the fallback record, so that reads which cannot report an error
- * (count, contains, equal) still answer correctly. */
+/*
+ * A read of `ctx`'s root by the calling thread: direct when the thread is
+ * the context's writer, guarded otherwise. Never fails: a thread whose
+ * state cannot be created (out of memory) reads through the fallback
+ * record, so that reads which cannot report an error (count, contains,
+ * equal) still answer correctly.
+ *
+ * A guarded read marks the context `shared_reads` (once: later readers
+ * only load the mark, so a base context that many threads copy stays a
+ * line they all read and none writes) and reads the root under a hazard
+ * pointer. The writer, after replacing the root (or tagging it for an
+ * in-place write) with an exchange, loads the mark: unmarked, no guarded
+ * reader can hold the old root; marked, it asks reclaim_is_protected
+ * whether a hazard names it. Both sides are Dekker's pattern, a store,
+ * a full barrier, then a load:
+ *
+ *   reader                                writer
+ *   store shared_reads = 1                fas(root, new)       (fence)
+ *   fas(hazard, r)            (fence)     load shared_reads
+ *   load root == r ?                      1: scan hazards for the old root
+ *
+ * If the writer loads 0, the reader's barrier comes after the writer's
+ * exchange, so its re-load of the root sees the new root and it never
+ * reads the old one. If it loads 1 and its scan misses the hazard, the
+ * reader's re-load comes after the exchange for the same reason, differs
+ * from r, and the reader starts over with the new root. So whenever the
+ * writer frees the old root at once, no guarded reader holds it. (The
+ * mark was a counter once, written twice by every read: the one line a
+ * base context's copiers all wrote.)
+ */
 typedef struct read_guard {
     bool guarded;
+    bool loan; /* the context's reference to the root is a loan */
     reclaim_guard hazard;
 } read_guard;
 
@@ -575,18 +604,23 @@ static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
 {
     cctx_thread_state *ts = thread_state_get();
     g->guarded = ts == NULL || context_owner(ctx) != (uintptr_t)ts;
-    if (!g->guarded)
+    if (!g->guarded) {
+        g->loan = ((uintptr_t)cctx_load_ptr(&ctx->root) & CCTX_ROOT_LOAN) != 0;
         return context_own_root(ctx);
-    /* Full fence: counted before the root load, against the writer's
-     * exchange-then-load-readers (context_publish, write_in_place). */
-    cctx_inc_uint(&ctx->readers);
+    }
+    /* Ordered before the root load by reclaim_protect's exchange (see
+     * above). A plain store: every writer of it stores the same 1. */
+    if (CCTX_UNLIKELY(cctx_load_uint_relaxed(&ctx->shared_reads) == 0))
+        cctx_store_uint(&ctx->shared_reads, 1);
     for (;;) {
         hamt_node *root = reclaim_protect(ts != NULL ? ts->record : NULL,
                                           (void *const *)&ctx->root, &g->hazard);
-        if (CCTX_LIKELY(((uintptr_t)root & CCTX_ROOT_IN_PLACE) == 0))
-            return root;
+        if (CCTX_LIKELY(((uintptr_t)root & CCTX_ROOT_IN_PLACE) == 0)) {
+            g->loan = ((uintptr_t)root & CCTX_ROOT_LOAN) != 0;
+            return (hamt_node *)((uintptr_t)root & ~CCTX_ROOT_TAGS);
+        }
         /* The writer is overwriting a value in place; having seen our
-         * count it will back out, or it started before and finishes in a
+         * hazard it will back out, or it started before and finishes in a
          * few instructions. Wait for the plain root (acquire: its store
          * of the value happens before). */
         reclaim_unprotect(&g->hazard);
@@ -600,7 +634,13 @@ static void read_end(cctx_context *ctx, read_guard *g)
     if (!g->guarded)
         return;
     reclaim_unprotect(&g->hazard);
-    cctx_dec_uint_is_zero(&ctx->readers);
+}
+
+/* Can a guarded reader hold `root`, which the caller (the writer) just
+ * unpublished or tagged with an exchange? See read_begin. */
+static inline bool root_may_be_read(cctx_context *ctx, hamt_node *root)
+{
+    return cctx_load_uint(&ctx->shared_reads) != 0 && reclaim_is_protected(root);
 }
 
 cctx_status context_snapshot(cctx_context *ctx, hamt_node **out)
@@ -681,17 +721,64 @@ bool cctx_context_equal(cctx_context *a, cctx_context *b)
 
 /* ------------------------------------------------------------ copies */
 
+/*
+ * A reference to `ctx`'s root for a copy, from any thread. From a context
+ * this thread does not write, it is a loan from this thread's shared
+ * credits when they are for that root (hamt.c, "Shared credits"): the
+ * copy then writes no line of the root, which every thread copying the
+ * same base would write too. The credits' own references keep the root
+ * alive, so comparing the pointer loaded here with theirs and taking one
+ * by a CAS on this thread's slot needs no read guard; the root read may
+ * be older than a concurrent write of the context, as a guarded read may.
+ * With the root tagged for an in-place write the credits make the root
+ * look shared to that writer, which backs out, so the copy sees no
+ * change either. Otherwise a guarded read, which installs a batch of
+ * credits when the context's reference is counted (never from a loan:
+ * credits need a counted reference behind them). Returns whether the
+ * reference is a loan (give it back with root_put).
+ */
+static bool root_take(cctx_thread_state *ts, cctx_context *ctx, hamt_node **out)
+{
+    if (ts != NULL && context_owner(ctx) != (uintptr_t)ts) {
+        uintptr_t raw = (uintptr_t)cctx_load_ptr(&ctx->root);
+        hamt_node *root = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
+        if (!(raw & CCTX_ROOT_LOAN) && hamt_credit_take(root)) {
+            *out = root;
+            return true;
+        }
+    }
+    read_guard g;
+    hamt_node *root = read_begin(ctx, &g);
+    bool loan = g.guarded && !g.loan && ts != NULL && hamt_credit_retain(root);
+    if (!loan)
+        hamt_retain(root);
+    read_end(ctx, &g);
+    if (loan)
+        hamt_credit_install(root); /* may release another root's values */
+    *out = root;
+    return loan;
+}
+
+static void root_put(hamt_node *root, bool loan)
+{
+    if (loan)
+        hamt_credit_give(root);
+    else
+        hamt_release(root);
+}
+
 cctx_status cctx_context_copy(cctx_context *ctx, cctx_context **out)
 {
     if (!context_is_valid(ctx) || out == NULL)
         return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
     hamt_node *root;
-    cctx_status st = context_snapshot(ctx, &root);
+    bool loan = root_take(ts, ctx, &root);
+    cctx_status st = context_new_with_root(root, out);
     if (st != CCTX_OK)
-        return st;
-    st = context_new_with_root(root, out);
-    if (st != CCTX_OK)
-        hamt_release(root);
+        root_put(root, loan);
+    else if (loan)
+        (*out)->root = (hamt_node *)((uintptr_t)root | CCTX_ROOT_LOAN);
     return st;
 }
 
@@ -771,9 +858,10 @@ static void root_release(void *root)
 void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_root)
 {
     credit_forget(ctx); /* the old root must not outlive `ctx`'s use of it */
-    /* Full barrier: readers that arrive later see new_root; and the load
-     * of `readers` below cannot pass it (read_begin's argument). */
-    hamt_node *old = cctx_fas_ptr(&ctx->root, new_root);
+    /* Full barrier: readers that arrive later see new_root; and the loads
+     * of root_may_be_read below cannot pass it (read_begin's argument). */
+    uintptr_t raw = (uintptr_t)cctx_fas_ptr(&ctx->root, new_root);
+    hamt_node *old = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
     /* The writer may be this thread writing its current context: its
      * lookup cache must not outlive the old root. Bumped after the
      * exchange and before the old root can be freed, so that a signal
@@ -783,10 +871,23 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
     thread_state_invalidate(ts);
     if (old == NULL)
         return;
-    if (cctx_load_uint(&ctx->readers) == 0)
-        hamt_release(old); /* no reader can hold it (read_begin) */
+    if (root_may_be_read(ctx, old))
+        reclaim_retire(ts->record, old, root_release); /* a loan too: counted */
+    else if (raw & CCTX_ROOT_LOAN)
+        hamt_credit_give(old); /* no reader can hold it (read_begin) */
     else
-        reclaim_retire(ts->record, old, root_release);
+        hamt_release(old);
+}
+
+/* This thread's shared credits for `ctx`'s root go back before a write:
+ * they would make the root look shared to write_in_place. A loaned root is
+ * shared anyway (its lender's context holds it), and giving the credits
+ * back there would undo every copy's saving. Only the writer calls this. */
+static inline void shared_credits_forget(cctx_context *ctx)
+{
+    uintptr_t raw = (uintptr_t)cctx_load_ptr(&ctx->root);
+    if (!(raw & CCTX_ROOT_LOAN))
+        hamt_credits_forget((hamt_node *)(raw & ~CCTX_ROOT_TAGS));
 }
 
 /*
@@ -796,15 +897,17 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx, hamt_node *new_ro
  * handshake with readers on other threads (read_begin) is one exchange:
  *
  *   writer                              reader
- *   fas(root, root|IN_PLACE)  (fence)   inc(readers)            (fence)
- *   readers == 0 && root unique?        load root: tagged -> wait
+ *   fas(root, root|IN_PLACE)  (fence)   fas(hazard, root)       (fence)
+ *   no hazard && root unique?           load root: tagged -> wait
  *     no: store root (untag), give up
  *     yes: store value, store root (release)
  *
- * Either the writer sees the reader's count (and backs out, leaving the
+ * Either the writer sees the reader's hazard (and backs out, leaving the
  * map as it was), or the reader sees the tag and waits until the value is
- * stored. A reader that retained the root earlier (a snapshot) raised its
- * count before leaving `readers`, so the writer sees a count of 2 and
+ * stored (read_begin's argument, with the tag for the new root; a context
+ * no other thread ever read has no such reader). A reader that retained
+ * the root earlier (a snapshot) raised its count before clearing its
+ * hazard, so the writer sees a count of 2 and
  * backs out: a snapshot never changes. The replaced value is released at
  * once: no reader can hold it. A signal handler on this thread reads the
  * slot old or new (one aligned store) and the version bump comes between
@@ -823,9 +926,11 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
      * clears the tag of the context named here. The exchange orders this
      * store before the tag: a child that sees the tag sees the name. */
     ts->in_place = ctx;
-    (void)cctx_fas_ptr(&ctx->root, (hamt_node *)((uintptr_t)root | CCTX_ROOT_IN_PLACE));
-    if (cctx_load_uint(&ctx->readers) != 0 || !hamt_is_unique(root)) {
-        cctx_store_ptr(&ctx->root, root);
+    /* The loan mark stays as it is (only this thread writes the word). */
+    hamt_node *plain = cctx_load_ptr(&ctx->root);
+    (void)cctx_fas_ptr(&ctx->root, (hamt_node *)((uintptr_t)plain | CCTX_ROOT_IN_PLACE));
+    if (root_may_be_read(ctx, root) || !hamt_is_unique(root)) {
+        cctx_store_ptr(&ctx->root, plain);
         cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
         var_value_release(var, value);
         return false;
@@ -835,7 +940,7 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
      * whole, old or new. */
     cctx_store_ptr(slot, value);
     thread_state_invalidate(ts);
-    cctx_store_ptr(&ctx->root, root); /* release: readers see the value */
+    cctx_store_ptr(&ctx->root, plain); /* release: readers see the value */
     cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
     var_value_release(var, old);
     return true;
@@ -846,6 +951,7 @@ cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var
 {
     /* Credits would make the root look shared to write_in_place. */
     credit_forget(ctx);
+    shared_credits_forget(ctx);
     /* The writer's own root: no other thread replaces it. */
     hamt_node *root = context_own_root(ctx);
     void *old = NULL;
@@ -906,6 +1012,7 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
         return CCTX_TOKEN_WRONG_CONTEXT;
 
     credit_forget(ctx); /* as in context_write_set */
+    shared_credits_forget(ctx);
     hamt_node *root = context_own_root(ctx);
     hamt_node *next = root;
     cctx_status st;
@@ -1409,7 +1516,7 @@ cctx_status cctx_context_copy_current(cctx_context **out)
         return copy_current_slow(ts, cur, root, out);
     root_credit.n--;
     cctx_context *ctx = cctx_alloc_cached_checked(&context_cache);
-    CCTX_ASSERT(ctx->refcnt == 1 && ctx->readers == 0); /* see context_object */
+    CCTX_ASSERT(ctx->refcnt == 1 && ctx->shared_reads == 0); /* see context_object */
     ctx->magic = CCTX_CONTEXT_MAGIC;
     ctx->root = root;
     ctx->owner = CCTX_OWNER_NONE;
@@ -1442,20 +1549,20 @@ static cctx_status copy_with(int source, cctx_context *ctx, cctx_var *var, void 
      * thread replaces it) and the reference is a root credit, as in
      * copy_current: no locked instruction in the common case. */
     hamt_node *src = NULL;
-    bool credit = false;
+    bool credit = false, loan = false;
     if (source == SOURCE_CURRENT && ts != NULL) {
         src = context_own_root(ts->current);
         credit_take(ts->current, src);
         credit = true;
     } else if (source == SOURCE_CONTEXT) {
-        (void)context_snapshot(ctx, &src);
+        loan = root_take(ts, ctx, &src); /* as a copy takes it */
     }
     hamt_node *root;
     cctx_status st = hamt_assoc(src, var, value, &root);
     if (credit)
         credit_give(ts, src);
     else
-        hamt_release(src);
+        root_put(src, loan);
     if (st != CCTX_OK) {
         copy->root = NULL;
         copy->owner = CCTX_OWNER_NONE;

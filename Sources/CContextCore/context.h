@@ -10,10 +10,13 @@
  * - Writers are serialized by `owner` (the state machine below). Only the
  *   owner writes `root`.
  * - Readers on other threads never block the writer and never see freed
- *   memory: they announce themselves in `readers` and read inside a
- *   reclamation section (reclaim.h). A writer that replaces a root while
- *   `readers` is non-zero defers its release through reclaim.h instead of
- *   releasing it; with no reader it releases it at once.
+ *   memory: they read the root under a hazard pointer (reclaim.h), after
+ *   marking the context `shared_reads` once (a sticky flag: a plain store
+ *   the first time, a load ever after, so readers of a popular context
+ *   write no line they share). A writer that replaces a root releases it
+ *   at once when no other thread ever read the context, or when no hazard
+ *   names it; otherwise it retires it through reclaim.h (context.c,
+ *   read_begin, argues the fences).
  * - `prev` is meaningful only while entered by a thread: the context that
  *   was that thread's current one before the enter. Only that thread
  *   touches it.
@@ -95,14 +98,16 @@ typedef struct cctx_thread_state cctx_thread_state;
 struct cctx_context {
     /* First: a free object in a thread's cache (context.c) keeps its link
      * here, so the fields below keep the values a free object has (magic
-     * 0, refcnt 1, readers 0) and a reuse rewrites only root, magic and
+     * 0, refcnt 1, shared_reads 0) and a reuse rewrites only root, magic and
      * owner. */
     hamt_node *root;
     uint32_t magic;
     unsigned refcnt;
     uintptr_t owner;
     cctx_context *prev;
-    unsigned readers;
+    /* 0 until a thread other than the writer reads the context (read_begin
+     * in context.c), then 1 until the object is freed. */
+    unsigned shared_reads;
     /* Non-zero while the thread that holds the bias (LEFT) is inside its
      * biased enter; written only by that thread (context.c, "The bias"). */
     unsigned bias_entering;
@@ -130,13 +135,20 @@ static inline bool context_is_valid(const cctx_context *ctx)
  * to clear; the writer's own reads (and a signal handler on its thread)
  * mask it. */
 #define CCTX_ROOT_IN_PLACE ((uintptr_t)1)
+/* Bit 1 of `root`: the context's reference to its root is a loan from the
+ * shared credits of the thread that made the copy (hamt.h), not a counted
+ * one. It is given back with hamt_credit_give, and nobody installs credits
+ * from such a root (hamt.c, "Shared credits": credits need a counted
+ * reference behind them). Read with the root in one load. */
+#define CCTX_ROOT_LOAN ((uintptr_t)2)
+#define CCTX_ROOT_TAGS (CCTX_ROOT_IN_PLACE | CCTX_ROOT_LOAN)
 
 /* The root as its writer (or a signal handler on the writer's thread)
  * reads it: no other thread replaces it. */
 static inline hamt_node *context_own_root(const cctx_context *ctx)
 {
     uintptr_t raw = (uintptr_t)cctx_load_ptr(&((cctx_context *)ctx)->root);
-    return (hamt_node *)(raw & ~CCTX_ROOT_IN_PLACE);
+    return (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
 }
 
 /* ------------------------------------------------------------ owner */

@@ -172,7 +172,9 @@
  *   per borrowing node; when they reach zero the node drops its owned keys
  *   and its own source, and frees its memory). A borrowing node compares
  *   its keys with the source's, so the source's memory as well as its keys
- *   outlive every borrower.
+ *   outlive every borrower. Both counts include threads' shared credits
+ *   ("Shared credits" below), which take no part in either lifetime: a
+ *   counted release takes them all back first.
  * - Readers (hamt_find under the read guard) compare keys by address only;
  *   a borrowed key is the source's, alive while the borrower is.
  * - Builders take their references only after their allocation succeeded,
@@ -206,10 +208,11 @@ struct hamt_node {
 };
 
 /*
- * The two counts in `counts` (see "Borrowed keys" above). Owners get 24
- * bits (16.7 million maps, parents and root credits holding one node; a
- * retain that would carry into the borrow field stops the process) and
- * borrow references 8: one held by the owners together while any is left,
+ * The two counts in `counts` (see "Borrowed keys" above). Owners get 23
+ * bits (8.3 million maps, parents and root credits holding one node; a
+ * retain that would carry into the next bit stops the process), bit 23 is
+ * CREDITED ("Shared credits" below), and borrow references 8: one held by
+ * the owners together while any is left,
  * plus at most 254 borrowing nodes. A path copy that finds the field full
  * owns its keys as before, so the cap costs speed, never correctness. One
  * word rather than two keeps the header at 16 bytes (memory per entry is
@@ -217,7 +220,8 @@ struct hamt_node {
  * after one plain load, as before.
  */
 #define HAMT_OWNER_BITS 24u
-#define HAMT_OWNER_MASK ((1u << HAMT_OWNER_BITS) - 1)
+#define HAMT_OWNER_MASK ((1u << 23) - 1)
+#define HAMT_CREDITED (1u << 23)
 #define HAMT_BORROW_UNIT (1u << HAMT_OWNER_BITS)
 #define HAMT_BORROW_MAX 255u
 /* A new node: one owner, and the owners' shared borrow reference. */
@@ -534,19 +538,36 @@ static void node_free(hamt_node *n)
  * add): every thread's last reads of the keys happen before the one that
  * sees the count reach zero frees them.
  */
+static void borrow_release_counted(hamt_node *src)
+{
+    /* A source with no owner left has no credits (they are owners, or
+     * were taken back with them) and no CREDITED mark: every bit is
+     * compared. */
+    if ((cctx_load_uint(&src->counts) & ~HAMT_CREDITED) == HAMT_BORROW_UNIT ||
+        (cctx_faa_uint(&src->counts, -HAMT_BORROW_UNIT) & ~HAMT_CREDITED) == HAMT_BORROW_UNIT)
+        node_free_keys(src);
+}
+
+static bool credit_give_borrow(hamt_node *src);
+
+/* A borrowing node's reference to its source: back into this thread's
+ * credits when they are for `src`, else counted down. */
 static void borrow_release(hamt_node *src)
 {
-    if (cctx_load_uint(&src->counts) == HAMT_BORROW_UNIT ||
-        cctx_faa_uint(&src->counts, -HAMT_BORROW_UNIT) == HAMT_BORROW_UNIT)
-        node_free_keys(src);
+    if (!credit_give_borrow(src))
+        borrow_release_counted(src);
 }
 
 /* One more borrow reference to `src` for a node being built; false when
  * the field is full (the caller then owns its keys). The caller reaches
  * `src` through a reference it holds, so the node is alive and needs no
  * acquire; the compare-and-swap is a full barrier anyway. */
+static bool credit_take_borrow(hamt_node *src);
+
 static bool borrow_acquire(hamt_node *src)
 {
+    if (credit_take_borrow(src))
+        return true;
     unsigned c = cctx_load_uint_relaxed(&src->counts);
     for (;;) {
         if ((c >> HAMT_OWNER_BITS) >= HAMT_BORROW_MAX)
@@ -565,7 +586,7 @@ static bool borrow_acquire(hamt_node *src)
 static void owners_gone(hamt_node *n)
 {
     node_release_contents(n);
-    borrow_release(n);
+    borrow_release_counted(n); /* the owners' share: never a credit */
 }
 
 static void owner_overflow(void)
@@ -574,6 +595,8 @@ static void owner_overflow(void)
             HAMT_OWNER_MASK - 1);
     abort();
 }
+
+static void credits_revoke(hamt_node *n);
 
 void hamt_retain(hamt_node *root)
 {
@@ -597,9 +620,16 @@ void hamt_release(hamt_node *root)
      * to zero releases the contents. */
     if (root == NULL)
         return;
-    if (cctx_load_uint(&root->counts) == HAMT_COUNTS_NEW)
+    unsigned c = cctx_load_uint(&root->counts);
+    if (c == HAMT_COUNTS_NEW) {
         node_free(root);
-    else if (owners_of(cctx_faa_uint(&root->counts, -1u)) == 1)
+        return;
+    }
+    /* A counted reference while credits may exist: take them all back
+     * first ("Shared credits"), while ours keeps the node alive. */
+    if (CCTX_UNLIKELY(c & HAMT_CREDITED))
+        credits_revoke(root);
+    if (owners_of(cctx_faa_uint(&root->counts, -1u)) == 1)
         owners_gone(root);
 }
 
@@ -616,10 +646,330 @@ void hamt_release_n(hamt_node *root, unsigned n)
         return;
     /* As hamt_release: holding every counted reference means nobody else
      * can take one, so no locked instruction for the last ones. */
-    if (cctx_load_uint(&root->counts) == n + HAMT_BORROW_UNIT)
+    unsigned c = cctx_load_uint(&root->counts);
+    if (c == n + HAMT_BORROW_UNIT) {
         node_free(root);
-    else if (owners_of(cctx_faa_uint(&root->counts, -n)) == n)
+        return;
+    }
+    if (CCTX_UNLIKELY(c & HAMT_CREDITED))
+        credits_revoke(root);
+    if (owners_of(cctx_faa_uint(&root->counts, -n)) == n)
         owners_gone(root);
+}
+
+/*
+ * Shared credits
+ * --------------
+ * The request pattern copies one base context on many threads: each copy
+ * takes a reference to the base's root, its first write path-copies that
+ * root (a borrow reference, and the copy's reference given back) and its
+ * release gives the borrow reference back. Counted, that is four locked
+ * writes per request to the one line every thread shares. Instead each
+ * thread keeps a *credit slot*: one word naming one node and holding
+ * references to it taken in a batch — owner credits and borrow credits —
+ * which it lends to its copies and takes back from them without touching
+ * the node. A reference lent from a slot is a *loan*; the context that
+ * holds one marks its root pointer (CCTX_ROOT_LOAN in context.h).
+ *
+ * Credits are counted references, so they keep the node alive; they must
+ * never be what keeps it alive after the last map that can read it is
+ * gone (values would be released late). The rule: every reference that is
+ * not a credit or a loan ("counted") is released through hamt_release,
+ * which, when the node is marked CREDITED, first takes every slot's
+ * credits back (credits_revoke): clears the mark, then empties each slot
+ * that names the node and drops what it held. Loans are given back to a
+ * slot that names the node, or dropped; neither runs the revocation.
+ *
+ * Why that is enough: credits are installed (credits_install) only by a
+ * thread that read the node from a context holding a counted reference to
+ * it, under that read's hazard pointer — so while credits exist, some
+ * counted reference exists too (the context's, or the retired list's when
+ * the context replaced it during the read: reclaim.h), and its release
+ * revokes. Loans are references too: the values stay until the last loan
+ * is dropped as well.
+ *
+ * The races, each Dekker's pattern (a locked write, then a load):
+ *   install: CAS counts |= CREDITED (+ batch), CAS the slot, load counts;
+ *            the mark gone: revoked meanwhile, take the slot back.
+ *   revoke:  CAS counts &= ~CREDITED, load every slot.
+ * Either the revoker's scan sees the installed slot, or the installer sees
+ * the mark cleared. A later install may set the mark again; then a counted
+ * reference exists again (see above), and its release revokes again. A
+ * give or a borrow take adds to a slot that already names the node: a
+ * revoker that cleared the mark after that slot appeared empties it with
+ * a CAS, so the give either lands before (and is taken with the rest) or
+ * its CAS fails. Only the owning thread puts a node into its slot, so the
+ * slot word has no ABA. A slot is emptied (by anyone) with a CAS from the
+ * value seen; whoever empties it drops what it held.
+ *
+ * Cost per request, steady state: every slot operation is a CAS on the
+ * thread's own line; nothing on the base's root is written.
+ */
+#define CREDIT_OWNER_BATCH 32u
+#define CREDIT_BORROW_BATCH 8u
+#define CREDIT_NODE_MASK (((uintptr_t)1 << 48) - 1)
+#define CREDIT_OWNER ((uintptr_t)1 << 48)
+#define CREDIT_BORROW ((uintptr_t)1 << 56)
+
+typedef struct credit_slot {
+    /* node | owner credits << 48 | borrow credits << 56; 0: empty. Written
+     * by its thread and (to empty it) by revokers. */
+    uintptr_t word;
+    struct credit_slot *next; /* registry: pushed once, never unlinked */
+    unsigned in_use;          /* claimed by a live thread */
+} __attribute__((aligned(64))) credit_slot;
+
+static credit_slot *credit_slots;
+static __thread credit_slot *my_slot __attribute__((tls_model("initial-exec")));
+
+static inline hamt_node *slot_node(uintptr_t w)
+{
+    return (hamt_node *)(w & CREDIT_NODE_MASK);
+}
+static inline unsigned slot_owners(uintptr_t w)
+{
+    return (unsigned)(w >> 48) & 0xffu;
+}
+static inline unsigned slot_borrows(uintptr_t w)
+{
+    return (unsigned)(w >> 56);
+}
+
+/* This thread's slot, claimed (or made) on first use; NULL without
+ * memory or without a thread state (its teardown gives the slot back). */
+static credit_slot *slot_get(void)
+{
+    if (CCTX_LIKELY(my_slot != NULL))
+        return my_slot;
+    if (thread_state_peek() == NULL)
+        return NULL;
+    for (credit_slot *s = cctx_load_ptr(&credit_slots); s != NULL; s = s->next) {
+        if (cctx_load_uint(&s->in_use) == 0 && cctx_cas_uint(&s->in_use, 0, 1)) {
+            my_slot = s;
+            return s;
+        }
+    }
+    void *mem;
+    /* Never freed (a revoker may be reading it): reused by later threads. */
+    if (posix_memalign(&mem, 64, sizeof(credit_slot)) != 0)
+        return NULL;
+    credit_slot *s = mem;
+    s->word = 0;
+    s->in_use = 1;
+    for (;;) {
+        credit_slot *head = cctx_load_ptr(&credit_slots);
+        s->next = head;
+        if (cctx_cas_ptr(&credit_slots, head, s)) /* publishes s->next */
+            break;
+    }
+    my_slot = s;
+    return s;
+}
+
+/* Drops `owners` owner and `borrows` borrow references that were credits
+ * or loans: no revocation (they are not counted references; see above). */
+static void credits_drop(hamt_node *n, unsigned owners, unsigned borrows)
+{
+    if (owners != 0 && owners_of(cctx_faa_uint(&n->counts, -owners)) == owners)
+        owners_gone(n);
+    /* Borrow references outlast the owners' share: the node is alive. */
+    while (borrows-- != 0)
+        borrow_release_counted(n);
+}
+
+/* Empties slot `s` if it holds `w`, dropping its credits. */
+static bool slot_empty(credit_slot *s, uintptr_t w)
+{
+    if (!cctx_cas_uintptr(&s->word, w, 0))
+        return false;
+    credits_drop(slot_node(w), slot_owners(w), slot_borrows(w));
+    return true;
+}
+
+static void credits_revoke(hamt_node *n)
+{
+    unsigned c = cctx_load_uint(&n->counts);
+    for (;;) {
+        if (!(c & HAMT_CREDITED))
+            return; /* another revoker cleared it and scans */
+        /* Locked: the slot loads below come after it (see above). */
+        if (cctx_cas_uint(&n->counts, c, c & ~HAMT_CREDITED))
+            break;
+        c = cctx_load_uint(&n->counts);
+    }
+    /* The caller holds a counted reference: `n` outlives the scan. */
+    for (credit_slot *s = cctx_load_ptr(&credit_slots); s != NULL; s = s->next) {
+        uintptr_t w = cctx_load_uintptr(&s->word);
+        while (slot_node(w) == n && !slot_empty(s, w))
+            w = cctx_load_uintptr(&s->word);
+    }
+}
+
+bool hamt_credit_take(hamt_node *root)
+{
+    credit_slot *s = my_slot;
+    if (s == NULL || root == NULL)
+        return false;
+    uintptr_t w = cctx_load_uintptr(&s->word);
+    /* The slot's credits keep `root` alive up to the CAS; a revoker that
+     * emptied the slot meanwhile makes it fail. */
+    return slot_node(w) == root && slot_owners(w) != 0 &&
+           cctx_cas_uintptr(&s->word, w, w - CREDIT_OWNER);
+}
+
+void hamt_credit_give(hamt_node *root)
+{
+    credit_slot *s = my_slot;
+    if (root == NULL)
+        return;
+    if (s != NULL) {
+        uintptr_t w = cctx_load_uintptr(&s->word);
+        if (slot_node(w) == root && slot_owners(w) < 0xffu &&
+            cctx_cas_uintptr(&s->word, w, w + CREDIT_OWNER))
+            return;
+    }
+    credits_drop(root, 1, 0);
+}
+
+/* Puts `owners` owner credits for `n` (already counted on it) into this
+ * thread's slot `s`, emptying whatever else it held first. The caller holds
+ * one more reference to `n` (its loan), so `n` is alive throughout. */
+static void credits_install(credit_slot *s, hamt_node *n, unsigned owners)
+{
+    uintptr_t add = (uintptr_t)owners * CREDIT_OWNER;
+    for (;;) {
+        uintptr_t w = cctx_load_uintptr(&s->word);
+        if (slot_node(w) == n) {
+            if (slot_owners(w) + owners > 0xffu)
+                break; /* full: drop them */
+            if (cctx_cas_uintptr(&s->word, w, w + add))
+                return; /* the slot already names n: see above */
+            continue;
+        }
+        if (w != 0) {
+            (void)slot_empty(s, w); /* another node's credits go back */
+            continue;
+        }
+        if (!cctx_cas_uintptr(&s->word, 0, (uintptr_t)n | add))
+            continue;
+        /* After the CAS (a full barrier): still marked, or revoked
+         * meanwhile and the scan may have missed this slot. */
+        if (!(cctx_load_uint(&n->counts) & HAMT_CREDITED))
+            (void)slot_empty(s, (uintptr_t)n | add);
+        return;
+    }
+    credits_drop(n, owners, 0);
+}
+
+bool hamt_credit_retain(hamt_node *root)
+{
+    if (root == NULL)
+        return false;
+    credit_slot *s = slot_get();
+    unsigned c = cctx_load_uint(&root->counts);
+    if (s != NULL && ((uintptr_t)root & ~CREDIT_NODE_MASK) == 0) {
+        const unsigned batch = 1 + CREDIT_OWNER_BATCH;
+        while (owners_of(c) + batch < HAMT_OWNER_MASK - 1) {
+            if (cctx_cas_uint(&root->counts, c, (c + batch) | HAMT_CREDITED))
+                return true;
+            c = cctx_load_uint(&root->counts);
+        }
+    }
+    hamt_retain(root);
+    return false;
+}
+
+void hamt_credit_install(hamt_node *root)
+{
+    if (my_slot != NULL)
+        credits_install(my_slot, root, CREDIT_OWNER_BATCH);
+    else
+        credits_drop(root, CREDIT_OWNER_BATCH, 0);
+}
+
+static bool credit_take_borrow(hamt_node *src)
+{
+    credit_slot *s = my_slot;
+    if (s == NULL)
+        return false;
+    uintptr_t w = cctx_load_uintptr(&s->word);
+    if (slot_node(w) != src)
+        return false;
+    if (slot_borrows(w) != 0)
+        return cctx_cas_uintptr(&s->word, w, w - CREDIT_BORROW);
+    /* Refill: a batch of borrow references, while the mark says the slot
+     * may hold credits for `src` and the field has room. The caller reaches
+     * `src` through a reference it holds. */
+    unsigned c = cctx_load_uint(&src->counts);
+    for (;;) {
+        if (!(c & HAMT_CREDITED) ||
+            (c >> HAMT_OWNER_BITS) + CREDIT_BORROW_BATCH >= HAMT_BORROW_MAX)
+            return false;
+        if (cctx_cas_uint(&src->counts, c, c + CREDIT_BORROW_BATCH * HAMT_BORROW_UNIT))
+            break;
+        c = cctx_load_uint(&src->counts);
+    }
+    /* One for the caller, the rest into the slot if it still names `src`
+     * (no check after: see above). */
+    const uintptr_t add = (uintptr_t)(CREDIT_BORROW_BATCH - 1) * CREDIT_BORROW;
+    for (;;) {
+        w = cctx_load_uintptr(&s->word);
+        if (slot_node(w) != src || slot_borrows(w) + CREDIT_BORROW_BATCH - 1 > 0xffu)
+            break;
+        if (cctx_cas_uintptr(&s->word, w, w + add))
+            return true;
+    }
+    credits_drop(src, 0, CREDIT_BORROW_BATCH - 1);
+    return true;
+}
+
+static bool credit_give_borrow(hamt_node *src)
+{
+    credit_slot *s = my_slot;
+    if (s == NULL)
+        return false;
+    uintptr_t w = cctx_load_uintptr(&s->word);
+    return slot_node(w) == src && slot_borrows(w) < 0xffu &&
+           cctx_cas_uintptr(&s->word, w, w + CREDIT_BORROW);
+}
+
+void hamt_credits_forget(const hamt_node *root)
+{
+    credit_slot *s = my_slot;
+    if (s == NULL || root == NULL)
+        return;
+    uintptr_t w = cctx_load_uintptr(&s->word);
+    while (slot_node(w) == root && !slot_empty(s, w))
+        w = cctx_load_uintptr(&s->word);
+}
+
+bool hamt_credits_flush(bool last)
+{
+    credit_slot *s = my_slot;
+    if (s == NULL)
+        return false;
+    bool any = false;
+    uintptr_t w;
+    while ((w = cctx_load_uintptr(&s->word)) != 0)
+        any |= slot_empty(s, w);
+    if (last) {
+        my_slot = NULL;
+        cctx_store_uint(&s->in_use, 0); /* release: after the slot emptied */
+    }
+    return any;
+}
+
+/* Credits every slot holds for `n` (test shapes only). */
+static void credits_held(const hamt_node *n, unsigned *owners, unsigned *borrows)
+{
+    *owners = *borrows = 0;
+    for (credit_slot *s = cctx_load_ptr(&credit_slots); s != NULL; s = s->next) {
+        uintptr_t w = cctx_load_uintptr(&s->word);
+        if (slot_node(w) == n) {
+            *owners += slot_owners(w);
+            *borrows += slot_borrows(w);
+        }
+    }
 }
 
 size_t hamt_count(const hamt_node *root)
@@ -1651,8 +2001,11 @@ hamt_shape hamt_shape_at(const hamt_node *root, const char *path)
     sh.kind = is_array(n) ? 'a' : is_collision(n) ? 'c' : 'b';
     sh.size = n->size;
     const unsigned counts = cctx_load_uint_relaxed(&((hamt_node *)n)->counts);
-    sh.refcnt = owners_of(counts);
-    sh.borrowers = (counts >> HAMT_OWNER_BITS) - (owners_of(counts) != 0);
+    /* Credits are references nobody uses yet: not counted here. */
+    unsigned credit_owners, credit_borrows;
+    credits_held(n, &credit_owners, &credit_borrows);
+    sh.refcnt = owners_of(counts) - credit_owners;
+    sh.borrowers = (counts >> HAMT_OWNER_BITS) - (owners_of(counts) != 0) - credit_borrows;
     sh.source = key_source(n);
     sh.entries = is_array(n) ? 0 : entry_count(n);
     sh.children = hamt_popcount(n->nodemap);

@@ -44,6 +44,39 @@ void hamt_release(hamt_node *root) CCTX_HIDDEN;
 void hamt_retain_n(hamt_node *root, unsigned n) CCTX_HIDDEN;
 void hamt_release_n(hamt_node *root, unsigned n) CCTX_HIDDEN;
 
+/*
+ * Shared credits (hamt.c): references to one root that this thread took in
+ * a batch and lends to its copies of a context that holds the root, so
+ * that copying a shared base and releasing the copy write no line another
+ * thread writes. A reference lent from the credits is a *loan*; everything
+ * else is a counted reference, released with hamt_release (which takes
+ * every thread's credits for the node back first).
+ *
+ * hamt_credit_take     a loan from this thread's credits if they are for
+ *                      `root` (true), else nothing (false)
+ * hamt_credit_retain   one reference to `root`, which the caller reads
+ *                      under a hazard pointer from a context holding a
+ *                      counted reference to it: true when it is a loan and
+ *                      a batch of credits came with it — then call
+ *                      hamt_credit_install(root) once outside the read;
+ *                      false: a counted reference
+ * hamt_credit_give     gives a loan back (to the credits, or dropped)
+ * hamt_credits_forget  gives this thread's credits for `root` back (before
+ *                      an in-place write, which they would make look
+ *                      shared)
+ * hamt_credits_flush   gives all of this thread's credits back (true if
+ *                      it held any); `last`: the thread's teardown, the
+ *                      slot is reused by a later thread
+ * Giving back may release values (their callbacks run): never call these
+ * but take, retain and install inside a read.
+ */
+bool hamt_credit_take(hamt_node *root) CCTX_HIDDEN;
+bool hamt_credit_retain(hamt_node *root) CCTX_HIDDEN;
+void hamt_credit_install(hamt_node *root) CCTX_HIDDEN;
+void hamt_credit_give(hamt_node *root) CCTX_HIDDEN;
+void hamt_credits_forget(const hamt_node *root) CCTX_HIDDEN;
+bool hamt_credits_flush(bool last) CCTX_HIDDEN;
+
 /* Frees the calling thread's cache of small nodes (its teardown, after its
  * state is detached). */
 void hamt_node_cache_drain(void) CCTX_HIDDEN;
@@ -102,9 +135,9 @@ int hamt_check(const hamt_node *root) CCTX_HIDDEN;
  * matching dump text). */
 typedef struct hamt_shape {
     char kind; /* 'b' bitmap, 'a' array, 'c' collision; 0: no node there */
-    unsigned size, refcnt, entries, children;
+    unsigned size, refcnt, entries, children; /* refcnt: owners, credits not counted */
     uint32_t datamap, nodemap; /* as stored (an array node's datamap is a mark) */
-    unsigned borrowers;        /* nodes borrowing this one's keys */
+    unsigned borrowers;        /* nodes borrowing this one's keys (credits not counted) */
     const hamt_node *source;   /* the node whose keys this one borrows, or NULL */
 } hamt_shape;
 

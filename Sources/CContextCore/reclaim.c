@@ -161,6 +161,10 @@ reclaim_record *reclaim_record_acquire(void *owner)
     memset(mem, 0, sizeof(struct reclaim_thread));
     r = &((struct reclaim_thread *)mem)->record;
     ((struct reclaim_thread *)mem)->owner = owner;
+    /* ck_epoch_register pushes the record with a locked exchange inside
+     * libck, where ThreadSanitizer cannot see it: its initialisation
+     * happens before any scan that finds it (hazarded). */
+    CCTX_TSAN_RELEASE(r);
     ck_epoch_register(e, r, &thread_record_tag);
     return r;
 }
@@ -487,14 +491,20 @@ static bool hazarded(void *object)
     ck_stack_entry_t *cursor;
     CK_STACK_FOREACH(&reclaim_epoch()->records, cursor) {
         ck_epoch_record_t *r = (ck_epoch_record_t *)cursor;
+        CCTX_TSAN_ACQUIRE(r); /* its registration (reclaim_record_acquire) */
         if (!has_hazards(r))
             continue;
         struct reclaim_thread *t = thread_of(r);
         for (unsigned i = 0; i < RECLAIM_HAZARDS; i++)
-            if (cctx_load_ptr(&t->hazard[i]) == object)
-                return true;
+            if (((uintptr_t)cctx_load_ptr(&t->hazard[i]) & ~(uintptr_t)3) == (uintptr_t)object)
+                return true; /* a context root may carry tags in its 2 low bits */
     }
     return false;
+}
+
+bool reclaim_is_protected(void *object)
+{
+    return cctx_load_uint(&overflow_readers) != 0 || hazarded(object);
 }
 
 /* Frees every entry of `*list` that no hazard names; returns how many

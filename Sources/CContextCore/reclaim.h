@@ -96,6 +96,14 @@ typedef struct reclaim_guard {
 void *reclaim_protect(reclaim_record *record, void *const *src, reclaim_guard *g) CCTX_HIDDEN;
 void reclaim_unprotect(reclaim_guard *g) CCTX_HIDDEN;
 
+/* True when a read that reclaim_protect began may still hold `object`:
+ * some hazard slot names it, or some thread reads past its hazard slots
+ * (then nothing can be ruled out). The caller unpublished `object` (or
+ * tagged its source) with a full barrier first: a reader whose hazard this
+ * misses re-reads the source after its own barrier and sees the change
+ * (reclaim_protect). Reads every thread's hazard line, writes nothing. */
+bool reclaim_is_protected(void *object) CCTX_HIDDEN;
+
 /* Frees `object` with `free_fn(object)` once no hazard names it. The
  * caller unpublished it with a full barrier (an exchange). `record` is the
  * caller's own (NULL: waits for the hazards to clear, then frees). */

@@ -93,6 +93,9 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
     }
     if (local_thread_release_values(ts))
         busy = true;
+    /* Shared root credits (hamt.h): their values may be released now. */
+    if (hamt_credits_flush(false))
+        busy = true;
     /* Roots and values this thread replaced while others read them: freed
      * now, while their callbacks may still use the state. */
     if (!closed && reclaim_flush(ts->record))
@@ -139,6 +142,7 @@ static void state_destroy(cctx_thread_state *ts)
     local_thread_release(ts); /* the table is empty now: unlink, free */
     context_owner_leave_base(ts->base, ts);
     cctx_context_release(ts->base);
+    (void)hamt_credits_flush(true); /* the slot goes to a later thread */
     context_cache_drain(); /* detached: later frees bypass the caches */
     token_cache_drain();
     hamt_node_cache_drain();

@@ -637,9 +637,10 @@ static void test_thread_exit_with_borrowing_maps_alive(void **state)
 
 /* ------------------------------------------------------- owner overflow */
 
-/* Owners fill 24 bits of the count word, borrow references the 8 above:
- * the largest owner count a node may reach leaves the borrow field of a
- * source untouched, and giving those owners back frees nothing early. */
+/* Owners fill 23 bits of the count word (bit 23 marks shared credits,
+ * hamt.c), borrow references the 8 above: the largest owner count a node
+ * may reach leaves the mark and the borrow field of a source untouched,
+ * and giving those owners back frees nothing early. */
 static void test_owner_count_up_to_its_limit_keeps_the_borrow_field(void **state)
 {
     (void)state;
@@ -649,10 +650,10 @@ static void test_owner_count_up_to_its_limit_keeps_the_borrow_field(void **state
     hamt_retain(base);
     hamt_node *c = with(base, keys[0], 100); /* one borrower */
     hamt_release(base);
-    const unsigned more = (1u << 24) - 3; /* owners: 1 -> 2^24 - 2 */
+    const unsigned more = (1u << 23) - 3; /* owners: 1 -> 2^23 - 2 */
     hamt_retain_n(base, more);
     hamt_shape sh = hamt_shape_at(base, "");
-    assert_int_equal(sh.refcnt, (1u << 24) - 2);
+    assert_int_equal(sh.refcnt, (1u << 23) - 2);
     assert_int_equal(sh.borrowers, 1);
     assert_int_equal(hamt_check(base), 0);
     assert_int_equal(hamt_check(c), 0);
@@ -676,7 +677,7 @@ static void owner_overflow_child(void *arg)
     tv_value *v = tv_new(1);
     if (hamt_assoc(NULL, k, v, &root) != CCTX_OK)
         return;
-    hamt_retain_n(root, (1u << 24) - 3); /* the limit: still fine */
+    hamt_retain_n(root, (1u << 23) - 3); /* the limit: still fine */
     hamt_retain(root);                   /* one more: must stop */
     _exit(3); /* reached only if the carry went unnoticed */
 }

@@ -1,0 +1,426 @@
+/*
+ * test_shared_credits.c — the shared root credits (hamt.c, "Shared
+ * credits"): threads that copy a context they do not write keep a batch of
+ * references to its root and lend them to their copies. Credits are
+ * references nobody uses, so they must never be what keeps a value alive:
+ *
+ *   - a value the base replaces, or all of them when the base goes, is
+ *     released at that moment although other threads (alive, idle) hold
+ *     credits for the old root;
+ *   - credits are never installed from a copy's loaned root (nothing
+ *     counted would stand behind them): the values go with the last copy;
+ *   - a thread's exit gives its credits back;
+ *   - stress: threads copy one base and read it while another thread
+ *     enters the base and writes it in place, replaces its root and deletes;
+ *     each copy keeps what it copied; release callbacks use the library;
+ *     every value is released exactly once.
+ */
+#include "test_support.h"
+
+#include <string.h>
+
+enum { NVARS = 20 };
+static cctx_var *vars[NVARS + 2];
+static cctx_var *probe;
+static long hook_runs;
+
+/* A release callback that uses the library: reads one variable, copies
+ * the current context and sets a variable in the copy. */
+static void hook_uses_library(tv_value *v, void *arg)
+{
+    (void)v;
+    (void)arg;
+    __atomic_add_fetch(&hook_runs, 1, __ATOMIC_SEQ_CST);
+    void *out = NULL;
+    cctx_status st = cctx_var_get(probe, &out);
+    T_CHECK(st == CCTX_OK || st == CCTX_NOT_FOUND);
+    cctx_context *c = NULL;
+    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
+    T_CHECK(cctx_context_set(c, probe, NULL, NULL) == CCTX_OK);
+    cctx_context_release(c);
+}
+
+static int setup(void **state)
+{
+    int r = nothing_left_setup(state);
+    for (int i = 0; i < NVARS + 2; i++)
+        assert_ok(cctx_var_new("credit", &tv_ops, &vars[i]));
+    assert_ok(cctx_var_new("probe", &tv_ops, &probe));
+    hook_runs = 0;
+    return r;
+}
+
+static int teardown(void **state)
+{
+    for (int i = 0; i < NVARS + 2; i++)
+        cctx_var_release(vars[i]);
+    cctx_var_release(probe);
+    assert_int_equal(thread_failures(), 0);
+    return nothing_left_teardown(state);
+}
+
+/* A base binding vars[0..NVARS) to hooked values with ids 1..NVARS. */
+static cctx_context *base_new(void)
+{
+    cctx_context *base = NULL;
+    assert_ok(cctx_context_new(&base));
+    for (int i = 0; i < NVARS; i++) {
+        tv_value *v = tv_new_hooked(i + 1, hook_uses_library, NULL);
+        assert_ok(cctx_context_set(base, vars[i], v, NULL));
+        tv_drop(v);
+    }
+    return base;
+}
+
+/* The request pattern, `n` times, on the calling thread. */
+static void requests(cctx_context *base, int n)
+{
+    for (int i = 0; i < n; i++) {
+        cctx_context *c = NULL;
+        T_CHECK(cctx_context_copy(base, &c) == CCTX_OK);
+        T_CHECK(cctx_context_enter(c) == CCTX_OK);
+        tv_value *a = tv_new(-1), *b = tv_new(-2);
+        T_CHECK(cctx_var_set(vars[NVARS], a, NULL) == CCTX_OK);
+        T_CHECK(cctx_var_set(vars[i % NVARS], b, NULL) == CCTX_OK);
+        tv_drop(a);
+        tv_drop(b);
+        void *out = NULL;
+        T_CHECK(cctx_var_get(vars[(i + 1) % NVARS], &out) == CCTX_OK &&
+                ((tv_value *)out)->id == (i + 1) % NVARS + 1);
+        T_CHECK(cctx_context_exit(c) == CCTX_OK);
+        cctx_context_release(c);
+    }
+}
+
+/* A thread that runs requests on `base`, then waits (holding whatever
+ * credits it took) until `done` opens, then exits. */
+struct idle_holder {
+    cctx_context *base;
+    test_gate ready, done;
+};
+
+static void *idle_holder_main(void *p)
+{
+    struct idle_holder *h = p;
+    requests(h->base, 100);
+    gate_open(&h->ready);
+    T_CHECK(gate_wait(&h->done));
+    return NULL;
+}
+
+static void idle_holders_start(struct idle_holder *h, pthread_t *t, int n, cctx_context *base)
+{
+    for (int i = 0; i < n; i++) {
+        h[i] = (struct idle_holder){ .base = base, .ready = TEST_GATE_INIT,
+                                     .done = TEST_GATE_INIT };
+        assert_int_equal(pthread_create(&t[i], NULL, idle_holder_main, &h[i]), 0);
+    }
+    for (int i = 0; i < n; i++)
+        assert_true(gate_wait(&h[i].ready));
+}
+
+static void idle_holders_stop(struct idle_holder *h, pthread_t *t, int n)
+{
+    for (int i = 0; i < n; i++)
+        gate_open(&h[i].done);
+    for (int i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+}
+
+enum { HOLDERS = 3 };
+
+static void test_value_replaced_in_the_base_goes_while_others_hold_credits(void **state)
+{
+    (void)state;
+    cctx_context *base = base_new();
+    requests(base, 50); /* this thread's credits too */
+    struct idle_holder h[HOLDERS];
+    pthread_t t[HOLDERS];
+    idle_holders_start(h, t, HOLDERS, base);
+    const long live = tv_live();
+    const long runs = hook_runs;
+    /* The base's root is shared (credits): a path copy; the old root's
+     * only counted reference goes, so value 4 is released now. */
+    tv_value *v = tv_new(104);
+    assert_ok(cctx_context_set(base, vars[3], v, NULL));
+    tv_drop(v);
+    assert_int_equal(tv_live(), live); /* one in, one out */
+    assert_int_equal(hook_runs, runs + 1);
+    /* Once more, now that the base's root may be written in place. */
+    v = tv_new(204);
+    assert_ok(cctx_context_set(base, vars[3], v, NULL));
+    tv_drop(v);
+    assert_int_equal(tv_live(), live);
+    idle_holders_stop(h, t, HOLDERS);
+    cctx_context_release(base);
+    assert_int_equal(tv_live(), tv_live_at_setup());
+    assert_int_equal(hook_runs, runs + NVARS);
+}
+
+static void test_values_go_with_the_base_while_others_hold_credits(void **state)
+{
+    (void)state;
+    cctx_context *base = base_new();
+    struct idle_holder h[HOLDERS];
+    pthread_t t[HOLDERS];
+    idle_holders_start(h, t, HOLDERS, base);
+    requests(base, 50);
+    const long runs = hook_runs;
+    cctx_context_release(base);
+    /* Every holder is alive and idle: its credits must not keep them. */
+    assert_int_equal(tv_live(), tv_live_at_setup());
+    assert_int_equal(hook_runs, runs + NVARS);
+    idle_holders_stop(h, t, HOLDERS);
+}
+
+/* Thread B copies a copy that thread A made (whose root is a loan from A's
+ * credits) and keeps its copy; the base and A's copy go. */
+struct copy_of_copy {
+    cctx_context *src, *mine;
+    test_gate copied, release;
+};
+
+static void *copy_of_copy_main(void *p)
+{
+    struct copy_of_copy *x = p;
+    T_CHECK(cctx_context_copy(x->src, &x->mine) == CCTX_OK);
+    /* More copies of the same: would use credits, were any installed. */
+    for (int i = 0; i < 40; i++) {
+        cctx_context *c = NULL;
+        T_CHECK(cctx_context_copy(x->src, &c) == CCTX_OK);
+        cctx_context_release(c);
+    }
+    gate_open(&x->copied);
+    T_CHECK(gate_wait(&x->release));
+    cctx_context_release(x->mine);
+    return NULL;
+}
+
+static void test_no_credits_from_a_loaned_root(void **state)
+{
+    (void)state;
+    cctx_context *base = base_new();
+    requests(base, 50);
+    cctx_context *a = NULL;
+    assert_ok(cctx_context_copy(base, &a)); /* a loan from our credits */
+    struct copy_of_copy x = { .src = a, .copied = TEST_GATE_INIT,
+                              .release = TEST_GATE_INIT };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, copy_of_copy_main, &x), 0);
+    assert_true(gate_wait(&x.copied));
+    const long runs = hook_runs;
+    cctx_context_release(base);
+    cctx_context_release(a);
+    assert_int_equal(hook_runs, runs); /* B's copy still binds them */
+    gate_open(&x.release);
+    pthread_join(t, NULL);
+    /* B released its copy; B's thread has exited too, but the values must
+     * have gone with the copy, not with B's credits. */
+    assert_int_equal(hook_runs, runs + NVARS);
+    assert_int_equal(tv_live(), tv_live_at_setup());
+}
+
+/* The copy of a copy, waiting for its release without exiting: the check
+ * above could pass through B's exit; this one cannot. */
+struct keep_alive {
+    cctx_context *src;
+    test_gate copied, release, released, done;
+};
+
+static void *keep_alive_main(void *p)
+{
+    struct keep_alive *k = p;
+    cctx_context *mine = NULL;
+    T_CHECK(cctx_context_copy(k->src, &mine) == CCTX_OK);
+    for (int i = 0; i < 40; i++) {
+        cctx_context *c = NULL;
+        T_CHECK(cctx_context_copy(k->src, &c) == CCTX_OK);
+        cctx_context_release(c);
+    }
+    gate_open(&k->copied);
+    T_CHECK(gate_wait(&k->release));
+    cctx_context_release(mine);
+    gate_open(&k->released);
+    T_CHECK(gate_wait(&k->done));
+    return NULL;
+}
+
+static void test_values_go_with_the_last_copy_of_a_loaned_root(void **state)
+{
+    (void)state;
+    cctx_context *base = base_new();
+    requests(base, 50);
+    cctx_context *a = NULL;
+    assert_ok(cctx_context_copy(base, &a));
+    const long runs = hook_runs;
+    /* The base goes first: now only `a`'s loan holds the root, and no
+     * counted reference is left whose release would take credits back. */
+    cctx_context_release(base);
+    assert_int_equal(hook_runs, runs);
+    struct keep_alive k = { .src = a, .copied = TEST_GATE_INIT, .release = TEST_GATE_INIT,
+                            .released = TEST_GATE_INIT, .done = TEST_GATE_INIT };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, keep_alive_main, &k), 0);
+    assert_true(gate_wait(&k.copied));
+    cctx_context_release(a);
+    assert_int_equal(hook_runs, runs);
+    gate_open(&k.release);
+    assert_true(gate_wait(&k.released));
+    assert_int_equal(hook_runs, runs + NVARS); /* B is alive and idle */
+    gate_open(&k.done);
+    pthread_join(t, NULL);
+}
+
+static void *requests_then_exit(void *p)
+{
+    requests(p, 100);
+    return NULL;
+}
+
+static void test_thread_exit_gives_credits_back(void **state)
+{
+    (void)state;
+    cctx_context *base = base_new();
+    for (int round = 0; round < 4; round++) {
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, requests_then_exit, base), 0);
+        pthread_join(t, NULL);
+    }
+    const long runs = hook_runs;
+    cctx_context_release(base);
+    assert_int_equal(tv_live(), tv_live_at_setup());
+    assert_int_equal(hook_runs, runs + NVARS);
+    /* The teardown checks that every allocation went too. */
+}
+
+/* ------------------------------------------------------------- stress */
+
+enum { STRESS_COPIERS = 4 };
+static cctx_context *stress_base;
+static int stress_stop;
+static test_gate stress_started = TEST_GATE_INIT;
+
+/* Copies the base, reads every variable, lets the writer run, and reads
+ * again: a copy never changes. Some copies are kept across iterations and
+ * released later, some copied again from this thread's copies. */
+static void *stress_copier(void *p)
+{
+    uint64_t rng = 0x2545F4914F6CDD1Dull * ((uint64_t)(uintptr_t)p + 1);
+    long iters = scaled(4000);
+    cctx_context *kept[4] = { 0 };
+    for (long i = 0; i < iters; i++) {
+        cctx_context *c = NULL;
+        T_CHECK(cctx_context_copy(stress_base, &c) == CCTX_OK);
+        long before[NVARS];
+        for (int k = 0; k < NVARS; k++) {
+            void *out = NULL;
+            cctx_status st = cctx_context_get(c, vars[k], &out);
+            T_CHECK(st == CCTX_OK || st == CCTX_NOT_FOUND);
+            before[k] = st == CCTX_OK ? ((tv_value *)out)->id : -1;
+        }
+        if (i % 8 == 0)
+            sched_yield();
+        if (rng_next(&rng) % 2 == 0) {
+            T_CHECK(cctx_context_enter(c) == CCTX_OK);
+            tv_value *v = tv_new(-7);
+            T_CHECK(cctx_var_set(vars[NVARS], v, NULL) == CCTX_OK);
+            tv_drop(v);
+            T_CHECK(cctx_context_exit(c) == CCTX_OK);
+        }
+        for (int k = 0; k < NVARS; k++) {
+            void *out = NULL;
+            cctx_status st = cctx_context_lookup(c, vars[k], &out);
+            long id = st == CCTX_OK ? ((tv_value *)out)->id : -1;
+            if (st == CCTX_OK)
+                cctx_var_release_value(vars[k], out);
+            T_CHECK(id == before[k]);
+        }
+        unsigned slot = (unsigned)(rng_next(&rng) % 4);
+        if (rng_next(&rng) % 3 == 0) {
+            /* A copy of the copy (its root may be a loan). */
+            cctx_context *cc = NULL;
+            if (kept[slot] != NULL) {
+                T_CHECK(cctx_context_copy(kept[slot], &cc) == CCTX_OK);
+                cctx_context_release(cc);
+            }
+            cctx_context_release(kept[slot]);
+            kept[slot] = c;
+        } else {
+            cctx_context_release(c);
+        }
+    }
+    for (int s = 0; s < 4; s++)
+        cctx_context_release(kept[s]);
+    return NULL;
+}
+
+/* Enters the base and writes it: in place when it can, replacing the root
+ * when copies share it, deleting now and then; between bursts it leaves
+ * the base, so the copiers see every state. */
+static void *stress_writer(void *p)
+{
+    (void)p;
+    uint64_t rng = 99;
+    long id = 1000;
+    gate_open(&stress_started);
+    while (!__atomic_load_n(&stress_stop, __ATOMIC_ACQUIRE)) {
+        T_CHECK(cctx_context_enter(stress_base) == CCTX_OK);
+        for (int n = 0; n < 8; n++) {
+            int k = (int)(rng_next(&rng) % NVARS);
+            if (rng_next(&rng) % 8 == 0) {
+                cctx_status st = cctx_context_delete(stress_base, vars[k]);
+                T_CHECK(st == CCTX_OK || st == CCTX_NOT_FOUND);
+            } else {
+                tv_value *v = tv_new_hooked(id++, hook_uses_library, NULL);
+                T_CHECK(cctx_var_set(vars[k], v, NULL) == CCTX_OK);
+                tv_drop(v);
+            }
+        }
+        T_CHECK(cctx_context_exit(stress_base) == CCTX_OK);
+        sched_yield();
+    }
+    return NULL;
+}
+
+static void test_threads_copy_a_base_another_thread_writes(void **state)
+{
+    (void)state;
+    stress_base = base_new();
+    stress_stop = 0;
+    const long retains0 = tv_retains(), releases0 = tv_releases();
+    pthread_t w, t[STRESS_COPIERS];
+    assert_int_equal(pthread_create(&w, NULL, stress_writer, NULL), 0);
+    assert_true(gate_wait(&stress_started));
+    for (int i = 0; i < STRESS_COPIERS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, stress_copier, (void *)(uintptr_t)i), 0);
+    for (int i = 0; i < STRESS_COPIERS; i++)
+        pthread_join(t[i], NULL);
+    __atomic_store_n(&stress_stop, 1, __ATOMIC_RELEASE);
+    pthread_join(w, NULL);
+    assert_int_equal(thread_failures(), 0);
+    assert_int_equal(cctx__context_check(stress_base), 0);
+    /* Only the base's own values are left: NVARS at most. */
+    assert_true(tv_live() - tv_live_at_setup() <= NVARS);
+    cctx_context_release(stress_base);
+    assert_int_equal(tv_live(), tv_live_at_setup());
+    /* Every retain was matched by exactly one release (and the base's
+     * first NVARS, retained before the count began, released once). */
+    assert_int_equal(tv_retains() - retains0 + NVARS, tv_releases() - releases0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(
+            test_value_replaced_in_the_base_goes_while_others_hold_credits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_values_go_with_the_base_while_others_hold_credits,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_credits_from_a_loaned_root, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_values_go_with_the_last_copy_of_a_loaned_root,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_thread_exit_gives_credits_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_threads_copy_a_base_another_thread_writes, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
