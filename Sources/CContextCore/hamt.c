@@ -1357,21 +1357,25 @@ static inline __attribute__((always_inline)) bool node_find(const hamt_node *n, 
     for (;;) {
         const uint32_t dm = n->datamap;
         const uint32_t nm = n->nodemap;
-        const unsigned frag = hash & HAMT_FRAG_MASK;
-        const uint32_t bit = 1u << frag;
         if (CCTX_LIKELY((dm & nm) == 0)) {
-            if (dm & bit) {
-                void *const *e = &n->slot[2 * below(dm, bit)];
+            /* The maps shifted so that the fragment's bit is the top one:
+             * its sign says whether it is set, and the popcount counts
+             * the bits below it plus itself. */
+            const unsigned up = ~hash & HAMT_FRAG_MASK; /* 31 - fragment */
+            const uint32_t d = dm << up;
+            if ((int32_t)d < 0) {
+                void *const *e = &n->slot[2 * hamt_popcount(d) - 2];
                 if (e[0] != key)
                     return false;
                 *value = e[1];
                 return true;
             }
-            if ((nm & bit) == 0)
+            const uint32_t c = nm << up;
+            if ((int32_t)c >= 0)
                 return (dm | nm) == 0 && collision_find(n, key, value);
-            n = n->slot[2 * hamt_popcount(dm) + below(nm, bit)];
+            n = n->slot[2 * hamt_popcount(dm) + hamt_popcount(c) - 1];
         } else {
-            n = n->slot[frag];
+            n = n->slot[hash & HAMT_FRAG_MASK];
             if (n == NULL)
                 return false;
         }
