@@ -64,7 +64,11 @@
 static inline bool cache_probe(cctx_thread_state *ts, const cctx_var *var, void **out)
 {
     const lookup_cache_entry *e = &ts->cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
-    ENTRY_STORE(&ts->in_get, ENTRY_LOAD(&ts->in_get) + 1);
+    /* A handler that runs during this get leaves `in_get` as it found it,
+     * so the count before this get is still right to store back at its
+     * end (no second load). */
+    const unsigned in_get = ENTRY_LOAD(&ts->in_get);
+    ENTRY_STORE(&ts->in_get, in_get + 1);
     SIGNAL_FENCE();
     /* All three fields loaded, then compared (in_get keeps the entry
      * still meanwhile): each addressed from the state, a few instructions
@@ -75,7 +79,7 @@ static inline bool cache_probe(cctx_thread_state *ts, const cctx_var *var, void 
     if (CCTX_LIKELY((entry_version == ts->version) & (entry_var == var))) {
         *out = value;
         SIGNAL_FENCE();
-        ENTRY_STORE(&ts->in_get, ENTRY_LOAD(&ts->in_get) - 1);
+        ENTRY_STORE(&ts->in_get, in_get);
         return true;
     }
     return false;
@@ -134,11 +138,12 @@ cctx_status cctx_var_get(cctx_var *var, void **out)
     if (CCTX_UNLIKELY(!var_is_valid(var) || out == NULL))
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_peek();
-    if (CCTX_UNLIKELY(ts == NULL))
-        return var_get_unbound(var, out); /* no state: an empty context */
-    if (CCTX_LIKELY(cache_probe(ts, var, out)))
-        return CCTX_OK;
-    return var_get_missed(ts, var, out);
+    if (CCTX_LIKELY(ts != NULL)) {
+        if (CCTX_LIKELY(cache_probe(ts, var, out)))
+            return CCTX_OK;
+        return var_get_missed(ts, var, out);
+    }
+    return var_get_unbound(var, out); /* no state: an empty context */
 }
 
 /* The miss path of cctx_var_value (out of line: the hit path keeps its
