@@ -1342,35 +1342,44 @@ static bool collision_find(const hamt_node *n, const cctx_var *key, void **value
     return false;
 }
 
-/* The lookup loop: one node per iteration, no allocation, no atomics (the
- * nodes are immutable and the caller keeps the root alive). */
-static bool node_find(const hamt_node *n, unsigned shift, uint32_t hash,
-                      const cctx_var *key, void **value)
+/* The lookup loop from `n`, with `hash` the key's hash shifted down to
+ * n's level: one node per iteration, no allocation, no atomics (the
+ * nodes are immutable and the caller keeps the root alive). A get that
+ * misses the thread's lookup cache spends most of its time here, so the
+ * loop is inlined into hamt_find, the hash is shifted down a level at a
+ * time (no shift count to keep), and the POPCNT flag (hamt_popcount) is
+ * loaded once into a register. Below the last level the shifted hash is
+ * 0, hamt_frag's fragment there; only collision nodes live there for a
+ * reader, and they ignore it. */
+static inline __attribute__((always_inline)) bool node_find(const hamt_node *n, uint32_t hash,
+                                                            const cctx_var *key, void **value)
 {
     for (;;) {
         const uint32_t dm = n->datamap;
         const uint32_t nm = n->nodemap;
-        /* shift & 31: a collision node below level 6 ignores the fragment,
-         * but the shift itself must stay defined. */
-        const unsigned frag = (hash >> (shift & 31)) & HAMT_FRAG_MASK;
-        const uint32_t bit = 1u << frag;
-        if ((dm & nm) == 0) {
-            if (dm & bit) {
-                void *const *e = &n->slot[2 * below(dm, bit)];
+        if (CCTX_LIKELY((dm & nm) == 0)) {
+            /* The maps shifted so that the fragment's bit is the top one:
+             * its sign says whether it is set, and the popcount counts
+             * the bits below it plus itself. */
+            const unsigned up = ~hash & HAMT_FRAG_MASK; /* 31 - fragment */
+            const uint32_t d = dm << up;
+            if ((int32_t)d < 0) {
+                void *const *e = &n->slot[2 * hamt_popcount(d) - 2];
                 if (e[0] != key)
                     return false;
                 *value = e[1];
                 return true;
             }
-            if ((nm & bit) == 0)
+            const uint32_t c = nm << up;
+            if ((int32_t)c >= 0)
                 return (dm | nm) == 0 && collision_find(n, key, value);
-            n = n->slot[2 * hamt_popcount(dm) + below(nm, bit)];
+            n = n->slot[2 * hamt_popcount(dm) + hamt_popcount(c) - 1];
         } else {
-            n = n->slot[frag];
+            n = n->slot[hash & HAMT_FRAG_MASK];
             if (n == NULL)
                 return false;
         }
-        shift += HAMT_BITS;
+        hash >>= HAMT_BITS;
     }
 }
 
@@ -1378,7 +1387,7 @@ bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
 {
     if (root == NULL)
         return false;
-    return node_find(root, 0, key->hash, key, value);
+    return node_find(root, key->hash, key, value);
 }
 
 /* Whether `root` is held by exactly one reference. */
@@ -1768,7 +1777,7 @@ static bool subtree_contained(const hamt_node *a, const hamt_node *b, unsigned s
     void *va, *vb;
     hamt_iter_init(&it, a);
     while (hamt_iter_next(&it, &key, &va)) {
-        if (!node_find(b, shift, key->hash, key, &vb) || va != vb)
+        if (!node_find(b, shift < 32 ? key->hash >> shift : 0, key, &vb) || va != vb)
             return false;
     }
     return true;

@@ -49,14 +49,26 @@
 #define ENTRY_LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define ENTRY_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
-/* The hit path: the value `var` has in the thread's current context when
- * the thread's lookup cache holds it. Small enough to inline into the
- * public entry points, whose hit path then saves no registers and makes
- * no call. Counted in `in_get` (see the essay). */
-static inline bool cache_lookup(cctx_thread_state *ts, const cctx_var *var, void **out)
+/*
+ * A get counts itself in `in_get` once, on entry, and holds the count
+ * across the hit check and, on a miss, across the lookup and the cache
+ * fill: the miss path takes over the count rather than dropping it and
+ * taking it again (cache_probe / lookup_missed).
+ */
+
+/* The hit path: counts this get in `in_get` and looks `var` up in the
+ * thread's lookup cache. On a hit, stores the value, ends the count and
+ * returns true; on a miss returns false with the get still counted, for
+ * lookup_missed to finish. Small enough to inline into the public entry
+ * points, whose hit path then saves no registers and makes no call. */
+static inline bool cache_probe(cctx_thread_state *ts, const cctx_var *var, void **out)
 {
     const lookup_cache_entry *e = &ts->cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
-    ENTRY_STORE(&ts->in_get, ENTRY_LOAD(&ts->in_get) + 1);
+    /* A handler that runs during this get leaves `in_get` as it found it,
+     * so the count before this get is still right to store back at its
+     * end (no second load). */
+    const unsigned in_get = ENTRY_LOAD(&ts->in_get);
+    ENTRY_STORE(&ts->in_get, in_get + 1);
     SIGNAL_FENCE();
     /* All three fields loaded, then compared (in_get keeps the entry
      * still meanwhile): each addressed from the state, a few instructions
@@ -64,45 +76,47 @@ static inline bool cache_lookup(cctx_thread_state *ts, const cctx_var *var, void
     const cctx_var *entry_var = ENTRY_LOAD(&e->var);
     const uint64_t entry_version = ENTRY_LOAD(&e->version);
     void *value = ENTRY_LOAD(&e->value);
-    bool hit = (entry_version == ts->version) & (entry_var == var);
-    if (CCTX_LIKELY(hit))
+    if (CCTX_LIKELY((entry_version == ts->version) & (entry_var == var))) {
         *out = value;
-    SIGNAL_FENCE();
-    ENTRY_STORE(&ts->in_get, ENTRY_LOAD(&ts->in_get) - 1);
-    return hit;
+        SIGNAL_FENCE();
+        ENTRY_STORE(&ts->in_get, in_get);
+        return true;
+    }
+    return false;
 }
 
-/* The miss path: a HAMT lookup in the current root, cached when found. Out
- * of line (see cache_lookup). */
-static __attribute__((noinline)) bool current_lookup_missed(cctx_thread_state *ts, const cctx_var *var,
-                                                           void **out)
+/* The miss path, after cache_probe missed (the get still counted): a HAMT
+ * lookup in the current root, cached when found and when no other get of
+ * this thread is in progress; ends the count. Inlined into one out-of-line
+ * function per entry point, so that a cold get makes one call of its own
+ * (plus hamt_find's). Within a get neither the current root nor the
+ * version can change (only this thread changes them, never inside a get;
+ * a handler that interrupts it only gets), so the version is read after
+ * the walk (one register fewer to keep across the call) and `in_get` once
+ * (a handler that ran meanwhile left it as it found it). */
+static inline __attribute__((always_inline)) bool lookup_missed(cctx_thread_state *ts,
+                                                                const cctx_var *var, void **out)
 {
-    if (ts == NULL)
-        return false; /* no state: an empty context */
-    lookup_cache_entry *e = &ts->cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
-    const uint64_t version = ts->version;
-    ENTRY_STORE(&ts->in_get, ENTRY_LOAD(&ts->in_get) + 1);
-    SIGNAL_FENCE();
     bool found = hamt_find(context_own_root(ts->current), var, out);
-    if (found && ENTRY_LOAD(&ts->in_get) == 1) {
+    const unsigned in_get = ENTRY_LOAD(&ts->in_get);
+    if (found && in_get == 1) {
+        lookup_cache_entry *e = &ts->cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
         ENTRY_STORE(&e->version, 0);
         SIGNAL_FENCE();
         ENTRY_STORE(&e->var, var);
         ENTRY_STORE(&e->value, *out);
         SIGNAL_FENCE();
-        ENTRY_STORE(&e->version, version);
+        ENTRY_STORE(&e->version, ts->version);
     }
     SIGNAL_FENCE();
-    ENTRY_STORE(&ts->in_get, ENTRY_LOAD(&ts->in_get) - 1);
+    ENTRY_STORE(&ts->in_get, in_get - 1);
     return found;
 }
 
-/* The miss path of cctx_var_get, with the variable's default. */
-static __attribute__((noinline)) cctx_status var_get_missed(cctx_thread_state *ts, cctx_var *var,
-                                                            void **out)
+/* What cctx_var_get answers when the context has no value: the
+ * variable's default, if it has one. */
+static inline cctx_status var_get_unbound(const cctx_var *var, void **out)
 {
-    if (current_lookup_missed(ts, var, out))
-        return CCTX_OK;
     if (var->has_default) {
         *out = var->default_value;
         return CCTX_OK;
@@ -110,14 +124,26 @@ static __attribute__((noinline)) cctx_status var_get_missed(cctx_thread_state *t
     return CCTX_NOT_FOUND;
 }
 
+/* The miss path of cctx_var_get (a tail call from it). */
+static __attribute__((noinline)) cctx_status var_get_missed(cctx_thread_state *ts, cctx_var *var,
+                                                            void **out)
+{
+    if (CCTX_LIKELY(lookup_missed(ts, var, out)))
+        return CCTX_OK;
+    return var_get_unbound(var, out);
+}
+
 cctx_status cctx_var_get(cctx_var *var, void **out)
 {
     if (CCTX_UNLIKELY(!var_is_valid(var) || out == NULL))
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_peek();
-    if (CCTX_LIKELY(ts != NULL) && cache_lookup(ts, var, out))
-        return CCTX_OK;
-    return var_get_missed(ts, var, out);
+    if (CCTX_LIKELY(ts != NULL)) {
+        if (CCTX_LIKELY(cache_probe(ts, var, out)))
+            return CCTX_OK;
+        return var_get_missed(ts, var, out);
+    }
+    return var_get_unbound(var, out); /* no state: an empty context */
 }
 
 /* The miss path of cctx_var_value (out of line: the hit path keeps its
@@ -125,7 +151,7 @@ cctx_status cctx_var_get(cctx_var *var, void **out)
 static __attribute__((noinline)) void *var_value_missed(cctx_thread_state *ts, cctx_var *var)
 {
     void *value;
-    return current_lookup_missed(ts, var, &value) ? value : NULL;
+    return lookup_missed(ts, var, &value) ? value : NULL;
 }
 
 void *cctx_var_value(cctx_var *var)
@@ -133,10 +159,20 @@ void *cctx_var_value(cctx_var *var)
     if (CCTX_UNLIKELY(!var_is_valid(var)))
         return NULL;
     cctx_thread_state *ts = thread_state_peek();
+    if (CCTX_UNLIKELY(ts == NULL))
+        return NULL;
     void *value;
-    if (CCTX_LIKELY(ts != NULL) && cache_lookup(ts, var, &value))
+    if (CCTX_LIKELY(cache_probe(ts, var, &value)))
         return value;
     return var_value_missed(ts, var);
+}
+
+/* The miss path of cctx_var_get_default. */
+static __attribute__((noinline)) void var_get_default_missed(cctx_thread_state *ts, cctx_var *var,
+                                                            void *default_value, void **out)
+{
+    if (!lookup_missed(ts, var, out))
+        *out = default_value;
 }
 
 cctx_status cctx_var_get_default(cctx_var *var, void *default_value, void **out)
@@ -144,10 +180,10 @@ cctx_status cctx_var_get_default(cctx_var *var, void *default_value, void **out)
     if (CCTX_UNLIKELY(!var_is_valid(var) || out == NULL))
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_peek();
-    if (CCTX_LIKELY(ts != NULL) && cache_lookup(ts, var, out))
-        return CCTX_OK;
-    if (!current_lookup_missed(ts, var, out))
+    if (CCTX_UNLIKELY(ts == NULL))
         *out = default_value;
+    else if (!cache_probe(ts, var, out))
+        var_get_default_missed(ts, var, default_value, out);
     return CCTX_OK;
 }
 
