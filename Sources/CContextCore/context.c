@@ -496,10 +496,18 @@ static inline __attribute__((always_inline)) void context_free(cctx_context *ctx
     /* Nobody reads it now (readers hold a reference), and the count is 1:
      * the state a cached object keeps (context_object), with no mark of
      * past readers. */
-    CCTX_ASSERT(ctx->refcnt == 1 && ctx->bias_entering == 0);
+    CCTX_ASSERT(ctx->refcnt == 1);
     ctx->magic = 0;
     ctx->shared_reads = 0;
     ctx->bias_last = NULL; /* a reuse starts unbiased ("The bias") */
+    /* In a parent process nobody is inside a biased enter's window here
+     * (an enter needs a reference). In a fork child, a thread that did not
+     * survive may have stopped inside it, the enter borrowing a reference
+     * the child has since released: its `1` stays (the revoke stops
+     * waiting for it: owner_take_slow), and a reuse would carry it to a
+     * new bias, whose first revoke would then wait for ever. A plain
+     * store: the object is ours alone now. */
+    ctx->bias_entering = 0;
     uintptr_t raw = (uintptr_t)ctx->root;
     hamt_node *root = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
     cctx_thread_state *ts = thread_state_peek();
