@@ -745,6 +745,18 @@ bool cctx_context_equal(cctx_context *a, cctx_context *b)
  * credits need a counted reference behind them). Returns whether the
  * reference is a loan (give it back with root_put).
  */
+#ifdef CCTX_INTERNAL_CHECKS
+void (*cctx__credit_install_hook)(void);
+#define CREDIT_INSTALL_HOOK()                                                      \
+    do {                                                                           \
+        void (*hook_)(void) = __atomic_load_n(&cctx__credit_install_hook, __ATOMIC_ACQUIRE); \
+        if (hook_ != NULL)                                                         \
+            hook_();                                                               \
+    } while (0)
+#else
+#define CREDIT_INSTALL_HOOK() ((void)0)
+#endif
+
 static bool root_take(cctx_thread_state *ts, cctx_context *ctx, hamt_node **out)
 {
     if (ts != NULL && context_owner(ctx) != (uintptr_t)ts) {
@@ -761,8 +773,10 @@ static bool root_take(cctx_thread_state *ts, cctx_context *ctx, hamt_node **out)
     if (!loan)
         hamt_retain(root);
     read_end(ctx, &g);
-    if (loan)
+    if (loan) {
+        CREDIT_INSTALL_HOOK();
         hamt_credit_install(root); /* may release another root's values */
+    }
     *out = root;
     return loan;
 }

@@ -293,6 +293,194 @@ static void test_thread_exit_gives_credits_back(void **state)
     /* The teardown checks that every allocation went too. */
 }
 
+/* The install-vs-revoke race (hamt.c, "Shared credits"): thread A's copy
+ * takes a batch of credits under its read guard and is held (testing.h's
+ * hook) before it puts them into its slot; meanwhile the base replaces the
+ * root, whose counted release revokes credits — A's slot is still empty.
+ * A's install must notice the revoke and give the batch back: once A
+ * releases its copy (A alive and idle), the replaced value is gone. An
+ * install that kept the batch would keep that value until A's slot is
+ * next emptied. */
+struct racing_install {
+    cctx_context *base;
+    test_gate in_hook, go, copied, release, released, exit;
+    long id_seen;
+};
+
+static struct racing_install *ri;
+static __thread bool ri_armed;
+
+static void ri_hook(void)
+{
+    if (!ri_armed)
+        return;
+    ri_armed = false;
+    gate_open(&ri->in_hook);
+    T_CHECK(gate_wait(&ri->go));
+}
+
+static void *racing_install_main(void *p)
+{
+    (void)p;
+    cctx_context *c = NULL;
+    ri_armed = true;
+    T_CHECK(cctx_context_copy(ri->base, &c) == CCTX_OK);
+    T_CHECK(!ri_armed); /* the hook ran: credits were taken */
+    void *out = NULL;
+    if (cctx_context_lookup(c, vars[0], &out) == CCTX_OK) {
+        ri->id_seen = ((tv_value *)out)->id;
+        cctx_var_release_value(vars[0], out);
+    }
+    gate_open(&ri->copied);
+    T_CHECK(gate_wait(&ri->release));
+    cctx_context_release(c);
+    gate_open(&ri->released);
+    T_CHECK(gate_wait(&ri->exit));
+    return NULL;
+}
+
+static bool replaced_gone;
+
+static void mark_gone(tv_value *v, void *arg)
+{
+    (void)v;
+    (void)arg;
+    __atomic_store_n(&replaced_gone, true, __ATOMIC_RELEASE);
+}
+
+static void test_an_install_that_lost_to_a_revoke_gives_the_credits_back(void **state)
+{
+    (void)state;
+    cctx_context *base = base_new();
+    tv_value *old = tv_new_hooked(500, mark_gone, NULL);
+    assert_ok(cctx_context_set(base, vars[0], old, NULL));
+    tv_drop(old);
+    replaced_gone = false;
+    struct racing_install r = { .base = base, .in_hook = TEST_GATE_INIT, .go = TEST_GATE_INIT,
+                                .copied = TEST_GATE_INIT, .release = TEST_GATE_INIT,
+                                .released = TEST_GATE_INIT, .exit = TEST_GATE_INIT };
+    ri = &r;
+    __atomic_store_n(&cctx__credit_install_hook, ri_hook, __ATOMIC_RELEASE);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, racing_install_main, NULL), 0);
+    assert_true(gate_wait(&r.in_hook));
+    tv_value *v = tv_new(501);
+    assert_ok(cctx_context_set(base, vars[0], v, NULL)); /* revokes: A's slot empty */
+    tv_drop(v);
+    assert_false(__atomic_load_n(&replaced_gone, __ATOMIC_ACQUIRE)); /* A's copy has it */
+    gate_open(&r.go);
+    assert_true(gate_wait(&r.copied));
+    __atomic_store_n(&cctx__credit_install_hook, NULL, __ATOMIC_RELEASE);
+    assert_int_equal(r.id_seen, 500);
+    gate_open(&r.release);
+    assert_true(gate_wait(&r.released));
+    /* A is alive and idle; its copy is gone, and so is every map that can
+     * read value 500. */
+    assert_true(__atomic_load_n(&replaced_gone, __ATOMIC_ACQUIRE));
+    gate_open(&r.exit);
+    pthread_join(t, NULL);
+    cctx_context_release(base);
+}
+
+/* A loaned root (a copy made on a thread that holds credits) taken
+ * everywhere a root can go, on that thread while the lender's slot is
+ * alive: copies of it, copy_current inside it, equal, iteration, run,
+ * claim, copy_with / new_with, a write and a token reset back to the loaned
+ * root, an in-place overwrite once the base is gone; then the base and
+ * every copy released: every value goes at once (the thread alive), and
+ * each exactly once (the hooks use the library). */
+static void *loan_everywhere_main(void *p)
+{
+    cctx_context *base = p;
+    requests(base, 5); /* credits for the base's root on this thread */
+    cctx_context *a = NULL, *b = NULL, *cur = NULL, *w = NULL, *n = NULL;
+    T_CHECK(cctx_context_copy(base, &a) == CCTX_OK); /* a loan */
+    T_CHECK(((uintptr_t)__atomic_load_n((void **)a, __ATOMIC_ACQUIRE) & 2) != 0);
+    T_CHECK(cctx_context_copy(a, &b) == CCTX_OK); /* of a loan: counted */
+    T_CHECK(cctx_context_equal(a, base) && cctx_context_equal(a, b));
+    T_CHECK(cctx_context_count(a) == NVARS);
+    cctx_iter *it = NULL;
+    T_CHECK(cctx_iter_new(a, &it) == CCTX_OK);
+    int seen = 0;
+    while (cctx_iter_next(it, NULL, NULL))
+        seen++;
+    cctx_iter_free(it);
+    T_CHECK(seen == NVARS);
+    T_CHECK(cctx_context_enter(a) == CCTX_OK);
+    T_CHECK(cctx_context_copy_current(&cur) == CCTX_OK);
+    tv_value *x = tv_new(-7);
+    T_CHECK(cctx_context_copy_with(NULL, vars[NVARS], x, &w) == CCTX_OK);
+    cctx_token *tok = NULL;
+    T_CHECK(cctx_var_set(vars[1], x, &tok) == CCTX_OK); /* path copy off the loan */
+    T_CHECK(cctx_var_reset(vars[1], tok) == CCTX_OK);   /* back to the base's value */
+    cctx_token_release(tok);
+    void *out = NULL;
+    T_CHECK(cctx_var_get(vars[1], &out) == CCTX_OK && ((tv_value *)out)->id == 2);
+    T_CHECK(cctx_context_exit(a) == CCTX_OK);
+    T_CHECK(cctx_context_copy_with(a, vars[NVARS + 1], x, &n) == CCTX_OK);
+    cctx_context_release(n);
+    T_CHECK(cctx_context_new_with(vars[NVARS], x, &n) == CCTX_OK);
+    cctx_context_release(n);
+    T_CHECK(cctx_context_claim(b) == CCTX_OK);
+    T_CHECK(cctx_context_set(b, vars[2], x, NULL) == CCTX_OK);
+    T_CHECK(cctx_context_unclaim(b) == CCTX_OK);
+    tv_drop(x);
+    cctx_context_release(w);
+    cctx_context_release(cur);
+    cctx_context_release(b);
+    return a;
+}
+
+static void run_in_a(void *arg)
+{
+    (void)arg;
+    void *out = NULL;
+    T_CHECK(cctx_var_get(vars[3], &out) == CCTX_OK && ((tv_value *)out)->id == 4);
+}
+
+struct loan_thread {
+    cctx_context *base, *a;
+    test_gate have, base_gone, done, finished;
+};
+
+static void *loan_thread_main(void *p)
+{
+    struct loan_thread *l = p;
+    l->a = loan_everywhere_main(l->base);
+    gate_open(&l->have);
+    T_CHECK(gate_wait(&l->base_gone));
+    /* Only `a` (a loan) holds the root now: written in place, or path
+     * copied; either way the replaced value goes now. */
+    tv_value *y = tv_new(-8);
+    T_CHECK(cctx_context_set(l->a, vars[4], y, NULL) == CCTX_OK);
+    tv_drop(y);
+    T_CHECK(cctx_context_run(l->a, run_in_a, NULL) == CCTX_OK);
+    cctx_context_release(l->a);
+    gate_open(&l->done);
+    T_CHECK(gate_wait(&l->finished));
+    return NULL;
+}
+
+static void test_a_loaned_root_everywhere_a_root_goes(void **state)
+{
+    (void)state;
+    cctx_context *base = base_new();
+    const long runs = hook_runs;
+    struct loan_thread l = { .base = base, .have = TEST_GATE_INIT, .base_gone = TEST_GATE_INIT,
+                             .done = TEST_GATE_INIT, .finished = TEST_GATE_INIT };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, loan_thread_main, &l), 0);
+    assert_true(gate_wait(&l.have));
+    cctx_context_release(base);
+    assert_int_equal(hook_runs, runs); /* `a` still binds every value */
+    gate_open(&l.base_gone);
+    assert_true(gate_wait(&l.done));
+    assert_int_equal(hook_runs, runs + NVARS); /* the thread alive and idle */
+    assert_int_equal(tv_live(), tv_live_at_setup());
+    gate_open(&l.finished);
+    pthread_join(t, NULL);
+}
+
 /* ------------------------------------------------------------- stress */
 
 enum { STRESS_COPIERS = 4 };
@@ -419,6 +607,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_values_go_with_the_last_copy_of_a_loaned_root,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_thread_exit_gives_credits_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_an_install_that_lost_to_a_revoke_gives_the_credits_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_loaned_root_everywhere_a_root_goes, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_threads_copy_a_base_another_thread_writes, setup,
                                         teardown),
     };
