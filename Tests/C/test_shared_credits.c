@@ -596,6 +596,147 @@ static void test_threads_copy_a_base_another_thread_writes(void **state)
     assert_int_equal(tv_retains() - retains0 + NVARS, tv_releases() - releases0);
 }
 
+/* Slot churn: 8 threads copy 12 bases at random (so each thread's one
+ * slot keeps switching roots: every install first empties another root's
+ * credits), keep some copies and copy those again, while a writer both
+ * writes the bases (one-off writes) and replaces whole bases (the old one
+ * released while copies of it live). Each copy keeps what it copied. At
+ * the end the copiers stay alive and idle, slots full, while the bases go:
+ * every value must be gone then, and each released exactly once. */
+enum { CHURN_COPIERS = 8, CHURN_BASES = 12 };
+static cctx_context *churn_bases[CHURN_BASES];
+static pthread_mutex_t churn_lock = PTHREAD_MUTEX_INITIALIZER;
+static int churn_stop;
+static test_gate churn_idle[CHURN_COPIERS], churn_finish;
+
+static cctx_context *churn_get(int k)
+{
+    pthread_mutex_lock(&churn_lock);
+    cctx_context *b = cctx_context_retain(churn_bases[k]);
+    pthread_mutex_unlock(&churn_lock);
+    return b;
+}
+
+static void *churn_copier(void *p)
+{
+    int me = (int)(uintptr_t)p;
+    uint64_t rng = 0x9E3779B97F4A7C15ull * (uint64_t)(me + 3);
+    cctx_context *kept[6] = { 0 };
+    for (long i = 0; i < scaled(3000); i++) {
+        cctx_context *b = churn_get((int)(rng_next(&rng) % CHURN_BASES));
+        cctx_context *c = NULL;
+        T_CHECK(cctx_context_copy(b, &c) == CCTX_OK);
+        cctx_context_release(b);
+        long before[4];
+        for (int k = 0; k < 4; k++) {
+            void *out = NULL;
+            cctx_status st = cctx_context_lookup(c, vars[k], &out);
+            before[k] = st == CCTX_OK ? ((tv_value *)out)->id : -1;
+            if (st == CCTX_OK)
+                cctx_var_release_value(vars[k], out);
+        }
+        if (rng_next(&rng) % 2 == 0) {
+            T_CHECK(cctx_context_enter(c) == CCTX_OK);
+            tv_value *v = tv_new(-9);
+            T_CHECK(cctx_var_set(vars[NVARS], v, NULL) == CCTX_OK);
+            tv_drop(v);
+            T_CHECK(cctx_context_exit(c) == CCTX_OK);
+        }
+        unsigned s = (unsigned)(rng_next(&rng) % 6);
+        if (kept[s] != NULL && rng_next(&rng) % 2 == 0) {
+            cctx_context *cc = NULL;
+            T_CHECK(cctx_context_copy(kept[s], &cc) == CCTX_OK);
+            T_CHECK(cctx_context_equal(cc, kept[s]));
+            cctx_context_release(cc);
+        }
+        for (int k = 0; k < 4; k++) {
+            void *out = NULL;
+            cctx_status st = cctx_context_get(c, vars[k], &out);
+            T_CHECK((st == CCTX_OK ? ((tv_value *)out)->id : -1) == before[k]);
+        }
+        cctx_context_release(kept[s]);
+        kept[s] = c;
+    }
+    for (int s = 0; s < 6; s++)
+        cctx_context_release(kept[s]);
+    /* A root this thread replaced in a copy (a write to a copy that still
+     * shared a base's root, which a reader named) waits in this thread's
+     * retired list: settle it, so what is left is credits only. */
+    cctx_reclaim();
+    gate_open(&churn_idle[me]);
+    T_CHECK(gate_wait(&churn_finish)); /* alive, credits in the slot */
+    return NULL;
+}
+
+static void *churn_writer(void *p)
+{
+    (void)p;
+    uint64_t rng = 7;
+    long id = 5000;
+    while (!__atomic_load_n(&churn_stop, __ATOMIC_ACQUIRE)) {
+        int k = (int)(rng_next(&rng) % CHURN_BASES);
+        if (rng_next(&rng) % 4 == 0) {
+            cctx_context *fresh = NULL;
+            T_CHECK(cctx_context_new(&fresh) == CCTX_OK);
+            for (int j = 0; j < 4; j++) {
+                tv_value *v = tv_new_hooked(id++, hook_uses_library, NULL);
+                T_CHECK(cctx_context_set(fresh, vars[j], v, NULL) == CCTX_OK);
+                tv_drop(v);
+            }
+            pthread_mutex_lock(&churn_lock);
+            cctx_context *old = churn_bases[k];
+            churn_bases[k] = fresh;
+            pthread_mutex_unlock(&churn_lock);
+            cctx_context_release(old);
+        } else {
+            cctx_context *b = churn_get(k);
+            tv_value *v = tv_new_hooked(id++, hook_uses_library, NULL);
+            cctx_status st = cctx_context_set(b, vars[(int)(rng_next(&rng) % 4)], v, NULL);
+            T_CHECK(st == CCTX_OK);
+            tv_drop(v);
+            cctx_context_release(b);
+        }
+        sched_yield();
+    }
+    (void)cctx_thread_cleanup();
+    return NULL;
+}
+
+static void test_many_threads_copy_many_bases_slot_churn(void **state)
+{
+    (void)state;
+    for (int k = 0; k < CHURN_BASES; k++) {
+        assert_ok(cctx_context_new(&churn_bases[k]));
+        tv_value *v = tv_new_hooked(k, hook_uses_library, NULL);
+        assert_ok(cctx_context_set(churn_bases[k], vars[0], v, NULL));
+        tv_drop(v);
+    }
+    churn_stop = 0;
+    test_gate closed = TEST_GATE_INIT;
+    churn_finish = closed;
+    const long retains0 = tv_retains(), releases0 = tv_releases();
+    pthread_t w, t[CHURN_COPIERS];
+    assert_int_equal(pthread_create(&w, NULL, churn_writer, NULL), 0);
+    for (int i = 0; i < CHURN_COPIERS; i++) {
+        churn_idle[i] = closed;
+        assert_int_equal(pthread_create(&t[i], NULL, churn_copier, (void *)(uintptr_t)i), 0);
+    }
+    for (int i = 0; i < CHURN_COPIERS; i++)
+        assert_true(gate_wait(&churn_idle[i]));
+    __atomic_store_n(&churn_stop, 1, __ATOMIC_RELEASE);
+    pthread_join(w, NULL);
+    assert_int_equal(thread_failures(), 0);
+    for (int k = 0; k < CHURN_BASES; k++)
+        cctx_context_release(churn_bases[k]);
+    /* The writer's retired roots went with its cleanup. The copiers are
+     * alive and idle with whatever credits they hold. */
+    assert_int_equal(tv_live(), tv_live_at_setup());
+    assert_int_equal(tv_retains() - retains0 + CHURN_BASES, tv_releases() - releases0);
+    gate_open(&churn_finish);
+    for (int i = 0; i < CHURN_COPIERS; i++)
+        pthread_join(t[i], NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -612,6 +753,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_loaned_root_everywhere_a_root_goes, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_threads_copy_a_base_another_thread_writes, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_many_threads_copy_many_bases_slot_churn, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
