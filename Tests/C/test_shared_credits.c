@@ -481,6 +481,38 @@ static void test_a_loaned_root_everywhere_a_root_goes(void **state)
     pthread_join(t, NULL);
 }
 
+/* fork() while other threads (idle) hold credits for the base's root: in
+ * the child those threads are gone, but their slots are still in the
+ * registry, full. The child copies the base, releases it, then its copy:
+ * the values must go then, the dead threads' credits taken back by the
+ * revoke like anyone's. */
+static cctx_context *fork_base;
+
+static void fork_child_releases(void *arg)
+{
+    (void)arg;
+    cctx_context *mine = NULL;
+    T_CHECK(cctx_context_copy(fork_base, &mine) == CCTX_OK);
+    const long runs = hook_runs;
+    cctx_context_release(fork_base);
+    T_CHECK(hook_runs == runs); /* `mine` still binds them */
+    cctx_context_release(mine);
+    T_CHECK(hook_runs == runs + NVARS);
+}
+
+static void test_fork_while_threads_hold_credits(void **state)
+{
+    (void)state;
+    fork_base = base_new();
+    requests(fork_base, 50);
+    struct idle_holder h[HOLDERS];
+    pthread_t t[HOLDERS];
+    idle_holders_start(h, t, HOLDERS, fork_base);
+    assert_child_ok(fork_child_releases, NULL);
+    idle_holders_stop(h, t, HOLDERS);
+    cctx_context_release(fork_base);
+}
+
 /* ------------------------------------------------------------- stress */
 
 enum { STRESS_COPIERS = 4 };
@@ -752,6 +784,7 @@ int main(void)
             test_an_install_that_lost_to_a_revoke_gives_the_credits_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_loaned_root_everywhere_a_root_goes, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_fork_while_threads_hold_credits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads_copy_a_base_another_thread_writes, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_many_threads_copy_many_bases_slot_churn, setup,
