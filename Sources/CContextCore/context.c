@@ -1122,7 +1122,9 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
  * given the same address may take the bias over, which is as safe as its
  * old holder taking it (no window of the dead thread is open). In a fork
  * child, a window left open by a thread that did not survive is closed by
- * fiat (reclaim_thread_is_gone), as the handover does.
+ * fiat (reclaim_thread_is_gone), as the handover does: the revoke stops
+ * waiting for it, and the free of the object stores its 0 (context_free),
+ * so a reuse does not inherit it.
  */
 
 /* The revoke side and every other non-biased take: FREE or LEFT -> `to`

@@ -334,10 +334,7 @@ static void fork_inside_the_window(void *arg)
         pthread_t t;
         T_CHECK(pthread_create(&t, NULL, fw_thread, NULL) == 0);
         T_CHECK(gate_wait(&f.in_window));
-        int status = run_in_child(fork_child, NULL, 0);
-        T_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
-            fprintf(stderr, "fork child (where %d): status %#x\n", where, status);
+        T_CHECK(run_in_fork_child(fork_child, NULL));
         gate_open(&f.go);
         pthread_join(t, NULL);
         cctx_context_release(f.ctx);
