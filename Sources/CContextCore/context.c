@@ -496,10 +496,18 @@ static inline __attribute__((always_inline)) void context_free(cctx_context *ctx
     /* Nobody reads it now (readers hold a reference), and the count is 1:
      * the state a cached object keeps (context_object), with no mark of
      * past readers. */
-    CCTX_ASSERT(ctx->refcnt == 1 && ctx->bias_entering == 0);
+    CCTX_ASSERT(ctx->refcnt == 1);
     ctx->magic = 0;
     ctx->shared_reads = 0;
     ctx->bias_last = NULL; /* a reuse starts unbiased ("The bias") */
+    /* In a parent process nobody is inside a biased enter's window here
+     * (an enter needs a reference). In a fork child, a thread that did not
+     * survive may have stopped inside it, the enter borrowing a reference
+     * the child has since released: its `1` stays (the revoke stops
+     * waiting for it: owner_take_slow), and a reuse would carry it to a
+     * new bias, whose first revoke would then wait for ever. A plain
+     * store: the object is ours alone now. */
+    ctx->bias_entering = 0;
     uintptr_t raw = (uintptr_t)ctx->root;
     hamt_node *root = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
     cctx_thread_state *ts = thread_state_peek();
@@ -737,6 +745,18 @@ bool cctx_context_equal(cctx_context *a, cctx_context *b)
  * credits need a counted reference behind them). Returns whether the
  * reference is a loan (give it back with root_put).
  */
+#ifdef CCTX_INTERNAL_CHECKS
+void (*cctx__credit_install_hook)(void);
+#define CREDIT_INSTALL_HOOK()                                                      \
+    do {                                                                           \
+        void (*hook_)(void) = __atomic_load_n(&cctx__credit_install_hook, __ATOMIC_ACQUIRE); \
+        if (hook_ != NULL)                                                         \
+            hook_();                                                               \
+    } while (0)
+#else
+#define CREDIT_INSTALL_HOOK() ((void)0)
+#endif
+
 static bool root_take(cctx_thread_state *ts, cctx_context *ctx, hamt_node **out)
 {
     if (ts != NULL && context_owner(ctx) != (uintptr_t)ts) {
@@ -753,8 +773,10 @@ static bool root_take(cctx_thread_state *ts, cctx_context *ctx, hamt_node **out)
     if (!loan)
         hamt_retain(root);
     read_end(ctx, &g);
-    if (loan)
+    if (loan) {
+        CREDIT_INSTALL_HOOK();
         hamt_credit_install(root); /* may release another root's values */
+    }
     *out = root;
     return loan;
 }
@@ -1100,7 +1122,9 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
  * given the same address may take the bias over, which is as safe as its
  * old holder taking it (no window of the dead thread is open). In a fork
  * child, a window left open by a thread that did not survive is closed by
- * fiat (reclaim_thread_is_gone), as the handover does.
+ * fiat (reclaim_thread_is_gone), as the handover does: the revoke stops
+ * waiting for it, and the free of the object stores its 0 (context_free),
+ * so a reuse does not inherit it.
  */
 
 /* The revoke side and every other non-biased take: FREE or LEFT -> `to`

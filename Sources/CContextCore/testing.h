@@ -45,6 +45,14 @@ CCTX_API int cctx__context_exit_barrier(int mode);
  * while another revokes. Set it only while no other thread enters. */
 CCTX_API extern void (*cctx__bias_window_hook)(int where);
 
+/* Test builds only (CCTX_INTERNAL_CHECKS): when set, called by a copy of
+ * a context on a thread that does not write it, after the copy took a
+ * batch of shared root credits under its read guard and left the guard,
+ * before it puts them into its credit slot (context.c, root_take). Lets a
+ * test release the root meanwhile (the install-vs-revoke race of hamt.c,
+ * "Shared credits"). Set it only while no other thread copies. */
+CCTX_API extern void (*cctx__credit_install_hook)(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -318,12 +318,126 @@ static void test_fork_while_readers_in_sections(void **state)
     cctx_reclaim();
 }
 
+/* ------------------------------------------------------------ shared reads */
+
+/* Readers on other threads read one context through every guarded read
+ * (lookup, contains, count, iteration, copy and equal on the copy) while
+ * its writer overwrites values in place when it can and replaces the root
+ * when a copy of its own shares it. The variable is a register written
+ * with increasing ids, then its twin with the negated id: a reader never
+ * sees the register go back (no stale read after a newer one), never a
+ * released value (ASan; the counted values abort on a release too many),
+ * and an iteration or a copy shows the pair of one map. */
+struct sr {
+    cctx_context *ctx;
+    cctx_var *var, *twin;
+    int stop;
+    long backwards, torn, passes;
+};
+
+static void *sr_reader(void *p)
+{
+    struct sr *s = p;
+    long last = -1;
+    while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+        void *out = NULL;
+        T_CHECK(cctx_context_lookup(s->ctx, s->var, &out) == CCTX_OK);
+        long id = ((tv_value *)out)->id;
+        cctx_var_release_value(s->var, out);
+        if (id < last)
+            __atomic_add_fetch(&s->backwards, 1, __ATOMIC_RELAXED);
+        last = id;
+        T_CHECK(cctx_context_contains(s->ctx, s->twin));
+        T_CHECK(cctx_context_count(s->ctx) == 2);
+        /* One map: the twin is -register or the one before it. */
+        cctx_iter *it = NULL;
+        T_CHECK(cctx_iter_new(s->ctx, &it) == CCTX_OK);
+        long a = 0, b = 0;
+        cctx_var *k;
+        void *v;
+        while (cctx_iter_next(it, &k, &v))
+            (k == s->var ? &a : &b)[0] = ((tv_value *)v)->id;
+        cctx_iter_free(it);
+        if (b != -a && b != -(a - 1))
+            __atomic_add_fetch(&s->torn, 1, __ATOMIC_RELAXED);
+        if (a < last)
+            __atomic_add_fetch(&s->backwards, 1, __ATOMIC_RELAXED);
+        last = a;
+        cctx_context *c = NULL, *cc = NULL;
+        T_CHECK(cctx_context_copy(s->ctx, &c) == CCTX_OK);
+        T_CHECK(cctx_context_copy(c, &cc) == CCTX_OK);
+        T_CHECK(cctx_context_equal(c, cc));
+        void *x = NULL, *y = NULL;
+        T_CHECK(cctx_context_lookup(c, s->var, &x) == CCTX_OK);
+        sched_yield();
+        T_CHECK(cctx_context_lookup(c, s->twin, &y) == CCTX_OK);
+        long xa = ((tv_value *)x)->id, yb = ((tv_value *)y)->id;
+        if (yb != -xa && yb != -(xa - 1))
+            __atomic_add_fetch(&s->torn, 1, __ATOMIC_RELAXED);
+        cctx_var_release_value(s->var, x);
+        cctx_var_release_value(s->twin, y);
+        cctx_context_release(cc);
+        cctx_context_release(c);
+        __atomic_add_fetch(&s->passes, 1, __ATOMIC_RELAXED);
+    }
+    cctx_thread_cleanup();
+    return NULL;
+}
+
+static void test_guarded_reads_under_in_place_writes_and_replacement(void **state)
+{
+    (void)state;
+    long live = tv_live();
+    struct sr s = { 0 };
+    assert_ok(cctx_var_new("sr", &tv_ops, &s.var));
+    assert_ok(cctx_var_new("sr-twin", &tv_ops, &s.twin));
+    assert_ok(cctx_context_new(&s.ctx));
+    assert_ok(cctx_context_enter(s.ctx));
+    tv_value *v = tv_new(0);
+    assert_ok(cctx_var_set(s.var, v, NULL));
+    assert_ok(cctx_var_set(s.twin, v, NULL));
+    tv_drop(v);
+    pthread_t r[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&r[i], NULL, sr_reader, &s), 0);
+    /* The register first, its twin second (twin = -register): a whole map
+     * shows (i, -i) or (i, -(i - 1)). Every 7th round a copy of our own
+     * shares the root, so the next write replaces it; else in place when
+     * no reader is inside a read. */
+    for (long i = 1; i <= scaled(200000) || __atomic_load_n(&s.passes, __ATOMIC_RELAXED) < 100;
+         i++) {
+        cctx_context *hold = NULL;
+        if (i % 7 == 0)
+            assert_ok(cctx_context_copy_current(&hold));
+        tv_value *a = tv_new(i), *b = tv_new(-i);
+        assert_ok(cctx_var_set(s.var, a, NULL));
+        assert_ok(cctx_var_set(s.twin, b, NULL));
+        tv_drop(a);
+        tv_drop(b);
+        cctx_context_release(hold);
+    }
+    __atomic_store_n(&s.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 4; i++)
+        pthread_join(r[i], NULL);
+    assert_int_equal(thread_failures(), 0);
+    assert_int_equal(s.backwards, 0);
+    assert_int_equal(s.torn, 0);
+    assert_ok(cctx_context_exit(s.ctx));
+    cctx_context_release(s.ctx);
+    cctx_var_release(s.var);
+    cctx_var_release(s.twin);
+    cctx_thread_cleanup();
+    cctx_reclaim();
+    assert_int_equal(tv_live(), live);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memory_bounded_under_overlapping_readers),
         cmocka_unit_test(test_deferred_objects_bounded_per_thread),
         cmocka_unit_test(test_fork_while_readers_in_sections),
+        cmocka_unit_test(test_guarded_reads_under_in_place_writes_and_replacement),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cctx_thread_cleanup();

@@ -210,6 +210,47 @@ int run_in_child(void (*fn)(void *arg), void *arg, unsigned seconds)
     return status;
 }
 
+bool run_in_fork_child(void (*fn)(void *arg), void *arg)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return false;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        abort();
+    if (pid == 0) {
+        close(fds[0]);
+        int crashes[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGALRM };
+        for (size_t i = 0; i < sizeof crashes / sizeof crashes[0]; i++)
+            signal(crashes[i], SIG_DFL);
+        alarm(TEST_WAIT_SECONDS * 2);
+        long before = thread_failures();
+        fn(arg);
+        fflush(NULL);
+        unsigned char r = thread_failures() == before ? 0 : 1;
+        if (write(fds[1], &r, 1) != 1)
+            _exit(1);
+        const char *pre = getenv("LD_PRELOAD");
+        if (pre != NULL && strstr(pre, "vgpreload") != NULL)
+            raise(SIGKILL);
+        _exit(r);
+    }
+    close(fds[1]);
+    unsigned char r = 0xff;
+    ssize_t got = read(fds[0], &r, 1); /* 0: the child died first */
+    close(fds[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            abort();
+    }
+    if (got != 1 || r != 0)
+        fprintf(stderr, "fork child: %s (status %#x)\n",
+                got == 1 ? "reported failure" : "died before reporting", status);
+    return got == 1 && r == 0;
+}
+
 void assert_child_status_ok(int status, const char *what)
 {
     if (WIFSIGNALED(status))
