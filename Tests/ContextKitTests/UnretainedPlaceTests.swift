@@ -328,6 +328,35 @@ import Glibc
             exit(0)
         }
     }
+
+    /// A task nobody holds a handle to sets (its unscoped binding, the
+    /// only thing that keeps that binding alive) and suspends inside a
+    /// scope on a continuation, while the table is reaped again and again:
+    /// the suspended task is not "ended", so its binding stays, and the
+    /// scope's end returns to it (held unretained by the scope).
+    @Test func suspendedTaskWithoutAHandleKeepsItsUnscopedBindingThroughAScope() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("up_parked", default: 0)
+            let parked = LockedBox<CheckedContinuation<Void, Never>?>(nil)
+            let result = LockedBox<Bool?>(nil)
+            _ = Task.detached {
+                v.set(5)
+                try! await Context().run { () async in
+                    v.set(6)
+                    await withCheckedContinuation { continuation in parked.mutate { $0 = continuation } }
+                }
+                let ok = v.value == 5
+                v.set(7)
+                result.mutate { $0 = ok && v.value == 7 }
+            }
+            if !eventually(seconds: 30, { parked.value != nil }) { exit(3) }
+            for _ in 0..<20 { UnscopedBindings.shared.reap() }
+            parked.value!.resume()
+            if !eventually(seconds: 30, { result.value != nil }) { exit(4) }
+            if result.value != true { exit(2) }
+            exit(0)
+        }
+    }
 }
 
 /// Waits until the unscoped table has dropped every entry (all their tasks
