@@ -300,7 +300,8 @@ import Glibc
     /// The scope being entered must still return, at its end, to the place
     /// of the task that opened it (here its unscoped binding): the task
     /// reads its own value after the scope, and its next `set` writes that
-    /// binding (not a second unscoped binding replacing the first).
+    /// binding (not a second unscoped binding replacing the first); nested
+    /// in a scope of its own, it returns to that scope and writes it.
     @Test func enteredWatcherRunningAnotherTaskSynchronously() async {
         await #expect(processExitsWith: .success) {
             let v = ContextVar<Int>("up_immediate", default: 0)
@@ -320,6 +321,18 @@ import Glibc
                 ok = ok && v.value == 7
                 await Task.yield()
                 ok = ok && v.value == 7
+                // Nested: the scope returns to the enclosing scope the task
+                // owns, and the next `set` writes that scope's context.
+                let outer = Context()
+                try! outer.run {
+                    v.set(8)
+                    armed.store(true, ordering: .relaxed)
+                    try! Context().run { v.set(9) }
+                    armed.store(false, ordering: .relaxed)
+                    ok = ok && v.value == 8
+                    v.set(10)
+                }
+                ok = ok && outer[v] == 10 && v.value == 7
                 return ok
             }.value
             watcher.cancel()
