@@ -370,6 +370,60 @@ import Glibc
             exit(0)
         }
     }
+
+    /// An `exited` watcher is handed the context the task returns to, and
+    /// may keep it. When that is the task's unscoped binding — private to
+    /// the task, written and borrowed-read by it alone — another task that
+    /// runs the kept context must not become a second writer of it: its
+    /// `run` throws (the task has it entered), and the task's own `set`
+    /// and reads stay its own.
+    @Test func exitedWatcherKeepingTheTasksUnscopedContext() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("up_kept", default: 0)
+            let kept = LockedBox<Context?>(nil)
+            let armed = Atomic<Bool>(false)
+            let watcher = try! Context.addWatcher { event, context in
+                guard event == .exited, armed.load(ordering: .relaxed), let context else { return }
+                kept.mutate { $0 = context }
+            }
+            let inside = AsyncGate()
+            let release = AsyncGate()
+            let ok = await Task.detached { () -> Bool in
+                v.set(1)
+                armed.store(true, ordering: .relaxed)
+                try! Context().run {}
+                armed.store(false, ordering: .relaxed)
+                guard let context = kept.value else { return false }
+                // Another task runs the kept context, and stays inside it.
+                let other = Task.detached { () -> Bool in
+                    do {
+                        try await context.run { () async in
+                            v.set(2)
+                            await inside.open()
+                            await release.wait()
+                        }
+                        return true
+                    } catch {
+                        // The context is entered (claimed by the task):
+                        // Python's RuntimeError for a context entered
+                        // elsewhere.
+                        await inside.open()
+                        return false
+                    }
+                }
+                await inside.wait()
+                var ok = v.value == 1
+                v.set(3)
+                ok = ok && v.value == 3
+                await release.open()
+                let otherRan = await other.value
+                return ok && !otherRan && v.value == 3
+            }.value
+            watcher.cancel()
+            if !ok { exit(2) }
+            exit(0)
+        }
+    }
 }
 
 /// Waits until the unscoped table has dropped every entry (all their tasks
