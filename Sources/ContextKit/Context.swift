@@ -252,9 +252,15 @@ struct ContextScope: ~Copyable {
             // caller's `place`. (Before: the place from before the watchers,
             // so after the scope the task read, and its next `set` copied,
             // the context it had before its own watcher's write.)
+            // A watcher may also run another task on this thread
+            // (`Task.immediate`), whose read fills the thread's entry with
+            // that task's place without moving the generation: the entry
+            // is then no longer this task's, so ask again too.
             let generation = cctx_shim_place_generation()
             cctx_notify_watchers(CCTX_EVENT_ENTERED, handle)
-            if cctx_shim_place_generation() != generation { place = cctx_shim_current_place() }
+            if cctx_shim_place_generation() != generation || place.entry.map({ $0.pointee.task != task }) == true {
+                place = cctx_shim_current_place()
+            }
         }
         // The enclosing binding, unretained (see `enclosing`): from the
         // place entry when it is the task's, without the retain a

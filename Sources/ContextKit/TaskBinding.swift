@@ -223,6 +223,11 @@ final class TaskBinding: Sendable {
     }
 
     deinit {
+        // An unscoped binding's claim (see `UnscopedBindings.insert`) ends
+        // with it: its task has ended, nobody writes the context any more.
+        if !isScope, cctx_context_unclaim(handle) != CCTX_OK {
+            fatalError("ContextKit internal error: an unscoped binding's context was not claimed")
+        }
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
         // The last reference is going: no reader is left, relaxed is enough.
         if let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed)) { cctx_context_release(snapshot) }
@@ -621,6 +626,13 @@ final class UnscopedBindings: Sendable {
     /// none yet) for `context` (one reference, which the binding takes over).
     @discardableResult
     func insert(adopting context: OpaquePointer, enclosing: TaskBinding?, for task: UnsafeRawPointer) -> TaskBinding {
+        // The task claims its private context for the binding's life, as a
+        // scope claims its context: the task is its only writer, and reads
+        // it borrowed. Unclaimed, anyone handed the context (an `exited`
+        // watcher, given the place a scope returns to, may keep it) could
+        // `run` it in another task and write it at the same time. A fresh
+        // copy nobody else has seen: the claim cannot fail.
+        checkOrTrap(cctx_context_claim(context), "claiming a task's unscoped context")
         let id = Self.id(of: task)
         let isAsyncLet = Self.isAsyncLetChild(task)
         let binding = TaskBinding(
