@@ -278,14 +278,6 @@ static void *fw_thread(void *p)
     return NULL;
 }
 
-/* ThreadSanitizer stops a child of a multi-threaded fork that starts a
- * thread: under TSan the child skips that step (as test_fork.c does). */
-#if defined(__SANITIZE_THREAD__)
-#define CHILD_STARTS_THREADS 0
-#else
-#define CHILD_STARTS_THREADS 1
-#endif
-
 static __attribute__((unused)) void *biaser(void *p)
 {
     bias_to_me(p);

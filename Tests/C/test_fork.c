@@ -32,12 +32,6 @@
 
 #include "test_support.h"
 
-#if defined(__SANITIZE_THREAD__)
-#define CHILD_STARTS_THREADS 0
-#else
-#define CHILD_STARTS_THREADS 1
-#endif
-
 /* gcc 12's AddressSanitizer allocator is not fork-safe: a child forked
  * while another thread is inside it deadlocks in its own first allocation
  * that needs the same lock (seen: a new thread's start-up in the child).

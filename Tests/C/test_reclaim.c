@@ -222,17 +222,10 @@ static void *child_thread_reads(void *p)
     return NULL;
 }
 
-/* ThreadSanitizer cannot start threads in the child of a multi-threaded
- * fork (it stops the child): under TSan the child skips the two steps that
- * start threads and still waits for grace periods (cctx_reclaim), writes,
- * reads and copies — the waits are what hung before. */
-#if defined(__SANITIZE_THREAD__)
-#define CHILD_STARTS_THREADS 0
-#else
-#define CHILD_STARTS_THREADS 1
-#endif
-
-/* Everything the child does; any failure is its exit status. */
+/* Everything the child does; any failure is its exit status. Under
+ * ThreadSanitizer (CHILD_STARTS_THREADS 0) the child skips the two steps
+ * that start threads and still waits for grace periods (cctx_reclaim),
+ * writes, reads and copies — the waits are what hung before. */
 static int child_main(struct forked *f)
 {
     /* Generous bound: a child that hangs dies of SIGALRM. */

@@ -139,5 +139,13 @@ void assert_child_status_ok(int status, const char *what);
  * threads that did not survive the fork held (test_fork.c says more).
  * Returns true when the child reported success. */
 bool run_in_fork_child(void (*fn)(void *arg), void *arg);
+/* ThreadSanitizer stops the child of a multi-threaded fork as soon as it
+ * starts a thread, so fork tests skip the steps that start threads in the
+ * child under TSan (and still run the rest). */
+#if defined(__SANITIZE_THREAD__)
+#define CHILD_STARTS_THREADS 0
+#else
+#define CHILD_STARTS_THREADS 1
+#endif
 
 #endif
