@@ -670,9 +670,11 @@ final class UnscopedBindings: Sendable {
         var dropped: [TaskBinding] = []
         for shard in shards {
             shard.withLock { entries, _ in
-                for (key, binding) in entries where binding.ownerHasEnded {
-                    entries[key] = nil
-                    dropped.append(binding)
+                // The ended keys first, then the removals: removing while
+                // iterating would make the dictionary copy itself.
+                let ended = entries.compactMap { $0.value.ownerHasEnded ? $0.key : nil }
+                for key in ended {
+                    if let binding = entries.removeValue(forKey: key) { dropped.append(binding) }
                     cctx_shim_unscoped_filter_remove(key)
                 }
             }
