@@ -644,6 +644,11 @@ final class UnscopedBindings: Sendable {
         // not skip it (see `cctx_shim_unscoped_probe`).
         cctx_shim_unscoped_filter_add(id)
         shard(for: task).withLock { entries, asyncLetAtAddress in
+            // Counted under the lock, before the entry can be found: the
+            // reaper drops an entry only after taking this lock, so its
+            // subtract follows this add in the count's modification order,
+            // and no task with a live entry ever reads a count of 0.
+            entryCount.add(1, ordering: .relaxed)
             entries[id] = binding
             guard isAsyncLet else { return }
             // An earlier `async let` child at this address has ended (two
@@ -651,10 +656,12 @@ final class UnscopedBindings: Sendable {
             let address = UInt(bitPattern: task)
             if let earlier = asyncLetAtAddress.updateValue(id, forKey: address), earlier != id {
                 replaced = entries.removeValue(forKey: earlier)
-                if replaced != nil { replacedID = earlier }
+                if replaced != nil {
+                    replacedID = earlier
+                    entryCount.subtract(1, ordering: .relaxed)
+                }
             }
         }
-        entryCount.add(replaced == nil ? 1 : 0, ordering: .relaxed)
         if replaced != nil { cctx_shim_unscoped_filter_remove(replacedID) }
         cctx_shim_unscoped_cache_put(task, Unmanaged.passUnretained(binding).toOpaque())
         TaskBinding.placeChanged(task: task, to: binding, owned: true)
