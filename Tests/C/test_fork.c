@@ -48,55 +48,22 @@
  * one of these in milliseconds). */
 #define CHILD_SECONDS 30
 
-/* Under valgrind (its preload library is in LD_PRELOAD). */
-static bool under_valgrind(void)
-{
-    const char *p = getenv("LD_PRELOAD");
-    return p != NULL && strstr(p, "vgpreload") != NULL;
-}
-
-/* Forks, runs child(arg) in the child, and returns whether it reported 0,
- * printing how it ended otherwise. The result comes back through a pipe:
- * under valgrind the child then kills itself, because valgrind's leak
- * check at its exit would count what the threads that did not survive the
- * fork held only in their registers and stacks (a path copy in progress, a
- * local in a local variable) — memory the child cannot reach by design.
- * The parent still gets the full leak check. */
+/* Forks, runs child(arg) in the child, and returns whether it reported 0;
+ * a child reports the step it failed at otherwise. The runner
+ * (fork_child_report, in the test support) returns the child's byte
+ * through a pipe and, under valgrind, has the child kill itself after
+ * reporting: valgrind's leak check at its exit would count what the
+ * threads that did not survive the fork held only in their registers and
+ * stacks (a path copy in progress, a local in a local variable) — memory
+ * the child cannot reach by design. */
 static bool fork_run(int (*child)(void *), void *arg, int round)
 {
-    int fds[2];
-    if (pipe(fds) != 0)
-        return false;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0)
-        return false;
-    if (pid == 0) {
-        close(fds[0]);
-        alarm(CHILD_SECONDS);
-        unsigned char r = (unsigned char)child(arg);
-        if (write(fds[1], &r, 1) != 1)
-            _exit(1);
-        if (under_valgrind())
-            raise(SIGKILL);
-        _exit(r);
-    }
-    close(fds[1]);
-    unsigned char r = 0xff;
-    ssize_t got = read(fds[0], &r, 1); /* 0: the child died first */
-    close(fds[0]);
-    int status = 0;
-    if (waitpid(pid, &status, 0) != pid)
-        return false;
-    if (got == 1 && r == 0)
-        return true;
-    if (got == 1)
+    int r = fork_child_report(child, arg, CHILD_SECONDS);
+    if (r > 0)
         printf("fork %d: child failed at step %d\n", round, r);
-    else
-        printf("fork %d: child %s %d\n", round, WIFEXITED(status) ? "exited" : "killed by signal",
-               WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
-    return false;
+    else if (r < 0)
+        printf("fork %d: child did not report\n", round);
+    return r == 0;
 }
 
 /* ------------------------------------------------------------ locals */

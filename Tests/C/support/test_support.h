@@ -133,11 +133,17 @@ int run_in_child(void (*fn)(void *arg), void *arg, unsigned seconds);
  * or status otherwise. */
 #define assert_child_ok(fn, arg) assert_child_status_ok(run_in_child((fn), (arg), 0), #fn)
 void assert_child_status_ok(int status, const char *what);
-/* As run_in_child for a scenario that forks while other threads run: the
- * child reports its result through a pipe and, under valgrind, then kills
- * itself, because valgrind's leak check at its exit would count what the
- * threads that did not survive the fork held (test_fork.c says more).
- * Returns true when the child reported success. */
+/* Runs child(arg) in a forked child, for a scenario that forks while other
+ * threads run, and returns the byte the child returned (0: success; a test
+ * may use other values as step codes), or -1 when the child died or hung
+ * (killed by SIGALRM after `seconds`, 0: TEST_WAIT_SECONDS * 2) before
+ * reporting, which it prints. The byte comes back through a pipe so that,
+ * under valgrind, the child can then kill itself: valgrind's leak check at
+ * its exit would count what the threads that did not survive the fork held
+ * (test_fork.c says more). */
+int fork_child_report(int (*child)(void *arg), void *arg, unsigned seconds);
+/* fork_child_report for a child that checks with T_CHECK: true when fn
+ * returned in the child and no T_CHECK failed there. */
 bool run_in_fork_child(void (*fn)(void *arg), void *arg);
 /* ThreadSanitizer stops the child of a multi-threaded fork as soon as it
  * starts a thread, so fork tests skip the steps that start threads in the
