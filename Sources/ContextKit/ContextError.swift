@@ -6,10 +6,13 @@
 ///
 /// C statuses that can only come from a bug in ContextKit itself
 /// (`CCTX_EINVAL`, `CCTX_NOT_CURRENT`, `CCTX_NOT_ENTERED`) are not errors a
-/// caller can handle: the facade stops with a precondition failure instead.
+/// caller can handle: the facade stops the program instead, with a message
+/// that names the call and is printed in release builds too (`fatalError`).
 public enum ContextError: Error, Equatable, CustomStringConvertible {
     /// `get()` found no value in the current context and no default
-    /// (Python's `LookupError`). The payload is the variable's name.
+    /// (Python's `LookupError`). The payload is the variable's name; the
+    /// description is the last line of Python's traceback without the
+    /// variable's address: `LookupError: <ContextVar name='x'>`.
     ///
     /// C: `CCTX_NOT_FOUND` from `cctx_var_get`.
     case lookupError(variable: String)
@@ -57,7 +60,7 @@ public enum ContextError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .lookupError(let variable):
-            return "LookupError: <ContextVar name='\(variable)'> has no value and no default"
+            return "LookupError: <ContextVar name='\(variable)'>"
         case .tokenAlreadyUsed:
             return "<Token> has already been used once"
         case .tokenFromDifferentVariable:
