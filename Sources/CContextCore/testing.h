@@ -28,6 +28,12 @@ CCTX_API cctx_status cctx__var_new_with_hash(const char *name,
 /* The hash a variable was given at creation. */
 CCTX_API uint32_t cctx__var_hash(const cctx_var *var);
 
+/* The references to `var` that threads' variable credit lines hold
+ * (var.c, "Variable credits"), summed over every line; 0 for a bad
+ * handle. A snapshot: exact only while no other thread takes or gives
+ * one. Counted in the variable's reference count as well. */
+CCTX_API unsigned cctx__var_credits(const cctx_var *var);
+
 /* Checks every HAMT invariant of the context's current map; returns 0 when
  * they hold, else a line number in hamt.c that names the broken one. */
 CCTX_API int cctx__context_check(cctx_context *ctx);
