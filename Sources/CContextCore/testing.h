@@ -59,6 +59,14 @@ CCTX_API extern void (*cctx__bias_window_hook)(int where);
  * "Shared credits"). Set it only while no other thread copies. */
 CCTX_API extern void (*cctx__credit_install_hook)(void);
 
+/* Test builds only (CCTX_INTERNAL_CHECKS): when set, called by a thread
+ * installing variable credits (var.c, "Variable credits") after it
+ * counted the batch on the variable and before it puts the batch into its
+ * line. Lets a test release the variable's last user reference meanwhile
+ * (the install-vs-revoke race). Set it only while no other thread takes
+ * variable references. */
+CCTX_API extern void (*cctx__var_credit_install_hook)(void);
+
 #ifdef __cplusplus
 }
 #endif

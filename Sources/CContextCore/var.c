@@ -349,6 +349,19 @@ static var_credit_line *line_get(void)
     return l;
 }
 
+#ifdef CCTX_INTERNAL_CHECKS
+void (*cctx__var_credit_install_hook)(void);
+#define VAR_CREDIT_INSTALL_HOOK()                                                  \
+    do {                                                                           \
+        void (*hook_)(void) = __atomic_load_n(&cctx__var_credit_install_hook,     \
+                                              __ATOMIC_ACQUIRE);                   \
+        if (hook_ != NULL)                                                         \
+            hook_();                                                               \
+    } while (0)
+#else
+#define VAR_CREDIT_INSTALL_HOOK() ((void)0)
+#endif
+
 void var_ref_missed(cctx_var *var)
 {
     var_credit_line *l = line_get();
@@ -370,6 +383,7 @@ void var_ref_missed(cctx_var *var)
     /* Locked: orders the store above before the way's CAS (see above).
      * One reference for the caller, the batch for the way. */
     cctx_faa_uint(&var->refcnt, 1 + VAR_CREDIT_BATCH);
+    VAR_CREDIT_INSTALL_HOOK();
     const uintptr_t add = (uintptr_t)VAR_CREDIT_BATCH * VAR_CREDIT_ONE;
     for (;;) {
         uintptr_t w = cctx_load_uintptr(way);
