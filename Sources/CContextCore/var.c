@@ -207,22 +207,26 @@ uint32_t cctx__var_hash(const cctx_var *var)
  * on no credits are installed, so entries and tokens that still hold the
  * variable count down as before and the last one frees it.
  *
- * The races, each Dekker's pattern (a locked write, then a load):
+ * The race, Dekker's pattern (a locked write, then a load):
  *   install (var_ref_missed): load users (> 0); store credited; locked add
  *            of the batch to refcnt; CAS the way; load users — zero: take
- *            the way back (var_credits_reclaim_mine).
- *   give-back (var_unref): CAS the way (+1); load users — zero: the same.
+ *            the way back (way_reclaim).
  *   last user release: locked decrement of users to zero; load credited —
  *            set: load every line's way and empty it if it names the
  *            variable.
- * Either the releaser's scan sees the way (and empties it), or the
- * installing / giving thread sees `users` at zero (and empties its own).
+ * Either the releaser's scan sees the installed way (and empties it), or
+ * the installing thread sees `users` at zero (and empties its own).
  * `credited` is stored before the install's locked add, so a releaser
  * that reads it unset after its decrement comes before that add in the
  * locked order, and the installer's last load sees users at zero. A way is
  * emptied (by anyone) with a CAS from the value seen; whoever empties it
  * drops what it held, counted (the last drop frees the variable: only
- * when its users are gone and that was the last reference).
+ * when its users are gone and that was the last reference). A give-back
+ * (var_unref) only adds to a way that names the variable: after the scan
+ * that is only an install's way before its own check, on the same thread,
+ * so the give-back is taken back with the batch and needs no check of its
+ * own. The first load of `users` in an install only spares the batch when
+ * the users are already gone; the check after the CAS is what decides.
  *
  * Which variables get credits: a thread installs them for a variable
  * the second time in a row it takes a counted reference to it in that
@@ -300,13 +304,6 @@ static void way_reclaim(uintptr_t *way, const cctx_var *var)
     uintptr_t w = cctx_load_uintptr(way);
     while (way_var(w) == var && !way_empty(way, w))
         w = cctx_load_uintptr(way);
-}
-
-void var_credits_reclaim_mine(cctx_var *var)
-{
-    var_credit_line *l = cctx_var_credit_line;
-    if (l != NULL)
-        way_reclaim(var_credit_way(l, var), var);
 }
 
 /* Every line's credits for `var` (its users are gone). The caller holds

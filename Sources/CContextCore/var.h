@@ -89,7 +89,6 @@ static inline uintptr_t *var_credit_way(var_credit_line *l, const cctx_var *var)
 
 void var_ref_missed(cctx_var *var) CCTX_HIDDEN;
 void var_unref_counted(cctx_var *var) CCTX_HIDDEN;
-void var_credits_reclaim_mine(cctx_var *var) CCTX_HIDDEN;
 
 /* Take a reference to the variable itself (HAMT entry, token, …): one of
  * this thread's credits for it when it has any (the CAS on its own line
@@ -111,10 +110,10 @@ static inline void var_ref(cctx_var *var)
 
 /* Drop one (HAMT entry, token): back into this thread's credits when its
  * line holds credits for the variable, else counted down (the last one
- * frees it). After a give-back (a locked write, then this load: Dekker's
- * pattern with the last user release, var.c) a variable whose users are
- * gone has its credits taken back here, since the releaser's scan may
- * have missed this one. */
+ * frees it). A give-back needs no look at `users`: a way names a variable
+ * whose users are gone only between an install and that install's own
+ * check (var.c), on this same thread, which then empties the way with the
+ * give-back in it. */
 static inline void var_unref(cctx_var *var)
 {
     var_credit_line *l = cctx_var_credit_line;
@@ -123,11 +122,8 @@ static inline void var_unref(cctx_var *var)
         uintptr_t w = cctx_load_uintptr(way);
         if ((w & VAR_CREDIT_PTR_MASK) == (uintptr_t)var &&
             (w >> 48) < VAR_CREDIT_CAP &&
-            cctx_cas_uintptr(way, w, w + VAR_CREDIT_ONE)) {
-            if (CCTX_UNLIKELY(cctx_load_uint(&var->users) == 0))
-                var_credits_reclaim_mine(var);
+            cctx_cas_uintptr(way, w, w + VAR_CREDIT_ONE))
             return;
-        }
     }
     var_unref_counted(var);
 }
