@@ -12,7 +12,9 @@
  *     released, by a callback that uses the library) at that moment while
  *     other threads, alive and idle, hold credits for it;
  *   - a context that still binds it keeps it, and no credits are taken
- *     for it any more: the context's release frees it;
+ *     for it any more: the context's release frees it; a user reference
+ *     taken again from an iterator makes credits possible again, and its
+ *     release takes them back;
  *   - an install that loses to that release gives its batch back;
  *   - a thread's exit gives its credits back;
  *   - a fork child's last release takes back the credits of threads that
@@ -245,6 +247,39 @@ static void test_a_context_binding_the_variable_keeps_it_without_credits(void **
     holders_stop(h, t);
     assert_int_equal(runs(), before);
     cctx_context_release(keep); /* this thread alive: freed now */
+    assert_int_equal(runs(), before + 1);
+}
+
+/* A user reference taken again from an iterator's borrowed variable after
+ * the last one went (the Swift facade's context iteration does this):
+ * credits are possible again, and the next last release takes them back. */
+static void test_a_user_reference_taken_again_from_an_iterator(void **state)
+{
+    (void)state;
+    cctx_var *v = var_with_hooked_default(907);
+    cctx_context *keep = NULL;
+    assert_ok(cctx_context_new(&keep));
+    tv_value *a = tv_new(-7);
+    assert_ok(cctx_context_set(keep, v, a, NULL));
+    tv_drop(a);
+    const long before = runs();
+    cctx_var_release(v);
+    assert_int_equal(runs(), before);
+    cctx_iter *it = NULL;
+    assert_ok(cctx_iter_new(keep, &it));
+    cctx_var *again = NULL;
+    void *value = NULL;
+    assert_true(cctx_iter_next(it, &again, &value));
+    assert_ptr_equal(again, v);
+    assert_ptr_equal(cctx_var_retain(again), v);
+    cctx_iter_free(it);
+    requests(v, 10);
+    assert_true(cctx__var_credits(v) > 0);
+    cctx_var_release(v);
+    assert_int_equal(cctx__var_credits(v), 0);
+    assert_int_equal(count_of(v), 1); /* keep's entry */
+    assert_int_equal(runs(), before);
+    cctx_context_release(keep);
     assert_int_equal(runs(), before + 1);
 }
 
@@ -487,6 +522,8 @@ int main(void)
             test_a_context_binding_the_variable_keeps_it_without_credits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_thread_exit_gives_variable_credits_back, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_user_reference_taken_again_from_an_iterator,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_an_install_that_lost_to_the_last_release_gives_the_batch_back, setup, teardown),
         cmocka_unit_test_setup_teardown(
