@@ -247,6 +247,10 @@ uint32_t cctx__var_hash(const cctx_var *var)
  */
 #define VAR_CREDIT_BATCH 32u
 
+#ifdef CCTX_COUNT_LOCKED
+__thread unsigned long cctx__var_count_writes;
+#endif
+
 __thread var_credit_line *cctx_var_credit_line;
 /* The variable that last missed in each way (see above); this thread's. */
 static __thread const cctx_var *var_credit_wanted[VAR_CREDIT_WAYS]
@@ -278,6 +282,7 @@ static void var_free(cctx_var *var)
 
 void var_unref_counted(cctx_var *var)
 {
+    VAR_COUNT_WRITE();
     if (cctx_dec_uint_is_zero(&var->refcnt))
         var_free(var);
 }
@@ -285,7 +290,10 @@ void var_unref_counted(cctx_var *var)
 /* Drops `n` references that were credits. */
 static void credits_drop(cctx_var *var, unsigned n)
 {
-    if (n != 0 && cctx_faa_uint(&var->refcnt, -n) == n)
+    if (n == 0)
+        return;
+    VAR_COUNT_WRITE();
+    if (cctx_faa_uint(&var->refcnt, -n) == n)
         var_free(var);
 }
 
@@ -364,6 +372,7 @@ void var_ref_missed(cctx_var *var)
     var_credit_line *l = line_get();
     if (l == NULL || ((uintptr_t)var & ~VAR_CREDIT_PTR_MASK) != 0 ||
         cctx_load_uint(&var->users) == 0) {
+        VAR_COUNT_WRITE();
         cctx_inc_uint(&var->refcnt);
         return;
     }
@@ -371,6 +380,7 @@ void var_ref_missed(cctx_var *var)
     uintptr_t *way = &l->word[i];
     if (var_credit_wanted[i] != var && way_var(cctx_load_uintptr(way)) != var) {
         var_credit_wanted[i] = var; /* the first miss in a row: counted */
+        VAR_COUNT_WRITE();
         cctx_inc_uint(&var->refcnt);
         return;
     }
@@ -379,6 +389,7 @@ void var_ref_missed(cctx_var *var)
         cctx_store_uint(&var->credited, 1);
     /* Locked: orders the store above before the way's CAS (see above).
      * One reference for the caller, the batch for the way. */
+    VAR_COUNT_WRITE();
     cctx_faa_uint(&var->refcnt, 1 + VAR_CREDIT_BATCH);
     VAR_CREDIT_INSTALL_HOOK();
     const uintptr_t add = (uintptr_t)VAR_CREDIT_BATCH * VAR_CREDIT_ONE;
@@ -442,6 +453,8 @@ unsigned cctx__var_credits(const cctx_var *var)
 cctx_var *cctx_var_retain(cctx_var *var)
 {
     if (var_is_valid(var)) {
+        VAR_COUNT_WRITE();
+        VAR_COUNT_WRITE();
         cctx_inc_uint(&var->users);
         cctx_inc_uint(&var->refcnt); /* counted: never a credit */
     }
@@ -455,6 +468,7 @@ void cctx_var_release(cctx_var *var)
     /* The last user reference: nobody may hold credits for the variable
      * once it is gone (see "Variable credits"); ours keeps it alive during
      * the scan. */
+    VAR_COUNT_WRITE();
     if (cctx_dec_uint_is_zero(&var->users) && cctx_load_uint(&var->credited) != 0)
         var_credits_revoke(var);
     var_unref_counted(var);

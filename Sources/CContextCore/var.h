@@ -87,6 +87,16 @@ static inline uintptr_t *var_credit_way(var_credit_line *l, const cctx_var *var)
     return &l->word[var->hash & (VAR_CREDIT_WAYS - 1)];
 }
 
+/* Counting build (make count-ops): locked writes to variables' own
+ * counts (`refcnt`, `users`) by this thread, the lines that threads using
+ * the same variable share; credit-line CASes are not among them. */
+#ifdef CCTX_COUNT_LOCKED
+extern __thread unsigned long cctx__var_count_writes;
+#define VAR_COUNT_WRITE() (cctx__var_count_writes++)
+#else
+#define VAR_COUNT_WRITE() ((void)0)
+#endif
+
 void var_ref_missed(cctx_var *var) CCTX_HIDDEN;
 void var_unref_counted(cctx_var *var) CCTX_HIDDEN;
 
