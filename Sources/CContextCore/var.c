@@ -287,7 +287,12 @@ void var_unref_counted(cctx_var *var)
         var_free(var);
 }
 
-/* Drops `n` references that were credits. */
+/* Drops `n` references that were credits. By the rule above they are
+ * never the last: while `users` > 0 a user reference is counted; after
+ * it the releaser holds its own through its scan, and an install that
+ * reclaims its batch holds its caller's. So an eviction inside var_ref
+ * (called from map builders) never runs a release callback; the free
+ * below only keeps the count honest. */
 static void credits_drop(cctx_var *var, unsigned n)
 {
     if (n == 0)
