@@ -427,7 +427,7 @@ count-ops: deps
 	$(CC) $(CORE_CFLAGS) -DCCTX_COUNT_LOCKED -O2 -o $(COUNT_DIR)/count_ops \
 		Benchmarks/c/count_ops.c $(CORE_SRC) \
 		-Wl,--wrap=malloc,--wrap=realloc,--wrap=calloc $(CK_LIBS) -lpthread
-	@printf 'operation\tlocked/op\tallocs/op\n'
+	@printf 'operation\tlocked/op\tallocs/op\tvar-count writes/op\n'
 	@for op in $(COUNT_OPS); do $(COUNT_DIR)/count_ops $$op 100000; done
 
 # DocC: symbol graphs from `swift package dump-symbol-graph` (it extracts

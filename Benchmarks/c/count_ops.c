@@ -22,8 +22,11 @@
 #include <string.h>
 
 /* Counters: cctx__locked_ops from the counting build of the library
- * (atomic.h), allocations through the linker's --wrap. */
+ * (atomic.h), cctx__var_count_writes (var.h: locked writes to variables'
+ * own counts, lines every thread using the variable writes), allocations
+ * through the linker's --wrap. */
 extern __thread unsigned long cctx__locked_ops;
+extern __thread unsigned long cctx__var_count_writes;
 static unsigned long allocs;
 void *__real_malloc(size_t);
 void *__real_realloc(void *, size_t);
@@ -125,10 +128,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < nvars; i++)
         check(cctx_var_set(vars[i], VAL(i), NULL), "set");
     measured(op, n / 10 + 1, base, local); /* warm-up, outside the counted window */
-    unsigned long l0 = cctx__locked_ops, a0 = allocs;
+    unsigned long l0 = cctx__locked_ops, a0 = allocs, v0 = cctx__var_count_writes;
     measured(op, n, base, local);
-    printf("%s\t%.2f\t%.2f\n", op, (double)(cctx__locked_ops - l0) / (double)n,
-           (double)(allocs - a0) / (double)n);
+    printf("%s\t%.2f\t%.2f\t%.2f\n", op, (double)(cctx__locked_ops - l0) / (double)n,
+           (double)(allocs - a0) / (double)n, (double)(cctx__var_count_writes - v0) / (double)n);
     cctx_local_release(local);
     cctx_context_release(base);
     for (int i = 0; i <= NVARS_MAX; i++)

@@ -28,6 +28,12 @@ CCTX_API cctx_status cctx__var_new_with_hash(const char *name,
 /* The hash a variable was given at creation. */
 CCTX_API uint32_t cctx__var_hash(const cctx_var *var);
 
+/* The references to `var` that threads' variable credit lines hold
+ * (var.c, "Variable credits"), summed over every line; 0 for a bad
+ * handle. A snapshot: exact only while no other thread takes or gives
+ * one. Counted in the variable's reference count as well. */
+CCTX_API unsigned cctx__var_credits(const cctx_var *var);
+
 /* Checks every HAMT invariant of the context's current map; returns 0 when
  * they hold, else a line number in hamt.c that names the broken one. */
 CCTX_API int cctx__context_check(cctx_context *ctx);
@@ -52,6 +58,14 @@ CCTX_API extern void (*cctx__bias_window_hook)(int where);
  * test release the root meanwhile (the install-vs-revoke race of hamt.c,
  * "Shared credits"). Set it only while no other thread copies. */
 CCTX_API extern void (*cctx__credit_install_hook)(void);
+
+/* Test builds only (CCTX_INTERNAL_CHECKS): when set, called by a thread
+ * installing variable credits (var.c, "Variable credits") after it
+ * counted the batch on the variable and before it puts the batch into its
+ * line. Lets a test release the variable's last user reference meanwhile
+ * (the install-vs-revoke race). Set it only while no other thread takes
+ * variable references. */
+CCTX_API extern void (*cctx__var_credit_install_hook)(void);
 
 #ifdef __cplusplus
 }

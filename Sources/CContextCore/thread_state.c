@@ -49,6 +49,7 @@
 #include "reclaim.h"
 #include "thread_state.h"
 #include "token.h"
+#include "var.h"
 #include "watch.h"
 
 #include <pthread.h>
@@ -95,6 +96,10 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
         busy = true;
     /* Shared root credits (hamt.h): their values may be released now. */
     if (hamt_credits_flush(false))
+        busy = true;
+    /* Variable credits (var.h): never the last references to a variable
+     * while its users hold it, but given back before the thread goes. */
+    if (var_credits_flush(false))
         busy = true;
     /* Roots and values this thread replaced while others read them: freed
      * now, while their callbacks may still use the state. */
@@ -143,6 +148,7 @@ static void state_destroy(cctx_thread_state *ts)
     context_owner_leave_base(ts->base, ts);
     cctx_context_release(ts->base);
     (void)hamt_credits_flush(true); /* the slot goes to a later thread */
+    (void)var_credits_flush(true);  /* the line too */
     context_cache_drain(); /* detached: later frees bypass the caches */
     token_cache_drain();
     hamt_node_cache_drain();

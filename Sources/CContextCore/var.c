@@ -45,8 +45,10 @@
  *   and take no id.
  */
 #include "internal.h"
+#include "thread_state.h"
 #include "var.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Non-zero while any variable with CCTX_VAR_NOT_INHERITED is alive; lets
@@ -108,6 +110,7 @@ static cctx_status var_create(const var_spec *spec, cctx_var **out)
 
     var->magic = CCTX_VAR_MAGIC;
     var->refcnt = 1;
+    var->users = 1;
     var->flags = spec->flags;
     if (spec->ops != NULL)
         var->ops = *spec->ops;
@@ -181,17 +184,91 @@ uint32_t cctx__var_hash(const cctx_var *var)
     return var_is_valid(var) ? var->hash : 0;
 }
 
-cctx_var *cctx_var_retain(cctx_var *var)
+/*
+ * Variable credits
+ * ----------------
+ * The request pattern — copy a shared base context, set a variable the
+ * base does not bind, read, let go — adds one map entry naming that
+ * variable and frees it again: a var_ref and a var_unref on the
+ * variable's count, a line every thread doing the same request writes.
+ * Instead each thread keeps a *credit line* (var.h): per way one variable
+ * and a batch of references to it, counted on the variable once when
+ * installed. var_ref takes one (a CAS on the thread's own line), var_unref
+ * gives one back; the variable's line is only read (its hash, `users`).
+ *
+ * Credits are references nobody uses, so they must never be what keeps
+ * a variable alive: the variable must go, and its default be released,
+ * when the last user reference, map entry and token are gone, as before.
+ * The rule: credits exist only while the variable has a user reference
+ * (`users` > 0). While it has one, credits are never the last references
+ * (that user reference is counted too). The release that takes `users`
+ * to zero (cctx_var_release) takes every line's credits for the variable
+ * back (var_credits_revoke) before it drops its own reference; from then
+ * on no credits are installed, so entries and tokens that still hold the
+ * variable count down as before and the last one frees it.
+ *
+ * The race, Dekker's pattern (a locked write, then a load):
+ *   install (var_ref_missed): load users (> 0); store credited; locked add
+ *            of the batch to refcnt; CAS the way; load users — zero: take
+ *            the way back (way_reclaim).
+ *   last user release: locked decrement of users to zero; load credited —
+ *            set: load every line's way and empty it if it names the
+ *            variable.
+ * Either the releaser's scan sees the installed way (and empties it), or
+ * the installing thread sees `users` at zero (and empties its own).
+ * `credited` is stored before the install's locked add, so a releaser
+ * that reads it unset after its decrement comes before that add in the
+ * locked order, and the installer's last load sees users at zero. A way is
+ * emptied (by anyone) with a CAS from the value seen; whoever empties it
+ * drops what it held, counted (the last drop frees the variable: only
+ * when its users are gone and that was the last reference). A give-back
+ * (var_unref) only adds to a way that names the variable: after the scan
+ * that is only an install's way before its own check, on the same thread,
+ * so the give-back is taken back with the batch and needs no check of its
+ * own. The first load of `users` in an install only spares the batch when
+ * the users are already gone; the check after the CAS is what decides.
+ *
+ * Which variables get credits: a thread installs them for a variable
+ * the second time in a row it takes a counted reference to it in that
+ * way (`wanted`), so that a path copy that retains many keys once each
+ * (a copy of a large node) does not evict and refill credits for each;
+ * a variable whose way already holds it refills at once. Only threads with
+ * a state (whose teardown gives the line back: var_credits_flush) take a
+ * line.
+ *
+ * A user reference taken again from a borrowed pointer after `users`
+ * reached zero (cctx_var_retain on a variable an iterator returned) makes
+ * credits possible again; the release that takes `users` to zero again
+ * revokes again.
+ *
+ * fork: a thread that did not survive keeps its line (claimed, never
+ * reused in the child); its credits are taken back by the child's last
+ * user release like any other thread's.
+ */
+#define VAR_CREDIT_BATCH 32u
+
+#ifdef CCTX_COUNT_LOCKED
+__thread unsigned long cctx__var_count_writes;
+#endif
+
+__thread var_credit_line *cctx_var_credit_line;
+/* The variable that last missed in each way (see above); this thread's. */
+static __thread const cctx_var *var_credit_wanted[VAR_CREDIT_WAYS]
+    __attribute__((tls_model("initial-exec")));
+static var_credit_line *var_credit_lines;
+
+static inline cctx_var *way_var(uintptr_t w)
 {
-    if (var_is_valid(var))
-        var_ref(var);
-    return var;
+    return (cctx_var *)(w & VAR_CREDIT_PTR_MASK);
 }
 
-void var_unref(cctx_var *var)
+static inline unsigned way_credits(uintptr_t w)
 {
-    if (!cctx_dec_uint_is_zero(&var->refcnt))
-        return;
+    return (unsigned)(w >> 48);
+}
+
+static void var_free(cctx_var *var)
+{
     /* Last reference: no context, token or user holds the variable, so no
      * value of it is stored anywhere but (possibly) its default. */
     if (var->has_default)
@@ -203,10 +280,203 @@ void var_unref(cctx_var *var)
     cctx_dealloc(var);
 }
 
+void var_unref_counted(cctx_var *var)
+{
+    VAR_COUNT_WRITE();
+    if (cctx_dec_uint_is_zero(&var->refcnt))
+        var_free(var);
+}
+
+/* Drops `n` references that were credits. By the rule above they are
+ * never the last: while `users` > 0 a user reference is counted; after
+ * it the releaser holds its own through its scan, and an install that
+ * reclaims its batch holds its caller's. So an eviction inside var_ref
+ * (called from map builders) never runs a release callback; the free
+ * below only keeps the count honest. */
+static void credits_drop(cctx_var *var, unsigned n)
+{
+    if (n == 0)
+        return;
+    VAR_COUNT_WRITE();
+    if (cctx_faa_uint(&var->refcnt, -n) == n)
+        var_free(var);
+}
+
+/* Empties `way` if it holds `w`, dropping its credits. */
+static bool way_empty(uintptr_t *way, uintptr_t w)
+{
+    if (!cctx_cas_uintptr(way, w, 0))
+        return false;
+    credits_drop(way_var(w), way_credits(w));
+    return true;
+}
+
+/* Empties `way` of `var`'s credits, whoever it belongs to. */
+static void way_reclaim(uintptr_t *way, const cctx_var *var)
+{
+    uintptr_t w = cctx_load_uintptr(way);
+    while (way_var(w) == var && !way_empty(way, w))
+        w = cctx_load_uintptr(way);
+}
+
+/* Every line's credits for `var` (its users are gone). The caller holds
+ * a counted reference: `var` outlives the scan. */
+static void var_credits_revoke(cctx_var *var)
+{
+    unsigned i = var->hash & (VAR_CREDIT_WAYS - 1);
+    for (var_credit_line *l = cctx_load_ptr(&var_credit_lines); l != NULL; l = l->next)
+        way_reclaim(&l->word[i], var);
+}
+
+/* This thread's line, claimed (or made) on first use; NULL without memory
+ * or without a thread state (its teardown gives the line back). */
+static var_credit_line *line_get(void)
+{
+    if (CCTX_LIKELY(cctx_var_credit_line != NULL))
+        return cctx_var_credit_line;
+    if (thread_state_peek() == NULL)
+        return NULL;
+    for (var_credit_line *l = cctx_load_ptr(&var_credit_lines); l != NULL; l = l->next) {
+        if (cctx_load_uint(&l->in_use) == 0 && cctx_cas_uint(&l->in_use, 0, 1)) {
+            cctx_var_credit_line = l;
+            return l;
+        }
+    }
+    void *mem;
+    /* Never freed (a revoker may be reading it): reused by later threads. */
+    if (posix_memalign(&mem, 64, sizeof(var_credit_line)) != 0)
+        return NULL;
+    var_credit_line *l = mem;
+    memset(l, 0, sizeof *l);
+    l->in_use = 1;
+    for (;;) {
+        var_credit_line *head = cctx_load_ptr(&var_credit_lines);
+        l->next = head;
+        if (cctx_cas_ptr(&var_credit_lines, head, l)) /* publishes the line */
+            break;
+    }
+    cctx_var_credit_line = l;
+    return l;
+}
+
+#ifdef CCTX_INTERNAL_CHECKS
+void (*cctx__var_credit_install_hook)(void);
+#define VAR_CREDIT_INSTALL_HOOK()                                                  \
+    do {                                                                           \
+        void (*hook_)(void) = __atomic_load_n(&cctx__var_credit_install_hook,     \
+                                              __ATOMIC_ACQUIRE);                   \
+        if (hook_ != NULL)                                                         \
+            hook_();                                                               \
+    } while (0)
+#else
+#define VAR_CREDIT_INSTALL_HOOK() ((void)0)
+#endif
+
+void var_ref_missed(cctx_var *var)
+{
+    var_credit_line *l = line_get();
+    if (l == NULL || ((uintptr_t)var & ~VAR_CREDIT_PTR_MASK) != 0 ||
+        cctx_load_uint(&var->users) == 0) {
+        VAR_COUNT_WRITE();
+        cctx_inc_uint(&var->refcnt);
+        return;
+    }
+    unsigned i = var->hash & (VAR_CREDIT_WAYS - 1);
+    uintptr_t *way = &l->word[i];
+    if (var_credit_wanted[i] != var && way_var(cctx_load_uintptr(way)) != var) {
+        var_credit_wanted[i] = var; /* the first miss in a row: counted */
+        VAR_COUNT_WRITE();
+        cctx_inc_uint(&var->refcnt);
+        return;
+    }
+    var_credit_wanted[i] = NULL;
+    if (cctx_load_uint(&var->credited) == 0)
+        cctx_store_uint(&var->credited, 1);
+    /* Locked: orders the store above before the way's CAS (see above).
+     * One reference for the caller, the batch for the way. */
+    VAR_COUNT_WRITE();
+    cctx_faa_uint(&var->refcnt, 1 + VAR_CREDIT_BATCH);
+    VAR_CREDIT_INSTALL_HOOK();
+    const uintptr_t add = (uintptr_t)VAR_CREDIT_BATCH * VAR_CREDIT_ONE;
+    for (;;) {
+        uintptr_t w = cctx_load_uintptr(way);
+        if (way_var(w) == var) {
+            if (way_credits(w) + VAR_CREDIT_BATCH > VAR_CREDIT_CAP)
+                break; /* full: drop them */
+            if (cctx_cas_uintptr(way, w, w + add))
+                goto installed;
+            continue;
+        }
+        if (w != 0) {
+            (void)way_empty(way, w); /* another variable's credits go back */
+            continue;
+        }
+        if (cctx_cas_uintptr(way, 0, (uintptr_t)var | add))
+            goto installed;
+    }
+    credits_drop(var, VAR_CREDIT_BATCH);
+    return;
+installed:
+    /* After the CAS (a full barrier): the users gone meanwhile, and the
+     * releaser's scan may have missed this way. */
+    if (cctx_load_uint(&var->users) == 0)
+        way_reclaim(way, var);
+}
+
+bool var_credits_flush(bool last)
+{
+    var_credit_line *l = cctx_var_credit_line;
+    if (l == NULL)
+        return false;
+    bool any = false;
+    for (unsigned i = 0; i < VAR_CREDIT_WAYS; i++) {
+        uintptr_t w;
+        while ((w = cctx_load_uintptr(&l->word[i])) != 0)
+            any |= way_empty(&l->word[i], w);
+        var_credit_wanted[i] = NULL;
+    }
+    if (last) {
+        cctx_var_credit_line = NULL;
+        cctx_store_uint(&l->in_use, 0); /* release: after the ways emptied */
+    }
+    return any;
+}
+
+unsigned cctx__var_credits(const cctx_var *var)
+{
+    if (!var_is_valid(var))
+        return 0;
+    unsigned n = 0, i = var->hash & (VAR_CREDIT_WAYS - 1);
+    for (var_credit_line *l = cctx_load_ptr(&var_credit_lines); l != NULL; l = l->next) {
+        uintptr_t w = cctx_load_uintptr(&l->word[i]);
+        if (way_var(w) == var)
+            n += way_credits(w);
+    }
+    return n;
+}
+
+cctx_var *cctx_var_retain(cctx_var *var)
+{
+    if (var_is_valid(var)) {
+        VAR_COUNT_WRITE();
+        VAR_COUNT_WRITE();
+        cctx_inc_uint(&var->users);
+        cctx_inc_uint(&var->refcnt); /* counted: never a credit */
+    }
+    return var;
+}
+
 void cctx_var_release(cctx_var *var)
 {
-    if (var_is_valid(var))
-        var_unref(var);
+    if (!var_is_valid(var))
+        return;
+    /* The last user reference: nobody may hold credits for the variable
+     * once it is gone (see "Variable credits"); ours keeps it alive during
+     * the scan. */
+    VAR_COUNT_WRITE();
+    if (cctx_dec_uint_is_zero(&var->users) && cctx_load_uint(&var->credited) != 0)
+        var_credits_revoke(var);
+    var_unref_counted(var);
 }
 
 const char *cctx_var_name(const cctx_var *var)

@@ -8,10 +8,20 @@
  * - `refcnt` counts the user's references plus one per HAMT entry, token
  *   and default that names the variable — except HAMT entries that borrow
  *   their key from the node they were copied from (hamt.c, "Borrowed
- *   keys"): that node's own reference keeps the variable for them. Either
- *   way a variable outlives every value stored under it and its
+ *   keys"): that node's own reference keeps the variable for them — plus
+ *   the *variable credits* threads hold (var.c, "Variable credits").
+ *   Either way a variable outlives every value stored under it and its
  *   `ops.release` can always be called. Updated with ck_pr atomics
  *   (atomic.h) (any thread).
+ * - `users` counts the user's references alone (cctx_var_new, _retain,
+ *   _release), each also counted in `refcnt`. Credits exist only while it
+ *   is non-zero: the release that takes it to zero takes every thread's
+ *   credits back before it drops its own reference, so that the variable
+ *   is freed when the last user reference and the last map entry and
+ *   token are gone, as without credits.
+ * - `credited` is set (once, never cleared) before the first credits for
+ *   the variable are installed: a variable nobody credited is released
+ *   without looking at other threads' credit lines.
  */
 #ifndef CCTX_VAR_H
 #define CCTX_VAR_H
@@ -28,6 +38,8 @@ struct cctx_var {
     uint32_t magic;
     uint32_t hash;
     unsigned refcnt;
+    unsigned users;
+    unsigned credited;
     unsigned flags;
     bool has_default;
     void *default_value;
@@ -47,14 +59,88 @@ static inline bool var_is_valid(const cctx_var *var)
     return var != NULL && var->magic == CCTX_VAR_MAGIC;
 }
 
-/* Take a reference to the variable itself (HAMT entry, token, …). */
-static inline void var_ref(cctx_var *var)
+/*
+ * Variable credits (var.c): each thread has one cache line of its own with
+ * VAR_CREDIT_WAYS words, way `hash % VAR_CREDIT_WAYS` holding references
+ * to one variable taken in a batch: variable | credits << 48. A reference
+ * taken from or given back to the calling thread's own line is a
+ * compare-and-swap on that line; nothing of the variable is written.
+ */
+#define VAR_CREDIT_WAYS 4u
+#define VAR_CREDIT_ONE ((uintptr_t)1 << 48)
+#define VAR_CREDIT_PTR_MASK (VAR_CREDIT_ONE - 1)
+/* Most credits a way holds; a give-back beyond is counted. */
+#define VAR_CREDIT_CAP 64u
+
+typedef struct var_credit_line {
+    /* Written by its thread and (to empty a way) by any thread. */
+    uintptr_t word[VAR_CREDIT_WAYS];
+    struct var_credit_line *next; /* registry: pushed once, never unlinked */
+    unsigned in_use;              /* claimed by a live thread */
+} __attribute__((aligned(64))) var_credit_line;
+
+extern __thread var_credit_line *cctx_var_credit_line
+    __attribute__((tls_model("initial-exec"))) CCTX_HIDDEN;
+
+static inline uintptr_t *var_credit_way(var_credit_line *l, const cctx_var *var)
 {
-    cctx_inc_uint(&var->refcnt);
+    return &l->word[var->hash & (VAR_CREDIT_WAYS - 1)];
 }
 
-/* Drop one (same as cctx_var_release). */
-void var_unref(cctx_var *var) CCTX_HIDDEN;
+/* Counting build (make count-ops): locked writes to variables' own
+ * counts (`refcnt`, `users`) by this thread, the lines that threads using
+ * the same variable share; credit-line CASes are not among them. */
+#ifdef CCTX_COUNT_LOCKED
+extern __thread unsigned long cctx__var_count_writes;
+#define VAR_COUNT_WRITE() (cctx__var_count_writes++)
+#else
+#define VAR_COUNT_WRITE() ((void)0)
+#endif
+
+void var_ref_missed(cctx_var *var) CCTX_HIDDEN;
+void var_unref_counted(cctx_var *var) CCTX_HIDDEN;
+
+/* Take a reference to the variable itself (HAMT entry, token, …): one of
+ * this thread's credits for it when it has any (the CAS on its own line
+ * fails only when another thread emptied the way meanwhile), else counted
+ * (var_ref_missed may install credits). The caller holds a reference, so
+ * the variable is alive throughout. */
+static inline void var_ref(cctx_var *var)
+{
+    var_credit_line *l = cctx_var_credit_line;
+    if (CCTX_LIKELY(l != NULL)) {
+        uintptr_t *way = var_credit_way(l, var);
+        uintptr_t w = cctx_load_uintptr(way);
+        if ((w & VAR_CREDIT_PTR_MASK) == (uintptr_t)var && (w >> 48) != 0 &&
+            cctx_cas_uintptr(way, w, w - VAR_CREDIT_ONE))
+            return;
+    }
+    var_ref_missed(var);
+}
+
+/* Drop one (HAMT entry, token): back into this thread's credits when its
+ * line holds credits for the variable, else counted down (the last one
+ * frees it). A give-back needs no look at `users`: a way names a variable
+ * whose users are gone only between an install and that install's own
+ * check (var.c), on this same thread, which then empties the way with the
+ * give-back in it. */
+static inline void var_unref(cctx_var *var)
+{
+    var_credit_line *l = cctx_var_credit_line;
+    if (CCTX_LIKELY(l != NULL)) {
+        uintptr_t *way = var_credit_way(l, var);
+        uintptr_t w = cctx_load_uintptr(way);
+        if ((w & VAR_CREDIT_PTR_MASK) == (uintptr_t)var &&
+            (w >> 48) < VAR_CREDIT_CAP &&
+            cctx_cas_uintptr(way, w, w + VAR_CREDIT_ONE))
+            return;
+    }
+    var_unref_counted(var);
+}
+
+/* Gives all of this thread's variable credits back (true if it held any);
+ * `last`: and its line, at thread teardown. */
+bool var_credits_flush(bool last) CCTX_HIDDEN;
 
 /* Whether value callbacks are acceptable (var.c states the rule; locals
  * follow it too): at most one shape, and no release without retain. */

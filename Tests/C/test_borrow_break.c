@@ -51,9 +51,11 @@ static cctx_var *key(uint32_t hash)
     return v;
 }
 
+/* The variable's references other than the calling thread's variable
+ * credits (var.c): what its count was before credits existed. */
 static unsigned var_count(const cctx_var *v)
 {
-    return cctx_load_uint_relaxed(&((cctx_var *)v)->refcnt);
+    return cctx_load_uint_relaxed(&((cctx_var *)v)->refcnt) - cctx__var_credits(v);
 }
 
 /* `root` with k bound, the caller's reference to `root` moved in. */

@@ -39,9 +39,11 @@ static cctx_var *key_with_hash(uint32_t hash)
     return v;
 }
 
+/* The variable's references other than the calling thread's variable
+ * credits (var.c): what its count was before credits existed. */
 static unsigned var_count(const cctx_var *v)
 {
-    return cctx_load_uint_relaxed(&((cctx_var *)v)->refcnt);
+    return cctx_load_uint_relaxed(&((cctx_var *)v)->refcnt) - cctx__var_credits(v);
 }
 
 /* A map binding keys[i] to a new value with id i + 1 (the map holds the
