@@ -181,6 +181,11 @@ uint32_t cctx__var_hash(const cctx_var *var)
     return var_is_valid(var) ? var->hash : 0;
 }
 
+uint32_t cctx_var_hash(const cctx_var *var)
+{
+    return var_is_valid(var) ? var->hash : 0;
+}
+
 cctx_var *cctx_var_retain(cctx_var *var)
 {
     if (var_is_valid(var))

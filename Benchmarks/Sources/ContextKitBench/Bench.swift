@@ -376,10 +376,17 @@ func mapRows() {
 @main
 struct ContextKitBench {
     static func main() {
-        progress("thread rows")
-        threadRows()
-        progress("task rows")
-        runInTask { await taskRows() }
-        if countingIterations == nil { mapRows() }
+        // CKBENCH_GROUP=map runs only the map rows (a quick before/after of
+        // one change); unset, every row.
+        let only = getenv("CKBENCH_GROUP").map { String(cString: $0) }
+        if only == nil || only == "thread" {
+            progress("thread rows")
+            threadRows()
+        }
+        if only == nil || only == "task" {
+            progress("task rows")
+            runInTask { await taskRows() }
+        }
+        if countingIterations == nil && (only == nil || only == "map") { mapRows() }
     }
 }
