@@ -39,12 +39,10 @@ extension Context: Sequence {
     @inlinable
     public func contains<V>(_ variable: ContextVar<V>) -> Bool {
         var guardState = cctx_read_guard()
-        var pointer: UnsafeMutableRawPointer?
-        guard
-            foundValue(
-                cctx_context_peek(handle, variable.handle, variable.hamtHash, &guardState, &pointer))
-        else { return false }
-        cctx_context_peek_end(&guardState)
+        guard peekBegin(handle, variable.handle, variable.hamtHash, &guardState) != nil else {
+            return false
+        }
+        peekEnd(&guardState)
         return true
     }
 

@@ -226,12 +226,9 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     @inlinable
     func value(inContext context: OpaquePointer) -> Value? {
         var guardState = cctx_read_guard()
-        var pointer: UnsafeMutableRawPointer?
-        guard foundValue(cctx_context_peek(context, handle, hamtHash, &guardState, &pointer)) else {
-            return nil
-        }
-        let value = ValueBox<Value>.borrowedValue(pointer.unsafelyUnwrapped)
-        cctx_context_peek_end(&guardState)
+        guard let pointer = peekBegin(context, handle, hamtHash, &guardState) else { return nil }
+        let value = ValueBox<Value>.borrowedValue(pointer)
+        peekEnd(&guardState)
         return value
     }
 
@@ -420,4 +417,33 @@ public enum ContextVarInheritance: Sendable, Hashable {
     /// per-task state that must not leak into children: a span ID, a
     /// re-entrancy guard, a per-request buffer.
     case notInherited
+}
+
+// The two halves of a guarded read, as Swift functions that say they release
+// no Swift object (`@_effects(releasenone)`; true: neither runs a value
+// callback or touches a Swift reference). Called directly, C functions are
+// opaque to the optimizer, which then retained a caller's variable (loaded
+// from an array, say) around them and released it after: two atomic writes
+// per `ctx[var]` to the variable's line, a cache miss in a large map.
+// `@inline(never)` keeps the declaration in force (an inlined body would be
+// judged by its C calls again); a direct call costs less than the pair.
+
+/// `cctx_context_peek`: the borrowed value, or `nil` when `variable` has
+/// none; on a value the read stays open until ``peekEnd(_:)``.
+@usableFromInline @inline(never) @_effects(releasenone)
+func peekBegin(
+    _ context: OpaquePointer, _ variable: OpaquePointer, _ hash: UInt32,
+    _ guardState: inout cctx_read_guard
+) -> UnsafeMutableRawPointer? {
+    var pointer: UnsafeMutableRawPointer?
+    guard foundValue(cctx_context_peek(context, variable, hash, &guardState, &pointer)) else {
+        return nil
+    }
+    return pointer
+}
+
+/// `cctx_context_peek_end`.
+@usableFromInline @inline(never) @_effects(releasenone)
+func peekEnd(_ guardState: inout cctx_read_guard) {
+    cctx_context_peek_end(&guardState)
 }
