@@ -609,7 +609,7 @@ typedef struct read_guard {
     reclaim_guard hazard;
 } read_guard;
 
-static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
+static inline __attribute__((always_inline)) hamt_node *read_begin(cctx_context *ctx, read_guard *g)
 {
     cctx_thread_state *ts = thread_state_get();
     g->guarded = ts == NULL || context_owner(ctx) != (uintptr_t)ts;
