@@ -47,7 +47,7 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_unclaim(cctx_context *ctx);
  *  `ctx`'s writer next changes it, with no reference taken. Only for the
  *  context's writer: the thread that entered it, the claimer, or any thread
  *  when nobody writes `ctx`; every other reader uses cctx_context_lookup,
- *  which returns a new reference. CCTX_NOT_FOUND when missing, CCTX_EINVAL
+ *  which returns a new reference, or cctx_context_peek. CCTX_NOT_FOUND when missing, CCTX_EINVAL
  *  for bad handles. Python: `PyContext_*`-level `ctx[var]` under the GIL. */
 CCTX_API cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var,
                                       void **out);
