@@ -15,6 +15,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <linux/membarrier.h>
@@ -608,7 +609,7 @@ typedef struct read_guard {
     reclaim_guard hazard;
 } read_guard;
 
-static hamt_node *read_begin(cctx_context *ctx, read_guard *g)
+static inline __attribute__((always_inline)) hamt_node *read_begin(cctx_context *ctx, read_guard *g)
 {
     cctx_thread_state *ts = thread_state_get();
     g->guarded = ts == NULL || context_owner(ctx) != (uintptr_t)ts;
@@ -694,6 +695,43 @@ cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var, void **out)
     if (!context_is_valid(ctx) || !var_is_valid(var) || out == NULL)
         return CCTX_EINVAL;
     return hamt_find(context_own_root(ctx), var, out) ? CCTX_OK : CCTX_NOT_FOUND;
+}
+
+/*
+ * A lookup whose guard the caller holds while it copies the value out (a
+ * binding's box contents), instead of a retain inside the guard and a
+ * release after it: the value's line is then only read, and no callback
+ * runs. The key's hash comes from the caller (cctx_var_hash, read once per
+ * variable): hamt_find would load it from the variable, a dependent cache
+ * miss before the walk can start when a map has many variables. Keys
+ * compare by address, so the variable itself is never read. The guard
+ * travels in the caller's cctx_read_guard, copied in and out with memcpy
+ * (no aliasing of the caller's bytes as a read_guard).
+ */
+_Static_assert(sizeof(read_guard) <= sizeof(cctx_read_guard), "cctx_read_guard too small");
+
+cctx_status cctx_context_peek(cctx_context *ctx, cctx_var *var, uint32_t hash,
+                              cctx_read_guard *guard, void **out)
+{
+    if (!context_is_valid(ctx) || guard == NULL || out == NULL)
+        return CCTX_EINVAL;
+    read_guard g;
+    hamt_node *root = read_begin(ctx, &g);
+    if (hamt_find_hashed(root, hash, var, out)) {
+        memcpy(guard, &g, sizeof g);
+        return CCTX_OK;
+    }
+    read_end(ctx, &g);
+    return CCTX_NOT_FOUND;
+}
+
+void cctx_context_peek_end(cctx_read_guard *guard)
+{
+    if (guard == NULL)
+        return;
+    read_guard g;
+    memcpy(&g, guard, sizeof g);
+    read_end(NULL, &g); /* read_end does not look at the context */
 }
 
 bool cctx_context_contains(cctx_context *ctx, cctx_var *var)

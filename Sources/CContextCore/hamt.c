@@ -1390,6 +1390,13 @@ bool hamt_find(const hamt_node *root, const cctx_var *key, void **value)
     return node_find(root, key->hash, key, value);
 }
 
+bool hamt_find_hashed(const hamt_node *root, uint32_t hash, const cctx_var *key, void **value)
+{
+    if (root == NULL)
+        return false;
+    return node_find(root, hash, key, value);
+}
+
 /* Whether `root` is held by exactly one reference. */
 bool hamt_is_unique(const hamt_node *root)
 {

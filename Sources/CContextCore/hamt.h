@@ -87,6 +87,11 @@ size_t hamt_count(const hamt_node *root) CCTX_HIDDEN;
 /* Finds `key`: true with `*value` borrowed (valid while `root` lives), or
  * false. Borrows `root`. */
 bool hamt_find(const hamt_node *root, const cctx_var *key, void **value) CCTX_HIDDEN;
+/* hamt_find with `key`'s hash given by the caller, so that `key` is only
+ * compared, never read (cctx_context_peek). A hash that is not `key`'s
+ * finds nothing. */
+bool hamt_find_hashed(const hamt_node *root, uint32_t hash, const cctx_var *key,
+                      void **value) CCTX_HIDDEN;
 
 /* True when `root` has exactly one reference (acquire load). */
 bool hamt_is_unique(const hamt_node *root) CCTX_HIDDEN;

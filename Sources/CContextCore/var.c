@@ -184,6 +184,11 @@ uint32_t cctx__var_hash(const cctx_var *var)
     return var_is_valid(var) ? var->hash : 0;
 }
 
+uint32_t cctx_var_hash(const cctx_var *var)
+{
+    return var_is_valid(var) ? var->hash : 0;
+}
+
 /*
  * Variable credits
  * ----------------

@@ -24,11 +24,7 @@ extension Context: Sequence {
     /// For a `ContextVar<Int?>` holding `nil`, this is `.some(nil)`.
     @inlinable
     public subscript<V>(_ variable: ContextVar<V>) -> V? {
-        var pointer: UnsafeMutableRawPointer?
-        guard foundValue(cctx_context_lookup(handle, variable.handle, &pointer)), let pointer else {
-            return nil
-        }
-        return ValueBox<V>.adopted(pointer).value
+        variable.value(inContext: handle)
     }
 
     /// The variable's value in this context, else `default` (Python's
@@ -42,7 +38,12 @@ extension Context: Sequence {
     /// `var in context`).
     @inlinable
     public func contains<V>(_ variable: ContextVar<V>) -> Bool {
-        cctx_context_contains(handle, variable.handle)
+        var guardState = cctx_read_guard()
+        guard peekBegin(handle, variable.handle, variable.hamtHash, &guardState) != nil else {
+            return false
+        }
+        peekEnd(&guardState)
+        return true
     }
 
     /// The number of variables with a value in this context (Python's

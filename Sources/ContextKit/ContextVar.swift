@@ -27,6 +27,12 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     @usableFromInline
     nonisolated(unsafe) let handle: OpaquePointer
 
+    /// The C variable's hash (`cctx_var_hash`), fixed for its life: kept
+    /// beside `handle` so that `Context[var]` (`cctx_context_peek`) never
+    /// loads the C variable, a second cache miss per lookup in a large map.
+    @usableFromInline
+    let hamtHash: UInt32
+
     /// The variable's name, as given at creation.
     public let name: String
 
@@ -101,6 +107,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         }
         checkOrTrap(status, "creating ContextVar '\(name)'")
         handle = out!
+        hamtHash = cctx_var_hash(out!)
     }
 
     deinit {
@@ -199,14 +206,30 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         // A binding inherited from another task or a thread: a
         // `.notInherited` value stays with the task or thread that set it.
         if inheritance == .notInherited { return nil }
-        // Its owner may be writing it on another thread: take a new
-        // reference inside the C runtime's read section.
+        // Its owner may be writing it on another thread: copy the value out
+        // inside the C runtime's read guard (`value(inContext:)`).
         // After its scope ended, the snapshot it ended with (`readInherited`).
-        return binding.readInherited { context in
-            var box: UnsafeMutableRawPointer?
-            guard foundValue(cctx_context_lookup(context, handle, &box)), let box else { return nil }
-            return ValueBox<Value>.adopted(box).value
-        }
+        return binding.readInherited { context in value(inContext: context) }
+    }
+
+    /// The variable's value in the C context `context` (borrowed), or `nil`:
+    /// safe from any thread, also while another thread or task writes it.
+    ///
+    /// The value is copied out of its box while the C read guard (a hazard
+    /// pointer, `cctx_context_peek`) keeps the map and the box alive, so the
+    /// box is neither retained nor released (`cctx_context_lookup` would
+    /// retain it, and the caller release it: two atomic writes to a line
+    /// that is otherwise only read). `cctx_context_peek_end` is an opaque
+    /// call after the copy: the compiler cannot move the box's load past
+    /// it. Copying `V` runs no user code (Swift has no copy constructors),
+    /// only retains of what `V` holds.
+    @inlinable
+    func value(inContext context: OpaquePointer) -> Value? {
+        var guardState = cctx_read_guard()
+        guard let pointer = peekBegin(context, handle, hamtHash, &guardState) else { return nil }
+        let value = ValueBox<Value>.borrowedValue(pointer)
+        peekEnd(&guardState)
+        return value
     }
 
     /// The value the running code sees in its current context, without the
@@ -394,4 +417,33 @@ public enum ContextVarInheritance: Sendable, Hashable {
     /// per-task state that must not leak into children: a span ID, a
     /// re-entrancy guard, a per-request buffer.
     case notInherited
+}
+
+// The two halves of a guarded read, as Swift functions that say they release
+// no Swift object (`@_effects(releasenone)`; true: neither runs a value
+// callback or touches a Swift reference). Called directly, C functions are
+// opaque to the optimizer, which then retained a caller's variable (loaded
+// from an array, say) around them and released it after: two atomic writes
+// per `ctx[var]` to the variable's line, a cache miss in a large map.
+// `@inline(never)` keeps the declaration in force (an inlined body would be
+// judged by its C calls again); a direct call costs less than the pair.
+
+/// `cctx_context_peek`: the borrowed value, or `nil` when `variable` has
+/// none; on a value the read stays open until ``peekEnd(_:)``.
+@usableFromInline @inline(never) @_effects(releasenone)
+func peekBegin(
+    _ context: OpaquePointer, _ variable: OpaquePointer, _ hash: UInt32,
+    _ guardState: inout cctx_read_guard
+) -> UnsafeMutableRawPointer? {
+    var pointer: UnsafeMutableRawPointer?
+    guard foundValue(cctx_context_peek(context, variable, hash, &guardState, &pointer)) else {
+        return nil
+    }
+    return pointer
+}
+
+/// `cctx_context_peek_end`.
+@usableFromInline @inline(never) @_effects(releasenone)
+func peekEnd(_ guardState: inout cctx_read_guard) {
+    cctx_context_peek_end(&guardState)
 }

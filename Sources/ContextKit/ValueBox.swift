@@ -20,6 +20,9 @@ import Synchronization
 //   change the context.
 // * New references out of C (`cctx_context_lookup`): `takeRetainedValue()`,
 //   which consumes the reference the lookup's retain callback took.
+// * Guarded borrowed pointers (`cctx_context_peek`): the value is copied out
+//   of the box (`borrowedValue`, no reference to the box) before
+//   `cctx_context_peek_end`, while the read guard keeps the box alive.
 //
 // A box is immutable and holds its variable strongly: while any context,
 // token or snapshot holds a value, the Swift `ContextVar` (and therefore its
@@ -91,7 +94,8 @@ final class ValueBox<V: Sendable>: AnyValueBox, @unchecked Sendable {
 
     /// The value inside the box behind a borrowed pointer, read without
     /// retaining the box: C holds its reference for the whole read (the
-    /// caller is the context's only writer), so the box cannot go away.
+    /// caller is the context's only writer, or holds a `cctx_context_peek`
+    /// read guard), so the box cannot go away.
     @inlinable
     static func borrowedValue(_ pointer: UnsafeMutableRawPointer) -> V {
         Unmanaged<ValueBox<V>>.fromOpaque(pointer)._withUnsafeGuaranteedRef { $0.value }

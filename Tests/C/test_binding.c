@@ -298,6 +298,155 @@ static void test_binding_header_declares_the_binding_hooks(void **state)
     cctx_var_release(v);
 }
 
+/* ------------------------------------------ guarded borrowed reads */
+
+/* cctx_context_peek hands out the value borrowed, with no retain or
+ * release callback, from the writer's thread and from others; the
+ * variable is found through the hash given, never read, so a wrong hash,
+ * NULL or a variable the context lacks are all "not found"; errors leave
+ * nothing held (the thread's read depth is back to zero: a flush at the
+ * end would stall otherwise). */
+struct peek_other {
+    cctx_context *ctx;
+    cctx_var *var;
+    void *seen;
+    long retains;
+};
+
+static void *peek_from_other_thread(void *p)
+{
+    struct peek_other *o = p;
+    cctx_read_guard g;
+    long before = tv_retains();
+    if (cctx_context_peek(o->ctx, o->var, cctx_var_hash(o->var), &g, &o->seen) == CCTX_OK)
+        cctx_context_peek_end(&g);
+    o->retains = tv_retains() - before;
+    return NULL;
+}
+
+static void test_peek_reads_a_borrowed_value_without_callbacks(void **state)
+{
+    (void)state;
+    cctx_context *c;
+    cctx_var *v, *missing;
+    assert_ok(cctx_context_new(&c));
+    assert_ok(cctx_var_new("peeked", &tv_ops, &v));
+    assert_ok(cctx_var_new("missing", &tv_ops, &missing));
+    assert_int_equal(cctx_var_hash(v), cctx__var_hash(v));
+    assert_int_equal(cctx_var_hash(NULL), 0);
+    tv_value *val = tv_new(41);
+    assert_ok(cctx_context_set(c, v, val, NULL));
+    tv_drop(val);
+
+    long retains = tv_retains(), releases = tv_releases();
+    cctx_read_guard g;
+    void *out = NULL;
+    assert_ok(cctx_context_peek(c, v, cctx_var_hash(v), &g, &out));
+    assert_ptr_equal(out, val);
+    assert_int_equal(((tv_value *)out)->id, 41);
+    cctx_context_peek_end(&g);
+    assert_int_equal(tv_retains(), retains);
+    assert_int_equal(tv_releases(), releases);
+
+    /* Not found: no such binding, a wrong hash, no variable; nothing held. */
+    out = (void *)0x1;
+    assert_int_equal(cctx_context_peek(c, missing, cctx_var_hash(missing), &g, &out),
+                     CCTX_NOT_FOUND);
+    assert_int_equal(cctx_context_peek(c, v, cctx_var_hash(v) ^ 0x5a5a5a5au, &g, &out),
+                     CCTX_NOT_FOUND);
+    assert_int_equal(cctx_context_peek(c, NULL, 0, &g, &out), CCTX_NOT_FOUND);
+    assert_ptr_equal(out, (void *)0x1);
+    /* Errors. */
+    assert_int_equal(cctx_context_peek(NULL, v, cctx_var_hash(v), &g, &out), CCTX_EINVAL);
+    assert_int_equal(cctx_context_peek(c, v, cctx_var_hash(v), NULL, &out), CCTX_EINVAL);
+    assert_int_equal(cctx_context_peek(c, v, cctx_var_hash(v), &g, NULL), CCTX_EINVAL);
+    cctx_context_peek_end(NULL); /* ignored */
+
+    /* From the thread that entered it (an unguarded read inside), and
+     * nested inside another peek. */
+    assert_ok(cctx_context_enter(c));
+    cctx_read_guard outer, inner;
+    void *a, *b;
+    assert_ok(cctx_context_peek(c, v, cctx_var_hash(v), &outer, &a));
+    assert_ok(cctx_context_peek(c, v, cctx_var_hash(v), &inner, &b));
+    assert_ptr_equal(a, val);
+    assert_ptr_equal(b, val);
+    cctx_context_peek_end(&inner);
+    cctx_context_peek_end(&outer);
+
+    /* From another thread while this one has it entered. */
+    struct peek_other o = { c, v, NULL, -1 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, peek_from_other_thread, &o), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_ptr_equal(o.seen, val);
+    assert_int_equal(o.retains, 0);
+    assert_ok(cctx_context_exit(c));
+
+    assert_int_equal(tv_retains(), retains);
+    assert_int_equal(tv_releases(), releases);
+    cctx_context_release(c);
+    cctx_var_release(v);
+    cctx_var_release(missing);
+}
+
+/* A value that a peek on another thread holds is not released, even after
+ * the writer has replaced it (in place if it could, so the writer must see
+ * the peek's hazard and copy the path instead) and released the context:
+ * only peek_end lets it go. */
+struct peek_hold {
+    cctx_context *ctx;
+    cctx_var *var;
+    test_gate held, replaced;
+    long id_after;
+};
+
+static void *peek_and_hold(void *p)
+{
+    struct peek_hold *h = p;
+    cctx_read_guard g;
+    void *out;
+    T_CHECK(cctx_context_peek(h->ctx, h->var, cctx_var_hash(h->var), &g, &out) == CCTX_OK);
+    gate_open(&h->held);
+    T_CHECK(gate_wait(&h->replaced));
+    h->id_after = ((tv_value *)out)->id; /* still alive: ASan would say */
+    cctx_context_peek_end(&g);
+    return NULL;
+}
+
+static void test_peek_keeps_the_value_alive_until_its_end(void **state)
+{
+    (void)state;
+    struct peek_hold h = { .held = TEST_GATE_INIT, .replaced = TEST_GATE_INIT, .id_after = -1 };
+    assert_ok(cctx_context_new(&h.ctx));
+    assert_ok(cctx_var_new("held", &tv_ops, &h.var));
+    tv_value *first = tv_new(1);
+    long live = tv_live();
+    assert_ok(cctx_context_enter(h.ctx));
+    assert_ok(cctx_var_set(h.var, first, NULL));
+    tv_drop(first); /* the context's reference is the only one */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, peek_and_hold, &h), 0);
+    assert_true(gate_wait(&h.held));
+    for (long i = 2; i < 200; i++) { /* enough to make the writer scan */
+        tv_value *next = tv_new(i);
+        assert_ok(cctx_var_set(h.var, next, NULL));
+        tv_drop(next);
+    }
+    assert_ok(cctx_context_exit(h.ctx));
+    cctx_context_release(h.ctx);
+    /* (No cctx_reclaim here: it would wait for the peek's hazard.) */
+    assert_int_equal(tv_live(), live); /* `first` still alive: the peek holds it */
+    gate_open(&h.replaced);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(thread_failures(), 0);
+    assert_int_equal(h.id_after, 1);
+    cctx_reclaim();
+    assert_ok(cctx_thread_cleanup());
+    assert_int_equal(tv_live(), live - 1);
+    cctx_var_release(h.var);
+}
+
 /* ------------------------------------- reads with no status to check */
 
 /* cctx_var_value is cctx_var_get without defaults, status or out-parameter:
@@ -489,6 +638,8 @@ int main(void)
         T(test_names_with_a_length_may_hold_nul_bytes),
         T(test_peeks_have_no_side_effects),
         T(test_binding_header_declares_the_binding_hooks),
+        T(test_peek_reads_a_borrowed_value_without_callbacks),
+        T(test_peek_keeps_the_value_alive_until_its_end),
         T(test_var_value_reads_as_get_without_the_default),
         T(test_local_value_reads_as_get_without_the_initialiser),
     };

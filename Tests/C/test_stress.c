@@ -467,6 +467,97 @@ static void test_snapshots_never_change_under_in_place_writes(void **state)
     assert_ok(cctx_thread_cleanup());
 }
 
+/* Guarded borrowed reads (cctx_context_peek) of a live context while its
+ * owner overwrites values (in place when no reader names the root, by
+ * path copy otherwise), sets with tokens and resets. Every value's last
+ * release poisons its id (and reads a variable: a callback that uses the
+ * library), so a peek that saw a value released while it held it reads a
+ * negative id; ASan would report the freed memory too. A peek yields
+ * sometimes before its end, to hold the hazard across the writer's steps. */
+struct peek_stress {
+    cctx_context *ctx;
+    cctx_var *v[K];
+    uint32_t hash[K];
+    int done;
+    long poisoned, peeks;
+};
+
+static void poison_on_release(tv_value *value, void *arg)
+{
+    struct peek_stress *s = arg;
+    value->id = -1;
+    (void)cctx_var_value(s->v[0]);
+}
+
+static void *peek_reader(void *p)
+{
+    struct peek_stress *s = p;
+    unsigned n = 0;
+    long peeks = 0;
+    while (!__atomic_load_n(&s->done, __ATOMIC_ACQUIRE)) {
+        for (int i = 0; i < K; i++) {
+            cctx_read_guard g;
+            void *out;
+            cctx_status st = cctx_context_peek(s->ctx, s->v[i], s->hash[i], &g, &out);
+            T_CHECK(st == CCTX_OK || st == CCTX_NOT_FOUND);
+            if (st != CCTX_OK)
+                continue;
+            tv_value *value = out;
+            long before = __atomic_load_n(&value->id, __ATOMIC_RELAXED);
+            if ((++n & 15) == 0)
+                sched_yield();
+            long after = __atomic_load_n(&value->id, __ATOMIC_RELAXED);
+            if (before < 0 || after != before)
+                __atomic_add_fetch(&s->poisoned, 1, __ATOMIC_RELAXED);
+            cctx_context_peek_end(&g);
+            peeks++;
+        }
+    }
+    __atomic_add_fetch(&s->peeks, peeks, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void test_peeks_while_writer_mutates(void **state)
+{
+    (void)state;
+    long live = tv_live();
+    struct peek_stress s = { 0 };
+    assert_ok(cctx_context_new(&s.ctx));
+    for (int i = 0; i < K; i++) {
+        assert_ok(cctx_var_new("peeked", &tv_ops, &s.v[i]));
+        s.hash[i] = cctx_var_hash(s.v[i]);
+    }
+    pthread_t r[READERS];
+    for (int i = 0; i < READERS; i++)
+        assert_int_equal(pthread_create(&r[i], NULL, peek_reader, &s), 0);
+    assert_ok(cctx_context_enter(s.ctx));
+    const long rounds = scaled(100000);
+    for (long g = 1; g <= rounds; g++) {
+        int i = (int)(g % K);
+        tv_value *v = tv_new_hooked(g, poison_on_release, &s);
+        cctx_token *t = NULL;
+        assert_ok(cctx_var_set(s.v[i], v, (g % 3) == 0 ? &t : NULL));
+        tv_drop(v);
+        if (t != NULL) { /* back to the old value (or none) */
+            assert_ok(cctx_var_reset(s.v[i], t));
+            cctx_token_release(t);
+        }
+    }
+    __atomic_store_n(&s.done, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < READERS; i++)
+        pthread_join(r[i], NULL);
+    print_message("peeks: %ld over %ld writes\n", s.peeks, rounds);
+    assert_int_equal(thread_failures(), 0);
+    assert_int_equal(s.poisoned, 0);
+    assert_ok(cctx_context_exit(s.ctx));
+    cctx_context_release(s.ctx);
+    cctx_reclaim();
+    assert_int_equal(tv_live(), live); /* every value released, none twice */
+    for (int i = 0; i < K; i++)
+        cctx_var_release(s.v[i]);
+    assert_ok(cctx_thread_cleanup());
+}
+
 /* The handover under contention. Per lane and round, a context C holding
  * one hooked value:
  * - the owner enters C with a borrowed pointer (no reference of its own),
@@ -801,6 +892,7 @@ int main(void)
         cmocka_unit_test(test_variables_created_by_many_threads),
         cmocka_unit_test(test_snapshots_never_change_under_in_place_writes),
         cmocka_unit_test(test_readers_while_writer_mutates),
+        cmocka_unit_test(test_peeks_while_writer_mutates),
         cmocka_unit_test(test_handover_while_entered_under_contention),
         cmocka_unit_test(test_biased_enters_against_takers_on_other_threads),
     };

@@ -1,6 +1,11 @@
 import CContextCore
+import Synchronization
 import Testing
 @testable import ContextKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The read-only mapping API (CPython test_context_getset_1/3).
 @Suite struct ContextMappingTests {
@@ -130,4 +135,97 @@ import Testing
         }
         #expect(ctx[v] == n)
     }
+
+    /// `ctx[v]`, `get(_:default:)` and `contains` from several threads at
+    /// once while another thread runs in `ctx` and sets and resets `v`
+    /// (in-place overwrites, path copies and resets of the C map): every
+    /// value read is alive when read (its deinit clears `alive`; under
+    /// ASan a freed box or map would be reported) and was written by the
+    /// writer; in the end every value made was released exactly once. The
+    /// values' deinit reads a variable (the library in use from a release,
+    /// on whichever thread drops the last reference).
+    @Test func mappingReadsWhileAnotherThreadSetsAndResets() {
+        let counter = LifetimeCounter()
+        let v = ContextVar<ReadProbe>("probed")
+        let other = ContextVar<Int>("other", default: 0)
+        let ctx = Context()
+        let writes = scaled(20_000)
+        let done = Atomic<Bool>(false)
+        let bad = Atomic<Int>(0)
+        let reads = Atomic<Int>(0)
+        let fallback = ReadProbe(-1, counter: counter, probe: other)
+        var jobs: [@Sendable () -> Void] = [
+            {
+                try? ctx.run { () throws in
+                    for i in 1...writes {
+                        let token = v.set(ReadProbe(i, counter: counter, probe: other))
+                        if i % 3 == 0 { try v.reset(token) }
+                    }
+                }
+                done.store(true, ordering: .releasing)
+            }
+        ]
+        for _ in 0..<3 {
+            jobs.append {
+                var n = 0
+                repeat {
+                    if let p = ctx[v], !p.isAlive || p.id < 1 || p.id > writes { bad.add(1, ordering: .relaxed) }
+                    let q = ctx.get(v, default: fallback)
+                    if !q.isAlive || (q !== fallback && (q.id < 1 || q.id > writes)) { bad.add(1, ordering: .relaxed) }
+                    _ = ctx.contains(v)
+                    n += 1
+                } while !done.load(ordering: .acquiring)
+                reads.add(n, ordering: .relaxed)
+            }
+        }
+        runOnThreadsAndJoin(jobs)
+        #expect(bad.load(ordering: .relaxed) == 0)
+        #expect(reads.load(ordering: .relaxed) > 0)
+        // The last write was a set unless `writes` is a multiple of 3.
+        let last = ctx[v]
+        #expect(last?.id == (writes % 3 == 0 ? writes - 1 : writes))
+        // The writer's thread has exited (its deferred releases ran): what
+        // is alive is the context's value and the fallback.
+        #expect(counter.alive == 2)
+        withExtendedLifetime(fallback) {}
+    }
+}
+
+/// A value for ``ContextMappingTests/mappingReadsWhileAnotherThreadSetsAndResets()``:
+/// counted, marks itself dead in `deinit`, and uses the library there.
+final class ReadProbe: Sendable {
+    let id: Int
+    let counter: LifetimeCounter
+    let probe: ContextVar<Int>
+    private let alive = Atomic<Bool>(true)
+    init(_ id: Int, counter: LifetimeCounter, probe: ContextVar<Int>) {
+        self.id = id
+        self.counter = counter
+        self.probe = probe
+        counter.made.add(1, ordering: .sequentiallyConsistent)
+    }
+    var isAlive: Bool { alive.load(ordering: .acquiring) }
+    deinit {
+        alive.store(false, ordering: .releasing)
+        _ = try? probe.get()
+        counter.released.add(1, ordering: .sequentiallyConsistent)
+    }
+}
+
+/// Runs each body on its own POSIX thread, all at once, and waits until
+/// every thread has exited.
+func runOnThreadsAndJoin(_ bodies: [@Sendable () -> Void]) {
+    let jobs = bodies.map(ThreadJob.init)
+    var threads: [pthread_t] = []
+    for job in jobs {
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { raw in
+            Unmanaged<ThreadJob>.fromOpaque(raw!).takeUnretainedValue().body()
+            return nil
+        }, Unmanaged.passUnretained(job).toOpaque())
+        precondition(status == 0, "pthread_create failed")
+        threads.append(thread)
+    }
+    for thread in threads { pthread_join(thread, nil) }
+    withExtendedLifetime(jobs) {}
 }

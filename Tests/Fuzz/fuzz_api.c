@@ -503,6 +503,16 @@ static void check_ctx(int ci)
             CHECK(out == c->d.val[vi]);
             cctx_var_release_value(v, out);
         }
+        cctx_read_guard g;
+        out = (void *)0x1;
+        st = cctx_context_peek(p, v, cctx_var_hash(v), &g, &out);
+        CHECK_ST(st, c->d.has[vi] ? CCTX_OK : CCTX_NOT_FOUND);
+        if (st == CCTX_OK) {
+            CHECK(out == c->d.val[vi]);
+            cctx_context_peek_end(&g);
+        } else {
+            CHECK(out == (void *)0x1);
+        }
     }
     cctx_iter *it;
     CHECK_ST(cctx_iter_new(p, &it), CCTX_OK);

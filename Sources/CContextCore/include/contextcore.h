@@ -32,6 +32,8 @@
  *   cctx_context_lookup           NEW reference (value)  cctx_var_release_value
  *   cctx_context_get (binding     borrowed value         the context's writer
  *     header; writer only)                               next changes it
+ *   cctx_context_peek (binding    borrowed value         cctx_context_peek_end
+ *     header; any thread)
  *   cctx_iter_next                borrowed var + value   cctx_iter_free
  *   cctx_token_old_value, _var    borrowed               the token lives
  *   cctx_var_default, _name       borrowed               the variable lives

@@ -12,6 +12,9 @@
  *
  *   claim/unclaim    a context "entered" by an owner that is not a thread
  *   cctx_context_get a borrowed read, sound only for the context's writer
+ *   cctx_context_peek a borrowed read from any thread, valid until
+ *                    cctx_context_peek_end: copy the value out, take no
+ *                    reference
  *   notify           context-switch events for switches the runtime cannot
  *                    see (a task scope entered on the binding's side)
  *   cctx_var_value,  reads for values that are never NULL (a binding's
@@ -44,10 +47,47 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_unclaim(cctx_context *ctx);
  *  `ctx`'s writer next changes it, with no reference taken. Only for the
  *  context's writer: the thread that entered it, the claimer, or any thread
  *  when nobody writes `ctx`; every other reader uses cctx_context_lookup,
- *  which returns a new reference. CCTX_NOT_FOUND when missing, CCTX_EINVAL
+ *  which returns a new reference, or cctx_context_peek. CCTX_NOT_FOUND when missing, CCTX_EINVAL
  *  for bad handles. Python: `PyContext_*`-level `ctx[var]` under the GIL. */
 CCTX_API cctx_status cctx_context_get(cctx_context *ctx, cctx_var *var,
                                       void **out);
+
+/** The variable's hash (the one its HAMT placement uses): fixed for the
+ *  variable's life, so a binding may read it once, keep it beside its
+ *  handle and pass it to cctx_context_peek, which then never reads the
+ *  variable. Borrows `var`; 0 for a bad handle. Safe from any thread.
+ *  Python: `hash(var)` of a `ContextVar`. */
+CCTX_API uint32_t cctx_var_hash(const cctx_var *var);
+
+/** A read that cctx_context_peek began: opaque, kept by the caller (on its
+ *  stack) until cctx_context_peek_end. Zero-initialise or leave it
+ *  uninitialised; cctx_context_peek fills it. */
+typedef struct cctx_read_guard {
+    void *reserved[3];
+} cctx_read_guard;
+
+/** Reads the value of `var` in `ctx` (no defaults) from ANY thread, also
+ *  while another thread writes `ctx`, without taking a reference: on
+ *  CCTX_OK `*out` is BORROWED and stays valid until
+ *  cctx_context_peek_end(`guard`), which the caller must call, on the same
+ *  thread, before anything else of this library on that thread (other
+ *  than further reads) — a peek holds one of the thread's hazard pointers,
+ *  and the writer cannot free the map (or release the value) while it is
+ *  held. Between the two the caller copies what it needs out of the value
+ *  (a binding: the contents of its box, with the references the copy
+ *  itself takes). `hash` is `var`'s (cctx_var_hash): `var` is compared by
+ *  address and never read, so a stale or foreign `var` or a wrong `hash`
+ *  returns CCTX_NOT_FOUND. On CCTX_NOT_FOUND or CCTX_EINVAL (`ctx` bad,
+ *  `guard` or `out` NULL) nothing is held and peek_end must not be called.
+ *  cctx_context_lookup for a caller that would only copy the value and
+ *  release it: no retain/release callback runs, and the variable's line is
+ *  not loaded. Python: `ctx[var]` (`PyContext` mapping lookup). */
+CCTX_API cctx_status cctx_context_peek(cctx_context *ctx, cctx_var *var, uint32_t hash,
+                                       cctx_read_guard *guard, void **out);
+
+/** Ends the read that a cctx_context_peek returning CCTX_OK began on this
+ *  thread; the value it returned may be freed from then on. Call it once. */
+CCTX_API void cctx_context_peek_end(cctx_read_guard *guard);
 
 /** The value of `var` in the calling thread's current context, BORROWED
  *  (valid as cctx_var_get's result), or NULL when that context holds none
