@@ -21,32 +21,16 @@
 
 enum { NVARS = 20 };
 static cctx_var *vars[NVARS + 2];
-static cctx_var *probe;
-static long hook_runs;
-
-/* A release callback that uses the library: reads one variable, copies
- * the current context and sets a variable in the copy. */
-static void hook_uses_library(tv_value *v, void *arg)
-{
-    (void)v;
-    (void)arg;
-    __atomic_add_fetch(&hook_runs, 1, __ATOMIC_SEQ_CST);
-    void *out = NULL;
-    cctx_status st = cctx_var_get(probe, &out);
-    T_CHECK(st == CCTX_OK || st == CCTX_NOT_FOUND);
-    cctx_context *c = NULL;
-    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
-    T_CHECK(cctx_context_set(c, probe, NULL, NULL) == CCTX_OK);
-    cctx_context_release(c);
-}
+/* The variable the values' release hook reads and sets, and its run count. */
+static tv_reentry reentry;
 
 static int setup(void **state)
 {
     int r = nothing_left_setup(state);
     for (int i = 0; i < NVARS + 2; i++)
         assert_ok(cctx_var_new("credit", &tv_ops, &vars[i]));
-    assert_ok(cctx_var_new("probe", &tv_ops, &probe));
-    hook_runs = 0;
+    assert_ok(cctx_var_new("probe", &tv_ops, &reentry.probe));
+    reentry.runs = 0;
     return r;
 }
 
@@ -54,7 +38,7 @@ static int teardown(void **state)
 {
     for (int i = 0; i < NVARS + 2; i++)
         cctx_var_release(vars[i]);
-    cctx_var_release(probe);
+    cctx_var_release(reentry.probe);
     assert_int_equal(thread_failures(), 0);
     return nothing_left_teardown(state);
 }
@@ -65,7 +49,7 @@ static cctx_context *base_new(void)
     cctx_context *base = NULL;
     assert_ok(cctx_context_new(&base));
     for (int i = 0; i < NVARS; i++) {
-        tv_value *v = tv_new_hooked(i + 1, hook_uses_library, NULL);
+        tv_value *v = tv_new_hooked(i + 1, tv_hook_uses_library, &reentry);
         assert_ok(cctx_context_set(base, vars[i], v, NULL));
         tv_drop(v);
     }
@@ -138,14 +122,14 @@ static void test_value_replaced_in_the_base_goes_while_others_hold_credits(void 
     pthread_t t[HOLDERS];
     idle_holders_start(h, t, HOLDERS, base);
     const long live = tv_live();
-    const long runs = hook_runs;
+    const long runs = reentry.runs;
     /* The base's root is shared (credits): a path copy; the old root's
      * only counted reference goes, so value 4 is released now. */
     tv_value *v = tv_new(104);
     assert_ok(cctx_context_set(base, vars[3], v, NULL));
     tv_drop(v);
     assert_int_equal(tv_live(), live); /* one in, one out */
-    assert_int_equal(hook_runs, runs + 1);
+    assert_int_equal(reentry.runs, runs + 1);
     /* Once more, now that the base's root may be written in place. */
     v = tv_new(204);
     assert_ok(cctx_context_set(base, vars[3], v, NULL));
@@ -154,7 +138,7 @@ static void test_value_replaced_in_the_base_goes_while_others_hold_credits(void 
     idle_holders_stop(h, t, HOLDERS);
     cctx_context_release(base);
     assert_int_equal(tv_live(), tv_live_at_setup());
-    assert_int_equal(hook_runs, runs + NVARS);
+    assert_int_equal(reentry.runs, runs + NVARS);
 }
 
 static void test_values_go_with_the_base_while_others_hold_credits(void **state)
@@ -165,11 +149,11 @@ static void test_values_go_with_the_base_while_others_hold_credits(void **state)
     pthread_t t[HOLDERS];
     idle_holders_start(h, t, HOLDERS, base);
     requests(base, 50);
-    const long runs = hook_runs;
+    const long runs = reentry.runs;
     cctx_context_release(base);
     /* Every holder is alive and idle: its credits must not keep them. */
     assert_int_equal(tv_live(), tv_live_at_setup());
-    assert_int_equal(hook_runs, runs + NVARS);
+    assert_int_equal(reentry.runs, runs + NVARS);
     idle_holders_stop(h, t, HOLDERS);
 }
 
@@ -208,15 +192,15 @@ static void test_no_credits_from_a_loaned_root(void **state)
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, copy_of_copy_main, &x), 0);
     assert_true(gate_wait(&x.copied));
-    const long runs = hook_runs;
+    const long runs = reentry.runs;
     cctx_context_release(base);
     cctx_context_release(a);
-    assert_int_equal(hook_runs, runs); /* B's copy still binds them */
+    assert_int_equal(reentry.runs, runs); /* B's copy still binds them */
     gate_open(&x.release);
     pthread_join(t, NULL);
     /* B released its copy; B's thread has exited too, but the values must
      * have gone with the copy, not with B's credits. */
-    assert_int_equal(hook_runs, runs + NVARS);
+    assert_int_equal(reentry.runs, runs + NVARS);
     assert_int_equal(tv_live(), tv_live_at_setup());
 }
 
@@ -252,21 +236,21 @@ static void test_values_go_with_the_last_copy_of_a_loaned_root(void **state)
     requests(base, 50);
     cctx_context *a = NULL;
     assert_ok(cctx_context_copy(base, &a));
-    const long runs = hook_runs;
+    const long runs = reentry.runs;
     /* The base goes first: now only `a`'s loan holds the root, and no
      * counted reference is left whose release would take credits back. */
     cctx_context_release(base);
-    assert_int_equal(hook_runs, runs);
+    assert_int_equal(reentry.runs, runs);
     struct keep_alive k = { .src = a, .copied = TEST_GATE_INIT, .release = TEST_GATE_INIT,
                             .released = TEST_GATE_INIT, .done = TEST_GATE_INIT };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, keep_alive_main, &k), 0);
     assert_true(gate_wait(&k.copied));
     cctx_context_release(a);
-    assert_int_equal(hook_runs, runs);
+    assert_int_equal(reentry.runs, runs);
     gate_open(&k.release);
     assert_true(gate_wait(&k.released));
-    assert_int_equal(hook_runs, runs + NVARS); /* B is alive and idle */
+    assert_int_equal(reentry.runs, runs + NVARS); /* B is alive and idle */
     gate_open(&k.done);
     pthread_join(t, NULL);
 }
@@ -286,10 +270,10 @@ static void test_thread_exit_gives_credits_back(void **state)
         assert_int_equal(pthread_create(&t, NULL, requests_then_exit, base), 0);
         pthread_join(t, NULL);
     }
-    const long runs = hook_runs;
+    const long runs = reentry.runs;
     cctx_context_release(base);
     assert_int_equal(tv_live(), tv_live_at_setup());
-    assert_int_equal(hook_runs, runs + NVARS);
+    assert_int_equal(reentry.runs, runs + NVARS);
     /* The teardown checks that every allocation went too. */
 }
 
@@ -465,17 +449,17 @@ static void test_a_loaned_root_everywhere_a_root_goes(void **state)
 {
     (void)state;
     cctx_context *base = base_new();
-    const long runs = hook_runs;
+    const long runs = reentry.runs;
     struct loan_thread l = { .base = base, .have = TEST_GATE_INIT, .base_gone = TEST_GATE_INIT,
                              .done = TEST_GATE_INIT, .finished = TEST_GATE_INIT };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, loan_thread_main, &l), 0);
     assert_true(gate_wait(&l.have));
     cctx_context_release(base);
-    assert_int_equal(hook_runs, runs); /* `a` still binds every value */
+    assert_int_equal(reentry.runs, runs); /* `a` still binds every value */
     gate_open(&l.base_gone);
     assert_true(gate_wait(&l.done));
-    assert_int_equal(hook_runs, runs + NVARS); /* the thread alive and idle */
+    assert_int_equal(reentry.runs, runs + NVARS); /* the thread alive and idle */
     assert_int_equal(tv_live(), tv_live_at_setup());
     gate_open(&l.finished);
     pthread_join(t, NULL);
@@ -493,11 +477,11 @@ static void fork_child_releases(void *arg)
     (void)arg;
     cctx_context *mine = NULL;
     T_CHECK(cctx_context_copy(fork_base, &mine) == CCTX_OK);
-    const long runs = hook_runs;
+    const long runs = reentry.runs;
     cctx_context_release(fork_base);
-    T_CHECK(hook_runs == runs); /* `mine` still binds them */
+    T_CHECK(reentry.runs == runs); /* `mine` still binds them */
     cctx_context_release(mine);
-    T_CHECK(hook_runs == runs + NVARS);
+    T_CHECK(reentry.runs == runs + NVARS);
 }
 
 static void test_fork_while_threads_hold_credits(void **state)
@@ -591,7 +575,7 @@ static void *stress_writer(void *p)
                 cctx_status st = cctx_context_delete(stress_base, vars[k]);
                 T_CHECK(st == CCTX_OK || st == CCTX_NOT_FOUND);
             } else {
-                tv_value *v = tv_new_hooked(id++, hook_uses_library, NULL);
+                tv_value *v = tv_new_hooked(id++, tv_hook_uses_library, &reentry);
                 T_CHECK(cctx_var_set(vars[k], v, NULL) == CCTX_OK);
                 tv_drop(v);
             }
@@ -711,7 +695,7 @@ static void *churn_writer(void *p)
             cctx_context *fresh = NULL;
             T_CHECK(cctx_context_new(&fresh) == CCTX_OK);
             for (int j = 0; j < 4; j++) {
-                tv_value *v = tv_new_hooked(id++, hook_uses_library, NULL);
+                tv_value *v = tv_new_hooked(id++, tv_hook_uses_library, &reentry);
                 T_CHECK(cctx_context_set(fresh, vars[j], v, NULL) == CCTX_OK);
                 tv_drop(v);
             }
@@ -722,7 +706,7 @@ static void *churn_writer(void *p)
             cctx_context_release(old);
         } else {
             cctx_context *b = churn_get(k);
-            tv_value *v = tv_new_hooked(id++, hook_uses_library, NULL);
+            tv_value *v = tv_new_hooked(id++, tv_hook_uses_library, &reentry);
             cctx_status st = cctx_context_set(b, vars[(int)(rng_next(&rng) % 4)], v, NULL);
             T_CHECK(st == CCTX_OK);
             tv_drop(v);
@@ -739,7 +723,7 @@ static void test_many_threads_copy_many_bases_slot_churn(void **state)
     (void)state;
     for (int k = 0; k < CHURN_BASES; k++) {
         assert_ok(cctx_context_new(&churn_bases[k]));
-        tv_value *v = tv_new_hooked(k, hook_uses_library, NULL);
+        tv_value *v = tv_new_hooked(k, tv_hook_uses_library, &reentry);
         assert_ok(cctx_context_set(churn_bases[k], vars[0], v, NULL));
         tv_drop(v);
     }

@@ -33,28 +33,12 @@
 
 enum { NVARS = 20 };
 static cctx_var *vars[NVARS];
-static cctx_var *probe;
-static long hook_runs;
-
-/* A release callback that uses the library: reads a variable, copies the
- * current context and sets a variable in the copy. */
-static void hook_uses_library(tv_value *v, void *arg)
-{
-    (void)v;
-    (void)arg;
-    __atomic_add_fetch(&hook_runs, 1, __ATOMIC_SEQ_CST);
-    void *out = NULL;
-    cctx_status st = cctx_var_get(probe, &out);
-    T_CHECK(st == CCTX_OK || st == CCTX_NOT_FOUND);
-    cctx_context *c = NULL;
-    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
-    T_CHECK(cctx_context_set(c, probe, NULL, NULL) == CCTX_OK);
-    cctx_context_release(c);
-}
+/* The variable the values' release hook reads and sets, and its run count. */
+static tv_reentry reentry;
 
 static long runs(void)
 {
-    return __atomic_load_n(&hook_runs, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&reentry.runs, __ATOMIC_SEQ_CST);
 }
 
 static cctx_context *base;
@@ -64,14 +48,14 @@ static int setup(void **state)
     int r = nothing_left_setup(state);
     for (int i = 0; i < NVARS; i++)
         assert_ok(cctx_var_new("base", &tv_ops, &vars[i]));
-    assert_ok(cctx_var_new("probe", &tv_ops, &probe));
+    assert_ok(cctx_var_new("probe", &tv_ops, &reentry.probe));
     assert_ok(cctx_context_new(&base));
     for (int i = 0; i < NVARS; i++) {
         tv_value *v = tv_new(i + 1);
         assert_ok(cctx_context_set(base, vars[i], v, NULL));
         tv_drop(v);
     }
-    hook_runs = 0;
+    reentry.runs = 0;
     return r;
 }
 
@@ -80,16 +64,16 @@ static int teardown(void **state)
     cctx_context_release(base);
     for (int i = 0; i < NVARS; i++)
         cctx_var_release(vars[i]);
-    cctx_var_release(probe);
+    cctx_var_release(reentry.probe);
     assert_int_equal(thread_failures(), 0);
     return nothing_left_teardown(state);
 }
 
 /* A variable whose default is a value with the library-using hook: its
- * release (when the variable is freed) counts in hook_runs. */
+ * release (when the variable is freed) counts in reentry.runs. */
 static cctx_var *var_with_hooked_default(long id)
 {
-    tv_value *d = tv_new_hooked(id, hook_uses_library, NULL);
+    tv_value *d = tv_new_hooked(id, tv_hook_uses_library, &reentry);
     cctx_var *v = NULL;
     assert_ok(cctx_var_new_with_default("credited", &tv_ops, d, &v));
     tv_drop(d);

@@ -211,21 +211,3 @@ final class ReadProbe: Sendable {
         counter.released.add(1, ordering: .sequentiallyConsistent)
     }
 }
-
-/// Runs each body on its own POSIX thread, all at once, and waits until
-/// every thread has exited.
-func runOnThreadsAndJoin(_ bodies: [@Sendable () -> Void]) {
-    let jobs = bodies.map(ThreadJob.init)
-    var threads: [pthread_t] = []
-    for job in jobs {
-        var thread = pthread_t()
-        let status = pthread_create(&thread, nil, { raw in
-            Unmanaged<ThreadJob>.fromOpaque(raw!).takeUnretainedValue().body()
-            return nil
-        }, Unmanaged.passUnretained(job).toOpaque())
-        precondition(status == 0, "pthread_create failed")
-        threads.append(thread)
-    }
-    for thread in threads { pthread_join(thread, nil) }
-    withExtendedLifetime(jobs) {}
-}

@@ -18,22 +18,33 @@ func onNewThread<R: Sendable>(_ body: @escaping @Sendable () -> R) -> R {
     return result.withLock { $0! }
 }
 
-/// The closure `runOnNewThreadAndJoin` hands to its thread.
+/// The closure `runOnThreadsAndJoin` hands to each of its threads.
 final class ThreadJob: Sendable {
     let body: @Sendable () -> Void
     init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
 
+/// Runs each body on its own POSIX thread, all at once, and waits until
+/// every thread has exited.
+func runOnThreadsAndJoin(_ bodies: [@Sendable () -> Void]) {
+    let jobs = bodies.map(ThreadJob.init)
+    var threads: [pthread_t] = []
+    for job in jobs {
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { raw in
+            Unmanaged<ThreadJob>.fromOpaque(raw!).takeUnretainedValue().body()
+            return nil
+        }, Unmanaged.passUnretained(job).toOpaque())
+        precondition(status == 0, "pthread_create failed")
+        threads.append(thread)
+    }
+    for thread in threads { pthread_join(thread, nil) }
+    withExtendedLifetime(jobs) {}
+}
+
+/// Runs `body` on a new POSIX thread and waits until that thread has exited.
 func runOnNewThreadAndJoin(_ body: @escaping @Sendable () -> Void) {
-    let job = ThreadJob(body)
-    var thread = pthread_t()
-    let status = pthread_create(&thread, nil, { raw in
-        Unmanaged<ThreadJob>.fromOpaque(raw!).takeUnretainedValue().body()
-        return nil
-    }, Unmanaged.passUnretained(job).toOpaque())
-    precondition(status == 0, "pthread_create failed")
-    pthread_join(thread, nil)
-    withExtendedLifetime(job) {}
+    runOnThreadsAndJoin([body])
 }
 
 /// True when the calling code runs outside any Swift task.

@@ -78,6 +78,20 @@ tv_value *tv_new_hooked(long id, tv_hook hook, void *arg)
     return v;
 }
 
+void tv_hook_uses_library(tv_value *value, void *reentry)
+{
+    (void)value;
+    tv_reentry *r = reentry;
+    __atomic_add_fetch(&r->runs, 1, __ATOMIC_SEQ_CST);
+    void *out = NULL;
+    cctx_status st = cctx_var_get(r->probe, &out);
+    T_CHECK(st == CCTX_OK || st == CCTX_NOT_FOUND);
+    cctx_context *c = NULL;
+    T_CHECK(cctx_context_copy_current(&c) == CCTX_OK);
+    T_CHECK(cctx_context_set(c, r->probe, NULL, NULL) == CCTX_OK);
+    cctx_context_release(c);
+}
+
 tv_value *tv_new(long id)
 {
     return tv_new_hooked(id, NULL, NULL);

@@ -62,6 +62,14 @@ extern char tv_ops_ex_ctx;
 tv_value *tv_new(long id);
 /* As tv_new, with a hook for its last release. */
 tv_value *tv_new_hooked(long id, tv_hook hook, void *arg);
+/* A hook that uses the library again from a value's last release: it
+ * reads `probe`, copies the current context, sets `probe` in the copy and
+ * counts its runs (atomically) in `runs`. Its argument is a tv_reentry. */
+typedef struct tv_reentry {
+    cctx_var *probe;
+    long runs;
+} tv_reentry;
+void tv_hook_uses_library(tv_value *value, void *reentry);
 /* Drop the caller's reference. */
 void tv_drop(tv_value *v);
 /* tv_value objects alive right now (all threads). */
