@@ -785,15 +785,8 @@ bool cctx_context_equal(cctx_context *a, cctx_context *b)
  */
 #ifdef CCTX_INTERNAL_CHECKS
 void (*cctx__credit_install_hook)(void);
-#define CREDIT_INSTALL_HOOK()                                                      \
-    do {                                                                           \
-        void (*hook_)(void) = __atomic_load_n(&cctx__credit_install_hook, __ATOMIC_ACQUIRE); \
-        if (hook_ != NULL)                                                         \
-            hook_();                                                               \
-    } while (0)
-#else
-#define CREDIT_INSTALL_HOOK() ((void)0)
 #endif
+#define CREDIT_INSTALL_HOOK() CCTX_TEST_HOOK(cctx__credit_install_hook)
 
 static bool root_take(cctx_thread_state *ts, cctx_context *ctx, hamt_node **out)
 {
@@ -1216,15 +1209,8 @@ static inline __attribute__((always_inline)) void light_barrier(int fence)
 
 #ifdef CCTX_INTERNAL_CHECKS
 void (*cctx__bias_window_hook)(int where);
-#define BIAS_WINDOW(where)                                                   \
-    do {                                                                     \
-        void (*hook_)(int) = __atomic_load_n(&cctx__bias_window_hook, __ATOMIC_ACQUIRE); \
-        if (hook_ != NULL)                                                   \
-            hook_(where);                                                    \
-    } while (0)
-#else
-#define BIAS_WINDOW(where) ((void)0)
 #endif
+#define BIAS_WINDOW(where) CCTX_TEST_HOOK(cctx__bias_window_hook, where)
 
 static inline __attribute__((always_inline)) bool owner_enter(cctx_context *ctx,
                                                               cctx_thread_state *ts)

@@ -44,4 +44,21 @@
 #define CCTX_UNREACHABLE() __builtin_unreachable()
 #endif
 
+/* A test hook: a function pointer (declared in testing.h, defined by the
+ * file that calls it) that a test sets to stop a thread at one point of a
+ * race, so that the other side's step can run there. Only in builds with
+ * internal checks; production builds have no pointer and no load. The
+ * acquire load pairs with the test's store of the pointer: whatever the
+ * test set up before installing the hook is visible to the hook. */
+#ifdef CCTX_INTERNAL_CHECKS
+#define CCTX_TEST_HOOK(hook, ...)                                    \
+    do {                                                             \
+        __typeof__(hook) hook_ = __atomic_load_n(&(hook), __ATOMIC_ACQUIRE); \
+        if (hook_ != NULL)                                           \
+            hook_(__VA_ARGS__);                                      \
+    } while (0)
+#else
+#define CCTX_TEST_HOOK(hook, ...) ((void)0)
+#endif
+
 #endif

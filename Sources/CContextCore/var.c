@@ -366,16 +366,8 @@ static var_credit_line *line_get(void)
 
 #ifdef CCTX_INTERNAL_CHECKS
 void (*cctx__var_credit_install_hook)(void);
-#define VAR_CREDIT_INSTALL_HOOK()                                                  \
-    do {                                                                           \
-        void (*hook_)(void) = __atomic_load_n(&cctx__var_credit_install_hook,     \
-                                              __ATOMIC_ACQUIRE);                   \
-        if (hook_ != NULL)                                                         \
-            hook_();                                                               \
-    } while (0)
-#else
-#define VAR_CREDIT_INSTALL_HOOK() ((void)0)
 #endif
+#define VAR_CREDIT_INSTALL_HOOK() CCTX_TEST_HOOK(cctx__var_credit_install_hook)
 
 void var_ref_missed(cctx_var *var)
 {
