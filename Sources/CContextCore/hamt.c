@@ -946,7 +946,7 @@ bool hamt_credits_flush(bool last)
         any |= slot_empty(s, w);
     if (last) {
         my_slot = NULL;
-        thread_line_give_back(&s->line); /* empty: see thread_line.h */
+        thread_line_give_back(&credit_slots, &s->line); /* empty: see thread_line.h */
     }
     return any;
 }

@@ -20,17 +20,34 @@ static bool line_words_empty(const thread_line *l, size_t size)
     return true;
 }
 
+/* Claims a FREE line for a caller that reserved one (see `free`). */
+static thread_line *claim_reserved(thread_line_registry *r)
+{
+    /* The reservation guarantees a FREE line exists throughout; a scan
+     * misses it only when another reserver claimed the one it reached,
+     * and then another is FREE: scan again. */
+    for (;;) {
+        for (thread_line *l = thread_line_first(r); l != NULL; l = l->next) {
+            if (cctx_load_uint(&l->in_use) == THREAD_LINE_FREE &&
+                cctx_cas_uint(&l->in_use, THREAD_LINE_FREE, THREAD_LINE_CLAIMED))
+                return l; /* its words are 0 (thread_line.h, FREE) */
+        }
+    }
+}
+
 thread_line *thread_line_claim(thread_line_registry *r, size_t size)
 {
+    unsigned f = cctx_load_uint(&r->free);
+    while (f != 0) {
+        if (cctx_cas_uint(&r->free, f, f - 1))
+            return claim_reserved(r);
+        f = cctx_load_uint(&r->free);
+    }
+    /* An orphan's words only ever go to 0 (its owner is gone; others only
+     * empty them), so all 0 now stays all 0 until we own it: the CAS makes
+     * it ours with nothing in it. */
     for (thread_line *l = thread_line_first(r); l != NULL; l = l->next) {
-        unsigned u = cctx_load_uint(&l->in_use);
-        if (u == THREAD_LINE_FREE && cctx_cas_uint(&l->in_use, THREAD_LINE_FREE,
-                                                   THREAD_LINE_CLAIMED))
-            return l; /* its words are 0 (thread_line.h, FREE) */
-        /* An orphan's words only ever go to 0 (its owner is gone; others
-         * only empty them), so all 0 now stays all 0 until we own it: the
-         * CAS makes it ours with nothing in it. */
-        if (u == THREAD_LINE_ORPHANED && line_words_empty(l, size) &&
+        if (cctx_load_uint(&l->in_use) == THREAD_LINE_ORPHANED && line_words_empty(l, size) &&
             cctx_cas_uint(&l->in_use, THREAD_LINE_ORPHANED, THREAD_LINE_CLAIMED))
             return l;
     }
@@ -53,10 +70,12 @@ thread_line *thread_line_claim(thread_line_registry *r, size_t size)
     }
 }
 
-void thread_line_give_back(thread_line *l)
+void thread_line_give_back(thread_line_registry *r, thread_line *l)
 {
-    /* Release: after the caller's CASes that emptied the words. */
+    /* Release: after the caller's CASes that emptied the words. Then
+     * offered: a reserver that counts it finds it FREE. */
     cctx_store_uint(&l->in_use, THREAD_LINE_FREE);
+    cctx_inc_uint(&r->free);
 }
 
 void thread_line_orphan_others(thread_line_registry *r, thread_line *mine)

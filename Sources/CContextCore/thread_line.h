@@ -59,6 +59,7 @@ typedef struct thread_line {
 /* A registry: a lock-free list of lines of one size. Zero-initialized. */
 typedef struct thread_line_registry {
     thread_line *head;
+    unsigned free; /* FREE lines not reserved by a claimer (see above) */
 } thread_line_registry;
 
 /* A line of `size` bytes (the embedding structure's, header included, a
@@ -69,15 +70,18 @@ typedef struct thread_line_registry {
  * back with thread_line_give_back. */
 thread_line *thread_line_claim(thread_line_registry *r, size_t size) CCTX_HIDDEN;
 
-/* Gives the calling thread's line back (release store of FREE). The
- * caller has emptied every word of it already (see FREE above) and no
- * longer names it in its thread-local pointer. */
-void thread_line_give_back(thread_line *l) CCTX_HIDDEN;
+/* Gives the calling thread's line back to `r` (release store of FREE,
+ * then `free` counts it). The caller has emptied every word of it already
+ * (see FREE above) and no longer names it in its thread-local pointer. */
+void thread_line_give_back(thread_line_registry *r, thread_line *l) CCTX_HIDDEN;
 
 /* In a fork child's handler only (one thread): every CLAIMED line but
  * `mine` (the forking thread's, or NULL) belonged to a thread that did not
  * survive; mark it ORPHANED. Its words keep their credits, which stay
- * visible to revocation; the line is reused once they are taken back. */
+ * visible to revocation; the line is reused once they are taken back.
+ * (A thread stopped between a give-back's two steps, or between a
+ * reservation and its claim, leaves one FREE line that `free` does not
+ * offer: never reused, never wrong.) */
 void thread_line_orphan_others(thread_line_registry *r, thread_line *mine) CCTX_HIDDEN;
 
 /* Lines in the registry (ever made); with `claimed`, those CLAIMED or

@@ -430,7 +430,7 @@ bool var_credits_flush(bool last)
     }
     if (last) {
         cctx_var_credit_line = NULL;
-        thread_line_give_back(&l->line); /* empty: see thread_line.h */
+        thread_line_give_back(&var_credit_lines, &l->line); /* empty: see thread_line.h */
     }
     return any;
 }
