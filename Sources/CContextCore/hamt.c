@@ -959,9 +959,9 @@ void hamt_credits_atfork_child(void)
     thread_line_orphan_others(&credit_slots, my_slot != NULL ? &my_slot->line : NULL);
 }
 
-size_t cctx__root_credit_slots(size_t *claimed)
+size_t cctx__root_credit_slots(size_t *held, size_t *orphaned)
 {
-    return thread_line_count(&credit_slots, claimed);
+    return thread_line_count(&credit_slots, held, orphaned);
 }
 
 /* Credits every slot holds for `n` (test shapes only). */

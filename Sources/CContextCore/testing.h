@@ -37,11 +37,13 @@ CCTX_API unsigned cctx__var_credits(const cctx_var *var);
 /* The per-thread lines of the two credit registries (thread_line.h):
  * shared root credit slots (hamt.c) and variable credit lines (var.c).
  * Returns how many lines the registry holds (made so far; lines are never
- * freed); with `claimed`, also how many a thread holds now (or a thread
- * that did not survive a fork, until its credits are taken back). A
- * snapshot: exact only while no other thread starts or exits. */
-CCTX_API size_t cctx__root_credit_slots(size_t *claimed);
-CCTX_API size_t cctx__var_credit_lines(size_t *claimed);
+ * freed); with `held`, also how many a live thread holds now; with
+ * `orphaned`, how many belonged to threads that did not survive a fork
+ * and wait for their credits to be taken back (0 outside a fork child).
+ * The rest are free. A snapshot: exact only while no other thread starts
+ * or exits. */
+CCTX_API size_t cctx__root_credit_slots(size_t *held, size_t *orphaned);
+CCTX_API size_t cctx__var_credit_lines(size_t *held, size_t *orphaned);
 
 /* Checks every HAMT invariant of the context's current map; returns 0 when
  * they hold, else a line number in hamt.c that names the broken one. */

@@ -87,15 +87,18 @@ void thread_line_orphan_others(thread_line_registry *r, thread_line *mine)
             cctx_store_uint(&l->in_use, THREAD_LINE_ORPHANED);
 }
 
-size_t thread_line_count(thread_line_registry *r, size_t *claimed)
+size_t thread_line_count(thread_line_registry *r, size_t *claimed, size_t *orphaned)
 {
-    size_t n = 0, c = 0;
+    size_t n = 0, c = 0, o = 0;
     for (thread_line *l = thread_line_first(r); l != NULL; l = l->next) {
+        unsigned u = cctx_load_uint(&l->in_use);
         n++;
-        if (cctx_load_uint(&l->in_use) != THREAD_LINE_FREE)
-            c++;
+        c += u == THREAD_LINE_CLAIMED;
+        o += u == THREAD_LINE_ORPHANED;
     }
     if (claimed != NULL)
         *claimed = c;
+    if (orphaned != NULL)
+        *orphaned = o;
     return n;
 }

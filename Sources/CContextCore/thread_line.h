@@ -84,9 +84,9 @@ void thread_line_give_back(thread_line_registry *r, thread_line *l) CCTX_HIDDEN;
  * offer: never reused, never wrong.) */
 void thread_line_orphan_others(thread_line_registry *r, thread_line *mine) CCTX_HIDDEN;
 
-/* Lines in the registry (ever made); with `claimed`, those CLAIMED or
- * ORPHANED now. A snapshot (tests). */
-size_t thread_line_count(thread_line_registry *r, size_t *claimed) CCTX_HIDDEN;
+/* Lines in the registry (ever made); with `claimed` / `orphaned`, those
+ * CLAIMED / ORPHANED now. A snapshot (tests). */
+size_t thread_line_count(thread_line_registry *r, size_t *claimed, size_t *orphaned) CCTX_HIDDEN;
 
 /* The first line to scan; the rest through ->next (never changes). */
 static inline thread_line *thread_line_first(thread_line_registry *r)

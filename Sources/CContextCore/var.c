@@ -445,9 +445,9 @@ void var_credits_atfork_child(void)
     thread_line_orphan_others(&var_credit_lines, mine != NULL ? &mine->line : NULL);
 }
 
-size_t cctx__var_credit_lines(size_t *claimed)
+size_t cctx__var_credit_lines(size_t *held, size_t *orphaned)
 {
-    return thread_line_count(&var_credit_lines, claimed);
+    return thread_line_count(&var_credit_lines, held, orphaned);
 }
 
 unsigned cctx__var_credits(const cctx_var *var)
