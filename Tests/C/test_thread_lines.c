@@ -6,7 +6,8 @@
  * thread would leave two behind for good:
  *
  *   - a fork child reuses a line of a thread that did not survive the
- *     fork, once it took that thread's credits back (first in this
+ *     fork once it took that thread's credits back, and not before (first
+ *     in this
  *     file: it needs a process in which no thread has exited yet and the
  *     test's own thread holds no line, so that every line at the fork is
  *     a holder's);
@@ -170,37 +171,65 @@ static void *idle_holder_main(void *p)
     return NULL;
 }
 
-/* In the child: every line is a dead holder's (none free, none held), so
- * a line this thread takes without making one can only be a dead one. It
- * takes them on this thread rather than a new one: ThreadSanitizer stops
- * the child of a multi-threaded fork that starts a thread, and a new
- * thread may be given a dead one's thread-local storage, after which
- * valgrind counts what the dead one held there as lost. */
-static void fork_child_reuses_dead_lines(void *arg)
+/* In each child: every line is a dead holder's (none free, none held), so
+ * a line this thread takes without making one can only be a dead one.
+ * The children take lines on their own thread rather than a new one:
+ * ThreadSanitizer stops the child of a multi-threaded fork that starts a
+ * thread, and a new thread may be given a dead one's thread-local storage,
+ * after which valgrind counts what the dead one held there as lost. */
+static struct line_counts fork_child_start(void)
 {
-    (void)arg;
     const struct line_counts c0 = counts_now();
     T_CHECK(c0.slots >= HOLDERS && c0.slots_orphaned == c0.slots && c0.slots_held == 0);
     T_CHECK(c0.lines >= HOLDERS && c0.lines_orphaned == c0.lines && c0.lines_held == 0);
-    /* Take the dead threads' credits back: each variable's last user
-     * release takes its credits (the probe's too: the hooks set it on the
-     * holders), the base's release the root credits. The base's values'
-     * hooks then set a new probe: this thread's first credits. */
-    vars_release();
-    cctx_var_release(reentry.probe);
-    T_CHECK(cctx_var_new("probe", &tv_ops, &reentry.probe) == CCTX_OK);
+    return c0;
+}
+
+/* The base's release takes the dead threads' root credits back: then a
+ * slot of theirs is reused. Their variable lines still hold credits (for
+ * the variables and the probe): this thread's first variable credits,
+ * taken by the base's values' hooks, need a new line. */
+static void fork_child_reuses_emptied_slots(void *arg)
+{
+    (void)arg;
+    const struct line_counts c0 = fork_child_start();
     cctx_context_release(fork_base);
-    /* This thread takes credits of both kinds again (requests). */
-    vars_new();
-    cctx_context *base = base_new();
-    requests(base, 10);
     const struct line_counts c1 = counts_now();
-    /* It holds a slot and a line, and made neither: a dead thread's. */
-    T_CHECK(c1.slots_held == 1 && c1.lines_held == 1);
-    T_CHECK(c1.slots == c0.slots && c1.lines == c0.lines);
-    T_CHECK(c1.slots_orphaned == c0.slots_orphaned - 1);
-    T_CHECK(c1.lines_orphaned == c0.lines_orphaned - 1);
+    T_CHECK(c1.lines_held == 1 && c1.lines == c0.lines + 1 &&
+            c1.lines_orphaned == c0.lines_orphaned);
+    cctx_context *base = base_new();
+    requests(base, 10); /* copies: root credits */
+    const struct line_counts c2 = counts_now();
+    T_CHECK(c2.slots_held == 1 && c2.slots == c0.slots &&
+            c2.slots_orphaned == c0.slots_orphaned - 1);
     cctx_context_release(base);
+}
+
+/* The variables' last user releases take the dead threads' variable
+ * credits back: then a line of theirs is reused. Their slots still hold
+ * credits for the base's root: this thread's first copy of the base needs
+ * a new slot. */
+static void fork_child_reuses_emptied_lines(void *arg)
+{
+    (void)arg;
+    const struct line_counts c0 = fork_child_start();
+    vars_release();
+    cctx_var_release(reentry.probe); /* the hooks set it on the holders */
+    vars_new();
+    T_CHECK(cctx_var_new("probe", &tv_ops, &reentry.probe) == CCTX_OK);
+    for (int i = 0; i < 10; i++) {
+        cctx_context *c = NULL;
+        T_CHECK(cctx_context_copy(fork_base, &c) == CCTX_OK);
+        tv_value *a = hooked(-1);
+        T_CHECK(cctx_context_set(c, vars[NVARS], a, NULL) == CCTX_OK);
+        tv_drop(a);
+        cctx_context_release(c);
+    }
+    const struct line_counts c1 = counts_now();
+    T_CHECK(c1.lines_held == 1 && c1.lines == c0.lines &&
+            c1.lines_orphaned == c0.lines_orphaned - 1);
+    T_CHECK(c1.slots_held == 1 && c1.slots == c0.slots + 1 &&
+            c1.slots_orphaned == c0.slots_orphaned);
 }
 
 static void test_a_fork_child_reuses_the_lines_of_threads_that_did_not_survive(void **state)
@@ -216,7 +245,8 @@ static void test_a_fork_child_reuses_the_lines_of_threads_that_did_not_survive(v
     threads_start(t + 1, HOLDERS - 1, idle_holder_main, h + 1, sizeof h[0]);
     for (int i = 1; i < HOLDERS; i++)
         assert_true(gate_wait(&h[i].ready));
-    assert_true(run_in_fork_child(fork_child_reuses_dead_lines, NULL));
+    assert_true(run_in_fork_child(fork_child_reuses_emptied_slots, NULL));
+    assert_true(run_in_fork_child(fork_child_reuses_emptied_lines, NULL));
     for (int i = 0; i < HOLDERS; i++)
         gate_open(&h[i].done);
     threads_join(t, HOLDERS);
