@@ -708,7 +708,7 @@ void hamt_release_n(hamt_node *root, unsigned n)
  *
  * fork: a thread that did not survive keeps its slot, orphaned
  * (thread_line.h); the child's revocations take its credits back like
- * anyone's, and once it is empty a new thread of the child reuses it.
+ * anyone's, and once it is empty a thread of the child reuses it.
  */
 #define CREDIT_OWNER_BATCH 32u
 #define CREDIT_BORROW_BATCH 8u

@@ -249,7 +249,7 @@ uint32_t cctx_var_hash(const cctx_var *var)
  * fork: a thread that did not survive keeps its line, orphaned
  * (thread_line.h); its credits are taken back by the child's last user
  * release like any other thread's, and once every way of it is empty a
- * new thread of the child reuses the line.
+ * thread of the child reuses the line.
  */
 #define VAR_CREDIT_BATCH 32u
 
