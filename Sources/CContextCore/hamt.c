@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "hamt.h"
+#include "thread_line.h"
 #include "thread_state.h"
 
 #include <string.h>
@@ -704,6 +705,10 @@ void hamt_release_n(hamt_node *root, unsigned n)
  *
  * Cost per request, steady state: every slot operation is a CAS on the
  * thread's own line; nothing on the base's root is written.
+ *
+ * fork: a thread that did not survive keeps its slot, orphaned
+ * (thread_line.h); the child's revocations take its credits back like
+ * anyone's, and once it is empty a thread of the child reuses it.
  */
 #define CREDIT_OWNER_BATCH 32u
 #define CREDIT_BORROW_BATCH 8u
@@ -711,16 +716,22 @@ void hamt_release_n(hamt_node *root, unsigned n)
 #define CREDIT_OWNER ((uintptr_t)1 << 48)
 #define CREDIT_BORROW ((uintptr_t)1 << 56)
 
+/* A thread's slot is a line of thread_line.h (claimed on first use, given
+ * back at exit, never freed: revokers scan every slot without a guard). */
 typedef struct credit_slot {
+    thread_line line; /* first: the registry's header */
     /* node | owner credits << 48 | borrow credits << 56; 0: empty. Written
      * by its thread and (to empty it) by revokers. */
     uintptr_t word;
-    struct credit_slot *next; /* registry: pushed once, never unlinked */
-    unsigned in_use;          /* claimed by a live thread */
 } __attribute__((aligned(64))) credit_slot;
 
-static credit_slot *credit_slots;
+static thread_line_registry credit_slots;
 static __thread credit_slot *my_slot __attribute__((tls_model("initial-exec")));
+
+/* The registry's lines, as slots. */
+#define SLOTS_FOREACH(s)                                                        \
+    for (credit_slot *s = (credit_slot *)thread_line_first(&credit_slots); s != NULL; \
+         s = (credit_slot *)s->line.next)
 
 static inline hamt_node *slot_node(uintptr_t w)
 {
@@ -743,27 +754,8 @@ static credit_slot *slot_get(void)
         return my_slot;
     if (thread_state_peek() == NULL)
         return NULL;
-    for (credit_slot *s = cctx_load_ptr(&credit_slots); s != NULL; s = s->next) {
-        if (cctx_load_uint(&s->in_use) == 0 && cctx_cas_uint(&s->in_use, 0, 1)) {
-            my_slot = s;
-            return s;
-        }
-    }
-    void *mem;
-    /* Never freed (a revoker may be reading it): reused by later threads. */
-    if (posix_memalign(&mem, 64, sizeof(credit_slot)) != 0)
-        return NULL;
-    credit_slot *s = mem;
-    s->word = 0;
-    s->in_use = 1;
-    for (;;) {
-        credit_slot *head = cctx_load_ptr(&credit_slots);
-        s->next = head;
-        if (cctx_cas_ptr(&credit_slots, head, s)) /* publishes s->next */
-            break;
-    }
-    my_slot = s;
-    return s;
+    my_slot = (credit_slot *)thread_line_claim(&credit_slots, sizeof(credit_slot));
+    return my_slot;
 }
 
 /* Drops `owners` owner and `borrows` borrow references that were credits
@@ -798,7 +790,7 @@ static void credits_revoke(hamt_node *n)
         c = cctx_load_uint(&n->counts);
     }
     /* The caller holds a counted reference: `n` outlives the scan. */
-    for (credit_slot *s = cctx_load_ptr(&credit_slots); s != NULL; s = s->next) {
+    SLOTS_FOREACH(s) {
         uintptr_t w = cctx_load_uintptr(&s->word);
         while (slot_node(w) == n && !slot_empty(s, w))
             w = cctx_load_uintptr(&s->word);
@@ -954,16 +946,29 @@ bool hamt_credits_flush(bool last)
         any |= slot_empty(s, w);
     if (last) {
         my_slot = NULL;
-        cctx_store_uint(&s->in_use, 0); /* release: after the slot emptied */
+        thread_line_give_back(&credit_slots, &s->line); /* empty: see thread_line.h */
     }
     return any;
+}
+
+void hamt_credits_atfork_child(void)
+{
+    /* The dead threads' credits stay in their slots, where the child's
+     * revocations find them like anyone's (nothing is released here: a
+     * release runs user callbacks); each slot is reused once emptied. */
+    thread_line_orphan_others(&credit_slots, my_slot != NULL ? &my_slot->line : NULL);
+}
+
+size_t cctx__root_credit_slots(size_t *held, size_t *orphaned)
+{
+    return thread_line_count(&credit_slots, held, orphaned);
 }
 
 /* Credits every slot holds for `n` (test shapes only). */
 static void credits_held(const hamt_node *n, unsigned *owners, unsigned *borrows)
 {
     *owners = *borrows = 0;
-    for (credit_slot *s = cctx_load_ptr(&credit_slots); s != NULL; s = s->next) {
+    SLOTS_FOREACH(s) {
         uintptr_t w = cctx_load_uintptr(&s->word);
         if (slot_node(w) == n) {
             *owners += slot_owners(w);

@@ -67,6 +67,10 @@ void hamt_release_n(hamt_node *root, unsigned n) CCTX_HIDDEN;
  * hamt_credits_flush   gives all of this thread's credits back (true if
  *                      it held any); `last`: the thread's teardown, the
  *                      slot is reused by a later thread
+ * hamt_credits_atfork_child  in a fork child's handler: the slots of the
+ *                      threads that did not survive become reusable once
+ *                      revocation in the child has emptied them
+ *                      (thread_line.h, ORPHANED)
  * Giving back may release values (their callbacks run): never call these
  * but take, retain and install inside a read.
  */
@@ -76,6 +80,7 @@ void hamt_credit_install(hamt_node *root) CCTX_HIDDEN;
 void hamt_credit_give(hamt_node *root) CCTX_HIDDEN;
 void hamt_credits_forget(const hamt_node *root) CCTX_HIDDEN;
 bool hamt_credits_flush(bool last) CCTX_HIDDEN;
+void hamt_credits_atfork_child(void) CCTX_HIDDEN;
 
 /* Frees the calling thread's cache of small nodes (its teardown, after its
  * state is detached). */

@@ -26,8 +26,10 @@
  * period acquires it.
  */
 #include "internal.h"
+#include "hamt.h"
 #include "reclaim.h"
 #include "thread_state.h"
+#include "var.h"
 
 #include <ck_epoch.h>
 #include <pthread.h>
@@ -643,6 +645,9 @@ static void reclaim_atfork_parent(void)
 static void reclaim_atfork_child(void)
 {
     context_atfork_child();
+    /* Credit lines of the threads that are gone: reusable once emptied. */
+    hamt_credits_atfork_child();
+    var_credits_atfork_child();
     pthread_mutex_unlock(&orphan_lock);
     local_atfork_child();
     pthread_mutex_unlock(&fallback_lock);

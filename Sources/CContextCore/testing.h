@@ -34,6 +34,17 @@ CCTX_API uint32_t cctx__var_hash(const cctx_var *var);
  * one. Counted in the variable's reference count as well. */
 CCTX_API unsigned cctx__var_credits(const cctx_var *var);
 
+/* The per-thread lines of the two credit registries (thread_line.h):
+ * shared root credit slots (hamt.c) and variable credit lines (var.c).
+ * Returns how many lines the registry holds (made so far; lines are never
+ * freed); with `held`, also how many a live thread holds now; with
+ * `orphaned`, how many belonged to threads that did not survive a fork
+ * and wait for their credits to be taken back (0 outside a fork child).
+ * The rest are free. A snapshot: exact only while no other thread starts
+ * or exits. */
+CCTX_API size_t cctx__root_credit_slots(size_t *held, size_t *orphaned);
+CCTX_API size_t cctx__var_credit_lines(size_t *held, size_t *orphaned);
+
 /* Checks every HAMT invariant of the context's current map; returns 0 when
  * they hold, else a line number in hamt.c that names the broken one. */
 CCTX_API int cctx__context_check(cctx_context *ctx);

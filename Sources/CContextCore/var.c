@@ -246,9 +246,10 @@ uint32_t cctx_var_hash(const cctx_var *var)
  * credits possible again; the release that takes `users` to zero again
  * revokes again.
  *
- * fork: a thread that did not survive keeps its line (claimed, never
- * reused in the child); its credits are taken back by the child's last
- * user release like any other thread's.
+ * fork: a thread that did not survive keeps its line, orphaned
+ * (thread_line.h); its credits are taken back by the child's last user
+ * release like any other thread's, and once every way of it is empty a
+ * thread of the child reuses the line.
  */
 #define VAR_CREDIT_BATCH 32u
 
@@ -260,7 +261,12 @@ __thread var_credit_line *cctx_var_credit_line;
 /* The variable that last missed in each way (see above); this thread's. */
 static __thread const cctx_var *var_credit_wanted[VAR_CREDIT_WAYS]
     __attribute__((tls_model("initial-exec")));
-static var_credit_line *var_credit_lines;
+static thread_line_registry var_credit_lines;
+
+/* The registry's lines, as credit lines. */
+#define LINES_FOREACH(l)                                                          \
+    for (var_credit_line *l = (var_credit_line *)thread_line_first(&var_credit_lines); \
+         l != NULL; l = (var_credit_line *)l->line.next)
 
 static inline cctx_var *way_var(uintptr_t w)
 {
@@ -329,7 +335,7 @@ static void way_reclaim(uintptr_t *way, const cctx_var *var)
 static void var_credits_revoke(cctx_var *var)
 {
     unsigned i = var->hash & (VAR_CREDIT_WAYS - 1);
-    for (var_credit_line *l = cctx_load_ptr(&var_credit_lines); l != NULL; l = l->next)
+    LINES_FOREACH(l)
         way_reclaim(&l->word[i], var);
 }
 
@@ -341,27 +347,9 @@ static var_credit_line *line_get(void)
         return cctx_var_credit_line;
     if (thread_state_peek() == NULL)
         return NULL;
-    for (var_credit_line *l = cctx_load_ptr(&var_credit_lines); l != NULL; l = l->next) {
-        if (cctx_load_uint(&l->in_use) == 0 && cctx_cas_uint(&l->in_use, 0, 1)) {
-            cctx_var_credit_line = l;
-            return l;
-        }
-    }
-    void *mem;
-    /* Never freed (a revoker may be reading it): reused by later threads. */
-    if (posix_memalign(&mem, 64, sizeof(var_credit_line)) != 0)
-        return NULL;
-    var_credit_line *l = mem;
-    memset(l, 0, sizeof *l);
-    l->in_use = 1;
-    for (;;) {
-        var_credit_line *head = cctx_load_ptr(&var_credit_lines);
-        l->next = head;
-        if (cctx_cas_ptr(&var_credit_lines, head, l)) /* publishes the line */
-            break;
-    }
-    cctx_var_credit_line = l;
-    return l;
+    cctx_var_credit_line =
+        (var_credit_line *)thread_line_claim(&var_credit_lines, sizeof(var_credit_line));
+    return cctx_var_credit_line;
 }
 
 #ifdef CCTX_INTERNAL_CHECKS
@@ -434,9 +422,24 @@ bool var_credits_flush(bool last)
     }
     if (last) {
         cctx_var_credit_line = NULL;
-        cctx_store_uint(&l->in_use, 0); /* release: after the ways emptied */
+        thread_line_give_back(&var_credit_lines, &l->line); /* empty: see thread_line.h */
     }
     return any;
+}
+
+void var_credits_atfork_child(void)
+{
+    /* The dead threads' credits stay in their lines, where the child's
+     * last user releases find them like anyone's (nothing is released
+     * here: a release runs user callbacks); each line is reused once
+     * emptied. */
+    var_credit_line *mine = cctx_var_credit_line;
+    thread_line_orphan_others(&var_credit_lines, mine != NULL ? &mine->line : NULL);
+}
+
+size_t cctx__var_credit_lines(size_t *held, size_t *orphaned)
+{
+    return thread_line_count(&var_credit_lines, held, orphaned);
 }
 
 unsigned cctx__var_credits(const cctx_var *var)
@@ -444,7 +447,7 @@ unsigned cctx__var_credits(const cctx_var *var)
     if (!var_is_valid(var))
         return 0;
     unsigned n = 0, i = var->hash & (VAR_CREDIT_WAYS - 1);
-    for (var_credit_line *l = cctx_load_ptr(&var_credit_lines); l != NULL; l = l->next) {
+    LINES_FOREACH(l) {
         uintptr_t w = cctx_load_uintptr(&l->word[i]);
         if (way_var(w) == var)
             n += way_credits(w);

@@ -31,6 +31,7 @@
 #endif
 
 #include "atomic.h"
+#include "thread_line.h"
 
 #define CCTX_VAR_MAGIC 0x43565241u /* "CVRA" */
 
@@ -72,11 +73,13 @@ static inline bool var_is_valid(const cctx_var *var)
 /* Most credits a way holds; a give-back beyond is counted. */
 #define VAR_CREDIT_CAP 64u
 
+/* A line of thread_line.h: claimed on the thread's first install, given
+ * back at its exit, never freed (a releaser scans every line without a
+ * guard). */
 typedef struct var_credit_line {
+    thread_line line; /* first: the registry's header */
     /* Written by its thread and (to empty a way) by any thread. */
     uintptr_t word[VAR_CREDIT_WAYS];
-    struct var_credit_line *next; /* registry: pushed once, never unlinked */
-    unsigned in_use;              /* claimed by a live thread */
 } __attribute__((aligned(64))) var_credit_line;
 
 extern __thread var_credit_line *cctx_var_credit_line
@@ -141,6 +144,10 @@ static inline void var_unref(cctx_var *var)
 /* Gives all of this thread's variable credits back (true if it held any);
  * `last`: and its line, at thread teardown. */
 bool var_credits_flush(bool last) CCTX_HIDDEN;
+/* In a fork child's handler: the lines of threads that did not survive
+ * become reusable once the child's revocations have emptied them
+ * (thread_line.h, ORPHANED). */
+void var_credits_atfork_child(void) CCTX_HIDDEN;
 
 /* Whether value callbacks are acceptable (var.c states the rule; locals
  * follow it too): at most one shape, and no release without retain. */

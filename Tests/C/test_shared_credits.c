@@ -94,11 +94,10 @@ static void *idle_holder_main(void *p)
 
 static void idle_holders_start(struct idle_holder *h, pthread_t *t, int n, cctx_context *base)
 {
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         h[i] = (struct idle_holder){ .base = base, .ready = TEST_GATE_INIT,
                                      .done = TEST_GATE_INIT };
-        assert_int_equal(pthread_create(&t[i], NULL, idle_holder_main, &h[i]), 0);
-    }
+    threads_start(t, n, idle_holder_main, h, sizeof h[0]);
     for (int i = 0; i < n; i++)
         assert_true(gate_wait(&h[i].ready));
 }
@@ -107,8 +106,7 @@ static void idle_holders_stop(struct idle_holder *h, pthread_t *t, int n)
 {
     for (int i = 0; i < n; i++)
         gate_open(&h[i].done);
-    for (int i = 0; i < n; i++)
-        pthread_join(t[i], NULL);
+    threads_join(t, n);
 }
 
 enum { HOLDERS = 3 };
@@ -595,10 +593,8 @@ static void test_threads_copy_a_base_another_thread_writes(void **state)
     pthread_t w, t[STRESS_COPIERS];
     assert_int_equal(pthread_create(&w, NULL, stress_writer, NULL), 0);
     assert_true(gate_wait(&stress_started));
-    for (int i = 0; i < STRESS_COPIERS; i++)
-        assert_int_equal(pthread_create(&t[i], NULL, stress_copier, (void *)(uintptr_t)i), 0);
-    for (int i = 0; i < STRESS_COPIERS; i++)
-        pthread_join(t[i], NULL);
+    threads_start(t, STRESS_COPIERS, stress_copier, NULL, 0);
+    threads_join(t, STRESS_COPIERS);
     __atomic_store_n(&stress_stop, 1, __ATOMIC_RELEASE);
     pthread_join(w, NULL);
     assert_int_equal(thread_failures(), 0);
@@ -733,10 +729,9 @@ static void test_many_threads_copy_many_bases_slot_churn(void **state)
     const long retains0 = tv_retains(), releases0 = tv_releases();
     pthread_t w, t[CHURN_COPIERS];
     assert_int_equal(pthread_create(&w, NULL, churn_writer, NULL), 0);
-    for (int i = 0; i < CHURN_COPIERS; i++) {
+    for (int i = 0; i < CHURN_COPIERS; i++)
         churn_idle[i] = closed;
-        assert_int_equal(pthread_create(&t[i], NULL, churn_copier, (void *)(uintptr_t)i), 0);
-    }
+    threads_start(t, CHURN_COPIERS, churn_copier, NULL, 0);
     for (int i = 0; i < CHURN_COPIERS; i++)
         assert_true(gate_wait(&churn_idle[i]));
     __atomic_store_n(&churn_stop, 1, __ATOMIC_RELEASE);
@@ -749,8 +744,7 @@ static void test_many_threads_copy_many_bases_slot_churn(void **state)
     assert_int_equal(tv_live(), tv_live_at_setup());
     assert_int_equal(tv_retains() - retains0 + CHURN_BASES, tv_releases() - releases0);
     gate_open(&churn_finish);
-    for (int i = 0; i < CHURN_COPIERS; i++)
-        pthread_join(t[i], NULL);
+    threads_join(t, CHURN_COPIERS);
 }
 
 int main(void)

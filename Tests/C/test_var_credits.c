@@ -164,10 +164,9 @@ enum { HOLDERS = 3 };
 
 static void holders_start(struct idle_holder *h, pthread_t *t, cctx_var *v)
 {
-    for (int i = 0; i < HOLDERS; i++) {
+    for (int i = 0; i < HOLDERS; i++)
         h[i] = (struct idle_holder){ .v = v, .ready = TEST_GATE_INIT, .done = TEST_GATE_INIT };
-        assert_int_equal(pthread_create(&t[i], NULL, idle_holder_main, &h[i]), 0);
-    }
+    threads_start(t, HOLDERS, idle_holder_main, h, sizeof h[0]);
     for (int i = 0; i < HOLDERS; i++)
         assert_true(gate_wait(&h[i].ready));
 }
@@ -176,8 +175,7 @@ static void holders_stop(struct idle_holder *h, pthread_t *t)
 {
     for (int i = 0; i < HOLDERS; i++)
         gate_open(&h[i].done);
-    for (int i = 0; i < HOLDERS; i++)
-        pthread_join(t[i], NULL);
+    threads_join(t, HOLDERS);
 }
 
 static void test_the_last_user_release_frees_while_others_hold_credits(void **state)
@@ -473,8 +471,7 @@ static void test_threads_release_a_credited_variable_in_random_order(void **stat
     pthread_barrier_init(&st.round_start, NULL, STRESS_THREADS + 1);
     pthread_barrier_init(&st.round_end, NULL, STRESS_THREADS + 1);
     pthread_t t[STRESS_THREADS];
-    for (int i = 0; i < STRESS_THREADS; i++)
-        assert_int_equal(pthread_create(&t[i], NULL, stress_worker, (void *)(uintptr_t)i), 0);
+    threads_start(t, STRESS_THREADS, stress_worker, NULL, 0);
     const long live = tv_live();
     for (long r = 0; r < st.rounds; r++) {
         const long before = runs();
@@ -489,8 +486,7 @@ static void test_threads_release_a_credited_variable_in_random_order(void **stat
             fail_msg("round %ld: default released %ld times", r, runs() - before);
         assert_int_equal(tv_live(), live);
     }
-    for (int i = 0; i < STRESS_THREADS; i++)
-        pthread_join(t[i], NULL);
+    threads_join(t, STRESS_THREADS);
     pthread_barrier_destroy(&st.round_start);
     pthread_barrier_destroy(&st.round_end);
 }

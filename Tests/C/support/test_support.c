@@ -306,6 +306,24 @@ void assert_child_status_ok(int status, const char *what)
         fail_msg("%s: child exited with status %d", what, WEXITSTATUS(status));
 }
 
+/* ---------------------------------------------------------------- threads */
+
+void threads_start(pthread_t *t, int n, void *(*fn)(void *), void *args, size_t stride)
+{
+    for (int i = 0; i < n; i++) {
+        void *arg = args != NULL ? (char *)args + (size_t)i * stride : (void *)(uintptr_t)i;
+        int err = pthread_create(&t[i], NULL, fn, arg);
+        if (err != 0)
+            fail_msg("pthread_create: %s", strerror(err));
+    }
+}
+
+void threads_join(pthread_t *t, int n)
+{
+    for (int i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+}
+
 /* ------------------------------------------------------------- fixtures */
 
 static long nothing_left_allocations;

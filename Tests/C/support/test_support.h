@@ -9,8 +9,9 @@
  *              references, so a test can say how many values are alive and
  *              notice one released twice; optionally with a hook that runs
  *              when its last reference goes and may use the library.
- *   threads    T_CHECK for checks on threads other than the test's own
- *              (cmocka's asserts only work on that one).
+ *   threads    threads_start / threads_join: n threads running one
+ *              function; T_CHECK for checks on threads other than the
+ *              test's own (cmocka's asserts only work on that one).
  *   gates      a condition a test opens to let a blocked callback go on;
  *              every wait on one is bounded (never a sleep).
  *   children   run_in_child: a scenario that may crash or hang runs in a
@@ -112,6 +113,13 @@ long thread_failures(void);
 void thread_failure_note(const char *file, int line, const char *what);
 #define T_CHECK(cond) do { if (!(cond)) \
     thread_failure_note(__FILE__, __LINE__, #cond); } while (0)
+
+/* Starts n threads; thread i runs fn((char *)args + i * stride), or, with
+ * `args` NULL, fn((void *)(uintptr_t)i). Fails the test if one cannot
+ * start. */
+void threads_start(pthread_t *t, int n, void *(*fn)(void *), void *args, size_t stride);
+/* Joins the n threads threads_start started. */
+void threads_join(pthread_t *t, int n);
 
 /* ---------------------------------------------------------------- gates */
 
