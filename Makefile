@@ -463,6 +463,7 @@ docs: deps
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 $(CORE_DIR)/include/contextcore.h $(CORE_DIR)/include/contextcore_binding.h \
+		$(CORE_DIR)/include/contextcore_inline.h \
 		$(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libcontextcore.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libcontextcore.so $(DESTDIR)$(PREFIX)/lib/libcontextcore.so.$(VERSION)
@@ -473,6 +474,7 @@ install: lib
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/contextcore.h $(DESTDIR)$(PREFIX)/include/contextcore_binding.h \
+		$(DESTDIR)$(PREFIX)/include/contextcore_inline.h \
 		$(DESTDIR)$(PREFIX)/lib/libcontextcore.* \
 		$(DESTDIR)$(PREFIX)/lib/pkgconfig/contextcore.pc
 

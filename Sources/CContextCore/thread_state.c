@@ -196,7 +196,7 @@ cctx_thread_state *thread_state_slow(void)
         return NULL;
     }
     context_owner_adopt(base, ts);
-    ts->version = 1;
+    ts->lookup.version = 1;
     ts->base = base;
     ts->current = base;
     cctx_tls_state = ts;

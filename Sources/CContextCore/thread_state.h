@@ -32,32 +32,20 @@
 
 struct local_slots;
 
-/* Entries of the per-thread lookup cache (a power of two). */
-#define CCTX_LOOKUP_CACHE_SIZE 16
-
-/* One remembered lookup: `var` had `value` in the current context when the
- * thread's `version` was `version`. */
-typedef struct lookup_cache_entry {
-    const cctx_var *var;
-    uint64_t version;
-    void *value;
-} lookup_cache_entry;
-
 typedef struct cctx_thread_state {
+    /* Lookup cache (CPython's idea, kept per thread so it needs no
+     * synchronisation): `lookup.version` changes whenever the current
+     * context's mapping may have changed — this thread entered or left a
+     * context or published a root (only this thread writes its current
+     * context, see context.h). An entry whose version matches therefore
+     * names a value the current root still holds. Starts at 1 so zeroed
+     * entries miss. `lookup.in_get` is non-zero while this thread is inside
+     * a get (hit or miss): a get in a signal handler that interrupted one
+     * must not write the cache (var_access.c). FIRST MEMBER: the public
+     * contextcore_inline.h reads it through cctx_tls_state. */
+    cctx_thread_lookup lookup;
     cctx_context *current;
     cctx_context *base;
-    /* Lookup cache (CPython's idea, kept per thread so it needs no
-     * synchronisation): `version` changes whenever the current context's
-     * mapping may have changed — this thread entered or left a context or
-     * published a root (only this thread writes its current context, see
-     * context.h). An entry whose version matches therefore names a value
-     * the current root still holds. Starts at 1 so zeroed entries miss. */
-    uint64_t version;
-    /* Non-zero while this thread is inside a get (hit or miss): a get in a
-     * signal handler that interrupted one must not write the cache
-     * (var_access.c). */
-    unsigned in_get;
-    lookup_cache_entry cache[CCTX_LOOKUP_CACHE_SIZE];
     struct ck_epoch_record *record; /* reclaim.h's reclaim_record */
     struct local_slots *locals;
     /* The first chunk of `locals` (the slots of indices below 64), or
@@ -92,8 +80,8 @@ typedef struct cctx_thread_state {
     struct root_credit *credits;
 } cctx_thread_state;
 
-extern __thread cctx_thread_state *cctx_tls_state
-    __attribute__((tls_model("initial-exec"))) CCTX_HIDDEN;
+/* cctx_tls_state, the calling thread's state, is declared in
+ * contextcore_inline.h (public: a binding's inlined read loads it). */
 
 /* The calling thread's state, created on first use; NULL on ENOMEM. */
 cctx_thread_state *thread_state_slow(void) CCTX_HIDDEN;
@@ -114,7 +102,7 @@ static inline cctx_thread_state *thread_state_get(void)
 static inline void thread_state_invalidate(cctx_thread_state *ts)
 {
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    ts->version++;
+    ts->lookup.version++;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
 }
 

@@ -57,32 +57,15 @@
  */
 
 /* The hit path: counts this get in `in_get` and looks `var` up in the
- * thread's lookup cache. On a hit, stores the value, ends the count and
- * returns true; on a miss returns false with the get still counted, for
- * lookup_missed to finish. Small enough to inline into the public entry
- * points, whose hit path then saves no registers and makes no call. */
+ * thread's lookup cache (cctx_lookup_probe, contextcore_inline.h: the one
+ * copy, shared with bindings that inline it). On a hit, stores the value,
+ * ends the count and returns true; on a miss returns false with the get
+ * still counted, for lookup_missed to finish. Small enough to inline into
+ * the public entry points, whose hit path then saves no registers and
+ * makes no call. */
 static inline bool cache_probe(cctx_thread_state *ts, const cctx_var *var, void **out)
 {
-    const lookup_cache_entry *e = &ts->cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
-    /* A handler that runs during this get leaves `in_get` as it found it,
-     * so the count before this get is still right to store back at its
-     * end (no second load). */
-    const unsigned in_get = ENTRY_LOAD(&ts->in_get);
-    ENTRY_STORE(&ts->in_get, in_get + 1);
-    SIGNAL_FENCE();
-    /* All three fields loaded, then compared (in_get keeps the entry
-     * still meanwhile): each addressed from the state, a few instructions
-     * fewer than loading the value after the tests. */
-    const cctx_var *entry_var = ENTRY_LOAD(&e->var);
-    const uint64_t entry_version = ENTRY_LOAD(&e->version);
-    void *value = ENTRY_LOAD(&e->value);
-    if (CCTX_LIKELY((entry_version == ts->version) & (entry_var == var))) {
-        *out = value;
-        SIGNAL_FENCE();
-        ENTRY_STORE(&ts->in_get, in_get);
-        return true;
-    }
-    return false;
+    return cctx_lookup_probe(&ts->lookup, var, var->hash, out);
 }
 
 /* The miss path, after cache_probe missed (the get still counted): a HAMT
@@ -98,18 +81,18 @@ static inline __attribute__((always_inline)) bool lookup_missed(cctx_thread_stat
                                                                 const cctx_var *var, void **out)
 {
     bool found = hamt_find(context_own_root(ts->current), var, out);
-    const unsigned in_get = ENTRY_LOAD(&ts->in_get);
+    const unsigned in_get = ENTRY_LOAD(&ts->lookup.in_get);
     if (found && in_get == 1) {
-        lookup_cache_entry *e = &ts->cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
+        cctx_lookup_entry *e = &ts->lookup.cache[var->hash & (CCTX_LOOKUP_CACHE_SIZE - 1)];
         ENTRY_STORE(&e->version, 0);
         SIGNAL_FENCE();
         ENTRY_STORE(&e->var, var);
         ENTRY_STORE(&e->value, *out);
         SIGNAL_FENCE();
-        ENTRY_STORE(&e->version, ts->version);
+        ENTRY_STORE(&e->version, ts->lookup.version);
     }
     SIGNAL_FENCE();
-    ENTRY_STORE(&ts->in_get, in_get - 1);
+    ENTRY_STORE(&ts->lookup.in_get, in_get - 1);
     return found;
 }
 

@@ -47,7 +47,6 @@
  */
 #include "CContextKitShims.h"
 
-#include <stdatomic.h>
 #include <stddef.h>
 
 #if defined(__clang__)
@@ -57,42 +56,36 @@
 #endif
 
 extern uint64_t swift_task_getJobTaskId(const void *job) CCTX_PLACE_SWIFTCALL __attribute__((weak));
-extern void *swift_task_getCurrent(void) CCTX_PLACE_SWIFTCALL __attribute__((weak));
 
-static _Atomic uint64_t place_generation = 1;
+/* Accessed only through __atomic builtins (relaxed: see above); a plain
+ * type so that the header's inline check can name it. */
+uint64_t cctx_shim_place_generation_counter = 1;
 
 /* initial-exec: the shim is linked into the Swift module's image, and the
  * default model would go through __tls_get_addr on every read. */
-static __thread __attribute__((tls_model("initial-exec"))) cctx_shim_place_entry place_cache;
+__thread __attribute__((tls_model("initial-exec"))) cctx_shim_place_entry cctx_shim_place_cache;
 
 uint64_t cctx_shim_place_generation(void)
 {
-    return atomic_load_explicit(&place_generation, memory_order_relaxed);
+    return __atomic_load_n(&cctx_shim_place_generation_counter, __ATOMIC_RELAXED);
 }
 
 uint64_t cctx_shim_place_generation_bump(void)
 {
-    return atomic_fetch_add_explicit(&place_generation, 1, memory_order_relaxed) + 1;
+    return __atomic_fetch_add(&cctx_shim_place_generation_counter, 1, __ATOMIC_RELAXED) + 1;
 }
 
 /* The id check, out of line: the scoped hit path then saves no registers. */
-static __attribute__((noinline)) cctx_shim_place check_id(const void *task, cctx_shim_place_entry *entry)
+cctx_shim_place cctx_shim_place_check_id(const void *task)
 {
+    cctx_shim_place_entry *entry = &cctx_shim_place_cache;
     cctx_shim_place place = {task, entry->id == swift_task_getJobTaskId(task) ? entry : NULL};
     return place;
 }
 
 cctx_shim_place cctx_shim_current_place(void)
 {
-    cctx_shim_place place = {swift_task_getCurrent ? swift_task_getCurrent() : NULL, NULL};
-    if (place.task == NULL) return place;
-    cctx_shim_place_entry *entry = &place_cache;
-    if (entry->generation != atomic_load_explicit(&place_generation, memory_order_relaxed)
-        || entry->task != place.task)
-        return place;
-    if (!entry->scoped) return check_id(place.task, entry);
-    place.entry = entry;
-    return place;
+    return cctx_shim_current_place_inline();
 }
 
 void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned,
@@ -103,9 +96,9 @@ void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void
 
 uint64_t cctx_shim_place_cached_id(const void *task)
 {
-    const cctx_shim_place_entry *entry = &place_cache;
+    const cctx_shim_place_entry *entry = &cctx_shim_place_cache;
     if (entry->task != task || entry->scoped
-        || entry->generation != atomic_load_explicit(&place_generation, memory_order_relaxed))
+        || entry->generation != __atomic_load_n(&cctx_shim_place_generation_counter, __ATOMIC_RELAXED))
         return 0;
     return entry->id;
 }
@@ -113,27 +106,27 @@ uint64_t cctx_shim_place_cached_id(const void *task)
 void cctx_shim_place_cache_put_id(const void *task, uint64_t generation, const void *binding, bool owned,
                                   bool scoped, uint64_t id)
 {
-    place_cache.generation = generation;
-    place_cache.task = task;
-    place_cache.scoped = scoped && owned && binding != NULL;
+    cctx_shim_place_cache.generation = generation;
+    cctx_shim_place_cache.task = task;
+    cctx_shim_place_cache.scoped = scoped && owned && binding != NULL;
     /* A scoped entry is checked by address alone: no id to look up. An
      * id the caller knows is the running task's (ids never change). */
-    place_cache.id = place_cache.scoped ? 0 : id != 0 ? id : swift_task_getJobTaskId(task);
-    place_cache.binding = binding;
-    place_cache.owned = owned;
-    place_cache.variable = NULL;
-    place_cache.value = NULL;
+    cctx_shim_place_cache.id = cctx_shim_place_cache.scoped ? 0 : id != 0 ? id : swift_task_getJobTaskId(task);
+    cctx_shim_place_cache.binding = binding;
+    cctx_shim_place_cache.owned = owned;
+    cctx_shim_place_cache.variable = NULL;
+    cctx_shim_place_cache.value = NULL;
 }
 
 void cctx_shim_unsafe_window_begin(void)
 {
-    place_cache.fill_blocked += 1;
+    cctx_shim_place_cache.fill_blocked += 1;
     (void)cctx_shim_place_generation_bump();
 }
 
 void cctx_shim_unsafe_window_end(void)
 {
-    place_cache.fill_blocked -= 1;
+    cctx_shim_place_cache.fill_blocked -= 1;
     (void)cctx_shim_place_generation_bump();
 }
 

@@ -146,13 +146,18 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// for its `Value` (no generic metadata lookup on the hot path).
     @inlinable
     func currentValue() -> Value? {
-        let place = cctx_shim_current_place()
+        // Inlined (one call: the running task), as is the thread's read
+        // below: outside a task the read is then the runtime's answer and
+        // a few loads.
+        let place = cctx_shim_current_place_inline()
         guard place.task != nil else {
             // Outside any task: the thread's current context. A box pointer
             // is never NULL, so NULL means no value (the C variable has no
             // default). Borrowed until this thread next writes its context,
-            // which cannot happen during the read.
-            guard let pointer = cctx_var_value(handle) else { return nil }
+            // which cannot happen during the read. The C read's hit path is
+            // inlined here (`cctx_var_value_inline`): a call, a frame and
+            // the handle check fewer than `cctx_var_value`.
+            guard let pointer = cctx_var_value_inline(handle, hamtHash) else { return nil }
             return ValueBox<Value>.borrowedValue(pointer)
         }
         // The fast path: a task whose place this thread has cached reads

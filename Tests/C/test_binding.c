@@ -465,7 +465,67 @@ static void expect_var_value_matches_get(cctx_var *const *vars, int n)
             assert_ptr_equal(value, got);
         else
             assert_null(value);
+        /* The inlined hit path answers the same, hit or miss. */
+        assert_ptr_equal(cctx_var_value_inline(vars[i], cctx_var_hash(vars[i])), value);
     }
+}
+
+/* cctx_var_value_inline (contextcore_inline.h) is cctx_var_value with its
+ * hit path in the caller: the same answers with no thread state yet, on a
+ * hit, on a miss (which fills the cache, so the next read hits), with a
+ * wrong hash (only a miss), and after the thread's state is torn down. */
+static void *inline_read_thread(void *p)
+{
+    cctx_var *var = p;
+    /* A new thread has no state: NULL, nothing created. */
+    if (cctx_var_value_inline(var, cctx_var_hash(var)) != NULL || cctx_context_current_peek() != NULL)
+        return (void *)"no state";
+    cctx_token *t;
+    if (cctx_var_set(var, (void *)"v", &t) != CCTX_OK)
+        return (void *)"set";
+    /* The set changed the mapping: the first read misses, is answered by
+     * the map and fills the entry (so the get count it took must be
+     * back at zero); the second hits that entry. */
+    cctx_thread_lookup *lookup = (cctx_thread_lookup *)(void *)cctx_tls_state;
+    const cctx_lookup_entry *entry = &lookup->cache[cctx_var_hash(var) & (CCTX_LOOKUP_CACHE_SIZE - 1)];
+    for (int i = 0; i < 2; i++) {
+        if (cctx_var_value_inline(var, cctx_var_hash(var)) != (void *)"v")
+            return (void *)"read";
+        if (lookup->in_get != 0)
+            return (void *)"get count left after a read";
+        if (entry->var != var || entry->version != lookup->version)
+            return (void *)"entry not filled";
+    }
+    /* A wrong hash looks in another entry: a miss, answered by the map. */
+    if (cctx_var_value_inline(var, cctx_var_hash(var) + 1) != (void *)"v")
+        return (void *)"wrong hash";
+    if (lookup->in_get != 0)
+        return (void *)"get count left after a miss";
+    if (cctx_var_reset(var, t) != CCTX_OK)
+        return (void *)"reset";
+    cctx_token_release(t);
+    if (cctx_var_value_inline(var, cctx_var_hash(var)) != NULL)
+        return (void *)"after reset";
+    if (cctx_thread_cleanup() != CCTX_OK)
+        return (void *)"cleanup";
+    /* Torn down: no state again. */
+    if (cctx_var_value_inline(var, cctx_var_hash(var)) != NULL)
+        return (void *)"after cleanup";
+    return NULL;
+}
+
+static void test_var_value_inline_reads_as_var_value(void **state)
+{
+    (void)state;
+    cctx_var *var;
+    assert_ok(cctx_var_new("inline", NULL, &var));
+    pthread_t t;
+    void *failure = (void *)"not joined";
+    assert_int_equal(pthread_create(&t, NULL, inline_read_thread, var), 0);
+    assert_int_equal(pthread_join(t, &failure), 0);
+    if (failure != NULL)
+        fail_msg("cctx_var_value_inline: %s", (const char *)failure);
+    cctx_var_release(var);
 }
 
 static void test_var_value_reads_as_get_without_the_default(void **state)
@@ -641,6 +701,7 @@ int main(void)
         T(test_peek_reads_a_borrowed_value_without_callbacks),
         T(test_peek_keeps_the_value_alive_until_its_end),
         T(test_var_value_reads_as_get_without_the_default),
+        T(test_var_value_inline_reads_as_var_value),
         T(test_local_value_reads_as_get_without_the_initialiser),
     };
 #undef T

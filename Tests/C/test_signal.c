@@ -59,10 +59,13 @@ static void check_own(cctx_var *var, void *expect)
         __atomic_add_fetch(&wrong_in_thread, 1, __ATOMIC_RELAXED);
 }
 
-/* check_own through cctx_var_value (the Swift binding's read). */
+/* check_own through cctx_var_value and through its inlined hit path
+ * (cctx_var_value_inline: the Swift binding's read outside a task). */
 static void check_own_value(cctx_var *var, void *expect)
 {
     if (cctx_var_value(var) != expect)
+        __atomic_add_fetch(&wrong_in_thread, 1, __ATOMIC_RELAXED);
+    if (cctx_var_value_inline(var, cctx_var_hash(var)) != expect)
         __atomic_add_fetch(&wrong_in_thread, 1, __ATOMIC_RELAXED);
 }
 

@@ -8,7 +8,8 @@ import Glibc
 #endif
 
 // The hot paths outside any task: `ContextVar.get()` on a thread reads the
-// thread's lookup cache through `cctx_var_value`, and `ThreadLocal.value`
+// thread's lookup cache through `cctx_var_value_inline` (its hit path
+// inlined; a miss calls `cctx_var_value`), and `ThreadLocal.value`
 // reads and writes its box through `cctx_local_value` (the thread state's
 // shortcut to the first 64 slots, the slot directory beyond). Each test
 // runs on raw threads (no task), checks every read against a model, and

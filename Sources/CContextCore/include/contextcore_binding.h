@@ -141,4 +141,7 @@ CCTX_API void cctx_notify_watchers(cctx_event event, cctx_context *ctx);
 }
 #endif
 
+/* The inlinable hit path of cctx_var_value. */
+#include "contextcore_inline.h"
+
 #endif /* CONTEXTCORE_BINDING_H */

@@ -27,6 +27,7 @@
 #define CCONTEXTKIT_SHIMS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -147,6 +148,51 @@ typedef struct cctx_shim_place {
  * variable, keyed by thread and context version).
  */
 cctx_shim_place cctx_shim_current_place(void);
+
+/*
+ * The thread's place entry and the place generation, as variables, for
+ * cctx_shim_current_place_inline (place_cache.c defines them and argues
+ * their rules: the entry is the calling thread's alone; the generation is
+ * read and bumped with relaxed atomics only). Visible to Swift clients that
+ * inline ContextVar's read; nothing else touches them.
+ */
+extern __thread cctx_shim_place_entry cctx_shim_place_cache
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((tls_model("initial-exec"), visibility("default")))
+#endif
+    ;
+extern uint64_t cctx_shim_place_generation_counter
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((visibility("default")))
+#endif
+    ;
+
+/** The end of the place check for an entry that is not `scoped`: `task`
+ *  (the running task, whose address and generation the entry matched) and
+ *  the entry when the entry's task id is also the running task's, else
+ *  `task` and NULL. Out of line: one runtime call (the task's id). */
+cctx_shim_place cctx_shim_place_check_id(const void *task);
+
+/**
+ * cctx_shim_current_place, inlined into the caller: one call (the running
+ * task, a tail call into the runtime) instead of two frames, so that a read
+ * outside any task pays the runtime's answer and little else. The one
+ * copy of the check: cctx_shim_current_place is this, out of line.
+ */
+static inline cctx_shim_place cctx_shim_current_place_inline(void)
+{
+    cctx_shim_place place = {cctx_swift_current_task(), NULL};
+    if (place.task == NULL)
+        return place;
+    cctx_shim_place_entry *entry = &cctx_shim_place_cache;
+    if (entry->generation != __atomic_load_n(&cctx_shim_place_generation_counter, __ATOMIC_RELAXED)
+        || entry->task != place.task)
+        return place;
+    if (!entry->scoped)
+        return cctx_shim_place_check_id(place.task);
+    place.entry = entry;
+    return place;
+}
 
 /**
  * Caches the place of the running task `task`, resolved after reading
