@@ -172,12 +172,39 @@ final class TaskBinding: Sendable {
     /// Which API installed the binding (for ``Context/currentChainDescription``).
     let origin: FrameOrigin
 
-    /// The binding the task saw when this one was installed, held WEAKLY:
-    /// only ``Context/currentChainDescription`` walks it, and a task must
-    /// keep alive only what it can read (an enclosing scope's values are
-    /// shadowed while this binding is innermost, and a `Task {}` copy must
-    /// not keep them alive after the scopes end).
-    weak let enclosing: TaskBinding?
+    /// The binding the task saw when this one was installed, UNRETAINED;
+    /// nil once the scope ended while something else still held this
+    /// binding. Only ``Context/currentChainDescription`` walks it
+    /// (``chain(from:)``), and a task must keep alive only what it can read
+    /// (an enclosing scope's values are shadowed while this binding is
+    /// innermost, and a `Task {}` copy must not keep them alive after the
+    /// scopes end).
+    ///
+    /// Not `weak`: a weak reference cost a side-table allocation on the
+    /// enclosing object the first time, and `swift_weakInit`/`Destroy`
+    /// per scope. Why the unretained link is never followed to freed
+    /// memory — the link is read and cut only under ``chainLock``:
+    /// * While this binding's scope is active, its enclosing binding is
+    ///   alive: the enclosing scope of the same task or thread (scopes are
+    ///   LIFO), the task's unscoped binding (kept until the task ends), or
+    ///   a binding the task inherited (its task-local items hold it for the
+    ///   task's life).
+    /// * A walker holds a strong reference to every binding whose link it
+    ///   reads. So when the scope ends, the binding is not uniquely
+    ///   referenced while a walker may read its link, and `leave` then
+    ///   cuts the link under the lock (``freezeIfEscaped()``) before the
+    ///   scope, and with it the enclosing one, can end. A binding that is
+    ///   uniquely referenced at the end of its scope can never be reached
+    ///   again (nothing new can take a reference to it), so its stale link
+    ///   is never read.
+    /// * An unscoped binding (never cut) is reached only by its own task
+    ///   while that task runs, and links to what that task inherited.
+    nonisolated(unsafe) private var enclosing: Unmanaged<TaskBinding>?
+
+    /// Serialises reading ``enclosing`` (``chain(from:)``) with cutting it
+    /// (``freezeIfEscaped()``): taken only by introspection and by the end
+    /// of a scope that something else still holds, never on a fast path.
+    private static let chainLock = PThreadLocked(())
 
     /// True until the scope that installed the binding ends (for
     /// ``Context/currentChainDescription`` only; ownership does not use it).
@@ -201,9 +228,10 @@ final class TaskBinding: Sendable {
 
     /// `adopting`: one reference to a C context, which the binding takes
     /// over.
+    /// `enclosing`: unretained (see ``enclosing``).
     init(
-        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: __shared TaskBinding?,
-        retainingOwner: Bool = false
+        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin,
+        enclosing: Unmanaged<TaskBinding>?, retainingOwner: Bool = false
     ) {
         self.handle = handle
         self.owner = owner
@@ -212,14 +240,6 @@ final class TaskBinding: Sendable {
         if case .firstWrite = origin { isScope = false } else { isScope = true }
         retainedOwner = retainingOwner ? owner : nil
         if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
-    }
-
-    /// As ``init(adopting:owner:origin:enclosing:retainingOwner:)`` with the
-    /// enclosing binding unretained (a scope's, kept alive by others for
-    /// the scope: see `ContextScope.enclosing`).
-    convenience init(adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin,
-                     enclosing: Unmanaged<TaskBinding>?) {
-        self.init(adopting: handle, owner: owner, origin: origin, enclosing: enclosing?.takeUnretainedValue())
     }
 
     deinit {
@@ -274,6 +294,9 @@ final class TaskBinding: Sendable {
     func freezeIfEscaped() {
         let object = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
         if cctx_shim_is_uniquely_referenced(object) { return }
+        // Someone may walk the chain through this binding after its scope,
+        // and the enclosing one, have ended (see `enclosing`).
+        TaskBinding.chainLock.withLock { _ in enclosing = nil }
         // The owner has finished writing: the copy is what the scope ended
         // with. O(1): it shares the root.
         let snapshot = Context.copyHandle(of: handle)
@@ -291,6 +314,23 @@ final class TaskBinding: Sendable {
 
     @inlinable
     var isActive: Bool { isActiveFlag.load(ordering: .relaxed) }
+
+    /// `first` and the bindings its ``enclosing`` links reach, innermost
+    /// first, each retained by the array (for ``Context/currentChainDescription``).
+    /// `first` must be alive (the caller holds it); the walk stops where a
+    /// link was cut.
+    static func chain(from first: TaskBinding?) -> [TaskBinding] {
+        guard let first else { return [] }
+        return chainLock.withLock { _ in
+            // Each binding is retained (appended) before its link is read:
+            // that keeps its end from skipping the cut (see `enclosing`).
+            var bindings = [first]
+            while let next = bindings[bindings.count - 1].enclosing {
+                bindings.append(next.takeUnretainedValue())
+            }
+            return bindings
+        }
+    }
 
     /// Whether `task` (the running task) owns this scope binding and may
     /// write it (see the file comment for why this is a proof).
@@ -377,7 +417,8 @@ final class TaskBinding: Sendable {
     static func writableBinding(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> TaskBinding {
         if owned, let visible { return visible }
         let copy = visible.map { $0.copyInheritedForSpawn() } ?? Context.newHandle()
-        return UnscopedBindings.shared.insert(adopting: copy, enclosing: visible, for: task)
+        return UnscopedBindings.shared.insert(
+            adopting: copy, enclosing: visible.map { Unmanaged.passUnretained($0) }, for: task)
     }
 }
 
@@ -625,7 +666,11 @@ final class UnscopedBindings: Sendable {
     /// Makes the unscoped binding of `task` (the running task, which has
     /// none yet) for `context` (one reference, which the binding takes over).
     @discardableResult
-    func insert(adopting context: OpaquePointer, enclosing: TaskBinding?, for task: UnsafeRawPointer) -> TaskBinding {
+    /// `enclosing`: what the task read before (unretained: a binding it
+    /// inherited, which its task-local items keep alive for its life).
+    func insert(
+        adopting context: OpaquePointer, enclosing: Unmanaged<TaskBinding>?, for task: UnsafeRawPointer
+    ) -> TaskBinding {
         // The task claims its private context for the binding's life, as a
         // scope claims its context: the task is its only writer, and reads
         // it borrowed. Unclaimed, anyone handed the context (an `exited`
