@@ -32,7 +32,7 @@ extension Context {
     /// As `run` for a context the caller has just created,
     /// which nobody else can have entered.
     nonisolated(nonsending) func runFresh<R>(
-        origin: FrameOrigin,
+        origin: consuming FrameOrigin,
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
@@ -45,7 +45,7 @@ extension Context {
     nonisolated(nonsending) static func runFresh<R>(
         adopting handle: OpaquePointer,
         place: cctx_shim_place? = nil,
-        origin: FrameOrigin,
+        origin: consuming FrameOrigin,
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
@@ -58,7 +58,7 @@ extension Context {
     /// run with the given isolation (the spawn helpers and the
     /// ServiceContext bridge).
     package func runFresh<R>(
-        origin: FrameOrigin,
+        origin: consuming FrameOrigin,
         _ body: () async throws -> R,
         isolation: isolated (any Actor)?,
         file: StaticString = #fileID, line: UInt = #line

@@ -148,7 +148,7 @@ public final class Context: Sendable {
     /// Runs `body` in this context, which the caller has just created and no
     /// one else can have entered (so entering cannot fail).
     package func runFresh<R>(
-        origin: FrameOrigin, _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
+        origin: consuming FrameOrigin, _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) rethrows -> R {
         try Context.runFresh(adopting: cctx_context_retain(handle)!, origin: origin, body, file: file, line: line)
     }
@@ -157,7 +157,7 @@ public final class Context: Sendable {
     /// just made (one reference, which the scope's binding takes over).
     /// `place`: `cctx_shim_current_place()` if the caller has just asked it.
     static func runFresh<R>(
-        adopting handle: OpaquePointer, place: cctx_shim_place? = nil, origin: FrameOrigin,
+        adopting handle: OpaquePointer, place: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) rethrows -> R {
         let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
@@ -206,7 +206,7 @@ struct ContextScope: ~Copyable {
     /// - Throws: ``ContextError/contextAlreadyEntered`` when the context is
     ///   entered or claimed anywhere; nothing changed then.
     static func enter(
-        _ context: Context, origin: FrameOrigin, file: StaticString, line: UInt
+        _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
     ) throws(ContextError) -> ContextScope {
         let place = cctx_shim_current_place()
         if place.task == nil {
@@ -224,7 +224,7 @@ struct ContextScope: ~Copyable {
     /// `place`: `cctx_shim_current_place()` if the caller has just asked
     /// it (on this thread, with nothing in between that changes places).
     static func enterFresh(
-        adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: FrameOrigin,
+        adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         file: StaticString, line: UInt
     ) -> ContextScope {
         let place = known ?? cctx_shim_current_place()
