@@ -24,7 +24,7 @@ extension Context {
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async throws -> R {
-        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
+        var scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.withCurrent(scope.binding, body)
     }
@@ -49,7 +49,7 @@ extension Context {
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
+        var scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.withCurrent(scope.binding, body)
     }
@@ -63,7 +63,7 @@ extension Context {
         isolation: isolated (any Actor)?,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        let scope = ContextScope.enterFresh(
+        var scope = ContextScope.enterFresh(
             adopting: cctx_context_retain(handle)!, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.$current.withValue(scope.binding, operation: body, isolation: isolation)

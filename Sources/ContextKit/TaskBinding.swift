@@ -53,7 +53,7 @@ import Glibc
 // deferred it would have to publish it under those read sections while a
 // `Task {}` copy reads (docs/performance.md).
 //
-// After the scope (`freezeIfEscaped`, `readInherited`): a `Task {}` copies
+// After the scope (`freezeEscaped`, `readInherited`): a `Task {}` copies
 // the task-local items, so it keeps the binding, and with it the C context,
 // after the scope has ended. For `Context.run` that context is the user's:
 // a later, separate `run` of it may write it, and a reader of the live
@@ -141,16 +141,18 @@ final class TaskBinding: Sendable {
     /// A C handle, not a ``Context``: `withValue` makes a new context per
     /// scope, and a Swift object around it cost an allocation and its
     /// release each time (≈ 200 instructions) for nothing the scope needs.
-    /// `nonisolated(unsafe)`: the pointer never changes after `init`; the C
-    /// object is safe to read from any thread (see ``Context/handle``).
-    @usableFromInline nonisolated(unsafe) let handle: OpaquePointer
+    /// `nonisolated(unsafe)` and `@exclusivity(unchecked)`: the pointer
+    /// changes only when a thread reuses its spare binding (``rebind``),
+    /// which no one else can reach then; the C object is safe to read from
+    /// any thread (see ``Context/handle``).
+    @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) var handle: OpaquePointer
 
     /// The context as a ``Context`` (a new Swift object on the same C
     /// context), for the rare callers that need one.
     var context: Context { Context(retaining: handle) }
 
     /// The snapshot of `handle` taken when the scope ended while a
-    /// `Task {}` copy still held the binding (`freezeIfEscaped()`); nil
+    /// `Task {}` copy still held the binding (`freezeEscaped()`); nil
     /// until then and for every binding that did not escape. Stored once
     /// with release, never replaced; one reference, released in `deinit`.
     /// Read by tasks that do not own the binding (`readInherited(_:)`).
@@ -170,7 +172,20 @@ final class TaskBinding: Sendable {
     nonisolated(unsafe) private let retainedOwner: UnsafeRawPointer?
 
     /// Which API installed the binding (for ``Context/currentChainDescription``).
-    let origin: FrameOrigin
+    /// Changes only in ``rebind`` (as ``handle``).
+    @exclusivity(unchecked) nonisolated(unsafe) private(set) var origin: FrameOrigin
+
+    /// Whether anything but the scope that installed the binding may have
+    /// read it: a task that inherited it (``CurrentPlace/resolveUncached(in:)``
+    /// marks it before reading its context) or a chain walk. Such a binding
+    /// is never reused (``park()``): its readers' last accesses are
+    /// ordered before the reuse only by the reference count, which the
+    /// Swift runtime changes outside ThreadSanitizer's view.
+    let readByOthers = Atomic<Bool>(false)
+
+    /// True while the binding waits as its thread's spare (``park()``):
+    /// `handle` was released then.
+    nonisolated(unsafe) private var parked = false
 
     /// The binding the task saw when this one was installed, UNRETAINED;
     /// nil once the scope ended while something else still held this
@@ -192,7 +207,7 @@ final class TaskBinding: Sendable {
     /// * A walker holds a strong reference to every binding whose link it
     ///   reads. So when the scope ends, the binding is not uniquely
     ///   referenced while a walker may read its link, and `leave` then
-    ///   cuts the link under the lock (``freezeIfEscaped()``) before the
+    ///   cuts the link under the lock (``freezeEscaped()``) before the
     ///   scope, and with it the enclosing one, can end. A binding that is
     ///   uniquely referenced at the end of its scope can never be reached
     ///   again (nothing new can take a reference to it), so its stale link
@@ -202,7 +217,7 @@ final class TaskBinding: Sendable {
     nonisolated(unsafe) private var enclosing: Unmanaged<TaskBinding>?
 
     /// Serialises reading ``enclosing`` (``chain(from:)``) with cutting it
-    /// (``freezeIfEscaped()``): taken only by introspection and by the end
+    /// (``freezeEscaped()``): taken only by introspection and by the end
     /// of a scope that something else still holds, never on a fast path.
     private static let chainLock = PThreadLocked(())
 
@@ -251,7 +266,63 @@ final class TaskBinding: Sendable {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
         // The last reference is going: no reader is left, relaxed is enough.
         if let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed)) { cctx_context_release(snapshot) }
+        if !parked { cctx_context_release(handle) }
+    }
+
+    /// Marks the binding read by someone other than its scope (see
+    /// ``readByOthers``); a load first, so that readers of a binding already
+    /// marked do not write its line.
+    func markRead() {
+        if !readByOthers.load(ordering: .relaxed) { readByOthers.store(true, ordering: .relaxed) }
+    }
+
+    /// The calling thread's spare binding (see ``park()``), taken out of
+    /// its slot, or nil; ``rebind(adopting:origin:enclosing:)`` makes it
+    /// ready for a new scope outside any task.
+    static func takeSpare() -> TaskBinding? {
+        cctx_shim_spare_binding_take().map { Unmanaged<TaskBinding>.fromOpaque($0).takeRetainedValue() }
+    }
+
+    /// Makes a spare binding (``takeSpare()``) the binding of a new scope
+    /// outside any task. `handle`: one reference, which the binding takes
+    /// over.
+    func rebind(adopting handle: OpaquePointer, origin: consuming FrameOrigin, enclosing: Unmanaged<TaskBinding>?) {
+        // Nothing else can reach a spare (see `park`): plain writes.
+        // `owner` is nil, `frozen` 0 and `readByOthers` false, as when it
+        // was parked; `writes` only grows.
+        self.handle = handle
+        self.origin = origin
+        self.enclosing = enclosing
+        parked = false
+        isActiveFlag.store(true, ordering: .relaxed)
+    }
+
+    /// Called by a thread (outside any task) as its scope ends, after the
+    /// context's exit, when nothing else referred to the binding at the
+    /// uniqueness test of `ContextScope.leave`: unless someone else has
+    /// read it, releases its context (the scope's values go now,
+    /// as they did with the binding) and keeps the binding as the thread's
+    /// spare for its next synchronous scope (``takeSpare()``): one
+    /// allocation and free fewer per scope.
+    ///
+    /// Sound: uniquely referenced at its end, the binding cannot be
+    /// reached again (nothing between that test and this call can) —
+    /// a `Task {}` copy or a chain walk would hold a reference, and a
+    /// binding's unretained `enclosing` links are cut, or never read, once
+    /// its scope ended (see ``enclosing``). Unread (the flag is loaded after
+    /// the uniqueness test, whose load of the reference count orders every
+    /// earlier holder's accesses before it): no other thread has accessed
+    /// the fields the reuse rewrites.
+    func park() {
+        guard owner == nil, !readByOthers.load(ordering: .acquiring) else { return }
+        parked = true
+        // Values' deinits may run here and use the library, also open and
+        // end scopes on this thread (parking their own bindings).
         cctx_context_release(handle)
+        let displaced = cctx_shim_spare_binding_put(Unmanaged.passRetained(self).toOpaque()) { spare in
+            Unmanaged<TaskBinding>.fromOpaque(spare!).release()
+        }
+        if let displaced { Unmanaged<TaskBinding>.fromOpaque(displaced).release() }
     }
 
     /// The snapshot published when the scope ended, if it was (acquire:
@@ -287,13 +358,11 @@ final class TaskBinding: Sendable {
     }
 
     /// Called by the owner as its scope ends, after the task-local pop and
-    /// before the context is exited or unclaimed: when a `Task {}` copy
-    /// still holds the binding, publishes a snapshot of what the scope
-    /// ended with for it to read (see the file comment, "After the scope").
-    /// One uniqueness test when nothing escaped.
-    func freezeIfEscaped() {
-        let object = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
-        if cctx_shim_is_uniquely_referenced(object) { return }
+    /// before the context is exited or unclaimed, when something else (a
+    /// `Task {}` copy) still holds the binding (`ContextScope.leave` tests
+    /// that): publishes a snapshot of what the scope ended with for it to
+    /// read (see the file comment, "After the scope").
+    func freezeEscaped() {
         // Someone may walk the chain through this binding after its scope,
         // and the enclosing one, have ended (see `enclosing`).
         TaskBinding.chainLock.withLock { _ in enclosing = nil }
@@ -323,10 +392,14 @@ final class TaskBinding: Sendable {
         guard let first else { return [] }
         return chainLock.withLock { _ in
             // Each binding is retained (appended) before its link is read:
-            // that keeps its end from skipping the cut (see `enclosing`).
+            // that keeps its end from skipping the cut (see `enclosing`),
+            // and marked read, so that it is never reused (`park`).
+            first.markRead()
             var bindings = [first]
             while let next = bindings[bindings.count - 1].enclosing {
-                bindings.append(next.takeUnretainedValue())
+                let binding = next.takeUnretainedValue()
+                binding.markRead()
+                bindings.append(binding)
             }
             return bindings
         }
@@ -568,6 +641,9 @@ enum CurrentPlace {
     static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {
         let scoped = TaskBinding.current
         if let scoped, scoped.isOwned(by: task) { return .task(task, scoped, owned: true) }
+        // Inherited: this task may read it from now on (every place of a
+        // task that names a binding it does not own starts here).
+        scoped?.markRead()
         if let unscoped = UnscopedBindings.shared.binding(of: task) {
             return .task(task, unscoped, owned: true)
         }
