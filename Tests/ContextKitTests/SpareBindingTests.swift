@@ -20,6 +20,15 @@ final class ScopeInDeinit: Sendable {
     }
 }
 
+/// Runs `body` on a new POSIX thread and returns its result once that thread
+/// has exited, awaited without blocking a thread of the cooperative pool
+/// (other tests' tasks need them; a blocked pool starves them).
+func onNewThreadUntilExit<R: Sendable>(_ body: @escaping @Sendable () -> R) async -> R {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(returning: onNewThread(body)) }
+    }
+}
+
 /// Holds a binding weakly (a test's view of when it is freed).
 final class WeakBinding: @unchecked Sendable {
     weak var binding: TaskBinding?
@@ -37,8 +46,8 @@ final class WeakBinding: @unchecked Sendable {
         return spare
     }
 
-    @Test func anUnreadScopeLeavesItsBindingForTheThreadsNextScope() {
-        let ok = onNewThread { () -> Bool in
+    @Test func anUnreadScopeLeavesItsBindingForTheThreadsNextScope() async {
+        let ok = await onNewThreadUntilExit { () -> Bool in
             let v = ContextVar<Int>("spare_next", default: 0)
             var first: UnsafeMutableRawPointer?
             v.withValue(1) { first = TaskBinding.current.map { Unmanaged.passUnretained($0).toOpaque() } }
@@ -58,10 +67,10 @@ final class WeakBinding: @unchecked Sendable {
 
     /// The scope's values are released when it ends, not kept by the spare,
     /// also when a value's deinit opens a scope on the same thread then.
-    @Test func aParkedBindingKeepsNoValues() {
+    @Test func aParkedBindingKeepsNoValues() async {
         let counter = LifetimeCounter()
         let seen = LockedBox<[Int]>([])
-        let ok = onNewThread { () -> Bool in
+        let ok = await onNewThreadUntilExit { () -> Bool in
             let v = ContextVar<Tracked>("spare_tracked")
             let hook = ContextVar<ScopeInDeinit>("spare_hook")
             let other = ContextVar<Int>("spare_other", default: 0)
@@ -87,11 +96,8 @@ final class WeakBinding: @unchecked Sendable {
     @Test func aBindingATaskReadOrHoldsIsNotReused() async {
         let v = ContextVar<Int>("spare_task", default: 0)
         let gate = AsyncGate()
-        // On a thread of its own, awaited without blocking a thread of the
-        // cooperative pool (the tasks below need one).
-        let (readParked, heldParked, held) = await withCheckedContinuation { continuation in
-            Thread.detachNewThread { continuation.resume(returning: SpareBindingTests.readOrHeld(v, gate)) }
-        }
+        // The tasks it starts need a thread of the cooperative pool.
+        let (readParked, heldParked, held) = await onNewThreadUntilExit { SpareBindingTests.readOrHeld(v, gate) }
         #expect(!readParked)
         #expect(!heldParked)
         await gate.open()
@@ -127,9 +133,9 @@ final class WeakBinding: @unchecked Sendable {
     }
 
     /// A thread's spare is released when the thread exits.
-    @Test func aThreadsSpareGoesWithTheThread() {
+    @Test func aThreadsSpareGoesWithTheThread() async {
         let weak = WeakBinding()
-        let parked = onNewThread { () -> Bool in
+        let parked = await onNewThreadUntilExit { () -> Bool in
             let v = ContextVar<Int>("spare_exit", default: 0)
             var address: UnsafeMutableRawPointer?
             v.withValue(1) {
