@@ -198,7 +198,7 @@ final class TaskBinding: Sendable {
     /// Not `weak`: a weak reference cost a side-table allocation on the
     /// enclosing object the first time, and `swift_weakInit`/`Destroy`
     /// per scope. Why the unretained link is never followed to freed
-    /// memory — the link is read and cut only under ``chainLock``:
+    /// memory — the link is read and cut only under ``chainMutex``:
     /// * While this binding's scope is active, its enclosing binding is
     ///   alive: the enclosing scope of the same task or thread (scopes are
     ///   LIFO), the task's unscoped binding (kept until the task ends), or
@@ -219,7 +219,23 @@ final class TaskBinding: Sendable {
     /// Serialises reading ``enclosing`` (``chain(from:)``) with cutting it
     /// (``freezeEscaped()``): taken only by introspection and by the end
     /// of a scope that something else still holds, never on a fast path.
-    private static let chainLock = PThreadLocked(())
+    /// A bare pthread mutex (ThreadSanitizer intercepts it): it guards
+    /// fields of the bindings, not a value of its own.
+    /// `nonisolated(unsafe)`: the pointer never changes after the lazy
+    /// initialiser; the mutex is used only through lock/unlock.
+    private nonisolated(unsafe) static let chainMutex: UnsafeMutablePointer<pthread_mutex_t> = {
+        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        return mutex
+    }()
+
+    /// Runs `body` with ``chainMutex`` held; `body` must not take it again.
+    private static func withChainLock<R>(_ body: () -> R) -> R {
+        pthread_mutex_lock(chainMutex)
+        defer { pthread_mutex_unlock(chainMutex) }
+        return body()
+    }
 
     /// True until the scope that installed the binding ends (for
     /// ``Context/currentChainDescription`` only; ownership does not use it).
@@ -365,7 +381,7 @@ final class TaskBinding: Sendable {
     func freezeEscaped() {
         // Someone may walk the chain through this binding after its scope,
         // and the enclosing one, have ended (see `enclosing`).
-        TaskBinding.chainLock.withLock { _ in enclosing = nil }
+        TaskBinding.withChainLock { enclosing = nil }
         // The owner has finished writing: the copy is what the scope ended
         // with. O(1): it shares the root.
         let snapshot = Context.copyHandle(of: handle)
@@ -390,7 +406,7 @@ final class TaskBinding: Sendable {
     /// link was cut.
     static func chain(from first: TaskBinding?) -> [TaskBinding] {
         guard let first else { return [] }
-        return chainLock.withLock { _ in
+        return withChainLock {
             // Each binding is retained (appended) before its link is read:
             // that keeps its end from skipping the cut (see `enclosing`),
             // and marked read, so that it is never reused (`park`).
