@@ -24,7 +24,7 @@ extension Context {
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async throws -> R {
-        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
+        var scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.withCurrent(scope.binding, body)
     }
@@ -32,7 +32,7 @@ extension Context {
     /// As `run` for a context the caller has just created,
     /// which nobody else can have entered.
     nonisolated(nonsending) func runFresh<R>(
-        origin: FrameOrigin,
+        origin: consuming FrameOrigin,
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
@@ -45,11 +45,11 @@ extension Context {
     nonisolated(nonsending) static func runFresh<R>(
         adopting handle: OpaquePointer,
         place: cctx_shim_place? = nil,
-        origin: FrameOrigin,
+        origin: consuming FrameOrigin,
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
+        var scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.withCurrent(scope.binding, body)
     }
@@ -58,12 +58,12 @@ extension Context {
     /// run with the given isolation (the spawn helpers and the
     /// ServiceContext bridge).
     package func runFresh<R>(
-        origin: FrameOrigin,
+        origin: consuming FrameOrigin,
         _ body: () async throws -> R,
         isolation: isolated (any Actor)?,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        let scope = ContextScope.enterFresh(
+        var scope = ContextScope.enterFresh(
             adopting: cctx_context_retain(handle)!, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try await TaskBinding.$current.withValue(scope.binding, operation: body, isolation: isolation)

@@ -2,9 +2,10 @@ import CContextCore
 
 // Introspection: where the running code's context came from. A task sees the
 // chain of bindings installed by `run` / `withValue` / the spawn helpers /
-// its first write (each remembers its origin and, weakly, the binding that
-// was innermost when it was installed, possibly one inherited from the
-// creating task: the chain stops where an enclosing binding is gone). A thread sees the
+// its first write (each remembers its origin and, unretained, the binding
+// that was innermost when it was installed, possibly one inherited from the
+// creating task: the chain stops where a scope ended while something still
+// held its binding; see `TaskBinding.enclosing`). A thread sees the
 // chain the C runtime keeps: the contexts it entered (through C or through a
 // synchronous `run` / `withValue` / helper, which also bound a frame) down to
 // its base context.
@@ -45,9 +46,8 @@ extension Context {
 
     private static func taskChainDescription(task: UnsafeRawPointer) -> String {
         var lines = ["task context chain (innermost first):"]
-        var binding = CurrentPlace.resolve.binding
         var index = 0
-        while let current = binding {
+        for current in TaskBinding.chain(from: CurrentPlace.resolve.binding) {
             let role: String
             if current.isOwned(by: task) {
                 role = "owned by this task"
@@ -59,7 +59,6 @@ extension Context {
                 role = "inherited from an enclosing task"
             }
             lines.append("  #\(index) \(current.origin), \(role): \(current.context)")
-            binding = current.enclosing
             index += 1
         }
         if index == 0 {
@@ -73,12 +72,9 @@ extension Context {
         // Frames bound on this thread by a synchronous scope (owner 0) name
         // the Swift API that entered their context.
         var origins: [UnsafeMutableRawPointer: FrameOrigin] = [:]
-        var binding = TaskBinding.current
-        while let current = binding {
-            if current.owner == nil && current.isActive {
-                origins[UnsafeMutableRawPointer(current.handle)] = current.origin
-            }
-            binding = current.enclosing
+        for current in TaskBinding.chain(from: TaskBinding.current)
+        where current.owner == nil && current.isActive {
+            origins[UnsafeMutableRawPointer(current.handle)] = current.origin
         }
         var count = cctx_thread_contexts(nil, 0)
         if count == 0 {

@@ -140,7 +140,7 @@ public final class Context: Sendable {
     public func run<R>(
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) throws -> R {
-        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
+        var scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
         return try scope.withCurrent(body)
     }
@@ -148,7 +148,7 @@ public final class Context: Sendable {
     /// Runs `body` in this context, which the caller has just created and no
     /// one else can have entered (so entering cannot fail).
     package func runFresh<R>(
-        origin: FrameOrigin, _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
+        origin: consuming FrameOrigin, _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) rethrows -> R {
         try Context.runFresh(adopting: cctx_context_retain(handle)!, origin: origin, body, file: file, line: line)
     }
@@ -157,10 +157,10 @@ public final class Context: Sendable {
     /// just made (one reference, which the scope's binding takes over).
     /// `place`: `cctx_shim_current_place()` if the caller has just asked it.
     static func runFresh<R>(
-        adopting handle: OpaquePointer, place: cctx_shim_place? = nil, origin: FrameOrigin,
+        adopting handle: OpaquePointer, place: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) rethrows -> R {
-        let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
+        var scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try scope.withCurrent(body)
     }
@@ -178,8 +178,9 @@ struct ContextScope: ~Copyable {
     /// The C context entered (by a thread) or claimed (by a task); the
     /// binding holds its reference.
     let handle: OpaquePointer
-    /// The binding that makes it current for the scope.
-    let binding: TaskBinding
+    /// The binding that makes it current for the scope. A `var` only for
+    /// the uniqueness test in ``leave()``.
+    var binding: TaskBinding
     /// The binding the task saw before the scope (for the `exited` event),
     /// unretained: something else keeps it alive for the whole scope — the
     /// enclosing scope's own frame (scopes are LIFO), the task-local items
@@ -206,7 +207,7 @@ struct ContextScope: ~Copyable {
     /// - Throws: ``ContextError/contextAlreadyEntered`` when the context is
     ///   entered or claimed anywhere; nothing changed then.
     static func enter(
-        _ context: Context, origin: FrameOrigin, file: StaticString, line: UInt
+        _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
     ) throws(ContextError) -> ContextScope {
         let place = cctx_shim_current_place()
         if place.task == nil {
@@ -224,7 +225,7 @@ struct ContextScope: ~Copyable {
     /// `place`: `cctx_shim_current_place()` if the caller has just asked
     /// it (on this thread, with nothing in between that changes places).
     static func enterFresh(
-        adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: FrameOrigin,
+        adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         file: StaticString, line: UInt
     ) -> ContextScope {
         let place = known ?? cctx_shim_current_place()
@@ -283,7 +284,14 @@ struct ContextScope: ~Copyable {
         }
         enclosingID = task.map { cctx_shim_place_cached_id($0) } ?? 0
         self.handle = handle
-        self.binding = TaskBinding(adopting: handle, owner: task, origin: origin, enclosing: enclosing)
+        // Outside any task, the thread's spare binding when it has one
+        // (`TaskBinding.park`): no allocation.
+        if task == nil, let spare = TaskBinding.takeSpare() {
+            spare.rebind(adopting: handle, origin: origin, enclosing: enclosing)
+            self.binding = spare
+        } else {
+            self.binding = TaskBinding(adopting: handle, owner: task, origin: origin, enclosing: enclosing)
+        }
         self.enclosing = task == nil ? nil : enclosing
         self.file = file
         self.line = line
@@ -305,11 +313,15 @@ struct ContextScope: ~Copyable {
     /// Ends the scope: a thread exits the context, a task unclaims it and
     /// notifies watchers of `exited` with the context it sees again (the
     /// enclosing binding's, or none).
-    func leave() {
+    mutating func leave() {
         binding.isActiveFlag.store(false, ordering: .relaxed)
+        // Who escaped (see `TaskBinding`, "After the scope"): tested on the
+        // stored reference itself, so that no temporary copy (an unoptimised
+        // build makes them) reads as a second holder.
+        let escaped = !isKnownUniquelyReferenced(&binding)
         // Before the exit/unclaim below: once the context is free, another
         // scope may enter it and write (see `TaskBinding`, "After the scope").
-        binding.freezeIfEscaped()
+        if escaped { binding.freezeEscaped() }
         // The task-local pop has just happened; the exited watchers below
         // may read.
         if let task = binding.owner {
@@ -323,6 +335,7 @@ struct ContextScope: ~Copyable {
                         + "(code inside the body entered a context with cctx_context_enter and did not exit it)",
                     file: file, line: line)
             }
+            if !escaped { binding.park() }
             return
         }
         let status = cctx_context_unclaim(handle)

@@ -53,7 +53,7 @@ import Glibc
 // deferred it would have to publish it under those read sections while a
 // `Task {}` copy reads (docs/performance.md).
 //
-// After the scope (`freezeIfEscaped`, `readInherited`): a `Task {}` copies
+// After the scope (`freezeEscaped`, `readInherited`): a `Task {}` copies
 // the task-local items, so it keeps the binding, and with it the C context,
 // after the scope has ended. For `Context.run` that context is the user's:
 // a later, separate `run` of it may write it, and a reader of the live
@@ -141,16 +141,18 @@ final class TaskBinding: Sendable {
     /// A C handle, not a ``Context``: `withValue` makes a new context per
     /// scope, and a Swift object around it cost an allocation and its
     /// release each time (≈ 200 instructions) for nothing the scope needs.
-    /// `nonisolated(unsafe)`: the pointer never changes after `init`; the C
-    /// object is safe to read from any thread (see ``Context/handle``).
-    @usableFromInline nonisolated(unsafe) let handle: OpaquePointer
+    /// `nonisolated(unsafe)` and `@exclusivity(unchecked)`: the pointer
+    /// changes only when a thread reuses its spare binding (``rebind``),
+    /// which no one else can reach then; the C object is safe to read from
+    /// any thread (see ``Context/handle``).
+    @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) var handle: OpaquePointer
 
     /// The context as a ``Context`` (a new Swift object on the same C
     /// context), for the rare callers that need one.
     var context: Context { Context(retaining: handle) }
 
     /// The snapshot of `handle` taken when the scope ended while a
-    /// `Task {}` copy still held the binding (`freezeIfEscaped()`); nil
+    /// `Task {}` copy still held the binding (`freezeEscaped()`); nil
     /// until then and for every binding that did not escape. Stored once
     /// with release, never replaced; one reference, released in `deinit`.
     /// Read by tasks that do not own the binding (`readInherited(_:)`).
@@ -170,14 +172,70 @@ final class TaskBinding: Sendable {
     nonisolated(unsafe) private let retainedOwner: UnsafeRawPointer?
 
     /// Which API installed the binding (for ``Context/currentChainDescription``).
-    let origin: FrameOrigin
+    /// Changes only in ``rebind`` (as ``handle``).
+    @exclusivity(unchecked) nonisolated(unsafe) private(set) var origin: FrameOrigin
 
-    /// The binding the task saw when this one was installed, held WEAKLY:
-    /// only ``Context/currentChainDescription`` walks it, and a task must
-    /// keep alive only what it can read (an enclosing scope's values are
-    /// shadowed while this binding is innermost, and a `Task {}` copy must
-    /// not keep them alive after the scopes end).
-    weak let enclosing: TaskBinding?
+    /// Whether anything but the scope that installed the binding may have
+    /// read it: a task that inherited it (``CurrentPlace/resolveUncached(in:)``
+    /// marks it before reading its context) or a chain walk. Such a binding
+    /// is never reused (``park()``): its readers' last accesses are
+    /// ordered before the reuse only by the reference count, which the
+    /// Swift runtime changes outside ThreadSanitizer's view.
+    let readByOthers = Atomic<Bool>(false)
+
+    /// True while the binding waits as its thread's spare (``park()``):
+    /// `handle` was released then.
+    nonisolated(unsafe) private var parked = false
+
+    /// The binding the task saw when this one was installed, UNRETAINED;
+    /// nil once the scope ended while something else still held this
+    /// binding. Only ``Context/currentChainDescription`` walks it
+    /// (``chain(from:)``), and a task must keep alive only what it can read
+    /// (an enclosing scope's values are shadowed while this binding is
+    /// innermost, and a `Task {}` copy must not keep them alive after the
+    /// scopes end).
+    ///
+    /// Not `weak`: a weak reference cost a side-table allocation on the
+    /// enclosing object the first time, and `swift_weakInit`/`Destroy`
+    /// per scope. Why the unretained link is never followed to freed
+    /// memory — the link is read and cut only under ``chainMutex``:
+    /// * While this binding's scope is active, its enclosing binding is
+    ///   alive: the enclosing scope of the same task or thread (scopes are
+    ///   LIFO), the task's unscoped binding (kept until the task ends), or
+    ///   a binding the task inherited (its task-local items hold it for the
+    ///   task's life).
+    /// * A walker holds a strong reference to every binding whose link it
+    ///   reads. So when the scope ends, the binding is not uniquely
+    ///   referenced while a walker may read its link, and `leave` then
+    ///   cuts the link under the lock (``freezeEscaped()``) before the
+    ///   scope, and with it the enclosing one, can end. A binding that is
+    ///   uniquely referenced at the end of its scope can never be reached
+    ///   again (nothing new can take a reference to it), so its stale link
+    ///   is never read.
+    /// * An unscoped binding (never cut) is reached only by its own task
+    ///   while that task runs, and links to what that task inherited.
+    nonisolated(unsafe) private var enclosing: Unmanaged<TaskBinding>?
+
+    /// Serialises reading ``enclosing`` (``chain(from:)``) with cutting it
+    /// (``freezeEscaped()``): taken only by introspection and by the end
+    /// of a scope that something else still holds, never on a fast path.
+    /// A bare pthread mutex (ThreadSanitizer intercepts it): it guards
+    /// fields of the bindings, not a value of its own.
+    /// `nonisolated(unsafe)`: the pointer never changes after the lazy
+    /// initialiser; the mutex is used only through lock/unlock.
+    private nonisolated(unsafe) static let chainMutex: UnsafeMutablePointer<pthread_mutex_t> = {
+        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        return mutex
+    }()
+
+    /// Runs `body` with ``chainMutex`` held; `body` must not take it again.
+    private static func withChainLock<R>(_ body: () -> R) -> R {
+        pthread_mutex_lock(chainMutex)
+        defer { pthread_mutex_unlock(chainMutex) }
+        return body()
+    }
 
     /// True until the scope that installed the binding ends (for
     /// ``Context/currentChainDescription`` only; ownership does not use it).
@@ -201,9 +259,10 @@ final class TaskBinding: Sendable {
 
     /// `adopting`: one reference to a C context, which the binding takes
     /// over.
+    /// `enclosing`: unretained (see ``enclosing``).
     init(
-        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin, enclosing: __shared TaskBinding?,
-        retainingOwner: Bool = false
+        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin,
+        enclosing: Unmanaged<TaskBinding>?, retainingOwner: Bool = false
     ) {
         self.handle = handle
         self.owner = owner
@@ -212,14 +271,6 @@ final class TaskBinding: Sendable {
         if case .firstWrite = origin { isScope = false } else { isScope = true }
         retainedOwner = retainingOwner ? owner : nil
         if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
-    }
-
-    /// As ``init(adopting:owner:origin:enclosing:retainingOwner:)`` with the
-    /// enclosing binding unretained (a scope's, kept alive by others for
-    /// the scope: see `ContextScope.enclosing`).
-    convenience init(adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin,
-                     enclosing: Unmanaged<TaskBinding>?) {
-        self.init(adopting: handle, owner: owner, origin: origin, enclosing: enclosing?.takeUnretainedValue())
     }
 
     deinit {
@@ -231,7 +282,63 @@ final class TaskBinding: Sendable {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
         // The last reference is going: no reader is left, relaxed is enough.
         if let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed)) { cctx_context_release(snapshot) }
+        if !parked { cctx_context_release(handle) }
+    }
+
+    /// Marks the binding read by someone other than its scope (see
+    /// ``readByOthers``); a load first, so that readers of a binding already
+    /// marked do not write its line.
+    func markRead() {
+        if !readByOthers.load(ordering: .relaxed) { readByOthers.store(true, ordering: .relaxed) }
+    }
+
+    /// The calling thread's spare binding (see ``park()``), taken out of
+    /// its slot, or nil; ``rebind(adopting:origin:enclosing:)`` makes it
+    /// ready for a new scope outside any task.
+    static func takeSpare() -> TaskBinding? {
+        cctx_shim_spare_binding_take().map { Unmanaged<TaskBinding>.fromOpaque($0).takeRetainedValue() }
+    }
+
+    /// Makes a spare binding (``takeSpare()``) the binding of a new scope
+    /// outside any task. `handle`: one reference, which the binding takes
+    /// over.
+    func rebind(adopting handle: OpaquePointer, origin: consuming FrameOrigin, enclosing: Unmanaged<TaskBinding>?) {
+        // Nothing else can reach a spare (see `park`): plain writes.
+        // `owner` is nil, `frozen` 0 and `readByOthers` false, as when it
+        // was parked; `writes` only grows.
+        self.handle = handle
+        self.origin = origin
+        self.enclosing = enclosing
+        parked = false
+        isActiveFlag.store(true, ordering: .relaxed)
+    }
+
+    /// Called by a thread (outside any task) as its scope ends, after the
+    /// context's exit, when nothing else referred to the binding at the
+    /// uniqueness test of `ContextScope.leave`: unless someone else has
+    /// read it, releases its context (the scope's values go now,
+    /// as they did with the binding) and keeps the binding as the thread's
+    /// spare for its next synchronous scope (``takeSpare()``): one
+    /// allocation and free fewer per scope.
+    ///
+    /// Sound: uniquely referenced at its end, the binding cannot be
+    /// reached again (nothing between that test and this call can) —
+    /// a `Task {}` copy or a chain walk would hold a reference, and a
+    /// binding's unretained `enclosing` links are cut, or never read, once
+    /// its scope ended (see ``enclosing``). Unread (the flag is loaded after
+    /// the uniqueness test, whose load of the reference count orders every
+    /// earlier holder's accesses before it): no other thread has accessed
+    /// the fields the reuse rewrites.
+    func park() {
+        guard owner == nil, !readByOthers.load(ordering: .acquiring) else { return }
+        parked = true
+        // Values' deinits may run here and use the library, also open and
+        // end scopes on this thread (parking their own bindings).
         cctx_context_release(handle)
+        let displaced = cctx_shim_spare_binding_put(Unmanaged.passRetained(self).toOpaque()) { spare in
+            Unmanaged<TaskBinding>.fromOpaque(spare!).release()
+        }
+        if let displaced { Unmanaged<TaskBinding>.fromOpaque(displaced).release() }
     }
 
     /// The snapshot published when the scope ended, if it was (acquire:
@@ -267,13 +374,14 @@ final class TaskBinding: Sendable {
     }
 
     /// Called by the owner as its scope ends, after the task-local pop and
-    /// before the context is exited or unclaimed: when a `Task {}` copy
-    /// still holds the binding, publishes a snapshot of what the scope
-    /// ended with for it to read (see the file comment, "After the scope").
-    /// One uniqueness test when nothing escaped.
-    func freezeIfEscaped() {
-        let object = UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque())
-        if cctx_shim_is_uniquely_referenced(object) { return }
+    /// before the context is exited or unclaimed, when something else (a
+    /// `Task {}` copy) still holds the binding (`ContextScope.leave` tests
+    /// that): publishes a snapshot of what the scope ended with for it to
+    /// read (see the file comment, "After the scope").
+    func freezeEscaped() {
+        // Someone may walk the chain through this binding after its scope,
+        // and the enclosing one, have ended (see `enclosing`).
+        TaskBinding.withChainLock { enclosing = nil }
         // The owner has finished writing: the copy is what the scope ended
         // with. O(1): it shares the root.
         let snapshot = Context.copyHandle(of: handle)
@@ -291,6 +399,27 @@ final class TaskBinding: Sendable {
 
     @inlinable
     var isActive: Bool { isActiveFlag.load(ordering: .relaxed) }
+
+    /// `first` and the bindings its ``enclosing`` links reach, innermost
+    /// first, each retained by the array (for ``Context/currentChainDescription``).
+    /// `first` must be alive (the caller holds it); the walk stops where a
+    /// link was cut.
+    static func chain(from first: TaskBinding?) -> [TaskBinding] {
+        guard let first else { return [] }
+        return withChainLock {
+            // Each binding is retained (appended) before its link is read:
+            // that keeps its end from skipping the cut (see `enclosing`),
+            // and marked read, so that it is never reused (`park`).
+            first.markRead()
+            var bindings = [first]
+            while let next = bindings[bindings.count - 1].enclosing {
+                let binding = next.takeUnretainedValue()
+                binding.markRead()
+                bindings.append(binding)
+            }
+            return bindings
+        }
+    }
 
     /// Whether `task` (the running task) owns this scope binding and may
     /// write it (see the file comment for why this is a proof).
@@ -377,7 +506,8 @@ final class TaskBinding: Sendable {
     static func writableBinding(task: UnsafeRawPointer, visible: TaskBinding?, owned: Bool) -> TaskBinding {
         if owned, let visible { return visible }
         let copy = visible.map { $0.copyInheritedForSpawn() } ?? Context.newHandle()
-        return UnscopedBindings.shared.insert(adopting: copy, enclosing: visible, for: task)
+        return UnscopedBindings.shared.insert(
+            adopting: copy, enclosing: visible.map { Unmanaged.passUnretained($0) }, for: task)
     }
 }
 
@@ -527,6 +657,9 @@ enum CurrentPlace {
     static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {
         let scoped = TaskBinding.current
         if let scoped, scoped.isOwned(by: task) { return .task(task, scoped, owned: true) }
+        // Inherited: this task may read it from now on (every place of a
+        // task that names a binding it does not own starts here).
+        scoped?.markRead()
         if let unscoped = UnscopedBindings.shared.binding(of: task) {
             return .task(task, unscoped, owned: true)
         }
@@ -625,7 +758,11 @@ final class UnscopedBindings: Sendable {
     /// Makes the unscoped binding of `task` (the running task, which has
     /// none yet) for `context` (one reference, which the binding takes over).
     @discardableResult
-    func insert(adopting context: OpaquePointer, enclosing: TaskBinding?, for task: UnsafeRawPointer) -> TaskBinding {
+    /// `enclosing`: what the task read before (unretained: a binding it
+    /// inherited, which its task-local items keep alive for its life).
+    func insert(
+        adopting context: OpaquePointer, enclosing: Unmanaged<TaskBinding>?, for task: UnsafeRawPointer
+    ) -> TaskBinding {
         // The task claims its private context for the binding's life, as a
         // scope claims its context: the task is its only writer, and reads
         // it borrowed. Unclaimed, anyone handed the context (an `exited`

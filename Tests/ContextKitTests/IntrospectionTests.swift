@@ -54,6 +54,48 @@ import Testing
         #expect(await task.value.contains("#0 withValue(v), scope ended"))
     }
 
+    /// A binding's link to its enclosing binding is unretained: `Task {}`
+    /// copies walk the chain while the two scopes they inherited end, round
+    /// after round, and the walk never follows a link to a binding that is
+    /// gone (ASan and TSan builds catch one). A walk made after both scopes
+    /// ended lists the inherited binding and nothing beyond it: the outer
+    /// binding's values are not kept for the copy.
+    @Test func chainWalksRaceTheEndOfTheScopesTheyInherited() async throws {
+        let v = ContextVar<Int>("intro_race", default: 0)
+        let counter = LifetimeCounter()
+        let rounds = scaled(2_000)
+        var racing: [Task<String, Never>] = []
+        for round in 0..<rounds {
+            let task = try await v.withValue(round) { () async throws -> Task<String, Never> in
+                try await Context().run { () async -> Task<String, Never> in
+                    Task { Context.currentChainDescription }
+                }
+            }
+            racing.append(task)
+        }
+        var complete = 0
+        for task in racing where await task.value.contains("#0 run, ") { complete += 1 }
+        #expect(complete == rounds)
+
+        let gate = AsyncGate()
+        let late = LockedBox<Task<String, Never>?>(nil)
+        let tracked = ContextVar<Tracked>("intro_tracked")
+        try tracked.withValue(counter.make(1)) {
+            try Context().run {
+                late.mutate { $0 = Task { () -> String in
+                    await gate.wait()
+                    return Context.currentChainDescription
+                } }
+            }
+        }
+        // The outer scope's value went with its binding: nothing holds it.
+        #expect(counter.alive == 0)
+        await gate.open()
+        let text = await late.value!.value
+        #expect(text.contains("#0 run, scope ended"))
+        #expect(!text.contains("#1"))
+    }
+
     @Test func threadChainListsSwiftScopesCEntersAndTheBase() {
         let text = onNewThread { () -> [String] in
             let before = Context.currentChainDescription

@@ -242,6 +242,21 @@ const void *cctx_shim_thread_scope_binding(void);
 const void *cctx_shim_thread_scope_binding_exchange(const void *binding);
 
 /**
+ * The calling thread's spare scope binding (a `TaskBinding`, +1), removed
+ * from the slot, or NULL (spare_binding.c). The caller owns the reference.
+ */
+void *cctx_shim_spare_binding_take(void);
+
+/**
+ * Parks `binding` (+1, taken over) as the calling thread's spare; returns
+ * the spare it displaced (+1, the caller's to release), or NULL. `release`
+ * drops one reference to a binding: the thread's exit calls it for the
+ * spare left then. When the exit cleanup cannot be registered, returns
+ * `binding` itself (not parked).
+ */
+void *cctx_shim_spare_binding_put(void *binding, void (*release)(void *));
+
+/**
  * Binds the task-local `key` (a `TaskLocal` object, borrowed) to `object` (a
  * native Swift object reference or NULL, +1: the binding takes it over) for
  * the running task, or the calling thread outside any task — exactly what

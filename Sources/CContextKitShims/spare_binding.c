@@ -1,0 +1,64 @@
+/*
+ * The calling thread's spare scope binding: one `TaskBinding` whose scope
+ * ended on this thread (outside any task) while nothing else referred to it
+ * and no other task or walker had read it, kept (one reference, +1) for the
+ * thread's next synchronous scope instead of being freed and allocated again
+ * (see `TaskBinding.park()`). Thread-local: only its own thread reads or
+ * writes the slot, and a parked binding is unreachable from anywhere else.
+ *
+ * At thread exit a pthread key destructor (registered on the thread's first
+ * park) hands the spare to the release function ContextKit gave; the
+ * thread's TLS is still valid while glibc runs key destructors. The main
+ * thread's spare is reclaimed by the process's exit.
+ */
+#include "CContextKitShims.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+static __thread __attribute__((tls_model("initial-exec"))) void *spare;
+static __thread __attribute__((tls_model("initial-exec"))) bool destructor_armed;
+
+static pthread_key_t spare_key;
+static pthread_once_t spare_key_once = PTHREAD_ONCE_INIT;
+/* Written once before the key exists (under spare_key_once), then only read
+ * by the destructor, which runs after a put on its thread. */
+static void (*spare_release)(void *);
+
+static void spare_thread_exit(void *unused)
+{
+    (void)unused;
+    void *binding = spare;
+    spare = NULL;
+    if (binding != NULL && spare_release != NULL)
+        spare_release(binding);
+}
+
+static void spare_key_create(void)
+{
+    (void)pthread_key_create(&spare_key, spare_thread_exit);
+}
+
+void *cctx_shim_spare_binding_take(void)
+{
+    void *binding = spare;
+    spare = NULL;
+    return binding;
+}
+
+void *cctx_shim_spare_binding_put(void *binding, void (*release)(void *))
+{
+    if (!destructor_armed) {
+        if (spare_release == NULL)
+            spare_release = release; /* always the same function */
+        (void)pthread_once(&spare_key_once, spare_key_create);
+        /* Any non-NULL value: the destructor runs only for those. */
+        if (pthread_setspecific(spare_key, &spare_key) != 0)
+            return binding; /* cannot clean up at exit: the caller releases it */
+        destructor_armed = true;
+    }
+    void *displaced = spare;
+    spare = binding;
+    return displaced;
+}
