@@ -85,27 +85,11 @@ static cctx_context *base_new(void)
     return base;
 }
 
-/* The request pattern, `n` times: copy the base (root credits), set a
- * variable it does not bind and one it binds (variable credits from the
- * second request on), read, let go (the set values' releases use the
- * library on this thread). */
+/* The request pattern (test support), `n` times, on the calling thread;
+ * the set values' releases use the library on this thread. */
 static void requests(cctx_context *base, int n)
 {
-    for (int i = 0; i < n; i++) {
-        cctx_context *c = NULL;
-        T_CHECK(cctx_context_copy(base, &c) == CCTX_OK);
-        T_CHECK(cctx_context_enter(c) == CCTX_OK);
-        tv_value *a = hooked(-1), *b = hooked(-2);
-        T_CHECK(cctx_var_set(vars[NVARS], a, NULL) == CCTX_OK);
-        T_CHECK(cctx_var_set(vars[i % NVARS], b, NULL) == CCTX_OK);
-        tv_drop(a);
-        tv_drop(b);
-        void *out = NULL;
-        T_CHECK(cctx_var_get(vars[(i + 1) % NVARS], &out) == CCTX_OK &&
-                ((tv_value *)out)->id == (i + 1) % NVARS + 1);
-        T_CHECK(cctx_context_exit(c) == CCTX_OK);
-        cctx_context_release(c);
-    }
+    requests_run(base, vars, NVARS, n, hooked);
 }
 
 /* Both registries: lines made, held by live threads, orphaned by a fork. */

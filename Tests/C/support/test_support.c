@@ -349,3 +349,25 @@ int nothing_left_teardown(void **state)
     assert_int_equal(cctx__live_allocations(), nothing_left_allocations);
     return 0;
 }
+
+/* ------------------------------------------------------------- requests */
+
+void requests_run(cctx_context *base, cctx_var *const *vars, int nvars, int n,
+                  tv_value *(*make)(long id))
+{
+    for (int i = 0; i < n; i++) {
+        cctx_context *c = NULL;
+        T_CHECK(cctx_context_copy(base, &c) == CCTX_OK);
+        T_CHECK(cctx_context_enter(c) == CCTX_OK);
+        tv_value *a = make(-1), *b = make(-2);
+        T_CHECK(cctx_var_set(vars[nvars], a, NULL) == CCTX_OK);
+        T_CHECK(cctx_var_set(vars[i % nvars], b, NULL) == CCTX_OK);
+        tv_drop(a);
+        tv_drop(b);
+        void *out = NULL;
+        T_CHECK(cctx_var_get(vars[(i + 1) % nvars], &out) == CCTX_OK &&
+                ((tv_value *)out)->id == (i + 1) % nvars + 1);
+        T_CHECK(cctx_context_exit(c) == CCTX_OK);
+        cctx_context_release(c);
+    }
+}

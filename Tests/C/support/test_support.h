@@ -9,6 +9,8 @@
  *              references, so a test can say how many values are alive and
  *              notice one released twice; optionally with a hook that runs
  *              when its last reference goes and may use the library.
+ *   requests   requests_run: the request pattern (copy a base, enter,
+ *              set two variables, read one, exit, release) n times.
  *   threads    threads_start / threads_join: n threads running one
  *              function; T_CHECK for checks on threads other than the
  *              test's own (cmocka's asserts only work on that one).
@@ -120,6 +122,17 @@ void thread_failure_note(const char *file, int line, const char *what);
 void threads_start(pthread_t *t, int n, void *(*fn)(void *), void *args, size_t stride);
 /* Joins the n threads threads_start started. */
 void threads_join(pthread_t *t, int n);
+
+/* ------------------------------------------------------------- requests */
+
+/* The request pattern, `n` times on the calling thread. `base` binds
+ * vars[0..nvars) to values with ids 1..nvars; vars[nvars] is a variable it
+ * does not bind. Each round copies the base, enters the copy, sets
+ * vars[nvars] and vars[i % nvars] to values `make(-1)` and `make(-2)`,
+ * reads vars[(i + 1) % nvars] and checks its id, exits and releases the
+ * copy. Checks with T_CHECK (any thread). */
+void requests_run(cctx_context *base, cctx_var *const *vars, int nvars, int n,
+                  tv_value *(*make)(long id));
 
 /* ---------------------------------------------------------------- gates */
 
