@@ -67,6 +67,50 @@ import Glibc
         #expect(await task.value == 1)
     }
 
+    /// `run`'s binding borrows its context from the caller (no reference
+    /// of its own while the scope runs): a `Task {}` that holds the binding
+    /// after `run` has returned and the caller dropped its `Context` (the
+    /// only other reference) still reads what the scope ended with, and the
+    /// scope's values live exactly as long as that task's copy — on a
+    /// thread (the binding the thread would park) and in a task. In a
+    /// child process: a binding that did not take its own reference as the
+    /// scope ended frees the C context under the task (ASan) or releases it
+    /// twice (its magic check stops the process).
+    @Test func taskOutlivesTheContextItsRunBorrowed() async {
+        await #expect(processExitsWith: .success) {
+            let counter = LifetimeCounter()
+            let v = ContextVar<Tracked>("borrowed_run")
+            let gate = AsyncGate()
+            @Sendable func scope() -> Task<Int, Never> {
+                let context = Context()  // the caller's only reference
+                return try! context.run {
+                    v.set(counter.make(1))
+                    return Task { await gate.wait(); return v.value?.id ?? -1 }
+                }
+            }
+            func readBoth() async -> Bool {
+                let fromThread = onNewThread { scope() }
+                let fromTask = await Task.detached { scope() }.value
+                // Both contexts are gone from their callers; the tasks'
+                // copies keep the scopes' values.
+                guard counter.alive == 2 else { return false }
+                await gate.open()
+                let readOnThread = await fromThread.value
+                let readInTask = await fromTask.value
+                return readOnThread == 1 && readInTask == 1
+            }
+            guard await readBoth() else { exit(1) }
+            // The copies go with the tasks (their task-local items).
+            var waited = 0
+            while counter.alive != 0 && waited < 10_000 {
+                await Task.yield()
+                usleep(1000)
+                waited += 1
+            }
+            exit(counter.alive == 0 ? 0 : 2)
+        }
+    }
+
     /// A `Task {}` created in a `withValue` nested in `run` holds
     /// `withValue`'s binding, a private copy nobody writes after its scope:
     /// a guard that this stays so (it passed before the freeze too), and
