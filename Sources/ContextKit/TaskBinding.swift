@@ -296,9 +296,9 @@ final class TaskBinding: Sendable {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
         // The last reference is going: no reader is left, relaxed is enough.
         let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed))
-        if let snapshot { cctx_context_release(snapshot) }
         // A borrowing binding took its reference when it was frozen.
         if !parked, !borrowsHandle || snapshot != nil { cctx_context_release(handle) }
+        if let snapshot { cctx_context_release(snapshot) }
     }
 
     /// Marks the binding read by someone other than its scope (see
