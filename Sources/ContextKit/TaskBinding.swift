@@ -196,7 +196,7 @@ final class TaskBinding: Sendable {
     let readByOthers = Atomic<Bool>(false)
 
     /// True while the binding waits as its thread's spare (``park(_:)``):
-    /// `handle` was released then.
+    /// `handle` was released then (or only borrowed: ``borrowsHandle``).
     nonisolated(unsafe) private var parked = false
 
     /// The binding the task saw when this one was installed, UNRETAINED;
@@ -309,7 +309,7 @@ final class TaskBinding: Sendable {
     }
 
     /// The calling thread's spare binding (see ``park(_:)``), taken out of
-    /// its slot, or nil; ``rebind(adopting:origin:enclosing:)`` makes it
+    /// its slot, or nil; ``rebind(adopting:borrowed:origin:enclosing:)`` makes it
     /// ready for a new scope outside any task.
     /// The reference the slot held (+1) is the caller's.
     static func takeSpare() -> Unmanaged<TaskBinding>? {
