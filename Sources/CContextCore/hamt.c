@@ -1139,6 +1139,42 @@ static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slo
     return node_built(m);
 }
 
+/*
+ * Copy of bitmap node `n` with the value of its entry `i` replaced by
+ * `value` (retained by the copy), when `n` owns all its keys and stays
+ * reachable from another map (`lend`): exactly what bitmap_rebuild builds
+ * for SLOT_ENTRY at the fragment of an entry whose key it keeps — the same
+ * maps, size and keys, every key borrowed from `n` as the copy's key
+ * source (or, when `n`'s borrow field is full, every key owned) — without
+ * the general walk: no maps to merge, no cursor, no per-entry rule, the
+ * slots copied in one go. The withValue scope and a `set` of a variable
+ * already bound in a shared root take this path (docs/performance.md).
+ * NULL on allocation failure, with nothing retained.
+ */
+static hamt_node *bitmap_replace_lent(hamt_node *n, unsigned i, void *value)
+{
+    const unsigned nd = hamt_popcount(n->datamap);
+    const unsigned nslots = 2 * nd + hamt_popcount(n->nodemap);
+    hamt_node *m = node_new(n->size, n->datamap, n->nodemap, nslots + 1);
+    if (m == NULL)
+        return NULL;
+    memcpy(m->slot, n->slot, nslots * sizeof(void *));
+    m->slot[2 * i + 1] = value;
+    const bool lent = borrow_acquire(n);
+    if (lent) {
+        m->borrows = 1;
+        m->slot[nslots] = n;
+    }
+    for (unsigned k = 0; k < nd; k++) {
+        var_value_retain(m->slot[2 * k], m->slot[2 * k + 1]);
+        if (!lent)
+            var_ref(m->slot[2 * k]);
+    }
+    for (unsigned j = 2 * nd; j < nslots; j++)
+        hamt_retain(m->slot[j]);
+    return node_built(m);
+}
+
 /* Copy of array node `n` with fragment `idx` set to `child` (the caller's
  * reference moves in on success; NULL empties the slot). */
 static hamt_node *array_rebuild(const hamt_node *n, unsigned idx, hamt_node *child,
@@ -1491,7 +1527,9 @@ static cctx_status bitmap_assoc(hamt_node *n, bool lend, unsigned shift, uint32_
                 *out = n;
                 return CCTX_OK;
             }
-            m = bitmap_rebuild(n, lend, bit, SLOT_ENTRY, key, value, NULL, n->size);
+            m = lend && !n->borrows
+                    ? bitmap_replace_lent(n, i, value)
+                    : bitmap_rebuild(n, lend, bit, SLOT_ENTRY, key, value, NULL, n->size);
             if (m == NULL)
                 return CCTX_ENOMEM;
             *out = m;

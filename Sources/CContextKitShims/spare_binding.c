@@ -3,7 +3,7 @@
  * ended on this thread (outside any task) while nothing else referred to it
  * and no other task or walker had read it, kept (one reference, +1) for the
  * thread's next synchronous scope instead of being freed and allocated again
- * (see `TaskBinding.park()`). Thread-local: only its own thread reads or
+ * (see `TaskBinding.park(_:)`). Thread-local: only its own thread reads or
  * writes the slot, and a parked binding is unreachable from anywhere else.
  *
  * At thread exit a pthread key destructor (registered on the thread's first
@@ -22,8 +22,11 @@ static __thread __attribute__((tls_model("initial-exec"))) bool destructor_armed
 
 static pthread_key_t spare_key;
 static pthread_once_t spare_key_once = PTHREAD_ONCE_INIT;
-/* Written once before the key exists (under spare_key_once), then only read
- * by the destructor, which runs after a put on its thread. */
+/* Stored by every thread's first put (always the same function), read by
+ * the destructor, which runs after a put on its own thread: so it reads that
+ * thread's own store or an equal one. Relaxed atomics: several threads may
+ * make their first put at once (a plain store and load raced, as
+ * ThreadSanitizer reported). */
 static void (*spare_release)(void *);
 
 static void spare_thread_exit(void *unused)
@@ -31,8 +34,9 @@ static void spare_thread_exit(void *unused)
     (void)unused;
     void *binding = spare;
     spare = NULL;
-    if (binding != NULL && spare_release != NULL)
-        spare_release(binding);
+    void (*release)(void *) = __atomic_load_n(&spare_release, __ATOMIC_RELAXED);
+    if (binding != NULL && release != NULL)
+        release(binding);
 }
 
 static void spare_key_create(void)
@@ -50,8 +54,7 @@ void *cctx_shim_spare_binding_take(void)
 void *cctx_shim_spare_binding_put(void *binding, void (*release)(void *))
 {
     if (!destructor_armed) {
-        if (spare_release == NULL)
-            spare_release = release; /* always the same function */
+        __atomic_store_n(&spare_release, release, __ATOMIC_RELAXED); /* always the same function */
         (void)pthread_once(&spare_key_once, spare_key_create);
         /* Any non-NULL value: the destructor runs only for those. */
         if (pthread_setspecific(spare_key, &spare_key) != 0)

@@ -24,9 +24,9 @@ extension Context {
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async throws -> R {
-        var scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
+        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.withCurrent(scope.binding, body)
+        return try await TaskBinding.withCurrent(scope.object, body)
     }
 
     /// As `run` for a context the caller has just created,
@@ -49,9 +49,9 @@ extension Context {
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        var scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
+        let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.withCurrent(scope.binding, body)
+        return try await TaskBinding.withCurrent(scope.object, body)
     }
 
     /// As `run` for a context the caller has just created,
@@ -63,9 +63,9 @@ extension Context {
         isolation: isolated (any Actor)?,
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        var scope = ContextScope.enterFresh(
+        let scope = ContextScope.enterFresh(
             adopting: cctx_context_retain(handle)!, origin: origin, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.$current.withValue(scope.binding, operation: body, isolation: isolation)
+        return try await TaskBinding.$current.withValue(scope.object, operation: body, isolation: isolation)
     }
 }

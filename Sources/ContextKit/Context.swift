@@ -140,7 +140,7 @@ public final class Context: Sendable {
     public func run<R>(
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) throws -> R {
-        var scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
+        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
         return try scope.withCurrent(body)
     }
@@ -160,7 +160,7 @@ public final class Context: Sendable {
         adopting handle: OpaquePointer, place: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) rethrows -> R {
-        var scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
+        let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
         return try scope.withCurrent(body)
     }
@@ -176,11 +176,20 @@ public final class Context: Sendable {
 /// value witnesses (a retain/release pair and two calls per scope).
 struct ContextScope: ~Copyable {
     /// The C context entered (by a thread) or claimed (by a task); the
-    /// binding holds its reference.
+    /// binding holds its reference, or borrows it from `run`'s caller.
     let handle: OpaquePointer
-    /// The binding that makes it current for the scope. A `var` only for
-    /// the uniqueness test in ``leave()``.
-    var binding: TaskBinding
+    /// The binding that makes it current for the scope: the scope's one
+    /// reference (+1), which ``leave()`` hands on (the thread's spare) or
+    /// releases. Unmanaged, so that every field of the scope is trivial:
+    /// held strongly, the scope's end released it through the scope's
+    /// value witnesses (an outlined destroy calling the generic `Optional`
+    /// and `SwiftRetainableBox` witnesses, ≈ 65 instructions more than the
+    /// release), and parking it took a retain of its own.
+    let binding: Unmanaged<TaskBinding>
+
+    /// ``binding`` as an object, borrowed from the scope's reference (which
+    /// lives until ``leave()``).
+    var object: TaskBinding { binding.takeUnretainedValue() }
     /// The binding the task saw before the scope (for the `exited` event),
     /// unretained: something else keeps it alive for the whole scope — the
     /// enclosing scope's own frame (scopes are LIFO), the task-local items
@@ -215,8 +224,10 @@ struct ContextScope: ~Copyable {
         } else {
             try check(cctx_context_claim(context.handle))
         }
+        // Borrowed: `context` (the caller's `self`) is alive for the whole
+        // scope (see `TaskBinding.borrowsHandle`).
         return ContextScope(
-            adopting: cctx_context_retain(context.handle)!, place: place, origin: origin, file: file, line: line)
+            adopting: context.handle, borrowed: true, place: place, origin: origin, file: file, line: line)
     }
 
     /// As ``enter(_:origin:file:line:)`` for a C context nobody else can
@@ -231,14 +242,17 @@ struct ContextScope: ~Copyable {
         let place = known ?? cctx_shim_current_place()
         let status = place.task == nil ? cctx_context_enter(handle) : cctx_context_claim(handle)
         checkOrTrap(status, "entering a new Context", file: file, line: line)
-        return ContextScope(adopting: handle, place: place, origin: origin, file: file, line: line)
+        return ContextScope(adopting: handle, borrowed: false, place: place, origin: origin, file: file, line: line)
     }
 
     /// `place`: `cctx_shim_current_place()` as the caller asked it, right
     /// before (entering or claiming the context changes no place).
-    /// `handle`: one reference, which the binding takes over.
+    /// `handle`: one reference, which the binding takes over; or, when
+    /// `borrowed`, a context the caller keeps alive until the scope has
+    /// ended (`TaskBinding.borrowsHandle`).
     private init(
-        adopting handle: OpaquePointer, place: cctx_shim_place, origin: FrameOrigin, file: StaticString, line: UInt
+        adopting handle: OpaquePointer, borrowed: Bool, place: cctx_shim_place, origin: FrameOrigin,
+        file: StaticString, line: UInt
     ) {
         let task = place.task
         var place = place
@@ -287,10 +301,13 @@ struct ContextScope: ~Copyable {
         // Outside any task, the thread's spare binding when it has one
         // (`TaskBinding.park`): no allocation.
         if task == nil, let spare = TaskBinding.takeSpare() {
-            spare.rebind(adopting: handle, origin: origin, enclosing: enclosing)
+            spare._withUnsafeGuaranteedRef {
+                $0.rebind(adopting: handle, borrowed: borrowed, origin: origin, enclosing: enclosing)
+            }
             self.binding = spare
         } else {
-            self.binding = TaskBinding(adopting: handle, owner: task, origin: origin, enclosing: enclosing)
+            self.binding = Unmanaged.passRetained(
+                TaskBinding(adopting: handle, borrowed: borrowed, owner: task, origin: origin, enclosing: enclosing))
         }
         self.enclosing = task == nil ? nil : enclosing
         self.file = file
@@ -299,7 +316,7 @@ struct ContextScope: ~Copyable {
             // After the watchers (which may read and cache the enclosing
             // place), before the task-local push: the task reads nothing
             // in between.
-            TaskBinding.placeChanged(task: task!, to: binding, owned: true)
+            TaskBinding.placeChanged(task: task!, to: binding, owned: true, id: 0)
         }
     }
 
@@ -307,27 +324,30 @@ struct ContextScope: ~Copyable {
     /// (``TaskBinding/withCurrent(_:onThread:_:)``). A method, so that the
     /// binding is passed borrowed from the scope, with no retain/release.
     func withCurrent<R>(_ body: () throws -> R) rethrows -> R {
-        try TaskBinding.withCurrent(binding, onThread: binding.owner == nil, body)
+        try binding._withUnsafeGuaranteedRef { try TaskBinding.withCurrent($0, onThread: $0.owner == nil, body) }
     }
 
     /// Ends the scope: a thread exits the context, a task unclaims it and
     /// notifies watchers of `exited` with the context it sees again (the
     /// enclosing binding's, or none).
-    mutating func leave() {
-        binding.isActiveFlag.store(false, ordering: .relaxed)
-        // Who escaped (see `TaskBinding`, "After the scope"): tested on the
-        // stored reference itself, so that no temporary copy (an unoptimised
-        // build makes them) reads as a second holder.
-        let escaped = !isKnownUniquelyReferenced(&binding)
+    func leave() {
+        // Borrowed from the scope's reference (no retain/release around the
+        // calls below).
+        let owner = binding._withUnsafeGuaranteedRef { binding in
+            binding.isActiveFlag.store(false, ordering: .relaxed)
+            return binding.owner
+        }
+        // Who escaped (see `TaskBinding`, "After the scope"): the scope's
+        // reference is the only one. Asked of the object itself, so that
+        // no temporary copy (an unoptimised build makes them) reads as a
+        // second holder.
+        let escaped = !cctx_shim_is_uniquely_referenced(binding.toOpaque())
         // Before the exit/unclaim below: once the context is free, another
         // scope may enter it and write (see `TaskBinding`, "After the scope").
-        if escaped { binding.freezeEscaped() }
+        if escaped { binding._withUnsafeGuaranteedRef { $0.freezeEscaped() } }
         // The task-local pop has just happened; the exited watchers below
         // may read.
-        if let task = binding.owner {
-            TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned, id: enclosingID)
-        }
-        if binding.owner == nil {
+        guard let task = owner else {
             let status = cctx_context_exit(handle)
             if status != CCTX_OK {
                 fatalError(
@@ -335,9 +355,12 @@ struct ContextScope: ~Copyable {
                         + "(code inside the body entered a context with cctx_context_enter and did not exit it)",
                     file: file, line: line)
             }
-            if !escaped { binding.park() }
+            // The scope's reference: parked as the thread's spare, or
+            // released.
+            if escaped { binding.release() } else { TaskBinding.park(binding) }
             return
         }
+        TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned, id: enclosingID)
         let status = cctx_context_unclaim(handle)
         if status != CCTX_OK {
             fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
@@ -365,6 +388,9 @@ struct ContextScope: ~Copyable {
         } else {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
         }
+        // The scope's reference, last (as when the scope held it strongly
+        // and released it after `leave`).
+        binding.release()
     }
 }
 

@@ -136,7 +136,8 @@ final class TaskBinding: Sendable {
     @usableFromInline @TaskLocal static var current: TaskBinding?
 
     /// The C context (`cctx_context *`) this binding makes current; one
-    /// reference, released in `deinit`. Written only by `owner`.
+    /// reference, released in `deinit` — unless ``borrowsHandle``. Written
+    /// only by `owner`.
     ///
     /// A C handle, not a ``Context``: `withValue` makes a new context per
     /// scope, and a Swift object around it cost an allocation and its
@@ -146,6 +147,17 @@ final class TaskBinding: Sendable {
     /// which no one else can reach then; the C object is safe to read from
     /// any thread (see ``Context/handle``).
     @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) var handle: OpaquePointer
+
+    /// Whether the binding holds ``handle`` without a reference of its
+    /// own: the binding of a `Context.run` scope, whose caller's `Context`
+    /// keeps the C context alive for the whole call (the method's `self`).
+    /// Until the scope ends nothing can read the binding longer than that;
+    /// at its end a binding something else still holds takes a reference
+    /// (``freezeEscaped()``, before `run` returns), so a borrowing binding
+    /// owns one exactly when it was frozen. One retain and one release of
+    /// the C context (≈ 55 instructions, two locked ones) fewer per `run`.
+    /// Changes only in ``rebind`` (as ``handle``).
+    @exclusivity(unchecked) nonisolated(unsafe) private(set) var borrowsHandle: Bool
 
     /// The context as a ``Context`` (a new Swift object on the same C
     /// context), for the rare callers that need one.
@@ -178,13 +190,13 @@ final class TaskBinding: Sendable {
     /// Whether anything but the scope that installed the binding may have
     /// read it: a task that inherited it (``CurrentPlace/resolveUncached(in:)``
     /// marks it before reading its context) or a chain walk. Such a binding
-    /// is never reused (``park()``): its readers' last accesses are
+    /// is never reused (``park(_:)``): its readers' last accesses are
     /// ordered before the reuse only by the reference count, which the
     /// Swift runtime changes outside ThreadSanitizer's view.
     let readByOthers = Atomic<Bool>(false)
 
-    /// True while the binding waits as its thread's spare (``park()``):
-    /// `handle` was released then.
+    /// True while the binding waits as its thread's spare (``park(_:)``):
+    /// `handle` was released then (or only borrowed: ``borrowsHandle``).
     nonisolated(unsafe) private var parked = false
 
     /// The binding the task saw when this one was installed, UNRETAINED;
@@ -258,13 +270,15 @@ final class TaskBinding: Sendable {
     @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) var writes: UInt64 = 0
 
     /// `adopting`: one reference to a C context, which the binding takes
-    /// over.
+    /// over; or, when `borrowed`, a context the caller keeps alive for the
+    /// scope (see ``borrowsHandle``).
     /// `enclosing`: unretained (see ``enclosing``).
     init(
-        adopting handle: OpaquePointer, owner: UnsafeRawPointer?, origin: FrameOrigin,
+        adopting handle: OpaquePointer, borrowed: Bool = false, owner: UnsafeRawPointer?, origin: FrameOrigin,
         enclosing: Unmanaged<TaskBinding>?, retainingOwner: Bool = false
     ) {
         self.handle = handle
+        self.borrowsHandle = borrowed
         self.owner = owner
         self.origin = origin
         self.enclosing = enclosing
@@ -281,8 +295,10 @@ final class TaskBinding: Sendable {
         }
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
         // The last reference is going: no reader is left, relaxed is enough.
-        if let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed)) { cctx_context_release(snapshot) }
-        if !parked { cctx_context_release(handle) }
+        let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed))
+        // A borrowing binding took its reference when it was frozen.
+        if !parked, !borrowsHandle || snapshot != nil { cctx_context_release(handle) }
+        if let snapshot { cctx_context_release(snapshot) }
     }
 
     /// Marks the binding read by someone other than its scope (see
@@ -292,21 +308,25 @@ final class TaskBinding: Sendable {
         if !readByOthers.load(ordering: .relaxed) { readByOthers.store(true, ordering: .relaxed) }
     }
 
-    /// The calling thread's spare binding (see ``park()``), taken out of
-    /// its slot, or nil; ``rebind(adopting:origin:enclosing:)`` makes it
+    /// The calling thread's spare binding (see ``park(_:)``), taken out of
+    /// its slot, or nil; ``rebind(adopting:borrowed:origin:enclosing:)`` makes it
     /// ready for a new scope outside any task.
-    static func takeSpare() -> TaskBinding? {
-        cctx_shim_spare_binding_take().map { Unmanaged<TaskBinding>.fromOpaque($0).takeRetainedValue() }
+    /// The reference the slot held (+1) is the caller's.
+    static func takeSpare() -> Unmanaged<TaskBinding>? {
+        cctx_shim_spare_binding_take().map { Unmanaged<TaskBinding>.fromOpaque($0) }
     }
 
     /// Makes a spare binding (``takeSpare()``) the binding of a new scope
     /// outside any task. `handle`: one reference, which the binding takes
-    /// over.
-    func rebind(adopting handle: OpaquePointer, origin: consuming FrameOrigin, enclosing: Unmanaged<TaskBinding>?) {
+    /// over; or, when `borrowed`, borrowed as in ``init(adopting:borrowed:owner:origin:enclosing:retainingOwner:)``.
+    func rebind(
+        adopting handle: OpaquePointer, borrowed: Bool, origin: consuming FrameOrigin, enclosing: Unmanaged<TaskBinding>?
+    ) {
         // Nothing else can reach a spare (see `park`): plain writes.
         // `owner` is nil, `frozen` 0 and `readByOthers` false, as when it
         // was parked; `writes` only grows.
         self.handle = handle
+        self.borrowsHandle = borrowed
         self.origin = origin
         self.enclosing = enclosing
         parked = false
@@ -329,13 +349,26 @@ final class TaskBinding: Sendable {
     /// the uniqueness test, whose load of the reference count orders every
     /// earlier holder's accesses before it): no other thread has accessed
     /// the fields the reuse rewrites.
-    func park() {
-        guard owner == nil, !readByOthers.load(ordering: .acquiring) else { return }
-        parked = true
+    ///
+    /// `binding`: the scope's reference (+1), which the spare slot takes
+    /// over, or which is released when the binding cannot be parked (no
+    /// retain of its own: held unmanaged by `ContextScope`).
+    static func park(_ binding: Unmanaged<TaskBinding>) {
+        // `owned`: the context reference the binding drops as it parks
+        // (none when it borrowed its context: `run`'s caller releases it).
+        let (parkable, owned) = binding._withUnsafeGuaranteedRef { binding -> (Bool, OpaquePointer?) in
+            guard binding.owner == nil, !binding.readByOthers.load(ordering: .acquiring) else { return (false, nil) }
+            binding.parked = true
+            return (true, binding.borrowsHandle ? nil : binding.handle)
+        }
+        guard parkable else {
+            binding.release()
+            return
+        }
         // Values' deinits may run here and use the library, also open and
         // end scopes on this thread (parking their own bindings).
-        cctx_context_release(handle)
-        let displaced = cctx_shim_spare_binding_put(Unmanaged.passRetained(self).toOpaque()) { spare in
+        if let owned { cctx_context_release(owned) }
+        let displaced = cctx_shim_spare_binding_put(binding.toOpaque()) { spare in
             Unmanaged<TaskBinding>.fromOpaque(spare!).release()
         }
         if let displaced { Unmanaged<TaskBinding>.fromOpaque(displaced).release() }
@@ -382,6 +415,11 @@ final class TaskBinding: Sendable {
         // Someone may walk the chain through this binding after its scope,
         // and the enclosing one, have ended (see `enclosing`).
         TaskBinding.withChainLock { enclosing = nil }
+        // A binding that borrowed its context (`run`) takes its own
+        // reference now, before `run` returns and its caller may release
+        // the context: a reader that loaded no snapshot yet may still read
+        // `handle` (`readInherited`). Owned exactly when frozen (`deinit`).
+        if borrowsHandle { _ = cctx_context_retain(handle) }
         // The owner has finished writing: the copy is what the scope ended
         // with. O(1): it shares the root.
         let snapshot = Context.copyHandle(of: handle)
@@ -409,7 +447,7 @@ final class TaskBinding: Sendable {
         return withChainLock {
             // Each binding is retained (appended) before its link is read:
             // that keeps its end from skipping the cut (see `enclosing`),
-            // and marked read, so that it is never reused (`park`).
+            // and marked read, so that it is never reused (`park(_:)`).
             first.markRead()
             var bindings = [first]
             while let next = bindings[bindings.count - 1].enclosing {
@@ -518,8 +556,18 @@ extension TaskBinding {
     /// the lazy initialiser (`swift_once`) and only read after.
     nonisolated(unsafe) static let taskLocalKey = UnsafeRawPointer(Unmanaged.passUnretained(TaskBinding.$current).toOpaque())
 
-    /// The metadata of `TaskBinding?`, the task-local's value type.
-    nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding?.self as Any.Type, to: UnsafeRawPointer.self)
+    /// The metadata the shim's pushes give the runtime for their value:
+    /// `TaskBinding`'s, not that of the task-local's declared `TaskBinding?`.
+    /// The pushed value is never nil, and a non-nil `TaskBinding?` is the
+    /// same word as a `TaskBinding` (an optional class reference is the
+    /// reference, with null as `none`: the Swift ABI's layout of optional
+    /// class references, not a runtime private), so the task-local reads it
+    /// back as `TaskBinding?` unchanged. The runtime moves, copies (a
+    /// `Task {}` inheriting the items) and destroys the item's value with
+    /// this metadata's witnesses: a class's are the plain retain and
+    /// release, where `Optional`'s went through the generic enum witnesses
+    /// (the pop's destroy alone ≈ 60 instructions; docs/performance.md).
+    nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding.self as Any.Type, to: UnsafeRawPointer.self)
 
     /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`).
     ///

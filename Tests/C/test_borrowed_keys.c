@@ -166,6 +166,60 @@ static void test_copy_below_a_shared_root_borrows_at_its_level(void **state)
     hamt_release(c);
 }
 
+/* A value replaced in a shared root that also holds a child (the copy
+ * path that skips the general rebuild, bitmap_replace_lent): the copy
+ * shares the child (one owner more on it), borrows every key of the root,
+ * and each map keeps its own values and releases them with its last owner,
+ * whatever the order. */
+static void test_replace_in_a_shared_root_with_a_child(void **state)
+{
+    (void)state;
+    hamt_node *base = map_of(keys, NKEYS);
+    hamt_node *deep = with(base, keys[NKEYS + 2], 200); /* 3 and 35 in a child */
+    hamt_release(base);
+    hamt_retain(deep); /* a second map holds it: shared */
+    assert_int_equal(hamt_shape_at(deep, "").children, 1);
+    assert_int_equal(hamt_shape_at(deep, "0").refcnt, 1);
+    unsigned k3 = var_count(keys[3]), k35 = var_count(keys[NKEYS + 2]);
+    const long live = tv_live();
+
+    hamt_node *c = with(deep, keys[7], 107); /* replace at the root */
+    assert_int_equal(hamt_check(c), 0);
+    assert_ptr_equal(hamt_shape_at(c, "").source, deep);
+    assert_int_equal(hamt_shape_at(deep, "").borrowers, 1);
+    assert_int_equal(hamt_shape_at(c, "").datamap, hamt_shape_at(deep, "").datamap);
+    assert_int_equal(hamt_shape_at(c, "").nodemap, hamt_shape_at(deep, "").nodemap);
+    assert_int_equal(hamt_shape_at(c, "").size, hamt_shape_at(deep, "").size);
+    assert_int_equal(hamt_shape_at(deep, "0").refcnt, 2); /* shared child */
+    assert_key_counts(0, 3, 2);                           /* borrowed */
+    assert_key_counts(4, NKEYS, 2);
+    assert_int_equal(var_count(keys[3]), k3);
+    assert_int_equal(var_count(keys[NKEYS + 2]), k35);
+    assert_int_equal(tv_live(), live + 1);
+    assert_int_equal(id_in(c, keys[7]), 107);
+    assert_int_equal(id_in(c, keys[NKEYS + 2]), 200);
+    assert_int_equal(id_in(deep, keys[7]), 8);
+
+    hamt_release(deep);
+    hamt_release(deep); /* the source's owners go first */
+    assert_int_equal(tv_live(), live);             /* its id 8 went with it */
+    assert_int_equal(hamt_shape_at(c, "0").refcnt, 1);
+    for (int i = 0; i < NKEYS; i++)
+        assert_int_equal(id_in(c, keys[i]), i == 7 ? 107 : i + 1);
+    assert_int_equal(id_in(c, keys[NKEYS + 2]), 200);
+    hamt_release(c);
+
+    /* The other order: the copy goes first, the source keeps its values. */
+    base = map_of(keys, NKEYS);
+    hamt_retain(base);
+    c = with(base, keys[0], 101);
+    hamt_release(c);
+    assert_int_equal(hamt_shape_at(base, "").borrowers, 0);
+    assert_int_equal(id_in(base, keys[0]), 1);
+    hamt_release(base);
+    hamt_release(base);
+}
+
 /* Deleting a borrowed key and putting it back at its place: no reference
  * count moves, nothing leaks, nothing is dropped twice (valgrind, ASan). */
 static void test_delete_and_reinsert_of_a_borrowed_key(void **state)
@@ -495,6 +549,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_deleted_variable_and_its_default_live_until_the_borrower_goes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphaned_source_is_not_passed_on, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replace_in_a_shared_root_with_a_child, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_borrow_count_falls_back_to_owned_keys, setup,
                                         teardown),
         cmocka_unit_test(test_threads_read_variables_the_owner_released),

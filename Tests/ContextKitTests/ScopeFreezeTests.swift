@@ -67,6 +67,57 @@ import Glibc
         #expect(await task.value == 1)
     }
 
+    /// `run`'s binding borrows its context from the caller (no reference
+    /// of its own while the scope runs); a binding a `Task {}` still holds
+    /// as the scope ends takes one then, and gives it back with the task's
+    /// copy: after the task has gone, the caller's `Context` is still
+    /// alive and reads what the second scope wrote. The first scope's value
+    /// lives exactly as long as the task's copy (only its snapshot holds
+    /// it). On a thread (the binding the thread would park) and in a task.
+    /// In a child process: without the reference taken at the scope's end,
+    /// the task's copy releases the caller's reference and the context is
+    /// freed under the `Context` (its magic check fails, or the process
+    /// stops).
+    @Test func taskKeepsItsOwnReferenceToTheContextItsRunBorrowed() async {
+        await #expect(processExitsWith: .success) {
+            let counter = LifetimeCounter()
+            let v = ContextVar<Tracked>("borrowed_run")
+            let gate = AsyncGate()
+            let onThread = Context(), inTask = Context()
+            @Sendable func scope(_ context: Context) -> Task<Int, Never> {
+                try! context.run {
+                    v.set(counter.make(1))
+                    return Task { await gate.wait(); return v.value?.id ?? -1 }
+                }
+            }
+            func readBoth() async -> Bool {
+                let fromThread = onNewThread { scope(onThread) }
+                let fromTask = await Task.detached { scope(inTask) }.value
+                // Replaced in the live contexts: only the tasks' snapshots
+                // hold the first values now.
+                try! onThread.run { v.set(counter.make(2)) }
+                try! inTask.run { v.set(counter.make(2)) }
+                guard counter.alive == 4 else { return false }
+                await gate.open()
+                let readOnThread = await fromThread.value
+                let readInTask = await fromTask.value
+                return readOnThread == 1 && readInTask == 1
+            }
+            guard await readBoth() else { exit(1) }
+            // The snapshots go with the tasks' copies of the bindings (their
+            // task-local items), after the bindings' context references.
+            var waited = 0
+            while counter.alive != 2 && waited < 10_000 {
+                await Task.yield()
+                usleep(1000)
+                waited += 1
+            }
+            guard counter.alive == 2 else { exit(2) }
+            guard onThread[v]?.id == 2, inTask[v]?.id == 2 else { exit(3) }
+            exit(0)
+        }
+    }
+
     /// A `Task {}` created in a `withValue` nested in `run` holds
     /// `withValue`'s binding, a private copy nobody writes after its scope:
     /// a guard that this stays so (it passed before the freeze too), and
