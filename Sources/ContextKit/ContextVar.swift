@@ -262,7 +262,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// to ``setResolving(_:place:)``.
     @inlinable @inline(__always) @discardableResult
     public func set(_ value: Value) -> Token<Value> {
-        let place = cctx_shim_current_place()
+        let place = cctx_shim_current_place_inline()
         guard let entry = place.entry, entry.pointee.owned, let cached = entry.pointee.binding else {
             return setResolving(value, place: place)
         }
