@@ -74,16 +74,16 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     }
 
     /// `ValueBox<Value>.self`, looked up once: code that is not specialised
-    /// for `Value` (this module's `set`, `withValue`) would otherwise ask
+    /// for `Value` (this module's `setResolving`, `withValue`) would otherwise ask
     /// the runtime for the generic class's metadata on every new box
     /// (`swift_getGenericMetadata`, about 300 instructions).
     @usableFromInline
     let boxType: ValueBox<Value>.Type
 
-    /// `Token<Value>.self`, looked up once for the same reason: `set` is
-    /// not specialised for `Value`, and asked the runtime for the token
-    /// class's metadata on every call (≈ 320 instructions, a fifth of a
-    /// `set`).
+    /// `Token<Value>.self`, looked up once for the same reason:
+    /// `setResolving` (the out-of-line half of `set`) is not specialised
+    /// for `Value`, and would ask the runtime for the token class's
+    /// metadata on every call (≈ 320 instructions).
     let tokenType: Token<Value>.Type
 
     /// A new box holding `value` for this variable.
