@@ -568,6 +568,14 @@ void cctx_context_release(cctx_context *ctx)
         context_free(ctx);
         return;
     }
+    /* Not the last reference (a token's or a scope's, dropped while the
+     * context's own holder keeps it): the slow path's first step, inline.
+     * The count alone decides here: `owner` matters only for the last
+     * reference, and a count above 1 seen now cannot become the last
+     * reference's count without the CAS failing. */
+    unsigned n = cctx_load_uint(&ctx->refcnt);
+    if (CCTX_LIKELY(n != 1) && cctx_cas_uint(&ctx->refcnt, n, n - 1))
+        return;
     context_release_slow(ctx);
 }
 

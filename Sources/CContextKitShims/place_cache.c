@@ -118,6 +118,21 @@ void cctx_shim_place_cache_put_id(const void *task, uint64_t generation, const v
     cctx_shim_place_cache.value = NULL;
 }
 
+/* The task and generation of this thread's last inherited-read miss that
+ * did not fill (cctx_shim_place_fill_inherited); compared only, never
+ * dereferenced. */
+static __thread __attribute__((tls_model("initial-exec"))) const void *inherited_miss_task;
+static __thread __attribute__((tls_model("initial-exec"))) uint64_t inherited_miss_generation;
+
+bool cctx_shim_place_fill_inherited(const void *task, uint64_t generation)
+{
+    if (inherited_miss_task == task && inherited_miss_generation == generation)
+        return true;
+    inherited_miss_task = task;
+    inherited_miss_generation = generation;
+    return false;
+}
+
 void cctx_shim_unsafe_window_begin(void)
 {
     cctx_shim_place_cache.fill_blocked += 1;

@@ -74,16 +74,16 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     }
 
     /// `ValueBox<Value>.self`, looked up once: code that is not specialised
-    /// for `Value` (this module's `set`, `withValue`) would otherwise ask
+    /// for `Value` (this module's `setResolving`, `withValue`) would otherwise ask
     /// the runtime for the generic class's metadata on every new box
     /// (`swift_getGenericMetadata`, about 300 instructions).
     @usableFromInline
     let boxType: ValueBox<Value>.Type
 
-    /// `Token<Value>.self`, looked up once for the same reason: `set` is
-    /// not specialised for `Value`, and asked the runtime for the token
-    /// class's metadata on every call (≈ 320 instructions, a fifth of a
-    /// `set`).
+    /// `Token<Value>.self`, looked up once for the same reason:
+    /// `setResolving` (the out-of-line half of `set`) is not specialised
+    /// for `Value`, and would ask the runtime for the token class's
+    /// metadata on every call (≈ 320 instructions).
     let tokenType: Token<Value>.Type
 
     /// A new box holding `value` for this variable.
@@ -170,7 +170,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
                 owned ? ownedValue(in: $0, entry: entry) : value(in: $0, owned: false)
             }
         }
-        switch CurrentPlace.resolveMissed(in: place.task!) {
+        switch CurrentPlace.resolveMissedForRead(in: place.task!) {
         case .task(_, let binding?, let owned):
             return value(in: binding, owned: owned)
         case .task(_, nil, _), .thread:
@@ -253,35 +253,64 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// first `set` outside a scope of its own gives it a private copy of the
     /// context it sees (copy-on-write), so its parent and siblings never see
     /// the change. See docs/concurrency.md.
-    @discardableResult
+    ///
+    /// Inlinable, so that a client specialises it for its `Value`: the
+    /// common case — the running task writing its own binding, found in its
+    /// place entry — then allocates the box and the token with their
+    /// metadata known, and calls no closure (the generic version took a
+    /// context for each of its three nested closures). Anything else goes
+    /// to ``setResolving(_:place:)``.
+    @inlinable @inline(__always) @discardableResult
     public func set(_ value: Value) -> Token<Value> {
+        let place = cctx_shim_current_place_inline()
+        guard let entry = place.entry, entry.pointee.owned, let cached = entry.pointee.binding else {
+            return setResolving(value, place: place)
+        }
+        // The running task's own binding, from its place entry: alive for
+        // the call as for a read (its scope is active, or it is the task's
+        // unscoped binding, kept until the task ends), borrowed without the
+        // retain/release a `CurrentPlace` value takes. Making the box runs
+        // no user code, so the place stays the task's.
+        let box = ValueBox<Value>(variable: self, value: value)
+        var token: OpaquePointer?
+        let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable in
+            writable.withWrite {
+                cctx_context_set(writable.handle, handle, Unmanaged.passUnretained(box).toOpaque(), &token)
+            }
+        }
+        // C took its own reference to the box (or none, on failure).
+        _fixLifetime(box)
+        guard status == CCTX_OK, let token else { setFailed(status) }
+        return Token(adopting: token, variable: self)
+    }
+
+    /// ``set(_:)`` when the calling thread's place entry is not the running
+    /// task's own binding: resolves the place (thread, or the task's first
+    /// write outside a scope of its own, which makes its private copy).
+    @usableFromInline
+    func setResolving(_ value: Value, place: cctx_shim_place) -> Token<Value> {
         let box = makeBox(value)
         var token: OpaquePointer?
         let status: cctx_status
-        let place = cctx_shim_current_place()
-        if let entry = place.entry, entry.pointee.owned, let cached = entry.pointee.binding {
-            // The running task's own binding, from its place entry: alive
-            // for the call as for a read (its scope is active, or it is the
-            // task's unscoped binding, kept until the task ends), borrowed
-            // without the retain/release a `CurrentPlace` value takes.
-            status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable in
-                writable.withWrite {
-                    box.withOpaquePointer { cctx_context_set(writable.handle, handle, $0, &token) }
-                }
-            }
-        } else {
-            switch CurrentPlace.resolve(place) {
-            case .thread:
-                status = box.withOpaquePointer { cctx_var_set(handle, $0, &token) }
-            case .task(let task, let binding, let owned):
-                let writable = TaskBinding.writableBinding(task: task, visible: binding, owned: owned)
-                status = writable.withWrite {
-                    box.withOpaquePointer { cctx_context_set(writable.handle, handle, $0, &token) }
-                }
+        switch CurrentPlace.resolve(place) {
+        case .thread:
+            status = box.withOpaquePointer { cctx_var_set(handle, $0, &token) }
+        case .task(let task, let binding, let owned):
+            let writable = TaskBinding.writableBinding(task: task, visible: binding, owned: owned)
+            status = writable.withWrite {
+                box.withOpaquePointer { cctx_context_set(writable.handle, handle, $0, &token) }
             }
         }
-        checkOrTrap(status, "ContextVar '\(name)': set(_:)")
-        return tokenType.init(adopting: token!, variable: self)
+        guard status == CCTX_OK, let token else { setFailed(status) }
+        return tokenType.init(adopting: token, variable: self)
+    }
+
+    /// The stop of a failed ``set(_:)`` (out of memory: C changed nothing),
+    /// out of line so that the inlined `set` carries only the test.
+    @usableFromInline @inline(never)
+    func setFailed(_ status: cctx_status) -> Never {
+        checkOrTrap(status == CCTX_OK ? CCTX_EINVAL : status, "ContextVar '\(name)': set(_:)")
+        fatalError("ContextKit: ContextVar '\(name)': set(_:) failed")
     }
 
     /// Restores the variable in the current context to what it was before

@@ -700,6 +700,21 @@ enum CurrentPlace {
         return place
     }
 
+    /// ``resolveMissed(in:)`` for a read: an inherited place (a binding the
+    /// task does not own, or none) is cached only on the task's second
+    /// such miss on this thread at one generation
+    /// (`cctx_shim_place_fill_inherited`): a child
+    /// task that reads once does not fill an entry it never uses again.
+    @usableFromInline
+    static func resolveMissedForRead(in task: UnsafeRawPointer) -> CurrentPlace {
+        let generation = cctx_shim_place_generation()
+        let place = resolveUncached(in: task)
+        if case .task(_, let binding, let owned) = place, owned || cctx_shim_place_fill_inherited(task, generation) {
+            TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
+        }
+        return place
+    }
+
     /// ``resolve(_:)`` from the task-local and the unscoped table.
     @usableFromInline
     static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {

@@ -8,18 +8,21 @@ public final class Token<Value: Sendable>: Sendable, CustomStringConvertible {
     ///
     /// `nonisolated(unsafe)` is sound: the pointer never changes, the C
     /// token's old value is immutable, and its "used" flag is atomic.
-    nonisolated(unsafe) let handle: OpaquePointer
+    @usableFromInline nonisolated(unsafe) let handle: OpaquePointer
 
     /// The variable whose ``ContextVar/set(_:)`` made this token.
     public let variable: ContextVar<Value>
 
-    /// `required`: ``ContextVar/set(_:)`` constructs tokens through the
-    /// metatype its variable looked up once (`ContextVar.tokenType`).
+    /// `required`: the unspecialised path of ``ContextVar/set(_:)``
+    /// constructs tokens through the metatype its variable looked up once
+    /// (`ContextVar.tokenType`). Inlinable for the specialised one.
+    @inlinable
     required init(adopting handle: OpaquePointer, variable: ContextVar<Value>) {
         self.handle = handle
         self.variable = variable
     }
 
+    @inlinable
     deinit {
         cctx_token_release(handle)
     }

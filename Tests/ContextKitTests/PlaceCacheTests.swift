@@ -67,6 +67,36 @@ import Testing
         #expect(v.value == 0)
     }
 
+    /// A child's first read of an inherited binding leaves the thread's
+    /// entry alone (the second one fills it): children that read once,
+    /// twice or three times, one after another at one address (the
+    /// parent's task allocator reuses it) with and without a scope change
+    /// in between, and the parent's reads between them, all see their own
+    /// values.
+    @Test func childReadsOnceOrMoreAndTheParentReadsBetween() async {
+        let v = Self.v
+        let seen = await v.withValue(1) { () async -> [Int] in
+            var seen: [Int] = []
+            for round in 0..<3 {
+                seen.append(v.value!)
+                async let once = v.value!
+                seen.append(await once)
+                seen.append(v.value!)
+                async let twice = [v.value!, v.value!]
+                seen += await twice
+                await v.withValue(10 + round) { () async in
+                    async let thrice = [v.value!, v.value!, v.value!]
+                    seen += await thrice
+                    seen.append(v.value!)
+                }
+                seen.append(v.value!)
+            }
+            return seen
+        }
+        let round = { (r: Int) in [1, 1, 1, 1, 1, 10 + r, 10 + r, 10 + r, 10 + r, 1] }
+        #expect(seen == round(0) + round(1) + round(2))
+    }
+
     /// The spawn helpers unbind around task creation; reads after them in
     /// the same scope still see the scope.
     @Test func readsAfterASpawnHelperSeeTheScope() async {

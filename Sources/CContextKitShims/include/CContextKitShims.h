@@ -211,6 +211,21 @@ void cctx_shim_place_cache_put_id(const void *task, uint64_t generation, const v
                                   bool scoped, uint64_t id);
 
 /**
+ * Whether a read that missed the cache in task `task` at `generation` (read
+ * before resolving), and found a binding the task does not own, should
+ * fill the entry: true when the calling thread's previous such miss was in
+ * the same task at the same generation (the task reads again), false on
+ * its first (and remembers both). A structured child that reads its
+ * parent's value once then never pays for a fill it does not use, and
+ * leaves the thread's entry to its parent. A hint only: the address of an
+ * ended child is reused by the next (the parent's task allocator), and the
+ * generation — bumped by every scope entry and exit — tells them apart in
+ * the common case; when it does not, the cost is one fill, as without the
+ * hint.
+ */
+bool cctx_shim_place_fill_inherited(const void *task, uint64_t generation);
+
+/**
  * The id of the running task `task` as the calling thread's entry holds
  * it, when that entry is the task's at the current generation and was
  * checked by id (not a scope entry); else 0. Lets a scope that ends hand
