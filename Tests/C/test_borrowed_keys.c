@@ -531,6 +531,116 @@ static void test_threads_read_variables_the_owner_released(void **state)
         assert_int_equal(cctx__live_allocations(), allocs);
 }
 
+
+/* ------------------------------------------------- random model check */
+
+/*
+ * Maps that share nodes are copied, written (insert, replace of a key the
+ * shared node holds — the lent replace path — and delete) and released in
+ * a random order, against a model of what each map binds. After every step
+ * each map reads as its model, and the values alive are exactly those some
+ * live map binds (a value replaced in a copy lives while a map still binds
+ * it, and no longer).
+ */
+enum { RANDOM_MAPS = 6, RANDOM_KEYS = NKEYS + 3 };
+
+struct random_map {
+    hamt_node *root; /* NULL: empty map (also a valid root) */
+    long ids[RANDOM_KEYS]; /* -1: unbound */
+    bool live;
+};
+
+static long distinct_bound_values(const struct random_map *maps)
+{
+    long seen = 0;
+    for (int m = 0; m < RANDOM_MAPS; m++) {
+        if (!maps[m].live)
+            continue;
+        for (int k = 0; k < RANDOM_KEYS; k++) {
+            long id = maps[m].ids[k];
+            if (id < 0)
+                continue;
+            bool earlier = false;
+            for (int m2 = 0; m2 < m && !earlier; m2++)
+                for (int k2 = 0; k2 < RANDOM_KEYS && !earlier; k2++)
+                    earlier = maps[m2].live && maps[m2].ids[k2] == id;
+            for (int k2 = 0; k2 < k && !earlier; k2++)
+                earlier = maps[m].ids[k2] == id;
+            seen += !earlier;
+        }
+    }
+    return seen;
+}
+
+static void random_map_drop(struct random_map *map)
+{
+    if (map->live)
+        hamt_release(map->root);
+    map->live = false;
+    map->root = NULL;
+}
+
+static void test_random_copies_replaces_and_releases_match_a_model(void **state)
+{
+    (void)state;
+    uint64_t rng = 0x5eed0c0ffee1234ull;
+    struct random_map maps[RANDOM_MAPS] = {0};
+    long next_id = 1000;
+    const int steps = scaled(20000);
+    for (int step = 0; step < steps; step++) {
+        struct random_map *a = &maps[rng_next(&rng) % RANDOM_MAPS];
+        struct random_map *b = &maps[rng_next(&rng) % RANDOM_MAPS];
+        unsigned k = (unsigned)(rng_next(&rng) % RANDOM_KEYS);
+        switch (rng_next(&rng) % 8) {
+        case 0: /* a copy of b in a (shares every node) */
+            if (a == b || !b->live)
+                break;
+            random_map_drop(a);
+            hamt_retain(b->root);
+            *a = *b;
+            break;
+        case 1: /* release */
+            random_map_drop(a);
+            break;
+        case 2: /* delete a bound key */
+            if (!a->live || a->ids[k] < 0)
+                break;
+            {
+                hamt_node *next = without(a->root, keys[k]);
+                hamt_release(a->root);
+                a->root = next;
+                a->ids[k] = -1;
+            }
+            break;
+        default: /* insert or replace (mostly replace once maps fill) */
+            if (!a->live) {
+                a->live = true;
+                a->root = NULL;
+                for (int i = 0; i < RANDOM_KEYS; i++)
+                    a->ids[i] = -1;
+            }
+            {
+                hamt_node *next = with(a->root, keys[k], next_id);
+                hamt_release(a->root);
+                a->root = next;
+                a->ids[k] = next_id++;
+            }
+            break;
+        }
+        for (int m = 0; m < RANDOM_MAPS; m++) {
+            if (!maps[m].live)
+                continue;
+            assert_int_equal(hamt_check(maps[m].root), 0);
+            for (int i = 0; i < RANDOM_KEYS; i++)
+                assert_int_equal(id_in(maps[m].root, keys[i]), maps[m].ids[i]);
+        }
+        assert_int_equal(tv_live(), distinct_bound_values(maps));
+    }
+    for (int m = 0; m < RANDOM_MAPS; m++)
+        random_map_drop(&maps[m]);
+    assert_int_equal(tv_live(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -552,6 +662,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_replace_in_a_shared_root_with_a_child, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_borrow_count_falls_back_to_owned_keys, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_random_copies_replaces_and_releases_match_a_model,
+                                        setup, teardown),
         cmocka_unit_test(test_threads_read_variables_the_owner_released),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
