@@ -57,13 +57,8 @@ import Glibc
             await gate.open()
             let reads = [await fromSync.value, await fromAsync.value, await fromThread.value]
             guard reads == [1, 2, 3] else { exit(2) }
-            var waited = 0
-            while counter.alive != 0 && waited < 10_000 {
-                await Task.yield()
-                usleep(1000)
-                waited += 1
-            }
-            exit(counter.alive == 0 ? 0 : 3)
+            let released = await eventuallyYielding(seconds: 60) { counter.alive == 0 }
+            exit(released ? 0 : 3)
         }
     }
 
@@ -115,13 +110,8 @@ import Glibc
                 }
                 guard reads == [10, 11, 12] else { exit(Int32(1 + min(round, 100))) }
             }
-            var waited = 0
-            while counter.alive != 0 && waited < 10_000 {
-                await Task.yield()
-                usleep(1000)
-                waited += 1
-            }
-            exit(counter.alive == 0 ? 0 : 120)
+            let released = await eventuallyYielding(seconds: 60) { counter.alive == 0 }
+            exit(released ? 0 : 120)
         }
     }
 }

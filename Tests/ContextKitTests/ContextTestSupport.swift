@@ -85,6 +85,18 @@ func eventually(seconds: Double = 5, _ condition: () -> Bool) -> Bool {
     return true
 }
 
+/// As `eventually`, for async code: polls without blocking its thread (a
+/// blocked thread of the cooperative pool can starve the very tasks the
+/// condition waits for on a 2-core machine).
+func eventuallyYielding(seconds: Double, _ condition: @Sendable () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() > deadline { return false }
+        try? await Task.sleep(for: .milliseconds(1))
+    }
+    return true
+}
+
 /// A scale factor for the large tests: CONTEXTKIT_TEST_SCALE (percent,
 /// default 100).
 func scaled(_ n: Int) -> Int {

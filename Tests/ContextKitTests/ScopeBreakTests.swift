@@ -792,18 +792,6 @@ enum ScopeBreakLocals {
     }
 }
 
-/// As `eventually`, for async code: polls without blocking its thread (a
-/// blocked thread of the cooperative pool can starve the very tasks the
-/// condition waits for on a 2-core machine).
-func eventuallyYielding(seconds: Double, _ condition: @Sendable () -> Bool) async -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while !condition() {
-        if Date() > deadline { return false }
-        try? await Task.sleep(for: .milliseconds(1))
-    }
-    return true
-}
-
 /// A value whose deinit uses the library: reads its variable, sets and
 /// resets another, opens a `withValue` scope and copies the current
 /// context (for `deinitsUsingTheLibraryAsScopesRelease`).
