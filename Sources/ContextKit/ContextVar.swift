@@ -259,7 +259,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
     /// place entry — then allocates the box and the token with their
     /// metadata known, and calls no closure (the generic version took a
     /// context for each of its three nested closures). Anything else goes
-    /// to ``setResolving(_:place:)``.
+    /// to `setResolving(_:place:)`.
     @inlinable @inline(__always) @discardableResult
     public func set(_ value: Value) -> Token<Value> {
         let place = cctx_shim_current_place_inline()
