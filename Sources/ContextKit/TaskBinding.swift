@@ -692,12 +692,7 @@ enum CurrentPlace {
     /// before resolving.
     @usableFromInline
     static func resolveMissed(in task: UnsafeRawPointer) -> CurrentPlace {
-        let generation = cctx_shim_place_generation()
-        let place = resolveUncached(in: task)
-        if case .task(_, let binding, let owned) = place {
-            TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
-        }
-        return place
+        resolveMissed(in: task, forRead: false)
     }
 
     /// ``resolveMissed(in:)`` for a read: an inherited place (a binding the
@@ -707,9 +702,17 @@ enum CurrentPlace {
     /// task that reads once does not fill an entry it never uses again.
     @usableFromInline
     static func resolveMissedForRead(in task: UnsafeRawPointer) -> CurrentPlace {
+        resolveMissed(in: task, forRead: true)
+    }
+
+    /// The one body of both: resolves, then caches the place unless it is
+    /// an inherited one that a read need not cache yet.
+    @inline(__always)
+    private static func resolveMissed(in task: UnsafeRawPointer, forRead: Bool) -> CurrentPlace {
         let generation = cctx_shim_place_generation()
         let place = resolveUncached(in: task)
-        if case .task(_, let binding, let owned) = place, owned || cctx_shim_place_fill_inherited(task, generation) {
+        if case .task(_, let binding, let owned) = place,
+           owned || !forRead || cctx_shim_place_fill_inherited(task, generation) {
             TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
         }
         return place
