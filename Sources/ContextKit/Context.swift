@@ -298,11 +298,11 @@ struct ContextScope: ~Copyable {
         }
         enclosingID = task.map { cctx_shim_place_cached_id($0) } ?? 0
         self.handle = handle
-        // Outside any task, the thread's spare binding when it has one
-        // (`TaskBinding.park`): no allocation.
-        if task == nil, let spare = TaskBinding.takeSpare() {
+        // The thread's spare binding when it has one (`TaskBinding.park`),
+        // in a task or outside any: no allocation.
+        if let spare = TaskBinding.takeSpare() {
             spare._withUnsafeGuaranteedRef {
-                $0.rebind(adopting: handle, borrowed: borrowed, origin: origin, enclosing: enclosing)
+                $0.rebind(adopting: handle, borrowed: borrowed, owner: task, origin: origin, enclosing: enclosing)
             }
             self.binding = spare
         } else {
@@ -389,8 +389,9 @@ struct ContextScope: ~Copyable {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
         }
         // The scope's reference, last (as when the scope held it strongly
-        // and released it after `leave`).
-        binding.release()
+        // and released it after `leave`): parked as the spare of the thread
+        // the scope ends on (`TaskBinding.park`), or released.
+        if escaped { binding.release() } else { TaskBinding.park(binding) }
     }
 }
 
