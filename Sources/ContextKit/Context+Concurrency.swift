@@ -26,7 +26,7 @@ extension Context {
     ) async throws -> R {
         let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.withCurrent(scope.object, body)
+        return try await TaskBinding.withCurrent(scope.binding, body)
     }
 
     /// As `run` for a context the caller has just created,
@@ -51,7 +51,7 @@ extension Context {
     ) async rethrows -> R {
         let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.withCurrent(scope.object, body)
+        return try await TaskBinding.withCurrent(scope.binding, body)
     }
 
     /// As `run` for a context the caller has just created,
