@@ -620,15 +620,15 @@ extension TaskBinding {
 
     /// As ``push(_:)`` for a binding the caller holds unmanaged: the
     /// task-local item's reference is a retain of it.
-    @inline(__always)
-    private static func push(retaining binding: Unmanaged<TaskBinding>) {
+    @inlinable @inline(__always)
+    static func push(retaining binding: Unmanaged<TaskBinding>) {
         let object = binding.retain().toOpaque()
         if !cctx_shim_task_local_push_binding(object) { pushRegistering(object) }
     }
 
     /// The first push: registers the key and type, then pushes.
-    @inline(never)
-    private static func pushRegistering(_ object: UnsafeMutableRawPointer) {
+    @usableFromInline @inline(never)
+    static func pushRegistering(_ object: UnsafeMutableRawPointer) {
         cctx_shim_task_local_register_binding(taskLocalKey, taskLocalValueType)
         cctx_shim_task_local_push(taskLocalKey, object, taskLocalValueType)
     }
@@ -667,7 +667,7 @@ extension TaskBinding {
     /// reference from it, and no strong temporary is held across the
     /// `await` (as a `TaskBinding` parameter was: one more retain and
     /// release per scope, ≈ 45 instructions).
-    @inline(__always)
+    @inlinable @inline(__always)
     nonisolated(nonsending) static func withCurrent<R>(
         _ binding: Unmanaged<TaskBinding>, _ body: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
@@ -679,6 +679,7 @@ extension TaskBinding {
 
 /// Which API installed a binding, as ``Context/currentChainDescription``
 /// prints it.
+@usableFromInline
 package enum FrameOrigin: Sendable, CustomStringConvertible {
     /// `Context.run` (sync or async).
     case run
@@ -690,7 +691,7 @@ package enum FrameOrigin: Sendable, CustomStringConvertible {
     /// The task's first `set` outside any scope of its own (copy-on-write).
     case firstWrite
 
-    package var description: String {
+    @usableFromInline package var description: String {
         switch self {
         case .run: return "run"
         case .withValue(let name): return "withValue(\(name))"
