@@ -1350,6 +1350,13 @@ static void context_owner_write_end(cctx_context *ctx, bool transient)
 
 static cctx_status context_owner_claim(cctx_context *ctx)
 {
+    /* The common case, a context nobody holds: the CAS owner_take_slow
+     * would make first (acquire, full barrier: the previous owner's writes
+     * happen before), without its call, its thread-state lookup (needed
+     * only to take back this thread's own bias) and its loop. */
+    if (CCTX_LIKELY(cctx_load_uintptr(&ctx->owner) == CCTX_OWNER_NONE) &&
+        cctx_cas_uintptr(&ctx->owner, CCTX_OWNER_NONE, CCTX_OWNER_CLAIMED))
+        return CCTX_OK;
     if (!owner_take_slow(ctx, thread_state_peek(), CCTX_OWNER_CLAIMED))
         return CCTX_ALREADY_ENTERED;
     return CCTX_OK;

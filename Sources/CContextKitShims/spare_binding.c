@@ -1,10 +1,11 @@
 /*
  * The calling thread's spare scope binding: one `TaskBinding` whose scope
- * ended on this thread (outside any task) while nothing else referred to it
- * and no other task or walker had read it, kept (one reference, +1) for the
- * thread's next synchronous scope instead of being freed and allocated again
- * (see `TaskBinding.park(_:)`). Thread-local: only its own thread reads or
- * writes the slot, and a parked binding is unreachable from anywhere else.
+ * ended on this thread (outside any task, or in a task running on it) while
+ * nothing else referred to it and no other task or walker had read it, kept
+ * (one reference, +1) for the thread's next scope, in any task or none,
+ * instead of being freed and allocated again (see `TaskBinding.park(_:)`).
+ * Thread-local: only its own thread reads or writes the slot, and a parked
+ * binding is unreachable from anywhere else.
  *
  * At thread exit a pthread key destructor (registered on the thread's first
  * park) hands the spare to the release function ContextKit gave; the

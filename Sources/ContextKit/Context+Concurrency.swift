@@ -19,14 +19,19 @@ extension Context {
     /// `nonisolated(nonsending)`: the call runs on the caller's executor (no
     /// hop in or out), which an `isolated` parameter defaulted to
     /// `#isolation` did not guarantee for a nonisolated caller.
-    @discardableResult
+    ///
+    /// `@inlinable`: inlined into the caller, the scope's code runs in the
+    /// caller's async frame and a body closure the caller wrote can be
+    /// called directly, where an outlined `run` cost two task-allocator
+    /// frames (its own and the body's) per call (docs/performance.md).
+    @inlinable @discardableResult
     public nonisolated(nonsending) func run<R>(
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async throws -> R {
         let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.withCurrent(scope.object, body)
+        return try await TaskBinding.withCurrent(scope.binding, body)
     }
 
     /// As `run` for a context the caller has just created,
@@ -41,7 +46,9 @@ extension Context {
     }
 
     /// As `run` for a C context the caller has just made (one reference,
-    /// which the scope's binding takes over).
+    /// which the scope's binding takes over). `@inlinable` for
+    /// `ContextVar.withValue` (see `run`).
+    @inlinable
     nonisolated(nonsending) static func runFresh<R>(
         adopting handle: OpaquePointer,
         place: cctx_shim_place? = nil,
@@ -51,7 +58,7 @@ extension Context {
     ) async rethrows -> R {
         let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
         defer { scope.leave() }
-        return try await TaskBinding.withCurrent(scope.object, body)
+        return try await TaskBinding.withCurrent(scope.binding, body)
     }
 
     /// As `run` for a context the caller has just created,

@@ -174,6 +174,7 @@ public final class Context: Sendable {
 /// Noncopyable: a scope is entered and left once, and as a copyable value
 /// held across the body's `await`s it was copied and destroyed through its
 /// value witnesses (a retain/release pair and two calls per scope).
+@usableFromInline
 struct ContextScope: ~Copyable {
     /// The C context entered (by a thread) or claimed (by a task); the
     /// binding holds its reference, or borrows it from `run`'s caller.
@@ -185,7 +186,7 @@ struct ContextScope: ~Copyable {
     /// value witnesses (an outlined destroy calling the generic `Optional`
     /// and `SwiftRetainableBox` witnesses, ≈ 65 instructions more than the
     /// release), and parking it took a retain of its own.
-    let binding: Unmanaged<TaskBinding>
+    @usableFromInline let binding: Unmanaged<TaskBinding>
 
     /// ``binding`` as an object, borrowed from the scope's reference (which
     /// lives until ``leave()``).
@@ -215,6 +216,7 @@ struct ContextScope: ~Copyable {
     ///
     /// - Throws: ``ContextError/contextAlreadyEntered`` when the context is
     ///   entered or claimed anywhere; nothing changed then.
+    @usableFromInline
     static func enter(
         _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
     ) throws(ContextError) -> ContextScope {
@@ -235,6 +237,7 @@ struct ContextScope: ~Copyable {
     /// binding takes over.
     /// `place`: `cctx_shim_current_place()` if the caller has just asked
     /// it (on this thread, with nothing in between that changes places).
+    @usableFromInline
     static func enterFresh(
         adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         file: StaticString, line: UInt
@@ -298,11 +301,11 @@ struct ContextScope: ~Copyable {
         }
         enclosingID = task.map { cctx_shim_place_cached_id($0) } ?? 0
         self.handle = handle
-        // Outside any task, the thread's spare binding when it has one
-        // (`TaskBinding.park`): no allocation.
-        if task == nil, let spare = TaskBinding.takeSpare() {
+        // The thread's spare binding when it has one (`TaskBinding.park`),
+        // in a task or outside any: no allocation.
+        if let spare = TaskBinding.takeSpare() {
             spare._withUnsafeGuaranteedRef {
-                $0.rebind(adopting: handle, borrowed: borrowed, origin: origin, enclosing: enclosing)
+                $0.rebind(adopting: handle, borrowed: borrowed, owner: task, origin: origin, enclosing: enclosing)
             }
             self.binding = spare
         } else {
@@ -330,6 +333,7 @@ struct ContextScope: ~Copyable {
     /// Ends the scope: a thread exits the context, a task unclaims it and
     /// notifies watchers of `exited` with the context it sees again (the
     /// enclosing binding's, or none).
+    @usableFromInline
     func leave() {
         // Borrowed from the scope's reference (no retain/release around the
         // calls below).
@@ -389,8 +393,9 @@ struct ContextScope: ~Copyable {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
         }
         // The scope's reference, last (as when the scope held it strongly
-        // and released it after `leave`).
-        binding.release()
+        // and released it after `leave`): parked as the spare of the thread
+        // the scope ends on (`TaskBinding.park`), or released.
+        if escaped { binding.release() } else { TaskBinding.park(binding) }
     }
 }
 

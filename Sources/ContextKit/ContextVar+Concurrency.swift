@@ -1,3 +1,5 @@
+import CContextKitShims
+
 extension ContextVar {
     /// Runs the asynchronous `operation` in a copy of the current context in
     /// which this variable is `value`; the caller's context never changes.
@@ -10,7 +12,9 @@ extension ContextVar {
     /// or throws.
     ///
     /// `nonisolated(nonsending)`: runs on the caller's executor, with no hop
-    /// in or out.
+    /// in or out. `@inlinable`, as ``Context/run(_:file:line:)-(()async->R,_,_)``:
+    /// the scope runs in the caller's async frame.
+    @inlinable
     public nonisolated(nonsending) func withValue<R>(
         _ value: Value,
         operation: nonisolated(nonsending) () async throws -> R

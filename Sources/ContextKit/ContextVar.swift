@@ -404,6 +404,7 @@ extension ContextVar {
     /// the copy without asking again: nothing between the two calls runs
     /// code that changes the task's place (the copy retains values through
     /// `ValueBox`'s operations only).
+    @usableFromInline
     func copyWithValue(_ value: Value) -> (OpaquePointer, cctx_shim_place) {
         let box = makeBox(value)
         var out: OpaquePointer?

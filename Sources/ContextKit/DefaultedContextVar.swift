@@ -96,6 +96,7 @@ public struct DefaultedContextVar<Value: Sendable>: Sendable, Hashable, CustomSt
     ///   - value: the value inside `operation` and the child tasks it creates.
     ///   - operation: the code to run.
     /// - Returns: what `operation` returns.
+    @inlinable
     public nonisolated(nonsending) func withValue<R>(
         _ value: Value,
         operation: nonisolated(nonsending) () async throws -> R

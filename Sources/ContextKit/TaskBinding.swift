@@ -175,8 +175,10 @@ final class TaskBinding: Sendable {
     /// The address of the task that installed this binding; nil when a
     /// thread outside any task opened the scope.
     ///
-    /// `nonisolated(unsafe)`: the pointer never changes after `init`.
-    @usableFromInline nonisolated(unsafe) let owner: UnsafeRawPointer?
+    /// `nonisolated(unsafe)` and `@exclusivity(unchecked)`: the pointer
+    /// changes only when a thread reuses its spare binding (``rebind``),
+    /// which no one else can reach then (see ``park(_:)``).
+    @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) private(set) var owner: UnsafeRawPointer?
 
     /// The owner task object, retained, for an unscoped binding of a task
     /// that is not an `async let` child (see the file comment); nil
@@ -309,46 +311,83 @@ final class TaskBinding: Sendable {
     }
 
     /// The calling thread's spare binding (see ``park(_:)``), taken out of
-    /// its slot, or nil; ``rebind(adopting:borrowed:origin:enclosing:)`` makes it
-    /// ready for a new scope outside any task.
+    /// its slot, or nil; ``rebind(adopting:borrowed:owner:origin:enclosing:)``
+    /// makes it ready for a new scope, in a task or outside any.
     /// The reference the slot held (+1) is the caller's.
     static func takeSpare() -> Unmanaged<TaskBinding>? {
         cctx_shim_spare_binding_take().map { Unmanaged<TaskBinding>.fromOpaque($0) }
     }
 
     /// Makes a spare binding (``takeSpare()``) the binding of a new scope
-    /// outside any task. `handle`: one reference, which the binding takes
-    /// over; or, when `borrowed`, borrowed as in ``init(adopting:borrowed:owner:origin:enclosing:retainingOwner:)``.
+    /// of `owner` (the running task, or nil outside any task). `handle`:
+    /// one reference, which the binding takes over; or, when `borrowed`,
+    /// borrowed as in ``init(adopting:borrowed:owner:origin:enclosing:retainingOwner:)``.
     func rebind(
-        adopting handle: OpaquePointer, borrowed: Bool, origin: consuming FrameOrigin, enclosing: Unmanaged<TaskBinding>?
+        adopting handle: OpaquePointer, borrowed: Bool, owner: UnsafeRawPointer?, origin: consuming FrameOrigin,
+        enclosing: Unmanaged<TaskBinding>?
     ) {
         // Nothing else can reach a spare (see `park`): plain writes.
-        // `owner` is nil, `frozen` 0 and `readByOthers` false, as when it
-        // was parked; `writes` only grows.
+        // `frozen` is 0 and `readByOthers` false, as when it was parked
+        // (only an unescaped, unread binding parks); `isScope` is true
+        // (only scopes park) and `retainedOwner` nil (only unscoped
+        // bindings retain their task).
         self.handle = handle
         self.borrowsHandle = borrowed
+        self.owner = owner
         self.origin = origin
         self.enclosing = enclosing
+        // A new write count for the new context (+2: the count stays even
+        // outside a write). No value-cache entry can name this binding any
+        // more (the scope's end bumped the place generation, and every
+        // entry put clears the value), so this is only belt and braces for
+        // the cache's rule "an equal write count proves the map still holds
+        // the box": it never holds across two contexts.
+        writes &+= 2
         parked = false
         isActiveFlag.store(true, ordering: .relaxed)
     }
 
-    /// Called by a thread (outside any task) as its scope ends, after the
-    /// context's exit, when nothing else referred to the binding at the
-    /// uniqueness test of `ContextScope.leave`: unless someone else has
-    /// read it, releases its context (the scope's values go now,
-    /// as they did with the binding) and keeps the binding as the thread's
-    /// spare for its next synchronous scope (``takeSpare()``): one
-    /// allocation and free fewer per scope.
+    /// Called as a scope ends — by a thread outside any task after the
+    /// context's exit, or by the owner task after the unclaim and the
+    /// `exited` watchers — when nothing else referred to the binding at
+    /// the uniqueness test of `ContextScope.leave`: unless someone else
+    /// has read it, releases its context (the scope's values go now, as
+    /// they did with the binding) and keeps the binding as the spare of
+    /// the thread the scope ends on, for that thread's next scope, in any
+    /// task or none (``takeSpare()``): one allocation and free fewer per
+    /// scope.
     ///
-    /// Sound: uniquely referenced at its end, the binding cannot be
-    /// reached again (nothing between that test and this call can) —
-    /// a `Task {}` copy or a chain walk would hold a reference, and a
-    /// binding's unretained `enclosing` links are cut, or never read, once
-    /// its scope ended (see ``enclosing``). Unread (the flag is loaded after
-    /// the uniqueness test, whose load of the reference count orders every
-    /// earlier holder's accesses before it): no other thread has accessed
-    /// the fields the reuse rewrites.
+    /// Sound:
+    /// * Unreachable. Uniquely referenced at its end, the binding cannot
+    ///   be reached again (nothing between that test and this call can):
+    ///   a `Task {}` copy of the task-local items, a group child that
+    ///   copied them, or a chain walk would hold a reference; a structured
+    ///   child that links to the scope's items (`async let`, a group made
+    ///   inside the scope) has ended; the task-local pop has dropped the
+    ///   item; the place-cache entries that name it are dead (the scope's
+    ///   end bumped the place generation, and they hold no reference); a
+    ///   binding's unretained `enclosing` links are cut, or never read,
+    ///   once its scope ended (see ``enclosing``). The `exited` watchers
+    ///   that run between the test and this call see only the enclosing
+    ///   place, never this binding.
+    /// * Address reuse. The reuse rewrites every field a scope reads
+    ///   (``rebind``), `owner` included: the task that takes the spare is
+    ///   the running task, alive, so "owner is the running task and the
+    ///   binding is active" stays a proof of ownership (the file comment).
+    /// * Unread. Every task that reads a binding it does not own marks it
+    ///   (``CurrentPlace/resolveUncached(in:)``, after the only field
+    ///   loads it makes first: `owner` and the active flag), and so does a
+    ///   chain walk. A binding with the mark never parks: its reader's
+    ///   last accesses may be ordered before this reuse only by the
+    ///   reference count, which the Swift runtime changes outside
+    ///   ThreadSanitizer's view (so TSan would report the rewrite as a
+    ///   race, and the C++ model needs the count's release/acquire pair).
+    ///   An unmarked binding was accessed only by its owner, whose
+    ///   accesses are ordered by program order on one thread or by the
+    ///   executor hand-offs between the threads the task ran on (which
+    ///   TSan sees), and by structured children that end before the scope
+    ///   does (their completion is awaited). The flag is loaded with
+    ///   acquire after the uniqueness test.
     ///
     /// `binding`: the scope's reference (+1), which the spare slot takes
     /// over, or which is released when the binding cannot be parked (no
@@ -357,7 +396,7 @@ final class TaskBinding: Sendable {
         // `owned`: the context reference the binding drops as it parks
         // (none when it borrowed its context: `run`'s caller releases it).
         let (parkable, owned) = binding._withUnsafeGuaranteedRef { binding -> (Bool, OpaquePointer?) in
-            guard binding.owner == nil, !binding.readByOthers.load(ordering: .acquiring) else { return (false, nil) }
+            guard !binding.readByOthers.load(ordering: .acquiring) else { return (false, nil) }
             binding.parked = true
             return (true, binding.borrowsHandle ? nil : binding.handle)
         }
@@ -576,13 +615,20 @@ extension TaskBinding {
     /// call per scope. The first push in the process registers them.
     @inline(__always)
     private static func push(_ binding: TaskBinding) {
-        let object = Unmanaged.passRetained(binding).toOpaque()
+        push(retaining: Unmanaged.passUnretained(binding))
+    }
+
+    /// As ``push(_:)`` for a binding the caller holds unmanaged: the
+    /// task-local item's reference is a retain of it.
+    @inlinable @inline(__always)
+    static func push(retaining binding: Unmanaged<TaskBinding>) {
+        let object = binding.retain().toOpaque()
         if !cctx_shim_task_local_push_binding(object) { pushRegistering(object) }
     }
 
     /// The first push: registers the key and type, then pushes.
-    @inline(never)
-    private static func pushRegistering(_ object: UnsafeMutableRawPointer) {
+    @usableFromInline @inline(never)
+    static func pushRegistering(_ object: UnsafeMutableRawPointer) {
         cctx_shim_task_local_register_binding(taskLocalKey, taskLocalValueType)
         cctx_shim_task_local_push(taskLocalKey, object, taskLocalValueType)
     }
@@ -615,11 +661,17 @@ extension TaskBinding {
     /// task-local bindings and task-allocator allocations (this function's
     /// frame is allocated by its caller before the push, freed after the
     /// pop, and it makes no allocation of its own in between).
-    @inline(__always)
+    ///
+    /// `binding` unmanaged, kept alive by the caller's scope
+    /// (`ContextScope`) until after the pop: the push takes the item's own
+    /// reference from it, and no strong temporary is held across the
+    /// `await` (as a `TaskBinding` parameter was: one more retain and
+    /// release per scope, ≈ 45 instructions).
+    @inlinable @inline(__always)
     nonisolated(nonsending) static func withCurrent<R>(
-        _ binding: TaskBinding, _ body: nonisolated(nonsending) () async throws -> R
+        _ binding: Unmanaged<TaskBinding>, _ body: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
-        push(binding)
+        push(retaining: binding)
         defer { cctx_shim_task_local_pop() }
         return try await body()
     }
@@ -627,6 +679,7 @@ extension TaskBinding {
 
 /// Which API installed a binding, as ``Context/currentChainDescription``
 /// prints it.
+@usableFromInline
 package enum FrameOrigin: Sendable, CustomStringConvertible {
     /// `Context.run` (sync or async).
     case run
@@ -638,7 +691,7 @@ package enum FrameOrigin: Sendable, CustomStringConvertible {
     /// The task's first `set` outside any scope of its own (copy-on-write).
     case firstWrite
 
-    package var description: String {
+    @usableFromInline package var description: String {
         switch self {
         case .run: return "run"
         case .withValue(let name): return "withValue(\(name))"

@@ -37,7 +37,7 @@ import Testing
         let outer = Self.binding(), inner = Self.binding()
         let seen = await Task.detached { () async -> [Bool] in
             var seen = [TaskBinding.current == nil]
-            await TaskBinding.withCurrent(outer) { () async in
+            await TaskBinding.withCurrent(Unmanaged.passUnretained(outer)) { () async in
                 seen.append(TaskBinding.current === outer)
                 await Task.yield()
                 seen.append(TaskBinding.current === outer)
@@ -45,7 +45,7 @@ import Testing
                 seen.append(await child)
                 let copied = await Task { TaskBinding.current === outer }.value
                 seen.append(copied)
-                await TaskBinding.withCurrent(inner) { () async in
+                await TaskBinding.withCurrent(Unmanaged.passUnretained(inner)) { () async in
                     await Task.yield()
                     seen.append(TaskBinding.current === inner)
                 }
