@@ -1072,7 +1072,7 @@ cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var
     bool has_old = hamt_find(root, var, &old);
     cctx_token *token = NULL;
     if (token_out != NULL) {
-        cctx_status st = token_new(var, ctx, context_serial(ctx), light, &token);
+        cctx_status st = token_new(ts, var, ctx, context_serial(ctx), light, &token);
         if (st != CCTX_OK)
             return st;
     }
@@ -1432,8 +1432,8 @@ static cctx_status context_owner_unclaim(cctx_context *ctx)
 
 /* ------------------------------------------------------------ explicit writes */
 
-static cctx_status context_set(cctx_context *ctx, cctx_var *var, void *value, bool light,
-                               cctx_token **token_out)
+static inline __attribute__((always_inline)) cctx_status
+context_set(cctx_context *ctx, cctx_var *var, void *value, bool light, cctx_token **token_out)
 {
     if (!context_is_valid(ctx) || !var_is_valid(var))
         return CCTX_EINVAL;

@@ -16,11 +16,10 @@ void token_cache_drain(void)
     cctx_block_cache_drain(&token_cache);
 }
 
-cctx_status token_new(cctx_var *var, cctx_context *ctx, uint64_t serial, bool light,
-                      cctx_token **out)
+cctx_status token_new(cctx_thread_state *ts, cctx_var *var, cctx_context *ctx,
+                      uint64_t serial, bool light, cctx_token **out)
 {
-    cctx_token *t = thread_state_peek() != NULL ? cctx_alloc_cached(&token_cache, sizeof *t)
-                                                : cctx_alloc(sizeof *t);
+    cctx_token *t = ts != NULL ? cctx_alloc_cached(&token_cache, sizeof *t) : cctx_alloc(sizeof *t);
     if (t == NULL)
         return CCTX_ENOMEM;
     t->magic = CCTX_TOKEN_MAGIC;

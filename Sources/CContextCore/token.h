@@ -46,13 +46,15 @@ static inline bool token_is_valid(const cctx_token *t)
     return t != NULL && t->magic == CCTX_TOKEN_MAGIC;
 }
 
-/* A new token (reference returned in *out) for a set of `var` in `ctx`,
+/* A new token (reference returned in *out) for a set of `var` in `ctx`
+ * by the thread whose state is `ts` (NULL: none; the token then comes
+ * from the allocator, not the thread's token cache),
  * whose context serial is `serial`, with no old binding yet (MISSING):
  * the writer fills `has_old`/`old_value` once it knows how the old value's
  * reference reaches the token (context_write_set). Retains var and ctx
  * unless `light`. */
-cctx_status token_new(cctx_var *var, cctx_context *ctx, uint64_t serial, bool light,
-                      cctx_token **out) CCTX_HIDDEN;
+cctx_status token_new(cctx_thread_state *ts, cctx_var *var, cctx_context *ctx,
+                      uint64_t serial, bool light, cctx_token **out) CCTX_HIDDEN;
 
 /* Frees the calling thread's cache of token objects; called by the
  * thread-state teardown once the state is detached (nothing refills it). */
