@@ -1011,16 +1011,6 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
     return true;
 }
 
-/*
- * Context serials (context.h's `serial`): each thread hands them out from
- * a block it takes from one global counter, so a set that makes a
- * context's first token pays a locked instruction once per block, not per
- * context. 64 bits never wrap, so no serial is ever given twice, and 0
- * (the counter's first value) is skipped: it means "none yet". A fork
- * child goes on with the forking thread's block and takes new blocks from
- * its copy of the counter, past every block handed out before the fork:
- * within one process no serial repeats.
- */
 /* The old binding goes into `token` (which has none yet): `retain` takes
  * a new reference for it; without, the caller moves one in. */
 static inline void token_take_old(cctx_token *token, cctx_var *var, void *old, bool retain)
@@ -1031,6 +1021,16 @@ static inline void token_take_old(cctx_token *token, cctx_var *var, void *old, b
     token->has_old = true;
 }
 
+/*
+ * Context serials (context.h's `serial`): each thread hands them out from
+ * a block it takes from one global counter, so a set that makes a
+ * context's first token pays a locked instruction once per block, not per
+ * context. 64 bits never wrap, so no serial is ever given twice, and 0
+ * (the counter's first value) is skipped: it means "none yet". A fork
+ * child goes on with the forking thread's block and takes new blocks from
+ * its copy of the counter, past every block handed out before the fork:
+ * within one process no serial repeats.
+ */
 #define CONTEXT_SERIAL_BLOCK 4096u
 static uint64_t context_serial_counter;
 static __thread uint64_t context_serial_next __attribute__((tls_model("initial-exec")));
