@@ -8,7 +8,7 @@
  */
 #include "test_support.h"
 
-/* A sentinel no call writes on success or failure of a set with no token. */
+/* A sentinel for out-parameters that a failed set must leave alone. */
 static cctx_token *const untouched = (cctx_token *)(uintptr_t)0x5eed;
 
 /* ------------------------------------------------ light tokens */
@@ -27,6 +27,13 @@ static void test_light_token_resets_as_a_full_one(void **state)
     cctx_context *c;
     assert_ok(cctx_context_new(&c));
     assert_ok(cctx_context_enter(c));
+
+    /* Bad handles: CCTX_EINVAL, no token. */
+    cctx_token *bad = untouched;
+    assert_int_equal(cctx_var_set_light(NULL, x, &bad), CCTX_EINVAL);
+    assert_int_equal(cctx_context_set_light(NULL, v, x, &bad), CCTX_EINVAL);
+    assert_int_equal(cctx_context_set_light(c, NULL, x, &bad), CCTX_EINVAL);
+    assert_ptr_equal(bad, untouched);
 
     /* MISSING first. */
     cctx_token *t0;
