@@ -420,7 +420,7 @@ bench-server: bench-server-build
 # the library built with CCTX_COUNT_LOCKED (atomic.h counts each locked
 # read-modify-write), a driver that wraps malloc. See docs/performance.md.
 COUNT_DIR = $(BUILD)/count
-COUNT_OPS = set_reset_1 set_reset_100 copy enter_exit local_set get request request_2000
+COUNT_OPS = set_reset_1 set_reset_100 set_discard set_light_discard copy enter_exit local_set get request request_2000
 .PHONY: count-ops
 count-ops: deps
 	@mkdir -p $(COUNT_DIR)

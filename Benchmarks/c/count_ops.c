@@ -7,6 +7,11 @@
  *
  *   count_ops OP N      OP: set_reset_1 set_reset_100 copy enter_exit
  *                           local_set request request_2000 get
+ *                           set_discard set_light_discard
+ *
+ * set_discard is a set whose token is released unused at once (what most
+ * `var.set(x)` calls do); set_light_discard the same with the binding's
+ * light token (cctx_var_set_light, Swift's `ContextVar.set`).
  *
  * request_2000 is the request with a base of 2,000 variables instead of
  * 20. A path copy borrows the shared node's variables (hamt.c, "Borrowed
@@ -14,6 +19,7 @@
  * the children of the array nodes on the copied path (about 32 each).
  */
 #include <contextcore.h>
+#include <contextcore_binding.h>
 
 #include <pthread.h>
 #include <stdint.h>
@@ -60,6 +66,15 @@ __attribute__((noinline)) static void measured(const char *op, long n, cctx_cont
             cctx_token *t;
             check(cctx_var_set(vars[0], VAL(i + 1), &t), "set");
             check(cctx_var_reset(vars[0], t), "reset");
+            cctx_token_release(t);
+        }
+    } else if (strcmp(op, "set_discard") == 0 || strcmp(op, "set_light_discard") == 0) {
+        const bool light = op[4] == 'l';
+        for (long i = 0; i < n; i++) {
+            cctx_token *t;
+            check(light ? cctx_var_set_light(vars[0], VAL(i + 1), &t)
+                        : cctx_var_set(vars[0], VAL(i + 1), &t),
+                  "set");
             cctx_token_release(t);
         }
     } else if (strcmp(op, "copy") == 0) {

@@ -79,6 +79,7 @@ static int cctx_tsan_fence_word __attribute__((unused));
 #define cctx_store_int(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define cctx_faa_int(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
 #define cctx_faa_uint(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
+#define cctx_faa_u64(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
 #define cctx_inc_int(p) ((void)__atomic_add_fetch((p), 1, __ATOMIC_SEQ_CST))
 #define cctx_dec_int(p) ((void)__atomic_sub_fetch((p), 1, __ATOMIC_SEQ_CST))
 
@@ -110,6 +111,7 @@ _Static_assert(sizeof(uintptr_t) == sizeof(uint64_t), "64-bit targets only");
 #define cctx_store_int(p, v) ck_pr_store_int((p), (v))
 #define cctx_faa_int(p, v) CCTX_LOCKED(ck_pr_faa_int((p), (v)))
 #define cctx_faa_uint(p, v) CCTX_LOCKED(ck_pr_faa_uint((p), (v)))
+#define cctx_faa_u64(p, v) CCTX_LOCKED(ck_pr_faa_64((p), (v)))
 #define cctx_inc_int(p) CCTX_LOCKED(ck_pr_inc_int(p))
 #define cctx_dec_int(p) CCTX_LOCKED(ck_pr_dec_int(p))
 

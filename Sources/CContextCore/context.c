@@ -165,6 +165,7 @@ static inline cctx_context *context_object(cctx_thread_state *ts)
         ctx->handover_ts = NULL;
         ctx->bias_entering = 0; /* 0 again whenever an object is freed */
         ctx->bias_last = NULL;
+        ctx->serial = 0; /* 0 again whenever an object is freed */
     }
     return ctx;
 }
@@ -501,6 +502,7 @@ static inline __attribute__((always_inline)) void context_free(cctx_context *ctx
     ctx->magic = 0;
     ctx->shared_reads = 0;
     ctx->bias_last = NULL; /* a reuse starts unbiased ("The bias") */
+    ctx->serial = 0;       /* a reuse is another context to every token */
     /* In a parent process nobody is inside a biased enter's window here
      * (an enter needs a reference). In a fork child, a thread that did not
      * survive may have stopped inside it, the enter borrowing a reference
@@ -969,14 +971,15 @@ static inline void shared_credits_forget(cctx_context *ctx)
  * no other thread ever read has no such reader). A reader that retained
  * the root earlier (a snapshot) raised its count before clearing its
  * hazard, so the writer sees a count of 2 and
- * backs out: a snapshot never changes. The replaced value is released at
+ * backs out: a snapshot never changes. The replaced value (unless
+ * `keep_old`: its reference then goes to the caller) is released at
  * once: no reader can hold it. A signal handler on this thread reads the
  * slot old or new (one aligned store) and the version bump comes between
  * the store and the release (var_access.c). One locked instruction, no
  * allocation, no reference-count traffic.
  */
 static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *root,
-                           cctx_var *var, void *value)
+                           cctx_var *var, void *value, bool keep_old)
 {
     void **slot = hamt_value_slot_if_unique(root, var);
     if (slot == NULL)
@@ -1003,12 +1006,62 @@ static bool write_in_place(cctx_thread_state *ts, cctx_context *ctx, hamt_node *
     thread_state_invalidate(ts);
     cctx_store_ptr(&ctx->root, plain); /* release: readers see the value */
     cctx_store_ptr(&ts->in_place, NULL); /* release: after the untag */
-    var_value_release(var, old);
+    if (!keep_old)
+        var_value_release(var, old);
     return true;
 }
 
+/* The old binding goes into `token` (which has none yet): `retain` takes
+ * a new reference for it; without, the caller moves one in. */
+static inline void token_take_old(cctx_token *token, cctx_var *var, void *old, bool retain)
+{
+    if (retain)
+        var_value_retain(var, old);
+    token->old_value = old;
+    token->has_old = true;
+}
+
+/*
+ * Context serials (context.h's `serial`): each thread hands them out from
+ * a block it takes from one global counter, so a set that makes a
+ * context's first token pays a locked instruction once per block, not per
+ * context. 64 bits never wrap, so no serial is ever given twice, and 0
+ * (the counter's first value) is skipped: it means "none yet". A fork
+ * child goes on with the forking thread's block and takes new blocks from
+ * its copy of the counter, past every block handed out before the fork:
+ * within one process no serial repeats.
+ */
+#define CONTEXT_SERIAL_BLOCK 4096u
+static uint64_t context_serial_counter;
+static __thread uint64_t context_serial_next __attribute__((tls_model("initial-exec")));
+static __thread uint64_t context_serial_end __attribute__((tls_model("initial-exec")));
+
+static __attribute__((noinline)) uint64_t context_serial_block(void)
+{
+    uint64_t first = cctx_faa_u64(&context_serial_counter, CONTEXT_SERIAL_BLOCK);
+    context_serial_end = first + CONTEXT_SERIAL_BLOCK;
+    return first == 0 ? 1 : first;
+}
+
+/* `ctx`'s serial, given now if it has none. Only its writer calls this
+ * (context_write_set), and only the writer reads it (context_write_reset):
+ * write ownership passes from one thread to the next with release/acquire
+ * on `owner`, so plain accesses suffice. */
+static inline uint64_t context_serial(cctx_context *ctx)
+{
+    uint64_t s = ctx->serial;
+    if (CCTX_LIKELY(s != 0))
+        return s;
+    s = context_serial_next;
+    if (CCTX_UNLIKELY(s == context_serial_end))
+        s = context_serial_block();
+    context_serial_next = s + 1;
+    ctx->serial = s;
+    return s;
+}
+
 cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
-                              void *value, cctx_token **token_out)
+                              void *value, bool light, cctx_token **token_out)
 {
     /* Credits would make the root look shared to write_in_place. */
     credit_forget(ctx);
@@ -1019,35 +1072,48 @@ cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var
     bool has_old = hamt_find(root, var, &old);
     cctx_token *token = NULL;
     if (token_out != NULL) {
-        cctx_status st = token_new(var, ctx, has_old, old, &token);
+        cctx_status st = token_new(ts, var, ctx, context_serial(ctx), light, &token);
         if (st != CCTX_OK)
             return st;
     }
     if (has_old && old == value) {
         /* Same binding: no reference taken, nothing published, so the
          * shared root's count line is not written. */
-        if (token_out != NULL)
+        if (token != NULL) {
+            token_take_old(token, var, old, true);
             *token_out = token;
+        }
         return CCTX_OK;
     }
-    if (!(has_old && write_in_place(ts, ctx, root, var, value))) {
-        hamt_node *next;
-        cctx_status st = hamt_assoc(root, var, value, &next);
-        if (st != CCTX_OK) {
-            cctx_token_release(token);
-            return st;
+    /* In place, the map's reference to the old value moves to the token
+     * (no retain by the token, no release by the write). */
+    if (has_old && write_in_place(ts, ctx, root, var, value, token != NULL)) {
+        if (token != NULL) {
+            token_take_old(token, var, old, false);
+            *token_out = token;
         }
-        context_publish(ts, ctx, next);
+        return CCTX_OK;
     }
-    if (token_out != NULL)
+    hamt_node *next;
+    cctx_status st = hamt_assoc(root, var, value, &next);
+    if (st != CCTX_OK) {
+        cctx_token_release(token); /* still MISSING: it releases no value */
+        return st;
+    }
+    /* Before the publish: until then the old root keeps `old` alive. */
+    if (token != NULL) {
+        if (has_old)
+            token_take_old(token, var, old, true);
         *token_out = token;
+    }
+    context_publish(ts, ctx, next);
     return CCTX_OK;
 }
 
 /*
  * Marks `token` used. A plain (release) store, not a compare-and-swap:
- * only the writer of token->ctx consumes the token (the reset checked
- * token->ctx == ctx, and the caller holds write ownership of ctx, which
+ * only the writer of the token's context consumes the token (the reset
+ * checked the serials match, and the caller holds write ownership of ctx, which
  * context.h's state machine gives to one thread at a time: an entered
  * context's thread, the one-off writer, or the claiming task, which runs
  * on one thread at a time). So no other reset can test `used` and
@@ -1069,7 +1135,9 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
         return CCTX_TOKEN_USED;
     if (token->var != var)
         return CCTX_TOKEN_WRONG_VAR;
-    if (token->ctx != ctx)
+    /* By serial, not address: see token.h. A context no token was made
+     * in has serial 0, which no token holds. */
+    if (token->ctx_serial != ctx->serial)
         return CCTX_TOKEN_WRONG_CONTEXT;
 
     credit_forget(ctx); /* as in context_write_set */
@@ -1084,7 +1152,7 @@ cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_v
         /* In place (see write_in_place). The token is consumed first:
          * the write cannot fail. A plain store (see token_consume). */
         token_consume(token);
-        if (write_in_place(ts, ctx, root, var, token->old_value))
+        if (write_in_place(ts, ctx, root, var, token->old_value, false))
             return CCTX_OK;
         /* Backed out (a reader arrived): path copy; no failure allowed
          * now that the token is used, so on ENOMEM give the token back. */
@@ -1371,8 +1439,8 @@ static cctx_status context_owner_unclaim(cctx_context *ctx)
 
 /* ------------------------------------------------------------ explicit writes */
 
-cctx_status cctx_context_set(cctx_context *ctx, cctx_var *var, void *value,
-                             cctx_token **token_out)
+static inline __attribute__((always_inline)) cctx_status
+context_set(cctx_context *ctx, cctx_var *var, void *value, bool light, cctx_token **token_out)
 {
     if (!context_is_valid(ctx) || !var_is_valid(var))
         return CCTX_EINVAL;
@@ -1383,9 +1451,21 @@ cctx_status cctx_context_set(cctx_context *ctx, cctx_var *var, void *value,
     cctx_status st = context_owner_write_begin(ctx, ts, &transient);
     if (st != CCTX_OK)
         return st;
-    st = context_write_set(ts, ctx, var, value, token_out);
+    st = context_write_set(ts, ctx, var, value, light, token_out);
     context_owner_write_end(ctx, transient);
     return st;
+}
+
+cctx_status cctx_context_set(cctx_context *ctx, cctx_var *var, void *value,
+                             cctx_token **token_out)
+{
+    return context_set(ctx, var, value, false, token_out);
+}
+
+cctx_status cctx_context_set_light(cctx_context *ctx, cctx_var *var, void *value,
+                                   cctx_token **token_out)
+{
+    return context_set(ctx, var, value, true, token_out);
 }
 
 cctx_status cctx_context_reset(cctx_context *ctx, cctx_var *var, cctx_token *token)

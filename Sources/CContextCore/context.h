@@ -119,6 +119,12 @@ struct cctx_context {
      * revoked; read and written by the owner only ("The bias"), and reset
      * when the object is freed. */
     cctx_thread_state *bias_last;
+    /* The context's identity for tokens (token.h): 0 until the first
+     * token is made in it, then a number no other context object, past or
+     * future, ever has (context_serial). Written and read by the writer
+     * only; 0 again when the object is freed, so a reuse of the object
+     * (the same address) is a different context to every token. */
+    uint64_t serial;
 };
 
 #define CCTX_BIAS_NEVER ((cctx_thread_state *)1)
@@ -228,10 +234,11 @@ void context_publish(cctx_thread_state *ts, cctx_context *ctx,
  * (also one whose state cannot be created: context.c). Always CCTX_OK. */
 cctx_status context_snapshot(cctx_context *ctx, hamt_node **out) CCTX_HIDDEN;
 
-/* The writes behind cctx_var_set/reset and cctx_context_set/reset; the
- * caller has checked the arguments and holds write ownership. */
+/* The writes behind cctx_var_set/reset and cctx_context_set/reset (and
+ * the *_set_light pair: `light`, token.h); the caller has checked the
+ * arguments and holds write ownership. */
 cctx_status context_write_set(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
-                              void *value, cctx_token **token_out) CCTX_HIDDEN;
+                              void *value, bool light, cctx_token **token_out) CCTX_HIDDEN;
 cctx_status context_write_reset(cctx_thread_state *ts, cctx_context *ctx, cctx_var *var,
                                 cctx_token *token) CCTX_HIDDEN;
 

@@ -177,7 +177,17 @@ cctx_status cctx_var_set(cctx_var *var, void *value, cctx_token **token_out)
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
-    return context_write_set(ts, ts->current, var, value, token_out);
+    return context_write_set(ts, ts->current, var, value, false, token_out);
+}
+
+cctx_status cctx_var_set_light(cctx_var *var, void *value, cctx_token **token_out)
+{
+    if (CCTX_UNLIKELY(!var_is_valid(var)))
+        return CCTX_EINVAL;
+    cctx_thread_state *ts = thread_state_get();
+    if (ts == NULL)
+        return CCTX_ENOMEM;
+    return context_write_set(ts, ts->current, var, value, true, token_out);
 }
 
 cctx_status cctx_var_reset(cctx_var *var, cctx_token *token)

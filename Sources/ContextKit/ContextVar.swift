@@ -275,7 +275,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         var token: OpaquePointer?
         let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable in
             writable.withWrite {
-                cctx_context_set(writable.handle, handle, Unmanaged.passUnretained(box).toOpaque(), &token)
+                cctx_context_set_light(writable.handle, handle, Unmanaged.passUnretained(box).toOpaque(), &token)
             }
         }
         // C took its own reference to the box (or none, on failure).
@@ -294,11 +294,11 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         let status: cctx_status
         switch CurrentPlace.resolve(place) {
         case .thread:
-            status = box.withOpaquePointer { cctx_var_set(handle, $0, &token) }
+            status = box.withOpaquePointer { cctx_var_set_light(handle, $0, &token) }
         case .task(let task, let binding, let owned):
             let writable = TaskBinding.writableBinding(task: task, visible: binding, owned: owned)
             status = writable.withWrite {
-                box.withOpaquePointer { cctx_context_set(writable.handle, handle, $0, &token) }
+                box.withOpaquePointer { cctx_context_set_light(writable.handle, handle, $0, &token) }
             }
         }
         guard status == CCTX_OK, let token else { setFailed(status) }

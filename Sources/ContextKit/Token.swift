@@ -5,6 +5,10 @@ import CContextCore
 /// (Python's `contextvars.Token`). A token can be used once.
 public final class Token<Value: Sendable>: Sendable, CustomStringConvertible {
     /// The C token (`cctx_token *`); one reference, released in `deinit`.
+    /// A light token (`cctx_var_set_light`): it holds no reference to the
+    /// C variable — ``variable``, released only after `deinit`'s body,
+    /// keeps it alive — nor to the context, which C names by a serial that
+    /// is never reused, so a reset still tells its context from any other.
     ///
     /// `nonisolated(unsafe)` is sound: the pointer never changes, the C
     /// token's old value is immutable, and its "used" flag is atomic.

@@ -73,6 +73,43 @@ import Testing
         #expect(!token.isUsed)
     }
 
+    /// A token does not keep its context alive (C names the context by a
+    /// serial, never reused): after the context is gone, a new one —
+    /// usually made from the same C object, at the same address — is a
+    /// different context to the token, and its reset changes nothing.
+    @Test func tokenOfAGoneContextIsForeignToTheNextOne() throws {
+        let c = ContextVar<Int>("c")
+        for i in 0..<8 {
+            let token = try Context().run { c.set(i) }
+            try Context().run { () throws in
+                c.set(100)
+                #expect(throws: ContextError.tokenFromDifferentContext) { try c.reset(token) }
+                #expect(try c.get() == 100, "a failed reset changes nothing")
+            }
+            #expect(!token.isUsed)
+            #expect(token.oldValue == nil)
+        }
+    }
+
+    /// The token keeps its variable (the C token borrows it from the
+    /// Swift one): with the context and every other reference gone, its
+    /// old value and variable stay readable, and dropping it releases both.
+    @Test func tokenKeepsItsVariableAlone() throws {
+        weak var weakVar: ContextVar<String>?
+        var token: Token<String>?
+        try Context().run {
+            let v = ContextVar<String>("solo")
+            weakVar = v
+            v.set("a")
+            token = v.set("b")
+        }
+        #expect(weakVar != nil)
+        #expect(token?.oldValue == "a")
+        #expect(token?.variable.name == "solo")
+        token = nil
+        #expect(weakVar == nil, "the token held the last reference")
+    }
+
     @Test func errorsComeInPythonOrder() throws {
         let x = ContextVar<Int>("x")
         let y = ContextVar<Int>("y")

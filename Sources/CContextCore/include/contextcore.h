@@ -293,7 +293,9 @@ cctx_var_set(cctx_var *var, void *value, cctx_token **token_out);
 
 /** Restores `var` in the current context to what it was before the `set`
  *  that made `token`: the old value, or no value at all. Errors, checked in
- *  this order: CCTX_TOKEN_USED, CCTX_TOKEN_WRONG_VAR, CCTX_TOKEN_WRONG_CONTEXT.
+ *  this order: CCTX_TOKEN_USED, CCTX_TOKEN_WRONG_VAR, CCTX_TOKEN_WRONG_CONTEXT
+ *  (any context other than the token's, also one that reuses the address of
+ *  the token's context after it was freed).
  *  Borrows `token` (the caller still releases it); marks it used on success. */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_var_reset(cctx_var *var, cctx_token *token);
@@ -304,9 +306,12 @@ cctx_var_reset(cctx_var *var, cctx_token *token);
 
 CCTX_API cctx_token *cctx_token_retain(cctx_token *token);
 CCTX_API void cctx_token_release(cctx_token *token);
-/** The variable that made the token; borrowed, valid while `token` lives. */
+/** The variable that made the token; borrowed, valid while `token` lives
+ *  (for a light token, contextcore_binding.h: while its maker keeps the
+ *  variable). */
 CCTX_API cctx_var *cctx_token_var(const cctx_token *token);
-/** The context the token was made in; borrowed, valid while `token` lives. */
+/** The context the token was made in; borrowed, valid while `token` lives.
+ *  NULL for a light token (contextcore_binding.h), which holds none. */
 CCTX_API cctx_context *cctx_token_context(const cctx_token *token);
 /** The value before the `set`: CCTX_OK with `*out` borrowed (valid while
  *  `token` lives), or CCTX_NOT_FOUND when the variable had no value

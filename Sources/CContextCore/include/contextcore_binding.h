@@ -130,6 +130,27 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_with(cctx_context *ctx, 
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new_with(cctx_var *var, void *value,
                                                             cctx_context **out);
 
+/** cctx_var_set whose token (`*token_out`, one reference, as there) is
+ *  light: it holds no reference to `var` or to the context. The caller
+ *  keeps `var` alive until it releases the token (a binding whose own
+ *  token object holds its variable); the token names its context by a
+ *  serial that no other context ever has, so cctx_var_reset and
+ *  cctx_context_reset behave exactly as for a cctx_var_set token — also
+ *  CCTX_TOKEN_WRONG_CONTEXT in a context that reuses a freed one's
+ *  address. cctx_token_context returns NULL for it; the rest of the token
+ *  API is unchanged. Saves the context's count (two locked instructions)
+ *  and the variable's reference per set + release. Errors as
+ *  cctx_var_set. Python: `ContextVar.set`, whose Token keeps its context
+ *  alive; here the binding's token needs no context. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_var_set_light(cctx_var *var, void *value,
+                                                         cctx_token **token_out);
+
+/** cctx_context_set with a light token (cctx_var_set_light); same rules
+ *  and errors as cctx_context_set. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_set_light(cctx_context *ctx, cctx_var *var,
+                                                             void *value,
+                                                             cctx_token **token_out);
+
 /** Sends `event` for `ctx` (borrowed; may be NULL) to every watcher, on the
  *  calling thread: for runtimes that track their own current context (the
  *  Swift facade's tasks). Costs one atomic load when no watcher is set.
