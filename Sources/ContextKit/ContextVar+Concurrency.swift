@@ -12,7 +12,7 @@ extension ContextVar {
     /// or throws.
     ///
     /// `nonisolated(nonsending)`: runs on the caller's executor, with no hop
-    /// in or out. `@inlinable`, as ``Context/run(_:file:line:)-(()async->R,_,_)``:
+    /// in or out. `@inlinable`, as the async `Context.run`:
     /// the scope runs in the caller's async frame.
     @inlinable
     public nonisolated(nonsending) func withValue<R>(
