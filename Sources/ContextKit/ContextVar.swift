@@ -380,6 +380,10 @@ extension ContextVar {
     /// `value`, and ``set(_:)`` changes the copy (gone when `withValue`
     /// returns or throws). Tasks created inside (`Task {}`, `async let`, task
     /// groups) see it too; `Task.detached` does not.
+    ///
+    /// `@inlinable` (as the asynchronous `withValue`): the scope runs in the
+    /// caller's frame, specialised for `Value` and `R`.
+    @inlinable
     public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
         let (copy, place) = copyWithValue(value)
         return try Context.runFresh(adopting: copy, place: place, origin: .withValue(variable: name), operation)

@@ -608,18 +608,13 @@ extension TaskBinding {
     /// (the pop's destroy alone ≈ 60 instructions; docs/performance.md).
     nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding.self as Any.Type, to: UnsafeRawPointer.self)
 
-    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`).
+    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`); the
+    /// task-local item's reference is a retain of it (the caller holds it
+    /// unmanaged).
     ///
     /// Through `cctx_shim_task_local_push_binding`, which keeps the key and
     /// type in C: reading the two `static let`s here cost a `swift_once`
     /// call per scope. The first push in the process registers them.
-    @inline(__always)
-    private static func push(_ binding: TaskBinding) {
-        push(retaining: Unmanaged.passUnretained(binding))
-    }
-
-    /// As ``push(_:)`` for a binding the caller holds unmanaged: the
-    /// task-local item's reference is a retain of it.
     @inlinable @inline(__always)
     static func push(retaining binding: Unmanaged<TaskBinding>) {
         let object = binding.retain().toOpaque()
@@ -638,10 +633,14 @@ extension TaskBinding {
     ///
     /// `onThread`: the caller runs outside any task; the thread's
     /// `cctx_shim_thread_scope_binding` follows the binding.
+    /// `@inlinable`: part of the synchronous `run`/`withValue`, which are
+    /// (an out-of-line call was a frame and a generic result of its own).
+    @inlinable @inline(__always)
     static func withCurrent<R>(_ binding: TaskBinding, onThread: Bool, _ body: () throws -> R) rethrows -> R {
-        let previous = onThread ? cctx_shim_thread_scope_binding_exchange(opaque(binding)) : nil
+        let object = Unmanaged.passUnretained(binding)
+        let previous = onThread ? cctx_shim_thread_scope_binding_exchange(UnsafeRawPointer(object.toOpaque())) : nil
         defer { if onThread { _ = cctx_shim_thread_scope_binding_exchange(previous) } }
-        push(binding)
+        push(retaining: object)
         defer { cctx_shim_task_local_pop() }
         return try body()
     }
@@ -650,10 +649,6 @@ extension TaskBinding {
     /// the task-local (see `cctx_shim_thread_scope_binding`).
     static var threadScope: TaskBinding? {
         cctx_shim_thread_scope_binding().map { Unmanaged<TaskBinding>.fromOpaque($0).takeUnretainedValue() }
-    }
-
-    private static func opaque(_ binding: TaskBinding) -> UnsafeRawPointer {
-        UnsafeRawPointer(Unmanaged.passUnretained(binding).toOpaque())
     }
 
     /// As the synchronous ``withCurrent(_:_:)``, around an async body: the
