@@ -232,7 +232,7 @@ struct ContextScope: ~Copyable {
     static func enter(
         _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
     ) throws(ContextError) -> ContextScope {
-        try enterContextScope(context, origin: origin, file: file, line: line)
+        try enterContextScope(context, origin: consume origin, file: file, line: line)
     }
 
     /// As ``enterFresh(adopting:place:origin:file:line:)``, through a free
@@ -242,7 +242,7 @@ struct ContextScope: ~Copyable {
         adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         file: StaticString, line: UInt
     ) -> ContextScope {
-        enterFreshContextScope(adopting: handle, place: known, origin: origin, file: file, line: line)
+        enterFreshContextScope(adopting: handle, place: known, origin: consume origin, file: file, line: line)
     }
 
     /// ``enter(_:origin:file:line:)``.
@@ -259,7 +259,7 @@ struct ContextScope: ~Copyable {
         // Borrowed: `context` (the caller's `self`) is alive for the whole
         // scope (see `TaskBinding.borrowsHandle`).
         return ContextScope(
-            adopting: context.handle, borrowed: true, place: place, origin: origin, file: file, line: line)
+            adopting: context.handle, borrowed: true, place: place, origin: consume origin, file: file, line: line)
     }
 
     /// As ``enter(_:origin:file:line:)`` for a C context nobody else can
@@ -274,7 +274,7 @@ struct ContextScope: ~Copyable {
         let place = known ?? cctx_shim_current_place()
         let status = place.task == nil ? cctx_context_enter(handle) : cctx_context_claim(handle)
         checkOrTrap(status, "entering a new Context", file: file, line: line)
-        return ContextScope(adopting: handle, borrowed: false, place: place, origin: origin, file: file, line: line)
+        return ContextScope(adopting: handle, borrowed: false, place: place, origin: consume origin, file: file, line: line)
     }
 
     /// `place`: `cctx_shim_current_place()` as the caller asked it, right
@@ -283,7 +283,7 @@ struct ContextScope: ~Copyable {
     /// `borrowed`, a context the caller keeps alive until the scope has
     /// ended (`TaskBinding.borrowsHandle`).
     private init(
-        adopting handle: OpaquePointer, borrowed: Bool, place: cctx_shim_place, origin: FrameOrigin,
+        adopting handle: OpaquePointer, borrowed: Bool, place: cctx_shim_place, origin: consuming FrameOrigin,
         file: StaticString, line: UInt
     ) {
         let task = place.task
@@ -333,13 +333,20 @@ struct ContextScope: ~Copyable {
         // The thread's spare binding when it has one (`TaskBinding.park`),
         // in a task or outside any: no allocation.
         if let spare = TaskBinding.takeSpare() {
+            // `origin` moved into the binding (`take()`; a closure cannot
+            // `consume` what it captures): copied, its name's storage took
+            // a retain and a release more per scope. Borrowed through
+            // `_withUnsafeGuaranteedRef`: `takeUnretainedValue()` cost a
+            // retain and a release of the binding.
+            var moving = Optional(consume origin)
             spare._withUnsafeGuaranteedRef {
-                $0.rebind(adopting: handle, borrowed: borrowed, owner: task, origin: origin, enclosing: enclosing)
+                $0.rebind(
+                    adopting: handle, borrowed: borrowed, owner: task, origin: moving.take()!, enclosing: enclosing)
             }
             self.binding = spare
         } else {
             self.binding = Unmanaged.passRetained(
-                TaskBinding(adopting: handle, borrowed: borrowed, owner: task, origin: origin, enclosing: enclosing))
+                TaskBinding(adopting: handle, borrowed: borrowed, owner: task, origin: consume origin, enclosing: enclosing))
         }
         self.enclosing = task == nil ? nil : enclosing
         self.file = file
@@ -435,7 +442,7 @@ struct ContextScope: ~Copyable {
 func enterContextScope(
     _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
 ) throws(ContextError) -> ContextScope {
-    try ContextScope.enterOutOfLine(context, origin: origin, file: file, line: line)
+    try ContextScope.enterOutOfLine(context, origin: consume origin, file: file, line: line)
 }
 
 /// ``ContextScope/enterFresh(adopting:place:origin:file:line:)``, as a free
@@ -445,7 +452,7 @@ func enterFreshContextScope(
     adopting handle: OpaquePointer, place: cctx_shim_place?, origin: consuming FrameOrigin,
     file: StaticString, line: UInt
 ) -> ContextScope {
-    ContextScope.enterFreshOutOfLine(adopting: handle, place: place, origin: origin, file: file, line: line)
+    ContextScope.enterFreshOutOfLine(adopting: handle, place: place, origin: consume origin, file: file, line: line)
 }
 
 extension Context {

@@ -276,15 +276,15 @@ final class TaskBinding: Sendable {
     /// scope (see ``borrowsHandle``).
     /// `enclosing`: unretained (see ``enclosing``).
     init(
-        adopting handle: OpaquePointer, borrowed: Bool = false, owner: UnsafeRawPointer?, origin: FrameOrigin,
+        adopting handle: OpaquePointer, borrowed: Bool = false, owner: UnsafeRawPointer?, origin: consuming FrameOrigin,
         enclosing: Unmanaged<TaskBinding>?, retainingOwner: Bool = false
     ) {
         self.handle = handle
         self.borrowsHandle = borrowed
         self.owner = owner
-        self.origin = origin
-        self.enclosing = enclosing
         if case .firstWrite = origin { isScope = false } else { isScope = true }
+        self.origin = consume origin
+        self.enclosing = enclosing
         retainedOwner = retainingOwner ? owner : nil
         if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
     }
@@ -334,7 +334,7 @@ final class TaskBinding: Sendable {
         self.handle = handle
         self.borrowsHandle = borrowed
         self.owner = owner
-        self.origin = origin
+        self.origin = consume origin
         self.enclosing = enclosing
         // A new write count for the new context (+2: the count stays even
         // outside a write). No value-cache entry can name this binding any
