@@ -136,7 +136,11 @@ public final class Context: Sendable {
     ///   already entered anywhere — on another thread, by a task, or by an
     ///   enclosing `run` of the same context; nothing runs then. Errors thrown
     ///   by `body` propagate.
-    @discardableResult
+    ///
+    /// `@inlinable`, as the asynchronous `run`: the scope runs in the
+    /// caller's frame, specialised for `R`, and calls a body closure the
+    /// caller wrote directly (docs/performance.md).
+    @inlinable @discardableResult
     public func run<R>(
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) throws -> R {
@@ -156,6 +160,8 @@ public final class Context: Sendable {
     /// As ``runFresh(origin:_:file:line:)`` for a C context the caller has
     /// just made (one reference, which the scope's binding takes over).
     /// `place`: `cctx_shim_current_place()` if the caller has just asked it.
+    /// `@inlinable` for `ContextVar.withValue` (see `run`).
+    @inlinable
     static func runFresh<R>(
         adopting handle: OpaquePointer, place: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
@@ -216,8 +222,32 @@ struct ContextScope: ~Copyable {
     ///
     /// - Throws: ``ContextError/contextAlreadyEntered`` when the context is
     ///   entered or claimed anywhere; nothing changed then.
-    @usableFromInline
+    ///
+    /// Forwards to a free function (``enterContextScope(_:origin:file:line:)``):
+    /// a static method's metatype parameter is dead, so the optimizer
+    /// specialised the method without it and left the entry point an
+    /// inlinable caller calls as a thunk (≈ 30 instructions: a second frame
+    /// and a copy of the scope).
+    @inlinable @inline(__always)
     static func enter(
+        _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
+    ) throws(ContextError) -> ContextScope {
+        try enterContextScope(context, origin: consume origin, file: file, line: line)
+    }
+
+    /// As ``enterFresh(adopting:place:origin:file:line:)``, through a free
+    /// function for the same reason as ``enter(_:origin:file:line:)``.
+    @inlinable @inline(__always)
+    static func enterFresh(
+        adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: consuming FrameOrigin,
+        file: StaticString, line: UInt
+    ) -> ContextScope {
+        enterFreshContextScope(adopting: handle, place: known, origin: consume origin, file: file, line: line)
+    }
+
+    /// ``enter(_:origin:file:line:)``.
+    @usableFromInline
+    static func enterOutOfLine(
         _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
     ) throws(ContextError) -> ContextScope {
         let place = cctx_shim_current_place()
@@ -229,7 +259,7 @@ struct ContextScope: ~Copyable {
         // Borrowed: `context` (the caller's `self`) is alive for the whole
         // scope (see `TaskBinding.borrowsHandle`).
         return ContextScope(
-            adopting: context.handle, borrowed: true, place: place, origin: origin, file: file, line: line)
+            adopting: context.handle, borrowed: true, place: place, origin: consume origin, file: file, line: line)
     }
 
     /// As ``enter(_:origin:file:line:)`` for a C context nobody else can
@@ -237,15 +267,14 @@ struct ContextScope: ~Copyable {
     /// binding takes over.
     /// `place`: `cctx_shim_current_place()` if the caller has just asked
     /// it (on this thread, with nothing in between that changes places).
-    @usableFromInline
-    static func enterFresh(
+    static func enterFreshOutOfLine(
         adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         file: StaticString, line: UInt
     ) -> ContextScope {
         let place = known ?? cctx_shim_current_place()
         let status = place.task == nil ? cctx_context_enter(handle) : cctx_context_claim(handle)
         checkOrTrap(status, "entering a new Context", file: file, line: line)
-        return ContextScope(adopting: handle, borrowed: false, place: place, origin: origin, file: file, line: line)
+        return ContextScope(adopting: handle, borrowed: false, place: place, origin: consume origin, file: file, line: line)
     }
 
     /// `place`: `cctx_shim_current_place()` as the caller asked it, right
@@ -254,7 +283,7 @@ struct ContextScope: ~Copyable {
     /// `borrowed`, a context the caller keeps alive until the scope has
     /// ended (`TaskBinding.borrowsHandle`).
     private init(
-        adopting handle: OpaquePointer, borrowed: Bool, place: cctx_shim_place, origin: FrameOrigin,
+        adopting handle: OpaquePointer, borrowed: Bool, place: cctx_shim_place, origin: consuming FrameOrigin,
         file: StaticString, line: UInt
     ) {
         let task = place.task
@@ -304,13 +333,20 @@ struct ContextScope: ~Copyable {
         // The thread's spare binding when it has one (`TaskBinding.park`),
         // in a task or outside any: no allocation.
         if let spare = TaskBinding.takeSpare() {
+            // `origin` moved into the binding (`take()`; a closure cannot
+            // `consume` what it captures): copied, its name's storage took
+            // a retain and a release more per scope. Borrowed through
+            // `_withUnsafeGuaranteedRef`: `takeUnretainedValue()` cost a
+            // retain and a release of the binding.
+            var moving = Optional(consume origin)
             spare._withUnsafeGuaranteedRef {
-                $0.rebind(adopting: handle, borrowed: borrowed, owner: task, origin: origin, enclosing: enclosing)
+                $0.rebind(
+                    adopting: handle, borrowed: borrowed, owner: task, origin: moving.take()!, enclosing: enclosing)
             }
             self.binding = spare
         } else {
             self.binding = Unmanaged.passRetained(
-                TaskBinding(adopting: handle, borrowed: borrowed, owner: task, origin: origin, enclosing: enclosing))
+                TaskBinding(adopting: handle, borrowed: borrowed, owner: task, origin: consume origin, enclosing: enclosing))
         }
         self.enclosing = task == nil ? nil : enclosing
         self.file = file
@@ -326,6 +362,7 @@ struct ContextScope: ~Copyable {
     /// Runs `body` with the scope's binding current
     /// (``TaskBinding/withCurrent(_:onThread:_:)``). A method, so that the
     /// binding is passed borrowed from the scope, with no retain/release.
+    @inlinable @inline(__always)
     func withCurrent<R>(_ body: () throws -> R) rethrows -> R {
         try binding._withUnsafeGuaranteedRef { try TaskBinding.withCurrent($0, onThread: $0.owner == nil, body) }
     }
@@ -397,6 +434,25 @@ struct ContextScope: ~Copyable {
         // the scope ends on (`TaskBinding.park`), or released.
         if escaped { binding.release() } else { TaskBinding.park(binding) }
     }
+}
+
+/// ``ContextScope/enter(_:origin:file:line:)``, as a free function (see
+/// there why).
+@usableFromInline
+func enterContextScope(
+    _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
+) throws(ContextError) -> ContextScope {
+    try ContextScope.enterOutOfLine(context, origin: consume origin, file: file, line: line)
+}
+
+/// ``ContextScope/enterFresh(adopting:place:origin:file:line:)``, as a free
+/// function (see ``ContextScope/enter(_:origin:file:line:)`` why).
+@usableFromInline
+func enterFreshContextScope(
+    adopting handle: OpaquePointer, place: cctx_shim_place?, origin: consuming FrameOrigin,
+    file: StaticString, line: UInt
+) -> ContextScope {
+    ContextScope.enterFreshOutOfLine(adopting: handle, place: place, origin: consume origin, file: file, line: line)
 }
 
 extension Context {

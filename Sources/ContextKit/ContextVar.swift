@@ -380,6 +380,10 @@ extension ContextVar {
     /// `value`, and ``set(_:)`` changes the copy (gone when `withValue`
     /// returns or throws). Tasks created inside (`Task {}`, `async let`, task
     /// groups) see it too; `Task.detached` does not.
+    ///
+    /// `@inlinable` (as the asynchronous `withValue`): the scope runs in the
+    /// caller's frame, specialised for `Value` and `R`.
+    @inlinable
     public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
         let (copy, place) = copyWithValue(value)
         return try Context.runFresh(adopting: copy, place: place, origin: .withValue(variable: name), operation)
@@ -404,7 +408,10 @@ extension ContextVar {
     /// the copy without asking again: nothing between the two calls runs
     /// code that changes the task's place (the copy retains values through
     /// `ValueBox`'s operations only).
-    @usableFromInline
+    ///
+    /// `@inlinable`: specialised in the caller for `Value`, the box is made
+    /// without a generic call.
+    @inlinable
     func copyWithValue(_ value: Value) -> (OpaquePointer, cctx_shim_place) {
         let box = makeBox(value)
         var out: OpaquePointer?
@@ -416,15 +423,31 @@ extension ContextVar {
         case .task(_, let binding?, true):
             status = box.withOpaquePointer { cctx_context_copy_with(binding.handle, handle, $0, &out) }
         case .task(_, let binding?, false):
-            let context = Context.copyForSpawnHandle(of: binding.handle)
-            // Nobody has entered the fresh copy: the write needs no claim.
-            status = box.withOpaquePointer { cctx_context_set(context, handle, $0, nil) }
-            out = context
+            (status, out) = copyInheritedWithValue(box, from: binding)
         case .task(_, nil, _):
             status = box.withOpaquePointer { cctx_context_new_with(handle, $0, &out) }
         }
-        checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
+        // The stop out of line: `checkOrTrap`'s message closure captured
+        // `name` (a retain and a release of its storage per call).
+        if status != CCTX_OK { withValueFailed(status) }
         return (out!, place)
+    }
+
+    /// The stop of a failed ``copyWithValue(_:)``.
+    @usableFromInline @inline(never)
+    func withValueFailed(_ status: cctx_status) {
+        checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
+    }
+
+    /// ``copyWithValue(_:)`` from a binding the task does not own: a copy
+    /// without the `.notInherited` variables, then the set (nobody has
+    /// entered the fresh copy: the write needs no claim). Out of line: the
+    /// rare case.
+    @usableFromInline
+    func copyInheritedWithValue(_ box: ValueBox<Value>, from binding: TaskBinding) -> (cctx_status, OpaquePointer) {
+        let context = Context.copyForSpawnHandle(of: binding.handle)
+        let status = box.withOpaquePointer { cctx_context_set(context, handle, $0, nil) }
+        return (status, context)
     }
 }
 

@@ -276,15 +276,15 @@ final class TaskBinding: Sendable {
     /// scope (see ``borrowsHandle``).
     /// `enclosing`: unretained (see ``enclosing``).
     init(
-        adopting handle: OpaquePointer, borrowed: Bool = false, owner: UnsafeRawPointer?, origin: FrameOrigin,
+        adopting handle: OpaquePointer, borrowed: Bool = false, owner: UnsafeRawPointer?, origin: consuming FrameOrigin,
         enclosing: Unmanaged<TaskBinding>?, retainingOwner: Bool = false
     ) {
         self.handle = handle
         self.borrowsHandle = borrowed
         self.owner = owner
-        self.origin = origin
-        self.enclosing = enclosing
         if case .firstWrite = origin { isScope = false } else { isScope = true }
+        self.origin = consume origin
+        self.enclosing = enclosing
         retainedOwner = retainingOwner ? owner : nil
         if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
     }
@@ -334,7 +334,7 @@ final class TaskBinding: Sendable {
         self.handle = handle
         self.borrowsHandle = borrowed
         self.owner = owner
-        self.origin = origin
+        self.origin = consume origin
         self.enclosing = enclosing
         // A new write count for the new context (+2: the count stays even
         // outside a write). No value-cache entry can name this binding any
@@ -608,18 +608,13 @@ extension TaskBinding {
     /// (the pop's destroy alone ≈ 60 instructions; docs/performance.md).
     nonisolated(unsafe) static let taskLocalValueType = unsafeBitCast(TaskBinding.self as Any.Type, to: UnsafeRawPointer.self)
 
-    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`).
+    /// Pushes `binding` as ``current`` (`cctx_shim_task_local_push`); the
+    /// task-local item's reference is a retain of it (the caller holds it
+    /// unmanaged).
     ///
     /// Through `cctx_shim_task_local_push_binding`, which keeps the key and
     /// type in C: reading the two `static let`s here cost a `swift_once`
     /// call per scope. The first push in the process registers them.
-    @inline(__always)
-    private static func push(_ binding: TaskBinding) {
-        push(retaining: Unmanaged.passUnretained(binding))
-    }
-
-    /// As ``push(_:)`` for a binding the caller holds unmanaged: the
-    /// task-local item's reference is a retain of it.
     @inlinable @inline(__always)
     static func push(retaining binding: Unmanaged<TaskBinding>) {
         let object = binding.retain().toOpaque()
@@ -638,10 +633,14 @@ extension TaskBinding {
     ///
     /// `onThread`: the caller runs outside any task; the thread's
     /// `cctx_shim_thread_scope_binding` follows the binding.
+    /// `@inlinable`: part of the synchronous `run`/`withValue`, which are
+    /// (an out-of-line call was a frame and a generic result of its own).
+    @inlinable @inline(__always)
     static func withCurrent<R>(_ binding: TaskBinding, onThread: Bool, _ body: () throws -> R) rethrows -> R {
-        let previous = onThread ? cctx_shim_thread_scope_binding_exchange(opaque(binding)) : nil
+        let object = Unmanaged.passUnretained(binding)
+        let previous = onThread ? cctx_shim_thread_scope_binding_exchange(UnsafeRawPointer(object.toOpaque())) : nil
         defer { if onThread { _ = cctx_shim_thread_scope_binding_exchange(previous) } }
-        push(binding)
+        push(retaining: object)
         defer { cctx_shim_task_local_pop() }
         return try body()
     }
@@ -650,10 +649,6 @@ extension TaskBinding {
     /// the task-local (see `cctx_shim_thread_scope_binding`).
     static var threadScope: TaskBinding? {
         cctx_shim_thread_scope_binding().map { Unmanaged<TaskBinding>.fromOpaque($0).takeUnretainedValue() }
-    }
-
-    private static func opaque(_ binding: TaskBinding) -> UnsafeRawPointer {
-        UnsafeRawPointer(Unmanaged.passUnretained(binding).toOpaque())
     }
 
     /// As the synchronous ``withCurrent(_:_:)``, around an async body: the

@@ -1,0 +1,130 @@
+import Testing
+@testable import ContextKit
+
+/// The synchronous `Context.run` and `ContextVar.withValue` are inlined into
+/// their callers and move the scope's origin into its binding (the thread's
+/// spare, when it has one) instead of copying it: each scope still names its
+/// own origin, passes any result and error through, and leaves the thread as
+/// it found it.
+@Suite struct SyncScopeTests {
+    /// The innermost binding's address (outside a task the task-local reads
+    /// the thread's own storage).
+    static var currentAddress: UnsafeMutableRawPointer? {
+        TaskBinding.current.map { Unmanaged.passUnretained($0).toOpaque() }
+    }
+
+    /// Origins moved into reused bindings: on one thread, a scope that takes
+    /// the spare the previous scope parked (a binding that last held
+    /// another origin) describes itself, never the origin the binding held
+    /// before. (A chain walk marks the bindings it reaches, which then
+    /// never park, so every walked scope follows an unwalked one.)
+    @Test func eachScopeNamesItsOwnOriginOnAReusedBinding() async {
+        let results = await onNewThreadUntilExit { () -> [String] in
+            let a = ContextVar<String>("origin_a_with_a_long_name", default: "")
+            let b = ContextVar<String>("origin_b_with_a_long_name", default: "")
+            var results: [String] = []
+            for round in 0..<3 {
+                // Parks a binding whose origin is `withValue(b)`; `run` takes it.
+                b.withValue("parked\(round)") {}
+                var spare = SpareBindingTests.spareAddress()
+                let ran = try? Context().run { () -> String in
+                    "\(Self.currentAddress == spare) " + Context.currentChainDescription
+                }
+                results.append(ran ?? "threw")
+                // Parks a binding whose origin is `run`; the outer `withValue` takes it.
+                try? Context().run {}
+                spare = SpareBindingTests.spareAddress()
+                a.withValue("a\(round)") {
+                    let reused = Self.currentAddress == spare
+                    b.withValue("b\(round)") {
+                        results.append("\(reused) " + Context.currentChainDescription)
+                    }
+                }
+            }
+            results.append(Context.currentChainDescription)
+            return results
+        }
+        #expect(results.count == 7)
+        for round in 0..<3 {
+            let ran = results[2 * round]
+            #expect(ran.hasPrefix("true "))
+            #expect(ran.contains("#0 run (Swift)"))
+            #expect(!ran.contains("withValue"))
+            let nested = results[2 * round + 1]
+            #expect(nested.hasPrefix("true "))
+            #expect(nested.contains("#0 withValue(origin_b_with_a_long_name) (Swift)"))
+            #expect(nested.contains("#1 withValue(origin_a_with_a_long_name) (Swift)"))
+            #expect(nested.contains("b\(round)") && nested.contains("a\(round)"))
+            #expect(!nested.contains("run"))
+        }
+        #expect(!results[6].contains("(Swift)"))
+    }
+
+    struct Failure: Error, Equatable { let round: Int }
+
+    /// Results of any type come back, errors thrown by the body propagate,
+    /// and after either the thread reads what it read before: the context
+    /// is exited, so the same context can be run again, and a nested `run`
+    /// of it throws `contextAlreadyEntered` without running its body.
+    @Test func syncScopesPassResultsAndErrorsThroughAndLeaveTheThreadAsItWas() async {
+        let ok = await onNewThreadUntilExit { () -> Bool in
+            let v = ContextVar<[String]>("sync_scope_values", default: [])
+            let context = Context()
+            var ok = true
+            for round in 0..<4 {
+                let result = try? context.run { () -> [String] in
+                    v.set(["run\(round)"])
+                    return v.withValue(["inner\(round)", "x"]) { v.value! + ["\(round)"] }
+                }
+                ok = ok && result == ["inner\(round)", "x", "\(round)"] && context[v] == ["run\(round)"]
+                do {
+                    try context.run { () throws -> Void in
+                        try v.withValue(["thrown\(round)"]) { () throws -> Void in throw Failure(round: round) }
+                    }
+                    ok = false
+                } catch let failure as Failure {
+                    ok = ok && failure.round == round
+                } catch {
+                    ok = false
+                }
+                var nestedRan = false
+                do {
+                    try context.run { try context.run { nestedRan = true } }
+                    ok = false
+                } catch let error as ContextError {
+                    ok = ok && error == .contextAlreadyEntered
+                } catch {
+                    ok = false
+                }
+                ok = ok && !nestedRan && !context.isEntered && v.value == [] && context[v] == ["run\(round)"]
+            }
+            return ok
+        }
+        #expect(ok)
+    }
+
+    /// A value whose release uses the library (opens a `withValue` and a
+    /// `run` and reads) goes when its synchronous `withValue` ends, on the
+    /// thread that ends it, and the thread's scopes work after it.
+    @Test func aValueReleasedAtTheEndOfASyncWithValueMayUseTheLibrary() async {
+        let counter = LifetimeCounter()
+        let seen = LockedBox<[Int]>([])
+        let ok = await onNewThreadUntilExit { () -> Bool in
+            let hook = ContextVar<ScopeInDeinit>("sync_scope_hook")
+            let other = ContextVar<Int>("sync_scope_other", default: 0)
+            let tracked = ContextVar<Tracked>("sync_scope_tracked")
+            var ok = true
+            for round in 0..<50 {
+                hook.withValue(ScopeInDeinit(other: other, seen: seen)) {
+                    tracked.withValue(counter.make(round)) { ok = ok && tracked.value?.id == round }
+                    ok = ok && counter.alive == 0 && hook.value != nil
+                }
+                ok = ok && seen.value.count == round + 1 && hook.value == nil && other.value == 0
+            }
+            return ok
+        }
+        #expect(ok)
+        #expect(counter.alive == 0)
+        #expect(seen.value == Array(repeating: 42, count: 50))
+    }
+}
