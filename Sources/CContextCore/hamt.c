@@ -505,8 +505,8 @@ static void node_free_keys(hamt_node *n)
 }
 
 /* Both halves at once, for the last owner of a node nobody borrows from:
- * one walk over the entries instead of two. */
-static void node_free(hamt_node *n)
+ * one walk over the entries instead of two (node_free's general case). */
+static __attribute__((noinline)) void node_free_walk(hamt_node *n)
 {
     if (!is_bitmap(n)) {
         node_release_contents(n);
@@ -527,6 +527,30 @@ static void node_free(hamt_node *n)
     if (src != NULL)
         borrow_release(src);
     node_dealloc(n);
+}
+
+/* Frees a node its last owner let go of and nobody borrows from. The
+ * node freed most often is a leaf of one entry that owns its key (a set
+ * into an empty context makes one, and that context's release frees it):
+ * known small (two slots), with no children and no key source, it takes
+ * none of node_free_walk's walks, and this function stays small enough
+ * to need no saved registers on that path. The same order as the walk:
+ * the value first (its release callback may use the variable), then the
+ * key; the block goes where node_dealloc would put a two-slot node. */
+static void node_free(hamt_node *n)
+{
+    uint32_t d = n->datamap;
+    if (CCTX_LIKELY(n->nodemap == 0 && !n->borrows && d != 0 && (d & (d - 1)) == 0)) {
+        cctx_var *key = entry_key(n, 0);
+        var_value_release(key, entry_value(n, 0));
+        var_unref(key);
+        if (CCTX_LIKELY(thread_state_peek() != NULL))
+            cctx_dealloc_cached(&node_cache, n);
+        else
+            cctx_dealloc(n);
+        return;
+    }
+    node_free_walk(n);
 }
 
 /*

@@ -4,7 +4,10 @@
  * (so a thread's cache holds blocks another thread allocated), a cached
  * block is reused for the largest small shape (ASan and valgrind see a
  * block too small for it), nodes with an unfilled key-source slot go back
- * too, and a thread's exit leaves nothing behind (its cache is drained).
+ * too, a one-entry leaf frees its value, then its key, then its block
+ * (also when the value's release uses the library and the leaf holds the
+ * variable's last reference), and a thread's exit leaves nothing behind
+ * (its cache is drained).
  */
 #include "test_support.h"
 
@@ -138,12 +141,75 @@ static void test_nodes_with_an_unused_key_source_slot_go_back_too(void **state)
     cctx_var_release(c);
 }
 
+/* The commonest free: a context whose map is a one-entry leaf (a set into
+ * an empty context). The leaf's value goes first, through a release that
+ * uses the library again (it reads the leaf's own variable, copies the
+ * current context and sets the variable there: another leaf, freed inside
+ * the first free), then the leaf's reference to its variable — the last
+ * one in the second round, whose user reference went first — then the
+ * block. Each round on the test thread (its node cache) and on a thread
+ * whose state was cleaned up before its release. Nothing may be left. */
+typedef struct leaf_round {
+    bool drop_var_first;
+    long runs;
+} leaf_round;
+
+static void leaf_round_run(leaf_round *lr)
+{
+    for (int r = 0; r < 200; r++) {
+        cctx_var *v = NULL, *probe = NULL;
+        T_CHECK(cctx_var_new("leaf", &tv_ops, &v) == CCTX_OK);
+        T_CHECK(cctx_var_new("probe", &tv_ops, &probe) == CCTX_OK);
+        tv_reentry re = { lr->drop_var_first ? probe : v, 0 };
+        tv_value *value = tv_new_hooked(r, tv_hook_uses_library, &re);
+        cctx_context *ctx = NULL;
+        T_CHECK(cctx_context_new(&ctx) == CCTX_OK);
+        T_CHECK(cctx_context_set(ctx, v, value, NULL) == CCTX_OK);
+        tv_drop(value);
+        void *got = NULL;
+        T_CHECK(cctx_context_get(ctx, v, &got) == CCTX_OK && got == value);
+        if (lr->drop_var_first)
+            cctx_var_release(v);
+        if (r % 2 == 1)
+            T_CHECK(cctx_thread_cleanup() == CCTX_OK);
+        cctx_context_release(ctx);
+        T_CHECK(re.runs == 1);
+        lr->runs += re.runs;
+        if (!lr->drop_var_first)
+            cctx_var_release(v);
+        cctx_var_release(probe);
+    }
+    T_CHECK(cctx_thread_cleanup() == CCTX_OK);
+}
+
+static void *leaf_round_thread(void *arg)
+{
+    leaf_round_run(arg);
+    return NULL;
+}
+
+static void test_one_entry_leaves_release_value_then_key_then_block(void **state)
+{
+    (void)state;
+    for (int drop = 0; drop < 2; drop++) {
+        leaf_round here = { drop == 1, 0 };
+        leaf_round_run(&here);
+        assert_int_equal(here.runs, 200);
+        leaf_round there = { drop == 1, 0 };
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, leaf_round_thread, &there), 0);
+        assert_int_equal(pthread_join(th, NULL), 0);
+        assert_int_equal(there.runs, 200);
+    }
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, nothing_left_setup, nothing_left_teardown)
     const struct CMUnitTest tests[] = {
         T(test_small_nodes_freed_on_another_thread_are_reused_whole),
         T(test_nodes_with_an_unused_key_source_slot_go_back_too),
+        T(test_one_entry_leaves_release_value_then_key_then_block),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
