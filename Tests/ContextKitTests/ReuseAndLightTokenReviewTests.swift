@@ -68,6 +68,7 @@ import Testing
         let counter = LifetimeCounter()
         let v = DefaultedContextVar<Int>("review_children_v", default: -1)
         let tracked = ContextVar<Tracked>("review_children_tracked")
+        let reasons = LockedBox<[String]>([])
         let workers = 6
         let rounds = scaled(60)
         let failures = await withTaskGroup(of: Int.self) { outer in
@@ -107,12 +108,13 @@ import Testing
                                     // Before the set: an inherited read of a live
                                     // scope sees the owner's later writes.
                                     let (before, after) = await both.value
+                                    let s = await structured
                                     v.set(mine + 1)
                                     let immediate = await Task.immediate { v.value }.value
-                                    let s = await structured
-                                    return s == mine && detached == -1 && discarded.value == [mine, mine]
-                                        && immediate == mine + 1 && before == mine && after == mine
-                                        && v.value == mine + 1
+                                    let seen = [s, detached, immediate, before, after, v.value] + discarded.value
+                                    let expected = [mine, -1, mine + 1, mine, mine, mine + 1, mine, mine]
+                                    if seen != expected { reasons.mutate { $0.append("in scope: \(seen) != \(expected)") } }
+                                    return seen == expected
                                 }
                             }
                             if !ok { failures += 1 }
@@ -123,25 +125,34 @@ import Testing
                                     await Task.yield()
                                     return v.value
                                 }
-                                if sync != later || async != later { failures += 1 }
+                                if sync != later || async != later {
+                                    reasons.mutate { $0.append("later: \(sync) \(async) != \(later)") }
+                                    failures += 1
+                                }
                             }
                         }
                         await gate.open()
-                        for await (expected, seen) in held where seen != expected { failures += 1 }
+                        for await (expected, seen) in held where seen != expected {
+                            reasons.mutate { $0.append("group child: \(seen) != \(expected)") }
+                            failures += 1
+                        }
                     }
                     for (expected, task) in late {
                         let (seen, id) = await task.value
                         // The late Task copied the items while v was `mine`;
                         // the scope then set mine + 1 and ended: it reads
                         // what the scope ended with.
-                        if seen != expected + 1 || id != expected { failures += 1 }
+                        if seen != expected + 1 || id != expected {
+                            reasons.mutate { $0.append("late task: \(seen) \(String(describing: id)) for \(expected)") }
+                            failures += 1
+                        }
                     }
                     return failures
                 }
             }
             return await outer.reduce(0, +)
         }
-        #expect(failures == 0)
+        #expect(failures == 0, "\(reasons.value.prefix(10))")
         #expect(eventually { counter.alive == 0 })
     }
 
