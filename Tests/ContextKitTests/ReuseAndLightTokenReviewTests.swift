@@ -1,4 +1,5 @@
 import CContextKitShims
+import Foundation
 import Testing
 @testable import ContextKit
 
@@ -313,6 +314,50 @@ import Testing
             return await group.reduce(0, +)
         }
         #expect(bad == 0)
+    }
+
+    /// The async `run` is inlined into its caller, and its binding borrows
+    /// the caller's C context (a claim takes no reference): the `Context`
+    /// must stay alive until the scope's end, also when it is a temporary
+    /// (`Context().run`) and when the caller drops its only variable
+    /// inside the body. Were it freed early, the next `Context()` in the
+    /// body would take the same C object from the thread's cache and the
+    /// outer scope would read the inner one's values (or the end of the
+    /// scope would stop on an unclaimed context). In a child process: a
+    /// stop fails this test only. Meaningful in an optimised build.
+    @Test func anInlinedAsyncRunKeepsItsContextAliveToTheScopesEnd() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review_inline_lifetime")
+            for round in 0..<200 {
+                let outer = try! await Context().run { () async -> Int? in
+                    v.set(round)
+                    await Task.yield()
+                    _ = try! await Context().run { () async -> Int? in
+                        v.set(-round)
+                        return v.value
+                    }
+                    _ = try! Context().run { () -> Int? in
+                        v.set(-round - 1)
+                        return v.value
+                    }
+                    return v.value
+                }
+                if outer != round { exit(2) }
+                var holder: Context? = Context()
+                let dropped = try! await holder!.run { () async -> Int? in
+                    v.set(round)
+                    holder = nil
+                    await Task.yield()
+                    _ = try! await Context().run { () async -> Int? in
+                        v.set(-round)
+                        return v.value
+                    }
+                    return v.value
+                }
+                if dropped != round || holder != nil { exit(3) }
+            }
+            exit(0)
+        }
     }
 
     // MARK: Light tokens
