@@ -360,6 +360,46 @@ import Testing
         }
     }
 
+    /// On a plain thread (outside any task): a synchronous scope starts a
+    /// `Task.immediate` (it runs on this thread until it suspends, copying
+    /// the thread's task-local items) and a `Task {}`, then ends; the
+    /// thread's next scopes reuse its spare binding. The tasks read what
+    /// their scope ended with, never a later scope's value.
+    @Test func tasksStartedInAThreadScopeReadItsSnapshotAcrossReuse() async {
+        let v = DefaultedContextVar<Int>("review_thread_immediate", default: -1)
+        let gate = AsyncGate()
+        let tasks = await onNewThreadUntilExit { () -> [(Int, Task<(Int, Int), Never>)] in
+            var tasks: [(Int, Task<(Int, Int), Never>)] = []
+            for round in 0..<50 {
+                v.withValue(round) {
+                    tasks.append((round, Task.immediate {
+                        let first = v.value
+                        await gate.wait()
+                        return (first, v.value)
+                    }))
+                    tasks.append((round + 1, Task {
+                        await gate.wait()
+                        return (v.value - 1, v.value)
+                    }))
+                    v.set(round + 1)
+                }
+                // Later scopes on this thread reuse its spare binding.
+                for later in 0..<3 { _ = v.withValue(1_000 + later) { v.value } }
+            }
+            return tasks
+        }
+        await gate.open()
+        var bad: [String] = []
+        for (index, (expected, task)) in tasks.enumerated() {
+            let (first, last) = await task.value
+            // The immediate task read `round` before the set; after the
+            // scope ended both read what it ended with (round + 1).
+            let want = index % 2 == 0 ? (expected, expected + 1) : (expected - 1, expected)
+            if first != want.0 || last != want.1 { bad.append("#\(index): (\(first), \(last)) != \(want)") }
+        }
+        #expect(bad.isEmpty, "\(bad.prefix(5))")
+    }
+
     // MARK: Light tokens
 
     /// What `reset` threw, or nil when it reset.
