@@ -8,6 +8,9 @@
  */
 #include "test_support.h"
 
+#include <pthread.h>
+#include <sched.h>
+
 /* A sentinel for out-parameters that a failed set must leave alone. */
 static cctx_token *const untouched = (cctx_token *)(uintptr_t)0x5eed;
 
@@ -239,6 +242,128 @@ static void test_in_place_set_moves_the_old_value_into_its_token(void **state)
     cctx_var_release(probe);
 }
 
+/* ------------------------------------------------ in place, backed out */
+
+/* A reader on another thread holding a peek of the context's current root
+ * makes an in-place write back out (context.c's handshake) and take the
+ * path-copy route, which can run out of memory. Then a reset (which had
+ * already consumed its token for the in-place write) gives the token back
+ * and a light set releases the token it made: CCTX_ENOMEM, and nothing
+ * changed — the value, the tokens, every reference count. */
+enum { PEEK_IDLE, PEEK_BEGIN, PEEK_HELD, PEEK_END, PEEK_QUIT };
+
+struct peeker {
+    cctx_context *ctx;
+    cctx_var *var;
+    int command; /* PEEK_*: what the main thread asks, or PEEK_HELD */
+};
+
+static void *peek_and_hold(void *p)
+{
+    struct peeker *pk = p;
+    cctx_read_guard guard;
+    for (;;) {
+        int command = __atomic_load_n(&pk->command, __ATOMIC_ACQUIRE);
+        if (command == PEEK_BEGIN) {
+            void *out = NULL;
+            T_CHECK(cctx_context_peek(pk->ctx, pk->var, cctx_var_hash(pk->var), &guard, &out) == CCTX_OK);
+            __atomic_store_n(&pk->command, PEEK_HELD, __ATOMIC_RELEASE);
+        } else if (command == PEEK_END) {
+            cctx_context_peek_end(&guard);
+            __atomic_store_n(&pk->command, PEEK_IDLE, __ATOMIC_RELEASE);
+        } else if (command == PEEK_QUIT) {
+            break;
+        } else {
+            sched_yield();
+        }
+    }
+    cctx_thread_cleanup();
+    return NULL;
+}
+
+/* Asks the peeker for `command` and waits until it has done it. */
+static void peeker_do(struct peeker *pk, int command, int done)
+{
+    __atomic_store_n(&pk->command, command, __ATOMIC_RELEASE);
+    while (__atomic_load_n(&pk->command, __ATOMIC_ACQUIRE) != done)
+        sched_yield();
+}
+
+static void test_in_place_writes_backed_out_by_a_reader_change_nothing_out_of_memory(void **state)
+{
+    (void)state;
+    cctx_var *v;
+    assert_ok(cctx_var_new("backout", &tv_ops, &v));
+    tv_value *x = tv_new(1), *y = tv_new(2), *z = tv_new(3);
+    cctx_context *c;
+    assert_ok(cctx_context_new(&c));
+    cctx_token *t0, *t1;
+    assert_ok(cctx_context_set_light(c, v, x, &t0)); /* MISSING */
+    assert_ok(cctx_context_set_light(c, v, y, &t1)); /* old x (moved in place) */
+    void *out;
+
+    struct peeker pk = { c, v, PEEK_IDLE };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, peek_and_hold, &pk), 0);
+    peeker_do(&pk, PEEK_BEGIN, PEEK_HELD);
+
+    /* reset(t1) would overwrite y with x in place; the reader backs it
+     * out. Only the first allocation fails: a write that succeeds retires
+     * the old root, which waits for the reader's peek to end. An in-place
+     * reset allocates nothing, so a failure proves the back-out. */
+    long r0 = tv_retains(), d0 = tv_releases();
+    long f0 = cctx__allocation_failures();
+    cctx__fail_allocation(1);
+    cctx_status st = cctx_context_reset(c, v, t1);
+    cctx__fail_allocation(0);
+    assert_int_equal(st, CCTX_ENOMEM);
+    assert_true(cctx__allocation_failures() != f0);
+    assert_false(cctx_token_is_used(t1));
+    assert_ok(cctx_context_get(c, v, &out));
+    assert_ptr_equal(out, y);
+    assert_int_equal(tv_retains() - r0, tv_releases() - d0);
+    assert_int_equal(x->refcnt, 2); /* caller's + t1's */
+    assert_int_equal(y->refcnt, 2); /* caller's + the map's */
+    /* A light set of the same slot, backed out the same way. */
+    cctx_token *t = untouched;
+    f0 = cctx__allocation_failures();
+    cctx__fail_allocation(1);
+    st = cctx_context_set_light(c, v, z, &t);
+    cctx__fail_allocation(0);
+    assert_int_equal(st, CCTX_ENOMEM);
+    assert_true(cctx__allocation_failures() != f0);
+    assert_ptr_equal(t, untouched);
+    assert_ok(cctx_context_get(c, v, &out));
+    assert_ptr_equal(out, y);
+    assert_int_equal(y->refcnt, 2);
+    assert_int_equal(z->refcnt, 1);
+    assert_int_equal(tv_retains() - r0, tv_releases() - d0);
+
+    /* With the reader gone the reset works; the token is used once. */
+    peeker_do(&pk, PEEK_END, PEEK_IDLE);
+    assert_ok(cctx_context_reset(c, v, t1));
+    assert_true(cctx_token_is_used(t1));
+    assert_int_equal(cctx_context_reset(c, v, t1), CCTX_TOKEN_USED);
+    assert_ok(cctx_context_get(c, v, &out));
+    assert_ptr_equal(out, x);
+    __atomic_store_n(&pk.command, PEEK_QUIT, __ATOMIC_RELEASE);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(thread_failures(), 0);
+
+    assert_ok(cctx_context_get(c, v, &out));
+    assert_ptr_equal(out, x);
+    cctx_token_release(t0);
+    cctx_token_release(t1);
+    cctx_context_release(c);
+    assert_int_equal(x->refcnt, 1);
+    assert_int_equal(y->refcnt, 1);
+    assert_int_equal(z->refcnt, 1);
+    tv_drop(x);
+    tv_drop(y);
+    tv_drop(z);
+    cctx_var_release(v);
+}
+
 /* ------------------------------------------------ stress */
 
 /* Many threads make contexts and light tokens at once, each through more
@@ -309,6 +434,7 @@ int main(void)
         T(test_token_of_a_freed_context_is_foreign_to_one_at_its_address),
         T(test_light_set_out_of_memory_changes_nothing),
         T(test_in_place_set_moves_the_old_value_into_its_token),
+        T(test_in_place_writes_backed_out_by_a_reader_change_nothing_out_of_memory),
         T(test_light_tokens_on_many_threads_keep_their_contexts_apart),
     };
 #undef T
