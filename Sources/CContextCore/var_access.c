@@ -170,24 +170,25 @@ cctx_status cctx_var_get_default(cctx_var *var, void *default_value, void **out)
     return CCTX_OK;
 }
 
-cctx_status cctx_var_set(cctx_var *var, void *value, cctx_token **token_out)
+/* Both set entry points: a full token (`light` false) or a light one. */
+static inline cctx_status var_set(cctx_var *var, void *value, bool light, cctx_token **token_out)
 {
     if (CCTX_UNLIKELY(!var_is_valid(var)))
         return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
-    return context_write_set(ts, ts->current, var, value, false, token_out);
+    return context_write_set(ts, ts->current, var, value, light, token_out);
+}
+
+cctx_status cctx_var_set(cctx_var *var, void *value, cctx_token **token_out)
+{
+    return var_set(var, value, false, token_out);
 }
 
 cctx_status cctx_var_set_light(cctx_var *var, void *value, cctx_token **token_out)
 {
-    if (CCTX_UNLIKELY(!var_is_valid(var)))
-        return CCTX_EINVAL;
-    cctx_thread_state *ts = thread_state_get();
-    if (ts == NULL)
-        return CCTX_ENOMEM;
-    return context_write_set(ts, ts->current, var, value, true, token_out);
+    return var_set(var, value, true, token_out);
 }
 
 cctx_status cctx_var_reset(cctx_var *var, cctx_token *token)
