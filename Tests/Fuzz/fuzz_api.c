@@ -11,6 +11,20 @@
  * call fail (cctx__fail_allocation): that call must return CCTX_ENOMEM and
  * change nothing.
  *
+ * Tokens are full (cctx_var_set, cctx_context_set) or light
+ * (cctx_var_set_light, cctx_context_set_light: bit 1 of the byte whose
+ * bit 0 asks for a token, so an older input consumes the same bytes and
+ * makes the same calls, light ones where that bit is set; of the older
+ * seeds only `faults` sets it, once). A light token holds neither its variable nor its context: the
+ * model holds one reference to the variable per live light token and drops
+ * it after the token's last release (as the Swift binding's token object
+ * does), cctx_token_context must be NULL, and the token does not keep its
+ * context — nor that context's values — alive.
+ * Its context may then be freed and its object handed out again to a new
+ * context (the context cache): a reset there must be
+ * CCTX_TOKEN_WRONG_CONTEXT, which the model predicts because the new
+ * context is another record. The run's statistics count such resets.
+ *
  * Values are counted objects: the model knows which values are reachable
  * (from live contexts, tokens, iterator snapshots, locals and defaults) and
  * checks after every call that exactly those are alive — single-threaded,
@@ -128,7 +142,8 @@ typedef struct dict {
 
 typedef struct mvar {
     cctx_var *ptr;
-    int refs; /* ours */
+    int refs;  /* ours */
+    int holds; /* the model's, one per live light token of this variable */
     bool has_def;
     void *def;
     bool def_gone; /* the default was released (its variable was freed) */
@@ -149,6 +164,9 @@ typedef struct mtok {
     bool has_old;
     void *old;
     bool used;
+    bool light; /* cctx_var_set_light / cctx_context_set_light: holds no
+                 * variable and no context; the model holds the variable
+                 * for it (mvar.holds) as a binding's token object does */
     int refs;
 } mtok;
 
@@ -211,6 +229,7 @@ static uint32_t u32(void)
 static long arm;          /* k > 0: the k-th allocation of the next call fails */
 static long fails_before;
 static long stats_injected, stats_read_degraded, stats_stateless;
+static long stats_light_sets, stats_light_gone, stats_light_reused;
 
 static void arm_now(void)
 {
@@ -303,13 +322,15 @@ static void compute_alive(void)
     memset(var_alive, 0, sizeof var_alive);
     for (int i = 0; i < M.nc; i++)
         ctx_alive[i] = M.c[i].refs > 0 || M.c[i].thread_holds || in_stack(i);
+    /* A full token holds its variable and its context; a light one holds
+     * neither (its variable stays alive through the model's hold, below). */
     for (int i = 0; i < M.nt; i++)
-        if (M.t[i].refs > 0) {
+        if (M.t[i].refs > 0 && !M.t[i].light) {
             ctx_alive[M.t[i].ctx] = true;
             var_alive[M.t[i].var] = true;
         }
     for (int i = 0; i < M.nv; i++)
-        if (M.v[i].refs > 0)
+        if (M.v[i].refs > 0 || M.v[i].holds > 0)
             var_alive[i] = true;
     for (int i = 0; i < M.nc; i++)
         if (ctx_alive[i])
@@ -449,7 +470,19 @@ static void learn_ctx_ptr(int ci, cctx_context *p)
     CHECK(M.c[ci].ptr == p);
 }
 
-static int new_token_record(cctx_token *tok, int vi, int ci)
+/* What cctx_token_context says for token record ti: its context for a
+ * full token, NULL for a light one (which holds none). */
+static void check_token_context(int ti)
+{
+    mtok *t = &M.t[ti];
+    cctx_context *p = cctx_token_context(t->ptr);
+    if (t->light)
+        CHECK(p == NULL);
+    else
+        learn_ctx_ptr(t->ctx, p);
+}
+
+static int new_token_record(cctx_token *tok, int vi, int ci, bool light)
 {
     int ti = M.nt++;
     mtok *t = &M.t[ti];
@@ -459,10 +492,31 @@ static int new_token_record(cctx_token *tok, int vi, int ci)
     t->ctx = ci;
     t->has_old = M.c[ci].d.has[vi];
     t->old = t->has_old ? M.c[ci].d.val[vi] : NULL;
+    t->light = light;
     t->refs = 1;
     CHECK(cctx_token_var(tok) == M.v[vi].ptr);
-    learn_ctx_ptr(ci, cctx_token_context(tok));
+    check_token_context(ti);
+    if (light) {
+        /* The caller keeps the variable alive until it releases a light
+         * token: the model holds one reference per live light token, as
+         * the Swift binding's token object holds its variable. */
+        CHECK(cctx_var_retain(M.v[vi].ptr) == M.v[vi].ptr);
+        M.v[vi].holds++;
+    }
     return ti;
+}
+
+/* Drops one of our references to token record ti; with the last one goes
+ * the model's hold on a light token's variable — after the token, whose
+ * release of its old value still uses the variable's value operations. */
+static void token_release(int ti)
+{
+    mtok *t = &M.t[ti];
+    cctx_token_release(t->ptr);
+    if (--t->refs == 0 && t->light) {
+        M.v[t->var].holds--;
+        cctx_var_release(M.v[t->var].ptr);
+    }
 }
 
 /* The base record of the live thread state, created when first written. */
@@ -561,7 +615,7 @@ static void check_all(void)
             continue;
         CHECK(cctx_token_is_used(t->ptr) == t->used);
         CHECK(cctx_token_var(t->ptr) == M.v[t->var].ptr);
-        learn_ctx_ptr(t->ctx, cctx_token_context(t->ptr));
+        check_token_context(ti);
         void *old = NULL;
         cctx_status st = cctx_token_old_value(t->ptr, &old);
         CHECK_ST(st, t->has_old ? CCTX_OK : CCTX_NOT_FOUND);
@@ -699,34 +753,44 @@ static void op_var_refs(void)
     }
 }
 
-/* Applies a set to context record ci; returns the new token record or -1. */
-static void model_set(int ci, int vi, void *val, cctx_token *tok)
+/* Applies a set to context record ci, with a new token record for `tok`
+ * (when not NULL). */
+static void model_set(int ci, int vi, void *val, cctx_token *tok, bool light)
 {
     if (tok != NULL)
-        new_token_record(tok, vi, ci);
+        new_token_record(tok, vi, ci, light);
     M.c[ci].d.has[vi] = true;
     M.c[ci].d.val[vi] = val;
 }
 
+/* A failed set leaves *token_out alone. */
+static cctx_token *const tok_untouched = (cctx_token *)(uintptr_t)0x5eed;
+
 static void op_var_set(void)
 {
     int vi = pick_var();
-    bool want_tok = u8() & 1;
+    /* Bit 0: a token; bit 1: the light entry point (cctx_var_set_light,
+     * also without a token). */
+    uint8_t how = u8();
+    bool want_tok = how & 1, light = how & 2;
     bool fresh;
     void *val = choose_value(&fresh);
     if (vi < 0 || M.nc >= MAXC || (want_tok && M.nt >= MAXT)) {
         drop_fresh(val, fresh);
         return;
     }
-    cctx_token *tok = NULL;
+    cctx_token *tok = tok_untouched;
     arm_now();
-    cctx_status st = cctx_var_set(M.v[vi].ptr, val, want_tok ? &tok : NULL);
+    cctx_status st = light ? cctx_var_set_light(M.v[vi].ptr, val, want_tok ? &tok : NULL)
+                           : cctx_var_set(M.v[vi].ptr, val, want_tok ? &tok : NULL);
     bool inj = disarm();
     if (expect(st, CCTX_OK, inj)) {
         int ci = M.depth > 0 ? M.stack[M.depth - 1] : ensure_base();
-        model_set(ci, vi, val, tok);
+        CHECK(want_tok ? tok != tok_untouched && tok != NULL : tok == tok_untouched);
+        stats_light_sets += light;
+        model_set(ci, vi, val, want_tok ? tok : NULL, light);
     } else {
-        CHECK(tok == NULL);
+        CHECK(tok == tok_untouched);
     }
     drop_fresh(val, fresh);
 }
@@ -743,6 +807,22 @@ static cctx_status model_reset_status(int ti, int vi, int ci)
     return CCTX_OK;
 }
 
+/* Stats for a reset of a light token whose context is gone: in a context
+ * at the same address (the context cache handed the object out again)
+ * the runtime must still tell them apart by the token's serial. */
+static void count_light_reset(int ti, int ci)
+{
+    mtok *t = &M.t[ti];
+    if (!t->light || ci < 0)
+        return;
+    compute_alive();
+    if (ctx_alive[t->ctx])
+        return;
+    stats_light_gone++;
+    if (M.c[t->ctx].ptr != NULL && M.c[t->ctx].ptr == M.c[ci].ptr)
+        stats_light_reused++;
+}
+
 static void model_reset_apply(int ti, int ci)
 {
     mtok *t = &M.t[ti];
@@ -756,10 +836,13 @@ static void op_var_reset(void)
     int ti = pick_tok();
     /* Mostly the token's own variable; sometimes another one. */
     int vi = (u8() % 4 == 0 || ti < 0) ? pick_var() : M.t[ti].var;
-    if (ti < 0 || vi < 0 || M.v[vi].refs <= 0)
+    /* The token's own variable is alive while the token is (a full token
+     * holds it; the model holds a light token's), handle or not. */
+    if (ti < 0 || vi < 0 || (M.v[vi].refs <= 0 && vi != M.t[ti].var))
         return;
     int ci = cur_ctx();
     cctx_status exp = model_reset_status(ti, vi, ci);
+    count_light_reset(ti, ci);
     arm_now();
     cctx_status st = cctx_var_reset(M.v[vi].ptr, M.t[ti].ptr);
     bool inj = disarm();
@@ -921,22 +1004,28 @@ static void op_ctx_set(void)
 {
     int ci = pick_ctx();
     int vi = pick_var();
-    bool want_tok = u8() & 1;
+    uint8_t how = u8(); /* as in op_var_set */
+    bool want_tok = how & 1, light = how & 2;
     bool fresh;
     void *val = choose_value(&fresh);
     if (ci < 0 || vi < 0 || (want_tok && M.nt >= MAXT)) {
         drop_fresh(val, fresh);
         return;
     }
-    cctx_token *tok = NULL;
+    cctx_token *tok = tok_untouched;
+    cctx_token **tok_out = want_tok ? &tok : NULL;
     arm_now();
-    cctx_status st = cctx_context_set(M.c[ci].ptr, M.v[vi].ptr, val, want_tok ? &tok : NULL);
+    cctx_status st = light ? cctx_context_set_light(M.c[ci].ptr, M.v[vi].ptr, val, tok_out)
+                           : cctx_context_set(M.c[ci].ptr, M.v[vi].ptr, val, tok_out);
     bool inj = disarm();
     /* Single thread: the owner is always this thread, a claim or nobody. */
-    if (expect(st, CCTX_OK, inj))
-        model_set(ci, vi, val, tok);
-    else
-        CHECK(tok == NULL);
+    if (expect(st, CCTX_OK, inj)) {
+        CHECK(want_tok ? tok != tok_untouched && tok != NULL : tok == tok_untouched);
+        stats_light_sets += light;
+        model_set(ci, vi, val, want_tok ? tok : NULL, light);
+    } else {
+        CHECK(tok == tok_untouched);
+    }
     drop_fresh(val, fresh);
 }
 
@@ -947,9 +1036,10 @@ static void op_ctx_reset(void)
     if (ci < 0 || ti < 0)
         return;
     int vi = (u8() % 4 == 0) ? pick_var() : M.t[ti].var;
-    if (vi < 0 || M.v[vi].refs <= 0)
+    if (vi < 0 || (M.v[vi].refs <= 0 && vi != M.t[ti].var))
         return;
     cctx_status exp = model_reset_status(ti, vi, ci);
+    count_light_reset(ti, ci);
     arm_now();
     cctx_status st = cctx_context_reset(M.c[ci].ptr, M.v[vi].ptr, M.t[ti].ptr);
     bool inj = disarm();
@@ -1054,6 +1144,10 @@ static void op_tok_refs(void)
         M.t[ti].refs++;
     } else if (k == 1) { /* adopt the token's context as a handle */
         int ci = M.t[ti].ctx;
+        if (M.t[ti].light) { /* it names none */
+            CHECK(cctx_token_context(M.t[ti].ptr) == NULL);
+            return;
+        }
         if (M.c[ci].refs >= MAXREFS)
             return;
         cctx_context *p = cctx_token_context(M.t[ti].ptr);
@@ -1061,8 +1155,7 @@ static void op_tok_refs(void)
         CHECK(cctx_context_retain(p) == p);
         M.c[ci].refs++;
     } else {
-        cctx_token_release(M.t[ti].ptr);
-        M.t[ti].refs--;
+        token_release(ti);
     }
 }
 
@@ -1231,7 +1324,7 @@ static void op_run(void)
     if (st == CCTX_OK) {
         CHECK(exp == CCTX_OK && a.ran);
         if (a.st == CCTX_OK)
-            model_set(ci, vi, val, NULL);
+            model_set(ci, vi, val, NULL, false);
         else
             CHECK(inj && a.st == CCTX_ENOMEM);
         CHECK(M.c[ci].owner == OWN_NONE);
@@ -1259,6 +1352,7 @@ static void op_misuse(void)
     case 0:
         if (c) CHECK_ST(cctx_var_get((cctx_var *)c, &out), CCTX_EINVAL);
         if (t) CHECK_ST(cctx_var_set((cctx_var *)t, x, NULL), CCTX_EINVAL);
+        if (c) CHECK_ST(cctx_var_set_light((cctx_var *)c, x, NULL), CCTX_EINVAL);
         break;
     case 1:
         if (v) CHECK_ST(cctx_context_enter((cctx_context *)v), CCTX_EINVAL);
@@ -1273,6 +1367,8 @@ static void op_misuse(void)
     case 3:
         if (t && v) CHECK_ST(cctx_context_set((cctx_context *)t, v, x, NULL), CCTX_EINVAL);
         if (c && t) CHECK_ST(cctx_context_set(c, (cctx_var *)t, x, NULL), CCTX_EINVAL);
+        if (t && v) CHECK_ST(cctx_context_set_light((cctx_context *)t, v, x, NULL), CCTX_EINVAL);
+        if (c && l) CHECK_ST(cctx_context_set_light(c, (cctx_var *)l, x, NULL), CCTX_EINVAL);
         if (c && l) CHECK_ST(cctx_context_delete(c, (cctx_var *)l), CCTX_EINVAL);
         break;
     case 4:
@@ -1288,6 +1384,13 @@ static void op_misuse(void)
         break;
     case 6:
         CHECK_ST(cctx_var_set(NULL, x, NULL), CCTX_EINVAL);
+        {
+            cctx_token *tout = tok_untouched;
+            CHECK_ST(cctx_var_set_light(NULL, x, &tout), CCTX_EINVAL);
+            if (v) CHECK_ST(cctx_context_set_light(NULL, v, x, &tout), CCTX_EINVAL);
+            if (c) CHECK_ST(cctx_context_set_light(c, NULL, x, &tout), CCTX_EINVAL);
+            CHECK(tout == tok_untouched);
+        }
         CHECK_ST(cctx_var_get(NULL, &out), CCTX_EINVAL);
         if (v) CHECK_ST(cctx_var_get(v, NULL), CCTX_EINVAL);
         if (v) CHECK_ST(cctx_var_reset(v, NULL), CCTX_EINVAL);
@@ -1361,10 +1464,8 @@ static void teardown(void)
             M.it[i].open = false;
         }
     for (int i = 0; i < M.nt; i++)
-        while (M.t[i].refs > 0) {
-            cctx_token_release(M.t[i].ptr);
-            M.t[i].refs--;
-        }
+        while (M.t[i].refs > 0)
+            token_release(i);
     for (int i = 0; i < M.nc; i++)
         while (M.c[i].refs > 0) {
             cctx_context_release(M.c[i].ptr);
@@ -1402,6 +1503,9 @@ static void print_stats(void)
             "without state: %ld; reads degraded by an injected failure "
             "(count/contains/equal): %ld\n",
             stats_injected, stats_stateless, stats_read_degraded);
+    fprintf(stderr, "fuzz_api: light sets: %ld; resets of a light token whose context "
+            "is gone: %ld, %ld of them in a context at its address\n",
+            stats_light_sets, stats_light_gone, stats_light_reused);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
