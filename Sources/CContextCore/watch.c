@@ -19,7 +19,10 @@
  * Callbacks do not run inside an epoch section: a callback may read or
  * write contexts — which may wait for a grace period — without waiting on
  * itself, and a slow callback holds up only the removal of its own slot.
- * The no-watcher path is the single load in watch.h.
+ * The no-watcher path is the single load in watch.h (and, for a binding
+ * that sends its own events, cctx_watchers_installed in
+ * contextcore_inline.h, which names `cctx_watchers_active` and argues why
+ * a relaxed load of it is enough there).
  */
 #include "internal.h"
 #include "reclaim.h"

@@ -10,8 +10,9 @@
 
 #include "thread_state.h"
 
-/* Bit i set: watcher slot i is installed. Read once per event. */
-extern unsigned cctx_watchers_active CCTX_HIDDEN;
+/* cctx_watchers_active (bit i set: watcher slot i is installed; read once
+ * per event) is declared in contextcore_inline.h: public, so that a
+ * binding's inlined cctx_watchers_installed can load it. */
 
 /* Calls every installed watcher on the calling thread, whose state is `ts`
  * (passed in: it may be mid-creation or mid-destruction). */

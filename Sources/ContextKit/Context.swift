@@ -288,7 +288,15 @@ struct ContextScope: ~Copyable {
     ) {
         let task = place.task
         var place = place
-        if task != nil {
+        // With no watcher installed (one inlined relaxed load,
+        // `cctx_watchers_installed`; its header argues why relaxed is
+        // enough) there is no `entered` event to send and nothing can have
+        // run between the caller's `place` and here: skip the generation
+        // reads, the call and the re-check.
+        // A watcher added after this load sees the scope as begun before it
+        // was installed, as a thread's `cctx_context_enter` before an add;
+        // `leave` asks again for itself.
+        if task != nil && cctx_watchers_installed() {
             // The `entered` watchers run in this task before the scope's
             // binding exists, and may `set`: the task's first write makes
             // its unscoped binding, a new place for it (which bumps the
@@ -387,7 +395,7 @@ struct ContextScope: ~Copyable {
         // scope may enter it and write (see `TaskBinding`, "After the scope").
         if escaped { binding._withUnsafeGuaranteedRef { $0.freezeEscaped() } }
         // The task-local pop has just happened; the exited watchers below
-        // may read.
+        // may read. (A thread's `cctx_context_exit` sends its own `exited`.)
         guard let task = owner else {
             let status = cctx_context_exit(handle)
             if status != CCTX_OK {
@@ -406,6 +414,28 @@ struct ContextScope: ~Copyable {
         if status != CCTX_OK {
             fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
         }
+        // Asked again here, not remembered from the scope's start: a
+        // watcher added inside the scope (on this task, or on another
+        // thread before something that orders it before this end) gets
+        // this `exited` without having seen the `entered`, exactly as a
+        // watcher added between a thread's `cctx_context_enter` and
+        // `cctx_context_exit` does; one cancelled inside gets nothing more
+        // (`cctx_notify_watchers` re-checks each slot). With none
+        // installed, skip the value-cache fence and the call with them.
+        if cctx_watchers_installed() {
+            notifyExited()
+        }
+        // The scope's reference, last (as when the scope held it strongly
+        // and released it after `leave`): parked as the spare of the thread
+        // the scope ends on (`TaskBinding.park`), or released.
+        if escaped { binding.release() } else { TaskBinding.park(binding) }
+    }
+
+    /// ``leave()``'s `exited` event for a task scope, when a watcher is
+    /// installed: the context the task sees again (the enclosing
+    /// binding's, or none), with the enclosing binding's write count bumped
+    /// around the callbacks when the task owns it.
+    private func notifyExited() {
         if let enclosing = enclosing?.takeUnretainedValue() {
             withExtendedLifetime(enclosing) {
                 // A C watcher on this thread may write the context the task
@@ -429,10 +459,6 @@ struct ContextScope: ~Copyable {
         } else {
             cctx_notify_watchers(CCTX_EVENT_EXITED, nil)
         }
-        // The scope's reference, last (as when the scope held it strongly
-        // and released it after `leave`): parked as the spare of the thread
-        // the scope ends on (`TaskBinding.park`), or released.
-        if escaped { binding.release() } else { TaskBinding.park(binding) }
     }
 }
 

@@ -1,7 +1,8 @@
 /*
  * test_watch.c — context-switch watchers: events for nested enter/exit,
- * thread start/exit, the slot limit, and watchers added and removed while
- * four threads fire events (a removed watcher is never called again).
+ * thread start/exit, the slot limit, cctx_watchers_installed, and watchers
+ * added and removed while four threads fire events (a removed watcher is
+ * never called again).
  */
 #include "test_support.h"
 
@@ -98,6 +99,13 @@ static void test_thread_start_and_exit_switch(void **state)
     assert_ok(cctx_clear_watcher(id));
 }
 
+static void *add_watcher_on_thread(void *userdata)
+{
+    int id = -1;
+    assert_ok(cctx_add_watcher(record, userdata, &id));
+    return (void *)(intptr_t)id;
+}
+
 static void test_watcher_limit_and_bad_arguments(void **state)
 {
     (void)state;
@@ -121,6 +129,58 @@ static void test_watcher_limit_and_bad_arguments(void **state)
     assert_int_equal(cctx_clear_watcher(CCTX_MAX_WATCHERS), CCTX_EINVAL);
     cctx_context_release(a);
     assert_ok(cctx_thread_cleanup());
+}
+
+/* cctx_watchers_installed (contextcore_inline.h): a binding skips the work
+ * around cctx_notify_watchers when it is false, so it must be true exactly
+ * while some watcher is installed — whichever slots, in whatever order they
+ * are added and removed — and false again after the last removal. */
+static void test_watchers_installed(void **state)
+{
+    (void)state;
+    struct recorder r = { 0 };
+    assert_false(cctx_watchers_installed()); /* no other test left one */
+    int a, b;
+    assert_ok(cctx_add_watcher(record, &r, &a));
+    assert_true(cctx_watchers_installed());
+    assert_ok(cctx_clear_watcher(a));
+    assert_false(cctx_watchers_installed());
+    /* Several: true until the last one goes, in either order. */
+    assert_ok(cctx_add_watcher(record, &r, &a));
+    assert_ok(cctx_add_watcher(record, &r, &b));
+    assert_int_not_equal(a, b);
+    assert_true(cctx_watchers_installed());
+    assert_ok(cctx_clear_watcher(a)); /* the first added, removed first */
+    assert_true(cctx_watchers_installed());
+    assert_ok(cctx_clear_watcher(b));
+    assert_false(cctx_watchers_installed());
+    assert_ok(cctx_add_watcher(record, &r, &a));
+    assert_ok(cctx_add_watcher(record, &r, &b));
+    assert_ok(cctx_clear_watcher(b)); /* the last added, removed first */
+    assert_true(cctx_watchers_installed());
+    assert_ok(cctx_clear_watcher(a));
+    assert_false(cctx_watchers_installed());
+    /* Every slot (the highest bit of the mask too), then none. */
+    int ids[CCTX_MAX_WATCHERS];
+    for (int i = 0; i < CCTX_MAX_WATCHERS; i++)
+        assert_ok(cctx_add_watcher(record, &r, &ids[i]));
+    for (int i = 0; i < CCTX_MAX_WATCHERS; i++) {
+        assert_true(cctx_watchers_installed());
+        assert_ok(cctx_clear_watcher(ids[CCTX_MAX_WATCHERS - 1 - i]));
+    }
+    assert_false(cctx_watchers_installed());
+    /* A failed removal changes nothing. */
+    assert_int_equal(cctx_clear_watcher(ids[0]), CCTX_EINVAL);
+    assert_false(cctx_watchers_installed());
+    /* An add on another thread that this thread joins is seen. */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, add_watcher_on_thread, &r), 0);
+    void *id = NULL;
+    pthread_join(t, &id);
+    assert_true(cctx_watchers_installed());
+    assert_ok(cctx_clear_watcher((int)(intptr_t)id));
+    assert_false(cctx_watchers_installed());
+    assert_int_equal(r.entered + r.exited + r.switched, 0); /* no event fired here */
 }
 
 static int stop_firing;
@@ -183,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_nested_enter_exit_events),
         cmocka_unit_test(test_thread_start_and_exit_switch),
         cmocka_unit_test(test_watcher_limit_and_bad_arguments),
+        cmocka_unit_test(test_watchers_installed),
         cmocka_unit_test(test_add_and_remove_while_events_fire),
     };
     return cmocka_run_group_tests_name("watch", tests, NULL, NULL);

@@ -89,6 +89,74 @@ final class WatchCounters: Sendable {
         #expect(contexts[3] == contexts[1])     // back in withValue(1)'s copy
     }
 
+    /// A task scope asks whether any watcher is installed at its start and
+    /// again at its end (`cctx_watchers_installed`), and skips the event
+    /// work when none is. The contract is the thread's (`cctx_context_exit`
+    /// fires to whatever is installed at the exit): a watcher added inside
+    /// a scope gets that scope's `exited` (and the enclosing ones') without
+    /// their `entered`; one cancelled inside gets nothing more. Checked
+    /// against a thread's `run` for the same shapes.
+    @Test func watcherAddedOrCancelledInsideATaskScope() async throws {
+        let mark = WatchMark.fresh()
+        let v = ContextVar<Int>("v", default: 0)
+        let outer = Context()
+
+        // Added inside: no watcher of this test at either scope's start.
+        let added = EventLog(mark: mark)
+        let late = try await WatchMark.$id.withValue(mark) {
+            try await outer.run {
+                await Task.yield()
+                return try await v.withValue(1) {
+                    let watcher = try Context.addWatcher { added.record($0, $1) }
+                    await Task.yield()                  // the end may run on another thread
+                    return watcher
+                }
+            }
+        }
+        late.cancel()
+        #expect(added.events == [.exited, .exited])
+        #expect(added.contexts == [address(outer), nil])
+
+        // The same in synchronous scopes in a task.
+        let addedSync = EventLog(mark: mark)
+        let lateSync = try WatchMark.$id.withValue(mark) {
+            try outer.run { try Context.addWatcher { addedSync.record($0, $1) } }
+        }
+        lateSync.cancel()
+        #expect(addedSync.events == [.exited])
+        #expect(addedSync.contexts == [nil])
+
+        // Cancelled inside: it saw the `entered`s, and nothing after.
+        let cancelled = EventLog(mark: mark)
+        let kept = EventLog(mark: mark)
+        let early = try Context.addWatcher { cancelled.record($0, $1) }
+        let staying = try Context.addWatcher { kept.record($0, $1) }
+        try await WatchMark.$id.withValue(mark) {
+            try await outer.run {
+                await v.withValue(2) {
+                    early.cancel()
+                    await Task.yield()
+                }
+            }
+        }
+        staying.cancel()
+        #expect(cancelled.events == [.entered, .entered])
+        #expect(kept.events == [.entered, .entered, .exited, .exited])
+
+        // A thread's scopes (the C runtime's own events) behave the same.
+        let addedOnThread = EventLog(mark: mark)
+        let base = onNewThread { () -> UInt in
+            WatchMark.$id.withValue(mark) {
+                let base = UInt(bitPattern: cctx_context_current())
+                let watcher = try! outer.run { try Context.addWatcher { addedOnThread.record($0, $1) } }
+                watcher.cancel()
+                return base
+            }
+        }
+        #expect(addedOnThread.events == [.exited])
+        #expect(addedOnThread.contexts == [base])
+    }
+
     @Test func spawnHelpersAndChildTasksInAScope() async throws {
         let mark = WatchMark.fresh()
         let log = EventLog(mark: mark)

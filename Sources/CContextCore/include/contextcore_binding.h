@@ -16,7 +16,9 @@
  *                    cctx_context_peek_end: copy the value out, take no
  *                    reference
  *   notify           context-switch events for switches the runtime cannot
- *                    see (a task scope entered on the binding's side)
+ *                    see (a task scope entered on the binding's side);
+ *                    cctx_watchers_installed (contextcore_inline.h) says
+ *                    whether anyone listens, for work around the call
  *   cctx_var_value,  reads for values that are never NULL (a binding's
  *   cctx_local_value boxes): NULL means "none", with no status to check
  */
@@ -153,16 +155,18 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_set_light(cctx_context *ctx, 
 
 /** Sends `event` for `ctx` (borrowed; may be NULL) to every watcher, on the
  *  calling thread: for runtimes that track their own current context (the
- *  Swift facade's tasks). Costs one atomic load when no watcher is set.
- *  Python: what CPython does for `PyContext_AddWatcher` watchers when a
- *  context is entered or exited. */
+ *  Swift facade's tasks). Costs one atomic load when no watcher is set; a
+ *  binding that does work of its own around the call (re-reading state a
+ *  callback may have changed) asks cctx_watchers_installed first and skips
+ *  both when it is false. Python: what CPython does for
+ *  `PyContext_AddWatcher` watchers when a context is entered or exited. */
 CCTX_API void cctx_notify_watchers(cctx_event event, cctx_context *ctx);
 
 #ifdef __cplusplus
 }
 #endif
 
-/* The inlinable hit path of cctx_var_value. */
+/* The inlinable hit path of cctx_var_value, and cctx_watchers_installed. */
 #include "contextcore_inline.h"
 
 #endif /* CONTEXTCORE_BINDING_H */

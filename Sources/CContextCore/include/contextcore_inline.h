@@ -1,14 +1,23 @@
 /*
- * contextcore_inline.h — the hit path of cctx_var_value as a static inline
- * function, for a language binding that reads a variable on a thread often
- * enough that the call itself is a third of the read (Swift's
- * `ContextVar.get()` outside a task: it inlines this into the caller).
+ * contextcore_inline.h — two reads a language binding makes often enough
+ * that the call itself is a large part of them, as static inline
+ * functions:
  *
- * What this exposes is the calling thread's lookup cache: its layout and
- * the thread-local pointer to it. Both belong to this version of the
- * library: a binding that uses them is compiled against the same headers
- * as the library it links (a Swift package builds both together). Plain C
- * users have no reason to include it; contextcore_binding.h does.
+ *   cctx_var_value_inline   the hit path of cctx_var_value (Swift's
+ *                           `ContextVar.get()` outside a task)
+ *   cctx_watchers_installed whether any context-switch watcher is
+ *                           installed (Swift's task scopes, which send
+ *                           their own events, skip the work around
+ *                           cctx_notify_watchers when none is)
+ *
+ * What this exposes is the calling thread's lookup cache (its layout and
+ * the thread-local pointer to it) and the watcher mask of watch.c
+ * (`cctx_watchers_active`). These are the only library variables a
+ * binding may name, and only through the functions here: their layout and
+ * meaning belong to this version of the library, so a binding that uses
+ * them is compiled against the same headers as the library it links (a
+ * Swift package builds both together). Plain C users have no reason to
+ * include this header; contextcore_binding.h does.
  *
  * The cache's rules (the thread state owns it; var_access.c argues them):
  * - only its own thread, and signal handlers on that thread, read or write
@@ -118,6 +127,53 @@ static inline void *cctx_var_value_inline(cctx_var *var, uint32_t hash)
         return value;
     cctx_lookup_uncount(lookup);
     return cctx_var_value(var);
+}
+
+/** Bit i set: watcher slot i is installed (watch.c: set with release once
+ *  the slot is written, cleared first on removal; only cctx_add_watcher and
+ *  cctx_clear_watcher write it). Named here only so that
+ *  cctx_watchers_installed can be inlined: read it through that. */
+extern unsigned cctx_watchers_active
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((visibility("default")))
+#endif
+    ;
+
+/** Whether at least one context-switch watcher is installed right now
+ *  (cctx_add_watcher done, its cctx_clear_watcher not): one relaxed load.
+ *  For a binding that sends its own events (cctx_notify_watchers) and does
+ *  work around them — Swift's task scopes re-resolve the task's place after
+ *  the `entered` callbacks and fence the value cache around the `exited`
+ *  ones: when this is false it skips that work together with the call.
+ *  False never skips an event the watcher contract promises, and true never
+ *  lets a removed callback run, because the answer only decides whether to
+ *  call cctx_notify_watchers, which loads the mask again (acquire) and runs
+ *  the per-slot protocol of watch.c; nothing is read under this load. So a
+ *  relaxed load is enough:
+ *  - A watcher installed by this thread, or by one whose add
+ *    happens-before this call (it started the task, or signalled it), is
+ *    seen: read-after-write coherence on the mask (the load returns the
+ *    add's value or a later one, whose bit is cleared only by a removal).
+ *    The same holds in an async scope whose end runs on another thread
+ *    than the add in its body: the task's hops are ordered by the Swift
+ *    runtime's job hand-over.
+ *  - A watcher added concurrently on another thread (no happens-before)
+ *    may be missed: the event is then ordered before the add, as when the
+ *    C runtime's own check (watch.h) misses it. cctx_add_watcher promises
+ *    no event that races with it.
+ *  - A watcher removed (concurrently, or earlier on this thread): a stale
+ *    true only leads to cctx_notify_watchers, whose re-check under its
+ *    slot count sees the bit cleared; a false skips a call, which is always
+ *    allowed. cctx_clear_watcher's "never called again once it returns" is
+ *    watch.c's to keep, not this load's.
+ *  Ask it at each event rather than remembering an earlier answer: a scope
+ *  that skipped its `entered` still sends its `exited` to a watcher added
+ *  inside it, as cctx_context_exit does for a thread (the exit fires to
+ *  whatever is installed at the exit). Safe from any thread and from a
+ *  signal handler. */
+static inline bool cctx_watchers_installed(void)
+{
+    return __atomic_load_n(&cctx_watchers_active, __ATOMIC_RELAXED) != 0;
 }
 
 #ifdef __cplusplus
