@@ -1678,7 +1678,7 @@ cctx_status cctx_context_copy_current(cctx_context **out)
 enum { SOURCE_EMPTY, SOURCE_CURRENT, SOURCE_CONTEXT };
 
 static cctx_status copy_with(int source, cctx_context *ctx, cctx_var *var, void *value,
-                             cctx_context **out)
+                             bool adopt, cctx_context **out)
 {
     cctx_thread_state *ts = thread_state_peek();
     /* Before the insert: a failure then leaves nothing to undo. */
@@ -1701,7 +1701,10 @@ static cctx_status copy_with(int source, cctx_context *ctx, cctx_var *var, void 
         loan = root_take(ts, ctx, &src); /* as a copy takes it */
     }
     hamt_node *root;
-    cctx_status st = hamt_assoc(src, var, value, &root);
+    /* Adopting: on failure the caller's value reference is untouched
+     * (hamt_assoc_adopt takes it only on success), as nothing is made. */
+    cctx_status st = adopt ? hamt_assoc_adopt(src, var, value, &root)
+                           : hamt_assoc(src, var, value, &root);
     if (credit)
         credit_give(ts, src);
     else
@@ -1723,14 +1726,29 @@ cctx_status cctx_context_copy_with(cctx_context *ctx, cctx_var *var, void *value
 {
     if (out == NULL || !var_is_valid(var) || (ctx != NULL && !context_is_valid(ctx)))
         return CCTX_EINVAL;
-    return copy_with(ctx == NULL ? SOURCE_CURRENT : SOURCE_CONTEXT, ctx, var, value, out);
+    return copy_with(ctx == NULL ? SOURCE_CURRENT : SOURCE_CONTEXT, ctx, var, value, false, out);
 }
 
 cctx_status cctx_context_new_with(cctx_var *var, void *value, cctx_context **out)
 {
     if (out == NULL || !var_is_valid(var))
         return CCTX_EINVAL;
-    return copy_with(SOURCE_EMPTY, NULL, var, value, out);
+    return copy_with(SOURCE_EMPTY, NULL, var, value, false, out);
+}
+
+cctx_status cctx_context_copy_with_adopting(cctx_context *ctx, cctx_var *var, void *value,
+                                            cctx_context **out)
+{
+    if (out == NULL || !var_is_valid(var) || (ctx != NULL && !context_is_valid(ctx)))
+        return CCTX_EINVAL;
+    return copy_with(ctx == NULL ? SOURCE_CURRENT : SOURCE_CONTEXT, ctx, var, value, true, out);
+}
+
+cctx_status cctx_context_new_with_adopting(cctx_var *var, void *value, cctx_context **out)
+{
+    if (out == NULL || !var_is_valid(var))
+        return CCTX_EINVAL;
+    return copy_with(SOURCE_EMPTY, NULL, var, value, true, out);
 }
 
 cctx_context *cctx_context_current(void)

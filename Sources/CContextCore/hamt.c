@@ -1057,16 +1057,25 @@ static hamt_node *node_built(hamt_node *n)
     return n;
 }
 
-/* A bitmap node at `shift` holding the one entry (key, value). */
-static hamt_node *leaf_new(unsigned shift, cctx_var *key, void *value)
+/* A bitmap node at `shift` holding the one entry (key, value): the value
+ * retained, or (`adopt`) the caller's reference to it taken over. */
+static inline hamt_node *leaf_make(unsigned shift, cctx_var *key, void *value, bool adopt)
 {
     hamt_node *n = node_new(1, 1u << hamt_frag(key->hash, shift), 0, 2);
     if (n == NULL)
         return NULL;
     n->slot[0] = key;
     n->slot[1] = value;
-    entry_retain(key, value);
+    var_ref(key);
+    if (!adopt)
+        var_value_retain(key, value);
     return node_built(n);
+}
+
+/* A bitmap node at `shift` holding the one entry (key, value). */
+static hamt_node *leaf_new(unsigned shift, cctx_var *key, void *value)
+{
+    return leaf_make(shift, key, value, false);
 }
 
 enum slot_op { SLOT_EMPTY, SLOT_ENTRY, SLOT_CHILD };
@@ -1081,9 +1090,9 @@ enum slot_op { SLOT_EMPTY, SLOT_ENTRY, SLOT_CHILD };
  * source; a node that borrows passes on its own source). `size` is the
  * copy's entry count. The result must not be empty.
  */
-static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slot_op op,
-                                 cctx_var *key, void *value, hamt_node *child,
-                                 uint32_t size)
+static hamt_node *bitmap_rebuild_ex(hamt_node *n, bool lend, uint32_t bit, enum slot_op op,
+                                    cctx_var *key, void *value, hamt_node *child,
+                                    uint32_t size, bool adopt)
 {
     uint32_t dm = n->datamap & ~bit;
     uint32_t nm = n->nodemap & ~bit;
@@ -1143,7 +1152,9 @@ static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slo
             m->slot[2 * i + 1] = n->slot[2 * k + 1];
             borrowed = from_n || key_is_borrowed(&cur, b, m->slot[2 * i]);
         }
-        var_value_retain(m->slot[2 * i], m->slot[2 * i + 1]);
+        /* The new entry's value: the caller's reference when adopted. */
+        if (!adopt || b != bit)
+            var_value_retain(m->slot[2 * i], m->slot[2 * i + 1]);
         if (!borrowed)
             var_ref(m->slot[2 * i]);
     }
@@ -1163,6 +1174,14 @@ static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slo
     return node_built(m);
 }
 
+/* bitmap_rebuild_ex retaining the new entry's value (SLOT_ENTRY). */
+static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slot_op op,
+                                 cctx_var *key, void *value, hamt_node *child,
+                                 uint32_t size)
+{
+    return bitmap_rebuild_ex(n, lend, bit, op, key, value, child, size, false);
+}
+
 /*
  * Copy of bitmap node `n` with the value of its entry `i` replaced by
  * `value` (retained by the copy), when `n` owns all its keys and stays
@@ -1175,7 +1194,7 @@ static hamt_node *bitmap_rebuild(hamt_node *n, bool lend, uint32_t bit, enum slo
  * already bound in a shared root take this path (docs/performance.md).
  * NULL on allocation failure, with nothing retained.
  */
-static hamt_node *bitmap_replace_lent(hamt_node *n, unsigned i, void *value)
+static hamt_node *bitmap_replace_lent(hamt_node *n, unsigned i, void *value, bool adopt)
 {
     const unsigned nd = hamt_popcount(n->datamap);
     const unsigned nslots = 2 * nd + hamt_popcount(n->nodemap);
@@ -1190,7 +1209,9 @@ static hamt_node *bitmap_replace_lent(hamt_node *n, unsigned i, void *value)
         m->slot[nslots] = n;
     }
     for (unsigned k = 0; k < nd; k++) {
-        var_value_retain(m->slot[2 * k], m->slot[2 * k + 1]);
+        /* Entry i's new value: the caller's reference when adopted. */
+        if (!adopt || k != i)
+            var_value_retain(m->slot[2 * k], m->slot[2 * k + 1]);
         if (!lent)
             var_ref(m->slot[2 * k]);
     }
@@ -1552,7 +1573,7 @@ static cctx_status bitmap_assoc(hamt_node *n, bool lend, unsigned shift, uint32_
                 return CCTX_OK;
             }
             m = lend && !n->borrows
-                    ? bitmap_replace_lent(n, i, value)
+                    ? bitmap_replace_lent(n, i, value, false)
                     : bitmap_rebuild(n, lend, bit, SLOT_ENTRY, key, value, NULL, n->size);
             if (m == NULL)
                 return CCTX_ENOMEM;
@@ -1695,6 +1716,60 @@ cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value, hamt_node **
         hamt_retain(root); /* unchanged: the caller gets its own reference */
     *out = m;
     return CCTX_OK;
+}
+
+/*
+ * hamt_assoc taking over the caller's reference to `value` (hamt.h). The
+ * writes a scope's copy makes most — into an empty map, replacing or
+ * adding an entry of the root node — build the one node that holds the
+ * new entry here, and that node keeps the reference instead of retaining
+ * the value (no value callback, no atomic increment, and none for the
+ * caller's release that would follow). The same nodes hamt_assoc builds:
+ * the branches below are bitmap_assoc's at the root, with its `lend`.
+ * Every other write is hamt_assoc's, which retains the value; the
+ * caller's reference is then released, after the map holds its own (so
+ * that release is never the last). On failure nothing is built or taken:
+ * the reference stays the caller's.
+ */
+cctx_status hamt_assoc_adopt(hamt_node *root, cctx_var *key, void *value, hamt_node **out)
+{
+    hamt_node *m = NULL;
+    if (root == NULL) {
+        m = leaf_make(0, key, value, true);
+        if (m == NULL)
+            return CCTX_ENOMEM;
+        *out = m;
+        return CCTX_OK;
+    }
+    if (is_bitmap(root)) {
+        const uint32_t bit = 1u << hamt_frag(key->hash, 0);
+        const bool lend = lend_to(false, root);
+        bool built = false;
+        if (root->datamap & bit) {
+            const unsigned i = below(root->datamap, bit);
+            if (entry_key(root, i) == key && entry_value(root, i) != value) {
+                m = lend && !root->borrows
+                        ? bitmap_replace_lent(root, i, value, true)
+                        : bitmap_rebuild_ex(root, lend, bit, SLOT_ENTRY, key, value, NULL,
+                                            root->size, true);
+                built = true;
+            }
+        } else if ((root->nodemap & bit) == 0) {
+            m = bitmap_rebuild_ex(root, lend, bit, SLOT_ENTRY, key, value, NULL, root->size + 1,
+                                  true);
+            built = true;
+        }
+        if (built) {
+            if (m == NULL)
+                return CCTX_ENOMEM;
+            *out = m;
+            return CCTX_OK;
+        }
+    }
+    cctx_status st = hamt_assoc(root, key, value, out);
+    if (st == CCTX_OK)
+        var_value_release(key, value); /* the map holds its own reference */
+    return st;
 }
 
 /* ------------------------------------------------------------- without */

@@ -114,6 +114,14 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key) CCTX_HIDD
 cctx_status hamt_assoc(hamt_node *root, cctx_var *key, void *value,
                        hamt_node **out) CCTX_HIDDEN;
 
+/* hamt_assoc that takes over the caller's reference to `value` instead of
+ * retaining it: on CCTX_OK that reference is the map's (or, when the map
+ * did not need it — `key` already bound to `value`, or a path that
+ * retains — released through `key`'s callback, never the last reference);
+ * on CCTX_ENOMEM nothing was taken and it is still the caller's. */
+cctx_status hamt_assoc_adopt(hamt_node *root, cctx_var *key, void *value,
+                             hamt_node **out) CCTX_HIDDEN;
+
 /* Returns in `*out` a new reference to a map equal to `root` without `key`
  * (NULL when it becomes empty). CCTX_NOT_FOUND when `key` is not bound
  * (`*out` untouched), CCTX_ENOMEM on allocation failure. Borrows `root`. */

@@ -411,31 +411,50 @@ extension ContextVar {
     ///
     /// `@inlinable`: specialised in the caller for `Value`, the box is made
     /// without a generic call.
+    ///
+    /// The box is made for the copy alone, so its one reference (the
+    /// allocation's) is handed to C: `cctx_context_copy_with_adopting` and
+    /// `cctx_context_new_with_adopting` store it in the copy instead of
+    /// retaining the box through the variable's callback, which the
+    /// box's release here would follow (an indirect call and two atomic
+    /// writes per scope). On success the reference is the copy's (C
+    /// releases it itself when the copy needed none: never the last);
+    /// on failure it is still ours, and `withValueFailed` releases it.
     @inlinable
     func copyWithValue(_ value: Value) -> (OpaquePointer, cctx_shim_place) {
-        let box = makeBox(value)
+        // +1, owned by this call until C takes it: `passRetained` consumes
+        // the new box's reference (no retain of its own).
+        let box = Unmanaged<AnyValueBox>.passRetained(makeBox(value)).toOpaque()
         var out: OpaquePointer?
         let status: cctx_status
         let place = cctx_shim_current_place()
         switch CurrentPlace.resolve(place) {
         case .thread:
-            status = box.withOpaquePointer { cctx_context_copy_with(nil, handle, $0, &out) }
+            status = cctx_context_copy_with_adopting(nil, handle, box, &out)
         case .task(_, let binding?, true):
-            status = box.withOpaquePointer { cctx_context_copy_with(binding.handle, handle, $0, &out) }
+            status = cctx_context_copy_with_adopting(binding.handle, handle, box, &out)
         case .task(_, let binding?, false):
-            (status, out) = copyInheritedWithValue(box, from: binding)
+            // The rare path keeps the retaining set: the box goes back to
+            // a Swift reference, released when the call ends.
+            let owned = Unmanaged<ValueBox<Value>>.fromOpaque(box).takeRetainedValue()
+            (status, out) = copyInheritedWithValue(owned, from: binding)
+            if status != CCTX_OK { withValueFailed(status, box: nil) }
+            return (out!, place)
         case .task(_, nil, _):
-            status = box.withOpaquePointer { cctx_context_new_with(handle, $0, &out) }
+            status = cctx_context_new_with_adopting(handle, box, &out)
         }
         // The stop out of line: `checkOrTrap`'s message closure captured
         // `name` (a retain and a release of its storage per call).
-        if status != CCTX_OK { withValueFailed(status) }
+        if status != CCTX_OK { withValueFailed(status, box: box) }
         return (out!, place)
     }
 
-    /// The stop of a failed ``copyWithValue(_:)``.
+    /// The stop of a failed ``copyWithValue(_:)``: releases the box's
+    /// reference C did not take (`box`, or nil when none is ours), then
+    /// traps.
     @usableFromInline @inline(never)
-    func withValueFailed(_ status: cctx_status) {
+    func withValueFailed(_ status: cctx_status, box: UnsafeMutableRawPointer?) {
+        if let box { Unmanaged<AnyValueBox>.fromOpaque(box).release() }
         checkOrTrap(status, "ContextVar '\(name)': withValue(_:operation:)")
     }
 

@@ -377,6 +377,223 @@ static void test_a_retain_callback_that_writes_the_source_is_safe(void **state)
     cctx_var_release(extra);
 }
 
+/* ------------------------------------------ adopting the caller's reference */
+
+/* The ways an adopting copy is made: each shape hamt_assoc_adopt builds
+ * itself (an empty map, the root's entry replaced with and without a
+ * borrow, an entry added to the root) and ones it leaves to hamt_assoc
+ * (an array root, a variable in a child node, the same value again). */
+enum adopt_case {
+    ADOPT_EMPTY,      /* new_with: a leaf */
+    ADOPT_REPLACE,    /* current context binds the variable in its root */
+    ADOPT_ADD,        /* current context's root lacks the variable */
+    ADOPT_ARRAY,      /* explicit context with 40 variables: an array root */
+    ADOPT_SAME,       /* the variable already bound to that value */
+    ADOPT_CASES
+};
+
+/* Sets up the source for `c`, makes an adopting copy binding vars[0] to a
+ * fresh value whose only reference is handed over, and checks the counts:
+ * no retain callback for the value on the paths that adopt, exactly one
+ * release in all (the copy's, when it goes), and the value's last release
+ * runs its hook then and only then. */
+static long adopt_hook_runs;
+static void count_hook(tv_value *value, void *arg)
+{
+    (void)value;
+    (void)arg;
+    adopt_hook_runs++;
+}
+
+static void test_adopting_copy_takes_over_the_reference(void **state)
+{
+    (void)state;
+    cctx_var *vars[40];
+    tv_value *vals[40];
+    for (int i = 0; i < 40; i++) {
+        assert_ok(cctx_var_new("v", &tv_ops, &vars[i]));
+        vals[i] = tv_new(i);
+    }
+    for (int c = 0; c < ADOPT_CASES; c++) {
+        cctx_context *src = NULL;
+        cctx_token *t = NULL;
+        adopt_hook_runs = 0;
+        tv_value *n = tv_new_hooked(100 + c, count_hook, NULL);
+        if (c == ADOPT_REPLACE)
+            assert_ok(cctx_var_set(vars[0], vals[0], &t));
+        if (c == ADOPT_ADD)
+            assert_ok(cctx_var_set(vars[1], vals[1], &t));
+        if (c == ADOPT_SAME) {
+            /* The variable holds `n` already: the copy needs no new
+             * reference, so the handed-over one is released (not the last). */
+            assert_ok(cctx_var_set(vars[0], n, &t));
+        }
+        if (c == ADOPT_ARRAY) {
+            assert_ok(cctx_context_new(&src));
+            for (int i = 0; i < 40; i++)
+                assert_ok(cctx_context_set(src, vars[i], vals[i], NULL));
+        }
+        const long retains = tv_retains(), releases = tv_releases();
+        cctx_context *copy = NULL;
+        cctx_status st = c == ADOPT_EMPTY ? cctx_context_new_with_adopting(vars[0], n, &copy)
+                                          : cctx_context_copy_with_adopting(src, vars[0], n, &copy);
+        assert_ok(st);
+        assert_ptr_equal(value_in(copy, vars[0]), n);
+        if (c == ADOPT_ADD)
+            assert_ptr_equal(value_in(copy, vars[1]), vals[1]);
+        if (c == ADOPT_ARRAY)
+            for (int i = 1; i < 40; i++)
+                assert_ptr_equal(value_in(copy, vars[i]), vals[i]);
+        /* The one reference moved into the copy (with SAME, the copy
+         * shares the current context's map, which holds the one left). */
+        assert_int_equal(n->refcnt, 1);
+        if (c == ADOPT_EMPTY || c == ADOPT_REPLACE || c == ADOPT_ADD) {
+            /* Taken over: no callback ran for the value (ADOPT_REPLACE and
+             * ADOPT_ADD retain the root's other values: one each). */
+            assert_int_equal(tv_retains() - retains, c == ADOPT_EMPTY ? 0 : 1 - (c == ADOPT_REPLACE));
+            assert_int_equal(tv_releases() - releases, 0);
+        }
+        if (src != NULL)
+            cctx_context_release(src);
+        if (t != NULL) {
+            assert_ok(cctx_var_reset(c == ADOPT_ADD ? vars[1] : vars[0], t));
+            cctx_token_release(t);
+        }
+        assert_int_equal(adopt_hook_runs, 0);
+        cctx_context_release(copy); /* the last reference: the hook runs */
+        assert_int_equal(adopt_hook_runs, 1);
+    }
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(vals[i]->refcnt, 1);
+        tv_drop(vals[i]);
+        cctx_var_release(vars[i]);
+    }
+}
+
+/* Out of memory at each allocation in turn, for each case: CCTX_ENOMEM
+ * leaves the reference with the caller (count 1, no release callback
+ * ran), nothing made; the first success takes it over. */
+static void test_adopting_copy_out_of_memory_leaves_the_reference(void **state)
+{
+    (void)state;
+    cctx_var *vars[40];
+    tv_value *vals[40];
+    for (int i = 0; i < 40; i++) {
+        assert_ok(cctx_var_new("v", &tv_ops, &vars[i]));
+        vals[i] = tv_new(i);
+    }
+    for (int c = 0; c < ADOPT_CASES; c++) {
+        cctx_context *src = NULL;
+        cctx_token *t = NULL;
+        adopt_hook_runs = 0;
+        tv_value *n = tv_new_hooked(200 + c, count_hook, NULL);
+        if (c == ADOPT_REPLACE)
+            assert_ok(cctx_var_set(vars[0], vals[0], &t));
+        if (c == ADOPT_ADD)
+            assert_ok(cctx_var_set(vars[1], vals[1], &t));
+        if (c == ADOPT_SAME)
+            assert_ok(cctx_var_set(vars[0], n, &t));
+        if (c == ADOPT_ARRAY) {
+            assert_ok(cctx_context_new(&src));
+            for (int i = 0; i < 40; i++)
+                assert_ok(cctx_context_set(src, vars[i], vals[i], NULL));
+        }
+        const int held = n->refcnt;
+        bool done = false;
+        for (long nth = 1; !done && nth < 50; nth++) {
+            const long allocs = cctx__live_allocations();
+            const long retains = tv_retains(), releases = tv_releases();
+            cctx__fail_allocation(nth);
+            cctx_context *copy = NULL;
+            cctx_status st = c == ADOPT_EMPTY
+                                 ? cctx_context_new_with_adopting(vars[0], n, &copy)
+                                 : cctx_context_copy_with_adopting(src, vars[0], n, &copy);
+            cctx__fail_allocation(0);
+            if (st == CCTX_OK) {
+                assert_ptr_equal(value_in(copy, vars[0]), n);
+                assert_int_equal(n->refcnt, 1); /* as in the test above */
+                if (src != NULL)
+                    cctx_context_release(src);
+                if (t != NULL) {
+                    assert_ok(cctx_var_reset(c == ADOPT_ADD ? vars[1] : vars[0], t));
+                    cctx_token_release(t);
+                }
+                assert_int_equal(adopt_hook_runs, 0);
+                cctx_context_release(copy);
+                assert_int_equal(adopt_hook_runs, 1);
+                done = true;
+            } else {
+                assert_int_equal(st, CCTX_ENOMEM);
+                assert_null(copy);
+                assert_int_equal(cctx__live_allocations(), allocs);
+                assert_int_equal(tv_retains() - retains, tv_releases() - releases);
+                /* Still ours (plus the current context's, with SAME). */
+                assert_int_equal(n->refcnt, held);
+            }
+        }
+        assert_true(done);
+    }
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(vals[i]->refcnt, 1);
+        tv_drop(vals[i]);
+        cctx_var_release(vars[i]);
+    }
+}
+
+/* Bad arguments take nothing: the reference stays the caller's. */
+static void test_adopting_copy_bad_arguments_take_nothing(void **state)
+{
+    (void)state;
+    cctx_var *a;
+    assert_ok(cctx_var_new("a", &tv_ops, &a));
+    tv_value *x = tv_new(1);
+    cctx_context *out = NULL;
+    assert_int_equal(cctx_context_copy_with_adopting(NULL, a, x, NULL), CCTX_EINVAL);
+    assert_int_equal(cctx_context_copy_with_adopting(NULL, NULL, x, &out), CCTX_EINVAL);
+    assert_int_equal(cctx_context_new_with_adopting(NULL, x, &out), CCTX_EINVAL);
+    assert_int_equal(cctx_context_new_with_adopting(a, x, NULL), CCTX_EINVAL);
+    assert_null(out);
+    assert_int_equal(x->refcnt, 1);
+    tv_drop(x);
+    cctx_var_release(a);
+}
+
+/* A handed-over value whose last release uses the library (reads,
+ * sets, copies): runs when the copy goes, on the thread that drops it. */
+static void test_adopted_value_released_with_a_hook_that_uses_the_library(void **state)
+{
+    (void)state;
+    cctx_var *a, *b;
+    assert_ok(cctx_var_new("a", &tv_ops, &a));
+    assert_ok(cctx_var_new("b", &tv_ops, &b));
+    tv_value *base = tv_new(7), *w = tv_new(8);
+    cctx_token *t;
+    assert_ok(cctx_var_set(a, base, &t));
+    hook_env env = { a, b, w, 0, 0 };
+    const long failures = thread_failures();
+    for (int round = 0; round < 3; round++) {
+        tv_value *h = tv_new_hooked(100 + round, release_hook, &env);
+        cctx_context *copy;
+        /* round 0: replaces a's root entry; 1: adds b; 2: empty. */
+        cctx_status st = round == 0   ? cctx_context_copy_with_adopting(NULL, a, h, &copy)
+                         : round == 1 ? cctx_context_copy_with_adopting(NULL, b, h, &copy)
+                                      : cctx_context_new_with_adopting(b, h, &copy);
+        assert_ok(st); /* h's one reference is the copy's now */
+        assert_int_equal(env.ran, round);
+        cctx_context_release(copy); /* runs the hook */
+        assert_int_equal(env.ran, round + 1);
+        assert_int_equal(env.seen, 7);
+    }
+    assert_int_equal(thread_failures(), failures);
+    assert_ptr_equal(value_in(cctx_context_current(), a), base);
+    assert_ok(cctx_var_reset(a, t));
+    cctx_token_release(t);
+    tv_drop(base);
+    tv_drop(w);
+    cctx_var_release(a);
+    cctx_var_release(b);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, nothing_left_setup, nothing_left_teardown)
@@ -390,6 +607,10 @@ int main(void)
         T(test_copy_with_out_of_memory_changes_nothing),
         T(test_release_of_a_copy_runs_callbacks_that_use_the_library),
         T(test_a_retain_callback_that_writes_the_source_is_safe),
+        T(test_adopting_copy_takes_over_the_reference),
+        T(test_adopting_copy_out_of_memory_leaves_the_reference),
+        T(test_adopting_copy_bad_arguments_take_nothing),
+        T(test_adopted_value_released_with_a_hook_that_uses_the_library),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

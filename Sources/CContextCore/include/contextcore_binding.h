@@ -132,6 +132,26 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_with(cctx_context *ctx, 
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new_with(cctx_var *var, void *value,
                                                             cctx_context **out);
 
+/** cctx_context_copy_with that takes over the caller's reference to
+ *  `value` instead of retaining it: for a binding that makes a value for
+ *  the copy alone (Swift's withValue box), which would otherwise be
+ *  retained through the variable's callback and released by the caller
+ *  right after. Ownership: on CCTX_OK the caller's reference belongs to
+ *  the copy (when the copy needs none of its own — `var` already bound to
+ *  `value` — it is released through the variable's release callback, and
+ *  that release is never the last: the copy holds one); the caller must not
+ *  release it. On any error (CCTX_EINVAL, CCTX_ENOMEM) nothing was taken:
+ *  the reference is still the caller's, nothing was made or released. */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_with_adopting(cctx_context *ctx,
+                                                                      cctx_var *var, void *value,
+                                                                      cctx_context **out);
+
+/** cctx_context_new_with taking over the caller's reference to `value`, as
+ *  cctx_context_copy_with_adopting (the same ownership on success and
+ *  error). */
+CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new_with_adopting(cctx_var *var, void *value,
+                                                                     cctx_context **out);
+
 /** cctx_var_set whose token (`*token_out`, one reference, as there) is
  *  light: it holds no reference to `var` or to the context. The caller
  *  keeps `var` alive until it releases the token (a binding whose own
