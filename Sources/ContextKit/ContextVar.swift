@@ -170,12 +170,10 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
                 owned ? ownedValue(in: $0, entry: entry) : value(in: $0, owned: false)
             }
         }
-        switch CurrentPlace.resolveMissedForRead(in: place.task!) {
-        case .task(_, let binding?, let owned):
-            return value(in: binding, owned: owned)
-        case .task(_, nil, _), .thread:
-            return nil
-        }
+        // Unretained: alive for the read (see `resolveMissedForRead`).
+        let (binding, owned) = CurrentPlace.resolveMissedForRead(in: place.task!)
+        guard let binding else { return nil }
+        return binding._withUnsafeGuaranteedRef { value(in: $0, owned: owned) }
     }
 
     /// The value `binding` holds, read by its owner, the running task,
