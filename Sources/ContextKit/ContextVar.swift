@@ -270,11 +270,28 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         // retain/release a `CurrentPlace` value takes. Making the box runs
         // no user code, so the place stays the task's.
         let box = ValueBox<Value>(variable: self, value: value)
+        let boxPointer = Unmanaged.passUnretained(box).toOpaque()
         var token: OpaquePointer?
-        let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable in
-            writable.withWrite {
-                cctx_context_set_light(writable.handle, handle, Unmanaged.passUnretained(box).toOpaque(), &token)
+        let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable -> cctx_status in
+            let status = writable.withWrite { cctx_context_set_light(writable.handle, handle, boxPointer, &token) }
+            // Fill the value cache with the box just written, as the next
+            // read's `readFilling` would (set-then-read is the common shape:
+            // that read then hits instead of a map lookup). Sound for the
+            // same reason as that fill: `entry` is still the running task's
+            // place for `writable` — no user code ran since the place check
+            // above (making the box runs none; the C write releases no value
+            // to zero: the old value's reference moves to the token, and the
+            // nodes the path copy replaced drop references the new root also
+            // holds) — and the map holds `box` at the write count the write
+            // left, until the owner's next write bumps it. Not inside an
+            // unsafe-handle window (`fill_blocked`), whose C writes do not
+            // bump the count.
+            if status == CCTX_OK, entry.pointee.fill_blocked == 0 {
+                entry.pointee.variable = UnsafeRawPointer(handle)
+                entry.pointee.version = writable.writes
+                entry.pointee.value = boxPointer
             }
+            return status
         }
         // C took its own reference to the box (or none, on failure).
         _fixLifetime(box)
