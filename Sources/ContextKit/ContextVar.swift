@@ -273,20 +273,23 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         let boxPointer = Unmanaged.passUnretained(box).toOpaque()
         var token: OpaquePointer?
         let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable -> cctx_status in
+            let before = writable.writes
             let status = writable.withWrite { cctx_context_set_light(writable.handle, handle, boxPointer, &token) }
             // Fill the value cache with the box just written, as the next
             // read's `readFilling` would (set-then-read is the common shape:
             // that read then hits instead of a map lookup). Sound for the
-            // same reason as that fill: `entry` is still the running task's
-            // place for `writable` — no user code ran since the place check
-            // above (making the box runs none; the C write releases no value
-            // to zero: the old value's reference moves to the token, and the
-            // nodes the path copy replaced drop references the new root also
-            // holds) — and the map holds `box` at the write count the write
-            // left, until the owner's next write bumps it. Not inside an
-            // unsafe-handle window (`fill_blocked`), whose C writes do not
-            // bump the count.
-            if status == CCTX_OK, entry.pointee.fill_blocked == 0 {
+            // same reason as that fill: the map holds `box` at the write
+            // count the write left — no other write to the binding came in
+            // between: the count moved by this write's two bumps only — until
+            // the owner's next write bumps it; and the entry still names
+            // `writable`, owned, so it is its owner's, the running task's
+            // (no user code runs here anyway: making the box runs none, and
+            // the C write releases no value to zero, the old value's
+            // reference moving to the token). Not inside an unsafe-handle
+            // window (`fill_blocked`), whose C writes do not bump the count.
+            if status == CCTX_OK, writable.writes == before &+ 2, entry.pointee.binding == UnsafeRawPointer(cached),
+                entry.pointee.owned, entry.pointee.fill_blocked == 0
+            {
                 entry.pointee.variable = UnsafeRawPointer(handle)
                 entry.pointee.version = writable.writes
                 entry.pointee.value = boxPointer
