@@ -802,8 +802,11 @@ enum CurrentPlace {
     ///
     /// The task-local is read unretained (``TaskBinding/currentUnretained``):
     /// only the running task pops its items, and a parent's items outlive
-    /// its structured children.
-    @inline(__always)
+    /// its structured children. Never inlined: inlined into
+    /// ``resolveMissed(in:)`` it made a scope's entry, which calls that on
+    /// its rare miss, too large for the optimizer to fold into
+    /// `enterContextScope` (a thunk frame, ≈ 30 instructions per scope).
+    @inline(never)
     private static func resolveUncachedUnretained(in task: UnsafeRawPointer)
         -> (binding: Unmanaged<TaskBinding>?, owned: Bool)
     {
