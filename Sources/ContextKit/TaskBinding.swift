@@ -636,7 +636,9 @@ extension TaskBinding {
         var object: UnsafeRawPointer?
         if !cctx_shim_task_local_get_binding(&object) {
             cctx_shim_task_local_register_binding(taskLocalKey, taskLocalValueType)
-            guard cctx_shim_task_local_get_binding(&object) else { preconditionFailure("task-local not registered") }
+            guard cctx_shim_task_local_get_binding(&object) else {
+                fatalError("ContextKit internal error: the binding task-local is not registered after registering it")
+            }
         }
         return object.map { Unmanaged<TaskBinding>.fromOpaque($0) }
     }
