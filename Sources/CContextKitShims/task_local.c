@@ -20,6 +20,8 @@
  *     lowered for a generic Value to (key, pointer to the value, +1, taken
  *     by the runtime with the type's initializeWithTake, Value's metadata);
  *   swift_task_localValuePop()
+ *   swift_task_localValueGet(key: Builtin.RawPointer) -> UnsafeMutableRawPointer?
+ *     the address of the innermost bound value's storage, or nil.
  * Both are weak so that a program without the Concurrency runtime still
  * links (it never reaches here: ContextKit needs that runtime).
  */
@@ -37,6 +39,7 @@
 extern void swift_task_localValuePush(const void *key, void *value, const void *type) CCTX_TL_SWIFTCALL
     __attribute__((weak));
 extern void swift_task_localValuePop(void) CCTX_TL_SWIFTCALL __attribute__((weak));
+extern void *swift_task_localValueGet(const void *key) CCTX_TL_SWIFTCALL __attribute__((weak));
 void cctx_shim_task_local_push(const void *key, const void *object, const void *type)
 {
     /* The value's storage: one word holding the reference, which the
@@ -69,4 +72,23 @@ bool cctx_shim_task_local_push_binding(const void *object)
 void cctx_shim_task_local_pop(void)
 {
     swift_task_localValuePop();
+}
+
+bool cctx_shim_task_local_get_binding(const void **object)
+{
+    /* Acquire, as in the push: a key seen here comes with its type. Every
+     * binding of this task-local the running code can see was pushed
+     * before it (by this task, a parent, or the task it copied its items
+     * from), and that push happened before this read, so a NULL key means
+     * no binding was ever pushed through the shim — but `TaskLocal.withValue`
+     * may have pushed one (`Context.runFresh`): the caller
+     * registers and asks again rather than answer NULL here. */
+    const void *key = atomic_load_explicit(&binding_key, memory_order_acquire);
+    if (key == NULL) return false;
+    /* The storage holds one word: the pushed reference (the shim pushes
+     * with `TaskBinding`'s metadata; `withValue` with `TaskBinding?`'s,
+     * whose nil is the null word). Items are immutable once pushed. */
+    const void *const *storage = swift_task_localValueGet(key);
+    *object = storage != NULL ? *storage : NULL;
+    return true;
 }

@@ -170,12 +170,10 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
                 owned ? ownedValue(in: $0, entry: entry) : value(in: $0, owned: false)
             }
         }
-        switch CurrentPlace.resolveMissedForRead(in: place.task!) {
-        case .task(_, let binding?, let owned):
-            return value(in: binding, owned: owned)
-        case .task(_, nil, _), .thread:
-            return nil
-        }
+        // Unretained: alive for the read (see `resolveMissedForRead`).
+        let (binding, owned) = CurrentPlace.resolveMissedForRead(in: place.task!)
+        guard let binding else { return nil }
+        return binding._withUnsafeGuaranteedRef { value(in: $0, owned: owned) }
     }
 
     /// The value `binding` holds, read by its owner, the running task,
@@ -272,11 +270,31 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         // retain/release a `CurrentPlace` value takes. Making the box runs
         // no user code, so the place stays the task's.
         let box = ValueBox<Value>(variable: self, value: value)
+        let boxPointer = Unmanaged.passUnretained(box).toOpaque()
         var token: OpaquePointer?
-        let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable in
-            writable.withWrite {
-                cctx_context_set_light(writable.handle, handle, Unmanaged.passUnretained(box).toOpaque(), &token)
+        let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable -> cctx_status in
+            let before = writable.writes
+            let status = writable.withWrite { cctx_context_set_light(writable.handle, handle, boxPointer, &token) }
+            // Fill the value cache with the box just written, as the next
+            // read's `readFilling` would (set-then-read is the common shape:
+            // that read then hits instead of a map lookup). Sound for the
+            // same reason as that fill: the map holds `box` at the write
+            // count the write left — no other write to the binding came in
+            // between: the count moved by this write's two bumps only — until
+            // the owner's next write bumps it; and the entry still names
+            // `writable`, owned, so it is its owner's, the running task's
+            // (no user code runs here anyway: making the box runs none, and
+            // the C write releases no value to zero, the old value's
+            // reference moving to the token). Not inside an unsafe-handle
+            // window (`fill_blocked`), whose C writes do not bump the count.
+            if status == CCTX_OK, writable.writes == before &+ 2, entry.pointee.binding == UnsafeRawPointer(cached),
+                entry.pointee.owned, entry.pointee.fill_blocked == 0
+            {
+                entry.pointee.variable = UnsafeRawPointer(handle)
+                entry.pointee.version = writable.writes
+                entry.pointee.value = boxPointer
             }
+            return status
         }
         // C took its own reference to the box (or none, on failure).
         _fixLifetime(box)

@@ -536,9 +536,15 @@ final class TaskBinding: Sendable {
     /// Caches the place of `task` in the calling thread's entry.
     @usableFromInline
     static func cachePlace(task: UnsafeRawPointer, generation: UInt64, binding: TaskBinding?, owned: Bool) {
+        cachePlace(task: task, generation: generation, binding: binding.map { Unmanaged.passUnretained($0) }, owned: owned)
+    }
+
+    /// As ``cachePlace(task:generation:binding:owned:)`` for a binding held
+    /// unretained (the entry holds it unretained anyway).
+    static func cachePlace(task: UnsafeRawPointer, generation: UInt64, binding: Unmanaged<TaskBinding>?, owned: Bool) {
         cctx_shim_place_cache_put(
-            task, generation, binding.map { UnsafeRawPointer(Unmanaged.passUnretained($0).toOpaque()) }, owned,
-            binding?.isScope ?? false)
+            task, generation, binding.map { UnsafeRawPointer($0.toOpaque()) }, owned,
+            binding?._withUnsafeGuaranteedRef { $0.isScope } ?? false)
     }
 
     /// The box `variable` has in `context` (borrowed), or nil, read by the
@@ -619,6 +625,22 @@ extension TaskBinding {
     static func push(retaining binding: Unmanaged<TaskBinding>) {
         let object = binding.retain().toOpaque()
         if !cctx_shim_task_local_push_binding(object) { pushRegistering(object) }
+    }
+
+    /// ``current`` unretained, read without the generic `TaskLocal.get`
+    /// (`cctx_shim_task_local_get_binding`; the first read in the process
+    /// registers the key and type). Alive while the binding that holds it
+    /// is, which only the running code can pop: the caller must not use it
+    /// past its next scope's end (or retain it before that).
+    static var currentUnretained: Unmanaged<TaskBinding>? {
+        var object: UnsafeRawPointer?
+        if !cctx_shim_task_local_get_binding(&object) {
+            cctx_shim_task_local_register_binding(taskLocalKey, taskLocalValueType)
+            guard cctx_shim_task_local_get_binding(&object) else {
+                fatalError("ContextKit internal error: the binding task-local is not registered after registering it")
+            }
+        }
+        return object.map { Unmanaged<TaskBinding>.fromOpaque($0) }
     }
 
     /// The first push: registers the key and type, then pushes.
@@ -735,49 +757,77 @@ enum CurrentPlace {
         return resolveMissed(in: task)
     }
 
-    /// ``resolve(_:)`` when the calling thread's entry is not the running
-    /// task's: resolves, and caches the answer under the generation read
-    /// before resolving.
-    @usableFromInline
-    static func resolveMissed(in task: UnsafeRawPointer) -> CurrentPlace {
-        resolveMissed(in: task, forRead: false)
-    }
-
     /// ``resolveMissed(in:)`` for a read: an inherited place (a binding the
     /// task does not own, or none) is cached only on the task's second
     /// such miss on this thread at one generation
     /// (`cctx_shim_place_fill_inherited`): a child
     /// task that reads once does not fill an entry it never uses again.
+    ///
+    /// The binding comes back unretained, as from a place entry: it is alive
+    /// for the caller's read — the running task's task-local items hold a
+    /// scope's binding until that task pops them (a parent's outlive its
+    /// structured children; a `Task {}` holds copies of its own), and the
+    /// unscoped table holds the task's own until the task ends — so a read
+    /// takes no reference (a `CurrentPlace` took one and dropped it:
+    /// a retain and a release, ≈ 45 instructions, on every child task's
+    /// first read).
     @usableFromInline
-    static func resolveMissedForRead(in task: UnsafeRawPointer) -> CurrentPlace {
-        resolveMissed(in: task, forRead: true)
-    }
-
-    /// The one body of both: resolves, then caches the place unless it is
-    /// an inherited one that a read need not cache yet.
-    @inline(__always)
-    private static func resolveMissed(in task: UnsafeRawPointer, forRead: Bool) -> CurrentPlace {
+    static func resolveMissedForRead(in task: UnsafeRawPointer) -> (binding: Unmanaged<TaskBinding>?, owned: Bool) {
         let generation = cctx_shim_place_generation()
-        let place = resolveUncached(in: task)
-        if case .task(_, let binding, let owned) = place,
-           owned || !forRead || cctx_shim_place_fill_inherited(task, generation) {
+        let (binding, owned) = resolveUncachedUnretained(in: task)
+        if owned || cctx_shim_place_fill_inherited(task, generation) {
             TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
         }
-        return place
+        return (binding, owned)
+    }
+
+    /// ``resolve(_:)`` when the calling thread's entry is not the running
+    /// task's: resolves, and caches the answer under the generation read
+    /// before resolving.
+    @usableFromInline
+    static func resolveMissed(in task: UnsafeRawPointer) -> CurrentPlace {
+        let generation = cctx_shim_place_generation()
+        let (binding, owned) = resolveUncachedUnretained(in: task)
+        TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
+        return .task(task, binding?.takeUnretainedValue(), owned: owned)
     }
 
     /// ``resolve(_:)`` from the task-local and the unscoped table.
     @usableFromInline
     static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {
-        let scoped = TaskBinding.current
-        if let scoped, scoped.isOwned(by: task) { return .task(task, scoped, owned: true) }
-        // Inherited: this task may read it from now on (every place of a
-        // task that names a binding it does not own starts here).
-        scoped?.markRead()
-        if let unscoped = UnscopedBindings.shared.binding(of: task) {
-            return .task(task, unscoped, owned: true)
+        let (binding, owned) = resolveUncachedUnretained(in: task)
+        return .task(task, binding?.takeUnretainedValue(), owned: owned)
+    }
+
+    /// ``resolveUncached(in:)``, the binding unretained (alive as long as
+    /// ``resolveMissedForRead(in:)`` says).
+    ///
+    /// The task-local is read unretained (``TaskBinding/currentUnretained``):
+    /// only the running task pops its items, and a parent's items outlive
+    /// its structured children. Never inlined: inlined into
+    /// ``resolveMissed(in:)`` it made a scope's entry, which calls that on
+    /// its rare miss, too large for the optimizer to fold into
+    /// `enterContextScope` (a thunk frame, ≈ 30 instructions per scope).
+    @inline(never)
+    private static func resolveUncachedUnretained(in task: UnsafeRawPointer)
+        -> (binding: Unmanaged<TaskBinding>?, owned: Bool)
+    {
+        let scoped = TaskBinding.currentUnretained
+        if let scoped {
+            let owned = scoped._withUnsafeGuaranteedRef { binding -> Bool in
+                if binding.isOwned(by: task) { return true }
+                // Inherited: this task may read it from now on (every place
+                // of a task that names a binding it does not own starts here).
+                binding.markRead()
+                return false
+            }
+            if owned { return (scoped, true) }
         }
-        return .task(task, scoped, owned: false)
+        // The table keeps the task's unscoped binding until the task ends.
+        if let unscoped = UnscopedBindings.shared.binding(of: task) {
+            return (Unmanaged.passUnretained(unscoped), true)
+        }
+        return (scoped, false)
     }
 }
 

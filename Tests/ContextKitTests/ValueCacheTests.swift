@@ -1,4 +1,5 @@
 import CContextCore
+import CContextKitShims
 import Foundation
 import Testing
 @testable import ContextKit
@@ -120,6 +121,89 @@ import Glibc
             }.value
             if wrong != 0 { exit(1) }
         }
+    }
+
+    /// `set` in the task's own binding leaves the box it wrote in the
+    /// thread's value cache, at the write count the write left (the next
+    /// read hits instead of looking the variable up). Fails without the
+    /// fill: the entry still names the box read before the set, at the old
+    /// count.
+    @Test func aSetLeavesTheBoxItWroteInTheCache() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("value_cache_set_fill", default: 0)
+            let ok = await Task.detached { () async -> Bool in
+                try! await Context().run { () async -> Bool in
+                    v.set(1)
+                    guard v.value == 1 else { return false }
+                    v.set(2)
+                    let place = cctx_shim_current_place()
+                    guard let entry = place.entry, let binding = entry.pointee.binding,
+                        entry.pointee.variable == UnsafeRawPointer(v.handle),
+                        entry.pointee.version
+                            == Unmanaged<TaskBinding>.fromOpaque(binding).takeUnretainedValue().writes,
+                        let box = entry.pointee.value, ValueBox<Int>.borrowedValue(box) == 2
+                    else { return false }
+                    return v.value == 2
+                }
+            }.value
+            if !ok { exit(1) }
+        }
+    }
+
+    /// A `set` inside an unsafe-handle window fills nothing: C then writes
+    /// through the lent handle without bumping the write count, and the
+    /// read after must see C's value. Fails (SIGSEGV: the read finds the
+    /// freed box of 5) if `set` fills inside the window.
+    @Test func aSetInsideTheUnsafeWindowDoesNotHideALaterCWrite() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("value_cache_set_window", default: 0)
+            let ok = await Task.detached { () async -> Bool in
+                try! await Context().run { () async -> Bool in
+                    v.set(1)
+                    let inside = Context.withCurrentUnsafeHandle { handle, isWritable -> Int? in
+                        guard isWritable else { return nil }
+                        // A read first: the window's start moved the
+                        // generation, and this miss caches the place again,
+                        // so the `set` below takes its fast path.
+                        guard v.value == 1 else { return nil }
+                        v.set(5)
+                        let box = v.makeBox(6)
+                        let status = box.withOpaquePointer { cctx_context_set(handle, v.handle, $0, nil) }
+                        return status == CCTX_OK ? v.value : nil
+                    }
+                    return inside == 6 && v.value == 6
+                }
+            }.value
+            if !ok { exit(1) }
+        }
+    }
+
+    /// Values whose deinit sets the same variable again, released right
+    /// after the `set` that replaced them (the discarded token held the old
+    /// value): every read sees the latest write, many tasks at once.
+    @Test func setsWhoseReplacedValuesSetAgainInTheirDeinit() async {
+        let v = ContextVar<ReleaseHook>("value_cache_set_deinit")
+        let bad = PThreadLocked(0)
+        await withTaskGroup(of: Void.self) { group in
+            for t in 0..<8 {
+                group.addTask {
+                    for round in 0..<scaled(200) {
+                        try! await Context().run { () async in
+                            let base = t * 1_000_000 + round * 10
+                            v.set(ReleaseHook(id: base + 1) { v.set(ReleaseHook(id: base + 9) {}) })
+                            if v.value?.id != base + 1 { bad.withLock { $0 += 1 } }
+                            do { _ = v.set(ReleaseHook(id: base + 2) {}) }  // releases base + 1: its deinit sets base + 9
+                            if v.value?.id != base + 9 { bad.withLock { $0 += 1 } }
+                            async let child = v.value?.id
+                            if await child != base + 9 { bad.withLock { $0 += 1 } }
+                            v.set(ReleaseHook(id: base + 3) {})
+                            if v.value?.id != base + 3 { bad.withLock { $0 += 1 } }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(bad.withLock { $0 } == 0)
     }
 }
 
