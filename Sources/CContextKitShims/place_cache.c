@@ -145,18 +145,7 @@ void cctx_shim_unsafe_window_end(void)
     (void)cctx_shim_place_generation_bump();
 }
 
-/* The innermost scope binding of the calling thread outside any task; see
- * CContextKitShims.h. Thread-local: only its own thread reads or writes it. */
-static __thread __attribute__((tls_model("initial-exec"))) const void *thread_scope_binding;
-
-const void *cctx_shim_thread_scope_binding(void)
-{
-    return thread_scope_binding;
-}
-
-const void *cctx_shim_thread_scope_binding_exchange(const void *binding)
-{
-    const void *previous = thread_scope_binding;
-    thread_scope_binding = binding;
-    return previous;
-}
+/* The calling thread's slots for synchronous scopes; see CContextKitShims.h
+ * (its inline functions are the only accessors besides spare_binding.c).
+ * Thread-local: only its own thread reads or writes it. */
+__thread __attribute__((tls_model("initial-exec"))) cctx_shim_thread_slots cctx_shim_thread_slot_block;

@@ -18,8 +18,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-static __thread __attribute__((tls_model("initial-exec"))) void *spare;
-static __thread __attribute__((tls_model("initial-exec"))) bool destructor_armed;
+/* The slot and its "destructor registered" flag live in the thread's
+ * cctx_shim_thread_slot_block (place_cache.c), which the header's inline
+ * take and put reach without a call. */
 
 static pthread_key_t spare_key;
 static pthread_once_t spare_key_once = PTHREAD_ONCE_INIT;
@@ -33,8 +34,9 @@ static void (*spare_release)(void *);
 static void spare_thread_exit(void *unused)
 {
     (void)unused;
-    void *binding = spare;
-    spare = NULL;
+    cctx_shim_thread_slots *slots = &cctx_shim_thread_slot_block;
+    void *binding = slots->spare;
+    slots->spare = NULL;
     void (*release)(void *) = __atomic_load_n(&spare_release, __ATOMIC_RELAXED);
     if (binding != NULL && release != NULL)
         release(binding);
@@ -45,24 +47,18 @@ static void spare_key_create(void)
     (void)pthread_key_create(&spare_key, spare_thread_exit);
 }
 
-void *cctx_shim_spare_binding_take(void)
+void *cctx_shim_spare_binding_put_arming(void *binding, void (*release)(void *))
 {
-    void *binding = spare;
-    spare = NULL;
-    return binding;
-}
-
-void *cctx_shim_spare_binding_put(void *binding, void (*release)(void *))
-{
-    if (!destructor_armed) {
+    cctx_shim_thread_slots *slots = &cctx_shim_thread_slot_block;
+    if (!slots->spare_armed) {
         __atomic_store_n(&spare_release, release, __ATOMIC_RELAXED); /* always the same function */
         (void)pthread_once(&spare_key_once, spare_key_create);
         /* Any non-NULL value: the destructor runs only for those. */
         if (pthread_setspecific(spare_key, &spare_key) != 0)
             return binding; /* cannot clean up at exit: the caller releases it */
-        destructor_armed = true;
+        slots->spare_armed = true;
     }
-    void *displaced = spare;
-    spare = binding;
+    void *displaced = slots->spare;
+    slots->spare = binding;
     return displaced;
 }

@@ -250,7 +250,10 @@ struct ContextScope: ~Copyable {
     static func enterOutOfLine(
         _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
     ) throws(ContextError) -> ContextScope {
-        let place = cctx_shim_current_place()
+        // Inlined (`cctx_shim_current_place_inline`): outside any task the
+        // out-of-line call was a frame around the runtime's answer and
+        // nothing else.
+        let place = cctx_shim_current_place_inline()
         if place.task == nil {
             try check(cctx_context_enter(context.handle))
         } else {
@@ -271,7 +274,7 @@ struct ContextScope: ~Copyable {
         adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: consuming FrameOrigin,
         file: StaticString, line: UInt
     ) -> ContextScope {
-        let place = known ?? cctx_shim_current_place()
+        let place = known ?? cctx_shim_current_place_inline()
         let status = place.task == nil ? cctx_context_enter(handle) : cctx_context_claim(handle)
         checkOrTrap(status, "entering a new Context", file: file, line: line)
         return ContextScope(adopting: handle, borrowed: false, place: place, origin: consume origin, file: file, line: line)

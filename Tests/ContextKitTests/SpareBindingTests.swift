@@ -132,6 +132,36 @@ final class WeakBinding: @unchecked Sendable {
         return (readParked, heldParked, task)
     }
 
+    /// The thread's spare and its scope binding share one thread-local
+    /// block (`cctx_shim_thread_slots`): an inner scope that parks its
+    /// binding and takes the spare again leaves the enclosing scope's
+    /// binding what the thread reads, at every level.
+    @Test func theSpareAndTheThreadsScopeBindingAreSeparateSlots() async {
+        let ok = await onNewThreadUntilExit { () -> Bool in
+            let v = ContextVar<Int>("spare_slots", default: 0)
+            var ok = true
+            v.withValue(1) {
+                let outer = TaskBinding.threadScope
+                ok = ok && outer != nil && outer === TaskBinding.current
+                for round in 0..<3 {
+                    // An address, not a reference: a reference held past
+                    // the scope's end would keep the binding from parking.
+                    var inner: UnsafeMutableRawPointer?
+                    let read = v.withValue(10 + round) { () -> Int in
+                        inner = TaskBinding.threadScope.map { Unmanaged.passUnretained($0).toOpaque() }
+                        return v.value!
+                    }
+                    let parked = SpareBindingTests.spareAddress()
+                    ok = ok && read == 10 + round && inner != nil
+                        && inner != outer.map { Unmanaged.passUnretained($0).toOpaque() } && parked == inner
+                    ok = ok && TaskBinding.threadScope === outer && TaskBinding.current === outer && v.value == 1
+                }
+            }
+            return ok && TaskBinding.threadScope == nil && v.value == 0
+        }
+        #expect(ok)
+    }
+
     /// A thread's spare is released when the thread exits.
     @Test func aThreadsSpareGoesWithTheThread() async {
         let weak = WeakBinding()

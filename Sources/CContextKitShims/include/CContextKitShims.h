@@ -244,6 +244,34 @@ void cctx_shim_unsafe_window_begin(void);
 void cctx_shim_unsafe_window_end(void);
 
 /**
+ * The calling thread's own slots for ContextKit's synchronous scopes, in
+ * one thread-local block (place_cache.c defines it, spare_binding.c cleans
+ * it up at thread exit), read and written by the inline functions below:
+ * a synchronous `run` outside any task touches them four times (the
+ * enclosing binding, the spare, the exchange around the body, the park),
+ * and as calls into this target each one was a frame of its own.
+ * initial-exec, as cctx_shim_place_cache: the code that inlines them is
+ * linked into the image that defines the block. Only its own thread reads
+ * or writes a thread's block: plain accesses.
+ */
+typedef struct cctx_shim_thread_slots {
+    /** Outside any task, what `TaskBinding.current` reads on the thread (a
+     *  `TaskBinding`, unretained; the thread's task-local storage keeps it
+     *  alive), or NULL: see cctx_shim_thread_scope_binding. */
+    const void *scope_binding;
+    /** The thread's spare scope binding (+1), or NULL (spare_binding.c). */
+    void *spare;
+    /** Whether the thread-exit cleanup of `spare` is registered. */
+    bool spare_armed;
+} cctx_shim_thread_slots;
+
+extern __thread cctx_shim_thread_slots cctx_shim_thread_slot_block
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((tls_model("initial-exec"), visibility("default")))
+#endif
+    ;
+
+/**
  * Outside any task, what `TaskBinding.current` reads on the calling thread
  * (a `TaskBinding`, unretained; the thread's task-local storage keeps it
  * alive), or NULL: ContextKit sets it wherever it binds that task-local on
@@ -251,16 +279,35 @@ void cctx_shim_unsafe_window_end(void);
  * it when the binding ends, so that opening a scope on a thread need not
  * read the task-local through the unspecialised `TaskLocal.get`.
  */
-const void *cctx_shim_thread_scope_binding(void);
+static inline const void *cctx_shim_thread_scope_binding(void)
+{
+    return cctx_shim_thread_slot_block.scope_binding;
+}
 
 /** Sets the calling thread's value above and returns the previous one. */
-const void *cctx_shim_thread_scope_binding_exchange(const void *binding);
+static inline const void *cctx_shim_thread_scope_binding_exchange(const void *binding)
+{
+    cctx_shim_thread_slots *slots = &cctx_shim_thread_slot_block;
+    const void *previous = slots->scope_binding;
+    slots->scope_binding = binding;
+    return previous;
+}
 
 /**
  * The calling thread's spare scope binding (a `TaskBinding`, +1), removed
  * from the slot, or NULL (spare_binding.c). The caller owns the reference.
  */
-void *cctx_shim_spare_binding_take(void);
+static inline void *cctx_shim_spare_binding_take(void)
+{
+    cctx_shim_thread_slots *slots = &cctx_shim_thread_slot_block;
+    void *binding = slots->spare;
+    slots->spare = NULL;
+    return binding;
+}
+
+/** cctx_shim_spare_binding_put on a thread whose exit cleanup is not
+ *  registered yet: registers it, then parks (spare_binding.c). */
+void *cctx_shim_spare_binding_put_arming(void *binding, void (*release)(void *));
 
 /**
  * Parks `binding` (+1, taken over) as the calling thread's spare; returns
@@ -269,7 +316,15 @@ void *cctx_shim_spare_binding_take(void);
  * spare left then. When the exit cleanup cannot be registered, returns
  * `binding` itself (not parked).
  */
-void *cctx_shim_spare_binding_put(void *binding, void (*release)(void *));
+static inline void *cctx_shim_spare_binding_put(void *binding, void (*release)(void *))
+{
+    cctx_shim_thread_slots *slots = &cctx_shim_thread_slot_block;
+    if (!slots->spare_armed)
+        return cctx_shim_spare_binding_put_arming(binding, release);
+    void *displaced = slots->spare;
+    slots->spare = binding;
+    return displaced;
+}
 
 /**
  * Binds the task-local `key` (a `TaskLocal` object, borrowed) to `object` (a
