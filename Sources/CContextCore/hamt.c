@@ -333,11 +333,20 @@ static inline unsigned owners_of(unsigned counts)
     return counts & HAMT_OWNER_MASK;
 }
 
-/* Owners of `n` as last seen; only a hint unless the caller is one of them
- * and no other thread can reach the node (hamt_value_slot_if_unique). */
+/* Owners of `n` as last seen: only a hint (it orders nothing). A test
+ * that lets the caller write into the node uses owners_acquire. */
 static inline unsigned owners_relaxed(const hamt_node *n)
 {
     return owners_of(cctx_load_uint_relaxed(&((hamt_node *)n)->counts));
+}
+
+/* Owners of `n`, with acquire: when it reads 1 and the caller is that
+ * owner, every other holder's use of the node happens before what the
+ * caller does next (hamt_value_slot_if_unique argues why). The same
+ * instruction as the relaxed load outside ThreadSanitizer (atomic.h). */
+static inline unsigned owners_acquire(const hamt_node *n)
+{
+    return owners_of(cctx_load_uint(&((hamt_node *)n)->counts));
 }
 
 /* Slots of a bitmap node before the key-source slot of a borrowing one. */
@@ -1107,7 +1116,10 @@ static hamt_node *bitmap_rebuild_ex(hamt_node *n, bool lend, uint32_t bit, enum 
     /* The key source, flattened: a borrowing node hands on its own source
      * (never a chain), unless that source has lost its owners — then the
      * copy owns its keys, so that an orphaned source is not kept alive by
-     * every later version of the map. */
+     * every later version of the map. The relaxed load is a hint that
+     * orders nothing and needs to: nothing is written into `src` on its
+     * word (borrow_acquire's compare-and-swap is a full barrier), and `n`'s
+     * borrow reference keeps its keys alive whatever the count says. */
     hamt_node *src = key_source(n);
     if (src == NULL && lend)
         src = n;
@@ -1489,14 +1501,59 @@ bool hamt_is_unique(const hamt_node *root)
     return root != NULL && owners_of(cctx_load_uint(&((hamt_node *)root)->counts)) == 1;
 }
 
-/* The value slot of `key` when the caller may overwrite it in place: the
+/*
+ * The value slot of `key` when the caller may overwrite it in place: the
  * key is bound and every node on its path has a reference count of 1 (so
  * no other root shares any of them). NULL otherwise. The caller owns
  * `root` (one reference), knows that no other thread can take a new
  * reference to it meanwhile (context.c's in-place handshake) and is the
- * only writer. Relaxed loads of the counts: another thread can only have
- * changed a count through a root that shares the node, i.e. a count >= 2
- * we would see. */
+ * only writer.
+ *
+ * Which count we see: another thread can only change a count through a
+ * root that shares the node, i.e. a count >= 2 we would see, so a 1 stays
+ * 1 (nobody but us can reach the node to take a reference). That alone
+ * would allow relaxed loads; the acquire is for ordering. A node we now
+ * hold alone may have been shared a moment ago: another thread read a
+ * value in it (hamt_find, through its own copy) and then let go. Its read
+ * must happen before our store into the slot, and nothing else orders
+ * them (it may tell us through nothing more than a relaxed flag). The
+ * chain that does, node by node:
+ *
+ * - Every step that takes a count from 2 to 1 is a read-modify-write
+ *   with release (seq_cst): hamt_release / hamt_release_n / credits_drop
+ *   decrement with a locked add. (The plain-load fast path of a release
+ *   frees a node only its caller held: not one we reach.) Our acquire
+ *   load reads that decrement or a later read-modify-write of the same
+ *   count, which continues its release sequence, so it synchronizes with
+ *   it: everything the decrementing thread did before is ordered before
+ *   our store.
+ * - A child is let go when its parent's contents go (owners_gone, or
+ *   node_free by the parent's only holder), run by the thread whose
+ *   decrement took the parent's owners to 0, or whose acquire load saw
+ *   it the only one. Either read every earlier holder's decrement of the
+ *   parent (one release sequence of read-modify-writes), so each holder's
+ *   reads through the parent happen before the child's decrement, and by
+ *   induction up the path, before our load of the child's count.
+ * - At a root: a context holding a loan (hamt.c, "Shared credits") gives
+ *   it back to a slot with a compare-and-swap (seq_cst) instead of
+ *   touching the count. The count then still holds the credits (> 1, we
+ *   back out) until a revoker empties the slot — a CAS that reads the
+ *   give or a later CAS of the slot, so acquires it — and drops them with
+ *   a locked add that our load then reads: the chain holder -> slot ->
+ *   revoker -> count carries the holder's reads. A loan dropped without a
+ *   slot is a plain decrement (credits_drop), as above.
+ * - A root a reader still named under its hazard or epoch is released by
+ *   a reclaimer after that reader let go (reclaim.c: the hazard clear is
+ *   a release the scan acquires; epoch ends are annotated for TSan), so
+ *   the reclaimer's decrement carries the reader's reads as well.
+ * Borrow references (the upper bits) do not matter: a borrowing node
+ * compares only the keys, and we store only a value.
+ *
+ * The root's own count is loaded again, with acquire, after the in-place
+ * tag is set (hamt_is_unique in write_in_place); the children's counts
+ * cannot change meanwhile (see above), so loading them here, before the
+ * tag, orders just as well: the store comes after in program order.
+ */
 void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
 {
     if (root == NULL)
@@ -1505,7 +1562,7 @@ void **hamt_value_slot_if_unique(hamt_node *root, const cctx_var *key)
     const uint32_t hash = key->hash;
     unsigned shift = 0;
     for (;;) {
-        if (owners_relaxed(n) != 1)
+        if (owners_acquire(n) != 1)
             return NULL; /* borrowers do not matter: they read only keys */
         const uint32_t dm = n->datamap;
         const uint32_t nm = n->nodemap;

@@ -23,9 +23,12 @@
 
 #include "internal.h"
 
+#include "context.h"
+
 #include "hamt.h"
 #include "hamt_maps.h"
 
+#include <sched.h>
 #include <string.h>
 
 /* ------------------------------------------------------------- helpers */
@@ -532,6 +535,99 @@ static void test_threads_read_variables_the_owner_released(void **state)
 }
 
 
+/*
+ * The ordering of an in-place write after another thread's last read of
+ * the node (hamt_value_slot_if_unique). A depth-1 node is shared by the
+ * roots of two copies of a base; thread A reads a value in it through its
+ * copy and drops the copy (the node's count falls to 1); thread B, told so
+ * only through a relaxed flag (no lock, barrier or join: nothing that
+ * would order A's read before B's write for ThreadSanitizer), overwrites
+ * the same value in place in its copy. The write is correct only if B's
+ * check of the node's count (an acquire load reading A's release
+ * decrement) orders A's read before it; with a relaxed load of the count
+ * `make c-tsan` reports the read and the store as a data race, every run.
+ */
+struct in_place_after_read {
+    cctx_context *ctx;
+    cctx_var *var;
+    unsigned *released; /* relaxed flag: A let go */
+};
+
+static void *in_place_reader(void *p)
+{
+    struct in_place_after_read *a = p;
+    T_CHECK(cctx_context_enter(a->ctx) == CCTX_OK);
+    void *out = NULL;
+    T_CHECK(cctx_var_get(a->var, &out) == CCTX_OK && out != NULL &&
+            ((tv_value *)out)->id == 1); /* reads the shared node's slot */
+    T_CHECK(cctx_context_exit(a->ctx) == CCTX_OK);
+    cctx_context_release(a->ctx); /* the last reference to its root */
+    __atomic_store_n(a->released, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void *in_place_writer(void *p)
+{
+    struct in_place_after_read *b = p;
+    T_CHECK(cctx_context_enter(b->ctx) == CCTX_OK);
+    tv_value *v = tv_new(4);
+    const hamt_node *root = context_own_root(b->ctx);
+    while (__atomic_load_n(b->released, __ATOMIC_RELAXED) == 0)
+        sched_yield();
+    T_CHECK(cctx_var_set(b->var, v, NULL) == CCTX_OK);
+    tv_drop(v);
+    /* In place: no path copy made a new root. */
+    T_CHECK(context_own_root(b->ctx) == root);
+    void *out = NULL;
+    T_CHECK(cctx_var_get(b->var, &out) == CCTX_OK && out != NULL &&
+            ((tv_value *)out)->id == 4);
+    T_CHECK(cctx__context_check(b->ctx) == 0);
+    T_CHECK(cctx_context_exit(b->ctx) == CCTX_OK);
+    cctx_context_release(b->ctx);
+    return NULL;
+}
+
+static void test_in_place_write_after_another_threads_last_read(void **state)
+{
+    (void)state;
+    long allocs = cctx__live_allocations();
+    for (long n = 0; n < scaled(20) + 1; n++) {
+        /* a and b share the root's fragment 1 (a child node at depth 1);
+         * c is at fragment 2. */
+        cctx_var *a = key_with_hash(1), *b = key_with_hash(1 + 32), *c = key_with_hash(2);
+        cctx_context *base = NULL, *ca = NULL, *cb = NULL;
+        assert_ok(cctx_context_new(&base));
+        for (int i = 0; i < 2; i++) {
+            tv_value *v = tv_new(i + 1);
+            assert_ok(cctx_context_set(base, i == 0 ? a : b, v, NULL));
+            tv_drop(v);
+        }
+        assert_ok(cctx_context_copy(base, &ca));
+        assert_ok(cctx_context_copy(base, &cb));
+        tv_value *v = tv_new(3);
+        assert_ok(cctx_context_set(cb, c, v, NULL)); /* a new root, same child */
+        tv_drop(v);
+        assert_ptr_not_equal(context_own_root(cb), context_own_root(ca));
+        cctx_context_release(base); /* ca's root and cb's root share the child */
+        unsigned released = 0;
+        struct in_place_after_read ra = { ca, a, &released }, rb = { cb, a, &released };
+        pthread_t ta, tb;
+        assert_int_equal(pthread_create(&tb, NULL, in_place_writer, &rb), 0);
+        assert_int_equal(pthread_create(&ta, NULL, in_place_reader, &ra), 0);
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        assert_int_equal(thread_failures(), 0);
+        cctx_var_release(a);
+        cctx_var_release(b);
+        cctx_var_release(c);
+        assert_ok(cctx_thread_cleanup());
+        assert_int_equal(tv_live(), 0);
+    }
+    if (allocs >= 0)
+        assert_int_equal(cctx__live_allocations(), allocs);
+}
+
+
 /* ------------------------------------------------- random model check */
 
 /*
@@ -665,6 +761,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_random_copies_replaces_and_releases_match_a_model,
                                         setup, teardown),
         cmocka_unit_test(test_threads_read_variables_the_owner_released),
+        cmocka_unit_test(test_in_place_write_after_another_threads_last_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
