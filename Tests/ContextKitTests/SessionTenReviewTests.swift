@@ -146,6 +146,91 @@ import Glibc
         #expect(await task.value == [7, 7])
     }
 
+    /// `set` fills the value cache with the box it wrote when the write
+    /// count moved by its own two bumps only. But user code CAN run inside
+    /// the C write: the old root goes to the retired list while a reader on
+    /// another thread holds a hazard on it, and every 64th retirement scans
+    /// the list, freeing retired roots — and releasing the values only they
+    /// held, whose deinits run there, after the new root (with the new box)
+    /// is published. A deinit that writes the same variable through the
+    /// unsafe handle (a C write: the count does not move) replaces that box,
+    /// then reads something (the place entry is made again, valid, at the
+    /// window's new generation). The fill then left a box the map no longer
+    /// held — freed once `set` returned — for the next read to hand out: a
+    /// use after free (checked: the read returned the freed box's stale id,
+    /// or crashed). The next read must see the C write.
+    ///
+    /// Here: a helper thread peeks the task's context (a hazard on its
+    /// root) around each `set`, whose tokens are dropped, so the replaced
+    /// values live only in retired roots; the deinit that runs inside a
+    /// `set` (the scan) writes through the handle once.
+    @Test func aDeinitInsideASetThatWritesThroughTheHandle() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<ReleaseHook>("review_set_fill_v")
+            let u = ContextVar<Int>("review_set_fill_u", default: 0)
+            enum State {
+                static let inSet = Atomic<Bool>(false)
+                static let exploited = Atomic<Bool>(false)
+                static let stop = Atomic<Bool>(false)
+            }
+            let request = DispatchSemaphore(value: 0), reply = DispatchSemaphore(value: 0)
+            let handle = PThreadLocked<UInt>(0)  // the context's address
+            // The helper: peek `u` (holding a hazard on the root it read)
+            // until told to end the read.
+            Thread.detachNewThread {
+                while true {
+                    request.wait()
+                    if State.stop.load(ordering: .relaxed) { break }
+                    var guardState = cctx_read_guard()
+                    var out: UnsafeMutableRawPointer?
+                    let h = OpaquePointer(bitPattern: handle.withLock { $0 })!
+                    let held = cctx_context_peek(h, u.handle, u.hamtHash, &guardState, &out) == CCTX_OK
+                    reply.signal()
+                    request.wait()
+                    if held { cctx_context_peek_end(&guardState) }
+                    reply.signal()
+                }
+                reply.signal()
+            }
+            let result = await Task.detached { () -> Int in
+                try! Context().run { () -> Int in
+                    u.set(1)
+                    handle.withLock { h in
+                        h = Context.withCurrentUnsafeHandle { h, _ in UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(cctx_context_retain(h)!))) }
+                    }
+                    for i in 0..<400 {
+                        request.signal(); reply.wait()  // the helper holds the root
+                        State.inSet.store(true, ordering: .relaxed)
+                        _ = v.set(ReleaseHook(id: i) {
+                            // Released by a scan inside a later `set`.
+                            guard State.inSet.load(ordering: .relaxed),
+                                !State.exploited.exchange(true, ordering: .relaxed)
+                            else { return }
+                            Context.withCurrentUnsafeHandle { h, writable in
+                                precondition(writable)
+                                let box = v.makeBox(ReleaseHook(id: -7) {})
+                                _ = box.withOpaquePointer { cctx_context_set(h, v.handle, $0, nil) }
+                            }
+                            _ = u.value  // a read: the entry is made again
+                        })
+                        State.inSet.store(false, ordering: .relaxed)
+                        let read = v.value?.id ?? -1
+                        request.signal(); reply.wait()  // the helper lets go
+                        if State.exploited.load(ordering: .relaxed) { return read }
+                    }
+                    return -2  // no scan ran inside a set: nothing checked
+                }
+            }.value
+            State.stop.store(true, ordering: .relaxed)
+            request.signal(); reply.wait()
+            handle.withLock { if let h = OpaquePointer(bitPattern: $0) { cctx_context_release(h) } }
+            guard result == -7 else {
+                print("aDeinitInsideASetThatWritesThroughTheHandle:", result)
+                exit(result == -2 ? 2 : 1)
+            }
+        }
+    }
+
     /// Isolated deinit (SE-0371) runs inline when released on its actor,
     /// and the runtime then hides every task-local
     /// (`swift_task_deinitOnExecutor` pushes a stop marker). A task inside
