@@ -15,7 +15,7 @@ import Glibc
 /// `set` filling the value cache. Each scenario whose outcome another
 /// suite's scopes could hide (they move the place generation, and fire
 /// watchers) runs as an exit test, in a process of its own.
-@Suite struct SessionTenReviewTests {
+@Suite struct AdoptionWatcherAndCacheFillReviewTests {
     /// A watcher added on ANOTHER thread while a task scope is open, with
     /// the add ordered before the scope's end (the task waits for it), gets
     /// that scope's `exited` — the scope skipped its `entered` work (no
