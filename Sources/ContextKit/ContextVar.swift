@@ -274,6 +274,7 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
         var token: OpaquePointer?
         let status = Unmanaged<TaskBinding>.fromOpaque(cached)._withUnsafeGuaranteedRef { writable -> cctx_status in
             let before = writable.writes
+            let generation = entry.pointee.generation
             let status = writable.withWrite { cctx_context_set_light(writable.handle, handle, boxPointer, &token) }
             // Fill the value cache with the box just written, as the next
             // read's `readFilling` would (set-then-read is the common shape:
@@ -283,12 +284,22 @@ public final class ContextVar<Value: Sendable>: Hashable, Sendable, CustomString
             // between: the count moved by this write's two bumps only — until
             // the owner's next write bumps it; and the entry still names
             // `writable`, owned, so it is its owner's, the running task's
-            // (no user code runs here anyway: making the box runs none, and
-            // the C write releases no value to zero, the old value's
-            // reference moving to the token). Not inside an unsafe-handle
-            // window (`fill_blocked`), whose C writes do not bump the count.
+            // (making the box runs no user code). Not inside an
+            // unsafe-handle window (`fill_blocked`), whose C writes do not
+            // bump the count — nor after one opened and closed DURING the
+            // write: user code can run inside the C write (the write
+            // retires the old root when another thread reads it, and every
+            // 64th retirement frees retired roots, releasing values only
+            // they held: their deinits run after the new box is
+            // published), and a deinit that writes this variable through
+            // the unsafe handle replaces the box without moving the count.
+            // A window bumps the place generation as it opens and closes,
+            // so after one the entry is either stale (its generation is
+            // behind: a fill would never be read) or was made again by a
+            // read since, at a later generation: an entry generation
+            // unchanged across the write proves no window ran in it.
             if status == CCTX_OK, writable.writes == before &+ 2, entry.pointee.binding == UnsafeRawPointer(cached),
-                entry.pointee.owned, entry.pointee.fill_blocked == 0
+                entry.pointee.owned, entry.pointee.fill_blocked == 0, entry.pointee.generation == generation
             {
                 entry.pointee.variable = UnsafeRawPointer(handle)
                 entry.pointee.version = writable.writes

@@ -594,6 +594,297 @@ static void test_adopted_value_released_with_a_hook_that_uses_the_library(void *
     cctx_var_release(b);
 }
 
+/* ------------------------------ adopting copies of every shape (review) */
+
+/* Every map shape an adopting copy can meet, beyond the root's own entries
+ * that hamt_assoc_adopt builds itself: the variable in a child node
+ * (replaced or added there), a root entry of another key pushed one level
+ * down (with and without other entries), a collision made at the root
+ * (shape rule 2), a collision root added to, replaced in and moved down, a
+ * collision in a child, a root promoted to an array node, a source whose
+ * root borrows its keys (a copy_with's path copy), and the value already
+ * bound (in a child and in the root). Hashes are forced
+ * (cctx__var_new_with_hash) so that each shape is the one named. For each
+ * shape, from an explicit context and from the thread's current one, out
+ * of memory at each allocation in turn: every failure leaves the value's
+ * reference the caller's (its count unchanged, its hook not run) and no
+ * allocation behind; the success holds exactly one reference to it (the
+ * copy's, shared with the source when it was already bound), the copy has
+ * the source's bindings plus the new one and passes the HAMT checks, the
+ * source is unchanged, and the value's hook runs once, when the copy goes.
+ * A hamt_assoc_adopt that took the reference on a path that also retains
+ * it, released it on a path that stored it, or dropped it on a failure
+ * after a partial build fails here (counts, or the hook's runs). */
+enum { SH_VARS = 48 };
+enum shape_id {
+    SH_CHILD_REPLACE,
+    SH_CHILD_ADD,
+    SH_SPLIT,
+    SH_SPLIT_ONLY,
+    SH_COLLISION_NEW,
+    SH_COLLISION_ADD,
+    SH_COLLISION_REPLACE,
+    SH_COLLISION_OTHER,
+    SH_COLLISION_IN_CHILD,
+    SH_PROMOTE,
+    SH_BORROWING_REPLACE,
+    SH_BORROWING_ADD,
+    SH_SAME_IN_CHILD,
+    SH_SAME_IN_ROOT,
+    SH_COUNT
+};
+/* Variable indexes: Y 0x01; K 0x21 (Y's fragment at level 0, not at 1);
+ * Z 0x41 (the same); C1, C2 0x01 (Y's whole hash); O 0x02; Q 20 and KQ
+ * 20|0x20 (fragment 20); P: 32 variables, two per fragment 4..19, making
+ * 16 children of the root. */
+enum { V_Y, V_K, V_Z, V_C1, V_C2, V_O, V_Q, V_KQ, V_P0 };
+
+static long shape_hook_runs;
+static void shape_hook(tv_value *value, void *arg)
+{
+    (void)value;
+    (void)arg;
+    shape_hook_runs++;
+}
+
+/* The source of `shape` (one reference), its base (another reference,
+ * or NULL) and the variable the copy binds. */
+static cctx_context *shape_source(int shape, cctx_var **v, tv_value **vals, tv_value *same,
+                                  cctx_context **base_out, int *target)
+{
+    static const struct {
+        int target;
+        int vars[4];
+    } plain[] = {
+        [SH_CHILD_REPLACE] = { V_K, { V_Y, V_K, V_O, -1 } },
+        [SH_CHILD_ADD] = { V_K, { V_Y, V_Z, V_O, -1 } },
+        [SH_SPLIT] = { V_K, { V_Y, V_O, -1 } },
+        [SH_SPLIT_ONLY] = { V_K, { V_Y, -1 } },
+        [SH_COLLISION_NEW] = { V_C1, { V_Y, -1 } },
+        [SH_COLLISION_ADD] = { V_C2, { V_Y, V_C1, -1 } },
+        [SH_COLLISION_REPLACE] = { V_C1, { V_Y, V_C1, -1 } },
+        [SH_COLLISION_OTHER] = { V_K, { V_Y, V_C1, -1 } },
+        [SH_COLLISION_IN_CHILD] = { V_C2, { V_Y, V_C1, V_O, -1 } },
+    };
+    cctx_context *src;
+    *base_out = NULL;
+    assert_ok(cctx_context_new(&src));
+    if (shape < (int)(sizeof plain / sizeof plain[0]) && plain[shape].vars[0] >= 0 &&
+        shape != SH_PROMOTE) {
+        for (int i = 0; i < 4 && plain[shape].vars[i] >= 0; i++)
+            assert_ok(cctx_context_set(src, v[plain[shape].vars[i]], vals[plain[shape].vars[i]],
+                                       NULL));
+        *target = plain[shape].target;
+        return src;
+    }
+    switch (shape) {
+    case SH_PROMOTE:
+        for (int i = V_P0; i < V_P0 + 32; i++)
+            assert_ok(cctx_context_set(src, v[i], vals[i], NULL));
+        assert_ok(cctx_context_set(src, v[V_Q], vals[V_Q], NULL));
+        *target = V_KQ;
+        return src;
+    case SH_BORROWING_REPLACE:
+    case SH_BORROWING_ADD: {
+        /* The source is a copy_with of a shared base: its root is a path
+         * copy that may borrow the base's keys. */
+        cctx_context *base = src;
+        assert_ok(cctx_context_set(base, v[V_O], vals[V_O], NULL));
+        assert_ok(cctx_context_set(base, v[V_Q], vals[V_Q], NULL));
+        assert_ok(cctx_context_set(base, v[V_Y], vals[V_Y], NULL));
+        assert_ok(cctx_context_copy_with(base, v[V_O], vals[V_Z], &src));
+        *base_out = base;
+        *target = shape == SH_BORROWING_REPLACE ? V_Q : V_KQ;
+        return src;
+    }
+    case SH_SAME_IN_CHILD:
+        assert_ok(cctx_context_set(src, v[V_Y], vals[V_Y], NULL));
+        assert_ok(cctx_context_set(src, v[V_K], same, NULL));
+        *target = V_K;
+        return src;
+    case SH_SAME_IN_ROOT:
+        assert_ok(cctx_context_set(src, v[V_O], same, NULL));
+        assert_ok(cctx_context_set(src, v[V_Y], vals[V_Y], NULL));
+        *target = V_O;
+        return src;
+    }
+    fail_msg("no shape %d", shape);
+    return NULL;
+}
+
+static void test_adopting_copy_every_shape_and_failure(void **state)
+{
+    (void)state;
+    cctx_var *v[SH_VARS];
+    tv_value *vals[SH_VARS];
+    uint32_t hashes[SH_VARS] = { [V_Y] = 0x01, [V_K] = 0x21, [V_Z] = 0x41, [V_C1] = 0x01,
+                                 [V_C2] = 0x01, [V_O] = 0x02, [V_Q] = 20, [V_KQ] = 20 | 0x20 };
+    for (int i = 0; i < 32; i++)
+        hashes[V_P0 + i] = (uint32_t)(4 + i / 2) | (uint32_t)(i % 2) << 5;
+    const int nvars = V_P0 + 32;
+    for (int i = 0; i < nvars; i++) {
+        assert_ok(cctx__var_new_with_hash("v", &tv_ops, hashes[i], &v[i]));
+        vals[i] = tv_new(i);
+    }
+    for (int shape = 0; shape < SH_COUNT; shape++) {
+        for (int current = 0; current < 2; current++) {
+            const bool same = shape == SH_SAME_IN_CHILD || shape == SH_SAME_IN_ROOT;
+            shape_hook_runs = 0;
+            tv_value *n = tv_new_hooked(1000 + shape, shape_hook, NULL);
+            cctx_context *base = NULL;
+            int target = -1;
+            cctx_context *src = shape_source(shape, v, vals, same ? n : NULL, &base, &target);
+            assert_int_equal(cctx__context_check(src), 0);
+            /* What the source binds, before. */
+            tv_value *before[SH_VARS];
+            for (int i = 0; i < nvars; i++)
+                before[i] = value_in(src, v[i]);
+            if (current)
+                assert_ok(cctx_context_enter(src));
+            const int held = n->refcnt; /* ours, plus the source's with `same` */
+            assert_int_equal(held, same ? 2 : 1);
+            cctx_context *copy = NULL;
+            bool done = false;
+            for (long nth = 1; !done && nth < 80; nth++) {
+                const long allocs = cctx__live_allocations();
+                cctx__fail_allocation(nth);
+                cctx_status st = cctx_context_copy_with_adopting(current ? NULL : src, v[target], n,
+                                                                 &copy);
+                cctx__fail_allocation(0);
+                if (st != CCTX_OK) {
+                    assert_int_equal(st, CCTX_ENOMEM);
+                    assert_null(copy);
+                    assert_int_equal(cctx__live_allocations(), allocs);
+                    assert_int_equal(n->refcnt, held);
+                    assert_int_equal(shape_hook_runs, 0);
+                    continue;
+                }
+                done = true;
+            }
+            assert_true(done);
+            if (current)
+                assert_ok(cctx_context_exit(src));
+            assert_int_equal(cctx__context_check(copy), 0);
+            assert_int_equal(n->refcnt, 1);
+            for (int i = 0; i < nvars; i++) {
+                assert_ptr_equal(value_in(src, v[i]), before[i]);
+                assert_ptr_equal(value_in(copy, v[i]), i == target ? n : before[i]);
+            }
+            cctx_context_release(src);
+            if (base != NULL)
+                cctx_context_release(base);
+            assert_int_equal(shape_hook_runs, 0);
+            for (int i = 0; i < nvars; i++)
+                if (before[i] != NULL && i != target)
+                    assert_ptr_equal(value_in(copy, v[i]), before[i]);
+            cctx_context_release(copy);
+            assert_int_equal(shape_hook_runs, 1);
+        }
+    }
+    for (int i = 0; i < nvars; i++) {
+        assert_int_equal(vals[i]->refcnt, 1);
+        tv_drop(vals[i]);
+        cctx_var_release(v[i]);
+    }
+}
+
+/* A variable whose release callback uses the library on EVERY release
+ * (not only the last: a C binding's bookkeeping may), bound by an adopting
+ * copy on the paths that release the handed-over reference inside the
+ * call (hamt_assoc's: a child node, a collision, the value already bound),
+ * from the current context: the callback writes the current context (the
+ * copy's source, whose root the copy holds a credit on) and makes a copy
+ * of its own in the middle of the copy. The copy is still the source plus
+ * the one binding, and every count comes back. */
+static cctx_var *busy_probe;
+static tv_value *busy_value;
+static int busy_depth;
+static long busy_calls;
+static void busy_retain(void *p)
+{
+    tv_ops.retain(p);
+}
+static void busy_release(void *p)
+{
+    if (busy_depth == 0 && busy_probe != NULL) {
+        busy_depth++;
+        busy_calls++;
+        cctx_token *t = NULL;
+        T_CHECK(cctx_var_set(busy_probe, busy_value, &t) == CCTX_OK);
+        cctx_context *inner = NULL;
+        T_CHECK(cctx_context_copy_with(NULL, busy_probe, busy_value, &inner) == CCTX_OK);
+        if (inner != NULL)
+            cctx_context_release(inner);
+        if (t != NULL) {
+            T_CHECK(cctx_var_reset(busy_probe, t) == CCTX_OK);
+            cctx_token_release(t);
+        }
+        busy_depth--;
+    }
+    tv_ops.release(p);
+}
+static const cctx_value_ops busy_ops = { busy_retain, busy_release };
+
+static void test_adopting_copy_whose_release_callback_writes_the_source(void **state)
+{
+    (void)state;
+    cctx_var *y, *k, *c, *probe;
+    assert_ok(cctx__var_new_with_hash("y", &busy_ops, 0x01, &y));
+    assert_ok(cctx__var_new_with_hash("k", &busy_ops, 0x21, &k));
+    assert_ok(cctx__var_new_with_hash("c", &busy_ops, 0x01, &c));
+    assert_ok(cctx_var_new("probe", &tv_ops, &probe));
+    tv_value *vy = tv_new(1), *vk = tv_new(2), *w = tv_new(3);
+    cctx_token *ty, *tk;
+    assert_ok(cctx_var_set(y, vy, &ty));
+    assert_ok(cctx_var_set(k, vk, &tk)); /* y and k share a child node */
+    busy_probe = probe;
+    busy_value = w;
+    const long failures = thread_failures();
+    cctx_var *targets[] = { k, c, y };
+    for (int round = 0; round < 4; round++) {
+        shape_hook_runs = 0;
+        tv_value *n = round == 3 ? vy : tv_new_hooked(10 + round, shape_hook, NULL);
+        if (round == 3)
+            tv_ops.retain(n); /* y already holds vy: the same value again */
+        const long calls = busy_calls;
+        cctx_context *copy = NULL;
+        assert_ok(cctx_context_copy_with_adopting(NULL, targets[round % 3], n, &copy));
+        /* The handed-over reference was released inside the call (the
+         * paths into a child or a collision retain, then release). */
+        assert_int_equal(busy_calls - calls, 1);
+        assert_int_equal(cctx__context_check(copy), 0);
+        assert_ptr_equal(value_in(copy, targets[round % 3]), n);
+        assert_ptr_equal(value_in(copy, y), round % 3 == 2 ? n : vy);
+        assert_ptr_equal(value_in(copy, k), round % 3 == 0 ? n : vk);
+        assert_null(value_in(copy, probe));
+        assert_null(value_in(cctx_context_current(), probe));
+        assert_ptr_equal(value_in(cctx_context_current(), y), vy);
+        busy_probe = NULL; /* the copy's release: plain */
+        cctx_context_release(copy);
+        busy_probe = probe;
+        /* The handed-over reference went with the copy: a new value's hook
+         * ran then; vy is back to ours and y's in the current context. */
+        if (round == 3)
+            assert_int_equal(n->refcnt, 2);
+        else
+            assert_int_equal(shape_hook_runs, 1);
+    }
+    busy_probe = NULL;
+    assert_int_equal(thread_failures(), failures);
+    assert_ok(cctx_var_reset(k, tk));
+    assert_ok(cctx_var_reset(y, ty));
+    cctx_token_release(tk);
+    cctx_token_release(ty);
+    assert_int_equal(w->refcnt, 1);
+    tv_drop(vy);
+    tv_drop(vk);
+    tv_drop(w);
+    cctx_var_release(y);
+    cctx_var_release(k);
+    cctx_var_release(c);
+    cctx_var_release(probe);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, nothing_left_setup, nothing_left_teardown)
@@ -611,6 +902,8 @@ int main(void)
         T(test_adopting_copy_out_of_memory_leaves_the_reference),
         T(test_adopting_copy_bad_arguments_take_nothing),
         T(test_adopted_value_released_with_a_hook_that_uses_the_library),
+        T(test_adopting_copy_every_shape_and_failure),
+        T(test_adopting_copy_whose_release_callback_writes_the_source),
     };
 #undef T
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,299 @@
+import CContextCore
+import CContextKitShims
+import Foundation
+import Synchronization
+import Testing
+@testable import ContextKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Adversarial checks of session 10's changes (review): task scopes that
+/// skip their watcher work when none is installed, the child's first read
+/// through the runtime's task-local get with the binding unretained, and
+/// `set` filling the value cache. Each scenario whose outcome another
+/// suite's scopes could hide (they move the place generation, and fire
+/// watchers) runs as an exit test, in a process of its own.
+@Suite struct AdoptionWatcherAndCacheFillReviewTests {
+    /// A watcher added on ANOTHER thread while a task scope is open, with
+    /// the add ordered before the scope's end (the task waits for it), gets
+    /// that scope's `exited` — the scope skipped its `entered` work (no
+    /// watcher then) and must ask again at its end, on whatever thread it
+    /// ends. One cancelled on another thread inside a scope it saw begin
+    /// gets nothing more. Fails if `leave` remembered the start's answer, or
+    /// skipped the `exited` on the relaxed load's say-so.
+    @Test func watcherAddedOrCancelledOnAnotherThreadInsideATaskScope() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review_watch", default: 0)
+            let events = PThreadLocked<[String]>([])
+            let watcherBox = PThreadLocked<ContextWatcher?>(nil)
+            func onOtherThread(_ body: @escaping @Sendable () -> Void) async {
+                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                    Thread.detachNewThread {
+                        body()
+                        done.resume()
+                    }
+                }
+            }
+            let seen = await Task.detached { () async -> Int in
+                await v.withValue(1) { () async -> Int in
+                    await onOtherThread {
+                        let watcher = try! Context.addWatcher { event, _ in
+                            // A worker thread's first use of the C runtime
+                            // sends `switched` (its state is made): not a
+                            // scope's event.
+                            guard event != .switched else { return }
+                            events.withLock { $0.append("\(event)") }
+                        }
+                        watcherBox.withLock { $0 = watcher }
+                    }
+                    await Task.yield()
+                    return v.value ?? -1
+                }
+            }.value
+            // The `exited` of the scope above, and nothing else (no other
+            // scope ran in this process meanwhile).
+            guard seen == 1, events.withLock({ $0 }) == ["exited"] else {
+                let e = events.withLock { $0 }
+                exit(seen != 1 ? 3 : e.isEmpty ? 4 : e == ["exited", "exited"] ? 5 : e.first == "entered" ? 6 : 7 + Int32(e.count))
+            }
+
+            // Cancelled on another thread inside a scope it saw begin.
+            events.withLock { $0 = [] }
+            let inner = await Task.detached { () async -> Int in
+                await v.withValue(2) { () async -> Int in
+                    await onOtherThread { watcherBox.withLock { $0?.cancel() } }
+                    return v.value ?? -1
+                }
+            }.value
+            guard inner == 2, events.withLock({ $0 }) == ["entered"] else { exit(2) }
+        }
+    }
+
+    /// A Swift watcher that writes the task's own context when the task
+    /// returns to it (`exited`) and when a scope begins (`entered`, before
+    /// the scope's copy exists only for `run`; `withValue` copied first):
+    /// every read after sees the watcher's write, never a box the value
+    /// cache kept from before it (the `exited` callbacks run inside a write
+    /// bracket of the enclosing binding; a `set` inside fills the cache at
+    /// a count the bracket's end moves past). Fails if a task scope skipped
+    /// the `exited` work while a watcher was installed, or if the set-fill
+    /// rule trusted a count inside a bracket.
+    @Test func watchersThatSetTheTasksContextAreSeenAfterTheScope() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review_watch_set", default: 0)
+            let w = ContextVar<Int>("review_watch_scope", default: 0)
+            enum Mode { static let value = Atomic<Int>(0) }
+            let watcher = try! Context.addWatcher { event, _ in
+                // Only the marked scopes of this test's task write.
+                guard w.value == 9 || Mode.value.load(ordering: .relaxed) != 0 else { return }
+                if event == .exited, Mode.value.load(ordering: .relaxed) == 1 { v.set(30) }
+                if event == .entered, Mode.value.load(ordering: .relaxed) == 2 { v.set(40) }
+            }
+            defer { watcher.cancel() }
+            let result = await Task.detached { () async -> [Int] in
+                let c = Context()
+                return try! await c.run { () async -> [Int] in
+                    var out: [Int] = []
+                    v.set(1)
+                    out.append(v.value ?? -1)  // fills the value cache
+                    Mode.value.store(1, ordering: .relaxed)
+                    await w.withValue(9) { await Task.yield() }
+                    Mode.value.store(0, ordering: .relaxed)
+                    out.append(v.value ?? -1)  // the exited watcher's 30
+                    v.set(2)
+                    out.append(v.value ?? -1)
+                    Mode.value.store(2, ordering: .relaxed)
+                    let inside = w.withValue(9) { v.value ?? -1 }  // the copy predates the write
+                    Mode.value.store(0, ordering: .relaxed)
+                    out.append(inside)
+                    out.append(v.value ?? -1)  // the entered watcher's 40, in c
+                    return out
+                } + [c[v] ?? -1]
+            }.value
+            guard result == [1, 30, 2, 2, 40, 40] else {
+                print("watchersThatSetTheTasksContextAreSeenAfterTheScope:", result)
+                exit(1)
+            }
+        }
+    }
+
+    /// `Task.immediate` started inside a synchronous `withValue` on a plain
+    /// thread (no task: the binding is the thread's, pushed into the
+    /// runtime's fallback task-local storage) runs its first read on that
+    /// thread, a place miss through `swift_task_localValueGet`; it outlives
+    /// the scope and reads again after the scope ended and the thread ran
+    /// more scopes (whose bindings it parks and reuses). Both reads see the
+    /// scope's value: the task's copy of the items keeps the binding (it
+    /// escaped, so it is frozen and never parked).
+    @Test func immediateTaskOutlivesTheThreadScopeItFirstReadIn() async {
+        let v = ContextVar<Int>("review_immediate", default: 0)
+        let gate = AsyncGate()
+        let task = onNewThread { () -> Task<[Int], Never> in
+            let task = v.withValue(7) { () -> Task<[Int], Never> in
+                Task.immediate { () async -> [Int] in
+                    let first = v.value ?? -1
+                    await gate.wait()
+                    return [first, v.value ?? -1]
+                }
+            }
+            for i in 0..<50 { v.withValue(100 + i) { _ = v.value } }
+            return task
+        }
+        for i in 0..<50 { await v.withValue(200 + i) { _ = v.value } }
+        await gate.open()
+        #expect(await task.value == [7, 7])
+    }
+
+    /// `set` fills the value cache with the box it wrote when the write
+    /// count moved by its own two bumps only. But user code CAN run inside
+    /// the C write: the old root goes to the retired list while a reader on
+    /// another thread holds a hazard on it, and every 64th retirement scans
+    /// the list, freeing retired roots — and releasing the values only they
+    /// held, whose deinits run there, after the new root (with the new box)
+    /// is published. A deinit that writes the same variable through the
+    /// unsafe handle (a C write: the count does not move) replaces that box,
+    /// then reads something (the place entry is made again, valid, at the
+    /// window's new generation). The fill then left a box the map no longer
+    /// held — freed once `set` returned — for the next read to hand out: a
+    /// use after free (checked: the read returned the freed box's stale id,
+    /// or crashed). The next read must see the C write.
+    ///
+    /// Here: a helper thread peeks the task's context (a hazard on its
+    /// root) around each `set`, whose tokens are dropped, so the replaced
+    /// values live only in retired roots; the deinit that runs inside a
+    /// `set` (the scan) writes through the handle once.
+    @Test func aDeinitInsideASetThatWritesThroughTheHandle() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<ReleaseHook>("review_set_fill_v")
+            let u = ContextVar<Int>("review_set_fill_u", default: 0)
+            enum State {
+                static let inSet = Atomic<Bool>(false)
+                static let exploited = Atomic<Bool>(false)
+                static let stop = Atomic<Bool>(false)
+            }
+            let request = DispatchSemaphore(value: 0), reply = DispatchSemaphore(value: 0)
+            let handle = PThreadLocked<UInt>(0)  // the context's address
+            // The helper: peek `u` (holding a hazard on the root it read)
+            // until told to end the read.
+            Thread.detachNewThread {
+                while true {
+                    request.wait()
+                    if State.stop.load(ordering: .relaxed) { break }
+                    var guardState = cctx_read_guard()
+                    var out: UnsafeMutableRawPointer?
+                    let h = OpaquePointer(bitPattern: handle.withLock { $0 })!
+                    let held = cctx_context_peek(h, u.handle, u.hamtHash, &guardState, &out) == CCTX_OK
+                    reply.signal()
+                    request.wait()
+                    if held { cctx_context_peek_end(&guardState) }
+                    reply.signal()
+                }
+                reply.signal()
+            }
+            let result = await Task.detached { () -> Int in
+                try! Context().run { () -> Int in
+                    u.set(1)
+                    handle.withLock { h in
+                        h = Context.withCurrentUnsafeHandle { h, _ in UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(cctx_context_retain(h)!))) }
+                    }
+                    for i in 0..<400 {
+                        request.signal(); reply.wait()  // the helper holds the root
+                        State.inSet.store(true, ordering: .relaxed)
+                        _ = v.set(ReleaseHook(id: i) {
+                            // Released by a scan inside a later `set`.
+                            guard State.inSet.load(ordering: .relaxed),
+                                !State.exploited.exchange(true, ordering: .relaxed)
+                            else { return }
+                            Context.withCurrentUnsafeHandle { h, writable in
+                                precondition(writable)
+                                let box = v.makeBox(ReleaseHook(id: -7) {})
+                                _ = box.withOpaquePointer { cctx_context_set(h, v.handle, $0, nil) }
+                            }
+                            _ = u.value  // a read: the entry is made again
+                        })
+                        State.inSet.store(false, ordering: .relaxed)
+                        let read = v.value?.id ?? -1
+                        request.signal(); reply.wait()  // the helper lets go
+                        if State.exploited.load(ordering: .relaxed) { return read }
+                    }
+                    return -2  // no scan ran inside a set: nothing checked
+                }
+            }.value
+            State.stop.store(true, ordering: .relaxed)
+            request.signal(); reply.wait()
+            handle.withLock { if let h = OpaquePointer(bitPattern: $0) { cctx_context_release(h) } }
+            guard result == -7 else {
+                print("aDeinitInsideASetThatWritesThroughTheHandle:", result)
+                exit(result == -2 ? 2 : 1)
+            }
+        }
+    }
+
+    /// Isolated deinit (SE-0371) runs inline when released on its actor,
+    /// and the runtime then hides every task-local
+    /// (`swift_task_deinitOnExecutor` pushes a stop marker). A task inside
+    /// `Context.run` that releases such an object: a place miss inside the
+    /// deinit (another task's scope moved the generation — forced here with
+    /// an unsafe-handle window) resolves through the task-local, sees no
+    /// binding, and caches that place for the task — or a scope opened in
+    /// the deinit restores it at its end. After the deinit returns, the task
+    /// still reads that cached place: its `run` scope's value is gone and its
+    /// `set` makes an unscoped binding instead of writing the `run`'s
+    /// context (a lost write).
+    ///
+    /// A pre-existing limitation (the generic `TaskLocal.get` the miss path
+    /// used before session 10 honours the stop marker the same way), not
+    /// fixed here: see the review report. Recorded as a known issue so that
+    /// a fix shows up as "known issue not recorded".
+    @Test func isolatedDeinitInsideARunDoesNotLeaveTheTaskAWrongPlace() async {
+        await withKnownIssue("a place resolved under an isolated deinit's task-local stop marker outlives the deinit") {
+            await #expect(processExitsWith: .success) {
+                let v = ContextVar<Int>("review_isolated_v")
+                let w = ContextVar<Int>("review_isolated_w")
+                let result = await Task.detached { await isolatedDeinitScenario(v, w) }.value
+                // After the deinit: the run's 5, the set lands in the run's
+                // context.
+                guard result == [5, 6, 6] else {
+                    print("isolatedDeinitInsideARunDoesNotLeaveTheTaskAWrongPlace:", result)
+                    exit(1)
+                }
+            }
+        }
+    }
+}
+
+@globalActor actor ReviewActor {
+    static let shared = ReviewActor()
+}
+
+/// A class whose deinit is isolated to `ReviewActor`: released on that
+/// actor, it runs inline, with every task-local hidden.
+@ReviewActor final class IsolatedDeinitProbe {
+    let body: @Sendable () -> Void
+    nonisolated init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    isolated deinit { body() }
+}
+
+/// The isolated-deinit scenario: what the task reads after the deinit, its
+/// read after a `set`, and what the `run`'s context holds.
+@ReviewActor func isolatedDeinitScenario(_ v: ContextVar<Int>, _ w: ContextVar<Int>) -> [Int] {
+    let c = Context()
+    let after = try! c.run { () -> [Int] in
+        v.set(5)
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            // Moves the place generation, as any other task's scope may.
+            Context.withCurrentUnsafeHandle { _, _ in }
+            _ = v.value
+            _ = v.value
+            w.withValue(1) { _ = w.value }
+        }
+        _ = probe
+        probe = nil
+        let read = v.value ?? -1
+        v.set(6)
+        return [read, v.value ?? -1]
+    }
+    return after + [c[v] ?? -1]
+}
