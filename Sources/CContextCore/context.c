@@ -1721,34 +1721,43 @@ static cctx_status copy_with(int source, cctx_context *ctx, cctx_var *var, void 
     return CCTX_OK;
 }
 
-cctx_status cctx_context_copy_with(cctx_context *ctx, cctx_var *var, void *value,
-                                   cctx_context **out)
+/* The public copy_with entry points: their arguments checked once here
+ * (CCTX_EINVAL takes nothing, also from an adopting caller). */
+static cctx_status copy_with_checked(cctx_context *ctx, cctx_var *var, void *value, bool adopt,
+                                     cctx_context **out)
 {
     if (out == NULL || !var_is_valid(var) || (ctx != NULL && !context_is_valid(ctx)))
         return CCTX_EINVAL;
-    return copy_with(ctx == NULL ? SOURCE_CURRENT : SOURCE_CONTEXT, ctx, var, value, false, out);
+    return copy_with(ctx == NULL ? SOURCE_CURRENT : SOURCE_CONTEXT, ctx, var, value, adopt, out);
+}
+
+static cctx_status new_with_checked(cctx_var *var, void *value, bool adopt, cctx_context **out)
+{
+    if (out == NULL || !var_is_valid(var))
+        return CCTX_EINVAL;
+    return copy_with(SOURCE_EMPTY, NULL, var, value, adopt, out);
+}
+
+cctx_status cctx_context_copy_with(cctx_context *ctx, cctx_var *var, void *value,
+                                   cctx_context **out)
+{
+    return copy_with_checked(ctx, var, value, false, out);
 }
 
 cctx_status cctx_context_new_with(cctx_var *var, void *value, cctx_context **out)
 {
-    if (out == NULL || !var_is_valid(var))
-        return CCTX_EINVAL;
-    return copy_with(SOURCE_EMPTY, NULL, var, value, false, out);
+    return new_with_checked(var, value, false, out);
 }
 
 cctx_status cctx_context_copy_with_adopting(cctx_context *ctx, cctx_var *var, void *value,
                                             cctx_context **out)
 {
-    if (out == NULL || !var_is_valid(var) || (ctx != NULL && !context_is_valid(ctx)))
-        return CCTX_EINVAL;
-    return copy_with(ctx == NULL ? SOURCE_CURRENT : SOURCE_CONTEXT, ctx, var, value, true, out);
+    return copy_with_checked(ctx, var, value, true, out);
 }
 
 cctx_status cctx_context_new_with_adopting(cctx_var *var, void *value, cctx_context **out)
 {
-    if (out == NULL || !var_is_valid(var))
-        return CCTX_EINVAL;
-    return copy_with(SOURCE_EMPTY, NULL, var, value, true, out);
+    return new_with_checked(var, value, true, out);
 }
 
 cctx_context *cctx_context_current(void)

@@ -176,21 +176,31 @@ static void test_copy_with_on_a_thread_without_state(void **state)
     cctx_var_release(a);
 }
 
-static void test_copy_with_bad_arguments_change_nothing(void **state)
+typedef cctx_status (*copy_with_fn)(cctx_context *, cctx_var *, void *, cctx_context **);
+typedef cctx_status (*new_with_fn)(cctx_var *, void *, cctx_context **);
+
+/* Bad arguments to a copy_with / new_with pair: CCTX_EINVAL, nothing made,
+ * the value neither retained nor (for the adopting pair) taken. */
+static void check_bad_arguments_take_nothing(copy_with_fn copy_with, new_with_fn new_with)
 {
-    (void)state;
     cctx_var *a;
     assert_ok(cctx_var_new("a", &tv_ops, &a));
     tv_value *x = tv_new(1);
     cctx_context *out = NULL;
-    assert_int_equal(cctx_context_copy_with(NULL, a, x, NULL), CCTX_EINVAL);
-    assert_int_equal(cctx_context_copy_with(NULL, NULL, x, &out), CCTX_EINVAL);
-    assert_int_equal(cctx_context_new_with(NULL, x, &out), CCTX_EINVAL);
-    assert_int_equal(cctx_context_new_with(a, x, NULL), CCTX_EINVAL);
+    assert_int_equal(copy_with(NULL, a, x, NULL), CCTX_EINVAL);
+    assert_int_equal(copy_with(NULL, NULL, x, &out), CCTX_EINVAL);
+    assert_int_equal(new_with(NULL, x, &out), CCTX_EINVAL);
+    assert_int_equal(new_with(a, x, NULL), CCTX_EINVAL);
     assert_null(out);
     assert_int_equal(x->refcnt, 1);
     tv_drop(x);
     cctx_var_release(a);
+}
+
+static void test_copy_with_bad_arguments_change_nothing(void **state)
+{
+    (void)state;
+    check_bad_arguments_take_nothing(cctx_context_copy_with, cctx_context_new_with);
 }
 
 /* Out of memory at each allocation in turn: CCTX_ENOMEM with nothing made
@@ -544,18 +554,8 @@ static void test_adopting_copy_out_of_memory_leaves_the_reference(void **state)
 static void test_adopting_copy_bad_arguments_take_nothing(void **state)
 {
     (void)state;
-    cctx_var *a;
-    assert_ok(cctx_var_new("a", &tv_ops, &a));
-    tv_value *x = tv_new(1);
-    cctx_context *out = NULL;
-    assert_int_equal(cctx_context_copy_with_adopting(NULL, a, x, NULL), CCTX_EINVAL);
-    assert_int_equal(cctx_context_copy_with_adopting(NULL, NULL, x, &out), CCTX_EINVAL);
-    assert_int_equal(cctx_context_new_with_adopting(NULL, x, &out), CCTX_EINVAL);
-    assert_int_equal(cctx_context_new_with_adopting(a, x, NULL), CCTX_EINVAL);
-    assert_null(out);
-    assert_int_equal(x->refcnt, 1);
-    tv_drop(x);
-    cctx_var_release(a);
+    check_bad_arguments_take_nothing(cctx_context_copy_with_adopting,
+                                     cctx_context_new_with_adopting);
 }
 
 /* A handed-over value whose last release uses the library (reads,
