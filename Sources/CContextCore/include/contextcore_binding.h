@@ -147,8 +147,9 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new_with(cctx_var *var, void 
  *  as in a large map) the copy retains `value` through the variable's
  *  retain callback and the caller's reference is then released through
  *  its release callback, during the call and on the calling thread —
- *  never the last release, as the copy holds one. For a variable without value operations nothing is retained
- *  or released either way. On any error — CCTX_EINVAL (bad handle, `out`
+ *  never the last release, as the copy holds one. For a variable without
+ *  value operations nothing is retained or released either way. On any
+ *  error — CCTX_EINVAL (bad handle, `out`
  *  NULL) or CCTX_ENOMEM — nothing was made and `value` was neither taken
  *  nor released: the reference is still the caller's, and `*out` is
  *  unchanged. Python: `ctx = copy_context(); ctx.run(var.set, value)`
