@@ -136,19 +136,35 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new_with(cctx_var *var, void 
  *  `value` instead of retaining it: for a binding that makes a value for
  *  the copy alone (Swift's withValue box), which would otherwise be
  *  retained through the variable's callback and released by the caller
- *  right after. Ownership: on CCTX_OK the caller's reference belongs to
- *  the copy (when the copy needs none of its own — `var` already bound to
- *  `value` — it is released through the variable's release callback, and
- *  that release is never the last: the copy holds one); the caller must not
- *  release it. On any error (CCTX_EINVAL, CCTX_ENOMEM) nothing was taken:
- *  the reference is still the caller's, nothing was made or released. */
+ *  right after. `ctx` (NULL: the calling thread's current context) and
+ *  `var` are borrowed, `*out` is one new reference, as for
+ *  cctx_context_copy_with. Ownership of `value`: on CCTX_OK the caller's
+ *  reference belongs to the copy and the caller must not release it. On
+ *  the common writes (an empty source, or `var` replaced or added at the
+ *  root of the source's map) the copy keeps that very reference and no
+ *  value callback runs for `value`; on every other write (`var` already
+ *  bound to `value`, or a write below the root node of the source's map,
+ *  as in a large map) the copy retains `value` through the variable's
+ *  retain callback and the caller's reference is then released through
+ *  its release callback, during the call and on the calling thread —
+ *  never the last release, as the copy holds one. For a variable without
+ *  value operations nothing is retained or released either way. On any
+ *  error — CCTX_EINVAL (bad handle, `out`
+ *  NULL) or CCTX_ENOMEM — nothing was made and `value` was neither taken
+ *  nor released: the reference is still the caller's, and `*out` is
+ *  unchanged. Python: `ctx = copy_context(); ctx.run(var.set, value)`
+ *  with the caller's reference stolen, as `PyTuple_SET_ITEM` steals. */
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_with_adopting(cctx_context *ctx,
                                                                       cctx_var *var, void *value,
                                                                       cctx_context **out);
 
 /** cctx_context_new_with taking over the caller's reference to `value`, as
  *  cctx_context_copy_with_adopting (the same ownership on success and
- *  error). */
+ *  error; from an empty map the copy always keeps the caller's reference
+ *  itself, so no value callback runs on success). Errors: CCTX_EINVAL
+ *  (bad `var`, `out` NULL), CCTX_ENOMEM; on either the reference is still
+ *  the caller's and nothing was made. Python: `ctx = Context();
+ *  ctx.run(var.set, value)`, the reference stolen. */
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new_with_adopting(cctx_var *var, void *value,
                                                                      cctx_context **out);
 
