@@ -132,28 +132,28 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_with(cctx_context *ctx, 
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_new_with(cctx_var *var, void *value,
                                                             cctx_context **out);
 
-/** cctx_context_copy_with that takes over the caller's reference to
- *  `value` instead of retaining it: for a binding that makes a value for
- *  the copy alone (Swift's withValue box), which would otherwise be
- *  retained through the variable's callback and released by the caller
- *  right after. `ctx` (NULL: the calling thread's current context) and
- *  `var` are borrowed, `*out` is one new reference, as for
- *  cctx_context_copy_with. Ownership of `value`: on CCTX_OK the caller's
- *  reference belongs to the copy and the caller must not release it. On
- *  the common writes (an empty source, or `var` replaced or added at the
- *  root of the source's map) the copy keeps that very reference and no
- *  value callback runs for `value`; on every other write (`var` already
- *  bound to `value`, or a write below the root node of the source's map,
- *  as in a large map) the copy retains `value` through the variable's
- *  retain callback and the caller's reference is then released through
- *  its release callback, during the call and on the calling thread —
- *  never the last release, as the copy holds one. For a variable without
- *  value operations nothing is retained or released either way. On any
- *  error — CCTX_EINVAL (bad handle, `out`
- *  NULL) or CCTX_ENOMEM — nothing was made and `value` was neither taken
- *  nor released: the reference is still the caller's, and `*out` is
- *  unchanged. Python: `ctx = copy_context(); ctx.run(var.set, value)`
- *  with the caller's reference stolen, as `PyTuple_SET_ITEM` steals. */
+/** cctx_context_copy_with that takes over the caller's reference to `value`
+ *  instead of retaining it: for a binding that makes a value for the copy
+ *  alone (Swift's withValue box), which would otherwise be retained through
+ *  the variable's callback and released by the caller right after. `ctx`
+ *  (NULL: the calling thread's current context) and `var` are borrowed,
+ *  `*out` is one new reference, as for cctx_context_copy_with. Ownership of
+ *  `value`: on CCTX_OK the caller's reference belongs to the copy and the
+ *  caller must not release it. On the common writes (an empty source, or
+ *  `var` replaced or added at the root of the source's map) the copy keeps
+ *  that very reference and no value callback runs for `value`; on every
+ *  other write (`var` already bound to `value`, or a write below the root
+ *  node of the source's map, as in a large map) the copy holds a reference
+ *  of its own (retained through the variable's retain callback, or the
+ *  source's when `var` was already bound to `value`) and the caller's
+ *  reference is then released through its release callback, during the call
+ *  and on the calling thread — never the last release, as the copy holds
+ *  one. For a variable without value operations nothing is retained or
+ *  released either way. On any error — CCTX_EINVAL (bad handle, `out` NULL)
+ *  or CCTX_ENOMEM — nothing was made and `value` was neither taken nor
+ *  released: the reference is still the caller's, and `*out` is unchanged.
+ *  Python: `ctx = copy_context(); ctx.run(var.set, value)` with the
+ *  caller's reference stolen, as `PyTuple_SET_ITEM` steals. */
 CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_copy_with_adopting(cctx_context *ctx,
                                                                       cctx_var *var, void *value,
                                                                       cctx_context **out);
