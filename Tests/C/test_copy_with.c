@@ -284,9 +284,18 @@ static void release_hook(tv_value *value, void *arg)
     env->ran++;
 }
 
-static void test_release_of_a_copy_runs_callbacks_that_use_the_library(void **state)
+/* Makes round `round`'s copy binding `h` (a: set in the current context,
+ * b: not). */
+typedef cctx_status (*hooked_copy_fn)(int round, cctx_var *a, cctx_var *b, tv_value *h,
+                                      cctx_context **copy);
+
+/* Three copies, each binding a value whose last release uses the library
+ * (release_hook), released in turn: the hook runs exactly then, on this
+ * thread, reads the current context and leaves it as it was. `adopts`:
+ * `make` takes over the value's reference (else the test drops its own
+ * after the copy). */
+static void check_copy_release_runs_hooks_that_use_the_library(hooked_copy_fn make, bool adopts)
 {
-    (void)state;
     cctx_var *a, *b;
     assert_ok(cctx_var_new("a", &tv_ops, &a));
     assert_ok(cctx_var_new("b", &tv_ops, &b));
@@ -298,12 +307,9 @@ static void test_release_of_a_copy_runs_callbacks_that_use_the_library(void **st
     for (int round = 0; round < 3; round++) {
         tv_value *h = tv_new_hooked(100 + round, release_hook, &env);
         cctx_context *copy;
-        /* round 0: from the current context; 1: explicit; 2: empty. */
-        cctx_status st = round == 0   ? cctx_context_copy_with(NULL, b, h, &copy)
-                         : round == 1 ? cctx_context_copy_with(cctx_context_current(), b, h, &copy)
-                                      : cctx_context_new_with(b, h, &copy);
-        assert_ok(st);
-        tv_drop(h); /* the copy holds the last reference */
+        assert_ok(make(round, a, b, h, &copy));
+        if (!adopts)
+            tv_drop(h); /* the copy holds the last reference */
         assert_int_equal(env.ran, round);
         cctx_context_release(copy); /* runs the hook */
         assert_int_equal(env.ran, round + 1);
@@ -318,6 +324,22 @@ static void test_release_of_a_copy_runs_callbacks_that_use_the_library(void **st
     tv_drop(w);
     cctx_var_release(a);
     cctx_var_release(b);
+}
+
+/* Round 0: from the current context; 1: explicit; 2: empty. */
+static cctx_status retaining_copy(int round, cctx_var *a, cctx_var *b, tv_value *h,
+                                  cctx_context **copy)
+{
+    (void)a;
+    return round == 0   ? cctx_context_copy_with(NULL, b, h, copy)
+           : round == 1 ? cctx_context_copy_with(cctx_context_current(), b, h, copy)
+                        : cctx_context_new_with(b, h, copy);
+}
+
+static void test_release_of_a_copy_runs_callbacks_that_use_the_library(void **state)
+{
+    (void)state;
+    check_copy_release_runs_hooks_that_use_the_library(retaining_copy, false);
 }
 
 /* Value ops whose retain writes the thread's current context: the insert
@@ -402,11 +424,7 @@ enum adopt_case {
     ADOPT_CASES
 };
 
-/* Sets up the source for `c`, makes an adopting copy binding vars[0] to a
- * fresh value whose only reference is handed over, and checks the counts:
- * no retain callback for the value on the paths that adopt, exactly one
- * release in all (the copy's, when it goes), and the value's last release
- * runs its hook then and only then. */
+/* Runs of the hook of the value handed over: its last release. */
 static long adopt_hook_runs;
 static void count_hook(tv_value *value, void *arg)
 {
@@ -415,45 +433,104 @@ static void count_hook(tv_value *value, void *arg)
     adopt_hook_runs++;
 }
 
+/* The variables and values the adopting cases bind (besides the one
+ * handed over). */
+struct adopt_fixture {
+    cctx_var *vars[40];
+    tv_value *vals[40];
+};
+
+static void adopt_fixture_make(struct adopt_fixture *f)
+{
+    for (int i = 0; i < 40; i++) {
+        assert_ok(cctx_var_new("v", &tv_ops, &f->vars[i]));
+        f->vals[i] = tv_new(i);
+    }
+}
+
+/* Checks that every value is back to its own one reference, then drops all. */
+static void adopt_fixture_drop(struct adopt_fixture *f)
+{
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(f->vals[i]->refcnt, 1);
+        tv_drop(f->vals[i]);
+        cctx_var_release(f->vars[i]);
+    }
+}
+
+/* Sets up case `c` with `n` the value to hand over: the thread's current
+ * context binds what the case needs (a token to undo it in `*t`), or
+ * `*src` is an explicit source context (ADOPT_ARRAY). */
+static void adopt_case_setup(struct adopt_fixture *f, int c, tv_value *n, cctx_context **src,
+                             cctx_token **t)
+{
+    *src = NULL;
+    *t = NULL;
+    if (c == ADOPT_REPLACE)
+        assert_ok(cctx_var_set(f->vars[0], f->vals[0], t));
+    if (c == ADOPT_ADD)
+        assert_ok(cctx_var_set(f->vars[1], f->vals[1], t));
+    if (c == ADOPT_SAME) {
+        /* The variable holds `n` already: the copy needs no new
+         * reference, so the handed-over one is released (not the last). */
+        assert_ok(cctx_var_set(f->vars[0], n, t));
+    }
+    if (c == ADOPT_ARRAY) {
+        assert_ok(cctx_context_new(src));
+        for (int i = 0; i < 40; i++)
+            assert_ok(cctx_context_set(*src, f->vars[i], f->vals[i], NULL));
+    }
+}
+
+/* The adopting copy of case `c`. */
+static cctx_status adopt_case_copy(struct adopt_fixture *f, int c, cctx_context *src, tv_value *n,
+                                   cctx_context **copy)
+{
+    return c == ADOPT_EMPTY ? cctx_context_new_with_adopting(f->vars[0], n, copy)
+                            : cctx_context_copy_with_adopting(src, f->vars[0], n, copy);
+}
+
+/* Undoes case `c`'s setup, then releases `copy`, which holds the last
+ * reference to the handed-over value: its hook runs then and only then. */
+static void adopt_case_end(struct adopt_fixture *f, int c, cctx_context *src, cctx_token *t,
+                           cctx_context *copy)
+{
+    if (src != NULL)
+        cctx_context_release(src);
+    if (t != NULL) {
+        assert_ok(cctx_var_reset(c == ADOPT_ADD ? f->vars[1] : f->vars[0], t));
+        cctx_token_release(t);
+    }
+    assert_int_equal(adopt_hook_runs, 0);
+    cctx_context_release(copy);
+    assert_int_equal(adopt_hook_runs, 1);
+}
+
+/* Each case makes an adopting copy binding vars[0] to a fresh value whose
+ * only reference is handed over, and checks the counts: no retain
+ * callback for the value on the paths that adopt, exactly one release in
+ * all (the copy's, when it goes). */
+
 static void test_adopting_copy_takes_over_the_reference(void **state)
 {
     (void)state;
-    cctx_var *vars[40];
-    tv_value *vals[40];
-    for (int i = 0; i < 40; i++) {
-        assert_ok(cctx_var_new("v", &tv_ops, &vars[i]));
-        vals[i] = tv_new(i);
-    }
+    struct adopt_fixture f;
+    adopt_fixture_make(&f);
     for (int c = 0; c < ADOPT_CASES; c++) {
-        cctx_context *src = NULL;
-        cctx_token *t = NULL;
+        cctx_context *src;
+        cctx_token *t;
         adopt_hook_runs = 0;
         tv_value *n = tv_new_hooked(100 + c, count_hook, NULL);
-        if (c == ADOPT_REPLACE)
-            assert_ok(cctx_var_set(vars[0], vals[0], &t));
-        if (c == ADOPT_ADD)
-            assert_ok(cctx_var_set(vars[1], vals[1], &t));
-        if (c == ADOPT_SAME) {
-            /* The variable holds `n` already: the copy needs no new
-             * reference, so the handed-over one is released (not the last). */
-            assert_ok(cctx_var_set(vars[0], n, &t));
-        }
-        if (c == ADOPT_ARRAY) {
-            assert_ok(cctx_context_new(&src));
-            for (int i = 0; i < 40; i++)
-                assert_ok(cctx_context_set(src, vars[i], vals[i], NULL));
-        }
+        adopt_case_setup(&f, c, n, &src, &t);
         const long retains = tv_retains(), releases = tv_releases();
         cctx_context *copy = NULL;
-        cctx_status st = c == ADOPT_EMPTY ? cctx_context_new_with_adopting(vars[0], n, &copy)
-                                          : cctx_context_copy_with_adopting(src, vars[0], n, &copy);
-        assert_ok(st);
-        assert_ptr_equal(value_in(copy, vars[0]), n);
+        assert_ok(adopt_case_copy(&f, c, src, n, &copy));
+        assert_ptr_equal(value_in(copy, f.vars[0]), n);
         if (c == ADOPT_ADD)
-            assert_ptr_equal(value_in(copy, vars[1]), vals[1]);
+            assert_ptr_equal(value_in(copy, f.vars[1]), f.vals[1]);
         if (c == ADOPT_ARRAY)
             for (int i = 1; i < 40; i++)
-                assert_ptr_equal(value_in(copy, vars[i]), vals[i]);
+                assert_ptr_equal(value_in(copy, f.vars[i]), f.vals[i]);
         /* The one reference moved into the copy (with SAME, the copy
          * shares the current context's map, which holds the one left). */
         assert_int_equal(n->refcnt, 1);
@@ -463,21 +540,9 @@ static void test_adopting_copy_takes_over_the_reference(void **state)
             assert_int_equal(tv_retains() - retains, c == ADOPT_EMPTY ? 0 : 1 - (c == ADOPT_REPLACE));
             assert_int_equal(tv_releases() - releases, 0);
         }
-        if (src != NULL)
-            cctx_context_release(src);
-        if (t != NULL) {
-            assert_ok(cctx_var_reset(c == ADOPT_ADD ? vars[1] : vars[0], t));
-            cctx_token_release(t);
-        }
-        assert_int_equal(adopt_hook_runs, 0);
-        cctx_context_release(copy); /* the last reference: the hook runs */
-        assert_int_equal(adopt_hook_runs, 1);
+        adopt_case_end(&f, c, src, t, copy);
     }
-    for (int i = 0; i < 40; i++) {
-        assert_int_equal(vals[i]->refcnt, 1);
-        tv_drop(vals[i]);
-        cctx_var_release(vars[i]);
-    }
+    adopt_fixture_drop(&f);
 }
 
 /* Out of memory at each allocation in turn, for each case: CCTX_ENOMEM
@@ -486,28 +551,14 @@ static void test_adopting_copy_takes_over_the_reference(void **state)
 static void test_adopting_copy_out_of_memory_leaves_the_reference(void **state)
 {
     (void)state;
-    cctx_var *vars[40];
-    tv_value *vals[40];
-    for (int i = 0; i < 40; i++) {
-        assert_ok(cctx_var_new("v", &tv_ops, &vars[i]));
-        vals[i] = tv_new(i);
-    }
+    struct adopt_fixture f;
+    adopt_fixture_make(&f);
     for (int c = 0; c < ADOPT_CASES; c++) {
-        cctx_context *src = NULL;
-        cctx_token *t = NULL;
+        cctx_context *src;
+        cctx_token *t;
         adopt_hook_runs = 0;
         tv_value *n = tv_new_hooked(200 + c, count_hook, NULL);
-        if (c == ADOPT_REPLACE)
-            assert_ok(cctx_var_set(vars[0], vals[0], &t));
-        if (c == ADOPT_ADD)
-            assert_ok(cctx_var_set(vars[1], vals[1], &t));
-        if (c == ADOPT_SAME)
-            assert_ok(cctx_var_set(vars[0], n, &t));
-        if (c == ADOPT_ARRAY) {
-            assert_ok(cctx_context_new(&src));
-            for (int i = 0; i < 40; i++)
-                assert_ok(cctx_context_set(src, vars[i], vals[i], NULL));
-        }
+        adopt_case_setup(&f, c, n, &src, &t);
         const int held = n->refcnt;
         bool done = false;
         for (long nth = 1; !done && nth < 50; nth++) {
@@ -515,22 +566,12 @@ static void test_adopting_copy_out_of_memory_leaves_the_reference(void **state)
             const long retains = tv_retains(), releases = tv_releases();
             cctx__fail_allocation(nth);
             cctx_context *copy = NULL;
-            cctx_status st = c == ADOPT_EMPTY
-                                 ? cctx_context_new_with_adopting(vars[0], n, &copy)
-                                 : cctx_context_copy_with_adopting(src, vars[0], n, &copy);
+            cctx_status st = adopt_case_copy(&f, c, src, n, &copy);
             cctx__fail_allocation(0);
             if (st == CCTX_OK) {
-                assert_ptr_equal(value_in(copy, vars[0]), n);
+                assert_ptr_equal(value_in(copy, f.vars[0]), n);
                 assert_int_equal(n->refcnt, 1); /* as in the test above */
-                if (src != NULL)
-                    cctx_context_release(src);
-                if (t != NULL) {
-                    assert_ok(cctx_var_reset(c == ADOPT_ADD ? vars[1] : vars[0], t));
-                    cctx_token_release(t);
-                }
-                assert_int_equal(adopt_hook_runs, 0);
-                cctx_context_release(copy);
-                assert_int_equal(adopt_hook_runs, 1);
+                adopt_case_end(&f, c, src, t, copy);
                 done = true;
             } else {
                 assert_int_equal(st, CCTX_ENOMEM);
@@ -543,11 +584,7 @@ static void test_adopting_copy_out_of_memory_leaves_the_reference(void **state)
         }
         assert_true(done);
     }
-    for (int i = 0; i < 40; i++) {
-        assert_int_equal(vals[i]->refcnt, 1);
-        tv_drop(vals[i]);
-        cctx_var_release(vars[i]);
-    }
+    adopt_fixture_drop(&f);
 }
 
 /* Bad arguments take nothing: the reference stays the caller's. */
@@ -558,40 +595,21 @@ static void test_adopting_copy_bad_arguments_take_nothing(void **state)
                                      cctx_context_new_with_adopting);
 }
 
+/* Round 0: replaces a's root entry; 1: adds b; 2: empty. */
+static cctx_status adopting_copy(int round, cctx_var *a, cctx_var *b, tv_value *h,
+                                 cctx_context **copy)
+{
+    return round == 0   ? cctx_context_copy_with_adopting(NULL, a, h, copy)
+           : round == 1 ? cctx_context_copy_with_adopting(NULL, b, h, copy)
+                        : cctx_context_new_with_adopting(b, h, copy);
+}
+
 /* A handed-over value whose last release uses the library (reads,
  * sets, copies): runs when the copy goes, on the thread that drops it. */
 static void test_adopted_value_released_with_a_hook_that_uses_the_library(void **state)
 {
     (void)state;
-    cctx_var *a, *b;
-    assert_ok(cctx_var_new("a", &tv_ops, &a));
-    assert_ok(cctx_var_new("b", &tv_ops, &b));
-    tv_value *base = tv_new(7), *w = tv_new(8);
-    cctx_token *t;
-    assert_ok(cctx_var_set(a, base, &t));
-    hook_env env = { a, b, w, 0, 0 };
-    const long failures = thread_failures();
-    for (int round = 0; round < 3; round++) {
-        tv_value *h = tv_new_hooked(100 + round, release_hook, &env);
-        cctx_context *copy;
-        /* round 0: replaces a's root entry; 1: adds b; 2: empty. */
-        cctx_status st = round == 0   ? cctx_context_copy_with_adopting(NULL, a, h, &copy)
-                         : round == 1 ? cctx_context_copy_with_adopting(NULL, b, h, &copy)
-                                      : cctx_context_new_with_adopting(b, h, &copy);
-        assert_ok(st); /* h's one reference is the copy's now */
-        assert_int_equal(env.ran, round);
-        cctx_context_release(copy); /* runs the hook */
-        assert_int_equal(env.ran, round + 1);
-        assert_int_equal(env.seen, 7);
-    }
-    assert_int_equal(thread_failures(), failures);
-    assert_ptr_equal(value_in(cctx_context_current(), a), base);
-    assert_ok(cctx_var_reset(a, t));
-    cctx_token_release(t);
-    tv_drop(base);
-    tv_drop(w);
-    cctx_var_release(a);
-    cctx_var_release(b);
+    check_copy_release_runs_hooks_that_use_the_library(adopting_copy, true);
 }
 
 /* ------------------------------ adopting copies of every shape (review) */
