@@ -482,6 +482,18 @@ static void adopt_case_setup(struct adopt_fixture *f, int c, tv_value *n, cctx_c
     }
 }
 
+/* Starts case `c`: a fresh value `id` whose last release counts in
+ * adopt_hook_runs (reset here), the case set up for it (adopt_case_setup).
+ * Returns the value, whose one reference the caller hands over. */
+static tv_value *adopt_case_begin(struct adopt_fixture *f, int c, long id, cctx_context **src,
+                                  cctx_token **t)
+{
+    adopt_hook_runs = 0;
+    tv_value *n = tv_new_hooked(id, count_hook, NULL);
+    adopt_case_setup(f, c, n, src, t);
+    return n;
+}
+
 /* The adopting copy of case `c`. */
 static cctx_status adopt_case_copy(struct adopt_fixture *f, int c, cctx_context *src, tv_value *n,
                                    cctx_context **copy)
@@ -510,7 +522,6 @@ static void adopt_case_end(struct adopt_fixture *f, int c, cctx_context *src, cc
  * only reference is handed over, and checks the counts: no retain
  * callback for the value on the paths that adopt, exactly one release in
  * all (the copy's, when it goes). */
-
 static void test_adopting_copy_takes_over_the_reference(void **state)
 {
     (void)state;
@@ -519,9 +530,7 @@ static void test_adopting_copy_takes_over_the_reference(void **state)
     for (int c = 0; c < ADOPT_CASES; c++) {
         cctx_context *src;
         cctx_token *t;
-        adopt_hook_runs = 0;
-        tv_value *n = tv_new_hooked(100 + c, count_hook, NULL);
-        adopt_case_setup(&f, c, n, &src, &t);
+        tv_value *n = adopt_case_begin(&f, c, 100 + c, &src, &t);
         const long retains = tv_retains(), releases = tv_releases();
         cctx_context *copy = NULL;
         assert_ok(adopt_case_copy(&f, c, src, n, &copy));
@@ -556,9 +565,7 @@ static void test_adopting_copy_out_of_memory_leaves_the_reference(void **state)
     for (int c = 0; c < ADOPT_CASES; c++) {
         cctx_context *src;
         cctx_token *t;
-        adopt_hook_runs = 0;
-        tv_value *n = tv_new_hooked(200 + c, count_hook, NULL);
-        adopt_case_setup(&f, c, n, &src, &t);
+        tv_value *n = adopt_case_begin(&f, c, 200 + c, &src, &t);
         const int held = n->refcnt;
         bool done = false;
         for (long nth = 1; !done && nth < 50; nth++) {
