@@ -458,60 +458,65 @@ static void adopt_fixture_drop(struct adopt_fixture *f)
     }
 }
 
-/* Sets up case `c` with `n` the value to hand over: the thread's current
- * context binds what the case needs (a token to undo it in `*t`), or
- * `*src` is an explicit source context (ADOPT_ARRAY). */
-static void adopt_case_setup(struct adopt_fixture *f, int c, tv_value *n, cctx_context **src,
-                             cctx_token **t)
+/* One adopting case under way. */
+struct adopt_run {
+    struct adopt_fixture *f;
+    int c;
+    tv_value *n;       /* the value whose one reference is handed over */
+    cctx_context *src; /* an explicit source context (ADOPT_ARRAY), or NULL */
+    cctx_token *t;     /* undoes what the current context was set to, or NULL */
+};
+
+/* Sets up case `r->c` for `r->n`: the thread's current context binds what
+ * the case needs (a token to undo it in `r->t`), or `r->src` is an
+ * explicit source context (ADOPT_ARRAY). */
+static void adopt_case_setup(struct adopt_run *r)
 {
-    *src = NULL;
-    *t = NULL;
-    if (c == ADOPT_REPLACE)
-        assert_ok(cctx_var_set(f->vars[0], f->vals[0], t));
-    if (c == ADOPT_ADD)
-        assert_ok(cctx_var_set(f->vars[1], f->vals[1], t));
-    if (c == ADOPT_SAME) {
+    struct adopt_fixture *f = r->f;
+    if (r->c == ADOPT_REPLACE)
+        assert_ok(cctx_var_set(f->vars[0], f->vals[0], &r->t));
+    if (r->c == ADOPT_ADD)
+        assert_ok(cctx_var_set(f->vars[1], f->vals[1], &r->t));
+    if (r->c == ADOPT_SAME) {
         /* The variable holds `n` already: the copy needs no new
          * reference, so the handed-over one is released (not the last). */
-        assert_ok(cctx_var_set(f->vars[0], n, t));
+        assert_ok(cctx_var_set(f->vars[0], r->n, &r->t));
     }
-    if (c == ADOPT_ARRAY) {
-        assert_ok(cctx_context_new(src));
+    if (r->c == ADOPT_ARRAY) {
+        assert_ok(cctx_context_new(&r->src));
         for (int i = 0; i < 40; i++)
-            assert_ok(cctx_context_set(*src, f->vars[i], f->vals[i], NULL));
+            assert_ok(cctx_context_set(r->src, f->vars[i], f->vals[i], NULL));
     }
 }
 
 /* Starts case `c`: a fresh value `id` whose last release counts in
  * adopt_hook_runs (reset here), the case set up for it (adopt_case_setup).
- * Returns the value, whose one reference the caller hands over. */
-static tv_value *adopt_case_begin(struct adopt_fixture *f, int c, long id, cctx_context **src,
-                                  cctx_token **t)
+ * The caller hands over the value's one reference (`n`). */
+static struct adopt_run adopt_case_begin(struct adopt_fixture *f, int c, long id)
 {
     adopt_hook_runs = 0;
-    tv_value *n = tv_new_hooked(id, count_hook, NULL);
-    adopt_case_setup(f, c, n, src, t);
-    return n;
+    struct adopt_run r = {.f = f, .c = c, .n = tv_new_hooked(id, count_hook, NULL)};
+    adopt_case_setup(&r);
+    return r;
 }
 
-/* The adopting copy of case `c`. */
-static cctx_status adopt_case_copy(struct adopt_fixture *f, int c, cctx_context *src, tv_value *n,
-                                   cctx_context **copy)
+/* The adopting copy of the case. */
+static cctx_status adopt_case_copy(const struct adopt_run *r, cctx_context **copy)
 {
-    return c == ADOPT_EMPTY ? cctx_context_new_with_adopting(f->vars[0], n, copy)
-                            : cctx_context_copy_with_adopting(src, f->vars[0], n, copy);
+    return r->c == ADOPT_EMPTY
+               ? cctx_context_new_with_adopting(r->f->vars[0], r->n, copy)
+               : cctx_context_copy_with_adopting(r->src, r->f->vars[0], r->n, copy);
 }
 
-/* Undoes case `c`'s setup, then releases `copy`, which holds the last
+/* Undoes the case's setup, then releases `copy`, which holds the last
  * reference to the handed-over value: its hook runs then and only then. */
-static void adopt_case_end(struct adopt_fixture *f, int c, cctx_context *src, cctx_token *t,
-                           cctx_context *copy)
+static void adopt_case_end(const struct adopt_run *r, cctx_context *copy)
 {
-    if (src != NULL)
-        cctx_context_release(src);
-    if (t != NULL) {
-        assert_ok(cctx_var_reset(c == ADOPT_ADD ? f->vars[1] : f->vars[0], t));
-        cctx_token_release(t);
+    if (r->src != NULL)
+        cctx_context_release(r->src);
+    if (r->t != NULL) {
+        assert_ok(cctx_var_reset(r->f->vars[r->c == ADOPT_ADD ? 1 : 0], r->t));
+        cctx_token_release(r->t);
     }
     assert_int_equal(adopt_hook_runs, 0);
     cctx_context_release(copy);
@@ -528,13 +533,11 @@ static void test_adopting_copy_takes_over_the_reference(void **state)
     struct adopt_fixture f;
     adopt_fixture_make(&f);
     for (int c = 0; c < ADOPT_CASES; c++) {
-        cctx_context *src;
-        cctx_token *t;
-        tv_value *n = adopt_case_begin(&f, c, 100 + c, &src, &t);
+        const struct adopt_run r = adopt_case_begin(&f, c, 100 + c);
         const long retains = tv_retains(), releases = tv_releases();
         cctx_context *copy = NULL;
-        assert_ok(adopt_case_copy(&f, c, src, n, &copy));
-        assert_ptr_equal(value_in(copy, f.vars[0]), n);
+        assert_ok(adopt_case_copy(&r, &copy));
+        assert_ptr_equal(value_in(copy, f.vars[0]), r.n);
         if (c == ADOPT_ADD)
             assert_ptr_equal(value_in(copy, f.vars[1]), f.vals[1]);
         if (c == ADOPT_ARRAY)
@@ -542,14 +545,14 @@ static void test_adopting_copy_takes_over_the_reference(void **state)
                 assert_ptr_equal(value_in(copy, f.vars[i]), f.vals[i]);
         /* The one reference moved into the copy (with SAME, the copy
          * shares the current context's map, which holds the one left). */
-        assert_int_equal(n->refcnt, 1);
+        assert_int_equal(r.n->refcnt, 1);
         if (c == ADOPT_EMPTY || c == ADOPT_REPLACE || c == ADOPT_ADD) {
             /* Taken over: no callback ran for the value (ADOPT_REPLACE and
              * ADOPT_ADD retain the root's other values: one each). */
             assert_int_equal(tv_retains() - retains, c == ADOPT_EMPTY ? 0 : 1 - (c == ADOPT_REPLACE));
             assert_int_equal(tv_releases() - releases, 0);
         }
-        adopt_case_end(&f, c, src, t, copy);
+        adopt_case_end(&r, copy);
     }
     adopt_fixture_drop(&f);
 }
@@ -563,22 +566,20 @@ static void test_adopting_copy_out_of_memory_leaves_the_reference(void **state)
     struct adopt_fixture f;
     adopt_fixture_make(&f);
     for (int c = 0; c < ADOPT_CASES; c++) {
-        cctx_context *src;
-        cctx_token *t;
-        tv_value *n = adopt_case_begin(&f, c, 200 + c, &src, &t);
-        const int held = n->refcnt;
+        const struct adopt_run r = adopt_case_begin(&f, c, 200 + c);
+        const int held = r.n->refcnt;
         bool done = false;
         for (long nth = 1; !done && nth < 50; nth++) {
             const long allocs = cctx__live_allocations();
             const long retains = tv_retains(), releases = tv_releases();
             cctx__fail_allocation(nth);
             cctx_context *copy = NULL;
-            cctx_status st = adopt_case_copy(&f, c, src, n, &copy);
+            cctx_status st = adopt_case_copy(&r, &copy);
             cctx__fail_allocation(0);
             if (st == CCTX_OK) {
-                assert_ptr_equal(value_in(copy, f.vars[0]), n);
-                assert_int_equal(n->refcnt, 1); /* as in the test above */
-                adopt_case_end(&f, c, src, t, copy);
+                assert_ptr_equal(value_in(copy, f.vars[0]), r.n);
+                assert_int_equal(r.n->refcnt, 1); /* as in the test above */
+                adopt_case_end(&r, copy);
                 done = true;
             } else {
                 assert_int_equal(st, CCTX_ENOMEM);
@@ -586,7 +587,7 @@ static void test_adopting_copy_out_of_memory_leaves_the_reference(void **state)
                 assert_int_equal(cctx__live_allocations(), allocs);
                 assert_int_equal(tv_retains() - retains, tv_releases() - releases);
                 /* Still ours (plus the current context's, with SAME). */
-                assert_int_equal(n->refcnt, held);
+                assert_int_equal(r.n->refcnt, held);
             }
         }
         assert_true(done);

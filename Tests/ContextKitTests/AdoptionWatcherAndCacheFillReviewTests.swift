@@ -92,7 +92,7 @@ import Glibc
                 if event == .entered, Mode.value.load(ordering: .relaxed) == 2 { v.set(40) }
             }
             defer { watcher.cancel() }
-            let result = await Task.detached { () async -> [Int] in
+            await expectInDetachedTask([1, 30, 2, 2, 40, 40]) { () async -> [Int] in
                 let c = Context()
                 return try! await c.run { () async -> [Int] in
                     var out: [Int] = []
@@ -111,10 +111,6 @@ import Glibc
                     out.append(v.value ?? -1)  // the entered watcher's 40, in c
                     return out
                 } + [c[v] ?? -1]
-            }.value
-            guard result == [1, 30, 2, 2, 40, 40] else {
-                print("watchersThatSetTheTasksContextAreSeenAfterTheScope:", result)
-                exit(1)
             }
         }
     }
@@ -192,7 +188,7 @@ import Glibc
                 }
                 reply.signal()
             }
-            let result = await Task.detached { () -> Int in
+            await expectInDetachedTask(-7) { () -> Int in
                 try! Context().run { () -> Int in
                     u.set(1)
                     handle.withLock { h in
@@ -220,14 +216,10 @@ import Glibc
                     }
                     return -2  // no scan ran inside a set: nothing checked
                 }
-            }.value
+            }
             State.stop.store(true, ordering: .relaxed)
             request.signal(); reply.wait()
             handle.withLock { if let h = OpaquePointer(bitPattern: $0) { cctx_context_release(h) } }
-            guard result == -7 else {
-                print("aDeinitInsideASetThatWritesThroughTheHandle:", result)
-                exit(result == -2 ? 2 : 1)
-            }
         }
     }
 
@@ -252,13 +244,9 @@ import Glibc
             await #expect(processExitsWith: .success) {
                 let v = ContextVar<Int>("review_isolated_v")
                 let w = ContextVar<Int>("review_isolated_w")
-                let result = await Task.detached { await isolatedDeinitScenario(v, w) }.value
                 // After the deinit: the run's 5, the set lands in the run's
                 // context.
-                guard result == [5, 6, 6] else {
-                    print("isolatedDeinitInsideARunDoesNotLeaveTheTaskAWrongPlace:", result)
-                    exit(1)
-                }
+                await expectInDetachedTask([5, 6, 6]) { await isolatedDeinitScenario(v, w) }
             }
         }
     }

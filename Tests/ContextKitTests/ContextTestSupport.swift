@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Testing
 @testable import ContextKit
 
 #if canImport(Glibc)
@@ -111,4 +112,43 @@ final class LockedBox<T: Sendable>: Sendable {
     init(_ value: T) { storage = PThreadLocked(value) }
     var value: T { storage.withLock { $0 } }
     func mutate(_ body: (inout T) -> Void) { storage.withLock { body(&$0) } }
+}
+
+/// For the body of an exit test (`#expect(processExitsWith: .success)`):
+/// runs `scenario` in a detached task, which no scope or task-local value
+/// of the caller reaches, and checks that it returns `expected`, value by
+/// value. A wrong value or a thrown error records an issue naming what was
+/// expected and what came, then ends the process with status 1. The issue
+/// is what tells which value was wrong: the parent test reports the issues
+/// its exit test records, but not the child process's output.
+func expectInDetachedTask<each T: Equatable & Sendable>(
+    _ expected: repeat each T,
+    sourceLocation: SourceLocation = #_sourceLocation,
+    scenario: sending @escaping () async throws -> (repeat each T)
+) async {
+    let seen: (repeat each T)
+    do {
+        seen = try await Task.detached { try await scenario() }.value
+    } catch {
+        Issue.record("expected \((repeat each expected)), threw \(error)", sourceLocation: sourceLocation)
+        exit(1)
+    }
+    for (wanted, got) in repeat (each expected, each seen) {
+        if wanted != got {
+            Issue.record("expected \((repeat each expected)), got \(seen)", sourceLocation: sourceLocation)
+            exit(1)
+        }
+    }
+}
+
+/// As `expectInDetachedTask`, with `scenario` inside `run` of a new
+/// `Context` in that task.
+func expectInDetachedRun<each T: Equatable & Sendable>(
+    _ expected: repeat each T,
+    sourceLocation: SourceLocation = #_sourceLocation,
+    scenario: sending @escaping () async throws -> (repeat each T)
+) async {
+    await expectInDetachedTask(repeat each expected, sourceLocation: sourceLocation) {
+        try await Context().run { try await scenario() }
+    }
 }

@@ -88,22 +88,19 @@ import Glibc
             let counter = LifetimeCounter()
             let v = ContextVar<Tracked>("fp_reset_hop")
             let first = ThreadExecutor(), second = ThreadExecutor()
-            let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async -> Bool in
-                    await withTaskExecutorPreference(first) { () async -> Bool in
-                        v.set(counter.make(1))
-                        let token = v.set(counter.make(2))
-                        let before = v.value?.id
-                        let releasedBefore = counter.releasedCount
-                        await withTaskExecutorPreference(second) { try! v.reset(token) }
-                        // The reset released Tracked(2): the map held it alone.
-                        let released = counter.releasedCount == releasedBefore + 1
-                        let after = v.value?.id
-                        return before == 2 && released && after == 1
-                    }
+            await expectInDetachedRun(2, 1, 1) { () async -> (Int?, Int, Int?) in
+                await withTaskExecutorPreference(first) { () async -> (Int?, Int, Int?) in
+                    v.set(counter.make(1))
+                    let token = v.set(counter.make(2))
+                    let before = v.value?.id
+                    let releasedBefore = counter.releasedCount
+                    await withTaskExecutorPreference(second) { try! v.reset(token) }
+                    // The reset released Tracked(2): the map held it alone.
+                    let released = counter.releasedCount - releasedBefore
+                    let after = v.value?.id
+                    return (before, released, after)
                 }
-            }.value
-            if !ok { exit(1) }
+            }
         }
     }
 
@@ -114,18 +111,14 @@ import Glibc
     /// reads inside and after see it, never the destroyed box.
     @Test func aDeinitSettingItsVariableDuringAReset() async {
         await #expect(processExitsWith: .success) {
-            let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async throws -> Bool in
-                    Resetter.variable.set(Resetter(1, setsInDeinit: false))
-                    let token = Resetter.variable.set(Resetter(2, setsInDeinit: true))
-                    let before = Resetter.variable.value?.id
-                    try Resetter.variable.reset(token)
-                    let after = Resetter.variable.value?.id
-                    let inDeinit = Resetter.seenInDeinit.value
-                    return before == 2 && inDeinit == [3] && after == 3
-                }
-            }.value
-            if !ok { exit(1) }
+            await expectInDetachedRun(2, [3], 3) { () async throws -> (Int?, [Int?], Int?) in
+                Resetter.variable.set(Resetter(1, setsInDeinit: false))
+                let token = Resetter.variable.set(Resetter(2, setsInDeinit: true))
+                let before = Resetter.variable.value?.id
+                try Resetter.variable.reset(token)
+                let after = Resetter.variable.value?.id
+                return (before, Resetter.seenInDeinit.value, after)
+            }
         }
     }
 
@@ -133,8 +126,8 @@ import Glibc
     /// own variable in its deinit: it sees the value around the scope.
     @Test func aDeinitReadingItsVariableWhenAScopeEnds() async {
         await #expect(processExitsWith: .success) {
-            let ok = await Task.detached { () async -> Bool in
-                await Probe.variable.withValue(Probe(1)) { () async -> Bool in
+            await expectInDetachedTask(true, true, 1) { () async -> (Bool, Bool, Int?) in
+                await Probe.variable.withValue(Probe(1)) { () async -> (Bool, Bool, Int?) in
                     _ = Probe.variable.value
                     await Probe.variable.withValue(Probe(2)) { () async in
                         _ = Probe.variable.value
@@ -147,10 +140,9 @@ import Glibc
                     // reclamation outside any task (then it reads nothing).
                     let releasedIn = eventually { !Probe.seenInDeinit.value.isEmpty }
                     let seen = Probe.seenInDeinit.value
-                    return releasedIn && (seen == [1] || seen == [nil]) && Probe.variable.value?.id == 1
+                    return (releasedIn, seen == [1] || seen == [nil], Probe.variable.value?.id)
                 }
-            }.value
-            if !ok { exit(1) }
+            }
         }
     }
 
@@ -162,20 +154,20 @@ import Glibc
             struct Stop: Error {}
             let v = ContextVar<Int>("fp_throw", default: 0)
             let first = ThreadExecutor(), second = ThreadExecutor()
-            let ok = await Task.detached { () async -> Bool in
-                await v.withValue(1) { () async -> Bool in
-                    await withTaskExecutorPreference(first) { () async -> Bool in
-                        let checks = LockedBox<[Bool]>([v.value == 1])
+            await expectInDetachedTask([1, 2, 3, 1, 1, 1]) { () async -> [Int?] in
+                await v.withValue(1) { () async -> [Int?] in
+                    await withTaskExecutorPreference(first) { () async -> [Int?] in
+                        let checks = LockedBox<[Int?]>([v.value])
                         do {
                             try await Context().run { () async throws in
                                 _ = v.set(2)
-                                checks.mutate { $0.append(v.value == 2) }
+                                checks.mutate { $0.append(v.value) }
                                 await withTaskExecutorPreference(second) { _ = v.set(3) }
-                                checks.mutate { $0.append(v.value == 3) }
+                                checks.mutate { $0.append(v.value) }
                                 throw Stop()
                             }
                         } catch {}
-                        checks.mutate { $0.append(v.value == 1) }
+                        checks.mutate { $0.append(v.value) }
                         withUnsafeCurrentTask { $0?.cancel() }
                         do {
                             try await v.withValue(4) { () async throws in
@@ -184,15 +176,13 @@ import Glibc
                                 try Task.checkCancellation()
                             }
                         } catch {}
-                        checks.mutate { $0.append(v.value == 1) }
+                        checks.mutate { $0.append(v.value) }
                         let there = await withTaskExecutorPreference(second) { v.value }
-                        checks.mutate { $0.append(there == 1) }
-                        let all = checks.value
-                        return all.count == 6 && all.allSatisfy { $0 }
+                        checks.mutate { $0.append(there) }
+                        return checks.value
                     }
                 }
-            }.value
-            if !ok { exit(1) }
+            }
         }
     }
 
@@ -304,34 +294,31 @@ import Glibc
     @Test func repeatedCWritesInsideNestedUnsafeWindows() async {
         await #expect(processExitsWith: .success) {
             let v = ContextVar<Int>("fp_window", default: 0)
-            let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async -> Bool in
-                    v.set(1)
-                    var seen: [Int?] = [v.value]
-                    Context.withCurrentUnsafeHandle { handle, isWritable in
-                        guard isWritable else { return }
-                        for n in 2...4 {
-                            let box = v.makeBox(n)
-                            _ = box.withOpaquePointer { cctx_context_set(handle, v.handle, $0, nil) }
-                            seen.append(v.value)
-                            seen.append(v.value)
-                        }
-                        Context.withCurrentUnsafeHandle { inner, _ in
-                            let box = v.makeBox(5)
-                            _ = box.withOpaquePointer { cctx_context_set(inner, v.handle, $0, nil) }
-                        }
-                        seen.append(v.value)
-                        let box = v.makeBox(6)
+            await expectInDetachedRun([1, 2, 2, 3, 3, 4, 4, 5, 6, 6, 7]) { () async -> [Int?] in
+                v.set(1)
+                var seen: [Int?] = [v.value]
+                Context.withCurrentUnsafeHandle { handle, isWritable in
+                    guard isWritable else { return }
+                    for n in 2...4 {
+                        let box = v.makeBox(n)
                         _ = box.withOpaquePointer { cctx_context_set(handle, v.handle, $0, nil) }
                         seen.append(v.value)
+                        seen.append(v.value)
+                    }
+                    Context.withCurrentUnsafeHandle { inner, _ in
+                        let box = v.makeBox(5)
+                        _ = box.withOpaquePointer { cctx_context_set(inner, v.handle, $0, nil) }
                     }
                     seen.append(v.value)
-                    v.set(7)
+                    let box = v.makeBox(6)
+                    _ = box.withOpaquePointer { cctx_context_set(handle, v.handle, $0, nil) }
                     seen.append(v.value)
-                    return seen == [1, 2, 2, 3, 3, 4, 4, 5, 6, 6, 7]
                 }
-            }.value
-            if !ok { exit(1) }
+                seen.append(v.value)
+                v.set(7)
+                seen.append(v.value)
+                return seen
+            }
         }
     }
 

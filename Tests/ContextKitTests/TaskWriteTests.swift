@@ -17,20 +17,19 @@ import Glibc
     @Test func serverMiddlewareSetAndDeferredResetInAPlainTask() async {
         await #expect(processExitsWith: .success) {
             let requestID = ContextVar<String>("request_id", default: "none")
-            let ok = await Task.detached { () async -> Bool in
-                func handle() async -> Bool {
+            await expectInDetachedTask(["req-1", "req-1", "req-1", "none"]) { () async -> [String?] in
+                func handle() async -> [String?] {
                     let token = requestID.set("req-1")
                     defer { try? requestID.reset(token) }
                     await Task.yield()
                     let afterAwait = requestID.value
                     let helper = Context.task { requestID.value }
                     let fromHelper = await helper.value
-                    return afterAwait == "req-1" && fromHelper == "req-1" && requestID.value == "req-1"
+                    return [afterAwait, fromHelper, requestID.value]
                 }
                 let handled = await handle()
-                return handled && requestID.value == "none"
-            }.value
-            if !ok { exit(1) }
+                return handled + [requestID.value]
+            }
         }
     }
 
@@ -39,7 +38,8 @@ import Glibc
     @Test func childrenInsideRunSetAndForeignResetThrows() async {
         await #expect(processExitsWith: .success) {
             let requestID = ContextVar<String>("request_id", default: "none")
-            let ok = try await Context().run { () async -> Bool in
+            await expectInDetachedRun("child", "grouped", .tokenFromDifferentContext, "parent") {
+                () async -> (String?, String?, ContextError?, String?) in
                 let token = requestID.set("parent")
                 async let child: String? = { requestID.set("child"); return requestID.value }()
                 let grouped = await withTaskGroup(of: String?.self) { group in
@@ -51,11 +51,8 @@ import Glibc
                         return error
                     } catch { return nil }
                 }.value
-                let fromChild = await child
-                return fromChild == "child" && grouped == "grouped"
-                    && foreign == .tokenFromDifferentContext && requestID.value == "parent"
+                return (await child, grouped, foreign, requestID.value)
             }
-            if !ok { exit(1) }
         }
     }
 
@@ -70,11 +67,10 @@ import Glibc
                 defer { try? flag.reset(token) }
                 return flag.value!
             }
-            let ok = await Task.detached { () async -> Bool in
+            await expectInDetachedTask(1, 0) { () async -> (Int?, Int?) in
                 await Task.yield()
-                return configure() == 1 && flag.value == 0
-            }.value
-            if !ok { exit(1) }
+                return (configure(), flag.value)
+            }
         }
     }
 

@@ -22,25 +22,22 @@ import Glibc
         await #expect(processExitsWith: .success) {
             let v = ContextVar<Int>("value_cache", default: 0)
             let first = ThreadExecutor(), second = ThreadExecutor()
-            let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async -> Bool in
-                    await withTaskExecutorPreference(first) { () async -> Bool in
-                        v.set(1)
-                        let before = v.value
-                        let threadBefore = pthread_self()
-                        let threadBetween = await withTaskExecutorPreference(second) { () async -> pthread_t in
-                            v.set(2)
-                            return pthread_self()
-                        }
-                        let after = v.value
-                        // The hop really happened, and came back.
-                        let hopped = pthread_equal(threadBefore, threadBetween) == 0
-                            && pthread_equal(threadBefore, pthread_self()) != 0
-                        return hopped && before == 1 && after == 2
+            await expectInDetachedRun(true, 1, 2) { () async -> (Bool, Int?, Int?) in
+                await withTaskExecutorPreference(first) { () async -> (Bool, Int?, Int?) in
+                    v.set(1)
+                    let before = v.value
+                    let threadBefore = pthread_self()
+                    let threadBetween = await withTaskExecutorPreference(second) { () async -> pthread_t in
+                        v.set(2)
+                        return pthread_self()
                     }
+                    let after = v.value
+                    // The hop really happened, and came back.
+                    let hopped = pthread_equal(threadBefore, threadBetween) == 0
+                        && pthread_equal(threadBefore, pthread_self()) != 0
+                    return (hopped, before, after)
                 }
-            }.value
-            if !ok { exit(1) }
+            }
         }
     }
 
@@ -49,21 +46,18 @@ import Glibc
     @Test func aCWriteThroughTheUnsafeHandleIsSeenByReads() async {
         await #expect(processExitsWith: .success) {
             let v = ContextVar<Int>("value_cache", default: 0)
-            let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async -> Bool in
-                    v.set(1)
-                    let before = v.value
-                    let inside = Context.withCurrentUnsafeHandle { handle, isWritable -> Int? in
-                        guard isWritable else { return nil }
-                        let box = v.makeBox(2)
-                        let status = box.withOpaquePointer { cctx_context_set(handle, v.handle, $0, nil) }
-                        return status == CCTX_OK ? v.value : nil
-                    }
-                    let after = v.value
-                    return before == 1 && inside == 2 && after == 2
+            await expectInDetachedRun(1, 2, 2) { () async -> (Int?, Int?, Int?) in
+                v.set(1)
+                let before = v.value
+                let inside = Context.withCurrentUnsafeHandle { handle, isWritable -> Int? in
+                    guard isWritable else { return nil }
+                    let box = v.makeBox(2)
+                    let status = box.withOpaquePointer { cctx_context_set(handle, v.handle, $0, nil) }
+                    return status == CCTX_OK ? v.value : nil
                 }
-            }.value
-            if !ok { exit(1) }
+                let after = v.value
+                return (before, inside, after)
+            }
         }
     }
 
@@ -73,17 +67,14 @@ import Glibc
     /// deinit sees the restored value, never the box being destroyed.
     @Test func aDeinitReadingTheVariableDuringItsReplacement() async {
         await #expect(processExitsWith: .success) {
-            let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async throws -> Bool in
-                    Probe.variable.set(Probe(1))
-                    let token = Probe.variable.set(Probe(2))
-                    let before = Probe.variable.value?.id
-                    try Probe.variable.reset(token)
-                    let after = Probe.variable.value?.id
-                    return before == 2 && Probe.seenInDeinit.value.first == 1 && after == 1
-                }
-            }.value
-            if !ok { exit(1) }
+            await expectInDetachedRun(2, 1, 1) { () async throws -> (Int?, Int??, Int?) in
+                Probe.variable.set(Probe(1))
+                let token = Probe.variable.set(Probe(2))
+                let before = Probe.variable.value?.id
+                try Probe.variable.reset(token)
+                let after = Probe.variable.value?.id
+                return (before, Probe.seenInDeinit.value.first, after)
+            }
         }
     }
 
@@ -97,7 +88,7 @@ import Glibc
         await #expect(processExitsWith: .success) {
             let v = ContextVar<Int>("value_cache", default: 0)
             let first = ThreadExecutor(), second = ThreadExecutor()
-            let wrong = await Task.detached { () async -> Int in
+            await expectInDetachedTask(0) { () async -> Int in
                 await v.withValue(1) { () async -> Int in
                     var wrong = 0
                     for i in 0..<200 {
@@ -118,8 +109,7 @@ import Glibc
                     }
                     return wrong
                 }
-            }.value
-            if wrong != 0 { exit(1) }
+            }
         }
     }
 
@@ -131,22 +121,25 @@ import Glibc
     @Test func aSetLeavesTheBoxItWroteInTheCache() async {
         await #expect(processExitsWith: .success) {
             let v = ContextVar<Int>("value_cache_set_fill", default: 0)
-            let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async -> Bool in
-                    v.set(1)
-                    guard v.value == 1 else { return false }
-                    v.set(2)
-                    let place = cctx_shim_current_place()
-                    guard let entry = place.entry, let binding = entry.pointee.binding,
-                        entry.pointee.variable == UnsafeRawPointer(v.handle),
-                        entry.pointee.version
-                            == Unmanaged<TaskBinding>.fromOpaque(binding).takeUnretainedValue().writes,
-                        let box = entry.pointee.value, ValueBox<Int>.borrowedValue(box) == 2
-                    else { return false }
-                    return v.value == 2
+            await expectInDetachedRun(1, true, 2) { () async -> (Int?, Bool, Int?) in
+                v.set(1)
+                let first = v.value
+                v.set(2)
+                let place = cctx_shim_current_place()
+                // The entry names the box of 2, at the binding's write count.
+                let filled: Bool
+                if let entry = place.entry, let binding = entry.pointee.binding,
+                    entry.pointee.variable == UnsafeRawPointer(v.handle),
+                    entry.pointee.version
+                        == Unmanaged<TaskBinding>.fromOpaque(binding).takeUnretainedValue().writes,
+                    let box = entry.pointee.value, ValueBox<Int>.borrowedValue(box) == 2
+                {
+                    filled = true
+                } else {
+                    filled = false
                 }
-            }.value
-            if !ok { exit(1) }
+                return (first, filled, v.value)
+            }
         }
     }
 
@@ -157,24 +150,21 @@ import Glibc
     @Test func aSetInsideTheUnsafeWindowDoesNotHideALaterCWrite() async {
         await #expect(processExitsWith: .success) {
             let v = ContextVar<Int>("value_cache_set_window", default: 0)
-            let ok = await Task.detached { () async -> Bool in
-                try! await Context().run { () async -> Bool in
-                    v.set(1)
-                    let inside = Context.withCurrentUnsafeHandle { handle, isWritable -> Int? in
-                        guard isWritable else { return nil }
-                        // A read first: the window's start moved the
-                        // generation, and this miss caches the place again,
-                        // so the `set` below takes its fast path.
-                        guard v.value == 1 else { return nil }
-                        v.set(5)
-                        let box = v.makeBox(6)
-                        let status = box.withOpaquePointer { cctx_context_set(handle, v.handle, $0, nil) }
-                        return status == CCTX_OK ? v.value : nil
-                    }
-                    return inside == 6 && v.value == 6
+            await expectInDetachedRun(6, 6) { () async -> (Int?, Int?) in
+                v.set(1)
+                let inside = Context.withCurrentUnsafeHandle { handle, isWritable -> Int? in
+                    guard isWritable else { return nil }
+                    // A read first: the window's start moved the
+                    // generation, and this miss caches the place again,
+                    // so the `set` below takes its fast path.
+                    guard v.value == 1 else { return nil }
+                    v.set(5)
+                    let box = v.makeBox(6)
+                    let status = box.withOpaquePointer { cctx_context_set(handle, v.handle, $0, nil) }
+                    return status == CCTX_OK ? v.value : nil
                 }
-            }.value
-            if !ok { exit(1) }
+                return (inside, v.value)
+            }
         }
     }
 
