@@ -38,16 +38,20 @@
  * task is inside a scope of its own, and resolves to the task's unscoped
  * binding or to none; so does a scope opened in the deinit, which restores
  * that place at its end. Such an entry must not outlive the marker. Every
- * entry resolved while the task-local read no binding — only those: with
- * the marker there it reads none, so an entry that names a binding the
- * task-local gave is never one of them — is marked `unbound` (the put's
- * caller knows: the resolution, the scope that restores the place it
- * resolved, the unscoped binding made from it), and its hit checks that
- * the task-local still reads none (cctx_shim_task_local_unbound). While it
- * does, nothing changed: the marker, if any, is still there, and the task
- * has pushed nothing (a push bumps the generation). Once the marker is
- * popped, the task-local reads the scope around the deinit again, the hit
- * fails and the task resolves afresh. A `scoped` entry needs no check: it
+ * entry that may have been resolved while the task-local read no binding
+ * is marked `unbound` (with the marker there it reads none, so an entry
+ * naming a binding the task-local gave never needs it): a resolution
+ * knows; a put that restores or makes a place (TaskBinding.placeChanged)
+ * marks none and the task's unscoped binding, the latter conservatively
+ * (a check that fails only costs a resolution). Its hit checks that the
+ * task-local still reads none (cctx_shim_task_local_unbound). Sound: a
+ * resolution depends only on what the task-local reads and on the task's
+ * unscoped binding, whose making bumps the generation; so while the
+ * task-local still reads none, resolving again would give the entry's
+ * answer — with the marker still there, or without one (then the entry is
+ * right outside any deinit too). Once the marker is popped, the task-local
+ * reads the scope or the inherited binding around the deinit again, the
+ * hit fails and the task resolves afresh. A `scoped` entry needs no check: it
  * names a binding the task-local gave (above the marker, for a scope
  * opened in the deinit, which ends, and bumps the generation, before the
  * deinit returns). The cost is one runtime call (swift_task_localValueGet)
@@ -107,7 +111,8 @@ uint64_t cctx_shim_place_generation_bump(void)
 cctx_shim_place cctx_shim_place_check_id(const void *task)
 {
     cctx_shim_place_entry *entry = &cctx_shim_place_cache;
-    bool valid = entry->id == swift_task_getJobTaskId(task) && (!entry->unbound || cctx_shim_task_local_unbound());
+    bool valid = entry->id == swift_task_getJobTaskId(task)
+                 && (!entry->unbound || cctx_shim_task_local_unbound());
     cctx_shim_place place = {task, valid ? entry : NULL};
     return place;
 }
