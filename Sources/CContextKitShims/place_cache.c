@@ -29,6 +29,36 @@
  * the unscoped table, which keeps an entry until its task ends). The cache
  * holds no reference, so it never keeps values alive.
  *
+ * Hidden task-locals: one change of what a task reads is not ContextKit's.
+ * An isolated deinit (SE-0371) that runs inline, on the executor it is
+ * isolated to, runs with every task-local of the task hidden: the runtime
+ * pushes a stop marker (swift_task_deinitOnExecutor) and pops it when the
+ * deinit returns, without moving the generation. A place resolved while the
+ * marker is there reads no binding through the task-local even when the
+ * task is inside a scope of its own, and resolves to the task's unscoped
+ * binding or to none; so does a scope opened in the deinit, which restores
+ * that place at its end. Such an entry must not outlive the marker. Every
+ * entry that may have been resolved while the task-local read no binding
+ * is marked `unbound` (with the marker there it reads none, so an entry
+ * naming a binding the task-local gave never needs it): a resolution
+ * knows; a put that restores or makes a place (TaskBinding.placeChanged)
+ * marks none and the task's unscoped binding, the latter conservatively
+ * (a check that fails only costs a resolution). Its hit checks that the
+ * task-local still reads none (cctx_shim_task_local_unbound). Sound: a
+ * resolution depends only on what the task-local reads and on the task's
+ * unscoped binding, whose making bumps the generation; so while the
+ * task-local still reads none, resolving again would give the entry's
+ * answer — with the marker still there, or without one (then the entry is
+ * right outside any deinit too). Once the marker is popped, the task-local
+ * reads the scope or the inherited binding around the deinit again, the
+ * hit fails and the task resolves afresh. A `scoped` entry needs no check: it
+ * names a binding the task-local gave (above the marker, for a scope
+ * opened in the deinit, which ends, and bumps the generation, before the
+ * deinit returns). The cost is one runtime call (swift_task_localValueGet)
+ * per hit of an `unbound` entry: reads in a task after an unscoped set
+ * outside any scope, and the start of a scope in a task with no binding
+ * around it.
+ *
  * The value (owned bindings only; filled and read by ContextVar.swift
  * through the pointer cctx_shim_current_place returns): the variable, the
  * binding's write count and the box the map held. The owner is the only
@@ -75,11 +105,15 @@ uint64_t cctx_shim_place_generation_bump(void)
     return __atomic_fetch_add(&cctx_shim_place_generation_counter, 1, __ATOMIC_RELAXED) + 1;
 }
 
-/* The id check, out of line: the scoped hit path then saves no registers. */
+/* The id check, out of line: the scoped hit path then saves no registers.
+ * An `unbound` entry also checks that the task-local still reads no
+ * binding (see "Hidden task-locals" above). */
 cctx_shim_place cctx_shim_place_check_id(const void *task)
 {
     cctx_shim_place_entry *entry = &cctx_shim_place_cache;
-    cctx_shim_place place = {task, entry->id == swift_task_getJobTaskId(task) ? entry : NULL};
+    bool valid = entry->id == swift_task_getJobTaskId(task)
+                 && (!entry->unbound || cctx_shim_task_local_unbound());
+    cctx_shim_place place = {task, valid ? entry : NULL};
     return place;
 }
 
@@ -89,9 +123,9 @@ cctx_shim_place cctx_shim_current_place(void)
 }
 
 void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned,
-                               bool scoped)
+                               bool scoped, bool unbound)
 {
-    cctx_shim_place_cache_put_id(task, generation, binding, owned, scoped, 0);
+    cctx_shim_place_cache_put_id(task, generation, binding, owned, scoped, unbound, 0);
 }
 
 uint64_t cctx_shim_place_cached_id(const void *task)
@@ -104,11 +138,14 @@ uint64_t cctx_shim_place_cached_id(const void *task)
 }
 
 void cctx_shim_place_cache_put_id(const void *task, uint64_t generation, const void *binding, bool owned,
-                                  bool scoped, uint64_t id)
+                                  bool scoped, bool unbound, uint64_t id)
 {
     cctx_shim_place_cache.generation = generation;
     cctx_shim_place_cache.task = task;
     cctx_shim_place_cache.scoped = scoped && owned && binding != NULL;
+    /* Read only by the id check, which a scoped entry never reaches: it
+     * names a binding the task-local gave (see "Hidden task-locals"). */
+    cctx_shim_place_cache.unbound = unbound;
     /* A scoped entry is checked by address alone: no id to look up. An
      * id the caller knows is the running task's (ids never change). */
     cctx_shim_place_cache.id = cctx_shim_place_cache.scoped ? 0 : id != 0 ? id : swift_task_getJobTaskId(task);

@@ -92,3 +92,14 @@ bool cctx_shim_task_local_get_binding(const void **object)
     *object = storage != NULL ? *storage : NULL;
     return true;
 }
+
+bool cctx_shim_task_local_unbound(void)
+{
+    /* As cctx_shim_task_local_get_binding (acquire: a key seen comes with
+     * its type). No key: no push through the shim yet, but one through
+     * `TaskLocal.withValue` may have happened; answer "cannot tell". */
+    const void *key = atomic_load_explicit(&binding_key, memory_order_acquire);
+    if (key == NULL) return false;
+    const void *const *storage = swift_task_localValueGet(key);
+    return storage == NULL || *storage == NULL;
+}

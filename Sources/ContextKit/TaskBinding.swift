@@ -516,9 +516,20 @@ final class TaskBinding: Sendable {
     /// As ``placeChanged()``, for a caller that knows the running task's
     /// new place: `binding` (nil: none), owned or not. Caches it, so that
     /// the task's next read does not miss.
+    ///
+    /// The entry is `unbound` (checked on each hit: see `place_cache.c`,
+    /// "Hidden task-locals") whenever the place may have been resolved
+    /// while the task-local read no binding, told from the place alone: a
+    /// binding the task does not own came from the task-local (not
+    /// `unbound`), and so did a scope binding it owns (a `scoped` entry,
+    /// never checked); none came from a task-local that read none
+    /// (`unbound`); the task's unscoped binding may come from either, and
+    /// is marked `unbound` — when the task-local did read an inherited
+    /// binding, the first hit's check fails and the task resolves afresh,
+    /// caching the exact answer (one miss after such a scope, or after the
+    /// task's first unscoped write, in a task that inherited a binding).
     static func placeChanged(task: UnsafeRawPointer, to binding: TaskBinding?, owned: Bool) {
-        let generation = cctx_shim_place_generation_bump()
-        cachePlace(task: task, generation: generation, binding: binding, owned: owned)
+        placeChanged(task: task, to: binding.map { Unmanaged.passUnretained($0) }, owned: owned, id: 0)
     }
 
     /// As ``placeChanged(task:to:owned:)`` for a binding held unretained.
@@ -526,25 +537,32 @@ final class TaskBinding: Sendable {
     static func placeChanged(task: UnsafeRawPointer, to binding: Unmanaged<TaskBinding>?, owned: Bool, id: UInt64) {
         let generation = cctx_shim_place_generation_bump()
         guard let binding else {
-            cctx_shim_place_cache_put_id(task, generation, nil, owned, false, id)
+            cctx_shim_place_cache_put_id(task, generation, nil, owned, false, true, id)
             return
         }
         let scoped = binding._withUnsafeGuaranteedRef { $0.isScope }
-        cctx_shim_place_cache_put_id(task, generation, UnsafeRawPointer(binding.toOpaque()), owned, scoped, id)
+        cctx_shim_place_cache_put_id(
+            task, generation, UnsafeRawPointer(binding.toOpaque()), owned, scoped, owned && !scoped, id)
     }
 
-    /// Caches the place of `task` in the calling thread's entry.
-    @usableFromInline
-    static func cachePlace(task: UnsafeRawPointer, generation: UInt64, binding: TaskBinding?, owned: Bool) {
-        cachePlace(task: task, generation: generation, binding: binding.map { Unmanaged.passUnretained($0) }, owned: owned)
+    /// Caches the place of `task` in the calling thread's entry, as
+    /// resolved (`unbound`: whether the task-local read no binding).
+    static func cachePlace(
+        task: UnsafeRawPointer, generation: UInt64, binding: TaskBinding?, owned: Bool, unbound: Bool
+    ) {
+        cachePlace(
+            task: task, generation: generation, binding: binding.map { Unmanaged.passUnretained($0) }, owned: owned,
+            unbound: unbound)
     }
 
-    /// As ``cachePlace(task:generation:binding:owned:)`` for a binding held
-    /// unretained (the entry holds it unretained anyway).
-    static func cachePlace(task: UnsafeRawPointer, generation: UInt64, binding: Unmanaged<TaskBinding>?, owned: Bool) {
+    /// As ``cachePlace(task:generation:binding:owned:unbound:)`` for a
+    /// binding held unretained (the entry holds it unretained anyway).
+    static func cachePlace(
+        task: UnsafeRawPointer, generation: UInt64, binding: Unmanaged<TaskBinding>?, owned: Bool, unbound: Bool
+    ) {
         cctx_shim_place_cache_put(
             task, generation, binding.map { UnsafeRawPointer($0.toOpaque()) }, owned,
-            binding?._withUnsafeGuaranteedRef { $0.isScope } ?? false)
+            binding?._withUnsafeGuaranteedRef { $0.isScope } ?? false, unbound)
     }
 
     /// The box `variable` has in `context` (borrowed), or nil, read by the
@@ -745,7 +763,10 @@ enum CurrentPlace {
     /// a task reads changes only when it binds or unbinds a scope or makes
     /// its unscoped binding, and each of those bumps the place generation
     /// (`TaskBinding.placeChanged()`), so the running task's entry at the
-    /// current generation is still right, and its binding still alive.
+    /// current generation is still right, and its binding still alive —
+    /// except while an isolated deinit hides the task-locals, which the
+    /// entry check covers for places resolved then (`place_cache.c`,
+    /// "Hidden task-locals").
     @inlinable
     static func resolve(_ place: cctx_shim_place) -> CurrentPlace {
         guard let task = place.task else { return .thread }
@@ -774,9 +795,9 @@ enum CurrentPlace {
     @usableFromInline
     static func resolveMissedForRead(in task: UnsafeRawPointer) -> (binding: Unmanaged<TaskBinding>?, owned: Bool) {
         let generation = cctx_shim_place_generation()
-        let (binding, owned) = resolveUncachedUnretained(in: task)
+        let (binding, owned, unbound) = resolveUncachedUnretained(in: task)
         if owned || cctx_shim_place_fill_inherited(task, generation) {
-            TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
+            TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned, unbound: unbound)
         }
         return (binding, owned)
     }
@@ -787,20 +808,24 @@ enum CurrentPlace {
     @usableFromInline
     static func resolveMissed(in task: UnsafeRawPointer) -> CurrentPlace {
         let generation = cctx_shim_place_generation()
-        let (binding, owned) = resolveUncachedUnretained(in: task)
-        TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
+        let (binding, owned, unbound) = resolveUncachedUnretained(in: task)
+        TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned, unbound: unbound)
         return .task(task, binding?.takeUnretainedValue(), owned: owned)
     }
 
     /// ``resolve(_:)`` from the task-local and the unscoped table.
     @usableFromInline
     static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {
-        let (binding, owned) = resolveUncachedUnretained(in: task)
+        let (binding, owned, _) = resolveUncachedUnretained(in: task)
         return .task(task, binding?.takeUnretainedValue(), owned: owned)
     }
 
     /// ``resolveUncached(in:)``, the binding unretained (alive as long as
-    /// ``resolveMissedForRead(in:)`` says).
+    /// ``resolveMissedForRead(in:)`` says), and whether the task-local read
+    /// no binding (`unbound`: then the place may have been resolved under
+    /// an isolated deinit's stop marker, which hides the task's own scope;
+    /// its entry is checked on each hit, see `place_cache.c`, "Hidden
+    /// task-locals").
     ///
     /// The task-local is read unretained (``TaskBinding/currentUnretained``):
     /// only the running task pops its items, and a parent's items outlive
@@ -810,7 +835,7 @@ enum CurrentPlace {
     /// `enterContextScope` (a thunk frame, ≈ 30 instructions per scope).
     @inline(never)
     private static func resolveUncachedUnretained(in task: UnsafeRawPointer)
-        -> (binding: Unmanaged<TaskBinding>?, owned: Bool)
+        -> (binding: Unmanaged<TaskBinding>?, owned: Bool, unbound: Bool)
     {
         let scoped = TaskBinding.currentUnretained
         if let scoped {
@@ -821,13 +846,13 @@ enum CurrentPlace {
                 binding.markRead()
                 return false
             }
-            if owned { return (scoped, true) }
+            if owned { return (scoped, true, false) }
         }
         // The table keeps the task's unscoped binding until the task ends.
         if let unscoped = UnscopedBindings.shared.binding(of: task) {
-            return (Unmanaged.passUnretained(unscoped), true)
+            return (Unmanaged.passUnretained(unscoped), true, scoped == nil)
         }
-        return (scoped, false)
+        return (scoped, false, scoped == nil)
     }
 }
 

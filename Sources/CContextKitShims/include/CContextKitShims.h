@@ -127,6 +127,7 @@ typedef struct cctx_shim_place_entry {
     const void *binding;     /**< its binding (a `TaskBinding`, unretained), or NULL */
     bool owned;              /**< whether the task owns `binding` */
     bool scoped;             /**< owned scope binding: the address alone identifies the task */
+    bool unbound;            /**< resolved while ContextKit's task-local read no binding: checked again on each hit */
     uint32_t fill_blocked;   /**< > 0 inside an unsafe-handle window: fill no value */
     const void *variable;    /**< value cache: the `cctx_var` read, or NULL for none */
     uint64_t version;        /**< `binding`'s write count when the value was read */
@@ -169,8 +170,10 @@ extern uint64_t cctx_shim_place_generation_counter
 
 /** The end of the place check for an entry that is not `scoped`: `task`
  *  (the running task, whose address and generation the entry matched) and
- *  the entry when the entry's task id is also the running task's, else
- *  `task` and NULL. Out of line: one runtime call (the task's id). */
+ *  the entry when the entry's task id is also the running task's — and,
+ *  for an `unbound` entry, ContextKit's task-local still reads no binding
+ *  (place_cache.c, "Hidden task-locals") — else `task` and NULL. Out of
+ *  line: one runtime call (the task's id), two for an `unbound` entry. */
 cctx_shim_place cctx_shim_place_check_id(const void *task);
 
 /**
@@ -197,18 +200,21 @@ static inline cctx_shim_place cctx_shim_current_place_inline(void)
 /**
  * Caches the place of the running task `task`, resolved after reading
  * `generation` from cctx_shim_place_generation(): `binding` (unretained, or
- * NULL), whether the task owns it, and whether it is a scope binding (not
- * the unscoped one). Replaces the thread's entry and empties its value.
+ * NULL), whether the task owns it, whether it is a scope binding (not
+ * the unscoped one), and whether ContextKit's task-local read no binding
+ * when it was resolved (`unbound`: each hit checks that it still reads
+ * none; place_cache.c, "Hidden task-locals"). Replaces the thread's entry
+ * and empties its value.
  */
 void cctx_shim_place_cache_put(const void *task, uint64_t generation, const void *binding, bool owned,
-                               bool scoped);
+                               bool scoped, bool unbound);
 
 /**
  * As cctx_shim_place_cache_put() with the task's id already known (`id`,
  * from cctx_shim_place_cached_id(); 0: unknown, asked of the runtime).
  */
 void cctx_shim_place_cache_put_id(const void *task, uint64_t generation, const void *binding, bool owned,
-                                  bool scoped, uint64_t id);
+                                  bool scoped, bool unbound, uint64_t id);
 
 /**
  * Whether a read that missed the cache in task `task` at `generation` (read
@@ -369,6 +375,13 @@ void cctx_shim_task_local_pop(void);
  * retain, and a `swift_once` for the key: ≈ 180 instructions against ≈ 60).
  */
 bool cctx_shim_task_local_get_binding(const void **object);
+
+/**
+ * Whether the binding task-local reads no binding in the running code (as
+ * cctx_shim_task_local_get_binding() answering NULL). False when the key
+ * is not registered yet: the caller then cannot tell, and must resolve.
+ */
+bool cctx_shim_task_local_unbound(void);
 
 #ifdef __cplusplus
 }
