@@ -393,7 +393,7 @@ struct ContextScope: ~Copyable {
         // reference is the only one. Asked of the object itself, so that
         // no temporary copy (an unoptimised build makes them) reads as a
         // second holder.
-        let escaped = !cctx_shim_is_uniquely_referenced(binding.toOpaque())
+        let escaped = !cctx_shim_is_uniquely_referenced_inline(binding.toOpaque())
         // Before the exit/unclaim below: once the context is free, another
         // scope may enter it and write (see `TaskBinding`, "After the scope").
         if escaped { binding._withUnsafeGuaranteedRef { $0.freezeEscaped() } }
