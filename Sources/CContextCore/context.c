@@ -1288,8 +1288,12 @@ void (*cctx__bias_window_hook)(int where);
 #endif
 #define BIAS_WINDOW(where) CCTX_TEST_HOOK(cctx__bias_window_hook, where)
 
-static inline __attribute__((always_inline)) bool owner_enter(cctx_context *ctx,
-                                                              cctx_thread_state *ts)
+/* owner_enter's two common takes, the biased one and the CAS of a free
+ * context, without its fallback: false when neither took the context, with
+ * nothing changed (the biased window is closed again), so that the caller
+ * may try again from the start (owner_enter). */
+static inline __attribute__((always_inline)) bool owner_enter_common(cctx_context *ctx,
+                                                                     cctx_thread_state *ts)
 {
     uintptr_t owner = cctx_load_uintptr(&ctx->owner);
     uintptr_t left = (uintptr_t)ts | CCTX_OWNER_LEFT;
@@ -1312,7 +1316,13 @@ static inline __attribute__((always_inline)) bool owner_enter(cctx_context *ctx,
          * before. */
         return true;
     }
-    return owner_take_slow(ctx, ts, (uintptr_t)ts);
+    return false;
+}
+
+static inline __attribute__((always_inline)) bool owner_enter(cctx_context *ctx,
+                                                              cctx_thread_state *ts)
+{
+    return owner_enter_common(ctx, ts) || owner_take_slow(ctx, ts, (uintptr_t)ts);
 }
 
 bool context_owner_enter(cctx_context *ctx, cctx_thread_state *ts)
@@ -1329,29 +1339,33 @@ void context_owner_adopt(cctx_context *ctx, cctx_thread_state *ts)
 /* The rare work of a leave, out of line so that the common leave keeps
  * no registers across calls: drop a handed reference (`held`), then look
  * at the handover list (`collect`). */
-static __attribute__((noinline, cold)) void owner_leave_slow(cctx_thread_state *ts,
-                                                             cctx_context *ctx, bool held,
-                                                             bool collect)
+static __attribute__((noinline, cold)) cctx_status owner_leave_slow(cctx_thread_state *ts,
+                                                                    cctx_context *ctx, bool held,
+                                                                    bool collect)
 {
     if (held)
         cctx_context_release(ctx); /* the handed reference; may free */
     if (collect && cctx_load_uint_relaxed(&ts->handover_pending) != 0)
         handover_collect(ts);
+    return CCTX_OK;
 }
 
 /* ENTERED(ts)[|HELD] -> FREE by ts. `collect`: look at the handover list
  * afterwards (every exit of an entered context must; see "The
- * handover"). */
-static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
-                                                              cctx_thread_state *ts,
-                                                              bool collect)
+ * handover"). `credits`: give back this thread's root credits for `ctx`
+ * first, if it has any (false only for a caller that has just seen it has
+ * none: cctx_context_exit). Returns CCTX_OK, through the slow path's
+ * return when it runs: a caller that returns it ends in a tail call, with
+ * no register kept across a call (cctx_context_exit). */
+static inline __attribute__((always_inline)) cctx_status
+owner_leave_as(cctx_context *ctx, cctx_thread_state *ts, bool collect, bool credits)
 {
     /* Plain read of our own word: only this thread writes an ENTERED(ts)
      * owner (context.h). HELD: the last reference was handed to us. */
     uintptr_t owner = cctx_load_uintptr(&ctx->owner);
     CCTX_ASSERT((owner & ~CCTX_OWNER_HELD) == (uintptr_t)ts);
     /* Only an owner's credits are safe (see "Root credits"). */
-    if (CCTX_UNLIKELY(root_credit.ctx == ctx))
+    if (credits && CCTX_UNLIKELY(root_credit.ctx == ctx))
         credit_flush();
     int fence = cctx_load_int(&exit_fence);
     /* Biased when this thread also made the previous exit ("The bias");
@@ -1374,7 +1388,15 @@ static inline __attribute__((always_inline)) void owner_leave(cctx_context *ctx,
     light_barrier(fence);
     bool held = owner != (uintptr_t)ts;
     if (CCTX_UNLIKELY(held | (collect && cctx_load_uint_relaxed(&ts->handover_pending) != 0)))
-        owner_leave_slow(ts, ctx, held, collect);
+        return owner_leave_slow(ts, ctx, held, collect);
+    return CCTX_OK;
+}
+
+static inline __attribute__((always_inline)) cctx_status owner_leave(cctx_context *ctx,
+                                                                     cctx_thread_state *ts,
+                                                                     bool collect)
+{
+    return owner_leave_as(ctx, ts, collect, true);
 }
 
 void context_owner_leave(cctx_context *ctx, cctx_thread_state *ts)
@@ -1577,14 +1599,47 @@ void context_exit_above(cctx_thread_state *ts, cctx_context *ctx)
         context_exit_innermost(ts);
 }
 
-cctx_status cctx_context_enter(cctx_context *ctx)
+/* cctx_context_enter's general case, out of line: a thread with no state
+ * yet, a context the common takes did not get, or watchers to notify. */
+static __attribute__((noinline)) cctx_status enter_general(cctx_context *ctx)
 {
-    if (!context_is_valid(ctx))
-        return CCTX_EINVAL;
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
     return enter(ts, ctx);
+}
+
+cctx_status cctx_context_enter(cctx_context *ctx)
+{
+    if (!context_is_valid(ctx))
+        return CCTX_EINVAL;
+    /* The enter of every scope, with no call that returns to it (≈ 5
+     * instructions of register saves fewer): everything rarer goes to
+     * enter_general, which starts again — a thread's first enter (its
+     * state is made), a take that failed (owner_enter_common changed
+     * nothing then), and the entered watchers. Their flag is read before
+     * the take rather than after it, as cctx_context_exit does: no
+     * protocol orders it with the owner word or this thread's current
+     * pointer, so a watcher installed meanwhile by another thread may see
+     * this enter or not, either way. */
+    cctx_thread_state *ts = thread_state_peek();
+    if (CCTX_UNLIKELY(ts == NULL || cctx_load_uint(&cctx_watchers_active) != 0) ||
+        !owner_enter_common(ctx, ts))
+        return enter_general(ctx);
+    /* enter()'s steps after the take, the notification left out. */
+    ctx->prev = ts->current;
+    ts->current = ctx;
+    thread_state_invalidate(ts);
+    return CCTX_OK;
+}
+
+/* cctx_context_exit's general case, out of line: a watcher to notify, or
+ * this thread's root credits tied to `ctx` to give back (owner_leave). */
+static __attribute__((noinline)) cctx_status exit_innermost_general(cctx_thread_state *ts,
+                                                                    cctx_context *ctx)
+{
+    exit_innermost(ts, ctx);
+    return CCTX_OK;
 }
 
 cctx_status cctx_context_exit(cctx_context *ctx)
@@ -1594,8 +1649,23 @@ cctx_status cctx_context_exit(cctx_context *ctx)
     cctx_thread_state *ts = thread_state_peek();
     if (ts == NULL || ts->current != ctx || ctx == ts->base)
         return CCTX_NOT_CURRENT;
-    exit_innermost(ts, ctx);
-    return CCTX_OK;
+    /* The exit of every scope. Its two rare calls that return to it — the
+     * exited watchers and the flush of this thread's root credits for
+     * `ctx` — go to exit_innermost_general, asked here rather than where
+     * exit_innermost meets them, so that the common exit ends in a tail
+     * call at most and keeps no register across a call (≈ 10 instructions
+     * of saves and restores). The same two tests: what lies between here
+     * and there (the current pointer and the lookup version, this
+     * thread's own words) runs no code and changes neither the credits
+     * nor the watchers; a watcher installed by another thread meanwhile
+     * may see this exit or not, as it may at the later load (the same
+     * load as watch.h's; no order with this thread's words is needed).
+     * The rest is exit_innermost's without the notification. */
+    if (CCTX_UNLIKELY(cctx_load_uint(&cctx_watchers_active) != 0 || root_credit.ctx == ctx))
+        return exit_innermost_general(ts, ctx);
+    ts->current = ctx->prev;
+    thread_state_invalidate(ts);
+    return owner_leave_as(ctx, ts, true, false); /* may free it: not touched after */
 }
 
 cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)

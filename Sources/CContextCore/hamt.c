@@ -538,6 +538,30 @@ static __attribute__((noinline)) void node_free_walk(hamt_node *n)
     node_dealloc(n);
 }
 
+/* node_free_walk for a leaf of one entry that borrows from a key source
+ * (`n->borrows`; no children): what a withValue scope's copy makes when it
+ * replaces the value of a one-entry root another map holds
+ * (bitmap_replace_lent), freed at the scope's end. The walk's steps in its
+ * order with none of its loops: the value, the key unless borrowed (the
+ * borrowing rule, key_is_borrowed, for the one fragment), the source's
+ * borrow reference, the block. */
+static __attribute__((noinline)) void leaf_free_borrowing(hamt_node *n)
+{
+    const uint32_t bit = n->datamap;
+    cctx_var *key = entry_key(n, 0);
+    hamt_node *src = (hamt_node *)n->slot[2];
+    var_value_release(key, entry_value(n, 0)); /* value first: key callbacks */
+    if (!((src->datamap & bit) != 0 && entry_key(src, below(src->datamap, bit)) == key))
+        var_unref(key);
+    borrow_release(src);
+    /* Small (three slots): where node_dealloc would put it, without its
+     * size test. */
+    if (CCTX_LIKELY(thread_state_peek() != NULL))
+        cctx_dealloc_cached(&node_cache, n);
+    else
+        cctx_dealloc(n);
+}
+
 /* Frees a node its last owner let go of and nobody borrows from. The
  * node freed most often is a leaf of one entry that owns its key (a set
  * into an empty context makes one, and that context's release frees it):
@@ -545,11 +569,18 @@ static __attribute__((noinline)) void node_free_walk(hamt_node *n)
  * none of node_free_walk's walks, and this function stays small enough
  * to need no saved registers on that path. The same order as the walk:
  * the value first (its release callback may use the variable), then the
- * key; the block goes where node_dealloc would put a two-slot node. */
+ * key; the block goes where node_dealloc would put a two-slot node. A
+ * leaf of one entry that borrows its key (a withValue scope's copy of a
+ * one-entry root) takes leaf_free_borrowing, out of line for the same
+ * reason. */
 static void node_free(hamt_node *n)
 {
     uint32_t d = n->datamap;
-    if (CCTX_LIKELY(n->nodemap == 0 && !n->borrows && d != 0 && (d & (d - 1)) == 0)) {
+    if (CCTX_LIKELY(n->nodemap == 0 && d != 0 && (d & (d - 1)) == 0)) {
+        if (CCTX_UNLIKELY(n->borrows)) {
+            leaf_free_borrowing(n);
+            return;
+        }
         cctx_var *key = entry_key(n, 0);
         var_value_release(key, entry_value(n, 0));
         var_unref(key);
@@ -1213,7 +1244,13 @@ static hamt_node *bitmap_replace_lent(hamt_node *n, unsigned i, void *value, boo
     hamt_node *m = node_new(n->size, n->datamap, n->nodemap, nslots + 1);
     if (m == NULL)
         return NULL;
-    memcpy(m->slot, n->slot, nslots * sizeof(void *));
+    if (nslots == 2) {
+        /* A one-entry root (a withValue scope over a context of one
+         * variable): the two slots, without the copy's call. */
+        m->slot[0] = n->slot[0];
+    } else {
+        memcpy(m->slot, n->slot, nslots * sizeof(void *));
+    }
     m->slot[2 * i + 1] = value;
     const bool lent = borrow_acquire(n);
     if (lent) {

@@ -8,7 +8,8 @@
  */
 #include "CContextKitShims.h"
 
-extern bool swift_isUniquelyReferenced_nonNull_native(const void *object) __attribute__((weak));
+/* swift_isUniquelyReferenced_nonNull_native is declared in the header,
+ * for the inline copy. */
 
 #if defined(__clang__)
 #define CCTX_SHIM_SWIFTCALL __attribute__((swiftcall))
@@ -26,7 +27,7 @@ extern uint32_t swift_task_getJobFlags(const void *job) CCTX_SHIM_SWIFTCALL __at
 
 bool cctx_shim_is_uniquely_referenced(const void *object)
 {
-    return swift_isUniquelyReferenced_nonNull_native(object);
+    return cctx_shim_is_uniquely_referenced_inline(object);
 }
 
 uint64_t cctx_shim_task_id(const void *task)

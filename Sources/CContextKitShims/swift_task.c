@@ -17,15 +17,9 @@
 
 #include <stddef.h>
 
-#if defined(__clang__)
-#define CCTX_SWIFTCALL __attribute__((swiftcall))
-#else
-#define CCTX_SWIFTCALL
-#endif
-
-extern void *swift_task_getCurrent(void) CCTX_SWIFTCALL __attribute__((weak));
-
+/* swift_task_getCurrent is declared in the header, for the inline copy
+ * (cctx_swift_current_task_inline) the hot paths use. */
 const void *cctx_swift_current_task(void)
 {
-    return swift_task_getCurrent ? swift_task_getCurrent() : NULL;
+    return cctx_swift_current_task_inline();
 }

@@ -27,19 +27,11 @@
  */
 #include "CContextKitShims.h"
 
-#include <stdatomic.h>
 #include <stddef.h>
 
-#if defined(__clang__)
-#define CCTX_TL_SWIFTCALL __attribute__((swiftcall))
-#else
-#define CCTX_TL_SWIFTCALL
-#endif
-
-extern void swift_task_localValuePush(const void *key, void *value, const void *type) CCTX_TL_SWIFTCALL
-    __attribute__((weak));
-extern void swift_task_localValuePop(void) CCTX_TL_SWIFTCALL __attribute__((weak));
-extern void *swift_task_localValueGet(const void *key) CCTX_TL_SWIFTCALL __attribute__((weak));
+/* The push and the pop are declared in the header (for their inline
+ * copies); the get only here. */
+extern void *swift_task_localValueGet(const void *key) CCTX_SHIM_RUNTIME_SWIFTCALL __attribute__((weak));
 void cctx_shim_task_local_push(const void *key, const void *object, const void *type)
 {
     /* The value's storage: one word holding the reference, which the
@@ -50,28 +42,26 @@ void cctx_shim_task_local_push(const void *key, const void *object, const void *
 
 /* The binding task-local's key and type. Written (the same values) by
  * every register call; the key is stored last with release and loaded
- * with acquire, so a push that sees the key sees the type. */
-static _Atomic(const void *) binding_key;
-static _Atomic(const void *) binding_type;
+ * with acquire, so a push that sees the key sees the type. Plain words
+ * accessed only through the `__atomic` builtins (as `_Atomic` objects they
+ * could not be declared in the header the inline push reads them from). */
+const void *cctx_shim_binding_key;
+const void *cctx_shim_binding_type;
 
 void cctx_shim_task_local_register_binding(const void *key, const void *type)
 {
-    atomic_store_explicit(&binding_type, type, memory_order_relaxed);
-    atomic_store_explicit(&binding_key, key, memory_order_release);
+    __atomic_store_n(&cctx_shim_binding_type, type, __ATOMIC_RELAXED);
+    __atomic_store_n(&cctx_shim_binding_key, key, __ATOMIC_RELEASE);
 }
 
 bool cctx_shim_task_local_push_binding(const void *object)
 {
-    const void *key = atomic_load_explicit(&binding_key, memory_order_acquire);
-    if (key == NULL) return false;
-    const void *value = object;
-    swift_task_localValuePush(key, &value, atomic_load_explicit(&binding_type, memory_order_relaxed));
-    return true;
+    return cctx_shim_task_local_push_binding_inline(object);
 }
 
 void cctx_shim_task_local_pop(void)
 {
-    swift_task_localValuePop();
+    cctx_shim_task_local_pop_inline();
 }
 
 bool cctx_shim_task_local_get_binding(const void **object)
@@ -83,7 +73,7 @@ bool cctx_shim_task_local_get_binding(const void **object)
      * no binding was ever pushed through the shim — but `TaskLocal.withValue`
      * may have pushed one (`Context.runFresh`): the caller
      * registers and asks again rather than answer NULL here. */
-    const void *key = atomic_load_explicit(&binding_key, memory_order_acquire);
+    const void *key = __atomic_load_n(&cctx_shim_binding_key, __ATOMIC_ACQUIRE);
     if (key == NULL) return false;
     /* The storage holds one word: the pushed reference (the shim pushes
      * with `TaskBinding`'s metadata; `withValue` with `TaskBinding?`'s,

@@ -29,8 +29,8 @@ extension Context {
         _ body: nonisolated(nonsending) () async throws -> R,
         file: StaticString = #fileID, line: UInt = #line
     ) async throws -> R {
-        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
-        defer { scope.leave() }
+        let scope = try ContextScope.enter(self, origin: .run)
+        defer { scope.leave(file: file, line: line) }
         return try await TaskBinding.withCurrent(scope.binding, body)
     }
 
@@ -57,7 +57,7 @@ extension Context {
         file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
         let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
-        defer { scope.leave() }
+        defer { scope.leave(file: file, line: line) }
         return try await TaskBinding.withCurrent(scope.binding, body)
     }
 
@@ -72,7 +72,7 @@ extension Context {
     ) async rethrows -> R {
         let scope = ContextScope.enterFresh(
             adopting: cctx_context_retain(handle)!, origin: origin, file: file, line: line)
-        defer { scope.leave() }
+        defer { scope.leave(file: file, line: line) }
         return try await TaskBinding.$current.withValue(scope.object, operation: body, isolation: isolation)
     }
 }

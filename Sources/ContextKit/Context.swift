@@ -144,8 +144,8 @@ public final class Context: Sendable {
     public func run<R>(
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) throws -> R {
-        let scope = try ContextScope.enter(self, origin: .run, file: file, line: line)
-        defer { scope.leave() }
+        let scope = try ContextScope.enter(self, origin: .run)
+        defer { scope.leave(file: file, line: line) }
         return try scope.withCurrent(body)
     }
 
@@ -167,7 +167,7 @@ public final class Context: Sendable {
         _ body: () throws -> R, file: StaticString = #fileID, line: UInt = #line
     ) rethrows -> R {
         let scope = ContextScope.enterFresh(adopting: handle, place: place, origin: origin, file: file, line: line)
-        defer { scope.leave() }
+        defer { scope.leave(file: file, line: line) }
         return try scope.withCurrent(body)
     }
 }
@@ -180,14 +180,22 @@ public final class Context: Sendable {
 /// Noncopyable: a scope is entered and left once, and as a copyable value
 /// held across the body's `await`s it was copied and destroyed through its
 /// value witnesses (a retain/release pair and two calls per scope).
+///
+/// Four words, so that the entry returns the scope in registers: the C
+/// context is the binding's (``handle``), and the caller's `file`/`line`
+/// (needed only by ``leave(file:line:)``'s stops) are passed to the end
+/// instead of being stored (as nine words, returned through memory, the
+/// scope cost ≈ 15 instructions more per scope: docs/performance.md).
 @usableFromInline
 struct ContextScope: ~Copyable {
-    /// The C context entered (by a thread) or claimed (by a task); the
-    /// binding holds its reference, or borrows it from `run`'s caller.
-    let handle: OpaquePointer
+    /// The C context entered (by a thread) or claimed (by a task): the
+    /// binding's, which holds its reference or borrows it from `run`'s
+    /// caller (`handle` changes only in `rebind`, which no one can call on
+    /// the scope's binding while the scope holds it).
+    var handle: OpaquePointer { binding._withUnsafeGuaranteedRef { $0.handle } }
     /// The binding that makes it current for the scope: the scope's one
-    /// reference (+1), which ``leave()`` hands on (the thread's spare) or
-    /// releases. Unmanaged, so that every field of the scope is trivial:
+    /// reference (+1), which ``leave(file:line:)`` hands on (the thread's
+    /// spare) or releases. Unmanaged, so that every field of the scope is trivial:
     /// held strongly, the scope's end released it through the scope's
     /// value witnesses (an outlined destroy calling the generic `Optional`
     /// and `SwiftRetainableBox` witnesses, ≈ 65 instructions more than the
@@ -195,7 +203,7 @@ struct ContextScope: ~Copyable {
     @usableFromInline let binding: Unmanaged<TaskBinding>
 
     /// ``binding`` as an object, borrowed from the scope's reference (which
-    /// lives until ``leave()``).
+    /// lives until ``leave(file:line:)``).
     var object: TaskBinding { binding.takeUnretainedValue() }
     /// The binding the task saw before the scope (for the `exited` event),
     /// unretained: something else keeps it alive for the whole scope — the
@@ -212,9 +220,6 @@ struct ContextScope: ~Copyable {
     /// to the put that restores the enclosing place (see
     /// `cctx_shim_place_cached_id`).
     let enclosingID: UInt64
-    /// Where the scope was opened, for a stop that names the caller.
-    let file: StaticString
-    let line: UInt
 
     /// Enters `context` for a scope: a thread enters it
     /// (`cctx_context_enter`, which notifies watchers), a task claims it
@@ -223,20 +228,18 @@ struct ContextScope: ~Copyable {
     /// - Throws: ``ContextError/contextAlreadyEntered`` when the context is
     ///   entered or claimed anywhere; nothing changed then.
     ///
-    /// Forwards to a free function (``enterContextScope(_:origin:file:line:)``):
+    /// Forwards to a free function (``enterContextScope(_:origin:)``):
     /// a static method's metatype parameter is dead, so the optimizer
     /// specialised the method without it and left the entry point an
     /// inlinable caller calls as a thunk (≈ 30 instructions: a second frame
     /// and a copy of the scope).
     @inlinable @inline(__always)
-    static func enter(
-        _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
-    ) throws(ContextError) -> ContextScope {
-        try enterContextScope(context, origin: consume origin, file: file, line: line)
+    static func enter(_ context: Context, origin: consuming FrameOrigin) throws(ContextError) -> ContextScope {
+        try enterContextScope(context, origin: consume origin)
     }
 
     /// As ``enterFresh(adopting:place:origin:file:line:)``, through a free
-    /// function for the same reason as ``enter(_:origin:file:line:)``.
+    /// function for the same reason as ``enter(_:origin:)``.
     @inlinable @inline(__always)
     static func enterFresh(
         adopting handle: OpaquePointer, place known: cctx_shim_place? = nil, origin: consuming FrameOrigin,
@@ -245,27 +248,7 @@ struct ContextScope: ~Copyable {
         enterFreshContextScope(adopting: handle, place: known, origin: consume origin, file: file, line: line)
     }
 
-    /// ``enter(_:origin:file:line:)``.
-    @usableFromInline
-    static func enterOutOfLine(
-        _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
-    ) throws(ContextError) -> ContextScope {
-        // Inlined (`cctx_shim_current_place_inline`): outside any task the
-        // out-of-line call was a frame around the runtime's answer and
-        // nothing else.
-        let place = cctx_shim_current_place_inline()
-        if place.task == nil {
-            try check(cctx_context_enter(context.handle))
-        } else {
-            try check(cctx_context_claim(context.handle))
-        }
-        // Borrowed: `context` (the caller's `self`) is alive for the whole
-        // scope (see `TaskBinding.borrowsHandle`).
-        return ContextScope(
-            adopting: context.handle, borrowed: true, place: place, origin: consume origin, file: file, line: line)
-    }
-
-    /// As ``enter(_:origin:file:line:)`` for a C context nobody else can
+    /// As ``enter(_:origin:)`` for a C context nobody else can
     /// have entered (the caller just made it), whose reference the scope's
     /// binding takes over.
     /// `place`: `cctx_shim_current_place()` if the caller has just asked
@@ -277,7 +260,7 @@ struct ContextScope: ~Copyable {
         let place = known ?? cctx_shim_current_place_inline()
         let status = place.task == nil ? cctx_context_enter(handle) : cctx_context_claim(handle)
         checkOrTrap(status, "entering a new Context", file: file, line: line)
-        return ContextScope(adopting: handle, borrowed: false, place: place, origin: consume origin, file: file, line: line)
+        return ContextScope(adopting: handle, borrowed: false, place: place, origin: consume origin)
     }
 
     /// `place`: `cctx_shim_current_place()` as the caller asked it, right
@@ -285,9 +268,9 @@ struct ContextScope: ~Copyable {
     /// `handle`: one reference, which the binding takes over; or, when
     /// `borrowed`, a context the caller keeps alive until the scope has
     /// ended (`TaskBinding.borrowsHandle`).
-    private init(
-        adopting handle: OpaquePointer, borrowed: Bool, place: cctx_shim_place, origin: consuming FrameOrigin,
-        file: StaticString, line: UInt
+    @inline(__always)
+    fileprivate init(
+        adopting handle: OpaquePointer, borrowed: Bool, place: cctx_shim_place, origin: consuming FrameOrigin
     ) {
         let task = place.task
         var place = place
@@ -340,7 +323,6 @@ struct ContextScope: ~Copyable {
             enclosingOwned = false
         }
         enclosingID = task.map { cctx_shim_place_cached_id($0) } ?? 0
-        self.handle = handle
         // The thread's spare binding when it has one (`TaskBinding.park`),
         // in a task or outside any: no allocation.
         if let spare = TaskBinding.takeSpare() {
@@ -360,8 +342,6 @@ struct ContextScope: ~Copyable {
                 TaskBinding(adopting: handle, borrowed: borrowed, owner: task, origin: consume origin, enclosing: enclosing))
         }
         self.enclosing = task == nil ? nil : enclosing
-        self.file = file
-        self.line = line
         if task != nil {
             // After the watchers (which may read and cache the enclosing
             // place), before the task-local push: the task reads nothing
@@ -380,9 +360,27 @@ struct ContextScope: ~Copyable {
 
     /// Ends the scope: a thread exits the context, a task unclaims it and
     /// notifies watchers of `exited` with the context it sees again (the
-    /// enclosing binding's, or none).
-    @usableFromInline
-    func leave() {
+    /// enclosing binding's, or none). `file`/`line`: where the scope was
+    /// opened, for a stop that names the caller.
+    ///
+    /// The stops are the caller's (inlined): ``end()`` returns which one,
+    /// so that `file`/`line` — constants in the caller — are not held in
+    /// registers (saved and spilled) across ``end()``'s calls.
+    ///
+    /// A thread's scope (no owner task) ends through
+    /// ``endThreadScope(_:)``, which takes the binding alone: the scope's
+    /// other words, passed in registers, were kept across its calls.
+    @inlinable @inline(__always)
+    func leave(file: StaticString, line: UInt) {
+        let onThread = binding._withUnsafeGuaranteedRef { $0.owner == nil }
+        let failure = onThread ? endThreadScope(binding) : end()
+        if failure != 0 { ContextScope.endFailed(failure, file: file, line: line) }
+    }
+
+    /// The start of ``end()``, for both kinds of scope: the binding is
+    /// no longer active; whether it escaped, frozen if so; and its owner.
+    @inline(__always)
+    fileprivate static func endBegin(_ binding: Unmanaged<TaskBinding>) -> (owner: UnsafeRawPointer?, escaped: Bool) {
         // Borrowed from the scope's reference (no retain/release around the
         // calls below).
         let owner = binding._withUnsafeGuaranteedRef { binding in
@@ -393,30 +391,49 @@ struct ContextScope: ~Copyable {
         // reference is the only one. Asked of the object itself, so that
         // no temporary copy (an unoptimised build makes them) reads as a
         // second holder.
-        let escaped = !cctx_shim_is_uniquely_referenced(binding.toOpaque())
-        // Before the exit/unclaim below: once the context is free, another
-        // scope may enter it and write (see `TaskBinding`, "After the scope").
+        let escaped = !cctx_shim_is_uniquely_referenced_inline(binding.toOpaque())
+        // Before the exit/unclaim: once the context is free, another scope
+        // may enter it and write (see `TaskBinding`, "After the scope").
         if escaped { binding._withUnsafeGuaranteedRef { $0.freezeEscaped() } }
-        // The task-local pop has just happened; the exited watchers below
-        // may read. (A thread's `cctx_context_exit` sends its own `exited`.)
-        guard let task = owner else {
-            let status = cctx_context_exit(handle)
-            if status != CCTX_OK {
-                fatalError(
-                    "Context.run: cannot exit context: it is not the current context of this thread "
-                        + "(code inside the body entered a context with cctx_context_enter and did not exit it)",
-                    file: file, line: line)
-            }
-            // The scope's reference: parked as the thread's spare, or
-            // released.
-            if escaped { binding.release() } else { TaskBinding.park(binding) }
-            return
+        return (owner, escaped)
+    }
+
+    /// The rest of a thread's end. The task-local pop has just happened;
+    /// `cctx_context_exit` sends the thread's own `exited`.
+    @inline(__always)
+    fileprivate static func finishOnThread(_ binding: Unmanaged<TaskBinding>, escaped: Bool) -> UInt8 {
+        // The binding's context (its `handle` changes only in `rebind`,
+        // which nothing can call on it before it is parked below).
+        if cctx_context_exit(binding._withUnsafeGuaranteedRef { $0.handle }) != CCTX_OK { return 1 }
+        // The scope's reference: parked as the thread's spare, or
+        // released.
+        if escaped { binding.release() } else { TaskBinding.park(binding) }
+        return 0
+    }
+
+    /// ``leave(file:line:)``'s stop: `failure` is what ``end()`` returned.
+    @usableFromInline @inline(never)
+    static func endFailed(_ failure: UInt8, file: StaticString, line: UInt) -> Never {
+        if failure == 1 {
+            fatalError(
+                "Context.run: cannot exit context: it is not the current context of this thread "
+                    + "(code inside the body entered a context with cctx_context_enter and did not exit it)",
+                file: file, line: line)
         }
+        fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
+    }
+
+    /// ``leave(file:line:)`` up to its stops: 0 when the scope ended; 1
+    /// when the thread could not exit the context, 2 when the task could
+    /// not unclaim it (the caller stops then, as the end did before when it
+    /// stopped itself at that point: nothing after it ran). `leave` sends a
+    /// thread's scope to ``endThreadScope(_:)``; this one ends either kind.
+    @usableFromInline
+    func end() -> UInt8 {
+        let (owner, escaped) = ContextScope.endBegin(binding)
+        guard let task = owner else { return ContextScope.finishOnThread(binding, escaped: escaped) }
         TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned, id: enclosingID)
-        let status = cctx_context_unclaim(handle)
-        if status != CCTX_OK {
-            fatalError("ContextKit internal error: a claimed context was not claimed", file: file, line: line)
-        }
+        if cctx_context_unclaim(handle) != CCTX_OK { return 2 }
         // Asked again here, not remembered from the scope's start: a
         // watcher added inside the scope (on this task, or on another
         // thread before something that orders it before this end) gets
@@ -432,10 +449,11 @@ struct ContextScope: ~Copyable {
         // and released it after `leave`): parked as the spare of the thread
         // the scope ends on (`TaskBinding.park`), or released.
         if escaped { binding.release() } else { TaskBinding.park(binding) }
+        return 0
     }
 
-    /// ``leave()``'s `exited` event for a task scope, when a watcher is
-    /// installed: the context the task sees again (the enclosing
+    /// ``leave(file:line:)``'s `exited` event for a task scope, when a
+    /// watcher is installed: the context the task sees again (the enclosing
     /// binding's, or none), with the enclosing binding's write count bumped
     /// around the callbacks when the task owns it.
     private func notifyExited() {
@@ -465,17 +483,37 @@ struct ContextScope: ~Copyable {
     }
 }
 
-/// ``ContextScope/enter(_:origin:file:line:)``, as a free function (see
-/// there why).
+/// ``ContextScope/end()`` for a thread's scope (its binding has no owner
+/// task): ``ContextScope/leave(file:line:)`` calls it with the binding
+/// alone. A free function for the reason ``enterContextScope(_:origin:)``
+/// gives.
 @usableFromInline
-func enterContextScope(
-    _ context: Context, origin: consuming FrameOrigin, file: StaticString, line: UInt
-) throws(ContextError) -> ContextScope {
-    try ContextScope.enterOutOfLine(context, origin: consume origin, file: file, line: line)
+func endThreadScope(_ binding: Unmanaged<TaskBinding>) -> UInt8 {
+    ContextScope.finishOnThread(binding, escaped: ContextScope.endBegin(binding).escaped)
+}
+
+/// ``ContextScope/enter(_:origin:)``, as a free function (see there why;
+/// the body is here, not in a static method it forwards to: such a method
+/// got a dead-metatype specialisation, and the forwarding a thunk to it, 7
+/// instructions).
+@usableFromInline
+func enterContextScope(_ context: Context, origin: consuming FrameOrigin) throws(ContextError) -> ContextScope {
+    // Inlined (`cctx_shim_current_place_inline`): outside any task the
+    // out-of-line call was a frame around the runtime's answer and
+    // nothing else.
+    let place = cctx_shim_current_place_inline()
+    if place.task == nil {
+        try check(cctx_context_enter(context.handle))
+    } else {
+        try check(cctx_context_claim(context.handle))
+    }
+    // Borrowed: `context` (the caller's `self`) is alive for the whole
+    // scope (see `TaskBinding.borrowsHandle`).
+    return ContextScope(adopting: context.handle, borrowed: true, place: place, origin: consume origin)
 }
 
 /// ``ContextScope/enterFresh(adopting:place:origin:file:line:)``, as a free
-/// function (see ``ContextScope/enter(_:origin:file:line:)`` why).
+/// function (see ``ContextScope/enter(_:origin:)`` why).
 @usableFromInline
 func enterFreshContextScope(
     adopting handle: OpaquePointer, place: cctx_shim_place?, origin: consuming FrameOrigin,

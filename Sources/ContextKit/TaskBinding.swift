@@ -642,7 +642,7 @@ extension TaskBinding {
     @inlinable @inline(__always)
     static func push(retaining binding: Unmanaged<TaskBinding>) {
         let object = binding.retain().toOpaque()
-        if !cctx_shim_task_local_push_binding(object) { pushRegistering(object) }
+        if !cctx_shim_task_local_push_binding_inline(object) { pushRegistering(object) }
     }
 
     /// ``current`` unretained, read without the generic `TaskLocal.get`
@@ -681,7 +681,7 @@ extension TaskBinding {
         let previous = onThread ? cctx_shim_thread_scope_binding_exchange(UnsafeRawPointer(object.toOpaque())) : nil
         defer { if onThread { _ = cctx_shim_thread_scope_binding_exchange(previous) } }
         push(retaining: object)
-        defer { cctx_shim_task_local_pop() }
+        defer { cctx_shim_task_local_pop_inline() }
         return try body()
     }
 
@@ -707,7 +707,7 @@ extension TaskBinding {
         _ binding: Unmanaged<TaskBinding>, _ body: nonisolated(nonsending) () async throws -> R
     ) async rethrows -> R {
         push(retaining: binding)
-        defer { cctx_shim_task_local_pop() }
+        defer { cctx_shim_task_local_pop_inline() }
         return try await body()
     }
 }

@@ -223,6 +223,81 @@ static void test_replace_in_a_shared_root_with_a_child(void **state)
     hamt_release(base);
 }
 
+/* The copy a withValue scope makes of a one-entry context: a leaf of one
+ * entry that borrows its key from the shared root it replaced the value
+ * of (bitmap_replace_lent's two-slot copy), and its free at the scope's
+ * end (leaf_free_borrowing: the walk's steps without its loops). In both
+ * release orders each map keeps its own value, the key is never counted
+ * (borrowed) and is released with its last map; and a one-entry leaf whose
+ * key its source does not hold (a copy of a copy that deleted the
+ * borrowed key) counts and releases that key itself. */
+static void test_one_entry_copy_of_a_shared_root(void **state)
+{
+    (void)state;
+    const long allocs = cctx__live_allocations();
+    /* The copy goes first. */
+    hamt_node *base = map_of(keys, 1);
+    hamt_retain(base); /* a second map holds it: shared */
+    hamt_node *c = with(base, keys[0], 101);
+    assert_int_equal(hamt_check(c), 0);
+    assert_int_equal(hamt_shape_at(c, "").entries, 1);
+    assert_ptr_equal(hamt_shape_at(c, "").source, base);
+    assert_int_equal(hamt_shape_at(base, "").borrowers, 1);
+    assert_int_equal(var_count(keys[0]), 2); /* the base's and the user's */
+    assert_int_equal(id_in(c, keys[0]), 101);
+    assert_int_equal(id_in(base, keys[0]), 1);
+    assert_int_equal(tv_live(), 2);
+    hamt_release(c);
+    assert_int_equal(tv_live(), 1);
+    assert_int_equal(hamt_shape_at(base, "").borrowers, 0);
+    assert_int_equal(var_count(keys[0]), 2);
+    assert_int_equal(id_in(base, keys[0]), 1);
+    hamt_release(base);
+    hamt_release(base);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), allocs);
+
+    /* The source's owners go first, then the user's variable: the copy's
+     * borrow keeps the key; its free releases the source's memory and the
+     * variable (itself and its name). */
+    base = map_of(keys, 1);
+    hamt_retain(base);
+    c = with(base, keys[0], 101);
+    hamt_release(base);
+    hamt_release(base);
+    assert_int_equal(tv_live(), 1); /* the base's value went with it */
+    const long before = cctx__live_allocations();
+    cctx_var_release(keys[0]);
+    assert_true(var_is_valid(keys[0]));
+    assert_int_equal(cctx__live_allocations(), before);
+    assert_int_equal(id_in(c, keys[0]), 101);
+    hamt_release(c);
+    assert_int_equal(tv_live(), 0);
+    assert_int_equal(cctx__live_allocations(), before - 2 - 2);
+    keys[0] = key_with_hash(0); /* for the teardown */
+
+    /* A one-entry leaf borrowing from a source that lacks its key. */
+    base = map_of(keys, 1);
+    hamt_retain(base);
+    hamt_node *c1 = with(base, keys[1], 100);
+    hamt_retain(c1); /* shared too: the delete copies it */
+    hamt_node *d = without(c1, keys[0]);
+    assert_int_equal(hamt_check(d), 0);
+    assert_int_equal(hamt_shape_at(d, "").entries, 1);
+    assert_ptr_equal(hamt_shape_at(d, "").source, base);
+    assert_int_equal(var_count(keys[1]), 3); /* owned by c1 and d */
+    hamt_release(c1);
+    hamt_release(c1);
+    assert_int_equal(var_count(keys[1]), 2);
+    assert_int_equal(id_in(d, keys[1]), 100);
+    hamt_release(d);
+    assert_int_equal(var_count(keys[1]), 1);
+    assert_int_equal(hamt_shape_at(base, "").borrowers, 0);
+    hamt_release(base);
+    hamt_release(base);
+    assert_int_equal(tv_live(), 0);
+}
+
 /* Deleting a borrowed key and putting it back at its place: no reference
  * count moves, nothing leaks, nothing is dropped twice (valgrind, ASan). */
 static void test_delete_and_reinsert_of_a_borrowed_key(void **state)
@@ -756,6 +831,7 @@ int main(void)
             test_deleted_variable_and_its_default_live_until_the_borrower_goes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_orphaned_source_is_not_passed_on, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_in_a_shared_root_with_a_child, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_entry_copy_of_a_shared_root, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_borrow_count_falls_back_to_owned_keys, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_random_copies_replaces_and_releases_match_a_model,

@@ -1,3 +1,4 @@
+import CContextCore
 import Testing
 @testable import ContextKit
 
@@ -126,5 +127,25 @@ import Testing
         #expect(ok)
         #expect(counter.alive == 0)
         #expect(seen.value == Array(repeating: 42, count: 50))
+    }
+
+    /// A body that leaves a C context entered stops the process at the
+    /// scope's end, naming the `run` call (file and line): the stop the
+    /// scope's end reports to its inlined caller, which holds the location
+    /// (`ContextScope.leave(file:line:)`). On a thread outside any task,
+    /// where the scope enters the context (a task's scope claims it).
+    @Test func aBodyThatLeavesAContextEnteredStopsAtTheRunCall() async {
+        let result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
+            onNewThread {
+                let outer = Context()
+                let inner = Context()
+                try? outer.run {  // the stop names this line
+                    _ = inner.withUnsafeHandle { cctx_context_enter($0) }
+                }
+            }
+        }
+        let text = String(decoding: result?.standardErrorContent ?? [], as: UTF8.self)
+        #expect(text.contains("cannot exit context: it is not the current context of this thread"))
+        #expect(text.contains("SyncScopeTests.swift:"))
     }
 }

@@ -1,7 +1,9 @@
 /*
  * CContextKitShims — what only the Swift facade needs from C: the Swift
  * runtime entry points it calls, each behind a one-line C function (as
- * swift-nio keeps CNIOLinux).
+ * swift-nio keeps CNIOLinux); the ones every scope calls also as inline
+ * functions below that call the runtime directly (`…_inline`), declared
+ * here for that.
  *
  * Why a target of its own: the C runtime (CContextCore, contextcore.h) is
  * usable from plain C with no Swift present, so it must not carry calls into
@@ -38,6 +40,27 @@ extern "C" {
  *  never to dereference), or NULL outside any task. */
 const void *cctx_swift_current_task(void);
 
+/*
+ * The runtime's entry point behind cctx_swift_current_task (swift_task.c
+ * argues the call: no argument, a +0 pointer in the ordinary return
+ * register under both calling conventions), declared here so that the
+ * inline checks below call it directly: through cctx_swift_current_task
+ * every scope and read paid a frame around a tail call (≈ 5 instructions).
+ * Weak, as there: a program without the Concurrency runtime still links.
+ */
+#if defined(__clang__)
+#define CCTX_SHIM_RUNTIME_SWIFTCALL __attribute__((swiftcall))
+#else
+#define CCTX_SHIM_RUNTIME_SWIFTCALL
+#endif
+extern void *swift_task_getCurrent(void) CCTX_SHIM_RUNTIME_SWIFTCALL __attribute__((weak));
+
+/** cctx_swift_current_task, inlined into the caller. */
+static inline const void *cctx_swift_current_task_inline(void)
+{
+    return swift_task_getCurrent ? swift_task_getCurrent() : NULL;
+}
+
 /**
  * Whether the native Swift object `object` (non-NULL, borrowed) has exactly
  * one strong reference: the runtime's
@@ -47,6 +70,18 @@ const void *cctx_swift_current_task(void);
  * so "unique" means the task has completed and nothing else refers to it.
  */
 bool cctx_shim_is_uniquely_referenced(const void *object);
+
+/* The runtime's entry point behind it (C calling convention; shims.c),
+ * declared here for the inline copy below. */
+extern bool swift_isUniquelyReferenced_nonNull_native(const void *object) __attribute__((weak));
+
+/** cctx_shim_is_uniquely_referenced, inlined into the caller: the scope's
+ *  end asks it once per scope, and the shim's frame around the runtime's
+ *  call was most of the shim. */
+static inline bool cctx_shim_is_uniquely_referenced_inline(const void *object)
+{
+    return swift_isUniquelyReferenced_nonNull_native(object);
+}
 
 /**
  * The unique id of the task `task` (non-NULL, borrowed, alive): the
@@ -178,13 +213,13 @@ cctx_shim_place cctx_shim_place_check_id(const void *task);
 
 /**
  * cctx_shim_current_place, inlined into the caller: one call (the running
- * task, a tail call into the runtime) instead of two frames, so that a read
+ * task, straight into the runtime) instead of two frames, so that a read
  * outside any task pays the runtime's answer and little else. The one
  * copy of the check: cctx_shim_current_place is this, out of line.
  */
 static inline cctx_shim_place cctx_shim_current_place_inline(void)
 {
-    cctx_shim_place place = {cctx_swift_current_task(), NULL};
+    cctx_shim_place place = {cctx_swift_current_task_inline(), NULL};
     if (place.task == NULL)
         return place;
     cctx_shim_place_entry *entry = &cctx_shim_place_cache;
@@ -355,12 +390,55 @@ void cctx_shim_task_local_push(const void *key, const void *object, const void *
  */
 bool cctx_shim_task_local_push_binding(const void *object);
 
+/*
+ * The key and type cctx_shim_task_local_register_binding() records, and
+ * the runtime's push and pop, for the inline copies below (task_local.c
+ * defines the two words and argues their order: the key is stored last
+ * with release and loaded with acquire, so a push that sees the key sees
+ * the type; and the runtime calls' ABI). Visible to Swift clients that
+ * inline a scope; nothing else touches them.
+ */
+extern const void *cctx_shim_binding_key
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((visibility("default")))
+#endif
+    ;
+extern const void *cctx_shim_binding_type
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((visibility("default")))
+#endif
+    ;
+extern void swift_task_localValuePush(const void *key, void *value, const void *type)
+    CCTX_SHIM_RUNTIME_SWIFTCALL __attribute__((weak));
+extern void swift_task_localValuePop(void) CCTX_SHIM_RUNTIME_SWIFTCALL __attribute__((weak));
+
+/** cctx_shim_task_local_push_binding, inlined into the caller (every
+ *  scope's push): the shim's frame and its copy of the value word were a
+ *  third of its cost. */
+static inline bool cctx_shim_task_local_push_binding_inline(const void *object)
+{
+    const void *key = __atomic_load_n(&cctx_shim_binding_key, __ATOMIC_ACQUIRE);
+    if (key == NULL)
+        return false;
+    /* The value's storage: one word holding the reference, which the
+     * runtime takes over (initializeWithTake: a move, no retain). */
+    const void *value = object;
+    swift_task_localValuePush(key, &value, __atomic_load_n(&cctx_shim_binding_type, __ATOMIC_RELAXED));
+    return true;
+}
+
 /** Records the key and type cctx_shim_task_local_push_binding() uses
  * (the same values from every caller; any thread, any number of times). */
 void cctx_shim_task_local_register_binding(const void *key, const void *type);
 
 /** Ends the innermost task-local binding (`swift_task_localValuePop`). */
 void cctx_shim_task_local_pop(void);
+
+/** cctx_shim_task_local_pop, inlined into the caller. */
+static inline void cctx_shim_task_local_pop_inline(void)
+{
+    swift_task_localValuePop();
+}
 
 /**
  * Reads the task-local cctx_shim_task_local_register_binding() named for
