@@ -88,7 +88,7 @@ bool cctx_shim_task_local_unbound(void)
     /* As cctx_shim_task_local_get_binding (acquire: a key seen comes with
      * its type). No key: no push through the shim yet, but one through
      * `TaskLocal.withValue` may have happened; answer "cannot tell". */
-    const void *key = atomic_load_explicit(&binding_key, memory_order_acquire);
+    const void *key = __atomic_load_n(&cctx_shim_binding_key, __ATOMIC_ACQUIRE);
     if (key == NULL) return false;
     const void *const *storage = swift_task_localValueGet(key);
     return storage == NULL || *storage == NULL;
