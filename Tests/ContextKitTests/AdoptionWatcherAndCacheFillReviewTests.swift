@@ -307,12 +307,7 @@ extension AdoptionWatcherAndCacheFillReviewTests {
     let c = Context()
     let after = try! c.run { () -> [Int] in
         v.set(5)
-        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
-        _ = probe
-        probe = nil
-        let read = v.value ?? -1
-        v.set(6)
-        return [read, v.value ?? -1]
+        return releaseProbeThenReadAndSet(v, w, to: 6)
     }
     return after + [c[v] ?? -1]
 }
@@ -327,18 +322,27 @@ extension AdoptionWatcherAndCacheFillReviewTests {
     w.withValue(1) { _ = w.value }
 }
 
+/// Releases an `IsolatedDeinitProbe` running `isolatedDeinitBody` on the
+/// actor (its deinit runs inline), then returns what the caller's scope
+/// reads of `v` after it and after `v.set(value)`.
+@ReviewActor func releaseProbeThenReadAndSet(
+    _ v: ContextVar<Int>, _ w: ContextVar<Int>, to value: Int
+) -> [Int] {
+    var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
+    _ = probe
+    probe = nil
+    let read = v.value ?? -1
+    v.set(value)
+    return [read, v.value ?? -1]
+}
+
 /// The isolated-deinit scenario in an async `Context.run` on the actor.
 @ReviewActor func isolatedDeinitAsyncRunScenario(_ v: ContextVar<Int>, _ w: ContextVar<Int>) async -> [Int] {
     let c = Context()
     let after = try! await c.run { () async -> [Int] in
         v.set(5)
         await Task.yield()
-        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
-        _ = probe
-        probe = nil
-        let read = v.value ?? -1
-        v.set(6)
-        return [read, v.value ?? -1]
+        return releaseProbeThenReadAndSet(v, w, to: 6)
     }
     return after + [c[v] ?? -1]
 }
@@ -348,27 +352,16 @@ extension AdoptionWatcherAndCacheFillReviewTests {
 @ReviewActor func isolatedDeinitWithValueScenario(_ v: ContextVar<Int>, _ w: ContextVar<Int>) async -> [Int] {
     v.set(1)
     var result = v.withValue(5) { () -> [Int] in
-        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
-        _ = probe
-        probe = nil
-        let read = v.value ?? -1
-        v.set(6)
-        return [read, v.value ?? -1]
+        return releaseProbeThenReadAndSet(v, w, to: 6)
     }
     result.append(v.value ?? -1)
     result += await v.withValue(7) { () async -> [Int] in
         await Task.yield()
-        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
-        _ = probe
-        probe = nil
-        let read = v.value ?? -1
-        v.set(8)
-        return [read, v.value ?? -1]
+        return releaseProbeThenReadAndSet(v, w, to: 8)
     }
     result.append(v.value ?? -1)
     return result
 }
-
 
 /// The isolated-deinit scenario in a `Task {}` that inherited the `run`'s
 /// binding: its read after the deinit, its read after a `set` of `v`, its
@@ -381,12 +374,7 @@ extension AdoptionWatcherAndCacheFillReviewTests {
         v.set(5)
         u.set(2)
         let child = Task { @ReviewActor () -> [Int] in
-            var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
-            _ = probe
-            probe = nil
-            let read = v.value ?? -1
-            v.set(6)
-            return [read, v.value ?? -1, u.value ?? -1]
+            releaseProbeThenReadAndSet(v, w, to: 6) + [u.value ?? -1]
         }
         let seen = await child.value
         return seen + [v.value ?? -1]
