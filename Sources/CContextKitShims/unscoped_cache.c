@@ -71,6 +71,12 @@ void cctx_shim_unscoped_filter_remove(uint64_t id)
     atomic_fetch_sub_explicit(&unscoped_filter[id % CCTX_FILTER_SLOTS], 1, memory_order_relaxed);
 }
 
+bool cctx_shim_unscoped_filter_may_hold(const void *task, uint64_t id)
+{
+    if (id == 0) id = swift_task_getJobTaskId(task);
+    return atomic_load_explicit(&unscoped_filter[id % CCTX_FILTER_SLOTS], memory_order_relaxed) != 0;
+}
+
 bool cctx_shim_unscoped_probe(const void *task, const void **binding, uint64_t *id)
 {
     const uint64_t task_id = swift_task_getJobTaskId(task);

@@ -432,7 +432,18 @@ struct ContextScope: ~Copyable {
     func end() -> UInt8 {
         let (owner, escaped) = ContextScope.endBegin(binding)
         guard let task = owner else { return ContextScope.finishOnThread(binding, escaped: escaped) }
-        TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned, id: enclosingID)
+        if enclosingOwned || !cctx_shim_unscoped_filter_may_hold(task, enclosingID) {
+            TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned, id: enclosingID)
+        } else {
+            // The task may have made its unscoped binding inside the scope
+            // (only where it could not see the scope: an isolated deinit's
+            // `set`, with the task-locals hidden), and the place it
+            // started from (none, or an inherited binding) would then hide
+            // that binding until the next place change anywhere. Rare (the
+            // task started the scope with no unscoped binding, and its slot
+            // in the table's filter is taken): let its next read resolve.
+            TaskBinding.placeUnknown()
+        }
         if cctx_context_unclaim(handle) != CCTX_OK { return 2 }
         // Asked again here, not remembered from the scope's start: a
         // watcher added inside the scope (on this task, or on another

@@ -274,6 +274,54 @@ import Glibc
 }
 
 extension AdoptionWatcherAndCacheFillReviewTests {
+    /// A `set` in an isolated deinit, outside any scope opened there,
+    /// cannot see the enclosing `run` (the task-locals are hidden): it
+    /// makes the task's unscoped binding. After the deinit the `run` reads
+    /// its own value; once the `run` ends, the task must read the unscoped
+    /// binding at once and on every later read. Failed when the scope's
+    /// end restored the place it started from (no binding): the first
+    /// read after the `run` gave -1 and a read after the next place change
+    /// anywhere gave 9. Both a task with no binding and one that inherited
+    /// a binding (`Task {}` inside a `run`: its unscoped binding is made
+    /// from what it sees in the deinit, nothing, so it holds 9 alone).
+    @Test func aSetInAnIsolatedDeinitIsReadAfterTheScopeEnds() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review_isolated_set_v")
+            let u = ContextVar<Int>("review_isolated_set_u")
+            await expectInDetachedTask([5, 9, 9], [5, 9, 9]) {
+                let bare = await isolatedDeinitSetScenario(v)
+                let inherited = try await Context().run { () async -> [Int] in
+                    u.set(1)
+                    return await Task { await isolatedDeinitSetScenario(v) }.value
+                }
+                return (bare, inherited)
+            }
+        }
+    }
+}
+
+/// Sets `v` in an isolated deinit released inside a sync `run` (with the
+/// place generation moved first, as any other task's scope may, so that
+/// the deinit resolves its place with the task-locals hidden): what the
+/// `run` reads after the deinit, the first read after the `run`, and a read
+/// after the next place change.
+@ReviewActor func isolatedDeinitSetScenario(_ v: ContextVar<Int>) -> [Int] {
+    let inRun = try! Context().run { () -> Int in
+        v.set(5)
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            v.set(9)
+        }
+        _ = probe
+        probe = nil
+        return v.value ?? -1
+    }
+    let after = v.value ?? -1
+    Context.withCurrentUnsafeHandle { _, _ in }
+    return [inRun, after, v.value ?? -1]
+}
+
+extension AdoptionWatcherAndCacheFillReviewTests {
     /// A task that inherited a binding (a `Task {}` made inside a `run`)
     /// releases the probe: its task-locals are hidden too, so a place
     /// resolved in the deinit names no binding. After the deinit the task

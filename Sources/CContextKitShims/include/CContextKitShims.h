@@ -134,6 +134,11 @@ void cctx_shim_unscoped_filter_add(uint64_t id);
 /** Uncounts an entry of `id` (after the entry left the table). */
 void cctx_shim_unscoped_filter_remove(uint64_t id);
 
+/** Whether the running task `task` may have an unscoped binding: its
+ * filter slot is not 0 (a false positive when another task shares the
+ * slot). `id`: the task's id if known, else 0 (asked of the runtime). */
+bool cctx_shim_unscoped_filter_may_hold(const void *task, uint64_t id);
+
 /**
  * The process-wide place generation: bumped by ContextKit right after any
  * task binds or unbinds a scope or makes its unscoped binding
