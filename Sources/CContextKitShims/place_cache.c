@@ -42,8 +42,11 @@
  * is marked `unbound` (with the marker there it reads none, so an entry
  * naming a binding the task-local gave never needs it): a resolution
  * knows; a put that restores or makes a place (TaskBinding.placeChanged)
- * marks none and the task's unscoped binding, the latter conservatively
- * (a check that fails only costs a resolution). Its hit checks that the
+ * marks none, and the task's unscoped binding unless its task's last
+ * resolution that found it read an inherited binding
+ * (TaskBinding.readInherited: then no marker was there, and the task's
+ * inherited binding never changes; a check that fails only costs one
+ * resolution, which sets the flag). Its hit checks that the
  * task-local still reads none (cctx_shim_task_local_unbound). Sound: a
  * resolution depends only on what the task-local reads and on the task's
  * unscoped binding, whose making bumps the generation; so while the

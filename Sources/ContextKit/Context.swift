@@ -416,7 +416,7 @@ struct ContextScope: ~Copyable {
     static func endFailed(_ failure: UInt8, file: StaticString, line: UInt) -> Never {
         if failure == 1 {
             fatalError(
-                "Context.run: cannot exit context: it is not the current context of this thread "
+                "Context.run / withValue: cannot exit context: it is not the current context of this thread "
                     + "(code inside the body entered a context with cctx_context_enter and did not exit it)",
                 file: file, line: line)
         }

@@ -14,12 +14,21 @@ extension ContextVar {
     /// `nonisolated(nonsending)`: runs on the caller's executor, with no hop
     /// in or out. `@inlinable`, as the async `Context.run`:
     /// the scope runs in the caller's async frame.
+    ///
+    /// - Parameters:
+    ///   - value: the value inside `operation` and the child tasks it creates.
+    ///   - operation: the code to run.
+    ///   - file: the caller's file, named by a stop (defaults to the call site).
+    ///   - line: the caller's line, named by a stop.
+    /// - Returns: what `operation` returns.
     @inlinable
     public nonisolated(nonsending) func withValue<R>(
         _ value: Value,
-        operation: nonisolated(nonsending) () async throws -> R
+        operation: nonisolated(nonsending) () async throws -> R,
+        file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
         let (copy, place) = copyWithValue(value)
-        return try await Context.runFresh(adopting: copy, place: place, origin: .withValue(variable: name), operation)
+        return try await Context.runFresh(
+            adopting: copy, place: place, origin: .withValue(variable: name), operation, file: file, line: line)
     }
 }

@@ -412,10 +412,22 @@ extension ContextVar {
     ///
     /// `@inlinable` (as the asynchronous `withValue`): the scope runs in the
     /// caller's frame, specialised for `Value` and `R`.
+    ///
+    /// - Parameters:
+    ///   - value: the value inside `operation`.
+    ///   - operation: the code to run.
+    ///   - file: the caller's file: a body that leaves a C context entered
+    ///     (`cctx_context_enter` without its exit) stops the process with a
+    ///     message naming this call (defaults to the call site).
+    ///   - line: the caller's line, named by that stop.
+    /// - Returns: what `operation` returns.
     @inlinable
-    public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
+    public func withValue<R>(
+        _ value: Value, operation: () throws -> R, file: StaticString = #fileID, line: UInt = #line
+    ) rethrows -> R {
         let (copy, place) = copyWithValue(value)
-        return try Context.runFresh(adopting: copy, place: place, origin: .withValue(variable: name), operation)
+        return try Context.runFresh(
+            adopting: copy, place: place, origin: .withValue(variable: name), operation, file: file, line: line)
     }
 
     /// Sets this variable to `value` in `context`, which the caller has just

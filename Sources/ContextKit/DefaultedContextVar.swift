@@ -84,9 +84,13 @@ public struct DefaultedContextVar<Value: Sendable>: Sendable, Hashable, CustomSt
     /// - Parameters:
     ///   - value: the value inside `operation`.
     ///   - operation: the code to run.
+    ///   - file: the caller's file, named by a stop (defaults to the call site).
+    ///   - line: the caller's line, named by a stop.
     /// - Returns: what `operation` returns.
-    public func withValue<R>(_ value: Value, operation: () throws -> R) rethrows -> R {
-        try variable.withValue(value, operation: operation)
+    public func withValue<R>(
+        _ value: Value, operation: () throws -> R, file: StaticString = #fileID, line: UInt = #line
+    ) rethrows -> R {
+        try variable.withValue(value, operation: operation, file: file, line: line)
     }
 
     /// The asynchronous `withValue`; `operation` keeps the
@@ -95,13 +99,16 @@ public struct DefaultedContextVar<Value: Sendable>: Sendable, Hashable, CustomSt
     /// - Parameters:
     ///   - value: the value inside `operation` and the child tasks it creates.
     ///   - operation: the code to run.
+    ///   - file: the caller's file, named by a stop (defaults to the call site).
+    ///   - line: the caller's line, named by a stop.
     /// - Returns: what `operation` returns.
     @inlinable
     public nonisolated(nonsending) func withValue<R>(
         _ value: Value,
-        operation: nonisolated(nonsending) () async throws -> R
+        operation: nonisolated(nonsending) () async throws -> R,
+        file: StaticString = #fileID, line: UInt = #line
     ) async rethrows -> R {
-        try await variable.withValue(value, operation: operation)
+        try await variable.withValue(value, operation: operation, file: file, line: line)
     }
 
     /// Identity, as for ``ContextVar``: two wrappers are equal when they wrap

@@ -259,6 +259,22 @@ final class TaskBinding: Sendable {
     /// of a task's first write), for the place cache (`place_cache.c`).
     let isScope: Bool
 
+    /// For a task's unscoped binding: whether ContextKit's task-local read
+    /// an inherited binding in its task when a resolution last found this
+    /// binding (before any, when the binding was made). Then no isolated
+    /// deinit's stop marker hid the task-locals (under it the task-local
+    /// reads none), and a place entry naming this binding needs no check on
+    /// its hits; otherwise it is `unbound` (`place_cache.c`, "Hidden
+    /// task-locals"). The task's inherited binding is the same for its
+    /// whole life, and its own scopes are found before this binding, so a
+    /// read of the inherited binding proves the entry right outside the
+    /// task's scopes, with or without a marker afterwards.
+    /// `nonisolated(unsafe)` and `@exclusivity(unchecked)` are sound: only
+    /// the owner task reads or writes it (its own resolutions and place
+    /// changes), and one task's accesses are ordered by the executor
+    /// hand-offs between the threads it runs on. Unused by scope bindings.
+    @exclusivity(unchecked) nonisolated(unsafe) var readInherited: Bool
+
     /// How many times the owner has started or finished a write to
     /// `context`: the version the per-thread value cache checks
     /// (`place_cache.c`). Bumped before and after every write, so that a
@@ -285,6 +301,9 @@ final class TaskBinding: Sendable {
         if case .firstWrite = origin { isScope = false } else { isScope = true }
         self.origin = consume origin
         self.enclosing = enclosing
+        // What the task read when it made its unscoped binding: the binding
+        // it inherited (or none), which is `enclosing`.
+        self.readInherited = enclosing != nil
         retainedOwner = retainingOwner ? owner : nil
         if let retainedOwner { _ = Unmanaged<AnyObject>.fromOpaque(retainedOwner).retain() }
     }
@@ -517,17 +536,17 @@ final class TaskBinding: Sendable {
     /// new place: `binding` (nil: none), owned or not. Caches it, so that
     /// the task's next read does not miss.
     ///
-    /// The entry is `unbound` (checked on each hit: see `place_cache.c`,
+    /// The entry is checked on each hit (`check_read`: see `place_cache.c`,
     /// "Hidden task-locals") whenever the place may have been resolved
-    /// while the task-local read no binding, told from the place alone: a
-    /// binding the task does not own came from the task-local (not
-    /// `unbound`), and so did a scope binding it owns (a `scoped` entry,
-    /// never checked); none came from a task-local that read none
-    /// (`unbound`); the task's unscoped binding may come from either, and
-    /// is marked `unbound` — when the task-local did read an inherited
-    /// binding, the first hit's check fails and the task resolves afresh,
-    /// caching the exact answer (one miss after such a scope, or after the
-    /// task's first unscoped write, in a task that inherited a binding).
+    /// while an isolated deinit hid the task-locals, told from the place
+    /// alone: a binding the task does not own came from the task-local (no
+    /// check), and so did a scope binding it owns (a `scoped` entry, never
+    /// checked); none is `unbound`, and so is the task's unscoped binding
+    /// unless its task's last resolution that found it read an inherited
+    /// binding (``readInherited``): when a task with an inherited binding
+    /// made it under an isolated deinit's stop marker, the first hit's
+    /// check fails and the task resolves afresh, which sets the flag — one
+    /// miss, not one per scope.
     static func placeChanged(task: UnsafeRawPointer, to binding: TaskBinding?, owned: Bool) {
         placeChanged(task: task, to: binding.map { Unmanaged.passUnretained($0) }, owned: owned, id: 0)
     }
@@ -547,29 +566,21 @@ final class TaskBinding: Sendable {
             cctx_shim_place_cache_put_id(task, generation, nil, owned, false, true, id)
             return
         }
-        let scoped = binding._withUnsafeGuaranteedRef { $0.isScope }
+        let (scoped, unbound) = binding._withUnsafeGuaranteedRef { ($0.isScope, !$0.isScope && !$0.readInherited) }
         cctx_shim_place_cache_put_id(
-            task, generation, UnsafeRawPointer(binding.toOpaque()), owned, scoped, owned && !scoped, id)
+            task, generation, UnsafeRawPointer(binding.toOpaque()), owned, scoped, owned && unbound, id)
     }
 
     /// Caches the place of `task` in the calling thread's entry, as
-    /// resolved (`unbound`: whether the task-local read no binding).
-    static func cachePlace(
-        task: UnsafeRawPointer, generation: UInt64, binding: TaskBinding?, owned: Bool, unbound: Bool
-    ) {
-        cachePlace(
-            task: task, generation: generation, binding: binding.map { Unmanaged.passUnretained($0) }, owned: owned,
-            unbound: unbound)
-    }
-
-    /// As ``cachePlace(task:generation:binding:owned:unbound:)`` for a
-    /// binding held unretained (the entry holds it unretained anyway).
-    static func cachePlace(
-        task: UnsafeRawPointer, generation: UInt64, binding: Unmanaged<TaskBinding>?, owned: Bool, unbound: Bool
-    ) {
+    /// resolved (`unbound` as in ``placeChanged(task:to:owned:id:)``).
+    static func cachePlace(task: UnsafeRawPointer, generation: UInt64, binding: Unmanaged<TaskBinding>?, owned: Bool) {
+        guard let binding else {
+            cctx_shim_place_cache_put(task, generation, nil, owned, false, true)
+            return
+        }
+        let (scoped, unbound) = binding._withUnsafeGuaranteedRef { ($0.isScope, !$0.isScope && !$0.readInherited) }
         cctx_shim_place_cache_put(
-            task, generation, binding.map { UnsafeRawPointer($0.toOpaque()) }, owned,
-            binding?._withUnsafeGuaranteedRef { $0.isScope } ?? false, unbound)
+            task, generation, UnsafeRawPointer(binding.toOpaque()), owned, scoped, owned && unbound)
     }
 
     /// The box `variable` has in `context` (borrowed), or nil, read by the
@@ -802,9 +813,9 @@ enum CurrentPlace {
     @usableFromInline
     static func resolveMissedForRead(in task: UnsafeRawPointer) -> (binding: Unmanaged<TaskBinding>?, owned: Bool) {
         let generation = cctx_shim_place_generation()
-        let (binding, owned, unbound) = resolveUncachedUnretained(in: task)
+        let (binding, owned) = resolveUncachedUnretained(in: task)
         if owned || cctx_shim_place_fill_inherited(task, generation) {
-            TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned, unbound: unbound)
+            TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
         }
         return (binding, owned)
     }
@@ -815,24 +826,26 @@ enum CurrentPlace {
     @usableFromInline
     static func resolveMissed(in task: UnsafeRawPointer) -> CurrentPlace {
         let generation = cctx_shim_place_generation()
-        let (binding, owned, unbound) = resolveUncachedUnretained(in: task)
-        TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned, unbound: unbound)
+        let (binding, owned) = resolveUncachedUnretained(in: task)
+        TaskBinding.cachePlace(task: task, generation: generation, binding: binding, owned: owned)
         return .task(task, binding?.takeUnretainedValue(), owned: owned)
     }
 
     /// ``resolve(_:)`` from the task-local and the unscoped table.
     @usableFromInline
     static func resolveUncached(in task: UnsafeRawPointer) -> CurrentPlace {
-        let (binding, owned, _) = resolveUncachedUnretained(in: task)
+        let (binding, owned) = resolveUncachedUnretained(in: task)
         return .task(task, binding?.takeUnretainedValue(), owned: owned)
     }
 
     /// ``resolveUncached(in:)``, the binding unretained (alive as long as
-    /// ``resolveMissedForRead(in:)`` says), and whether the task-local read
-    /// no binding (`unbound`: then the place may have been resolved under
-    /// an isolated deinit's stop marker, which hides the task's own scope;
-    /// its entry is checked on each hit, see `place_cache.c`, "Hidden
-    /// task-locals").
+    /// ``resolveMissedForRead(in:)`` says). When it finds the task's
+    /// unscoped binding, records there whether the task-local read an
+    /// inherited binding (``readInherited``), which decides whether the
+    /// place entry is checked (see
+    /// `place_cache.c`, "Hidden task-locals": under an isolated deinit's
+    /// stop marker the task-local reads none, also inside the task's own
+    /// scope).
     ///
     /// The task-local is read unretained (``TaskBinding/currentUnretained``):
     /// only the running task pops its items, and a parent's items outlive
@@ -842,7 +855,7 @@ enum CurrentPlace {
     /// `enterContextScope` (a thunk frame, ≈ 30 instructions per scope).
     @inline(never)
     private static func resolveUncachedUnretained(in task: UnsafeRawPointer)
-        -> (binding: Unmanaged<TaskBinding>?, owned: Bool, unbound: Bool)
+        -> (binding: Unmanaged<TaskBinding>?, owned: Bool)
     {
         let scoped = TaskBinding.currentUnretained
         if let scoped {
@@ -853,13 +866,14 @@ enum CurrentPlace {
                 binding.markRead()
                 return false
             }
-            if owned { return (scoped, true, false) }
+            if owned { return (scoped, true) }
         }
         // The table keeps the task's unscoped binding until the task ends.
         if let unscoped = UnscopedBindings.shared.binding(of: task) {
-            return (Unmanaged.passUnretained(unscoped), true, scoped == nil)
+            unscoped.readInherited = scoped != nil
+            return (Unmanaged.passUnretained(unscoped), true)
         }
-        return (scoped, false, scoped == nil)
+        return (scoped, false)
     }
 }
 

@@ -298,6 +298,43 @@ static void test_one_entry_copy_of_a_shared_root(void **state)
     assert_int_equal(tv_live(), 0);
 }
 
+/* The one-entry borrowing leaf's free (leaf_free_borrowing) when its
+ * value's release callback lets go of everything else first: the source's
+ * two owners and the user's variable, from inside the free. The source's
+ * keys must outlive the borrowing rule's look at them (the leaf's borrow
+ * keeps them), the variable must go exactly once — with the source's keys,
+ * at the leaf's borrow release — and nothing may leak. (Review, session
+ * 11: held.) */
+static hamt_node *reentrant_base;
+
+static void release_base_and_key(tv_value *value, void *arg)
+{
+    (void)value;
+    cctx_var *key = arg;
+    hamt_release(reentrant_base); /* the source's owners: its value goes */
+    hamt_release(reentrant_base);
+    assert_true(var_is_valid(key));
+    cctx_var_release(key); /* the user's reference: the source's keeps it */
+    assert_true(var_is_valid(key));
+}
+
+static void test_one_entry_copy_freed_by_a_callback_that_drops_the_rest(void **state)
+{
+    (void)state;
+    const long allocs = cctx__live_allocations();
+    reentrant_base = map_of(keys, 1);
+    hamt_retain(reentrant_base);
+    tv_value *x = tv_new_hooked(101, release_base_and_key, keys[0]);
+    hamt_node *c = NULL;
+    assert_ok(hamt_assoc(reentrant_base, keys[0], x, &c));
+    tv_drop(x);
+    assert_ptr_equal(hamt_shape_at(c, "").source, reentrant_base);
+    hamt_release(c); /* the callback runs inside the leaf's free */
+    assert_int_equal(tv_live(), 0);
+    keys[0] = key_with_hash(0); /* for the teardown: the old one is gone */
+    assert_int_equal(cctx__live_allocations(), allocs); /* the old variable went, a new one came */
+}
+
 /* Deleting a borrowed key and putting it back at its place: no reference
  * count moves, nothing leaks, nothing is dropped twice (valgrind, ASan). */
 static void test_delete_and_reinsert_of_a_borrowed_key(void **state)
@@ -832,6 +869,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_orphaned_source_is_not_passed_on, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_in_a_shared_root_with_a_child, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_entry_copy_of_a_shared_root, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_entry_copy_freed_by_a_callback_that_drops_the_rest,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_borrow_count_falls_back_to_owned_keys, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_random_copies_replaces_and_releases_match_a_model,

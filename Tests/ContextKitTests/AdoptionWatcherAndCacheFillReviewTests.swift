@@ -428,3 +428,183 @@ extension AdoptionWatcherAndCacheFillReviewTests {
         return seen + [v.value ?? -1]
     }
 }
+
+// MARK: - Review (session 11): more isolated-deinit shapes
+
+extension AdoptionWatcherAndCacheFillReviewTests {
+    /// A `set` in an isolated deinit outside any scope opened there lands
+    /// in one of two places, and docs/concurrency.md says so: the enclosing
+    /// `run`'s context when the task's place entry on the thread is still
+    /// current (nothing moved the generation since the `run` began), or the
+    /// task's unscoped binding when the deinit resolves its place with the
+    /// task-locals hidden. Either way the task's reads agree with where it
+    /// went: in the `run` after the deinit, in the `run`'s context
+    /// afterwards, and after the `run` ends. Two `run`s, in fresh tasks,
+    /// with and without the generation moved in the deinit; each must be
+    /// one of the two outcomes: [9, 9, -1] (the `run`'s context) or
+    /// [5, 5, 9] (the unscoped binding).
+    @Test func isolatedDeinitSetLandsInOnePlaceAndTheReadsAgree() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11_set_v")
+            await expectInDetachedTask(true, true) {
+                let still = await Task.detached { await reviewSetInDeinitScenario(v, movePlace: false) }.value
+                let moved = await Task.detached { await reviewSetInDeinitScenario(v, movePlace: true) }.value
+                let outcomes: Set<[Int]> = [[9, 9, -1], [5, 5, 9]]
+                return (outcomes.contains(still), outcomes.contains(moved))
+            }
+        }
+    }
+
+    /// A `Task {}` that inherited the `run`'s binding and made its own
+    /// unscoped binding (`v` = 6) releases a probe twice; after each
+    /// deinit it reads its unscoped binding (with `u` copied from the
+    /// inherited one), and the `run` keeps its own `v`. (Held.)
+    @Test func isolatedDeinitInATaskWithAnUnscopedAndAnInheritedBinding() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11_ui_v")
+            let u = ContextVar<Int>("review11_ui_u")
+            let w = ContextVar<Int>("review11_ui_w")
+            await expectInDetachedTask([6, 2, 7, 2, 5]) { await reviewUnscopedInheritedScenario(v, u, w) }
+        }
+    }
+
+    /// Nested isolated deinits (an outer deinit releasing inner probes,
+    /// one inside a scope it opened), each moving the generation, reading
+    /// and opening scopes: afterwards the `run` reads its value and its
+    /// `set` writes its context. (Held.)
+    @Test func nestedIsolatedDeinitsDoNotLeaveTheTaskAWrongPlace() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11_nested_v")
+            let w = ContextVar<Int>("review11_nested_w")
+            await expectInDetachedTask([5, 6, 6]) { await reviewNestedDeinitScenario(v, w) }
+        }
+    }
+
+    /// A `Task {}` made inside a scope opened in an isolated deinit reads
+    /// that scope's value; after the deinit, and after a deinit enqueued on
+    /// the actor's executor (released off the actor: not inline, on a
+    /// job of its own), the task reads and writes its `run`'s context.
+    /// (Held.)
+    @Test func tasksMadeInAnIsolatedDeinitAndAnEnqueuedDeinit() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11_task_v")
+            let w = ContextVar<Int>("review11_task_w")
+            await expectInDetachedTask([1, 5, 5, 6]) { await reviewTaskInDeinitScenario(v, w) }
+        }
+    }
+}
+
+/// A `run` on the actor in which an isolated deinit sets `v` to 9
+/// (`movePlace`: after moving the place generation): what the `run` reads
+/// after the deinit, what its context holds afterwards, and what the task
+/// reads after the `run`.
+@ReviewActor func reviewSetInDeinitScenario(_ v: ContextVar<Int>, movePlace: Bool) -> [Int] {
+    let c = Context()
+    let inRun = try! c.run { () -> Int in
+        v.set(5)
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            if movePlace { Context.withCurrentUnsafeHandle { _, _ in } }
+            v.set(9)
+        }
+        _ = probe
+        probe = nil
+        return v.value ?? -1
+    }
+    return [inRun, c[v] ?? -1, v.value ?? -1]
+}
+
+@ReviewActor func reviewUnscopedInheritedScenario(
+    _ v: ContextVar<Int>, _ u: ContextVar<Int>, _ w: ContextVar<Int>
+) async -> [Int] {
+    let c = Context()
+    return try! await c.run { () async -> [Int] in
+        v.set(5)
+        u.set(2)
+        let child = Task { @ReviewActor () -> [Int] in
+            v.set(6)
+            var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
+            _ = probe
+            probe = nil
+            let read = [v.value ?? -1, u.value ?? -1]
+            v.set(7)
+            var probe2: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+                _ = v.value
+                Context.withCurrentUnsafeHandle { _, _ in }
+                _ = v.value
+                _ = v.value
+            }
+            _ = probe2
+            probe2 = nil
+            return read + [v.value ?? -1, u.value ?? -1]
+        }
+        let seen = await child.value
+        return seen + [v.value ?? -1]
+    }
+}
+
+@ReviewActor func reviewNestedDeinitScenario(_ v: ContextVar<Int>, _ w: ContextVar<Int>) -> [Int] {
+    let c = Context()
+    let after = try! c.run { () -> [Int] in
+        v.set(5)
+        var outer: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            _ = v.value
+            _ = v.value
+            w.withValue(2) {
+                var inner: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
+                _ = inner
+                inner = nil
+                _ = w.value
+            }
+            var inner2: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
+            _ = inner2
+            inner2 = nil
+            _ = v.value
+            _ = v.value
+        }
+        _ = outer
+        outer = nil
+        let read = v.value ?? -1
+        v.set(6)
+        return [read, v.value ?? -1]
+    }
+    return after + [c[v] ?? -1]
+}
+
+@ReviewActor func reviewTaskInDeinitScenario(_ v: ContextVar<Int>, _ w: ContextVar<Int>) async -> [Int] {
+    let c = Context()
+    return try! await c.run { () async -> [Int] in
+        v.set(5)
+        let made = LockedBox<[Task<Int, Never>]>([])
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            made.mutate { $0.append(Task { v.value ?? -1 }) }  // what it reads is not promised
+            w.withValue(1) { made.mutate { $0.append(Task { w.value ?? -1 }) } }
+        }
+        _ = probe
+        probe = nil
+        var out = [await made.value[1].value]
+        _ = await made.value[0].value
+        out.append(v.value ?? -1)
+        await reviewReleaseOffActor(v)
+        out.append(v.value ?? -1)
+        v.set(6)
+        out.append(c[v] ?? -1)
+        return out
+    }
+}
+
+/// Releases a probe off its actor: its isolated deinit is enqueued on the
+/// actor's executor; returns once it has run.
+nonisolated func reviewReleaseOffActor(_ v: ContextVar<Int>) async {
+    await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            _ = v.value
+            _ = v.value
+            v.set(3)
+            cont.resume()
+        }
+        _ = probe
+        probe = nil
+    }
+}

@@ -148,4 +148,25 @@ import Testing
         #expect(text.contains("cannot exit context: it is not the current context of this thread"))
         #expect(text.contains("SyncScopeTests.swift:"))
     }
+
+    /// As ``aBodyThatLeavesAContextEnteredStopsAtTheRunCall()`` for
+    /// `ContextVar.withValue`: the stop should name the `withValue` call.
+    /// Fails (review, session 11; already so at 8c7e77b): `withValue` takes
+    /// no `file`/`line`, so the stop names `ContextVar.swift:418`, the
+    /// library's own call of `Context.runFresh` (checked in a release build
+    /// too: the message is printed, the location is the library's).
+    @Test func aWithValueBodyThatLeavesAContextEnteredStopsAtTheWithValueCall() async {
+        let result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
+            onNewThread {
+                let v = ContextVar<Int>("review11_stop_v")
+                let inner = Context()
+                v.withValue(1) {  // the stop should name this line
+                    _ = inner.withUnsafeHandle { cctx_context_enter($0) }
+                }
+            }
+        }
+        let text = String(decoding: result?.standardErrorContent ?? [], as: UTF8.self)
+        #expect(text.contains("cannot exit context: it is not the current context of this thread"))
+        #expect(text.contains("SyncScopeTests.swift:"), "the stop named: \(text.prefix(120))")
+    }
 }
