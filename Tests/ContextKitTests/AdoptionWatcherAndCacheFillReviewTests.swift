@@ -240,11 +240,9 @@ import Glibc
     /// task-locals").
     @Test func isolatedDeinitInsideARunDoesNotLeaveTheTaskAWrongPlace() async {
         await #expect(processExitsWith: .success) {
-            let v = ContextVar<Int>("review_isolated_v")
-            let w = ContextVar<Int>("review_isolated_w")
             // After the deinit: the run's 5, the set lands in the run's
             // context.
-            await expectInDetachedTask([5, 6, 6]) { await isolatedDeinitScenario(v, w) }
+            await expectIsolatedDeinitScenario([5, 6, 6], prefix: "review_isolated") { await isolatedDeinitScenario($0, $1) }
         }
     }
 
@@ -253,9 +251,7 @@ import Glibc
     /// the body, after a suspension).
     @Test func isolatedDeinitInsideAnAsyncRunDoesNotLeaveTheTaskAWrongPlace() async {
         await #expect(processExitsWith: .success) {
-            let v = ContextVar<Int>("review_isolated_async_v")
-            let w = ContextVar<Int>("review_isolated_async_w")
-            await expectInDetachedTask([5, 6, 6]) { await isolatedDeinitAsyncRunScenario(v, w) }
+            await expectIsolatedDeinitScenario([5, 6, 6], prefix: "review_isolated_async") { await isolatedDeinitAsyncRunScenario($0, $1) }
         }
     }
 
@@ -266,9 +262,7 @@ import Glibc
     /// the scope it reads its unscoped binding again.
     @Test func isolatedDeinitInsideWithValueDoesNotLeaveTheTaskAWrongPlace() async {
         await #expect(processExitsWith: .success) {
-            let v = ContextVar<Int>("review_isolated_wv_v")
-            let w = ContextVar<Int>("review_isolated_wv_w")
-            await expectInDetachedTask([5, 6, 1, 7, 8, 1]) { await isolatedDeinitWithValueScenario(v, w) }
+            await expectIsolatedDeinitScenario([5, 6, 1, 7, 8, 1], prefix: "review_isolated_wv") { await isolatedDeinitWithValueScenario($0, $1) }
         }
     }
 }
@@ -335,6 +329,18 @@ extension AdoptionWatcherAndCacheFillReviewTests {
             await expectInDetachedTask([5, 6, 2, 5]) { await isolatedDeinitChildScenario(v, u, w) }
         }
     }
+}
+
+/// Inside an exit test: runs `scenario` with two fresh variables
+/// (`prefix_v`, `prefix_w`) in a detached task and checks that it returns
+/// `expected` (`expectInDetachedTask`).
+func expectIsolatedDeinitScenario(
+    _ expected: [Int], prefix: String, sourceLocation: SourceLocation = #_sourceLocation,
+    _ scenario: @escaping @Sendable (ContextVar<Int>, ContextVar<Int>) async -> [Int]
+) async {
+    let v = ContextVar<Int>("\(prefix)_v")
+    let w = ContextVar<Int>("\(prefix)_w")
+    await expectInDetachedTask(expected, sourceLocation: sourceLocation) { await scenario(v, w) }
 }
 
 @globalActor actor ReviewActor {
@@ -474,9 +480,7 @@ extension AdoptionWatcherAndCacheFillReviewTests {
     /// `set` writes its context. (Held.)
     @Test func nestedIsolatedDeinitsDoNotLeaveTheTaskAWrongPlace() async {
         await #expect(processExitsWith: .success) {
-            let v = ContextVar<Int>("review11_nested_v")
-            let w = ContextVar<Int>("review11_nested_w")
-            await expectInDetachedTask([5, 6, 6]) { await reviewNestedDeinitScenario(v, w) }
+            await expectIsolatedDeinitScenario([5, 6, 6], prefix: "review11_nested") { await reviewNestedDeinitScenario($0, $1) }
         }
     }
 
@@ -487,9 +491,7 @@ extension AdoptionWatcherAndCacheFillReviewTests {
     /// (Held.)
     @Test func tasksMadeInAnIsolatedDeinitAndAnEnqueuedDeinit() async {
         await #expect(processExitsWith: .success) {
-            let v = ContextVar<Int>("review11_task_v")
-            let w = ContextVar<Int>("review11_task_w")
-            await expectInDetachedTask([1, 5, 5, 6]) { await reviewTaskInDeinitScenario(v, w) }
+            await expectIsolatedDeinitScenario([1, 5, 5, 6], prefix: "review11_task") { await reviewTaskInDeinitScenario($0, $1) }
         }
     }
 }
