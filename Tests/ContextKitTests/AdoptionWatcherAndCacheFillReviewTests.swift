@@ -841,3 +841,58 @@ extension AdoptionWatcherAndCacheFillReviewTests {
         return (unstructured, fromLet, fromGroup, inScope, v.value ?? -1)
     }
 }
+
+extension AdoptionWatcherAndCacheFillReviewTests {
+    /// Async-let children made one after another (the runtime reuses the
+    /// parent's slot: the same child address) and task-group children,
+    /// alternately making their unscoped binding in an isolated deinit
+    /// inside a `withValue` (generation moved) and not: after the scope,
+    /// one that made it reads 9 (its binding, made from the nothing the
+    /// deinit saw), one that did not reads the `run`'s 5 — the filter is
+    /// asked by task id, so a dead child's binding at the same address
+    /// does not count for the next. (Held.)
+    @Test func childrenAtAReusedAddressMakeOrSkipTheUnscopedBindingInADeinit() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11b_reuse_v")
+            let w = ContextVar<Int>("review11b_reuse_w")
+            let expected = [[9, -1], [5, -1], [9, -1], [5, -1]]
+            await expectInDetachedTask(expected, expected) { await reviewChildrenReuseScenario(v, w) }
+        }
+    }
+}
+
+@ReviewActor func reviewChildrenReuseScenario(
+    _ v: ContextVar<Int>, _ w: ContextVar<Int>
+) async -> ([[Int]], [[Int]]) {
+    try! await Context().run { () async -> ([[Int]], [[Int]]) in
+        v.set(5)
+        var fromLet: [[Int]] = []
+        for i in 0..<4 {
+            async let child = reviewChildMakesInDeinit(v, w, makes: i % 2 == 0)
+            fromLet.append(await child)
+        }
+        var fromGroup: [[Int]] = []
+        for i in 0..<4 {
+            fromGroup.append(
+                await withTaskGroup(of: [Int].self) { group in
+                    group.addTask { await reviewChildMakesInDeinit(v, w, makes: i % 2 == 0) }
+                    return await group.next()!
+                })
+        }
+        return (fromLet, fromGroup)
+    }
+}
+
+/// A `withValue` in which (`makes`) an isolated deinit sets `v` = 9 with
+/// the generation moved; what the task reads of `v` and `w` after it.
+@ReviewActor func reviewChildMakesInDeinit(_ v: ContextVar<Int>, _ w: ContextVar<Int>, makes: Bool) -> [Int] {
+    w.withValue(1) {
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            if makes { v.set(9) }
+        }
+        _ = probe
+        probe = nil
+    }
+    return [v.value ?? -1, w.value ?? -1]
+}
