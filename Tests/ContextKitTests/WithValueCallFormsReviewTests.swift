@@ -63,21 +63,3 @@ import Testing
 /// without the `file:`/`line:` parameters (checked on a stand-in method of
 /// the same signature): a toolchain bug, not this change's.
 func reviewAsynchronous() async -> Int { 2 }
-
-#if REVIEW11B_SOURCE_BREAK
-/// Source break (review 11b): unapplied references to `withValue` by its
-/// old name or as a two-argument function value compiled before `file:`
-/// / `line:` were added (checked on a stand-in method of the old
-/// signature) and no longer do: `swift build --build-tests
-/// -Xswiftc -DREVIEW11B_SOURCE_BREAK` reports "value of type
-/// 'ContextVar<Int>' has no member 'withValue(_:operation:)'" and "cannot
-/// convert value of type '(Int, () throws -> Int, StaticString, UInt)
-/// throws -> Int'". Default arguments do not survive a function
-/// reference; an overload with the old signature would keep them.
-func reviewUnappliedWithValueReferences(_ v: ContextVar<Int>, _ d: DefaultedContextVar<Int>) throws {
-    let byName: (Int, () throws -> Int) throws -> Int = v.withValue(_:operation:)
-    let asValue: (Int, () throws -> Int) throws -> Int = v.withValue
-    let defaulted: (Int, () throws -> Int) throws -> Int = d.withValue
-    _ = try byName(1) { 1 } + asValue(1) { 1 } + defaulted(1) { 1 }
-}
-#endif
