@@ -432,18 +432,24 @@ struct ContextScope: ~Copyable {
     func end() -> UInt8 {
         let (owner, escaped) = ContextScope.endBegin(binding)
         guard let task = owner else { return ContextScope.finishOnThread(binding, escaped: escaped) }
-        if enclosingOwned || !cctx_shim_unscoped_filter_may_hold(task, enclosingID) {
-            TaskBinding.placeChanged(task: task, to: enclosing, owned: enclosingOwned, id: enclosingID)
-        } else {
-            // The task may have made its unscoped binding inside the scope
-            // (only where it could not see the scope: an isolated deinit's
-            // `set`, with the task-locals hidden), and the place it
-            // started from (none, or an inherited binding) would then hide
-            // that binding until the next place change anywhere. Rare (the
-            // task started the scope with no unscoped binding, and its slot
-            // in the table's filter is taken): let its next read resolve.
-            TaskBinding.placeUnknown()
+        // The place the task returns to: the one it started from, unless
+        // the task made its unscoped binding inside the scope — only where
+        // it could not see the scope: an isolated deinit's `set`, with the
+        // task-locals hidden — which a resolution would now find (it is
+        // looked up after the task-local, which reads none or an inherited
+        // binding here). Asked only when the start was not the task's own
+        // binding and the task's slot in the unscoped table's filter is
+        // taken (one load; a slot another task shares costs the table's
+        // lookup). The `exited` watchers get the same place.
+        var returnTo = enclosing
+        var returnOwned = enclosingOwned
+        if !enclosingOwned && cctx_shim_unscoped_filter_may_hold(task, enclosingID),
+            let unscoped = UnscopedBindings.shared.binding(of: task)
+        {
+            returnTo = Unmanaged.passUnretained(unscoped)
+            returnOwned = true
         }
+        TaskBinding.placeChanged(task: task, to: returnTo, owned: returnOwned, id: enclosingID)
         if cctx_context_unclaim(handle) != CCTX_OK { return 2 }
         // Asked again here, not remembered from the scope's start: a
         // watcher added inside the scope (on this task, or on another
@@ -454,7 +460,7 @@ struct ContextScope: ~Copyable {
         // (`cctx_notify_watchers` re-checks each slot). With none
         // installed, skip the value-cache fence and the call with them.
         if cctx_watchers_installed() {
-            notifyExited()
+            notifyExited(returnTo, owned: returnOwned)
         }
         // The scope's reference, last (as when the scope held it strongly
         // and released it after `leave`): parked as the spare of the thread
@@ -464,10 +470,11 @@ struct ContextScope: ~Copyable {
     }
 
     /// ``leave(file:line:)``'s `exited` event for a task scope, when a
-    /// watcher is installed: the context the task sees again (the enclosing
-    /// binding's, or none), with the enclosing binding's write count bumped
-    /// around the callbacks when the task owns it.
-    private func notifyExited() {
+    /// watcher is installed: the context the task sees again (`enclosing`,
+    /// the binding the task returns to, owned or not; or none), with that
+    /// binding's write count bumped around the callbacks when the task owns
+    /// it.
+    private func notifyExited(_ enclosing: Unmanaged<TaskBinding>?, owned enclosingOwned: Bool) {
         if let enclosing = enclosing?.takeUnretainedValue() {
             withExtendedLifetime(enclosing) {
                 // A C watcher on this thread may write the context the task

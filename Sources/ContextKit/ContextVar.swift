@@ -421,6 +421,10 @@ extension ContextVar {
     ///     message naming this call (defaults to the call site).
     ///   - line: the caller's line, named by that stop.
     /// - Returns: what `operation` returns.
+    ///
+    /// As `TaskLocal.withValue`, which also takes its caller's file and
+    /// line: an unapplied reference (`v.withValue` as a function value)
+    /// has all four parameters.
     @inlinable
     public func withValue<R>(
         _ value: Value, operation: () throws -> R, file: StaticString = #fileID, line: UInt = #line

@@ -551,13 +551,6 @@ final class TaskBinding: Sendable {
         placeChanged(task: task, to: binding.map { Unmanaged.passUnretained($0) }, owned: owned, id: 0)
     }
 
-    /// A change of the running task's place that the caller cannot name:
-    /// moves the generation, so that the task's next read resolves its
-    /// place afresh (a miss), and caches nothing.
-    static func placeUnknown() {
-        _ = cctx_shim_place_generation_bump()
-    }
-
     /// As ``placeChanged(task:to:owned:)`` for a binding held unretained.
     /// `id`: the task's id if known (`cctx_shim_place_cached_id`), else 0.
     static func placeChanged(task: UnsafeRawPointer, to binding: Unmanaged<TaskBinding>?, owned: Bool, id: UInt64) {

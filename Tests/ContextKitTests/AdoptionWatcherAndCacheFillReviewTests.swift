@@ -610,3 +610,289 @@ nonisolated func reviewReleaseOffActor(_ v: ContextVar<Int>) async {
         probe = nil
     }
 }
+
+// MARK: - Review 11b: the scope end that lets the next read resolve, and
+// `readInherited`
+
+extension AdoptionWatcherAndCacheFillReviewTests {
+    /// A task with no binding opens a `withValue` scope; an isolated
+    /// deinit inside it (generation moved) sets `v` = 9, which makes the
+    /// task's unscoped binding. The scope's end no longer restores "none"
+    /// (`TaskBinding.placeUnknown`): the task reads 9 right after. The
+    /// watchers' `exited` event is documented as carrying "the context
+    /// current again" — so it must be the context the task now reads (where
+    /// `v` is 9), not `nil` (`notifyExited` still uses the `enclosing` the
+    /// scope started from). Fails: the watcher sees `nil` (-1) while the
+    /// task reads 9.
+    @Test func theExitedEventAfterADeinitMadeTheUnscopedBindingNamesWhatTheTaskReads() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11b_exited_v")
+            let w = ContextVar<Int>("review11b_exited_w")
+            let exited = PThreadLocked<[Int]>([])
+            let watcher = try! Context.addWatcher { event, context in
+                guard event == .exited else { return }
+                exited.withLock { $0.append(context?[v] ?? -1) }
+            }
+            defer { watcher.cancel() }
+            await expectInDetachedTask(9, [9]) { () async -> (Int, [Int]) in
+                let read = await reviewExitedAfterDeinitSet(v, w)
+                return (read, exited.withLock { $0 })
+            }
+        }
+    }
+
+    /// `cctx_shim_unscoped_filter_may_hold` is a filter: a task with no
+    /// unscoped binding whose filter slot another live task's binding fills
+    /// takes the "place unknown" end on every scope whose enclosing it does
+    /// not own. Its reads must still be right (only slower): a `Task {}`
+    /// made in a `run` (an inherited binding) whose id collides with a task
+    /// that holds an unscoped binding runs sync and async scopes, nested,
+    /// and an isolated deinit inside one, reading after each. (Held.)
+    @Test func aTaskWhoseFilterSlotCollidesReadsRightAfterItsScopes() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11b_collide_v")
+            let u = ContextVar<Int>("review11b_collide_u")
+            let w = ContextVar<Int>("review11b_collide_w")
+            await expectInDetachedTask(true, [2, 3, 4, 3, 2, -1, 5, 2, -1, 7, 2, -1, 2]) {
+                () async -> (Bool, [Int]) in
+                // The holder: a live task with an unscoped binding.
+                let release = AsyncStream<Void>.makeStream()
+                let holding = AsyncStream<Void>.makeStream()
+                let holder = Task.detached {
+                    v.set(1)
+                    holding.continuation.yield()
+                    for await _ in release.stream { break }
+                }
+                for await _ in holding.stream { break }
+                // Tasks are made until one whose slot the holder fills (ids
+                // grow by one per task: within 4096 + a few).
+                for _ in 0..<20_000 {
+                    let result = try! await Context().run { () async -> [Int]? in
+                        u.set(2)
+                        return await Task { () async -> [Int]? in
+                            guard let task = cctx_shim_current_place().task,
+                                cctx_shim_unscoped_filter_may_hold(task, 0)
+                            else { return nil }
+                            return await reviewCollidingTaskBody(v, u, w)
+                        }.value
+                    }
+                    if let result {
+                        release.continuation.yield()
+                        await holder.value
+                        return (true, result)
+                    }
+                }
+                release.continuation.yield()
+                return (false, [])
+            }
+        }
+    }
+
+    /// The `readInherited` flag: a `Task {}` that inherited the `run`'s
+    /// binding writes unscoped (the flag is true: its entries naming that
+    /// binding are not checked), then opens `run`/`withValue` scopes and
+    /// releases probes inside them with the generation moved (the deinits
+    /// resolve, read, open scopes that restore the unscoped binding, and
+    /// set); then outside any scope; then async-let and task-group
+    /// children do the same. After each: the scope's value inside, the
+    /// unscoped binding outside, the inherited `u` throughout. (Held.)
+    @Test func readInheritedEntriesAfterIsolatedDeinitsInScopesAndChildren() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11b_ri_v")
+            let u = ContextVar<Int>("review11b_ri_u")
+            let w = ContextVar<Int>("review11b_ri_w")
+            let child = [6, 7, 2, 7, 6, 8, 8, 6, 9, 6, 2]
+            await expectInDetachedTask(child, child, child, child, 5) {
+                await reviewReadInheritedScenario(v, u, w)
+            }
+        }
+    }
+}
+
+/// A `withValue` scope (no binding around it) in which an isolated deinit
+/// sets `v` = 9 with the generation moved; what the task reads after it.
+@ReviewActor func reviewExitedAfterDeinitSet(_ v: ContextVar<Int>, _ w: ContextVar<Int>) -> Int {
+    w.withValue(1) {
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            v.set(9)
+        }
+        _ = probe
+        probe = nil
+    }
+    return v.value ?? -1
+}
+
+/// The colliding task's scopes: what it reads inside and after each.
+@ReviewActor func reviewCollidingTaskBody(
+    _ v: ContextVar<Int>, _ u: ContextVar<Int>, _ w: ContextVar<Int>
+) async -> [Int] {
+    var out = [u.value ?? -1]
+    out += w.withValue(3) { () -> [Int] in
+        [w.value ?? -1] + w.withValue(4) { [w.value ?? -1] } + [w.value ?? -1]
+    }
+    out += [u.value ?? -1, w.value ?? -1]
+    out += await w.withValue(5) { () async -> [Int] in
+        await Task.yield()
+        return [w.value ?? -1]
+    }
+    out += [u.value ?? -1, w.value ?? -1]
+    out += w.withValue(7) { () -> [Int] in
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            _ = w.value
+            _ = w.value
+        }
+        _ = probe
+        probe = nil
+        return [w.value ?? -1]
+    }
+    out += [u.value ?? -1, w.value ?? -1]
+    Context.withCurrentUnsafeHandle { _, _ in }
+    out.append(u.value ?? -1)
+    return out
+}
+
+/// The body of `readInheritedEntriesAfterIsolatedDeinitsInScopesAndChildren`
+/// for one task that inherited `u` = 2 and makes its unscoped binding with
+/// `v` = 6. Reads: 6; in `withValue(7)` after nested deinits (scopes opened
+/// in them restore the unscoped binding): 7, `u` 2, and 7 after a scope;
+/// after it: 6; in a `run` of an empty context after a deinit: 8, 8; after
+/// it: 6; after a deinit outside any scope that sets 9: 9; after `set(6)`
+/// and a scope: 6, `u` 2.
+@ReviewActor func reviewReadInheritedBody(
+    _ v: ContextVar<Int>, _ u: ContextVar<Int>, _ w: ContextVar<Int>
+) async -> [Int] {
+    v.set(6)
+    var out = [v.value ?? -1]
+    out += v.withValue(7) { () -> [Int] in
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            _ = v.value
+            _ = v.value
+            w.withValue(1) { _ = w.value }
+            _ = v.value
+            var inner: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+                Context.withCurrentUnsafeHandle { _, _ in }
+                w.withValue(2) { _ = v.value }
+                _ = v.value
+            }
+            _ = inner
+            inner = nil
+            _ = v.value
+        }
+        _ = probe
+        probe = nil
+        let read = [v.value ?? -1, u.value ?? -1]
+        w.withValue(3) { _ = w.value }
+        return read + [v.value ?? -1]
+    }
+    out.append(v.value ?? -1)
+    let inRun = try! await Context().run { () async -> [Int] in
+        v.set(8)
+        await Task.yield()
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            w.withValue(1) { _ = w.value }
+            _ = v.value
+        }
+        _ = probe
+        probe = nil
+        return [v.value ?? -1, v.value ?? -1]
+    }
+    out += inRun
+    out.append(v.value ?? -1)
+    // Outside any scope: the deinit's set writes the task's unscoped binding
+    // (the place it resolves is that binding either way).
+    var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+        Context.withCurrentUnsafeHandle { _, _ in }
+        w.withValue(1) { _ = w.value }
+        v.set(9)
+    }
+    _ = probe
+    probe = nil
+    out.append(v.value ?? -1)
+    v.set(6)
+    w.withValue(4) { _ = w.value }
+    out += [v.value ?? -1, u.value ?? -1]
+    return out
+}
+
+/// A `run` (`v` = 5, `u` = 2) whose `Task {}`, async-let child, task-group
+/// child and a `Task {}` made in a `withValue` each run
+/// `reviewReadInheritedBody`; and the `run`'s `v` afterwards.
+@ReviewActor func reviewReadInheritedScenario(
+    _ v: ContextVar<Int>, _ u: ContextVar<Int>, _ w: ContextVar<Int>
+) async -> ([Int], [Int], [Int], [Int], Int) {
+    let c = Context()
+    return try! await c.run { () async -> ([Int], [Int], [Int], [Int], Int) in
+        v.set(5)
+        u.set(2)
+        let unstructured = await Task { @ReviewActor in await reviewReadInheritedBody(v, u, w) }.value
+        async let letChild = reviewReadInheritedBody(v, u, w)
+        let fromLet = await letChild
+        let fromGroup = await withTaskGroup(of: [Int].self) { group in
+            group.addTask { await reviewReadInheritedBody(v, u, w) }
+            return await group.next()!
+        }
+        let inScope = await w.withValue(1) { () async -> [Int] in
+            await Task { @ReviewActor in await reviewReadInheritedBody(v, u, w) }.value
+        }
+        return (unstructured, fromLet, fromGroup, inScope, v.value ?? -1)
+    }
+}
+
+extension AdoptionWatcherAndCacheFillReviewTests {
+    /// Async-let children made one after another (the runtime reuses the
+    /// parent's slot: the same child address) and task-group children,
+    /// alternately making their unscoped binding in an isolated deinit
+    /// inside a `withValue` (generation moved) and not: after the scope,
+    /// one that made it reads 9 (its binding, made from the nothing the
+    /// deinit saw), one that did not reads the `run`'s 5 — the filter is
+    /// asked by task id, so a dead child's binding at the same address
+    /// does not count for the next. (Held.)
+    @Test func childrenAtAReusedAddressMakeOrSkipTheUnscopedBindingInADeinit() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("review11b_reuse_v")
+            let w = ContextVar<Int>("review11b_reuse_w")
+            let expected = [[9, -1], [5, -1], [9, -1], [5, -1]]
+            await expectInDetachedTask(expected, expected) { await reviewChildrenReuseScenario(v, w) }
+        }
+    }
+}
+
+@ReviewActor func reviewChildrenReuseScenario(
+    _ v: ContextVar<Int>, _ w: ContextVar<Int>
+) async -> ([[Int]], [[Int]]) {
+    try! await Context().run { () async -> ([[Int]], [[Int]]) in
+        v.set(5)
+        var fromLet: [[Int]] = []
+        for i in 0..<4 {
+            async let child = reviewChildMakesInDeinit(v, w, makes: i % 2 == 0)
+            fromLet.append(await child)
+        }
+        var fromGroup: [[Int]] = []
+        for i in 0..<4 {
+            fromGroup.append(
+                await withTaskGroup(of: [Int].self) { group in
+                    group.addTask { await reviewChildMakesInDeinit(v, w, makes: i % 2 == 0) }
+                    return await group.next()!
+                })
+        }
+        return (fromLet, fromGroup)
+    }
+}
+
+/// A `withValue` in which (`makes`) an isolated deinit sets `v` = 9 with
+/// the generation moved; what the task reads of `v` and `w` after it.
+@ReviewActor func reviewChildMakesInDeinit(_ v: ContextVar<Int>, _ w: ContextVar<Int>, makes: Bool) -> [Int] {
+    w.withValue(1) {
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            Context.withCurrentUnsafeHandle { _, _ in }
+            if makes { v.set(9) }
+        }
+        _ = probe
+        probe = nil
+    }
+    return [v.value ?? -1, w.value ?? -1]
+}

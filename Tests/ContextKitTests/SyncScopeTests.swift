@@ -169,4 +169,75 @@ import Testing
         #expect(text.contains("cannot exit context: it is not the current context of this thread"))
         #expect(text.contains("SyncScopeTests.swift:"), "the stop named: \(text.prefix(120))")
     }
+
+    /// Review 11b: the stop names the exact line of the `withValue` call,
+    /// for `ContextVar` (trailing closure, labelled `operation:`, `try`)
+    /// and `DefaultedContextVar` (not `@inlinable`: its own call of
+    /// `ContextVar.withValue` forwards the caller's location); each in an
+    /// exit test of its own (`reviewWithValueStop(form:)`).
+    @Test func aWithValueStopNamesTheCallersLineTrailingClosure() async {
+        await expectWithValueStop(form: 0)
+    }
+
+    @Test func aWithValueStopNamesTheCallersLineLabelledOperation() async {
+        await expectWithValueStop(form: 1)
+    }
+
+    @Test func aWithValueStopNamesTheCallersLineTry() async {
+        await expectWithValueStop(form: 2)
+    }
+
+    @Test func aWithValueStopNamesTheCallersLineDefaultedContextVar() async {
+        await expectWithValueStop(form: 3)
+    }
+}
+
+/// Runs one of `reviewWithValueStop`'s forms in an exit test and
+/// checks that the stop names the line of that form's `withValue` call.
+func expectWithValueStop(
+    form: Int, sourceLocation: SourceLocation = #_sourceLocation
+) async {
+    let result: ExitTest.Result?
+    switch form {
+    case 0: result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) { reviewWithValueStop(form: 0) }
+    case 1: result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) { reviewWithValueStop(form: 1) }
+    case 2: result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) { reviewWithValueStop(form: 2) }
+    default: result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) { reviewWithValueStop(form: 3) }
+    }
+    let text = String(decoding: result?.standardErrorContent ?? [], as: UTF8.self)
+    #expect(text.contains("cannot exit context"), sourceLocation: sourceLocation)
+    #expect(
+        text.contains("SyncScopeTests.swift:\(reviewWithValueStopLines[form])"), "the stop named: \(text.prefix(160))",
+        sourceLocation: sourceLocation)
+}
+
+/// The lines of `reviewWithValueStop`'s four `withValue` calls.
+let reviewWithValueStopLines: [UInt] = [#line + 11, #line + 15, #line + 19, #line + 23]
+
+/// On a new thread, a `withValue` whose body leaves a C context entered:
+/// 0 trailing closure, 1 `operation:`, 2 `try`, 3 `DefaultedContextVar`.
+@Sendable func reviewWithValueStop(form: Int) {
+    onNewThread {
+        let v = ContextVar<Int>("review11b_stop_v")
+        let d = DefaultedContextVar<Int>("review11b_stop_d", default: 0)
+        let inner = Context()
+        switch form {
+        case 0:
+            v.withValue(1) {
+                _ = inner.withUnsafeHandle { cctx_context_enter($0) }
+            }
+        case 1:
+            v.withValue(1, operation: {
+                _ = inner.withUnsafeHandle { cctx_context_enter($0) }
+            })
+        case 2:
+            try? v.withValue(1) { () throws in
+                _ = inner.withUnsafeHandle { cctx_context_enter($0) }
+            }
+        default:
+            d.withValue(1) {
+                _ = inner.withUnsafeHandle { cctx_context_enter($0) }
+            }
+        }
+    }
 }
