@@ -423,14 +423,19 @@ func expectIsolatedDeinitScenario(
 @ReviewActor func isolatedDeinitChildScenario(
     _ v: ContextVar<Int>, _ u: ContextVar<Int>, _ w: ContextVar<Int>
 ) async -> [Int] {
-    let c = Context()
-    return try! await c.run { () async -> [Int] in
+    await inAChildOfARun(v, u) { releaseProbeThenReadAndSet(v, w, to: 6) + [u.value ?? -1] }
+}
+
+/// A `run` on the actor that sets `v` to 5 and `u` to 2, and a `Task {}`
+/// made inside it (inheriting that binding) that runs `body`: what `body`
+/// returns, then the `run`'s `v` after the child.
+@ReviewActor func inAChildOfARun(
+    _ v: ContextVar<Int>, _ u: ContextVar<Int>, _ body: @escaping @ReviewActor @Sendable () -> [Int]
+) async -> [Int] {
+    try! await Context().run { () async -> [Int] in
         v.set(5)
         u.set(2)
-        let child = Task { @ReviewActor () -> [Int] in
-            releaseProbeThenReadAndSet(v, w, to: 6) + [u.value ?? -1]
-        }
-        let seen = await child.value
+        let seen = await Task { @ReviewActor in body() }.value
         return seen + [v.value ?? -1]
     }
 }
@@ -518,29 +523,22 @@ extension AdoptionWatcherAndCacheFillReviewTests {
 @ReviewActor func reviewUnscopedInheritedScenario(
     _ v: ContextVar<Int>, _ u: ContextVar<Int>, _ w: ContextVar<Int>
 ) async -> [Int] {
-    let c = Context()
-    return try! await c.run { () async -> [Int] in
-        v.set(5)
-        u.set(2)
-        let child = Task { @ReviewActor () -> [Int] in
-            v.set(6)
-            var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
-            _ = probe
-            probe = nil
-            let read = [v.value ?? -1, u.value ?? -1]
-            v.set(7)
-            var probe2: IsolatedDeinitProbe? = IsolatedDeinitProbe {
-                _ = v.value
-                Context.withCurrentUnsafeHandle { _, _ in }
-                _ = v.value
-                _ = v.value
-            }
-            _ = probe2
-            probe2 = nil
-            return read + [v.value ?? -1, u.value ?? -1]
+    await inAChildOfARun(v, u) {
+        v.set(6)
+        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe { isolatedDeinitBody(v, w) }
+        _ = probe
+        probe = nil
+        let read = [v.value ?? -1, u.value ?? -1]
+        v.set(7)
+        var probe2: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+            _ = v.value
+            Context.withCurrentUnsafeHandle { _, _ in }
+            _ = v.value
+            _ = v.value
         }
-        let seen = await child.value
-        return seen + [v.value ?? -1]
+        _ = probe2
+        probe2 = nil
+        return read + [v.value ?? -1, u.value ?? -1]
     }
 }
 
