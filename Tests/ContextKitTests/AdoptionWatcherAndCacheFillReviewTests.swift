@@ -302,12 +302,7 @@ extension AdoptionWatcherAndCacheFillReviewTests {
 @ReviewActor func isolatedDeinitSetScenario(_ v: ContextVar<Int>) -> [Int] {
     let inRun = try! Context().run { () -> Int in
         v.set(5)
-        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
-            Context.withCurrentUnsafeHandle { _, _ in }
-            v.set(9)
-        }
-        _ = probe
-        probe = nil
+        releaseProbeThatSetsNine(v)
         return v.value ?? -1
     }
     let after = v.value ?? -1
@@ -388,6 +383,21 @@ func expectIsolatedDeinitScenario(
     let read = v.value ?? -1
     v.set(value)
     return [read, v.value ?? -1]
+}
+
+/// Releases an `IsolatedDeinitProbe` on the actor (its deinit runs inline,
+/// the task-locals hidden) whose deinit first moves the place generation,
+/// as any other task's scope may (unless `movingThePlace` is false), then
+/// sets `v` to 9 outside any scope of its own (unless `setting` is false).
+@ReviewActor func releaseProbeThatSetsNine(
+    _ v: ContextVar<Int>, movingThePlace: Bool = true, setting: Bool = true
+) {
+    var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
+        if movingThePlace { Context.withCurrentUnsafeHandle { _, _ in } }
+        if setting { v.set(9) }
+    }
+    _ = probe
+    probe = nil
 }
 
 /// The isolated-deinit scenario in an async `Context.run` on the actor.
@@ -509,12 +519,7 @@ extension AdoptionWatcherAndCacheFillReviewTests {
     let c = Context()
     let inRun = try! c.run { () -> Int in
         v.set(5)
-        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
-            if movePlace { Context.withCurrentUnsafeHandle { _, _ in } }
-            v.set(9)
-        }
-        _ = probe
-        probe = nil
+        releaseProbeThatSetsNine(v, movingThePlace: movePlace)
         return v.value ?? -1
     }
     return [inRun, c[v] ?? -1, v.value ?? -1]
@@ -711,12 +716,7 @@ extension AdoptionWatcherAndCacheFillReviewTests {
 /// sets `v` = 9 with the generation moved; what the task reads after it.
 @ReviewActor func reviewExitedAfterDeinitSet(_ v: ContextVar<Int>, _ w: ContextVar<Int>) -> Int {
     w.withValue(1) {
-        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
-            Context.withCurrentUnsafeHandle { _, _ in }
-            v.set(9)
-        }
-        _ = probe
-        probe = nil
+        releaseProbeThatSetsNine(v)
     }
     return v.value ?? -1
 }
@@ -885,12 +885,7 @@ extension AdoptionWatcherAndCacheFillReviewTests {
 /// the generation moved; what the task reads of `v` and `w` after it.
 @ReviewActor func reviewChildMakesInDeinit(_ v: ContextVar<Int>, _ w: ContextVar<Int>, makes: Bool) -> [Int] {
     w.withValue(1) {
-        var probe: IsolatedDeinitProbe? = IsolatedDeinitProbe {
-            Context.withCurrentUnsafeHandle { _, _ in }
-            if makes { v.set(9) }
-        }
-        _ = probe
-        probe = nil
+        releaseProbeThatSetsNine(v, setting: makes)
     }
     return [v.value ?? -1, w.value ?? -1]
 }
