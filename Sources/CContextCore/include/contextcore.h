@@ -357,7 +357,10 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_exit(cctx_context *ctx);
 /** Enters `ctx`, calls `fn(arg)`, exits — Python's Context.run for C.
  *  Returns the enter status; `fn` runs only when it is CCTX_OK. Contexts
  *  `fn` entered and did not exit are exited too; if `fn` exited `ctx`
- *  itself, returns CCTX_NOT_CURRENT. */
+ *  itself, returns CCTX_NOT_CURRENT and leaves the thread's contexts as
+ *  `fn` left them (what it entered after that stays entered). `ctx` stays
+ *  alive until the run returns, even if `fn` exits it and releases the
+ *  last reference. */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_context_run(cctx_context *ctx, void (*fn)(void *arg), void *arg);
 
