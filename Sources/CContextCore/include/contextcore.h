@@ -75,7 +75,11 @@
  * that calls cctx_reclaim, or cctx_thread_cleanup other than during its
  * thread's teardown;
  * writing to a context claimed with cctx_context_claim from two threads at
- * once. Detected misuse (NULL handles, foreign tokens, a handle of the wrong
+ * once; leaving a callback (retain, release, watcher, local initialiser)
+ * other than by returning — longjmp, pthread_exit, or a thread
+ * cancellation acted on inside it (the call that ran it is left halfway:
+ * e.g. cctx_clear_watcher then waits for ever for that watcher's call to
+ * end). Detected misuse (NULL handles, foreign tokens, a handle of the wrong
  * kind while its memory is still alive) returns CCTX_EINVAL or the specific
  * status below and changes nothing.
  *
@@ -435,7 +439,8 @@ CCTX_API void cctx_iter_free(cctx_iter *iter);
  *  Returns CCTX_ENOMEM (nothing started) or CCTX_EINVAL if pthread_create
  *  failed; `*thread` is set on success only. The copy is released when
  *  `fn` returns, and also when it calls pthread_exit or the thread is
- *  cancelled (then by the thread's teardown at exit). */
+ *  cancelled (then by the thread's teardown at exit) — outside a
+ *  ContextKit callback (see "Undefined behaviour" above). */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
                    void *(*fn)(void *), void *arg);
