@@ -20,7 +20,8 @@
  * freed while a callback could still reach it:
  *
  *   round (at most TEARDOWN_ROUNDS):
- *     1. leave every context the thread still has entered, and drop the
+ *     1. leave every context the thread still has entered (again before
+        step 3, for those the callbacks of step 2 entered), and drop the
  *        context cctx_thread_create gave the thread if its function did
  *        not return (pthread_exit, cancellation);
  *     2. release every value in this thread's local slots (local.c); the
@@ -107,6 +108,14 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
         busy = true;
     if (closed || cctx_context_count(ts->base) == 0)
         return busy;
+    /* The callbacks above may have entered contexts and not left them:
+     * leave them before the base is swapped in under them (the current
+     * pointer goes to the fresh base; a context still entered would stay
+     * ENTERED(ts) after ts is freed). */
+    while (ts->current != ts->base) {
+        context_exit_innermost(ts);
+        busy = true;
+    }
     cctx_context *fresh;
     if (context_new_with_root(NULL, &fresh) != CCTX_OK) {
         *stuck = true;
