@@ -220,6 +220,11 @@ cctx_status cctx_thread_cleanup(void)
         return CCTX_OK; /* nothing, or a callback during the teardown */
     if (ts->current != ts->base)
         return CCTX_ALREADY_ENTERED;
+    /* Inside a watcher callback the enter, exit or state creation that
+     * fired it goes on with `ts` once the callback returns (an exited
+     * context's owner word still names it): it must not be freed. */
+    if (watch_in_callback())
+        return CCTX_ALREADY_ENTERED;
     /* The key no longer names `ts` (a thread exit during the teardown must
      * not destroy it twice); cctx_tls_state does until the final round. */
     (void)pthread_setspecific(state_key, NULL);

@@ -113,6 +113,14 @@ void watch_fire(cctx_thread_state *ts, cctx_event event, cctx_context *ctx)
     }
 }
 
+bool watch_in_callback(void)
+{
+    for (int i = 0; i < CCTX_MAX_WATCHERS; i++)
+        if (own_calls[i] != 0)
+            return true;
+    return false;
+}
+
 void cctx_notify_watchers(cctx_event event, cctx_context *ctx)
 {
     if (CCTX_LIKELY(cctx_load_uint(&cctx_watchers_active) == 0))

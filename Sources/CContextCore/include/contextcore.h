@@ -448,7 +448,9 @@ cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
 /** Releases everything the calling thread holds (its base context, values
  *  of locals) now instead of at thread exit; the thread may keep using
  *  ContextKit afterwards (state is created again). Fails with
- *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered.
+ *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered and
+ *  inside a watcher callback on this thread (the enter, exit or state
+ *  creation that fired it still uses the thread's state).
  *  Called from a release callback while the thread's state is being torn
  *  down, it does nothing and returns CCTX_OK.
  *
