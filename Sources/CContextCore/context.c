@@ -1675,19 +1675,33 @@ cctx_status cctx_context_run(cctx_context *ctx, void (*fn)(void *), void *arg)
     cctx_thread_state *ts = thread_state_get();
     if (ts == NULL)
         return CCTX_ENOMEM;
+    /* Our own reference for the run (Python's Context.run holds `self`
+     * too): fn — or an entered watcher, before fn — may exit `ctx` and drop
+     * the caller's last reference to it, and the checks below must not read
+     * a freed context, nor one that fn then made at the same address and
+     * entered, which they would take for `ctx` and exit. Taken before the
+     * enter; on an enter error it is given back (the caller's reference
+     * keeps the count above zero: nothing changed). */
+    cctx_inc_uint(&ctx->refcnt);
     cctx_status st = enter(ts, ctx);
-    if (st != CCTX_OK)
+    if (st != CCTX_OK) {
+        (void)cctx_dec_uint_is_zero(&ctx->refcnt);
         return st;
+    }
     fn(arg);
     /* fn may have entered contexts it did not leave; leave them too so the
      * thread's chain stays balanced. */
-    if (context_owner(ctx) != (uintptr_t)ts)
-        return CCTX_NOT_CURRENT; /* fn left it itself */
-    context_exit_above(ts, ctx);
-    if (ts->current != ctx)
-        return CCTX_NOT_CURRENT;
-    exit_innermost(ts, ctx);
-    return CCTX_OK;
+    if (context_owner(ctx) != (uintptr_t)ts) {
+        st = CCTX_NOT_CURRENT; /* fn left it itself */
+    } else {
+        context_exit_above(ts, ctx);
+        if (ts->current != ctx)
+            st = CCTX_NOT_CURRENT;
+        else
+            exit_innermost(ts, ctx);
+    }
+    cctx_context_release(ctx);
+    return st;
 }
 
 /* copy_current when the credits or the cache run out (or allocations are

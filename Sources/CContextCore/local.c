@@ -606,7 +606,19 @@ static cctx_status local_get_init(cctx_local *local, void **out)
     if (st != CCTX_OK)
         return st; /* slot untouched: the initialiser runs again next time */
     /* The initialiser may have used other locals (chunks never move, so
-     * `slot` is still good). The new reference it returned is stored as is. */
+     * `slot` is still good) — or called cctx_thread_cleanup, which freed
+     * this thread's state and slot table: look the slot up again in the
+     * thread's state as it is now. Without a cleanup this finds the same
+     * slot and allocates nothing; after one it needs a new state and
+     * table, and if those cannot be made the value is dropped (the
+     * initialiser runs again on the next get). The new reference the
+     * initialiser returned is stored as is. */
+    ts = thread_state_get();
+    if (ts == NULL || local_slot_ensure(ts, local->index, &slot) != CCTX_OK) {
+        if (value != NULL)
+            local_value_release(local, value);
+        return CCTX_ENOMEM;
+    }
     local_slot_store(slot, local, value);
     *out = value;
     return CCTX_OK;

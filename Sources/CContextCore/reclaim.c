@@ -28,6 +28,7 @@
 #include "internal.h"
 #include "hamt.h"
 #include "reclaim.h"
+#include "watch.h"
 #include "thread_state.h"
 #include "var.h"
 
@@ -648,6 +649,8 @@ static void reclaim_atfork_child(void)
     /* Credit lines of the threads that are gone: reusable once emptied. */
     hamt_credits_atfork_child();
     var_credits_atfork_child();
+    /* Watcher callbacks the threads that are gone were inside. */
+    watch_atfork_child();
     pthread_mutex_unlock(&orphan_lock);
     local_atfork_child();
     pthread_mutex_unlock(&fallback_lock);

@@ -20,7 +20,8 @@
  * freed while a callback could still reach it:
  *
  *   round (at most TEARDOWN_ROUNDS):
- *     1. leave every context the thread still has entered, and drop the
+ *     1. leave every context the thread still has entered (again before
+        step 3, for those the callbacks of step 2 entered), and drop the
  *        context cctx_thread_create gave the thread if its function did
  *        not return (pthread_exit, cancellation);
  *     2. release every value in this thread's local slots (local.c); the
@@ -107,6 +108,14 @@ static bool teardown_round(cctx_thread_state *ts, bool closed, bool *stuck)
         busy = true;
     if (closed || cctx_context_count(ts->base) == 0)
         return busy;
+    /* The callbacks above may have entered contexts and not left them:
+     * leave them before the base is swapped in under them (the current
+     * pointer goes to the fresh base; a context still entered would stay
+     * ENTERED(ts) after ts is freed). */
+    while (ts->current != ts->base) {
+        context_exit_innermost(ts);
+        busy = true;
+    }
     cctx_context *fresh;
     if (context_new_with_root(NULL, &fresh) != CCTX_OK) {
         *stuck = true;
@@ -210,6 +219,11 @@ cctx_status cctx_thread_cleanup(void)
     if (ts == NULL || ts->tearing_down)
         return CCTX_OK; /* nothing, or a callback during the teardown */
     if (ts->current != ts->base)
+        return CCTX_ALREADY_ENTERED;
+    /* Inside a watcher callback the enter, exit or state creation that
+     * fired it goes on with `ts` once the callback returns (an exited
+     * context's owner word still names it): it must not be freed. */
+    if (watch_in_callback())
         return CCTX_ALREADY_ENTERED;
     /* The key no longer names `ts` (a thread exit during the teardown must
      * not destroy it twice); cctx_tls_state does until the final round. */

@@ -39,6 +39,11 @@ static struct watcher_slot slots[CCTX_MAX_WATCHERS];
 static unsigned calls[CCTX_MAX_WATCHERS];
 static unsigned claimed;
 unsigned cctx_watchers_active;
+/* This thread's share of calls[i]: the callbacks of slot i it is inside
+ * (more than one when a callback enters or exits a context). Only
+ * watch_atfork_child reads another view of it: in a fork child the other
+ * threads' calls never end, so calls[i] becomes the forking thread's own. */
+static __thread unsigned own_calls[CCTX_MAX_WATCHERS] __attribute__((tls_model("initial-exec")));
 
 cctx_status cctx_add_watcher(cctx_watcher_fn fn, void *userdata, int *id_out)
 {
@@ -95,6 +100,7 @@ void watch_fire(cctx_thread_state *ts, cctx_event event, cctx_context *ctx)
         if (!(act & 1u))
             continue;
         unsigned bit = 1u << i;
+        own_calls[i]++;
         cctx_inc_uint(&calls[i]); /* full fence: ordered before the re-check */
         if (cctx_load_uint(&cctx_watchers_active) & bit) {
             cctx_watcher_fn fn = (cctx_watcher_fn)cctx_load_ptr(&slots[i].fn);
@@ -103,7 +109,16 @@ void watch_fire(cctx_thread_state *ts, cctx_event event, cctx_context *ctx)
         }
         CCTX_TSAN_RELEASE(&calls[i]);
         (void)cctx_dec_uint_is_zero(&calls[i]);
+        own_calls[i]--;
     }
+}
+
+bool watch_in_callback(void)
+{
+    for (int i = 0; i < CCTX_MAX_WATCHERS; i++)
+        if (own_calls[i] != 0)
+            return true;
+    return false;
 }
 
 void cctx_notify_watchers(cctx_event event, cctx_context *ctx)
@@ -113,4 +128,19 @@ void cctx_notify_watchers(cctx_event event, cctx_context *ctx)
     cctx_thread_state *ts = thread_state_get();
     if (ts != NULL) /* without state (out of memory) there is no section */
         watch_fire(ts, event, ctx);
+}
+
+/* In a fork child only the forking thread runs. Callbacks other threads
+ * were inside at the fork never return there, and cctx_clear_watcher would
+ * wait for them for ever: each slot's count becomes the forking thread's
+ * own (its callbacks in progress still return and decrement it). A slot
+ * claimed but not active was being installed or removed by a thread that
+ * is gone (the forking thread is in neither: both run no user code, and
+ * fork is not called from inside the library): give it back. Runs before
+ * any other code in the child, so plain stores do. */
+void watch_atfork_child(void)
+{
+    for (int i = 0; i < CCTX_MAX_WATCHERS; i++)
+        calls[i] = own_calls[i];
+    claimed &= cctx_watchers_active;
 }

@@ -18,6 +18,13 @@
  * (passed in: it may be mid-creation or mid-destruction). */
 void watch_fire(cctx_thread_state *ts, cctx_event event, cctx_context *ctx) CCTX_HIDDEN;
 
+/* Whether the calling thread is inside a watcher callback. */
+bool watch_in_callback(void) CCTX_HIDDEN;
+
+/* In a fork child's handler (reclaim.c): forget the callbacks and the
+ * installs/removals of threads that did not survive the fork. */
+void watch_atfork_child(void) CCTX_HIDDEN;
+
 /* The event fast path: one atomic load when nobody watches. */
 static inline void watch_notify(cctx_thread_state *ts, cctx_event event, cctx_context *ctx)
 {

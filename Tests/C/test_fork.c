@@ -630,6 +630,87 @@ static void test_fork_child_frees_a_map_a_dead_thread_held_credits_on(void **sta
     dead_owner_borrowing(true, true);
 }
 
+/* ------------------------------------------------------------ watchers */
+
+/* A watcher whose callback, on one thread, is still running when another
+ * thread forks (a tracer writing its span on the enter of a request): the
+ * child never sees that call return. */
+static __thread bool busy_is_waiter; /* the thread whose callback blocks */
+
+struct busy_watcher {
+    pthread_t waiter;
+    test_gate in_callback, release;
+    cctx_context *ctx;
+    int id;
+};
+
+static void busy_watcher_fn(cctx_event e, cctx_context *c, void *ud)
+{
+    struct busy_watcher *b = ud;
+    (void)c;
+    if (e != CCTX_EVENT_ENTERED || !busy_is_waiter)
+        return;
+    gate_open(&b->in_callback);
+    T_CHECK(gate_wait(&b->release));
+}
+
+static void *busy_watcher_thread(void *p)
+{
+    struct busy_watcher *b = p;
+    busy_is_waiter = true;
+    T_CHECK(cctx_context_enter(b->ctx) == CCTX_OK); /* blocks in the callback */
+    T_CHECK(cctx_context_exit(b->ctx) == CCTX_OK);
+    return NULL;
+}
+
+static void watcher_nop_fn(cctx_event e, cctx_context *c, void *ud)
+{
+    (void)e, (void)c, (void)ud;
+}
+
+static int busy_watcher_child(void *arg)
+{
+    struct busy_watcher *b = arg;
+    /* The child may use the library, watchers included: remove the one the
+     * dead thread was inside (that call will never end here), enter and
+     * exit a context, and install and remove a watcher again. */
+    if (cctx_clear_watcher(b->id) != CCTX_OK)
+        return 1;
+    cctx_context *c;
+    if (cctx_context_new(&c) != CCTX_OK || cctx_context_enter(c) != CCTX_OK ||
+        cctx_context_exit(c) != CCTX_OK)
+        return 2;
+    cctx_context_release(c);
+    int id;
+    if (cctx_add_watcher(watcher_nop_fn, NULL, &id) != CCTX_OK)
+        return 3;
+    if (cctx_clear_watcher(id) != CCTX_OK)
+        return 4;
+    return 0;
+}
+
+/* Before the fix cctx_clear_watcher in the child waited for ever for the
+ * dead thread's callback to end (killed by the alarm: "child did not
+ * report"). */
+static void test_fork_child_clears_a_watcher_a_dead_thread_was_inside(void **state)
+{
+    (void)state;
+    struct busy_watcher b = { .in_callback = TEST_GATE_INIT, .release = TEST_GATE_INIT };
+    assert_ok(cctx_context_new(&b.ctx));
+    assert_ok(cctx_add_watcher(busy_watcher_fn, &b, &b.id));
+    assert_int_equal(pthread_create(&b.waiter, NULL, busy_watcher_thread, &b), 0);
+    assert_true(gate_wait(&b.in_callback));
+    bool child_ok = fork_run(busy_watcher_child, &b, 0);
+    gate_open(&b.release);
+    pthread_join(b.waiter, NULL);
+    assert_ok(cctx_clear_watcher(b.id));
+    cctx_context_release(b.ctx);
+    assert_int_equal(thread_failures(), 0);
+    assert_true(child_ok);
+    cctx_thread_cleanup();
+    cctx_reclaim();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -640,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_fork_child_releases_a_context_a_dead_thread_entered),
         cmocka_unit_test(test_fork_child_frees_a_borrowing_map_a_dead_thread_entered),
         cmocka_unit_test(test_fork_child_frees_a_map_a_dead_thread_held_credits_on),
+        cmocka_unit_test(test_fork_child_clears_a_watcher_a_dead_thread_was_inside),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     cctx_thread_cleanup();

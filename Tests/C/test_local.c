@@ -1108,6 +1108,59 @@ static void test_local_final_release_inside_a_read_on_the_fallback_record(void *
     assert_child_ok(scenario_final_release_inside_a_fallback_read, NULL);
 }
 
+/* ------------------------------------------- initialiser that cleans up */
+
+static int cleanup_init_calls;
+
+/* A local's initialiser that first drops what the thread held (an event
+ * loop's per-thread init resetting the thread to a clean slate), then
+ * makes its value. */
+static cctx_status init_after_cleanup(void *userdata, void **out)
+{
+    (void)userdata;
+    cleanup_init_calls++;
+    T_CHECK(cctx_thread_cleanup() == CCTX_OK);
+    *out = tv_new(77);
+    return CCTX_OK;
+}
+
+static void scenario_initialiser_calls_cleanup(void *arg)
+{
+    (void)arg;
+    cctx_local *other, *l;
+    T_CHECK(cctx_local_new(&tv_ops, NULL, NULL, &other) == CCTX_OK);
+    T_CHECK(cctx_local_new(&tv_ops, init_after_cleanup, NULL, &l) == CCTX_OK);
+    long live = tv_live();
+    tv_value *o = tv_new(1);
+    T_CHECK(cctx_local_set(other, o) == CCTX_OK); /* the thread has a table */
+    tv_drop(o);
+    void *v = NULL, *again = NULL;
+    T_CHECK(cctx_local_get(l, &v) == CCTX_OK);
+    T_CHECK(v != NULL && ((tv_value *)v)->id == 77);
+    /* Stored in the thread's state as it is after the cleanup. */
+    T_CHECK(cctx_local_peek(l, &again) == CCTX_OK);
+    T_CHECK(again == v);
+    T_CHECK(cctx_local_get(l, &again) == CCTX_OK);
+    T_CHECK(again == v);
+    T_CHECK(cleanup_init_calls == 1);
+    T_CHECK(cctx_local_peek(other, &again) == CCTX_NOT_FOUND); /* cleaned up */
+    T_CHECK(tv_live() == live + 1);
+    T_CHECK(cctx_thread_cleanup() == CCTX_OK);
+    T_CHECK(tv_live() == live);
+    cctx_local_release(l);
+    cctx_local_release(other);
+}
+
+/* Before the fix the get stored the value into the slot table the cleanup
+ * had freed (valgrind: invalid reads and writes in local_slot_store): the
+ * value was lost — the next get ran the initialiser again — and never
+ * released. In a child: a write into freed memory may crash. */
+static void test_local_initialiser_may_clean_up_its_thread(void **state)
+{
+    (void)state;
+    assert_child_ok(scenario_initialiser_calls_cleanup, NULL);
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(void)
@@ -1132,6 +1185,7 @@ int main(void)
         T(test_local_release_callback_may_release_another_local),
         T(test_local_out_of_memory_changes_nothing),
         T(test_local_final_release_inside_a_read_on_the_fallback_record),
+        T(test_local_initialiser_may_clean_up_its_thread),
 #undef T
     };
     return cmocka_run_group_tests_name("threading.local", tests, NULL, NULL);

@@ -605,6 +605,71 @@ static void test_run_unbalanced_body(void **state)
     check_untouched(f);
 }
 
+struct run_release {
+    cctx_context *self;  /* the reference the test hands the body */
+    cctx_context *again; /* a context the body made at self's address */
+    cctx_status exit_st, enter_st;
+};
+
+/* An event-loop callback that owns the context it runs in: it leaves it,
+ * drops the last reference, and goes on in a new context of its own,
+ * which it means to stay in. The allocator reuses the freed context's
+ * memory; the body takes a new context until it gets that address (so
+ * that the run cannot tell them apart by the pointer). */
+static void body_exits_releases_and_enters_a_new_context(void *p)
+{
+    struct run_release *r = p;
+    void *freed = r->self;
+    r->exit_st = cctx_context_exit(r->self);
+    cctx_context_release(r->self);
+    cctx_context *tries[64];
+    int n = 0;
+    for (; n < 64; n++) {
+        if (cctx_context_new(&tries[n]) != CCTX_OK)
+            break;
+        if ((void *)tries[n] == freed) {
+            r->again = tries[n];
+            break;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        cctx_context_release(tries[i]);
+    if (r->again != NULL)
+        r->enter_st = cctx_context_enter(r->again);
+}
+
+/* The body of cctx_context_run exits the run's context and releases its
+ * last reference (as cctx_context_enter allows), then enters a new context
+ * that happens to get the same address. The header: "if fn exited ctx
+ * itself, returns CCTX_NOT_CURRENT" — and the body's own context stays
+ * entered. Before the fix the run, which held no reference, took the new
+ * context for its own: it returned CCTX_OK and exited the body's context
+ * (and read the freed one when the address was not reused). */
+static void test_run_whose_body_exits_and_releases_its_context(void **state)
+{
+    (void)state;
+    struct run_release r = { NULL, NULL, CCTX_EINVAL, CCTX_EINVAL };
+    assert_ok(cctx_context_new(&r.self));
+    cctx_context *before = cctx_context_current();
+    cctx_status st = cctx_context_run(r.self, body_exits_releases_and_enters_a_new_context, &r);
+    assert_ok(r.exit_st);
+    if (r.again == NULL) {
+        /* The allocator gave the address to none of 64 new contexts: the
+         * scenario did not arise (the run may still have read freed
+         * memory, which ASan/valgrind runs would show). */
+        assert_int_equal(st, CCTX_NOT_CURRENT);
+        assert_ptr_equal(cctx_context_current(), before);
+        return;
+    }
+    assert_ok(r.enter_st);
+    assert_int_equal(st, CCTX_NOT_CURRENT);
+    assert_ptr_equal(cctx_context_current(), r.again); /* still the body's */
+    assert_true(cctx_context_is_entered(r.again));
+    assert_ok(cctx_context_exit(r.again));
+    assert_ptr_equal(cctx_context_current(), before);
+    cctx_context_release(r.again);
+}
+
 /* ------------------------------------------------------------ locals */
 
 static void test_local_misuse(void **state)
@@ -725,6 +790,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_entered_on_another_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_refused_while_entered_elsewhere, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_unbalanced_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_whose_body_exits_and_releases_its_context, setup, teardown),
         cmocka_unit_test_setup_teardown(test_local_misuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_inside_watcher_callback_does_not_deadlock, setup, teardown),
     };

@@ -215,6 +215,72 @@ static void test_release_callback_sets_variables_during_cleanup(void **state)
     assert_child_ok(scenario_sets_at_cleanup, NULL);
 }
 
+/* ------------------------------------- contexts entered during teardown */
+
+/* A local's value whose release enters a context and leaves it entered (a
+ * handle's close callback that switches to its request's context and
+ * returns without switching back). The teardown's next round must leave
+ * it: the context must be free once the thread is gone, and releasing it
+ * must not touch the freed thread state. */
+static cctx_context *entered_at_exit;
+
+static void hook_enters_and_stays(tv_value *v, void *arg)
+{
+    (void)v, (void)arg;
+    T_CHECK(cctx_context_enter(entered_at_exit) == CCTX_OK);
+}
+
+static void *enters_at_exit_thread(void *p)
+{
+    (void)p;
+    tv_value *a = tv_new_hooked(1, hook_enters_and_stays, NULL);
+    T_CHECK(cctx_local_set(local_a, a) == CCTX_OK);
+    tv_drop(a);
+    /* A value in the base context: the round that releases the local's
+     * value also swaps the base for an empty one. */
+    tv_value *h = tv_new(2);
+    T_CHECK(cctx_var_set(holder, h, NULL) == CCTX_OK);
+    tv_drop(h);
+    return NULL;
+}
+
+static void scenario_context_entered_by_a_release_at_exit(void *arg)
+{
+    bool at_cleanup = arg != NULL;
+    long before = take_baseline();
+    T_CHECK(cctx_context_new(&entered_at_exit) == CCTX_OK);
+    if (at_cleanup) {
+        enters_at_exit_thread(NULL);
+        T_CHECK(cctx_thread_cleanup() == CCTX_OK);
+        T_CHECK(cctx_context_current() != entered_at_exit);
+        T_CHECK(cctx_thread_contexts(NULL, 0) == 1); /* the base alone */
+    } else {
+        run_threads(1, enters_at_exit_thread);
+    }
+    T_CHECK(!cctx_context_is_entered(entered_at_exit));
+    T_CHECK(cctx_context_enter(entered_at_exit) == CCTX_OK);
+    T_CHECK(cctx_context_exit(entered_at_exit) == CCTX_OK);
+    cctx_context_release(entered_at_exit);
+    expect_everything_released(before);
+}
+
+/* Before the fix the round swapped the base in under the entered context
+ * (the thread's current pointer went straight to the new base): the
+ * context stayed entered by the dead thread for good — every enter failed
+ * with CCTX_ALREADY_ENTERED — and its last release wrote into the freed
+ * thread state (valgrind: invalid read and write in handover_to_exit). */
+static void test_context_entered_by_a_release_callback_at_exit_is_left(void **state)
+{
+    (void)state;
+    assert_child_ok(scenario_context_entered_by_a_release_at_exit, NULL);
+}
+
+static void test_context_entered_by_a_release_callback_during_cleanup_is_left(void **state)
+{
+    (void)state;
+    assert_child_ok(scenario_context_entered_by_a_release_at_exit, (void *)1);
+}
+
 /* --------------------------------------------- locals during teardown */
 
 /* A local's value whose release stores into another local the thread never
@@ -753,6 +819,8 @@ int main(void)
         T(test_release_callback_sets_variables_while_its_thread_exits),
         T(test_release_callback_sets_variables_during_cleanup),
         T(test_local_release_using_an_untouched_local_at_exit_leaks_nothing),
+        T(test_context_entered_by_a_release_callback_at_exit_is_left),
+        T(test_context_entered_by_a_release_callback_during_cleanup_is_left),
         T(test_teardown_of_a_release_chain_is_bounded),
         T(test_teardown_out_of_memory_still_releases_everything),
         T(test_thread_create_releases_its_copy_on_pthread_exit),

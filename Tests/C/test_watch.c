@@ -237,6 +237,76 @@ static void test_add_and_remove_while_events_fire(void **state)
     assert_true(delivered > 0);
 }
 
+/* ------------------------------------- cleanup inside a watcher callback */
+
+struct cleanup_in_watcher {
+    cctx_event when;  /* the event whose callback calls cctx_thread_cleanup */
+    cctx_status st;   /* what it returned */
+    int calls;
+};
+
+static void cleanup_watcher(cctx_event event, cctx_context *ctx, void *userdata)
+{
+    struct cleanup_in_watcher *c = userdata;
+    if (event != c->when || (event == CCTX_EVENT_SWITCHED && ctx == NULL))
+        return;
+    c->calls++;
+    c->st = cctx_thread_cleanup();
+}
+
+/* A watcher callback (a tracer flushing its per-thread buffers when a
+ * request's context is left) calls cctx_thread_cleanup: the exit, or the
+ * creation of the thread's state, that fired it still uses the state
+ * after the callback returns, so the cleanup must refuse
+ * (CCTX_ALREADY_ENTERED, as while a context is entered) and change
+ * nothing. Before the fix it freed the state under that operation
+ * (valgrind: invalid reads in owner_leave / var_set after the free in
+ * cctx_thread_cleanup) and dropped the thread's values. In a child: the
+ * use after free may crash. */
+static void scenario_cleanup_in_watcher(void *arg)
+{
+    cctx_event when = (cctx_event)(intptr_t)arg;
+    cctx_var *var;
+    T_CHECK(cctx_var_new("kept", &tv_ops, &var) == CCTX_OK);
+    T_CHECK(cctx_thread_cleanup() == CCTX_OK);
+    struct cleanup_in_watcher c = { when, CCTX_EINVAL, 0 };
+    int id;
+    T_CHECK(cctx_add_watcher(cleanup_watcher, &c, &id) == CCTX_OK);
+    tv_value *v = tv_new(1);
+    /* The thread's first write creates its state (SWITCHED). */
+    T_CHECK(cctx_var_set(var, v, NULL) == CCTX_OK);
+    cctx_context *ctx;
+    T_CHECK(cctx_context_new(&ctx) == CCTX_OK);
+    T_CHECK(cctx_context_enter(ctx) == CCTX_OK);
+    T_CHECK(cctx_context_exit(ctx) == CCTX_OK); /* EXITED */
+    T_CHECK(c.calls == 1);
+    T_CHECK(c.st == CCTX_ALREADY_ENTERED);
+    void *out = NULL;
+    T_CHECK(cctx_var_get(var, &out) == CCTX_OK); /* the base kept its value */
+    T_CHECK(out == v);
+    T_CHECK(!cctx_context_is_entered(ctx));
+    T_CHECK(cctx_clear_watcher(id) == CCTX_OK);
+    T_CHECK(cctx_context_enter(ctx) == CCTX_OK);
+    T_CHECK(cctx_context_exit(ctx) == CCTX_OK);
+    cctx_context_release(ctx);
+    T_CHECK(cctx_thread_cleanup() == CCTX_OK);
+    T_CHECK(tv_live() == 1); /* v: the test's own reference */
+    tv_drop(v);
+    cctx_var_release(var);
+}
+
+static void test_cleanup_in_an_exited_callback_is_refused(void **state)
+{
+    (void)state;
+    assert_child_ok(scenario_cleanup_in_watcher, (void *)(intptr_t)CCTX_EVENT_EXITED);
+}
+
+static void test_cleanup_in_a_state_created_callback_is_refused(void **state)
+{
+    (void)state;
+    assert_child_ok(scenario_cleanup_in_watcher, (void *)(intptr_t)CCTX_EVENT_SWITCHED);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -245,6 +315,8 @@ int main(void)
         cmocka_unit_test(test_watcher_limit_and_bad_arguments),
         cmocka_unit_test(test_watchers_installed),
         cmocka_unit_test(test_add_and_remove_while_events_fire),
+        cmocka_unit_test(test_cleanup_in_an_exited_callback_is_refused),
+        cmocka_unit_test(test_cleanup_in_a_state_created_callback_is_refused),
     };
     return cmocka_run_group_tests_name("watch", tests, NULL, NULL);
 }

@@ -75,7 +75,11 @@
  * that calls cctx_reclaim, or cctx_thread_cleanup other than during its
  * thread's teardown;
  * writing to a context claimed with cctx_context_claim from two threads at
- * once. Detected misuse (NULL handles, foreign tokens, a handle of the wrong
+ * once; leaving a callback (retain, release, watcher, local initialiser)
+ * other than by returning — longjmp, pthread_exit, or a thread
+ * cancellation acted on inside it (the call that ran it is left halfway:
+ * e.g. cctx_clear_watcher then waits for ever for that watcher's call to
+ * end). Detected misuse (NULL handles, foreign tokens, a handle of the wrong
  * kind while its memory is still alive) returns CCTX_EINVAL or the specific
  * status below and changes nothing.
  *
@@ -357,7 +361,10 @@ CCTX_API CCTX_WARN_UNUSED cctx_status cctx_context_exit(cctx_context *ctx);
 /** Enters `ctx`, calls `fn(arg)`, exits — Python's Context.run for C.
  *  Returns the enter status; `fn` runs only when it is CCTX_OK. Contexts
  *  `fn` entered and did not exit are exited too; if `fn` exited `ctx`
- *  itself, returns CCTX_NOT_CURRENT. */
+ *  itself, returns CCTX_NOT_CURRENT and leaves the thread's contexts as
+ *  `fn` left them (what it entered after that stays entered). `ctx` stays
+ *  alive until the run returns, even if `fn` exits it and releases the
+ *  last reference. */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_context_run(cctx_context *ctx, void (*fn)(void *arg), void *arg);
 
@@ -432,7 +439,8 @@ CCTX_API void cctx_iter_free(cctx_iter *iter);
  *  Returns CCTX_ENOMEM (nothing started) or CCTX_EINVAL if pthread_create
  *  failed; `*thread` is set on success only. The copy is released when
  *  `fn` returns, and also when it calls pthread_exit or the thread is
- *  cancelled (then by the thread's teardown at exit). */
+ *  cancelled (then by the thread's teardown at exit) — outside a
+ *  ContextKit callback (see "Undefined behaviour" above). */
 CCTX_API CCTX_WARN_UNUSED cctx_status
 cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
                    void *(*fn)(void *), void *arg);
@@ -440,7 +448,9 @@ cctx_thread_create(pthread_t *thread, const pthread_attr_t *attr,
 /** Releases everything the calling thread holds (its base context, values
  *  of locals) now instead of at thread exit; the thread may keep using
  *  ContextKit afterwards (state is created again). Fails with
- *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered.
+ *  CCTX_ALREADY_ENTERED, changing nothing, while a context is entered and
+ *  inside a watcher callback on this thread (the enter, exit or state
+ *  creation that fired it still uses the thread's state).
  *  Called from a release callback while the thread's state is being torn
  *  down, it does nothing and returns CCTX_OK.
  *
