@@ -502,7 +502,13 @@ struct ContextScope: ~Copyable {
                 if enclosingOwned {
                     enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.handle) }
                 } else {
-                    cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.handle)
+                    // What the task reads of a binding it inherited: the
+                    // snapshot once that binding's scope has ended (a
+                    // borrowed live context may be gone by then), held by a
+                    // `Context` for the callbacks, outside any read section.
+                    let seen = enclosing.context
+                    cctx_notify_watchers(CCTX_EVENT_EXITED, seen.handle)
+                    withExtendedLifetime(seen) {}
                 }
             }
         } else {
