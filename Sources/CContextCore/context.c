@@ -581,6 +581,31 @@ void cctx_context_release(cctx_context *ctx)
     context_release_slow(ctx);
 }
 
+static void context_release_fn(void *ctx)
+{
+    cctx_context_release(ctx);
+}
+
+void cctx_context_release_deferred(cctx_context *ctx)
+{
+    if (ctx == NULL)
+        return;
+    /* Full fence: the caller's publication of what replaces `ctx` (a
+     * release store) is ordered before the deferral reads the epoch. A
+     * reader whose section the grace period does not wait for began after
+     * this point, so its fence (reclaim_section_begin) orders its load of
+     * that publication after it: it sees the replacement and never loads
+     * `ctx` (reclaim.h: unpublish, then defer). */
+    cctx_fence_memory();
+    cctx_thread_state *ts = thread_state_get();
+    reclaim_record *record = ts != NULL ? ts->record : NULL;
+    reclaim_defer(record, ctx, context_release_fn);
+    /* At once when no thread is inside a read section (sections are rare
+     * and short): one scan of the records frees what this record deferred.
+     * Otherwise the release waits for this record's next poll. */
+    reclaim_poll(record);
+}
+
 /* ------------------------------------------------------------ reading */
 
 /*

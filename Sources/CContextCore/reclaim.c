@@ -402,6 +402,26 @@ unsigned reclaim_pending(reclaim_record *record)
            ck_pr_load_uint(&orphan_count);
 }
 
+/* The public read section (contextcore_binding.h): a reclaim_section in
+ * the caller's storage, on the calling thread's record (the fallback
+ * record when it has no state; the section then holds its mutex). */
+_Static_assert(sizeof(reclaim_section) <= sizeof(cctx_read_section), "cctx_read_section too small");
+
+void cctx_read_section_begin(cctx_read_section *section)
+{
+    cctx_thread_state *ts = thread_state_get();
+    reclaim_section s;
+    reclaim_section_begin(ts != NULL ? ts->record : NULL, &s);
+    memcpy(section, &s, sizeof s);
+}
+
+void cctx_read_section_end(cctx_read_section *section)
+{
+    reclaim_section s;
+    memcpy(&s, section, sizeof s);
+    reclaim_section_end(&s);
+}
+
 void cctx_reclaim(void)
 {
     /* Frees what this thread deferred (and what a fork left over), after a

@@ -406,8 +406,8 @@ struct ContextScope: ~Copyable {
         // which nothing can call on it before it is parked below).
         if cctx_context_exit(binding._withUnsafeGuaranteedRef { $0.handle }) != CCTX_OK { return 1 }
         // The scope's reference: parked as the thread's spare, or
-        // released.
-        if escaped { binding.release() } else { TaskBinding.park(binding) }
+        // released (a frozen binding's borrowed context first).
+        if escaped { ContextScope.releaseEscaped(binding) } else { TaskBinding.park(binding) }
         return 0
     }
 
@@ -465,8 +465,18 @@ struct ContextScope: ~Copyable {
         // The scope's reference, last (as when the scope held it strongly
         // and released it after `leave`): parked as the spare of the thread
         // the scope ends on (`TaskBinding.park`), or released.
-        if escaped { binding.release() } else { TaskBinding.park(binding) }
+        if escaped { ContextScope.releaseEscaped(binding) } else { TaskBinding.park(binding) }
         return 0
+    }
+
+    /// The end of an escaped scope (``endBegin(_:)`` froze its binding),
+    /// after the exit or unclaim: the reference the freeze took on a
+    /// borrowed context goes (after a grace period), then the scope's
+    /// reference to the binding. Out of line: the rare end.
+    @inline(never)
+    fileprivate static func releaseEscaped(_ binding: Unmanaged<TaskBinding>) {
+        binding._withUnsafeGuaranteedRef { $0.releaseFrozenReference() }
+        binding.release()
     }
 
     /// ``leave(file:line:)``'s `exited` event for a task scope, when a
@@ -492,7 +502,13 @@ struct ContextScope: ~Copyable {
                 if enclosingOwned {
                     enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.handle) }
                 } else {
-                    cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.handle)
+                    // What the task reads of a binding it inherited: the
+                    // snapshot once that binding's scope has ended (a
+                    // borrowed live context may be gone by then), held by a
+                    // `Context` for the callbacks, outside any read section.
+                    let seen = enclosing.context
+                    cctx_notify_watchers(CCTX_EVENT_EXITED, seen.handle)
+                    withExtendedLifetime(seen) {}
                 }
             }
         } else {

@@ -509,7 +509,7 @@ extension ContextVar {
     /// rare case.
     @usableFromInline
     func copyInheritedWithValue(_ box: ValueBox<Value>, from binding: TaskBinding) -> (cctx_status, OpaquePointer) {
-        let context = Context.copyForSpawnHandle(of: binding.handle)
+        let context = binding.copyInheritedForSpawn()
         let status = box.withOpaquePointer { cctx_context_set(context, handle, $0, nil) }
         return (status, context)
     }

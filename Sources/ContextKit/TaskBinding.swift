@@ -87,6 +87,13 @@ import Glibc
 //   ending scope's roots: a value of the scope that is ending, never a later
 //   scope's. Copies (`copyInheritedForSpawn`) do the same, releasing the
 //   copy of the live context they drop.
+// * Whose memory that read touches: a `run` binding borrows its caller's
+//   context, so its freeze takes a reference and gives it back after a
+//   grace period (`cctx_context_release_deferred`); the read of the live
+//   context runs inside a C read section (`withLiveContext`), which that
+//   release waits for. A binding held after its scope thus keeps only the
+//   snapshot — not the caller's context, which later scopes of it fill
+//   with values the holders cannot read.
 // * The per-thread value cache (`place_cache.c`) serves only the owner of
 //   an active binding; a reader that inherited the binding always takes
 //   the read above. The owner's own entry is dead after `leave` (it bumps
@@ -151,17 +158,23 @@ final class TaskBinding: Sendable {
     /// Whether the binding holds ``handle`` without a reference of its
     /// own: the binding of a `Context.run` scope, whose caller's `Context`
     /// keeps the C context alive for the whole call (the method's `self`).
-    /// Until the scope ends nothing can read the binding longer than that;
-    /// at its end a binding something else still holds takes a reference
-    /// (``freezeEscaped()``, before `run` returns), so a borrowing binding
-    /// owns one exactly when it was frozen. One retain and one release of
-    /// the C context (≈ 55 instructions, two locked ones) fewer per `run`.
-    /// Changes only in ``rebind`` (as ``handle``).
-    @exclusivity(unchecked) nonisolated(unsafe) private(set) var borrowsHandle: Bool
+    /// Until the scope ends nothing can read the binding longer than that.
+    /// At its end a binding something else still holds takes a reference
+    /// (``freezeEscaped()``, before `run` returns) and gives it back after
+    /// a grace period: its readers of the live context read inside a C
+    /// read section (``withLiveContext(_:)``), and a reader that begins
+    /// one after the snapshot was published reads the snapshot. So a task
+    /// that outlived the scope keeps only the snapshot, never the caller's
+    /// context and the values later scopes put there. One retain and one
+    /// release of the C context (≈ 55 instructions, two locked ones) fewer
+    /// per `run`. Changes only in ``rebind`` (as ``handle``).
+    @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) private(set) var borrowsHandle: Bool
 
     /// The context as a ``Context`` (a new Swift object on the same C
-    /// context), for the rare callers that need one.
-    var context: Context { Context(retaining: handle) }
+    /// context), for the rare callers that need one: what
+    /// ``readInherited(_:)`` reads (the snapshot once the scope ended with
+    /// the binding held elsewhere).
+    var context: Context { readInherited { Context(retaining: $0) } }
 
     /// The snapshot of `handle` taken when the scope ended while a
     /// `Task {}` copy still held the binding (`freezeEscaped()`); nil
@@ -317,8 +330,9 @@ final class TaskBinding: Sendable {
         if let retainedOwner { Unmanaged<AnyObject>.fromOpaque(retainedOwner).release() }
         // The last reference is going: no reader is left, relaxed is enough.
         let snapshot = OpaquePointer(bitPattern: frozen.load(ordering: .relaxed))
-        // A borrowing binding took its reference when it was frozen.
-        if !parked, !borrowsHandle || snapshot != nil { cctx_context_release(handle) }
+        // A borrowing binding holds no reference (the one it took when it
+        // was frozen is given back after a grace period).
+        if !parked, !borrowsHandle { cctx_context_release(handle) }
         if let snapshot { cctx_context_release(snapshot) }
     }
 
@@ -446,7 +460,7 @@ final class TaskBinding: Sendable {
     @inlinable
     func readInherited<R>(_ read: (OpaquePointer) -> R) -> R {
         if let snapshot = frozenSnapshot { return read(snapshot) }
-        let live = read(handle)
+        let live = withLiveContext(read)
         // Published meanwhile: `live` may hold a later scope's write.
         if let snapshot = frozenSnapshot { return read(snapshot) }
         return live
@@ -458,10 +472,31 @@ final class TaskBinding: Sendable {
     /// while the scope ended.
     func copyInheritedForSpawn() -> OpaquePointer {
         if let snapshot = frozenSnapshot { return Context.copyForSpawnHandle(of: snapshot) }
-        let live = Context.copyForSpawnHandle(of: handle)
+        // The copy holds the root, not the C context: it outlives the section.
+        let live = withLiveContext { Context.copyForSpawnHandle(of: $0) }
         guard let snapshot = frozenSnapshot else { return live }
         cctx_context_release(live)
         return Context.copyForSpawnHandle(of: snapshot)
+    }
+
+    /// Calls `body` with the live context (``handle``) for a reader that
+    /// found no snapshot, valid for the call: a binding that owns its
+    /// context keeps it until `deinit`; one that borrows it
+    /// (``borrowsHandle``) may give its frozen reference back at any time
+    /// after the publish, so the call runs inside a C read section, which
+    /// that release waits for, and takes the snapshot instead if it is
+    /// there by the time the section has begun (a reader loading "no
+    /// snapshot" before its section began may otherwise find the context
+    /// freed: the release only waits for sections open when it was
+    /// deferred). `body` must not wait for reclamation, nor keep the
+    /// pointer beyond the call without retaining the context.
+    @inlinable
+    func withLiveContext<R>(_ body: (OpaquePointer) -> R) -> R {
+        guard borrowsHandle else { return body(handle) }
+        var section = cctx_read_section()
+        cctx_read_section_begin(&section)
+        defer { cctx_read_section_end(&section) }
+        return body(frozenSnapshot ?? handle)
     }
 
     /// Called by the owner as its scope ends, after the task-local pop and
@@ -476,7 +511,8 @@ final class TaskBinding: Sendable {
         // A binding that borrowed its context (`run`) takes its own
         // reference now, before `run` returns and its caller may release
         // the context: a reader that loaded no snapshot yet may still read
-        // `handle` (`readInherited`). Owned exactly when frozen (`deinit`).
+        // `handle` (`withLiveContext`). Given back after a grace period
+        // once the scope has ended (`releaseFrozenReference`).
         if borrowsHandle { _ = cctx_context_retain(handle) }
         // The owner has finished writing: the copy is what the scope ended
         // with. O(1): it shares the root.
@@ -491,6 +527,21 @@ final class TaskBinding: Sendable {
             // it before any later scope's claim and hence its writes.
             frozen.store(UInt(bitPattern: snapshot), ordering: .releasing)
         }
+    }
+
+    /// Called by the owner once the scope of a frozen binding has ended
+    /// (after the exit or unclaim: the release may run values' release
+    /// callbacks, which must not find the scope's context still current):
+    /// gives back the reference ``freezeEscaped()`` took on a borrowed
+    /// context, once every read section open now has closed — at once when
+    /// none is (C fences between the publish and the deferral, see
+    /// `cctx_context_release_deferred`): a reader whose section begins
+    /// later loads the snapshot, never `handle`. Kept until `deinit`, that
+    /// reference kept the caller's context — and every value a later scope
+    /// of it set, which the tasks holding this binding cannot read — alive
+    /// as long as they ran.
+    func releaseFrozenReference() {
+        if borrowsHandle { cctx_context_release_deferred(handle) }
     }
 
     @inlinable

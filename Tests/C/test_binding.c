@@ -447,6 +447,123 @@ static void test_peek_keeps_the_value_alive_until_its_end(void **state)
     cctx_var_release(h.var);
 }
 
+/* ------------------------------- deferred release and read sections */
+
+/* cctx_context_release_deferred drops its reference only once the read
+ * sections open at the call have closed: a reader on another thread that
+ * opened a section before the deferral still finds the context (and its
+ * value) alive after every other reference is gone; once it closes the
+ * section, cctx_reclaim frees both. The value's release callback uses the
+ * library (tv_hook_uses_library: a read, a copy and a set). */
+struct section_hold {
+    cctx_context *ctx;
+    cctx_var *var;
+    test_gate opened, deferred;
+    long id_inside;
+};
+
+static void *read_in_a_section(void *p)
+{
+    struct section_hold *h = p;
+    cctx_read_section section;
+    cctx_read_section_begin(&section);
+    gate_open(&h->opened);
+    T_CHECK(gate_wait(&h->deferred));
+    /* Every reference but the deferred one is gone: the section holds it. */
+    void *out = NULL;
+    T_CHECK(cctx_context_lookup(h->ctx, h->var, &out) == CCTX_OK);
+    h->id_inside = out != NULL ? ((tv_value *)out)->id : -1;
+    if (out != NULL)
+        tv_drop(out);
+    cctx_read_section_end(&section);
+    return NULL;
+}
+
+static void test_release_deferred_waits_for_sections_open_at_the_call(void **state)
+{
+    (void)state;
+    struct section_hold h = { .opened = TEST_GATE_INIT, .deferred = TEST_GATE_INIT, .id_inside = -1 };
+    tv_reentry reentry = { 0 };
+    assert_ok(cctx_var_new("deferred", &tv_ops, &h.var));
+    assert_ok(cctx_var_new("probe", &tv_ops, &reentry.probe));
+    assert_ok(cctx_context_new(&h.ctx));
+    const long live = tv_live();
+    tv_value *value = tv_new_hooked(7, tv_hook_uses_library, &reentry);
+    assert_ok(cctx_context_set(h.ctx, h.var, value, NULL));
+    tv_drop(value); /* the context's reference is the only one */
+
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, read_in_a_section, &h), 0);
+    assert_true(gate_wait(&h.opened));
+    cctx_context_retain(h.ctx);
+    cctx_context_release_deferred(h.ctx);
+    cctx_context_release(h.ctx); /* the creator's: only the deferred one is left */
+    assert_int_equal(tv_live(), live + 1);
+    gate_open(&h.deferred);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(thread_failures(), 0);
+    assert_int_equal(h.id_inside, 7);
+    cctx_reclaim(); /* the section has closed: the grace period is over */
+    assert_int_equal(tv_live(), live);
+    assert_int_equal(reentry.runs, 1);
+    cctx_context_release_deferred(NULL); /* ignored */
+    cctx_var_release(h.var);
+    cctx_var_release(reentry.probe);
+}
+
+/* With no read section open anywhere, the deferred release is not
+ * deferred at all: the value goes before cctx_context_release_deferred
+ * returns, its release callback using the library. */
+static void test_release_deferred_with_no_section_open_releases_at_once(void **state)
+{
+    (void)state;
+    tv_reentry reentry = { 0 };
+    cctx_var *var;
+    cctx_context *ctx;
+    assert_ok(cctx_var_new("at_once", &tv_ops, &var));
+    assert_ok(cctx_var_new("probe", &tv_ops, &reentry.probe));
+    assert_ok(cctx_context_new(&ctx));
+    const long live = tv_live();
+    tv_value *value = tv_new_hooked(9, tv_hook_uses_library, &reentry);
+    assert_ok(cctx_context_set(ctx, var, value, NULL));
+    tv_drop(value);
+    cctx_context_release_deferred(ctx); /* the only reference */
+    assert_int_equal(tv_live(), live);
+    assert_int_equal(reentry.runs, 1);
+    cctx_var_release(var);
+    cctx_var_release(reentry.probe);
+}
+
+/* Sections nest on one thread, also with peeks inside, and a deferral made
+ * inside one is freed after it closes. */
+static void test_read_sections_nest_and_defer_inside(void **state)
+{
+    (void)state;
+    cctx_var *var;
+    cctx_context *ctx;
+    assert_ok(cctx_var_new("nested", &tv_ops, &var));
+    assert_ok(cctx_context_new(&ctx));
+    const long live = tv_live();
+    tv_value *value = tv_new(3);
+    assert_ok(cctx_context_set(ctx, var, value, NULL));
+    tv_drop(value);
+    cctx_read_section outer, inner;
+    cctx_read_section_begin(&outer);
+    cctx_read_section_begin(&inner);
+    cctx_read_guard g;
+    void *out;
+    assert_ok(cctx_context_peek(ctx, var, cctx_var_hash(var), &g, &out));
+    assert_int_equal(((tv_value *)out)->id, 3);
+    cctx_context_peek_end(&g);
+    cctx_read_section_end(&inner);
+    cctx_context_release_deferred(ctx); /* the only reference */
+    assert_int_equal(tv_live(), live + 1);
+    cctx_read_section_end(&outer);
+    cctx_reclaim();
+    assert_int_equal(tv_live(), live);
+    cctx_var_release(var);
+}
+
 /* ------------------------------------- reads with no status to check */
 
 /* cctx_var_value is cctx_var_get without defaults, status or out-parameter:
@@ -700,6 +817,9 @@ int main(void)
         T(test_binding_header_declares_the_binding_hooks),
         T(test_peek_reads_a_borrowed_value_without_callbacks),
         T(test_peek_keeps_the_value_alive_until_its_end),
+        T(test_release_deferred_waits_for_sections_open_at_the_call),
+        T(test_release_deferred_with_no_section_open_releases_at_once),
+        T(test_read_sections_nest_and_defer_inside),
         T(test_var_value_reads_as_get_without_the_default),
         T(test_var_value_inline_reads_as_var_value),
         T(test_local_value_reads_as_get_without_the_initialiser),

@@ -1,3 +1,4 @@
+import CContextCore
 import Foundation
 import Synchronization
 import Testing
@@ -269,6 +270,112 @@ import Glibc
             wrongTotal += round.wrong.load(ordering: .relaxed)
         }
         return wrongTotal
+    }
+
+    /// A task keeps alive only what it can read. A `Task {}` made inside
+    /// `run` outlives the scope and reads the snapshot the scope ended
+    /// with; a later, separate scope of the same context sets a value that
+    /// task can never read. Once the caller drops the context, that value
+    /// goes (after the grace period of the reference the scope's end took
+    /// for readers racing it: `cctx_reclaim` on the thread that ended the
+    /// scope waits for it) — the task's binding holds no reference to the
+    /// caller's context. Before, it held one until the task ended, and
+    /// with it every value later scopes set there. On a thread and in a
+    /// task (synchronous `run`s only, so that the scope ends, and
+    /// `cctx_reclaim` runs, on one thread).
+    @Test func aTaskThatOutlivedARunKeepsNoValueOfALaterScope() async {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("later_scope_value")
+        let gate = AsyncGate()
+        @Sendable func scopes() -> (Task<Int, Never>, Int) {
+            var context: Context? = Context()
+            let task = try! context!.run { Task { await gate.wait(); return v.value?.id ?? -1 } }
+            try! context!.run { v.set(counter.make(1)) }
+            context = nil
+            cctx_reclaim()
+            return (task, counter.alive)
+        }
+        let (onThread, aliveOnThread) = onNewThread(scopes)
+        let (inTask, aliveInTask) = await Task.detached(operation: scopes).value
+        #expect(aliveOnThread == 0, "a later scope's value is kept by a task that cannot read it (thread)")
+        #expect(aliveInTask == 0, "a later scope's value is kept by a task that cannot read it (task)")
+        await gate.open()
+        #expect(await onThread.value == -1)
+        #expect(await inTask.value == -1)
+        #expect(counter.alive == 0)
+    }
+
+    /// A `withValue` in a task that outlived a `run` scope starts from what
+    /// the scope ended with (its binding is inherited, so the copy is made
+    /// from it), not from the context's later state (asyncio: the task's
+    /// context is a copy taken at its creation). Before, that copy read
+    /// the live context, and saw a later scope's `set`. Sync and async
+    /// `withValue`.
+    @Test func withValueInATaskThatOutlivedARunStartsFromWhatTheScopeEndedWith() async throws {
+        let v = ContextVar<Int>("escaped_with_value_v", default: 0)
+        let w = ContextVar<Int>("escaped_with_value_w", default: 0)
+        let gate = AsyncGate()
+        let context = Context()
+        let task = try context.run {
+            w.set(1)
+            return Task { () async -> [Int] in
+                await gate.wait()
+                let sync = v.withValue(5) { (w.value ?? -1) * 10 + (v.value ?? -1) }
+                let async = await v.withValue(6) { () async -> Int in (w.value ?? -1) * 10 + (v.value ?? -1) }
+                return [sync, async]
+            }
+        }
+        try context.run { w.set(99) }
+        await gate.open()
+        #expect(await task.value == [15, 16])
+        #expect(context[w] == 99)
+    }
+
+    /// Readers racing the end of a `run` whose caller drops the context at
+    /// once: tasks made in the scope read in a loop while the scope ends,
+    /// the caller releases its only reference and new contexts are made
+    /// (reusing the memory); every read must see the scope's value.
+    /// Without the read section around a read of the live context, a
+    /// reader that saw no snapshot yet could read a freed context
+    /// (AddressSanitizer, or a wrong value).
+    @Test func readersRacingTheEndOfARunWhoseContextIsDropped() async throws {
+        final class Round: Sendable {
+            let reads = Atomic<Int>(0)
+            let wrong = Atomic<Int>(0)
+            let stop = Atomic<Bool>(false)
+        }
+        let v = ContextVar<Int>("racing_dropped_v", default: 0)
+        var wrongTotal = 0
+        for index in 0..<scaled(200) {
+            let expected = index + 1
+            let round = Round()
+            var context: Context? = Context()
+            let readers = try await context!.run { () async -> [Task<Void, Never>] in
+                v.set(expected)
+                let readers = (0..<2).map { _ in
+                    Task {
+                        var count = 0
+                        while !round.stop.load(ordering: .relaxed) {
+                            if v.value != expected { round.wrong.add(1, ordering: .relaxed) }
+                            round.reads.add(1, ordering: .relaxed)
+                            count += 1
+                            if count % 16 == 0 { await Task.yield() }
+                        }
+                    }
+                }
+                while round.reads.load(ordering: .relaxed) == 0 { await Task.yield() }
+                return readers
+            }
+            context = nil
+            // New contexts, some of which may take the dropped one's memory.
+            for other in 0..<4 { try await Context().run { () async in v.set(-other) } }
+            let before = round.reads.load(ordering: .relaxed)
+            while round.reads.load(ordering: .relaxed) <= before + 2 { await Task.yield() }
+            round.stop.store(true, ordering: .relaxed)
+            for reader in readers { await reader.value }
+            wrongTotal += round.wrong.load(ordering: .relaxed)
+        }
+        #expect(wrongTotal == 0)
     }
 
     /// Values whose deinit reads and sets the variable: the first scope's

@@ -91,6 +91,38 @@ CCTX_API cctx_status cctx_context_peek(cctx_context *ctx, cctx_var *var, uint32_
  *  thread; the value it returned may be freed from then on. Call it once. */
 CCTX_API void cctx_context_peek_end(cctx_read_guard *guard);
 
+/** A read section that cctx_read_section_begin opened: opaque, kept by the
+ *  caller (on its stack) until cctx_read_section_end. */
+typedef struct cctx_read_section {
+    void *reserved[3];
+} cctx_read_section;
+
+/** Opens a read section on the calling thread: until the matching
+ *  cctx_read_section_end (same thread; sections nest), no reference given
+ *  to cctx_context_release_deferred after the section began is dropped, so
+ *  a context the caller found through a pointer another thread may release
+ *  that way stays valid memory. A section is short (a lookup, a copy): it
+ *  holds back every thread's deferred frees while it is open; call no
+ *  function that may wait (cctx_reclaim, thread cleanup) inside. Cost: one
+ *  store and a full fence. */
+CCTX_API void cctx_read_section_begin(cctx_read_section *section);
+
+/** Closes a section cctx_read_section_begin opened. */
+CCTX_API void cctx_read_section_end(cctx_read_section *section);
+
+/** Drops one reference to `ctx` (the caller's, given up now) once every
+ *  read section open at this call has closed: for a binding that published
+ *  a replacement for a pointer to `ctx` that readers inside sections may
+ *  still have loaded. When no thread is inside a section the release runs
+ *  before this returns (one scan of every thread's reclamation record);
+ *  otherwise later on this thread, when its deferred frees are next
+ *  polled (every few deferrals), by cctx_reclaim, or at its exit. Either
+ *  may run release callbacks (not inside a section of the caller's: then
+ *  it always waits). Orders the caller's earlier stores (the
+ *  replacement's publication) before the deferral with a full fence. NULL
+ *  is ignored. */
+CCTX_API void cctx_context_release_deferred(cctx_context *ctx);
+
 /** The value of `var` in the calling thread's current context, BORROWED
  *  (valid as cctx_var_get's result), or NULL when that context holds none
  *  (the variable's default is not used), holds NULL, or `var` is not a
