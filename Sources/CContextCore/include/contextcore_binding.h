@@ -21,6 +21,10 @@
  *                    whether anyone listens, for work around the call
  *   cctx_var_value,  reads for values that are never NULL (a binding's
  *   cctx_local_value boxes): NULL means "none", with no status to check
+ *   read sections,   for a binding that replaces a pointer to a context
+ *   deferred release readers may have loaded: they read inside a section,
+ *                    and the old context's reference goes after a grace
+ *                    period
  */
 #ifndef CONTEXTCORE_BINDING_H
 #define CONTEXTCORE_BINDING_H
