@@ -15,6 +15,14 @@
 //   withValue_async        await v.withValue(x) { 1 } inside a task
 //   run_sync               try ctx.run { 1 } outside a task (ContextKit)
 //   run_async              try await ctx.run { 1 } inside a task (ContextKit)
+//   withValue_sync/_async  (TaskLocal reference) the floor: $tl.withValue(r)
+//                          of a class instance, the least a binding that a
+//                          `Task {}` copy may outlive holds (a counted
+//                          reference: a retain at the push, a release at the
+//                          pop)
+//   run_sync               (floor) that push and pop around a C
+//                          cctx_context_enter + cctx_context_exit: the two
+//                          things a sync `Context.run` cannot leave out
 //   get_task_unscoped_1    get() in a task after an unscoped set(_:) in it
 //                          (ContextKit; compare with get_task_1 TaskLocal)
 //   request_pattern        one request: `Context().run { set; get x4; async
@@ -29,6 +37,7 @@
 //                          ContextVar objects in both
 //   map_insert_N (group map)  persistent insert of a new key: Context.copy()
 //                          + run { set } vs `var c = base; c[key] = v`
+import CContextCore
 import ContextKit
 import Dispatch
 import HashTreeCollections
@@ -41,6 +50,11 @@ import Musl
 
 // MARK: - Peers
 
+/// What the floor rows bind: an object, so that the task-local item holds a
+/// counted reference, as any binding must that carries a context a
+/// `Task {}` copy of the items can outlive.
+final class BenchReference: Sendable {}
+
 enum TL {
     @TaskLocal static var t0: Int = 0
     @TaskLocal static var t1: Int = 0
@@ -52,6 +66,9 @@ enum TL {
     @TaskLocal static var t7: Int = 0
     @TaskLocal static var t8: Int = 0
     @TaskLocal static var t9: Int = 0
+
+    /// The floor rows' binding: a class instance (see `BenchReference`).
+    @TaskLocal static var reference = BenchReference()
 
     static var all: [TaskLocal<Int>] {
         [$t0, $t1, $t2, $t3, $t4, $t5, $t6, $t7, $t8, $t9]
@@ -216,6 +233,30 @@ func threadRows() {
         for _ in 0..<n { acc &+= try! ctx.run { 1 } }
         return acc
     }, note: "try ctx.run { 1 }, no task")
+
+    // The floors (last, so that the loops above keep their counting
+    // indices): the task-local push and pop of a counted reference, alone
+    // and around the C enter and exit of a context.
+    let reference = BenchReference()
+    emit("swift", "withValue_sync", "TaskLocal reference", measure { n in
+        var acc = 0
+        for _ in 0..<n { acc &+= TL.$reference.withValue(reference) { 1 } }
+        return acc
+    }, note: "$tl.withValue(object) { 1 }, no task: the floor of a binding holding a reference")
+    let floorContext = Context()
+    emit("swift", "run_sync", "floor", floorContext.withUnsafeHandle { handle in
+        measure { n in
+            var acc = 0
+            for _ in 0..<n {
+                acc &+= TL.$reference.withValue(reference) {
+                    _ = cctx_context_enter(handle)
+                    _ = cctx_context_exit(handle)
+                    return 1
+                }
+            }
+            return acc
+        }
+    }, note: "$tl.withValue(object) { C enter + exit }, no task: the floor of a sync run")
 }
 
 func taskRows() async {
@@ -296,6 +337,16 @@ func taskRows() async {
         }
         return acc
     }, note: "$tl.withValue(x) { read x4; async let child read }")
+
+    // The floor (last: see `threadRows`).
+    let reference = BenchReference()
+    emit("swift", "withValue_async", "TaskLocal reference", await measureAsync { n in
+        var acc = 0
+        for _ in 0..<n {
+            acc &+= await TL.$reference.withValue(reference) { () async -> Int in 1 }
+        }
+        return acc
+    }, note: "await $tl.withValue(object) { 1 } in a task: the floor of a binding holding a reference")
 }
 
 func mapRows() {
