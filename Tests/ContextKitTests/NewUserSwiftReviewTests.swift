@@ -1,0 +1,938 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import ContextKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A Swift server engineer adopting ContextKit from its docs, writing the
+/// Python idioms they know (`t = v.set(x); try: … finally: v.reset(t)`) in
+/// async Swift. Each scenario's expected values are what its asyncio twin
+/// prints (the twin is quoted in the comment); each runs in a
+/// `Task.detached` (a fresh task in an empty context, as each Python case
+/// starts in a fresh `asyncio.run`).
+@Suite struct NewUserSwiftReviewTests {
+    // MARK: Python-style set/reset middleware
+
+    /// A middleware chain in the Python style, across awaits:
+    ///
+    ///     async def middleware(val, nxt):
+    ///         t = v.set(val)
+    ///         try: return await nxt()
+    ///         finally: v.reset(t)
+    ///
+    /// asyncio: the handler reads "b", the outer middleware "a" after the
+    /// inner one returns, the task the default afterwards.
+    @Test func setResetMiddlewareAcrossAwaits() async {
+        let v = ContextVar<String>("nu_mw", default: "-")
+        @Sendable func middleware(_ value: String, _ next: () async -> Void) async {
+            let t = v.set(value)
+            defer { #expect((try? v.reset(t)) != nil, "reset of the middleware's own token failed") }
+            await Task.yield()
+            await next()
+        }
+        let seen = await Task.detached { () async -> [String] in
+            let log = LockedBox<[String]>([])
+            await middleware("a") {
+                await middleware("b") {
+                    await Task.yield()
+                    log.mutate { $0.append(v.value!) }
+                }
+                log.mutate { $0.append(v.value!) }
+            }
+            log.mutate { $0.append(v.value!) }
+            return log.value
+        }.value
+        #expect(seen == ["b", "a", "-"])
+    }
+
+    /// The same middleware inside a server's request scope (`Context.run`
+    /// of a fresh context per request), with the handler fanning out to
+    /// `async let` and a task group: the children read the request's
+    /// values (set before they were created).
+    @Test func setResetMiddlewareInARequestScopeWithChildren() async throws {
+        let v = ContextVar<String>("nu_mw2", default: "-")
+        let seen = try await Task.detached { () async throws -> [String] in
+            try await Context().run { () async throws -> [String] in
+                let t = v.set("req")
+                defer { try? v.reset(t) }
+                async let a = v.value!
+                let fromGroup = await withTaskGroup(of: String.self) { group in
+                    group.addTask { await Task.yield(); return v.value! }
+                    group.addTaskInCopiedContext { v.value! }
+                    var out: [String] = []
+                    for await s in group { out.append(s) }
+                    return out.sorted()
+                }
+                return [await a] + fromGroup
+            }
+        }.value
+        #expect(seen == ["req", "req", "req"])
+    }
+
+    // MARK: Tokens in the wrong place
+
+    /// asyncio: a token made in `ctx.run` resets in a later `ctx.run` of
+    /// the same context, in another task:
+    ///
+    ///     ctx = Context(); t = ctx.run(v.set, 1)
+    ///     async def other(): ctx.run(v.reset, t); return ctx.get(v, "missing")
+    ///     await create_task(other())        # "missing"
+    @Test func tokenFromAnEarlierRunResetsInALaterRunOfTheSameContext() async throws {
+        let v = ContextVar<Int>("nu_tok_ctx")
+        let context = Context()
+        let token = try await Task.detached { try context.run { v.set(1) } }.value
+        let after = try await Task.detached { () throws -> Int? in
+            try context.run { try v.reset(token) }
+            return context[v]
+        }.value
+        #expect(after == nil)
+        #expect(token.isUsed)
+    }
+
+    /// asyncio: a child task resetting its parent's token raises
+    /// `ValueError` and the parent keeps its value (`['ValueError', 1]`).
+    /// Here the child (`async let`, `Task {}`, group child) reads the
+    /// parent's own scope binding, the very context the token was made in:
+    /// the reset must still throw and change nothing.
+    @Test func childResettingItsParentsTokenThrowsAndChangesNothing() async throws {
+        let v = ContextVar<Int>("nu_tok_child", default: 0)
+        let results = try await Task.detached { () async throws -> [String] in
+            try await Context().run { () async -> [String] in
+                let t = v.set(1)
+                @Sendable func attempt() -> String {
+                    do { try v.reset(t); return "reset" } catch { return "\(error as! ContextError)" }
+                }
+                async let fromAsyncLet = attempt()
+                let fromTask = await Task { attempt() }.value
+                let fromGroup = await withTaskGroup(of: String.self) { group in
+                    group.addTask { attempt() }
+                    return await group.next()!
+                }
+                let first = await fromAsyncLet
+                return [first, fromTask, fromGroup, "\(v.value!)", "\(t.isUsed)"]
+            }
+        }.value
+        let e = "\(ContextError.tokenFromDifferentContext)"
+        #expect(results == [e, e, e, "1", "false"])
+    }
+
+    /// asyncio: a token made inside a scope (`copy_context().run`) and
+    /// reset after it raises `ValueError`, value unchanged. Same for a
+    /// token made before a `withValue` and reset inside it; and a token
+    /// used twice raises `RuntimeError` (`tokenAlreadyUsed`) first.
+    @Test func tokensOutsideTheirScopeThrowTheDocumentedErrors() async throws {
+        let v = ContextVar<Int>("nu_tok_scope", default: 0)
+        let results = await Task.detached { () async -> [String] in
+            var out: [String] = []
+            func attempt(_ t: Token<Int>) -> String {
+                do { try v.reset(t); return "reset" } catch { return "\(error)" }
+            }
+            let inner = v.withValue(5) { v.set(6) }
+            out.append(attempt(inner))
+            out.append("\(v.value!)")
+            let outer = v.set(1)
+            let insideResult = await v.withValue(2) { () async -> String in
+                await Task.yield()
+                return attempt(outer) + "/\(v.value!)"
+            }
+            out.append(insideResult)
+            out.append("\(v.value!)")
+            out.append(attempt(outer))
+            out.append(attempt(outer))
+            out.append("\(v.value!)")
+            return out
+        }.value
+        let wrongContext = "\(ContextError.tokenFromDifferentContext)"
+        #expect(results == [wrongContext, "0", wrongContext + "/2", "1", "reset",
+                            "\(ContextError.tokenAlreadyUsed)", "0"])
+    }
+
+    /// A token made by a `Context.task`'s copy, the task gone, reset in the
+    /// spawner: `tokenFromDifferentContext`, nothing changes. And a token
+    /// made on a thread, reset in a task (and the reverse).
+    @Test func tokensFromEndedTasksAndFromThreadsThrow() async throws {
+        let v = ContextVar<Int>("nu_tok_gone", default: 0)
+        let results = await Task.detached { () async -> [String] in
+            v.set(3)
+            let t = await Context.task { v.set(4) }.value
+            var out: [String] = []
+            do { try v.reset(t); out.append("reset") } catch { out.append("\(error)") }
+            out.append("\(v.value!)")
+            let threadToken = onNewThread { v.set(9) }
+            do { try v.reset(threadToken); out.append("reset") } catch { out.append("\(error)") }
+            let taskToken = v.set(5)
+            let onThread = onNewThread { () -> String in
+                do { try v.reset(taskToken); return "reset" } catch { return "\(error)" }
+            }
+            out.append(onThread)
+            out.append("\(v.value!)")
+            return out
+        }.value
+        let e = "\(ContextError.tokenFromDifferentContext)"
+        #expect(results == [e, "3", e, e, "5"])
+    }
+
+    // MARK: Many tasks
+
+    /// asyncio: 3,000 gathered tasks each set, yield, read their own value,
+    /// reset and read the default: all `True`.
+    @Test func thousandsOfTasksEachSetTheirOwnValue() async {
+        let v = ContextVar<Int>("nu_many", default: 0)
+        let w = ContextVar<Int>("nu_many_w", default: 0)
+        let n = scaled(3000)
+        let bad = await Task.detached { () async -> Int in
+            await withTaskGroup(of: Int.self) { group in
+                for i in 1...n {
+                    group.addTask {
+                        var errors = 0
+                        let t = v.set(i)
+                        await Task.yield()
+                        if v.value != i { errors += 1 }
+                        await w.withValue(-i) { () async in
+                            v.set(i + 1)
+                            await Task.yield()
+                            async let child = v.value! + w.value!
+                            if await child != 1 { errors += 1 }
+                        }
+                        if v.value != i || w.value != 0 { errors += 1 }
+                        if (try? v.reset(t)) == nil { errors += 1 }
+                        if v.value != 0 { errors += 1 }
+                        return errors
+                    }
+                }
+                var total = 0
+                for await e in group { total += e }
+                return total
+            }
+        }.value
+        #expect(bad == 0)
+    }
+
+    // MARK: Scopes, copies, cancellation
+
+    /// asyncio: after an unscoped `v.set(1)`, a task created inside
+    /// `copy_context().run` that sets `w = 2` reads `(1, 2)`; outside, the
+    /// task still reads `v = 1, w = 0`. Here `withValue` around `Task {}`
+    /// (it copies what the task sees, unscoped values included). An
+    /// `async let` child is the documented exception 2: the task's unscoped
+    /// `v = 1` does not reach it, so its own `withValue` copies `v = 0`
+    /// (asyncio would read 1).
+    @Test func unscopedSetThenWithValueChildSeesBoth() async {
+        let v = ContextVar<Int>("nu_us_v", default: 0)
+        let w = ContextVar<Int>("nu_us_w", default: 0)
+        let seen = await Task.detached { () async -> [Int] in
+            v.set(1)
+            let child = w.withValue(2) { Task { () async -> [Int] in await Task.yield(); return [v.value!, w.value!] } }
+            async let grandchild = w.withValue(3) { () async -> [Int] in
+                async let inner = [v.value!, w.value!]
+                return await inner
+            }
+            return await child.value + (await grandchild) + [v.value!, w.value!]
+        }.value
+        #expect(seen == [1, 2, 0, 3, 1, 0])
+    }
+
+    /// asyncio: `c = copy_context()` after `v.set(1)`, run in another task,
+    /// reads 1 and sets 2 in `c`; the spawner still reads 1: `(1, 2, 1)`.
+    @Test func copyOfAnUnscopedBindingRunsInAnotherTask() async throws {
+        let v = ContextVar<Int>("nu_copy", default: 0)
+        let seen = try await Task.detached { () async throws -> [Int] in
+            v.set(1)
+            let c = Context.copyCurrent()
+            let r = try await Task.detached { () async throws -> Int in
+                try await c.run { () async -> Int in
+                    let a = v.value!
+                    v.set(2)
+                    await Task.yield()
+                    return a
+                }
+            }.value
+            return [r, c[v]!, v.value!]
+        }.value
+        #expect(seen == [1, 2, 1])
+    }
+
+    /// asyncio: a task running in `ctx` that sets 5 and is cancelled while
+    /// suspended leaves `ctx[v] == 5`; the spawner reads the default. Here
+    /// the `run` body throws `CancellationError`: the context is left (not
+    /// entered, runnable again) and keeps the write.
+    @Test func cancelledRunLeavesItsContextAndKeepsItsWrites() async throws {
+        let v = ContextVar<Int>("nu_cancel", default: 0)
+        let context = Context()
+        let (started, markStarted) = AsyncStream<Void>.makeStream()
+        let task = Task.detached {
+            try await context.run { () async throws in
+                v.set(5)
+                markStarted.yield()
+                try await Task.sleep(for: .seconds(600))
+            }
+        }
+        for await _ in started { break }
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(context[v] == 5)
+        #expect(!context.isEntered)
+        let again = try await Task.detached { try context.run { v.value! } }.value
+        #expect(again == 5)
+        #expect(v.value == 0)
+    }
+
+    /// Actor reentrancy: many tasks call one actor whose method sets the
+    /// variable Python-style and suspends (another caller's call runs on
+    /// the actor meanwhile): each call reads its own caller's value.
+    actor RequestHandler {
+        let v: ContextVar<Int>
+        init(_ v: ContextVar<Int>) { self.v = v }
+        func handle(_ id: Int) async -> Bool {
+            let t = v.set(id)
+            defer { try? v.reset(t) }
+            await Task.yield()
+            let inner = await v.withValue(id * 10) { () async -> Int in
+                await Task.yield()
+                return v.value!
+            }
+            await Task.yield()
+            return v.value == id && inner == id * 10
+        }
+    }
+
+    @Test func reentrantActorCallsEachSeeTheirCallersValue() async {
+        let v = ContextVar<Int>("nu_actor", default: 0)
+        let handler = RequestHandler(v)
+        let n = scaled(1000)
+        let ok = await Task.detached { () async -> Int in
+            await withTaskGroup(of: Bool.self) { group in
+                for i in 1...n {
+                    group.addTask {
+                        let before = v.value
+                        let result = await handler.handle(i)
+                        return result && v.value == before
+                    }
+                }
+                var count = 0
+                for await r in group where r { count += 1 }
+                return count
+            }
+        }.value
+        #expect(ok == n)
+    }
+
+    /// A `Context.run` inside an actor method keeps the actor's isolation
+    /// (the docs: `run` and the body are `nonisolated(nonsending)`), and
+    /// a set made in a nested `MainActor.run` hop (same task) lands in it.
+    actor Counter {
+        var count = 0
+        func bump(_ v: ContextVar<Int>) async throws -> [Int] {
+            try await Context().run { () async throws -> [Int] in
+                count += 1      // compiles only if the body is actor-isolated
+                v.set(count)
+                await MainActor.run { v.set(v.value! + 100) }
+                return [v.value!]
+            } + [v.value ?? -1]
+        }
+    }
+
+    @Test func runInsideAnActorAndAMainActorHop() async throws {
+        let v = ContextVar<Int>("nu_actor_run")
+        let counter = Counter()
+        let seen = try await Task.detached { try await counter.bump(v) }.value
+        #expect(seen == [101, -1])
+    }
+
+    // MARK: The mapping
+
+    /// A context is a Python mapping: `for (variable, value) in ctx`,
+    /// `ctx[var]`, `ctx.get(defaulted)`, `variables`, `values`, `count`,
+    /// in a task after unscoped sets, and in a child (which cannot see a
+    /// `.notInherited` value, nor copy it back).
+    @Test func iterationAndLookupAfterUnscopedSets() async {
+        let a = ContextVar<Int>("nu_iter_a")
+        let b = DefaultedContextVar<String>("nu_iter_b", default: "-")
+        let hidden = ContextVar<Int>("nu_iter_hidden", inheritance: .notInherited)
+        let seen = await Task.detached { () async -> [String] in
+            a.set(1)
+            b.set("x")
+            hidden.set(7)
+            let mine = Context.copyCurrent()
+            let names = mine.map { "\($0.variable.name)=\($0.value)" }.sorted()
+            let child = await Context.task { () -> [String] in
+                let copy = Context.copyCurrent()
+                return copy.map { "\($0.variable.name)=\($0.value)" }.sorted()
+                    + ["\(copy.count)", "\(copy[hidden] as Int?)", "\(hidden.value as Int?)"]
+            }.value
+            return names + ["|\(mine.count)|\(mine.get(b))|\(mine[b.variable]!)|"] + child
+        }.value
+        #expect(seen == ["nu_iter_a=1", "nu_iter_b=x", "nu_iter_hidden=7", "|3|x|x|",
+                         "nu_iter_a=1", "nu_iter_b=x", "2", "nil", "nil"])
+    }
+
+    // MARK: Helpers from a task
+
+    /// The thread and queue helpers, called in a task after an unscoped
+    /// `set` (docs: they copy what the caller sees at the call, unscoped
+    /// values included, `.notInherited` ones left out).
+    @Test func threadAndQueueHelpersCopyATasksUnscopedValues() async {
+        let v = ContextVar<Int>("nu_helpers", default: 0)
+        let hidden = ContextVar<Int>("nu_helpers_hidden", default: 0, inheritance: .notInherited)
+        let seen = await Task.detached { () async -> [Int] in
+            v.set(4)
+            hidden.set(8)
+            let fromThread = await withCheckedContinuation { (done: CheckedContinuation<[Int], Never>) in
+                Thread.detachNewThreadInCopiedContext { done.resume(returning: [v.value!, hidden.value!]) }
+            }
+            let fromQueue = await withCheckedContinuation { (done: CheckedContinuation<[Int], Never>) in
+                DispatchQueue.global().asyncInCopiedContext { done.resume(returning: [v.value!, hidden.value!]) }
+            }
+            return fromThread + fromQueue + [v.value!, hidden.value!]
+        }.value
+        #expect(seen == [4, 0, 4, 0, 4, 8])
+    }
+
+    // MARK: Doc examples that state their output in comments only
+
+    /// README, "Introspection": the chain the comment under the example
+    /// shows.
+    @Test func readmeIntrospectionExamplePrintsWhatItsCommentSays() async {
+        let requestID = ContextVar<Int>("request_id")
+        let text = await Task.detached {
+            await Context.task {
+                requestID.withValue(7) { Context.currentChainDescription }
+            }.value
+        }.value
+        #expect(text == """
+            task context chain (innermost first):
+              #0 withValue(request_id), owned by this task: <Context {request_id: 7}>
+              #1 Context.task, owned by this task: <Context {}>
+            """)
+    }
+
+    /// The doc comments' examples of `Context`, `DefaultedContextVar`,
+    /// `ContextVar` and `Local`, with the values their comments state.
+    @Test func docCommentExamplesGiveTheValuesTheirCommentsState() async {
+        let values = onNewThread { () -> [String] in
+            var out: [String] = []
+            // Context
+            let requestID = ContextVar<Int>("request_id", default: 0)
+            let context = Context()
+            try! context.run { requestID.set(7) }
+            out.append("\(context[requestID]!)")       // 7
+            out.append("\(requestID.value!)")          // 0
+            // ContextVar
+            let token = requestID.set(7)
+            out.append("\(try! requestID.get())")      // 7
+            try! requestID.reset(token)
+            out.append("\(try! requestID.get())")      // 0
+            // DefaultedContextVar
+            let rid = DefaultedContextVar("request_id", default: "-")
+            func log(_ message: String) -> String { "[\(rid.value)] \(message)" }
+            out.append(log("idle"))                    // [-] idle
+            out.append(rid.withValue("r-42") { log("handling") })   // [r-42] handling
+            // Local
+            let local = Local()
+            local.user = "ann"
+            out.append("\(local.user as? String ?? "nil")")  // ann
+            out.append(onNewThread { "\(local.user as? String ?? "nil")" })  // nil on other threads
+            local.user = nil
+            out.append("\(local.user as? String ?? "nil")")  // deleted
+            return out
+        }
+        #expect(values == ["7", "0", "7", "0", "[-] idle", "[r-42] handling", "ann", "nil", "nil"])
+    }
+
+    // MARK: .notInherited through a child's first write
+
+    /// A child that inherited a scope with a `.notInherited` value cannot
+    /// read it (docs table); its first `set` of *another* variable makes
+    /// its private copy, which must not bring the hidden value back, and a
+    /// `set`+`reset` of the hidden variable itself returns to "no value"
+    /// (its token's old value is MISSING), not to the parent's.
+    @Test func childsFirstWriteDoesNotRevealANotInheritedValue() async throws {
+        let v = ContextVar<Int>("nu_ni_v", default: 0)
+        let hidden = ContextVar<Int>("nu_ni_hidden", default: 0, inheritance: .notInherited)
+        let seen = try await Task.detached { () async throws -> [String] in
+            try await Context().run { () async throws -> [String] in
+                hidden.set(7)
+                @Sendable func childView() throws -> [String] {
+                    var out = ["\(hidden.value!)"]
+                    v.set(1)                                // the child's first write
+                    out.append("\(hidden.value!)")
+                    out.append("\(Context.copyCurrent()[hidden] as Int?)")
+                    let t = hidden.set(8)
+                    out.append("\(t.oldValue as Int?)")
+                    try hidden.reset(t)
+                    out.append("\(hidden.value!)")
+                    return out
+                }
+                async let a = childView()
+                let b = try await Task { try childView() }.value
+                let c = try await withThrowingTaskGroup(of: [String].self) { group in
+                    group.addTask { try childView() }
+                    return try await group.next()!
+                }
+                return try await a + b + c + ["\(hidden.value!)"]
+            }
+        }.value
+        let child = ["0", "0", "nil", "nil", "0"]
+        #expect(seen == child + child + child + ["7"])
+    }
+
+    // MARK: Token errors: Python's order, on every path, and nothing changes
+
+    /// CPython checks used, then variable, then context. Each path a
+    /// `reset` can take here (thread, a task's own scope, its unscoped
+    /// binding, a child reading an inherited binding) must agree.
+    @Test func tokenErrorOrderOnEveryPath() async throws {
+        let v = ContextVar<Int>("nu_order_v", default: 0)
+        let w = ContextVar<Int>("nu_order_w", default: 0)
+        // A used token of v, from another context.
+        let used: Token<Int> = onNewThread { let t = v.set(1); try! v.reset(t); return t }
+        // An unused token of v, from another context.
+        let foreign: Token<Int> = onNewThread { v.set(1) }
+        @Sendable func attempts() -> [String] {
+            func r(_ body: () throws -> Void) -> String {
+                do { try body(); return "ok" } catch { return "\(error)" }
+            }
+            return [r { try w.reset(used) }, r { try v.reset(used) }, r { try w.reset(foreign) }, r { try v.reset(foreign) }]
+        }
+        let expected = ["\(ContextError.tokenAlreadyUsed)", "\(ContextError.tokenAlreadyUsed)",
+                        "\(ContextError.tokenFromDifferentVariable)", "\(ContextError.tokenFromDifferentContext)"]
+        #expect(onNewThread { attempts() } == expected)
+        let inTasks = try await Task.detached { () async throws -> [[String]] in
+            let bare = attempts()                        // no binding at all
+            v.set(2)
+            let unscoped = attempts()
+            let scoped = try await Context().run { () async -> [String] in
+                v.set(3)
+                let own = attempts()
+                async let child = attempts()
+                return own + (await child)
+            }
+            return [bare, unscoped, scoped, [("\(v.value!)")]]
+        }.value
+        #expect(inTasks == [expected, expected, expected + expected, ["2"]])
+    }
+
+    /// A failed `reset` in a child that only inherited its parent's
+    /// binding changes nothing, not even where the child reads from: it
+    /// still reads its parent's binding (its chain is unchanged, and it
+    /// sees a value the parent sets afterwards in the same scope,
+    /// exception 1), as before the failed call.
+    @Test func failedResetInAChildLeavesItReadingItsParentsBinding() async throws {
+        let v = ContextVar<Int>("nu_failreset", default: 0)
+        let seen = try await Task.detached { () async throws -> [String] in
+            try await Context().run { () async -> [String] in
+                let parentToken = v.set(1)
+                let (go, open) = AsyncStream<Void>.makeStream()
+                let (set, didSet) = AsyncStream<Void>.makeStream()
+                async let child: [String] = {
+                    let before = Context.currentChainDescription
+                    let outcome: String
+                    do { try v.reset(parentToken); outcome = "reset" } catch { outcome = "\(error)" }
+                    let after = Context.currentChainDescription
+                    open.yield(())
+                    for await _ in set { break }
+                    return [outcome, before == after ? "same chain" : "chain changed:\n\(before)\n\(after)", "\(v.value!)"]
+                }()
+                for await _ in go { break }
+                v.set(5)
+                didSet.yield(())
+                return await child
+            }
+        }.value
+        #expect(seen == ["\(ContextError.tokenFromDifferentContext)", "same chain", "5"])
+    }
+
+    // MARK: Threads and tasks sharing contexts
+
+    /// A `Task {}` created by synchronous thread code inside `ctx.run`
+    /// reads that context (docs: tasks created inside the body read it);
+    /// after the thread's scope ends and a later scope of the same context
+    /// writes 2, it still reads 1 ("After the scope").
+    @Test func taskCreatedOnAThreadInsideRunReadsThatScope() async throws {
+        let v = ContextVar<Int>("nu_thread_task", default: 0)
+        let context = Context()
+        let (go, open) = AsyncStream<Void>.makeStream()
+        let task: Task<[Int], Never> = onNewThread {
+            try! context.run {
+                v.set(1)
+                return Task { () async -> [Int] in
+                    let first = v.value!
+                    for await _ in go { break }
+                    return [first, v.value!]
+                }
+            }
+        }
+        onNewThread { try! context.run { v.set(2) } }
+        open.yield(())
+        #expect(await task.value == [1, 1])
+        #expect(context[v] == 2)
+    }
+
+    /// A context a task is in cannot be entered by a thread, and the
+    /// reverse; the failed `run` changes nothing, and both run it later.
+    @Test func threadsAndTasksCannotEnterEachOthersContext() async throws {
+        let v = ContextVar<Int>("nu_cross", default: 0)
+        let context = Context()
+        let (inside, markInside) = AsyncStream<Void>.makeStream()
+        let (leave, markLeave) = AsyncStream<Void>.makeStream()
+        let holder = Task.detached {
+            try await context.run { () async in
+                v.set(1)
+                markInside.yield(())
+                for await _ in leave { break }
+            }
+        }
+        for await _ in inside { break }
+        let fromThread = onNewThread { () -> String in
+            do { try context.run { v.set(99) }; return "entered" } catch { return "\(error)" }
+        }
+        #expect(fromThread == "\(ContextError.contextAlreadyEntered)")
+        #expect(context[v] == 1)
+        markLeave.yield(())
+        try await holder.value
+        let threadHolds = onNewThread { () -> String in
+            try! context.run { () -> String in
+                v.set(2)
+                let r = Thread.current.isMainThread ? "?" : ""
+                let semaphore = DispatchSemaphore(value: 0)
+                let result = LockedBox("")
+                Task.detached {
+                    do { try context.run { v.set(98) }; result.mutate { $0 = "entered" } } catch { result.mutate { $0 = "\(error)" } }
+                    semaphore.signal()
+                }
+                semaphore.wait()
+                return r + result.value
+            }
+        }
+        #expect(threadHolds == "\(ContextError.contextAlreadyEntered)")
+        #expect(context[v] == 2)
+    }
+
+    // MARK: Values are released
+
+    /// Values set by many short tasks (`Task.detached`, `Task {}`,
+    /// `Context.task`, group children, `withValue`) are all released once
+    /// the tasks end.
+    @Test func valuesSetByEndedTasksAreReleased() async {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("nu_release")
+        let n = scaled(300)
+        await Task.detached {
+            for i in 0..<n {
+                await Task.detached { v.set(counter.make(i)); await Task.yield() }.value
+                await Task { v.set(counter.make(i)) }.value
+                await Context.task { v.set(counter.make(i)) }.value
+                await withTaskGroup(of: Void.self) { group in
+                    group.addTask { v.set(counter.make(i)) }
+                    group.addTaskInCopiedContext { v.set(counter.make(i)) }
+                }
+                await v.withValue(counter.make(i)) { () async in v.set(counter.make(i)) }
+            }
+        }.value
+        #expect(counter.made.load(ordering: .sequentiallyConsistent) == 7 * n)
+        let released = await eventuallyYielding(seconds: 30) { counter.alive == 0 }
+        #expect(released, "\(counter.alive) values still alive")
+    }
+
+    // MARK: A model-checked random workload
+
+    /// Thousands of concurrent tasks, each running a random program of the
+    /// operations a server's code uses — `set`, `reset` (right and wrong
+    /// tokens), `withValue` sync and async, `run` of a new context and of
+    /// a copy, `async let`, `Task {}`, `Context.task`, yields — and
+    /// checking every read against a model of the documented semantics.
+    /// Every mismatch is counted with a description.
+    @Test func randomProgramsAgreeWithTheModel() async {
+        let vars = [ContextVar<Int>("nu_m0"), ContextVar<Int>("nu_m1"), ContextVar<Int>("nu_m2")]
+        let n = scaled(1500)
+        let failures = LockedBox<[String]>([])
+        await withTaskGroup(of: Void.self) { group in
+            for seed in 0..<n {
+                group.addTask {
+                    await Task.detached {
+                        var program = ModelProgram(seed: UInt64(seed) &+ 1, vars: vars)
+                        await program.run(depth: 0, budget: 40)
+                        if let failure = program.failures.first {
+                            failures.mutate { $0.append("seed \(seed): \(failure)") }
+                        }
+                    }.value
+                }
+            }
+        }
+        #expect(failures.value.isEmpty, "\(failures.value.count) programs failed; first: \(failures.value.prefix(3))")
+    }
+
+    // MARK: threading.local
+
+    /// `Local { setUp }` runs `setUp` once per thread (Python's subclass
+    /// `__init__`): a deleted attribute stays deleted. Releasing a `Local`
+    /// or a `ThreadLocal` releases every thread's values, also those of a
+    /// thread still running (docs: "all threads' attributes are released
+    /// when the `Local` is released").
+    @Test func localsReleaseEveryThreadsValuesWhileThreadsRun() {
+        let counter = LifetimeCounter()
+        let setUps = Atomic<Int>(0)
+        let holder = LockedBox<(Local, ThreadLocal<Tracked>)?>((
+            Local { l in
+                setUps.add(1, ordering: .relaxed)
+                l.x = 0
+            },
+            ThreadLocal { counter.make(-1) }))
+        let entered = DispatchSemaphore(value: 0)
+        let finish = DispatchSemaphore(value: 0)
+        let done = DispatchSemaphore(value: 0)
+        let seen = LockedBox<[String]>([])
+        Thread.detachNewThread {
+            do {
+                let (local, typed) = holder.value!
+                let before = "\(local.x as? Int ?? -1)"
+                local.x = nil
+                let afterDelete = "\(local.x as? Int ?? -1)"
+                local.t = counter.make(1)
+                _ = typed.value
+                seen.mutate { $0 = [before, afterDelete] }
+            }
+            entered.signal()
+            finish.wait()      // the thread lives on, holding no reference to the locals
+            done.signal()
+        }
+        entered.wait()
+        #expect(seen.value == ["0", "-1"])
+        #expect(setUps.load(ordering: .relaxed) == 2)
+        do {
+            let (local, typed) = holder.value!
+            local.t = counter.make(2)
+            _ = typed.value
+        }
+        #expect(counter.alive == 4)
+        holder.mutate { $0 = nil }          // the last references to both locals
+        #expect(counter.alive == 0, "\(counter.alive) values still alive after the locals were released")
+        finish.signal()
+        done.wait()
+    }
+
+    // MARK: Watchers, as docs/concurrency.md's table says
+
+    /// The events a task's scopes send, and the context each carries: the
+    /// one entered; at the end, the enclosing scope's, `nil` with no scope
+    /// left, or the task's unscoped binding's (also after a later scope). A child that only inherits
+    /// sends nothing. In a process of its own (watchers are process-wide).
+    @Test func watcherEventsOfATasksScopes() async {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
+            let v = ContextVar<Int>("nu_watch", default: 0)
+            let names = PThreadLocked<[UInt: String]>([:])
+            let keep = PThreadLocked<[Context]>([])
+            @Sendable func key(_ context: Context?) -> UInt {
+                context.map { UInt(bitPattern: $0.withUnsafeHandle { $0 }) } ?? 0
+            }
+            @Sendable func remember(_ label: String) {
+                Context.withCurrentUnsafeHandle { handle, _ in
+                    // Kept alive to the end, so that no later context
+                    // reuses the address.
+                    let kept = Context(retaining: handle)
+                    names.withLock { $0[UInt(bitPattern: handle)] = label }
+                    keep.withLock { $0.append(kept) }
+                }
+            }
+            let events = PThreadLocked<[(ContextEvent, UInt)]>([])
+            let ctx = Context(), ctx2 = Context(), ctx3 = Context()
+            names.withLock {
+                $0[UInt(bitPattern: ctx.withUnsafeHandle { $0 })] = "ctx"
+                $0[UInt(bitPattern: ctx2.withUnsafeHandle { $0 })] = "ctx2"
+                $0[UInt(bitPattern: ctx3.withUnsafeHandle { $0 })] = "ctx3"
+            }
+            let watcher = try! Context.addWatcher { event, context in
+                if event == .switched { return }
+                let k = key(context)
+                events.withLock { $0.append((event, k)) }
+            }
+            await Task.detached {
+                try! await ctx.run { () async in
+                    await v.withValue(1) { () async in remember("W") }
+                }
+                v.set(5)
+                remember("U")
+                try! await ctx2.run { () async in }
+                try! await ctx3.run { () async in
+                    async let child: Void = { () async in
+                        await Task.yield()
+                        v.set(6)     // the child's own unscoped binding
+                        remember("childU")
+                        await v.withValue(7) { () async in remember("W2") }
+                    }()
+                    await child
+                }
+            }.value
+            watcher.cancel()
+            // Named at the end: a scope's context is remembered inside it,
+            // after its `entered` event.
+            let known = names.withLock { $0 }
+            for (event, k) in events.withLock({ $0 }) { print(event, k == 0 ? "nil" : known[k] ?? "?") }
+        }
+        let lines = result.map { String(decoding: $0.standardOutputContent, as: UTF8.self) } ?? ""
+        #expect(lines == """
+            entered ctx
+            entered W
+            exited ctx
+            exited nil
+            entered ctx2
+            exited U
+            entered ctx3
+            entered W2
+            exited childU
+            exited U
+
+            """)
+    }
+}
+
+/// One random program and its model: a stack of frames (the task's
+/// unscoped context at the bottom, then one per scope), each the values
+/// the running code must read there.
+struct ModelProgram {
+    var rng: UInt64
+    let vars: [ContextVar<Int>]
+    var frames: [[Int?]] = [[nil, nil, nil]]
+    /// Tokens made in each frame, with the value each replaced.
+    var tokens: [[(variable: Int, token: Token<Int>, old: Int?)]] = [[]]
+    var usedTokens: [Token<Int>] = []
+    var failures: [String] = []
+    var counter = 0
+
+    init(seed: UInt64, vars: [ContextVar<Int>]) {
+        rng = seed
+        self.vars = vars
+    }
+
+    mutating func next(_ bound: Int) -> Int {
+        rng = rng &* 6364136223846793005 &+ 1442695040888963407
+        return Int((rng >> 33) % UInt64(bound))
+    }
+
+    func current() -> [Int?] { vars.map { $0.value } }
+
+    mutating func check(_ label: String) {
+        let seen = current()
+        if seen != frames.last! { failures.append("\(label): read \(seen), model \(frames.last!) at depth \(frames.count - 1)") }
+    }
+
+    /// What a child task (`async let`, `Task {}`) must read: the innermost
+    /// scope's values, or — with no scope of the task's own — nothing
+    /// (these programs run in `Task.detached`; exception 2).
+    func childView() -> [Int?] { frames.count > 1 ? frames.last! : [nil, nil, nil] }
+
+    mutating func run(depth: Int, budget: Int) async {
+        var steps = budget
+        while steps > 0 {
+            steps -= 1
+            counter += 1
+            let value = counter
+            switch next(12) {
+            case 0, 1:
+                let i = next(3)
+                let old = frames[frames.count - 1][i]
+                let token = vars[i].set(value)
+                frames[frames.count - 1][i] = value
+                tokens[tokens.count - 1].append((i, token, old))
+                check("after set")
+            case 2:
+                if let last = tokens[tokens.count - 1].popLast() {
+                    do {
+                        try vars[last.variable].reset(last.token)
+                        frames[frames.count - 1][last.variable] = last.old
+                        usedTokens.append(last.token)
+                    } catch { failures.append("reset of own token threw \(error)") }
+                    check("after reset")
+                }
+            case 3:
+                // A token of an enclosing frame: wrong context, nothing changes.
+                if tokens.count > 1, let outer = tokens[tokens.count - 2].last {
+                    do {
+                        try vars[outer.variable].reset(outer.token)
+                        failures.append("reset of an outer frame's token succeeded")
+                    } catch let error as ContextError where error == .tokenFromDifferentContext {
+                    } catch { failures.append("outer token: \(error)") }
+                    check("after wrong-context reset")
+                } else if let used = usedTokens.last {
+                    do {
+                        try used.variable.reset(used)
+                        failures.append("reset of a used token succeeded")
+                    } catch let error as ContextError where error == .tokenAlreadyUsed {
+                    } catch { failures.append("used token: \(error)") }
+                    check("after used-token reset")
+                }
+            case 4 where depth < 4:
+                let i = next(3)
+                var frame = frames.last!
+                frame[i] = value
+                frames.append(frame)
+                tokens.append([])
+                var me = self
+                await vars[i].withValue(value) { () async in
+                    me.check("withValue begins")
+                    await Task.yield()
+                    await me.run(depth: depth + 1, budget: steps / 2)
+                    me.check("withValue ends")
+                }
+                self = me
+                frames.removeLast()
+                tokens.removeLast()
+                check("after withValue")
+            case 5 where depth < 4:
+                let fresh = next(2) == 0
+                frames.append(fresh ? [nil, nil, nil] : frames.last!)
+                tokens.append([])
+                var me = self
+                do {
+                    try await (fresh ? Context() : Context.copyCurrent()).run { () async in
+                        me.check("run begins")
+                        await me.run(depth: depth + 1, budget: steps / 2)
+                    }
+                } catch { me.failures.append("run threw \(error)") }
+                self = me
+                frames.removeLast()
+                tokens.removeLast()
+                check("after run")
+            case 6:
+                let i = next(3)
+                var frame = frames.last!
+                frame[i] = value
+                let expectedFrame = frame
+                let seen = vars[i].withValue(value) { current() }
+                if seen != expectedFrame { failures.append("sync withValue read \(seen), model \(expectedFrame)") }
+                check("after sync withValue")
+            case 7:
+                let vars = vars
+                async let child = vars.map { $0.value }
+                let seen = await child
+                if seen != childView() { failures.append("async let read \(seen), model \(childView())") }
+            case 8:
+                let vars = vars
+                let seen = await Task { () async -> [Int?] in
+                    await Task.yield()
+                    let before = vars.map { $0.value }
+                    vars[0].set(-1)          // private to the child
+                    return before
+                }.value
+                if seen != childView() { failures.append("Task {} read \(seen), model \(childView())") }
+                check("after Task {}")
+            case 9:
+                let vars = vars
+                let seen = await Context.task { () async -> [Int?] in
+                    await Task.yield()
+                    let before = vars.map { $0.value }
+                    vars[1].set(-2)
+                    return before
+                }.value
+                if seen != frames.last! { failures.append("Context.task read \(seen), model \(frames.last!)") }
+                check("after Context.task")
+            default:
+                await Task.yield()
+                check("after yield")
+            }
+        }
+    }
+}
