@@ -787,6 +787,200 @@ import Glibc
 
             """)
     }
+    // MARK: Newer task APIs
+
+    /// `group.addImmediateTask` (SE-0472) runs the child on the calling
+    /// thread until it suspends, inside the parent's synchronous call; a
+    /// task with an executor preference, and a custom-executor actor. Each
+    /// child reads the parent's scope values, writes privately, and the
+    /// parent reads its own values before and after (asyncio twin: each
+    /// `create_task` child sets privately, the parent keeps its value).
+    @Test func immediateChildrenAndExecutorPreferences() async throws {
+        let v = ContextVar<Int>("nu_immediate", default: 0)
+        let w = ContextVar<Int>("nu_immediate_w", default: 0)
+        let seen = try await Task.detached { () async throws -> [Int] in
+            try await Context().run { () async -> [Int] in
+                v.set(1)
+                var out: [Int] = []
+                let fromGroup = await withTaskGroup(of: [Int].self) { group in
+                    for i in 0..<20 {
+                        group.addImmediateTask {
+                            let before = v.value!
+                            v.set(100 + i)                 // private, before any suspension
+                            let mine = v.value!
+                            await Task.yield()
+                            return [before, mine == 100 + i ? 1 : 0, v.value! == 100 + i ? 1 : 0]
+                        }
+                        // The parent, on the same thread right after the child ran inline.
+                        out.append(v.value!)
+                        w.set(i)
+                        out.append(w.value!)
+                    }
+                    var all: [Int] = []
+                    for await r in group { all += r }
+                    return all
+                }
+                #expect(fromGroup == Array(repeating: [1, 1, 1], count: 20).flatMap { $0 })
+                let preferred = await Task(executorPreference: globalConcurrentExecutor) { () async -> Int in
+                    v.set(7)
+                    await Task.yield()
+                    return v.value!
+                }.value
+                let scoped = await withTaskExecutorPreference(globalConcurrentExecutor) { () async -> Int in
+                    await Task.yield()
+                    return v.value!
+                }
+                return out.suffix(2) + [preferred, scoped, v.value!, w.value!]
+            }
+        }.value
+        #expect(seen == [1, 19, 7, 1, 1, 19])
+    }
+
+    /// An actor on its own serial executor (a dispatch queue): its method
+    /// does the Python-style set/reset around awaits; callers' values
+    /// never leak into one another or back to the caller.
+    final class QueueExecutor: SerialExecutor {
+        let queue = DispatchQueue(label: "nu.queue-actor")
+        func enqueue(_ job: consuming ExecutorJob) {
+            let job = UnownedJob(job)
+            queue.async { job.runSynchronously(on: self.asUnownedSerialExecutor()) }
+        }
+    }
+
+    actor QueueActor {
+        let executor = QueueExecutor()
+        nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+        func handle(_ v: ContextVar<Int>, _ id: Int) async -> Bool {
+            let before = v.value
+            let t = v.set(id)
+            await Task.yield()
+            let ok = v.value == id
+            try? v.reset(t)
+            // Synchronous code on the queue's thread, outside the task's
+            // reach: the queue's thread context is not the task's.
+            return ok && v.value == before
+        }
+    }
+
+    @Test func customExecutorActorKeepsEachCallersValue() async {
+        let v = ContextVar<Int>("nu_queue_actor", default: 0)
+        let actor = QueueActor()
+        let n = scaled(500)
+        let ok = await Task.detached { () async -> Int in
+            await v.withValue(-1) { () async -> Int in
+                await withTaskGroup(of: Bool.self) { group in
+                    for i in 1...n {
+                        group.addTask { await actor.handle(v, i) && v.value == -1 }
+                    }
+                    var count = 0
+                    for await r in group where r { count += 1 }
+                    return count
+                }
+            }
+        }.value
+        #expect(ok == n)
+    }
+    // MARK: Nothing stays alive beyond what can be read
+
+    /// docs/concurrency.md: "a `v.withValue(small)` nested in
+    /// `v.withValue(big)` holds a map in which `small` replaced `big`, so a
+    /// `Task {}` started inside keeps only `small`" — and the same for a
+    /// `Context.run` of a copy in which the task set `small`, and for a
+    /// `Task {}` that outlives both scopes.
+    @Test func aTaskStartedInANestedScopeKeepsOnlyWhatItCanRead() async {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("nu_small_big")
+        let (go, open) = AsyncStream<Void>.makeStream()
+        let task = await Task.detached { () async -> Task<Int, Never> in
+            await v.withValue(counter.make(1)) { () async -> Task<Int, Never> in
+                await v.withValue(counter.make(2)) { () async -> Task<Int, Never> in
+                    Task {
+                        for await _ in go { break }
+                        return v.value!.id
+                    }
+                }
+            }
+        }.value
+        // Both scopes have ended; the task still runs, holding `small`.
+        #expect(counter.alive == 1, "alive \(counter.alive): `big` outlived the scope it was bound in")
+        open.yield(())
+        #expect(await task.value == 2)
+        #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 })
+    }
+
+    /// docs/concurrency.md: "`Context.task` creates its task with no binding
+    /// in its task-locals, so a chain of tasks that respawn each other
+    /// frees each generation as it ends".
+    @Test func aChainOfRespawningTasksFreesEachGeneration() async {
+        let chain = RespawnChain(generations: 60)
+        await Task.detached {
+            await chain.v.withValue(chain.counter.make(0)) { () async in
+                Context.task { await RespawnChain.generation(chain, 1) }
+            }
+        }.value
+        for await _ in chain.done { break }
+        let maxAlive = chain.maxAlive.load(ordering: .relaxed)
+        #expect(maxAlive <= 1, "a generation's value outlived it: up to \(maxAlive) alive")
+        #expect(await eventuallyYielding(seconds: 30) { chain.counter.alive == 0 })
+    }
+
+    final class RespawnChain: Sendable {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("nu_chain")
+        let generations: Int
+        let maxAlive = Atomic<Int>(0)
+        let done: AsyncStream<Void>
+        let finish: AsyncStream<Void>.Continuation
+        init(generations: Int) {
+            self.generations = generations
+            (done, finish) = AsyncStream<Void>.makeStream()
+        }
+
+        static func generation(_ chain: RespawnChain, _ k: Int) async {
+            chain.v.set(chain.counter.make(k))
+            // Wait (bounded) until the generation before this one has ended
+            // and let go of its value: then only this one's is alive.
+            _ = await eventuallyYielding(seconds: 30) { chain.counter.alive <= 1 }
+            let alive = chain.counter.alive
+            if alive > chain.maxAlive.load(ordering: .relaxed) { chain.maxAlive.store(alive, ordering: .relaxed) }
+            if k == chain.generations {
+                chain.finish.yield(())
+            } else {
+                Context.task { await generation(chain, k + 1) }
+            }
+        }
+    }
+
+    /// `.notInherited`: the value is read in the same task or thread in
+    /// nested `run` / `withValue` scopes and in explicit copies (docs
+    /// table), after an unscoped set, inside a scope, and on a thread.
+    @Test func notInheritedValueIsReadInNestedScopesOfTheSameTaskOrThread() async throws {
+        let hidden = ContextVar<Int>("nu_ni_nested", default: 0, inheritance: .notInherited)
+        let w = ContextVar<Int>("nu_ni_nested_w", default: 0)
+        @Sendable func nestedReads() throws -> [Int] {
+            [w.withValue(1) { hidden.value! },
+             try Context.copyCurrent().run { hidden.value! },
+             Context.copyCurrent()[hidden] ?? -1,
+             Context.withCurrentUnsafeHandle { _, _ in hidden.value! }]
+        }
+        let inTask = try await Task.detached { () async throws -> [Int] in
+            hidden.set(3)
+            let unscoped = try nestedReads()
+            let async1 = await w.withValue(2) { () async in hidden.value! }
+            let scoped = try await Context().run { () async throws -> [Int] in
+                hidden.set(4)
+                let inner = try await Context.copyCurrent().run { () async in hidden.value! }
+                return try nestedReads() + [inner]
+            }
+            return unscoped + [async1] + scoped
+        }.value
+        #expect(inTask == [3, 3, 3, 3, 3, 4, 4, 4, 4, 4])
+        let onThread = try onNewThread { () -> Result<[Int], Error> in
+            hidden.set(5)
+            return Result { try nestedReads() }
+        }.get()
+        #expect(onThread == [5, 5, 5, 5])
+    }
 }
 
 /// One random program and its model: a stack of frames (the task's
