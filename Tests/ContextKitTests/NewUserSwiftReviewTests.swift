@@ -981,6 +981,54 @@ import Glibc
         }.get()
         #expect(onThread == [5, 5, 5, 5])
     }
+    // MARK: A task that outlived its scope enters the same context
+
+    /// asyncio (`t2`): a task created in `ctx.run` that, after a later
+    /// scope of `ctx` wrote 2, runs `ctx` itself: it reads its copy (1),
+    /// then ctx's current value (2) inside, writes 3 there, and its copy
+    /// (1) again after: `([1, 2, 1], 3)`. Sync and async `run`, and a
+    /// variant with no later scope.
+    @Test func aTaskThatOutlivedItsScopeRunsTheSameContext() async throws {
+        let v = ContextVar<Int>("nu_outlived", default: 0)
+        for asyncRun in [false, true] {
+            for laterScope in [true, false] {
+                let context = Context()
+                let (go, open) = AsyncStream<Void>.makeStream()
+                let task = try await Task.detached { () async throws -> Task<[Int], any Error> in
+                    try await context.run { () async -> Task<[Int], any Error> in
+                        v.set(1)
+                        return Task { () async throws -> [Int] in
+                            for await _ in go { break }
+                            let a = v.value!
+                            let b: Int
+                            if asyncRun {
+                                b = try await context.run { () async -> Int in
+                                    await Task.yield()
+                                    let b = v.value!
+                                    v.set(3)
+                                    return b
+                                }
+                            } else {
+                                b = try context.run { () -> Int in
+                                    let b = v.value!
+                                    v.set(3)
+                                    return b
+                                }
+                            }
+                            await Task.yield()
+                            return [a, b, v.value!]
+                        }
+                    }
+                }.value
+                if laterScope { try await Task.detached { try context.run { v.set(2) } }.value }
+                open.yield(())
+                let seen = try await task.value
+                #expect(seen == [1, laterScope ? 2 : 1, 1], "async run: \(asyncRun), later scope: \(laterScope)")
+                #expect(context[v] == 3)
+                #expect(!context.isEntered)
+            }
+        }
+    }
 }
 
 /// One random program and its model: a stack of frames (the task's
