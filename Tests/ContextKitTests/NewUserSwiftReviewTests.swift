@@ -1029,6 +1029,43 @@ import Glibc
             }
         }
     }
+    // MARK: ComingFromPython's spellings
+
+    /// *Coming from Python* gives `x.withValue(v) { … }` as the spelling
+    /// of Python 3.14's `with var.set(v):` (a token as a context manager,
+    /// whose `__exit__` is `var.reset(token)`). In Python the block runs in
+    /// the current context, so a `set` of another variable inside it stays
+    /// after the block:
+    ///
+    ///     t = v.set(1)            # with v.set(1):
+    ///     try: w.set(2)           #     w.set(2)
+    ///     finally: v.reset(t)
+    ///     (v.get(), w.get())      # (0, 2)
+    ///
+    /// Both spellings the table gives, on a thread and in a task.
+    @Test func withVarSetBlockSpellingsKeepOtherVariablesSets() async throws {
+        let v = ContextVar<Int>("nu_with_v", default: 0)
+        let w = ContextVar<Int>("nu_with_w", default: 0)
+        @Sendable func spellings() -> [[Int]] {
+            var out: [[Int]] = []
+            try! Context().run {
+                v.withValue(1) { _ = w.set(2) }
+                out.append([v.value!, w.value!])
+            }
+            try! Context().run {
+                do {
+                    let t = v.set(1)
+                    defer { try? v.reset(t) }
+                    w.set(2)
+                }
+                out.append([v.value!, w.value!])
+            }
+            return out
+        }
+        let python = [0, 2]
+        #expect(onNewThread { spellings() } == [python, python])
+        #expect(await Task.detached { spellings() }.value == [python, python])
+    }
 }
 
 /// One random program and its model: a stack of frames (the task's
