@@ -1031,10 +1031,9 @@ import Glibc
     }
     // MARK: ComingFromPython's spellings
 
-    /// *Coming from Python* gives `x.withValue(v) { … }` as the spelling
-    /// of Python 3.14's `with var.set(v):` (a token as a context manager,
-    /// whose `__exit__` is `var.reset(token)`). In Python the block runs in
-    /// the current context, so a `set` of another variable inside it stays
+    /// Python 3.14's `with var.set(v):` (a token as a context manager,
+    /// whose `__exit__` is `var.reset(token)`) runs the block in the
+    /// current context, so a `set` of another variable inside it stays
     /// after the block:
     ///
     ///     t = v.set(1)            # with v.set(1):
@@ -1042,8 +1041,12 @@ import Glibc
     ///     finally: v.reset(t)
     ///     (v.get(), w.get())      # (0, 2)
     ///
-    /// Both spellings the table gives, on a thread and in a task.
-    @Test func withVarSetBlockSpellingsKeepOtherVariablesSets() async throws {
+    /// *Coming from Python* gives `let t = x.set(v); defer { try? x.reset(t) }`
+    /// as its spelling, and `x.withValue(v) { … }` as the one that runs the
+    /// block in a copy, where that `set` is gone after the block (it gave
+    /// `withValue` as the spelling, with no word of the difference). Both,
+    /// on a thread and in a task.
+    @Test func withVarSetBlockIsSetAndResetAndWithValueRunsInACopy() async throws {
         let v = ContextVar<Int>("nu_with_v", default: 0)
         let w = ContextVar<Int>("nu_with_w", default: 0)
         @Sendable func spellings() -> [[Int]] {
@@ -1062,9 +1065,9 @@ import Glibc
             }
             return out
         }
-        let python = [0, 2]
-        #expect(onNewThread { spellings() } == [python, python])
-        #expect(await Task.detached { spellings() }.value == [python, python])
+        let python = [0, 2], inACopy = [0, 0]
+        #expect(onNewThread { spellings() } == [inACopy, python])
+        #expect(await Task.detached { spellings() }.value == [inACopy, python])
     }
 }
 
