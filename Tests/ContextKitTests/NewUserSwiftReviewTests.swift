@@ -1,3 +1,4 @@
+import CContextCore
 import Foundation
 import Synchronization
 import Testing
@@ -1068,6 +1069,81 @@ import Glibc
         let python = [0, 2], inACopy = [0, 0]
         #expect(onNewThread { spellings() } == [inACopy, python])
         #expect(await Task.detached { spellings() }.value == [inACopy, python])
+    }
+    // MARK: Watcher slots; C writes behind the value cache
+
+    /// Eight watcher slots (ContextError docs): the ninth `addWatcher`
+    /// throws `tooManyWatchers` and installs nothing; `cancel()` twice is
+    /// harmless, and frees a slot; releasing a handle frees its slot too.
+    @Test func watcherSlotsRunOutWithTheDocumentedError() async {
+        await #expect(processExitsWith: .success) {
+            // Scope events only: a thread's first use of the runtime sends
+            // `switched` too.
+            let calls = Atomic<Int>(0)
+            @Sendable func count(_ event: ContextEvent, _: Context?) {
+                if event != .switched { calls.add(1, ordering: .relaxed) }
+            }
+            func expectCalls(_ n: Int, _ what: String) {
+                let seen = calls.load(ordering: .relaxed)
+                if seen != n {
+                    Issue.record("\(what): \(seen) scope events, expected \(n)")
+                    exit(1)
+                }
+            }
+            var watchers: [ContextWatcher] = []
+            for _ in 0..<8 { watchers.append(try! Context.addWatcher(count)) }
+            do {
+                _ = try Context.addWatcher { _, _ in calls.add(1000, ordering: .relaxed) }
+                Issue.record("a ninth watcher was installed")
+                exit(1)
+            } catch let error as ContextError where error == .tooManyWatchers {
+            } catch {
+                Issue.record("the ninth watcher threw \(error)")
+                exit(1)
+            }
+            try! Context().run {}
+            expectCalls(16, "eight watchers")       // entered + exited each
+            watchers[0].cancel()
+            watchers[0].cancel()
+            let ninth = try! Context.addWatcher(count)
+            watchers.removeLast()                    // released: its slot frees
+            let tenth = try! Context.addWatcher(count)
+            calls.store(0, ordering: .relaxed)
+            try! Context().run {}
+            expectCalls(16, "after a cancel and a release")
+            withExtendedLifetime((watchers, ninth, tenth)) {}
+        }
+    }
+
+    /// C writes a task's own context through `withCurrentUnsafeHandle`
+    /// (`isWritable`), after Swift read the value (the place cache's value
+    /// cache holds it): the next Swift read sees C's write.
+    @Test func cWriteThroughTheUnsafeHandleIsSeenByTheNextRead() async throws {
+        let v = ContextVar<Int>("nu_c_write")
+        let seen = try await Task.detached { () async throws -> [String] in
+            var out: [String] = []
+            v.set(1)
+            out.append("\(v.value as Int?)")
+            Context.withCurrentUnsafeHandle { handle, writable in
+                out.append("\(writable)")
+                out.append("\(cctx_context_delete(handle, v.handle) == CCTX_OK)")
+            }
+            out.append("\(v.value as Int?)")
+            try await Context().run { () async in
+                v.set(2)
+                out.append("\(v.value as Int?)")
+                await Task.yield()
+                Context.withCurrentUnsafeHandle { handle, writable in
+                    out.append("\(writable)")
+                    out.append("\(cctx_context_delete(handle, v.handle) == CCTX_OK)")
+                }
+                out.append("\(v.value as Int?)")
+                v.set(3)
+                out.append("\(v.value as Int?)")
+            }
+            return out
+        }.value
+        #expect(seen == ["Optional(1)", "true", "true", "nil", "Optional(2)", "true", "true", "nil", "Optional(3)"])
     }
 }
 
