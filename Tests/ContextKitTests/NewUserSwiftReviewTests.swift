@@ -1145,6 +1145,31 @@ import Glibc
         }.value
         #expect(seen == ["Optional(1)", "true", "true", "nil", "Optional(2)", "true", "true", "nil", "Optional(3)"])
     }
+    // MARK: Variables' lifetime
+
+    /// ContextVar docs: "a variable stays alive while any context holds one
+    /// of its values" — and no longer: a variable dropped by its creator is
+    /// still listed by the context that holds its value (same name, same
+    /// value), and is freed with that context.
+    @Test func aVariableLivesAsLongAsAContextHoldsItsValue() async throws {
+        weak var weakVariable: ContextVar<String>?
+        var context: Context? = Context()
+        do {
+            let temporary = ContextVar<String>("nu_temporary")
+            weakVariable = temporary
+            try context!.run { temporary.set("kept") }
+        }
+        #expect(weakVariable != nil)
+        let listed = context!.map { "\($0.variable.name)=\($0.value)" }
+        #expect(listed == ["nu_temporary=kept"])
+        #expect(context!.description == #"<Context {nu_temporary: "kept"}>"#)
+        let copy = context!.copy()
+        context = nil
+        #expect(weakVariable != nil)                 // the copy holds the value
+        #expect(copy.variables.first?.name == "nu_temporary")
+        _ = consume copy
+        #expect(weakVariable == nil, "the variable outlived every context that held its value")
+    }
 }
 
 /// One random program and its model: a stack of frames (the task's
