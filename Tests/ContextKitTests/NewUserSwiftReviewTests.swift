@@ -1170,6 +1170,20 @@ import Glibc
         _ = consume copy
         #expect(weakVariable == nil, "the variable outlived every context that held its value")
     }
+    // MARK: copyCurrent's doc comment
+
+    /// `Context.copyCurrent()`'s doc comment: "In a task: the context of
+    /// the innermost `run` or `ContextVar.withValue` around the call, or an
+    /// empty context when there is none." A task that set a value outside
+    /// any scope has no `run` or `withValue` around the call.
+    @Test func copyCurrentInATaskWithNoScopeAroundTheCall() async {
+        let v = ContextVar<Int>("nu_copy_doc")
+        let copied = await Task.detached { () -> Int? in
+            v.set(1)
+            return Context.copyCurrent()[v]
+        }.value
+        #expect(copied == nil, "copyCurrent() in a task with no run or withValue around the call is not empty")
+    }
 }
 
 /// One random program and its model: a stack of frames (the task's
