@@ -1172,17 +1172,28 @@ import Glibc
     }
     // MARK: copyCurrent's doc comment
 
-    /// `Context.copyCurrent()`'s doc comment: "In a task: the context of
-    /// the innermost `run` or `ContextVar.withValue` around the call, or an
-    /// empty context when there is none." A task that set a value outside
-    /// any scope has no `run` or `withValue` around the call.
-    @Test func copyCurrentInATaskWithNoScopeAroundTheCall() async {
+    /// `Context.copyCurrent()` in a task copies what the task reads, as its
+    /// doc comment now says (it said: "the context of the innermost `run`
+    /// or `ContextVar.withValue` around the call, or an empty context when
+    /// there is none"): with no scope around the call, the task's unscoped
+    /// binding after a `set`, else the binding it inherited (without
+    /// `.notInherited` values), else nothing. Python's `copy_context()` in
+    /// a task copies the task's context likewise.
+    @Test func copyCurrentInATaskCopiesWhatTheTaskReads() async {
         let v = ContextVar<Int>("nu_copy_doc")
-        let copied = await Task.detached { () -> Int? in
+        let hidden = ContextVar<Int>("nu_copy_doc_hidden", inheritance: .notInherited)
+        let copied = await Task.detached { () async -> [Int?] in
+            let empty = Context.copyCurrent()[v]
             v.set(1)
-            return Context.copyCurrent()[v]
+            let unscoped = Context.copyCurrent()[v]
+            let inherited = await v.withValue(2) { () async -> [Int?] in
+                hidden.set(3)
+                async let child = [Context.copyCurrent()[v], Context.copyCurrent()[hidden]]
+                return await child
+            }
+            return [empty, unscoped] + inherited
         }.value
-        #expect(copied == nil, "copyCurrent() in a task with no run or withValue around the call is not empty")
+        #expect(copied == [nil, 1, 2, nil])
     }
 }
 
