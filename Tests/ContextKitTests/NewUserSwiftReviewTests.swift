@@ -1195,6 +1195,65 @@ import Glibc
         }.value
         #expect(copied == [nil, 1, 2, nil])
     }
+    // MARK: The unscoped binding's context, handed out by a watcher
+
+    /// docs/concurrency.md ("Context-switch watchers"): the `.exited` event
+    /// of a scope that returns to the task's unscoped binding passes that
+    /// binding's context; it can be read anywhere, `run` on it from
+    /// elsewhere throws `contextAlreadyEntered` (`isEntered` is true) until
+    /// the task has ended and its binding is gone — then it runs, holding
+    /// what the task last wrote.
+    @Test func theUnscopedBindingsContextFromAWatcher() async {
+        await #expect(processExitsWith: .success) {
+            let v = ContextVar<Int>("nu_unscoped_watch", default: 0)
+            let captured = PThreadLocked<Context?>(nil)
+            let inTask = PThreadLocked<Bool>(false)
+            let watcher = try! Context.addWatcher { event, context in
+                if event == .exited, let context, context[v] == 5, withUnsafeCurrentTask(body: { $0 != nil }) {
+                    captured.withLock { $0 = context }
+                }
+            }
+            let (checked, markChecked) = AsyncStream<Void>.makeStream()
+            let (captureDone, markCaptured) = AsyncStream<Void>.makeStream()
+            let (ended, markEnded) = AsyncStream<Void>.makeStream()
+            Task.detached {
+                defer { markEnded.yield(()) }
+                v.set(5)
+                try! await Context().run { () async in }       // exited → the unscoped binding
+                inTask.withLock { $0 = true }
+                markCaptured.yield(())
+                for await _ in checked { break }
+                v.set(6)
+            }
+            for await _ in captureDone { break }
+            watcher.cancel()
+            guard let unscoped = captured.withLock({ $0 }) else {
+                Issue.record("no exited event carried the unscoped binding's context")
+                exit(1)
+            }
+            var problems: [String] = []
+            if !unscoped.isEntered { problems.append("isEntered false while the task lives") }
+            do {
+                try unscoped.run { v.set(99) }
+                problems.append("run on a live task's unscoped binding succeeded")
+            } catch let error as ContextError where error == .contextAlreadyEntered {
+            } catch { problems.append("run threw \(error)") }
+            if unscoped[v] != 5 { problems.append("read \(unscoped[v] as Int?) while the task lives, not 5") }
+            markChecked.yield(())
+            for await _ in ended { break }
+            let released = await eventuallyYielding(seconds: 60) { !unscoped.isEntered }
+            if !released { problems.append("still entered 60 s after its task ended") }
+            if unscoped[v] != 6 { problems.append("read \(unscoped[v] as Int?) after the task ended, not 6") }
+            do {
+                let seen = try unscoped.run { v.value! }
+                if seen != 6 { problems.append("run read \(seen), not 6") }
+            } catch { problems.append("run after the task ended threw \(error)") }
+            if !problems.isEmpty {
+                Issue.record("\(problems)")
+                exit(1)
+            }
+        }
+    }
 }
 
 /// One random program and its model: a stack of frames (the task's
