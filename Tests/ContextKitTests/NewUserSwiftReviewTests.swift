@@ -104,7 +104,7 @@ import Glibc
             try await Context().run { () async -> [String] in
                 let t = v.set(1)
                 @Sendable func attempt() -> String {
-                    do { try v.reset(t); return "reset" } catch { return "\(error as! ContextError)" }
+                    do { try v.reset(t); return "reset" } catch { return "\(error)" }
                 }
                 async let fromAsyncLet = attempt()
                 let fromTask = await Task { attempt() }.value
@@ -330,7 +330,7 @@ import Glibc
             try await Context().run { () async throws -> [Int] in
                 count += 1      // compiles only if the body is actor-isolated
                 v.set(count)
-                await MainActor.run { v.set(v.value! + 100) }
+                await MainActor.run { _ = v.set(v.value! + 100) }
                 return [v.value!]
             } + [v.value ?? -1]
         }
@@ -566,7 +566,7 @@ import Glibc
                 }
             }
         }
-        onNewThread { try! context.run { v.set(2) } }
+        onNewThread { try! context.run { _ = v.set(2) } }
         open.yield(())
         #expect(await task.value == [1, 1])
         #expect(context[v] == 2)
@@ -624,13 +624,13 @@ import Glibc
         await Task.detached {
             for i in 0..<n {
                 await Task.detached { v.set(counter.make(i)); await Task.yield() }.value
-                await Task { v.set(counter.make(i)) }.value
-                await Context.task { v.set(counter.make(i)) }.value
+                await Task { _ = v.set(counter.make(i)) }.value
+                await Context.task { _ = v.set(counter.make(i)) }.value
                 await withTaskGroup(of: Void.self) { group in
                     group.addTask { v.set(counter.make(i)) }
                     group.addTaskInCopiedContext { v.set(counter.make(i)) }
                 }
-                await v.withValue(counter.make(i)) { () async in v.set(counter.make(i)) }
+                await v.withValue(counter.make(i)) { () async in _ = v.set(counter.make(i)) }
             }
         }.value
         #expect(counter.made.load(ordering: .sequentiallyConsistent) == 7 * n)
@@ -916,7 +916,7 @@ import Glibc
         let chain = RespawnChain(generations: 60)
         await Task.detached {
             await chain.v.withValue(chain.counter.make(0)) { () async in
-                Context.task { await RespawnChain.generation(chain, 1) }
+                _ = Context.task { await RespawnChain.generation(chain, 1) }
             }
         }.value
         for await _ in chain.done { break }
@@ -1021,7 +1021,7 @@ import Glibc
                         }
                     }
                 }.value
-                if laterScope { try await Task.detached { try context.run { v.set(2) } }.value }
+                if laterScope { try await Task.detached { try context.run { _ = v.set(2) } }.value }
                 open.yield(())
                 let seen = try await task.value
                 #expect(seen == [1, laterScope ? 2 : 1, 1], "async run: \(asyncRun), later scope: \(laterScope)")
@@ -1272,12 +1272,62 @@ import Glibc
         await a!.value
         for id in [2, 3] {
             let released = counter.releasedCount
-            await Task.detached { v.set(counter.make(id)) }.value
+            await Task.detached { _ = v.set(counter.make(id)) }.value
             #expect(await eventuallyYielding(seconds: 60) { counter.releasedCount > released })
         }
         #expect(counter.alive == 1, "A's value, while its handle is held")
         a = nil
         #expect(await eventuallyYielding(seconds: 60) { counter.alive == 0 }, "A's value outlived its handle")
+    }
+    // MARK: One context, many sequential scopes, escaped tasks
+
+    /// A per-connection `Context` run once per request, sequentially, each
+    /// request setting its id and starting a `Task {}` (a background job)
+    /// that reads the id only after every later request ran: asyncio's
+    /// `create_task` copies at creation, so job i reads i. Sync and async
+    /// `run`, alternating, from tasks and threads.
+    @Test func escapedTasksOfSequentialScopesOfOneContextReadTheirOwnScope() async throws {
+        let v = ContextVar<Int>("nu_conn", default: 0)
+        let connection = Context()
+        let n = scaled(200)
+        let gate = LockedBox<Bool>(false)
+        var jobs: [Task<Int, Never>] = []
+        for i in 1...n {
+            let job: Task<Int, Never>
+            switch i % 3 {
+            case 0:
+                job = try await Task.detached {
+                    try await connection.run { () async -> Task<Int, Never> in
+                        v.set(i)
+                        await Task.yield()
+                        return Task { _ = await eventuallyYielding(seconds: 60) { gate.value }; return v.value! }
+                    }
+                }.value
+            case 1:
+                job = try await Task.detached {
+                    try connection.run { () -> Task<Int, Never> in
+                        v.set(i)
+                        return Task { _ = await eventuallyYielding(seconds: 60) { gate.value }; return v.value! }
+                    }
+                }.value
+            default:
+                job = onNewThread {
+                    try! connection.run { () -> Task<Int, Never> in
+                        v.set(i)
+                        return Task { _ = await eventuallyYielding(seconds: 60) { gate.value }; return v.value! }
+                    }
+                }
+            }
+            jobs.append(job)
+        }
+        gate.mutate { $0 = true }
+        var wrong: [String] = []
+        for (i, job) in jobs.enumerated() {
+            let seen = await job.value
+            if seen != i + 1 { wrong.append("job \(i + 1) read \(seen)") }
+        }
+        #expect(wrong.isEmpty, "\(wrong.prefix(5))")
+        #expect(connection[v] == n)
     }
 }
 
@@ -1345,15 +1395,17 @@ struct ModelProgram {
                     do {
                         try vars[outer.variable].reset(outer.token)
                         failures.append("reset of an outer frame's token succeeded")
-                    } catch let error as ContextError where error == .tokenFromDifferentContext {
-                    } catch { failures.append("outer token: \(error)") }
+                    } catch {
+                        if error != .tokenFromDifferentContext { failures.append("outer token: \(error)") }
+                    }
                     check("after wrong-context reset")
                 } else if let used = usedTokens.last {
                     do {
                         try used.variable.reset(used)
                         failures.append("reset of a used token succeeded")
-                    } catch let error as ContextError where error == .tokenAlreadyUsed {
-                    } catch { failures.append("used token: \(error)") }
+                    } catch {
+                        if error != .tokenAlreadyUsed { failures.append("used token: \(error)") }
+                    }
                     check("after used-token reset")
                 }
             case 4 where depth < 4:
