@@ -594,18 +594,23 @@ import Glibc
         #expect(context[v] == 1)
         markLeave.yield(())
         try await holder.value
-        let threadHolds = onNewThread { () -> String in
-            try! context.run { () -> String in
-                v.set(2)
-                let r = Thread.current.isMainThread ? "?" : ""
-                let semaphore = DispatchSemaphore(value: 0)
-                let result = LockedBox("")
-                Task.detached {
-                    do { try context.run { v.set(98) }; result.mutate { $0 = "entered" } } catch { result.mutate { $0 = "\(error)" } }
-                    semaphore.signal()
+        // The thread waits for a task: the test's task suspends meanwhile
+        // (`onNewThread` would block a thread of the cooperative pool,
+        // which the task may need on a 2-core machine).
+        let threadHolds = await withCheckedContinuation { (done: CheckedContinuation<String, Never>) in
+            Thread.detachNewThread {
+                let outcome = try! context.run { () -> String in
+                    v.set(2)
+                    let semaphore = DispatchSemaphore(value: 0)
+                    let result = LockedBox("")
+                    Task.detached {
+                        do { try context.run { _ = v.set(98) }; result.mutate { $0 = "entered" } } catch { result.mutate { $0 = "\(error)" } }
+                        semaphore.signal()
+                    }
+                    semaphore.wait()
+                    return result.value
                 }
-                semaphore.wait()
-                return r + result.value
+                done.resume(returning: outcome)
             }
         }
         #expect(threadHolds == "\(ContextError.contextAlreadyEntered)")
