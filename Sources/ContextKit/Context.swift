@@ -3,8 +3,8 @@ import CContextKitShims
 
 /// A mapping from context variables to values: Python's `contextvars.Context`.
 ///
-/// Every thread has a current context; every task that runs inside
-/// `run` or `ContextVar.withValue` has one too. Copies
+/// Every thread has a current context; so does every task (docs/concurrency.md:
+/// its scope's, its own after a `set`, or the one it inherited). Copies
 /// are O(1) and independent: the two share structure and never affect each
 /// other.
 ///
@@ -51,9 +51,12 @@ public final class Context: Sendable {
 
     /// A copy of the current context (Python's `contextvars.copy_context()`).
     ///
-    /// Outside any task: the calling thread's current context. In a task: the
-    /// context of the innermost `run` or `ContextVar.withValue`
-    /// around the call, or an empty context when there is none. O(1).
+    /// Outside any task: the calling thread's current context. In a task:
+    /// what the task reads — the context of its innermost `run` or
+    /// `ContextVar.withValue` around the call, else its unscoped binding
+    /// (made by a `set` outside any scope of its own), else the binding it
+    /// inherited from its parent (without the `.notInherited` variables),
+    /// else an empty context. O(1).
     public static func copyCurrent() -> Context {
         Context(adopting: copyCurrentHandle())
     }

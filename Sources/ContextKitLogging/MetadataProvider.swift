@@ -88,8 +88,11 @@ extension Logger.MetadataProvider {
     /// call: every `logger.info(…)` carries, for example, the request id
     /// bound in the current context, in whichever task or thread it runs.
     ///
-    /// Metadata given at the log call and on the logger wins over these keys
-    /// (swift-log merges provider metadata first).
+    /// Metadata given at the log call wins over these keys; these keys win
+    /// over metadata set on the logger (`logger[metadataKey:]`). That is the
+    /// order swift-log's own `StreamLogHandler` merges in (the handler's
+    /// metadata, then the provider's, then the call's); another
+    /// `LogHandler` decides its own.
     ///
     /// - Parameter entries: the variables and their keys; a variable with no
     ///   value (see ``ContextVarMetadata/init(_:key:includeDefault:)-(ContextVar<Value>,_,_)``)
