@@ -91,11 +91,11 @@ import Testing
         // where nothing encloses the scope (or later through the C
         // runtime's reclamation, outside any scope): it read nothing and
         // set its own id. Reader(2) stays while the task runs.
-        #expect(eventually(seconds: 30) { !seen.value.isEmpty })
+        #expect(await eventuallyYielding(seconds: 30) { !seen.value.isEmpty })
         #expect(seen.value == ["1:nil:1"])
         open.yield()
         #expect(await task.value == 2)
-        #expect(eventually(seconds: 30) { seen.value.count == 2 })
+        #expect(await eventuallyYielding(seconds: 30) { seen.value.count == 2 })
         let second = seen.value.last ?? ""
         #expect(second == "2:nil:2" || second == "2:2:2")
         #expect(other.value == 0)
@@ -115,10 +115,10 @@ import Testing
             }
             // The inner value went with its scope's context (at once, or
             // through the C runtime's reclamation soon after).
-            #expect(eventually(seconds: 30) { counter.alive == 1 })
+            #expect(await eventuallyYielding(seconds: 30) { counter.alive == 1 })
             return inner + [v.value?.id]
         }
         #expect(read == [2, 2, 1])
-        #expect(eventually(seconds: 30) { counter.alive == 0 })
+        #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 })
     }
 }

@@ -187,7 +187,7 @@ import Testing
             return await group.reduce(0, +)
         }
         #expect(mismatches == 0)
-        #expect(eventually(seconds: 30) { counter.alive == 0 })
+        #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 })
     }
 
     /// The unscoped table's filter (one counter per `id % 4096` slot): tasks

@@ -24,7 +24,7 @@ import Testing
                 }
             }
         }
-        #expect(eventually(seconds: 30) { bigs.alive == 0 })
+        #expect(await eventuallyYielding(seconds: 30) { bigs.alive == 0 })
         #expect(smalls.alive == 1)
         open.yield()
         #expect(await task?.value == 2)
@@ -50,12 +50,12 @@ import Testing
         }
         generation(1)
         // The last generation's value and, at most, one still finishing.
-        #expect(eventually(seconds: 60) { counter.releasedCount >= 198 })
+        #expect(await eventuallyYielding(seconds: 60) { counter.releasedCount >= 198 })
         open.yield()
         var last: Int??
         for await id in done { last = id; break }
         #expect(last == 200)
-        #expect(eventually(seconds: 30) { counter.alive == 0 })
+        #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 })
     }
 
     /// 10,000 detached tasks that set, then end, leave no value alive: the
@@ -78,7 +78,7 @@ import Testing
         }
         #expect(mismatches == 0)
         #expect(counter.made.load(ordering: .relaxed) == n)
-        #expect(eventually(seconds: 60) { counter.alive == 0 }, "still alive: \(counter.alive)")
+        #expect(await eventuallyYielding(seconds: 60) { counter.alive == 0 }, "still alive: \(counter.alive)")
     }
 
     /// A value's `deinit` that uses the library, released when the task
@@ -98,6 +98,6 @@ import Testing
         }
         let v = ContextVar<UsesLibrary>("v")
         await Task.detached { v.set(UsesLibrary(other, seen)) }.value
-        #expect(eventually(seconds: 30) { seen.value == [5] })
+        #expect(await eventuallyYielding(seconds: 30) { seen.value == [5] })
     }
 }

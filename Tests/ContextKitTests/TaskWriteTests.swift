@@ -240,7 +240,7 @@ import Glibc
         // The task has ended and nothing else holds it: the reaper drops the
         // binding (the handle `task` still refers to the task, so drop it).
         _ = consume task
-        #expect(eventually(seconds: 30) { watch.binding == nil })
+        #expect(await eventuallyYielding(seconds: 30) { watch.binding == nil })
     }
 }
 
@@ -279,7 +279,7 @@ import Glibc
                 await child
             }
         }.value
-        #expect(eventually(seconds: 30) { counter.alive <= 1 }, "alive: \(counter.alive)")
+        #expect(await eventuallyYielding(seconds: 30) { counter.alive <= 1 }, "alive: \(counter.alive)")
     }
 
     /// The runtime entry points behind task identity: fail loudly if task
