@@ -1,0 +1,397 @@
+import CContextCore
+import Foundation
+import Synchronization
+import Testing
+@testable import ContextKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Adversarial review of lifetime and concurrency (session 12): values whose
+// `deinit` uses the library again, released on every path the product
+// releases user values on, and lifetime counting of what a task keeps.
+
+/// A `Local` whose attribute values use the same `Local` in their deinit.
+private enum LocalReentry {
+    static let local = Local()
+    static let released = Atomic<Int>(0)
+
+    /// Writes another attribute of `local` on its own thread when released.
+    final class WritesSibling: @unchecked Sendable {
+        // @unchecked: immutable.
+        let index: Int
+        init(_ index: Int) { self.index = index }
+        deinit {
+            // Enough new keys to make the thread's attribute dictionary grow.
+            for k in 0..<64 { LocalReentry.local[dynamicMember: "sibling\(index)_\(k)"] = k }
+            LocalReentry.released.add(1, ordering: .sequentiallyConsistent)
+        }
+    }
+
+    /// Reads this thread's whole attribute dictionary when released.
+    final class ReadsDictionary: @unchecked Sendable {
+        deinit {
+            _ = LocalReentry.local.dictionary.count
+            LocalReentry.released.add(1, ordering: .sequentiallyConsistent)
+        }
+    }
+}
+
+
+/// Everything a `deinit` may do with the library (SPEC §3 and §8), checked
+/// as it goes: get, set, reset, sync `withValue`, `Context().run`,
+/// `copyCurrent`, `Task {}` and `Context.task` creation, a `ThreadLocal` and
+/// a `Local`. Each release path below stores `ReentryProbe`s where only that path
+/// releases them; a scenario then waits until every probe ran the battery,
+/// every task it spawned finished and every value it stored is released.
+private enum Reentry {
+    static let probe = ContextVar<Int>("reentry_probe", default: -1)
+    static let holder = ContextVar<ReentryProbe>("reentry_holder")
+    static let inner = ContextVar<Tracked>("reentry_inner")
+    static let counter = LifetimeCounter()
+    static let threadLocal = ThreadLocal<Int> { 0 }
+    static let local = Local()
+    static let failures = Failures()
+    static let released = Atomic<Int>(0)
+    static let spawned = Atomic<Int>(0)
+    static let finished = Atomic<Int>(0)
+
+    static func exercise(_ tag: String) {
+        let before = probe.value
+        let token = probe.set(7)
+        failures.check(probe.value == 7, "\(tag): set then get read \(String(describing: probe.value))")
+        do { try probe.reset(token) } catch { failures.check(false, "\(tag): reset threw \(error)") }
+        failures.check(probe.value == before, "\(tag): reset left \(String(describing: probe.value)), not \(String(describing: before))")
+        probe.withValue(8) {
+            failures.check(probe.value == 8, "\(tag): withValue read \(String(describing: probe.value))")
+            inner.set(counter.make(1))
+            failures.check(Context.copyCurrent()[probe] == 8, "\(tag): copyCurrent in withValue")
+        }
+        failures.check(probe.value == before, "\(tag): after withValue read \(String(describing: probe.value))")
+        do {
+            let context = Context()
+            try context.run {
+                probe.set(9)
+                inner.set(counter.make(2))
+                failures.check(probe.value == 9, "\(tag): run read \(String(describing: probe.value))")
+            }
+            failures.check(context[probe] == 9, "\(tag): the context after run holds \(String(describing: context[probe]))")
+        } catch {
+            failures.check(false, "\(tag): run threw \(error)")
+        }
+        failures.check(probe.value == before, "\(tag): after run read \(String(describing: probe.value))")
+        spawned.add(2, ordering: .sequentiallyConsistent)
+        Task {
+            _ = probe.value
+            inner.set(counter.make(3))
+            finished.add(1, ordering: .sequentiallyConsistent)
+        }
+        Context.task {
+            inner.set(counter.make(4))
+            finished.add(1, ordering: .sequentiallyConsistent)
+        }
+        threadLocal.value += 1
+        local.touched = counter.make(5)
+        local.touched = nil
+        released.add(1, ordering: .sequentiallyConsistent)
+    }
+
+    /// Waits until `count` probes ran the battery, every task they spawned
+    /// ended and every value they stored is gone; records an issue and
+    /// ends the process with status 1 otherwise (for exit tests).
+    static func settle(_ count: Int, _ label: String, sourceLocation: SourceLocation = #_sourceLocation) async {
+        let settled = await eventuallyYielding(seconds: 60) {
+            released.load(ordering: .sequentiallyConsistent) >= count
+                && finished.load(ordering: .sequentiallyConsistent) == spawned.load(ordering: .sequentiallyConsistent)
+                && counter.alive == 0
+        }
+        let problems = failures.list
+        if !settled || !problems.isEmpty || released.load(ordering: .sequentiallyConsistent) != count {
+            Issue.record(
+                """
+                \(label): probes released \(released.load(ordering: .sequentiallyConsistent)) of \(count); \
+                tasks \(finished.load(ordering: .sequentiallyConsistent)) of \(spawned.load(ordering: .sequentiallyConsistent)); \
+                values alive \(counter.alive); failures \(problems.prefix(5))
+                """, sourceLocation: sourceLocation)
+            exit(1)
+        }
+    }
+}
+
+/// A value whose deinit runs ``Reentry/exercise(_:)``.
+private final class ReentryProbe: Sendable {
+    let tag: String
+    init(_ tag: String) { self.tag = tag }
+    deinit { Reentry.exercise(tag) }
+}
+
+@Suite struct LifetimeBreakReviewTests {
+    /// SPEC §8: a value's deinit may use locals. Overwriting or deleting a
+    /// `Local` attribute releases the old value; its deinit writing other
+    /// attributes of the same `Local` on the same thread must work.
+    @Test func localAttributeDeinitWritesTheSameLocal() async {
+        await #expect(processExitsWith: .success) {
+            runOnJoinedThread {
+                let local = LocalReentry.local
+                for i in 0..<50 {
+                    local.victim = LocalReentry.WritesSibling(i)
+                    local.victim = nil
+                }
+                let count = local.dictionary.count
+                if count != 50 * 64 { fatalError("attributes: \(count), expected \(50 * 64)") }
+                for i in 0..<50 {
+                    for k in 0..<64 where local[dynamicMember: "sibling\(i)_\(k)"] as? Int != k {
+                        fatalError("sibling\(i)_\(k) lost")
+                    }
+                }
+            }
+            if LocalReentry.released.load(ordering: .sequentiallyConsistent) != 50 { fatalError("not released") }
+        }
+    }
+
+    /// As above, the deinit reading the whole dictionary while the old
+    /// value is being replaced.
+    @Test func localAttributeDeinitReadsTheSameLocalsDictionary() async {
+        await #expect(processExitsWith: .success) {
+            runOnJoinedThread {
+                let local = LocalReentry.local
+                local.a = 1
+                local.b = "x"
+                for _ in 0..<50 {
+                    local.victim = LocalReentry.ReadsDictionary()
+                    local.victim = 7
+                }
+                if local.victim as? Int != 7 || local.dictionary.count != 3 { fatalError("wrong attributes") }
+            }
+            if LocalReentry.released.load(ordering: .sequentiallyConsistent) != 50 { fatalError("not released") }
+        }
+    }
+
+    // MARK: Every release path, with a deinit that uses the whole library
+
+    @Test func reentrantDeinitAtThreadExit() async {
+        await #expect(processExitsWith: .success) {
+            runOnJoinedThreads(16) { i in
+                Reentry.probe.set(i)
+                Reentry.holder.set(ReentryProbe("thread exit"))
+            }
+            await Reentry.settle(16, "thread exit")
+        }
+    }
+
+    @Test func reentrantDeinitOfAThreadLocalValueAtThreadExit() async {
+        await #expect(processExitsWith: .success) {
+            let slot = ThreadLocal<ReentryProbe?> { nil }
+            runOnJoinedThreads(16) { _ in slot.value = ReentryProbe("thread-local at thread exit") }
+            await Reentry.settle(16, "thread-local at thread exit")
+        }
+    }
+
+    @Test func reentrantDeinitOfALocalAttributeAtThreadExit() async {
+        await #expect(processExitsWith: .success) {
+            let local = Local()
+            runOnJoinedThreads(16) { _ in local.probe = ReentryProbe("local at thread exit") }
+            await Reentry.settle(16, "local at thread exit")
+        }
+    }
+
+    /// The last release of a `ThreadLocal` releases every live thread's
+    /// value on the releasing thread.
+    @Test func reentrantDeinitWhenAThreadLocalIsReleased() async {
+        await #expect(processExitsWith: .success) {
+            let stored = DispatchSemaphore(value: 0)
+            let release = DispatchSemaphore(value: 0)
+            let slot = LockedBox<ThreadLocal<ReentryProbe?>?>(ThreadLocal<ReentryProbe?> { nil })
+            let threads = 8
+            let joined = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                runOnJoinedThreads(threads) { _ in
+                    slot.value!.value = ReentryProbe("thread-local release")
+                    stored.signal()
+                    release.wait()
+                }
+                joined.signal()
+            }
+            for _ in 0..<threads { stored.wait() }
+            runOnNewThreadAndJoin {
+                slot.value!.value = ReentryProbe("thread-local release, releasing thread")
+                slot.mutate { $0 = nil }
+            }
+            let afterRelease = Reentry.released.load(ordering: .sequentiallyConsistent)
+            for _ in 0..<threads { release.signal() }
+            joined.wait()
+            if afterRelease != threads + 1 {
+                Issue.record("the local's release released \(afterRelease) of \(threads + 1)")
+                exit(1)
+            }
+            await Reentry.settle(threads + 1, "thread-local release")
+        }
+    }
+
+    @Test func reentrantDeinitWhenALocalIsReleased() async {
+        await #expect(processExitsWith: .success) {
+            let stored = DispatchSemaphore(value: 0)
+            let release = DispatchSemaphore(value: 0)
+            let slot = LockedBox<Local?>(Local())
+            let threads = 8
+            let joined = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                runOnJoinedThreads(threads) { _ in
+                    slot.value!.probe = ReentryProbe("local release")
+                    stored.signal()
+                    release.wait()
+                }
+                joined.signal()
+            }
+            for _ in 0..<threads { stored.wait() }
+            runOnNewThreadAndJoin { slot.mutate { $0 = nil } }
+            let afterRelease = Reentry.released.load(ordering: .sequentiallyConsistent)
+            for _ in 0..<threads { release.signal() }
+            joined.wait()
+            if afterRelease != threads {
+                Issue.record("the local's release released \(afterRelease) of \(threads)")
+                exit(1)
+            }
+            await Reentry.settle(threads, "local release")
+        }
+    }
+
+    @Test func reentrantDeinitWhenAContextIsReleasedOnAThreadAndInATask() async {
+        await #expect(processExitsWith: .success) {
+            runOnNewThreadAndJoin {
+                var context: Context? = Context()
+                try! context!.run { Reentry.holder.set(ReentryProbe("context release on a thread")) }
+                context = nil
+            }
+            await Task.detached {
+                var context: Context? = Context()
+                try! await context!.run { Reentry.holder.set(ReentryProbe("context release in a task")) }
+                context = nil
+                // And one the task entered and then copied.
+                let copy = try! await Context().run { () async -> Context in
+                    Reentry.holder.set(ReentryProbe("context copy release in a task"))
+                    return Context.copyCurrent()
+                }
+                _ = copy
+            }.value
+            await Reentry.settle(3, "context release")
+        }
+    }
+
+    @Test func reentrantDeinitAtTheEndOfScopes() async {
+        await #expect(processExitsWith: .success) {
+            // On a thread: withValue's copy and run's temporary context.
+            runOnNewThreadAndJoin {
+                Reentry.probe.withValue(1) { Reentry.holder.set(ReentryProbe("sync withValue on a thread")) }
+                try! Context().run { Reentry.holder.set(ReentryProbe("sync run on a thread")) }
+            }
+            // In tasks, sync and async scopes, with and without a binding
+            // around them.
+            await Task.detached {
+                Reentry.probe.withValue(1) { Reentry.holder.set(ReentryProbe("sync withValue in a task")) }
+                await Reentry.probe.withValue(2) { () async in
+                    await Task.yield()
+                    Reentry.holder.set(ReentryProbe("async withValue in a task"))
+                }
+                try! await Context().run { () async in
+                    await Task.yield()
+                    Reentry.holder.set(ReentryProbe("async run in a task"))
+                }
+                Reentry.probe.set(3)
+                await Reentry.probe.withValue(4) { () async in
+                    Reentry.probe.withValue(5) { Reentry.holder.set(ReentryProbe("nested withValue in a task with an unscoped binding")) }
+                }
+            }.value
+            await Reentry.settle(6, "scope end")
+        }
+    }
+
+    @Test func reentrantDeinitWhenATaskEnds() async {
+        await #expect(processExitsWith: .success) {
+            // Unscoped bindings, dropped by the reaper.
+            await Task.detached { Reentry.holder.set(ReentryProbe("detached task end")) }.value
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<4 { group.addTask { Reentry.holder.set(ReentryProbe("group child end")) } }
+            }
+            // A spawn helper's scope.
+            await Context.task { Reentry.holder.set(ReentryProbe("Context.task end")) }.value
+            await Reentry.settle(6, "task end")
+        }
+    }
+
+    /// A `Task {}` copy outlives the scope it was made in: the scope's
+    /// values go when that task ends, inside the runtime's teardown of its
+    /// task-local items.
+    @Test func reentrantDeinitWhenATaskThatOutlivedItsScopeEnds() async {
+        await #expect(processExitsWith: .success) {
+            let (gate, open) = AsyncStream<Void>.makeStream()
+            let task = await Task.detached { () async -> Task<Void, Never> in
+                await Reentry.probe.withValue(1) { () async -> Task<Void, Never> in
+                    Reentry.holder.set(ReentryProbe("Task {} outliving withValue"))
+                    return Task { for await _ in gate { break } }
+                }
+            }.value
+            open.yield()
+            await task.value
+            let task2 = runOnNewThreadAndJoinReturning {
+                try! Context().run {
+                    Reentry.holder.set(ReentryProbe("Task {} outliving a thread's run"))
+                    return Task { await Task.yield() }
+                }
+            }
+            await task2.value
+            await Reentry.settle(2, "Task {} outliving its scope")
+        }
+    }
+
+    @Test func reentrantDeinitWhenATokenOrAResetReleasesTheValue() async {
+        await #expect(processExitsWith: .success) {
+            runOnNewThreadAndJoin {
+                Reentry.holder.set(ReentryProbe("token on a thread"))
+                _ = Reentry.holder.set(ReentryProbe("reset on a thread"))   // its token holds the first
+                let token = Reentry.holder.set(ReentryProbe("replaced"))
+                try! Reentry.holder.reset(token)
+            }
+            await Task.detached {
+                try! await Context().run { () async in
+                    Reentry.holder.set(ReentryProbe("token in a task"))
+                    _ = Reentry.holder.set(ReentryProbe("kept"))
+                    let token = Reentry.holder.set(ReentryProbe("reset in a task"))
+                    await Task.yield()
+                    try! Reentry.holder.reset(token)
+                }
+            }.value
+            await Reentry.settle(6, "token and reset")
+        }
+    }
+
+    /// Values replaced while other threads read the context are freed
+    /// after a grace period, on whichever thread reclaims them.
+    @Test func reentrantDeinitAfterAGracePeriod() async {
+        await #expect(processExitsWith: .success) {
+            let context = Context()
+            let stop = Atomic<Bool>(false)
+            let writes = 300
+            runOnThreadsAndJoin(
+                [{
+                    try! context.run {
+                        for i in 0..<writes { Reentry.holder.set(ReentryProbe("grace period \(i)")) }
+                    }
+                    stop.store(true, ordering: .sequentiallyConsistent)
+                }]
+                    + (0..<3).map { _ in
+                        {
+                            while !stop.load(ordering: .sequentiallyConsistent) { _ = context[Reentry.holder] }
+                        }
+                    })
+            _ = context
+            await Reentry.settle(writes - 1, "grace period")
+        }
+    }
+}
+
+/// Runs `body` on a new POSIX thread, waits for its exit, returns its result.
+private func runOnNewThreadAndJoinReturning<R: Sendable>(_ body: @escaping @Sendable () -> R) -> R {
+    onNewThread(body)
+}
