@@ -389,6 +389,149 @@ private final class ReentryProbe: Sendable {
             await Reentry.settle(writes - 1, "grace period")
         }
     }
+
+    // MARK: A task keeps alive only what it can read
+
+    /// A `Task {}` made inside `context.run` outlives the scope and reads
+    /// the snapshot the scope ended with. A later, separate `run` of the
+    /// same context writes `big`, which that task can never read; once the
+    /// caller drops the context, `big` must go (asyncio: the task's copy
+    /// does not hold the original context). The frozen binding keeps its
+    /// own reference to the live C context (`freezeEscaped` retains
+    /// `handle` for readers racing the publish) until the task ends, and
+    /// with it every later write to that context.
+    @Test(.disabled("defect: a Task {} that outlived a run scope keeps the live context, and so a later scope's values, alive until it ends"))
+    func aTaskThatOutlivedARunDoesNotKeepALaterScopesValues() async throws {
+        let bigs = LifetimeCounter()
+        let v = ContextVar<Tracked>("later_scope_v")
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        var context: Context? = Context()
+        let task = try context!.run {
+            Task { () async -> Int? in
+                for await _ in gate { break }
+                return v.value?.id
+            }
+        }
+        try context!.run { v.set(bigs.make(1)) }
+        context = nil
+        #expect(bigs.alive == 0, "a later scope's value is kept by a task that cannot read it")
+        open.yield()
+        #expect(await task.value == nil)
+        #expect(bigs.alive == 0)
+    }
+
+    /// The same in a task, with the async `run`.
+    @Test(.disabled("defect: a Task {} that outlived a run scope keeps the live context, and so a later scope's values, alive until it ends"))
+    func aTaskThatOutlivedAnAsyncRunDoesNotKeepALaterScopesValues() async throws {
+        let bigs = LifetimeCounter()
+        let v = ContextVar<Tracked>("later_scope_async_v")
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        let (task, alive) = try await Task.detached { () async throws -> (Task<Int?, Never>, Int) in
+            var context: Context? = Context()
+            let task = try await context!.run { () async -> Task<Int?, Never> in
+                await Task.yield()
+                return Task { () async -> Int? in
+                    for await _ in gate { break }
+                    return v.value?.id
+                }
+            }
+            try await context!.run { () async in v.set(bigs.make(1)) }
+            context = nil
+            return (task, bigs.alive)
+        }.value
+        #expect(alive == 0, "a later scope's value is kept by a task that cannot read it")
+        open.yield()
+        #expect(await task.value == nil)
+        #expect(bigs.alive == 0)
+    }
+
+    /// An unscoped binding lives while its task does — also while the task
+    /// is suspended and nobody holds its `Task` handle (only the task's
+    /// reference to itself keeps it): the reaper, busy with other entries
+    /// meanwhile, must not take it.
+    @Test func aSuspendedTasksUnscopedBindingSurvivesTheReaper() async {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("suspended_unscoped_v")
+        let other = ContextVar<Int>("suspended_unscoped_other")
+        let parked = LockedBox<UnsafeContinuation<Void, Never>?>(nil)
+        let result = LockedBox<Int?>(nil)
+        Task.detached {
+            v.set(counter.make(42))
+            await withUnsafeContinuation { continuation in parked.mutate { $0 = continuation } }
+            result.mutate { $0 = v.value?.id ?? -1 }
+        }
+        #expect(await eventuallyYielding(seconds: 60) { parked.value != nil })
+        // Keep the reaper busy: entries come and go while ours waits.
+        for i in 0..<scaled(200) {
+            await Task.detached { other.set(i) }.value
+            if i % 20 == 0 { try? await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(counter.alive == 1)
+        parked.value!.resume()
+        #expect(await eventuallyYielding(seconds: 60) { result.value != nil })
+        #expect(result.value == 42)
+        #expect(await eventuallyYielding(seconds: 60) { counter.alive == 0 })
+    }
+
+    /// `Task {}` generations, each inside `withValue` of a new value and
+    /// spawning the next from there: a generation's copy of the task-locals
+    /// is its parent's innermost binding only, whose map holds just the
+    /// newest value, so the chain must not grow.
+    @Test func selfRespawningTaskChainThroughWithValueDoesNotGrow() async {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("respawn_with_value_v")
+        let (go, open) = AsyncStream<Void>.makeStream()
+        let (done, finished) = AsyncStream<Int?>.makeStream()
+        let generations = 200
+        @Sendable func generation(_ i: Int) {
+            v.withValue(counter.make(i)) {
+                Task {
+                    if i < generations {
+                        generation(i + 1)
+                    } else {
+                        for await _ in go { break }
+                        finished.yield(v.value?.id)
+                    }
+                }
+            }
+        }
+        Task.detached { generation(1) }
+        #expect(await eventuallyYielding(seconds: 60) { counter.releasedCount >= generations - 2 }, "alive: \(counter.alive)")
+        open.yield()
+        var last: Int??
+        for await id in done { last = id; break }
+        #expect(last == generations)
+        #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 })
+    }
+
+    /// The same chain through an unscoped `set` in each generation, which a
+    /// plain `Task {}` does not inherit: each generation's value dies with
+    /// it.
+    @Test func selfRespawningTaskChainThroughSetDoesNotGrow() async {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("respawn_set_v")
+        let (go, open) = AsyncStream<Void>.makeStream()
+        let (done, finished) = AsyncStream<Int?>.makeStream()
+        let generations = 200
+        @Sendable func generation(_ i: Int) {
+            Task {
+                v.set(counter.make(i))
+                if i < generations {
+                    generation(i + 1)
+                } else {
+                    for await _ in go { break }
+                    finished.yield(v.value?.id)
+                }
+            }
+        }
+        Task.detached { generation(1) }
+        #expect(await eventuallyYielding(seconds: 60) { counter.releasedCount >= generations - 2 }, "alive: \(counter.alive)")
+        open.yield()
+        var last: Int??
+        for await id in done { last = id; break }
+        #expect(last == generations)
+        #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 })
+    }
 }
 
 /// Runs `body` on a new POSIX thread, waits for its exit, returns its result.
