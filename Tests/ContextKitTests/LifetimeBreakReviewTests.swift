@@ -56,6 +56,8 @@ private enum Reentry {
     static let released = Atomic<Int>(0)
     static let spawned = Atomic<Int>(0)
     static let finished = Atomic<Int>(0)
+    /// Probes made through ``probe(_:)``.
+    static let made = Atomic<Int>(0)
 
     static func exercise(_ tag: String) {
         let before = probe.value
@@ -532,9 +534,90 @@ private final class ReentryProbe: Sendable {
         #expect(last == generations)
         #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 })
     }
+
+    // MARK: Many threads and tasks at once
+
+    /// Tasks and threads at once, each round storing probes where a scope
+    /// end, a task end, a `Task {}` outliving its scope, a token, a
+    /// replaced value and a thread exit release them, all on different
+    /// threads at the same time. Every probe runs the battery (which spawns
+    /// tasks of its own); nothing may be lost, leaked or raced (run this
+    /// suite under TSan and ASan).
+    @Test func reentrantDeinitsFromManyTasksAndThreadsAtOnce() async {
+        await #expect(processExitsWith: .success) {
+            await reentrantDeinitsFromManyTasksAndThreads()
+        }
+    }
 }
 
 /// Runs `body` on a new POSIX thread, waits for its exit, returns its result.
 private func runOnNewThreadAndJoinReturning<R: Sendable>(_ body: @escaping @Sendable () -> R) -> R {
     onNewThread(body)
+}
+
+/// The body of `reentrantDeinitsFromManyTasksAndThreadsAtOnce` (an exit
+/// test's body cannot capture).
+private func reentrantDeinitsFromManyTasksAndThreads() async {
+    let tasks = scaled(24)
+    let rounds = scaled(8)
+    let threads = 4
+    let shared = Context()
+    let threadsDone = Atomic<Bool>(false)
+    Thread.detachNewThread {
+        runOnJoinedThreads(threads) { t in
+            for r in 0..<rounds {
+                Reentry.probe.withValue(r) { Reentry.holder.set(probe("thread withValue")) }
+                try? Context().run { Reentry.holder.set(probe("thread run")) }
+                _ = shared[Reentry.holder]
+                let task = Reentry.probe.withValue(t) { () -> Task<Void, Never> in
+                    Reentry.holder.set(probe("thread escaped"))
+                    return Task { _ = Reentry.holder.value }
+                }
+                _ = task
+            }
+            Reentry.holder.set(probe("thread exit"))
+        }
+        threadsDone.store(true, ordering: .sequentiallyConsistent)
+    }
+    await withTaskGroup(of: Void.self) { group in
+        for t in 0..<tasks {
+            group.addTask {
+                for r in 0..<rounds {
+                    await Reentry.probe.withValue(r) { () async in
+                        Reentry.holder.set(probe("task withValue"))
+                        await Task.yield()
+                        Reentry.probe.withValue(t) { Reentry.holder.set(probe("nested sync withValue")) }
+                    }
+                    let escaped = try! await Context().run { () async -> Task<Void, Never> in
+                        Reentry.holder.set(probe("task run"))
+                        return Task {
+                            await Task.yield()
+                            _ = Reentry.holder.value
+                        }
+                    }
+                    Reentry.holder.set(probe("unscoped"))
+                    _ = Reentry.holder.set(probe("replaced"))
+                    await withTaskGroup(of: Void.self) { inner in
+                        inner.addTask { Reentry.holder.set(probe("group child")) }
+                        inner.addTaskInCopiedContext { Reentry.holder.set(probe("copied child")) }
+                    }
+                    await escaped.value
+                    if r % 4 == 0 {
+                        try? shared.run { Reentry.holder.set(probe("shared context")) }
+                    }
+                }
+            }
+        }
+    }
+    while !threadsDone.load(ordering: .sequentiallyConsistent) { try? await Task.sleep(for: .milliseconds(5)) }
+    // All but the shared context's last value, which it still holds.
+    let expected = Reentry.made.load(ordering: .sequentiallyConsistent) - 1
+    await Reentry.settle(expected, "many at once")
+    withExtendedLifetime(shared) {}
+}
+
+/// A new probe, counted in ``Reentry/made``.
+@Sendable private func probe(_ tag: String) -> ReentryProbe {
+    Reentry.made.add(1, ordering: .sequentiallyConsistent)
+    return ReentryProbe(tag)
 }
