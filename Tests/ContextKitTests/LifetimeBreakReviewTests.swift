@@ -621,3 +621,246 @@ private func reentrantDeinitsFromManyTasksAndThreads() async {
     Reentry.made.add(1, ordering: .sequentiallyConsistent)
     return ReentryProbe(tag)
 }
+
+// MARK: - Tokens and contexts handed between tasks
+
+extension LifetimeBreakReviewTests {
+    /// asyncio twin (checked with python3): a token made inside
+    /// `ctx.run` in one task resets in another task's `ctx.run` of the
+    /// same context; a second reset says "already used"; a token made in
+    /// a context's `run` is refused outside it, and a child task cannot
+    /// reset its parent's token — nothing changes on a refusal.
+    @Test func tokensHandedBetweenTasksBehaveAsInAsyncio() async throws {
+        let v = ContextVar<Tracked>("handed_token_v")
+        let counter = LifetimeCounter()
+        let context = Context()
+        let token = try await Task.detached {
+            try await context.run { () async -> Token<Tracked> in
+                await Task.yield()
+                return v.set(counter.make(1))
+            }
+        }.value
+        #expect(context[v]?.id == 1)
+        let afterReset = try await Task.detached {
+            try await context.run { () async throws -> Int? in
+                try v.reset(token)
+                return v.value?.id
+            }
+        }.value
+        #expect(afterReset == nil)
+        #expect(context.count == 0)
+        #expect(counter.alive == 0, "the reset released the value")
+        await #expect(throws: ContextError.tokenAlreadyUsed) {
+            try await Task.detached { try await context.run { try v.reset(token) } }.value
+        }
+        // Made in another context: refused everywhere else, nothing changes.
+        let other = Context()
+        let foreign = try other.run { v.set(counter.make(2)) }
+        try await Task.detached {
+            try await context.run { () async throws in
+                v.set(counter.make(3))
+                #expect(throws: ContextError.tokenFromDifferentContext) { try v.reset(foreign) }
+                #expect(v.value?.id == 3)
+            }
+        }.value
+        #expect(other[v]?.id == 2)
+        #expect(!foreign.isUsed)
+        // A child task and its parent's unscoped token.
+        let (parentReads, childError) = await Task.detached { () async -> (Int?, ContextError?) in
+            let parentToken = v.set(counter.make(4))
+            let childError = await Task { () async -> ContextError? in
+                do throws(ContextError) { try v.reset(parentToken); return nil } catch { return error }
+            }.value
+            return (v.value?.id, childError)
+        }.value
+        #expect(parentReads == 4)
+        #expect(childError == .tokenFromDifferentContext)
+        // Only what `context` (3) and `other` (2) hold is left, once the
+        // detached task's unscoped binding is reaped.
+        #expect(await eventuallyYielding(seconds: 60) { counter.alive == 2 })
+    }
+
+    /// A token made in a task's unscoped binding resets there after the
+    /// task has hopped threads and executors many times.
+    @Test func anUnscopedTokenResetsAfterHopping() async throws {
+        actor Hop { func touch() {} }
+        let hop = Hop()
+        let v = ContextVar<Int>("hop_token_v", default: 0)
+        let seen = try await Task.detached { () async throws -> [Int] in
+            var seen: [Int] = []
+            let first = v.set(1)
+            for _ in 0..<20 {
+                await hop.touch()
+                await Task.yield()
+            }
+            let second = v.set(2)
+            await hop.touch()
+            try v.reset(second)
+            seen.append(v.value!)
+            await Task.yield()
+            try v.reset(first)
+            seen.append(v.value!)
+            return seen
+        }.value
+        #expect(seen == [1, 0])
+    }
+}
+
+// MARK: - Deinits that drop the last reference to contexts and locals
+
+/// A value that holds the only reference to a context, whose own values
+/// are `ReentryProbe`s and the next `ContextHolder` of a chain; its deinit
+/// runs the battery on the context it holds before letting it go.
+private final class ContextHolder: Sendable {
+    let context: Context
+    init(_ context: Context) { self.context = context }
+    deinit {
+        do {
+            try context.run { Reentry.exercise("holder's context before its release") }
+        } catch {
+            Reentry.failures.check(false, "run of a held context threw \(error)")
+        }
+    }
+}
+
+private enum ChainVars {
+    static let next = ContextVar<ContextHolder>("chain_next")
+}
+
+/// A chain of `depth` contexts, each holding a probe and the next one.
+private func contextChain(depth: Int, tag: String) -> Context {
+    var head = Context()
+    try! head.run { Reentry.holder.set(probe("\(tag) \(depth)")) }
+    for level in 1..<depth {
+        let outer = Context()
+        let inner = head
+        try! outer.run {
+            Reentry.holder.set(probe("\(tag) \(level)"))
+            ChainVars.next.set(ContextHolder(inner))
+        }
+        head = outer
+    }
+    return head
+}
+
+extension LifetimeBreakReviewTests {
+    /// Releasing the head of a chain of contexts releases every level: each
+    /// level's deinits run while the level above is being released, and use
+    /// the library (also `run` on the context about to go).
+    @Test func aChainOfContextsReleasesEveryLevelWithReentrantDeinits() async {
+        await #expect(processExitsWith: .success) {
+            let depth = 64
+            runOnNewThreadAndJoin {
+                var head: Context? = contextChain(depth: depth, tag: "thread chain")
+                head = nil
+                _ = head
+            }
+            await Task.detached {
+                var head: Context? = contextChain(depth: depth, tag: "task chain")
+                await Task.yield()
+                head = nil
+                _ = head
+            }.value
+            // In a scope's value, released at the scope's end.
+            await Task.detached {
+                await ChainVars.next.withValue(ContextHolder(contextChain(depth: depth, tag: "scope chain"))) {
+                    await Task.yield()
+                }
+            }.value
+            // In a thread's base context, released at its exit.
+            runOnNewThreadAndJoin {
+                ChainVars.next.set(ContextHolder(contextChain(depth: depth, tag: "exit chain")))
+            }
+            // Each holder's deinit ran the battery once more.
+            await Reentry.settle(4 * depth + 4 * (depth - 1) + 2, "context chains")
+        }
+    }
+}
+
+/// Holds the only reference to a `ThreadLocal` and a `Local`, which hold
+/// values on the releasing thread.
+private final class LocalsHolder: Sendable {
+    let threadLocal: ThreadLocal<ReentryProbe?>
+    let local: Local
+    init(_ threadLocal: ThreadLocal<ReentryProbe?>, _ local: Local) {
+        self.threadLocal = threadLocal
+        self.local = local
+    }
+}
+
+extension LifetimeBreakReviewTests {
+    /// A value released by its thread's exit drops the last reference to a
+    /// `ThreadLocal` and a `Local` that hold values on that very thread:
+    /// their releases run inside the thread's teardown and must release
+    /// those values once each.
+    @Test func threadExitReleasesLocalsWhoseLastReferenceAValueHeld() async {
+        await #expect(processExitsWith: .success) {
+            let holders = ThreadLocal<LocalsHolder?> { nil }
+            runOnJoinedThreads(8) { _ in
+                let threadLocal = ThreadLocal<ReentryProbe?> { nil }
+                let local = Local()
+                threadLocal.value = probe("thread-local released at exit")
+                local.probe = probe("local released at exit")
+                // Through a context variable and a thread-local.
+                Reentry.probe.set(1)
+                ChainVars.next.set(ContextHolder(Context()))
+                holders.value = LocalsHolder(threadLocal, local)
+            }
+            await Reentry.settle(8 * 2 + 8, "locals released at thread exit")
+        }
+    }
+}
+
+// MARK: - Isolated deinits (SE-0371)
+
+@globalActor private actor LifetimeReviewActor {
+    static let shared = LifetimeReviewActor()
+}
+
+/// Sets a tracked value and runs the battery in its isolated deinit.
+@LifetimeReviewActor private final class IsolatedSetter {
+    let counter: LifetimeCounter
+    let v: ContextVar<Tracked>
+    init(_ counter: LifetimeCounter, _ v: ContextVar<Tracked>) {
+        self.counter = counter
+        self.v = v
+    }
+    isolated deinit {
+        v.set(counter.make(7))
+        _ = v.value
+        Reentry.exercise("isolated deinit")
+    }
+}
+
+@LifetimeReviewActor private func releaseInlineInScopes(_ counter: LifetimeCounter, _ v: ContextVar<Tracked>) async {
+    var setter: IsolatedSetter? = IsolatedSetter(counter, v)
+    await Reentry.probe.withValue(1) { () async in
+        setter = nil
+        await Task.yield()
+        Reentry.probe.withValue(2) { _ = IsolatedSetter(counter, v) }
+    }
+    _ = setter
+    try! await Context().run { () async in
+        _ = IsolatedSetter(counter, v)
+    }
+    _ = IsolatedSetter(counter, v)
+}
+
+extension LifetimeBreakReviewTests {
+    /// Isolated deinits that run inline on their actor inside `withValue`,
+    /// `run` and outside any scope, in a task; each sets a tracked value
+    /// (wherever it lands) and runs the battery. Once the task has ended,
+    /// everything they stored must be released.
+    @Test func isolatedDeinitsThatSetLeaveNothingOnceTheirTaskEnds() async {
+        await #expect(processExitsWith: .success) {
+            let counter = LifetimeCounter()
+            let v = ContextVar<Tracked>("isolated_setter_v")
+            await Task.detached { await releaseInlineInScopes(counter, v) }.value
+            await Reentry.settle(4, "isolated deinits")
+            if !(await eventuallyYielding(seconds: 60) { counter.alive == 0 }) {
+                Issue.record("isolated deinits' values alive: \(counter.alive)")
+                exit(1)
+            }
+        }
+    }
+}
