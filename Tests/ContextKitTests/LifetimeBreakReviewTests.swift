@@ -864,3 +864,68 @@ extension LifetimeBreakReviewTests {
         }
     }
 }
+
+// MARK: - Group children that outlive a scope in the group's body
+
+extension LifetimeBreakReviewTests {
+    /// A child added inside `withValue` scopes nested in a group's body
+    /// (the runtime copies the items for it) outlives those scopes: it
+    /// reads what the innermost scope bound, keeps only that (the shadowed
+    /// `big` goes when the outer scope ends, while the child still runs),
+    /// and a later scope in the body does not change what it reads.
+    @Test func aGroupChildThatOutlivesScopesInTheBodyKeepsOnlyWhatItReads() async {
+        let bigs = LifetimeCounter()
+        let smalls = LifetimeCounter()
+        let v = ContextVar<Tracked>("group_body_v")
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        let read = await withTaskGroup(of: Int?.self) { group -> Int? in
+            do {
+                let big = bigs.make(1)
+                let small = smalls.make(2)
+                v.withValue(big) {
+                    v.withValue(small) {
+                        group.addTask {
+                            for await _ in gate { break }
+                            return v.value?.id
+                        }
+                    }
+                }
+            }
+            await v.withValue(bigs.make(3)) { await Task.yield() }
+            #expect(await eventuallyYielding(seconds: 30) { bigs.alive == 0 }, "big alive: \(bigs.alive)")
+            #expect(smalls.alive == 1)
+            open.yield()
+            return await group.next()!
+        }
+        #expect(read == 2)
+        #expect(await eventuallyYielding(seconds: 30) { smalls.alive == 0 })
+    }
+
+    /// The same with a discarding group and `Context.run` scopes: the
+    /// child reads what the run ended with, and once it ends nothing of
+    /// either scope is left.
+    @Test func aDiscardingGroupChildThatOutlivesARunInTheBody() async throws {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("discarding_body_v")
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        let seen = LockedBox<Int?>(nil)
+        try await withThrowingDiscardingTaskGroup { group in
+            let context = Context()
+            try context.run {
+                v.set(counter.make(1))
+                group.addTask {
+                    for await _ in gate { break }
+                    seen.mutate { $0 = v.value?.id ?? -1 }
+                }
+                v.set(counter.make(2))
+            }
+            try context.run { v.set(counter.make(3)) }
+            open.yield()
+        }
+        // The child read what the scope ended with (2): exception 1 may
+        // show the later unscoped set of its own scope, never the later
+        // scope's 3.
+        #expect(seen.value == 2)
+        #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 }, "alive: \(counter.alive)")
+    }
+}
