@@ -929,3 +929,84 @@ extension LifetimeBreakReviewTests {
         #expect(await eventuallyYielding(seconds: 30) { counter.alive == 0 }, "alive: \(counter.alive)")
     }
 }
+
+// MARK: - A deinit that starts a Task.immediate inside the library
+
+/// Starts a `Task.immediate` in its deinit: the new task runs on this
+/// thread, inside whatever ContextKit call released the value, sets,
+/// opens a scope and reads before and after suspending.
+private final class ImmediateStarter: Sendable {
+    static let v = ContextVar<Int>("immediate_starter_v", default: -1)
+    static let failures = Failures()
+    static let finished = Atomic<Int>(0)
+    let id: Int
+    init(_ id: Int) { self.id = id }
+    deinit {
+        let id = id
+        Task.immediate {
+            let v = ImmediateStarter.v
+            v.set(1000 + id)
+            ImmediateStarter.failures.check(v.value == 1000 + id, "immediate \(id): set then read \(v.value!)")
+            v.withValue(2000 + id) {
+                ImmediateStarter.failures.check(v.value == 2000 + id, "immediate \(id): withValue read \(v.value!)")
+            }
+            await Task.yield()
+            ImmediateStarter.failures.check(v.value == 1000 + id, "immediate \(id): after yield read \(v.value!)")
+            ImmediateStarter.finished.add(1, ordering: .sequentiallyConsistent)
+        }
+    }
+}
+
+extension LifetimeBreakReviewTests {
+    /// The releases inside a task's own `set` (a replaced value's token),
+    /// `reset`, a scope's end and a context's release each run a deinit
+    /// that starts a `Task.immediate` on the same thread; the releasing
+    /// task reads and writes its own values right afterwards.
+    @Test func deinitsStartingImmediateTasksInsideTheLibrary() async {
+        await #expect(processExitsWith: .success) {
+            let v = ImmediateStarter.v
+            let holder = ContextVar<ImmediateStarter>("immediate_holder")
+            let reads = await Task.detached { () async -> [Int] in
+                var reads: [Int] = []
+                v.set(1)
+                holder.set(ImmediateStarter(1))
+                holder.set(ImmediateStarter(2))          // releases 1 (its token)
+                reads.append(v.value!)
+                let token = holder.set(ImmediateStarter(3))
+                try! holder.reset(token)                 // releases 3
+                reads.append(v.value!)
+                await v.withValue(2) { () async in
+                    holder.set(ImmediateStarter(4))
+                    v.withValue(3) { holder.set(ImmediateStarter(5)) }   // scope end releases 5
+                    reads.append(v.value!)
+                    let t = holder.set(ImmediateStarter(6))
+                    try! holder.reset(t)                 // releases 6, inside the scope
+                    reads.append(v.value!)
+                }                                        // releases 4
+                reads.append(v.value!)
+                try! await Context().run { () async in
+                    v.set(4)
+                    holder.set(ImmediateStarter(7))
+                }                                        // the context's release: 7
+                reads.append(v.value!)
+                v.set(5)
+                reads.append(v.value!)
+                return reads
+            }.value
+            if reads != [1, 1, 2, 2, 1, 1, 5] {
+                Issue.record("the releasing task read \(reads)")
+                exit(1)
+            }
+            // 2, and the detached task's unscoped binding's, go when it is
+            // reaped.
+            let done = await eventuallyYielding(seconds: 60) {
+                ImmediateStarter.finished.load(ordering: .sequentiallyConsistent) == 7
+            }
+            let failures = ImmediateStarter.failures.list
+            if !done || !failures.isEmpty {
+                Issue.record("immediate tasks finished \(ImmediateStarter.finished.load(ordering: .sequentiallyConsistent)) of 7; \(failures)")
+                exit(1)
+            }
+        }
+    }
+}
