@@ -138,17 +138,20 @@ private final class ReentryProbe: Sendable {
                 let local = LocalReentry.local
                 for i in 0..<50 {
                     local.victim = LocalReentry.WritesSibling(i)
+                    // Replaced by a value, then (the next round's) deleted.
+                    local.victim = i
+                    local.victim = LocalReentry.WritesSibling(50 + i)
                     local.victim = nil
                 }
                 let count = local.dictionary.count
-                if count != 50 * 64 { fatalError("attributes: \(count), expected \(50 * 64)") }
-                for i in 0..<50 {
+                if count != 100 * 64 { fatalError("attributes: \(count), expected \(100 * 64)") }
+                for i in 0..<100 {
                     for k in 0..<64 where local[dynamicMember: "sibling\(i)_\(k)"] as? Int != k {
                         fatalError("sibling\(i)_\(k) lost")
                     }
                 }
             }
-            if LocalReentry.released.load(ordering: .sequentiallyConsistent) != 50 { fatalError("not released") }
+            if LocalReentry.released.load(ordering: .sequentiallyConsistent) != 100 { fatalError("not released") }
         }
     }
 
