@@ -1013,3 +1013,32 @@ extension LifetimeBreakReviewTests {
         }
     }
 }
+
+// MARK: - Introspection after the scope
+
+extension LifetimeBreakReviewTests {
+    /// A `Task {}` that outlived `context.run` reads the snapshot the scope
+    /// ended with (1), never a later scope's write (2). Its
+    /// `currentChainDescription` lists that binding ("scope ended") with
+    /// "the context's values" — which must be what the task reads, not the
+    /// live context a later, separate `run` wrote.
+    @Test func theChainOfATaskThatOutlivedItsRunShowsWhatItReads() async throws {
+        let v = ContextVar<Int>("chain_after_scope_v")
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        let context = Context()
+        let task = try context.run { () -> Task<(Int?, String), Never> in
+            v.set(1)
+            return Task {
+                for await _ in gate { break }
+                return (v.value, Context.currentChainDescription)
+            }
+        }
+        try context.run { v.set(2) }
+        open.yield()
+        let (read, chain) = await task.value
+        #expect(read == 1)
+        #expect(chain.contains("scope ended"), "\(chain)")
+        #expect(chain.contains("chain_after_scope_v: 1"), "\(chain)")
+        #expect(!chain.contains("chain_after_scope_v: 2"), "\(chain)")
+    }
+}
