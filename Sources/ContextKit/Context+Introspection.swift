@@ -58,7 +58,12 @@ extension Context {
             } else {
                 role = "inherited from an enclosing task"
             }
-            lines.append("  #\(index) \(current.origin), \(role): \(current.context)")
+            // After its scope, a binding that something still held reads
+            // as the snapshot the scope ended with (`readInherited`): show
+            // that, not the live context a later scope may have written.
+            // The snapshot lives as long as `current`, which the array holds.
+            let shown = current.frozenSnapshot.map { Context(retaining: $0) } ?? current.context
+            lines.append("  #\(index) \(current.origin), \(role): \(shown)")
             index += 1
         }
         if index == 0 {
