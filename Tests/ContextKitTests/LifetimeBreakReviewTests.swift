@@ -1042,3 +1042,65 @@ extension LifetimeBreakReviewTests {
         #expect(!chain.contains("chain_after_scope_v: 2"), "\(chain)")
     }
 }
+
+extension LifetimeBreakReviewTests {
+    /// docs/concurrency.md, "After the scope": a `Task {}` that outlived
+    /// `context.run` reads what that scope ended with, never what a later,
+    /// separate `run` of the same context writes. `withValue` of another
+    /// variable inside that task copies what the task sees — so `u` is
+    /// still 1 inside it, sync and async (asyncio: the task's copy).
+    @Test func withValueInATaskThatOutlivedItsRunCopiesWhatTheTaskReads() async throws {
+        let u = ContextVar<Int>("outlived_with_value_u")
+        let w = ContextVar<Int>("outlived_with_value_w")
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        let context = Context()
+        let task = try context.run { () -> Task<[Int?], Never> in
+            u.set(1)
+            return Task {
+                for await _ in gate { break }
+                var reads = [u.value]
+                reads.append(w.withValue(0) { u.value })
+                reads.append(await w.withValue(0) { () async in u.value })
+                reads.append(Context.copyCurrent()[u])
+                return reads
+            }
+        }
+        try context.run { u.set(2) }
+        open.yield()
+        #expect(await task.value == [1, 1, 1, 1])
+    }
+
+    /// The `exited` event of a scope that ends in such a task names "the
+    /// context current again": what the task reads there (u = 1), not the
+    /// live context a later `run` wrote.
+    @Test func theExitedEventInATaskThatOutlivedItsRunNamesWhatItReads() async {
+        await #expect(processExitsWith: .success) {
+            let u = ContextVar<Int>("outlived_exited_u")
+            let w = ContextVar<Int>("outlived_exited_w")
+            let seen = PThreadLocked<[Int]>([])
+            let (gate, open) = AsyncStream<Void>.makeStream()
+            let context = Context()
+            let task = try! context.run { () -> Task<Int?, Never> in
+                u.set(1)
+                return Task {
+                    for await _ in gate { break }
+                    let watcher = try! Context.addWatcher { event, current in
+                        guard event == .exited, let current, current[w] == nil else { return }
+                        seen.withLock { $0.append(current[u] ?? -1) }
+                    }
+                    await w.withValue(0) { await Task.yield() }
+                    watcher.cancel()
+                    return u.value
+                }
+            }
+            try! context.run { u.set(2) }
+            open.yield()
+            let read = await task.value
+            let events = seen.withLock { $0 }
+            if read != 1 || events != [1] {
+                Issue.record("the task read \(String(describing: read)); its scope's exited event showed u = \(events)")
+                exit(1)
+            }
+        }
+    }
+}
