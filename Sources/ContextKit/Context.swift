@@ -492,7 +492,11 @@ struct ContextScope: ~Copyable {
                 if enclosingOwned {
                     enclosing.withWrite { cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.handle) }
                 } else {
-                    cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.handle)
+                    // What the task reads there: after that binding's scope
+                    // ended, the snapshot it ended with (`readInherited`),
+                    // not the live context a later scope may write. The
+                    // snapshot lives as long as `enclosing`.
+                    cctx_notify_watchers(CCTX_EVENT_EXITED, enclosing.frozenSnapshot ?? enclosing.handle)
                 }
             }
         } else {
