@@ -1104,3 +1104,30 @@ extension LifetimeBreakReviewTests {
         }
     }
 }
+
+extension LifetimeBreakReviewTests {
+    /// 10,000 detached tasks that set, then end, while the caller keeps
+    /// every `Task` handle until all have finished: once the handles go,
+    /// nothing is left (a held handle keeps its ended task's object, as an
+    /// asyncio Task object keeps its context; dropping it must free the
+    /// values).
+    @Test func detachedTasksThatSetLeaveNothingOnceTheirHandlesGo() async {
+        let counter = LifetimeCounter()
+        let v = ContextVar<Tracked>("handles_kept_v")
+        let n = scaled(10_000)
+        var handles: [Task<Int, Never>] = []
+        handles.reserveCapacity(n)
+        for i in 0..<n {
+            handles.append(Task.detached {
+                v.set(counter.make(i))
+                await Task.yield()
+                return v.value?.id == i ? 0 : 1
+            })
+        }
+        var mismatches = 0
+        for handle in handles { mismatches += await handle.value }
+        #expect(mismatches == 0)
+        handles.removeAll()
+        #expect(await eventuallyYielding(seconds: 120) { counter.alive == 0 }, "still alive: \(counter.alive)")
+    }
+}
