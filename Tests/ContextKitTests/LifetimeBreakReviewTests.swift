@@ -1131,3 +1131,23 @@ extension LifetimeBreakReviewTests {
         #expect(await eventuallyYielding(seconds: 120) { counter.alive == 0 }, "still alive: \(counter.alive)")
     }
 }
+
+extension LifetimeBreakReviewTests {
+    /// At thread exit a `Local`'s attributes go; a value's deinit that
+    /// reads and writes the same `Local` (and the same `ThreadLocal`) on
+    /// its exiting thread sees a fresh, empty namespace and leaks nothing.
+    @Test func deinitsUsingTheSameLocalAtThreadExit() async {
+        await #expect(processExitsWith: .success) {
+            runOnJoinedThreads(8) { i in
+                let local = LocalReentry.local
+                local.a = i
+                local.victim = LocalReentry.ReadsDictionary()
+                local.sibling = LocalReentry.WritesSibling(i)
+            }
+            if LocalReentry.released.load(ordering: .sequentiallyConsistent) != 16 {
+                Issue.record("released \(LocalReentry.released.load(ordering: .sequentiallyConsistent)) of 16")
+                exit(1)
+            }
+        }
+    }
+}
