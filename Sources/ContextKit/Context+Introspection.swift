@@ -58,6 +58,10 @@ extension Context {
             } else {
                 role = "inherited from an enclosing task"
             }
+            // After its scope, a binding that something still held reads
+            // as the snapshot the scope ended with (`TaskBinding.context`
+            // reads as `readInherited`): shown, not the live context a later
+            // scope may have written.
             lines.append("  #\(index) \(current.origin), \(role): \(current.context)")
             index += 1
         }

@@ -504,9 +504,11 @@ extension ContextVar {
     }
 
     /// ``copyWithValue(_:)`` from a binding the task does not own: a copy
-    /// without the `.notInherited` variables, then the set (nobody has
-    /// entered the fresh copy: the write needs no claim). Out of line: the
-    /// rare case.
+    /// without the `.notInherited` variables of what the task sees — after
+    /// the binding's scope ended, the snapshot it ended with, never the
+    /// live context a later scope may write (`copyInheritedForSpawn`) —
+    /// then the set (nobody has entered the fresh copy: the write needs no
+    /// claim). Out of line: the rare case.
     @usableFromInline
     func copyInheritedWithValue(_ box: ValueBox<Value>, from binding: TaskBinding) -> (cctx_status, OpaquePointer) {
         let context = binding.copyInheritedForSpawn()

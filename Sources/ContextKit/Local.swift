@@ -46,7 +46,22 @@ public final class Local: @unchecked Sendable {
     @available(*, noasync, message: "a thread's attributes are meaningless across await; use ContextVar in async code")
     public subscript(dynamicMember name: String) -> Any? {
         get { attributes().stored[name] }
-        set { attributes().stored[name] = newValue }
+        set {
+            // The old value leaves the dictionary first and is released
+            // after the mutation has finished: its deinit may use this
+            // `Local` on this thread (SPEC: deinits may use locals), and
+            // `stored[name] = newValue` released it inside the
+            // dictionary's in-place modify, with its bucket moved out but
+            // still marked occupied (reading `dictionary` there crashed).
+            let box = attributes()
+            let old: Any?
+            if let newValue {
+                old = box.stored.updateValue(newValue, forKey: name)
+            } else {
+                old = box.stored.removeValue(forKey: name)
+            }
+            withExtendedLifetime(old) {}
+        }
     }
 
     /// This thread's attributes, as a dictionary (Python's `__dict__`).
