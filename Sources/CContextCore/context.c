@@ -511,7 +511,14 @@ static inline __attribute__((always_inline)) void context_free(cctx_context *ctx
      * new bias, whose first revoke would then wait for ever. A plain
      * store: the object is ours alone now. */
     ctx->bias_entering = 0;
-    uintptr_t raw = (uintptr_t)ctx->root;
+    /* A load that acquires under ThreadSanitizer (a plain load with ck_pr):
+     * the context's last writer may be a claimer on another thread whose
+     * last publish (a full-barrier exchange) is ordered before this free
+     * only through something the sanitizer cannot see — a Swift task's
+     * reference count, which tells ContextKit's reaper that the task has
+     * ended. Reading the root it published gives the sanitizer that edge
+     * before the object goes back to a cache (whose drain reads it). */
+    uintptr_t raw = (uintptr_t)cctx_load_ptr(&ctx->root);
     hamt_node *root = (hamt_node *)(raw & ~CCTX_ROOT_TAGS);
     cctx_thread_state *ts = thread_state_peek();
     cctx_dealloc_cached(ts != NULL ? &context_cache : NULL, ctx);
