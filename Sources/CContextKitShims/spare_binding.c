@@ -9,7 +9,9 @@
  *
  * At thread exit a pthread key destructor (registered on the thread's first
  * park) hands the spare to the release function ContextKit gave; the
- * thread's TLS is still valid while glibc runs key destructors. The main
+ * thread's TLS is still valid while glibc runs key destructors; a spare
+ * parked by a later destructor of the same exit registers the cleanup
+ * again, and goes in the next round. The main
  * thread's spare is reclaimed by the process's exit.
  */
 #include "CContextKitShims.h"
@@ -37,6 +39,12 @@ static void spare_thread_exit(void *unused)
     cctx_shim_thread_slots *slots = &cctx_shim_thread_slot_block;
     void *binding = slots->spare;
     slots->spare = NULL;
+    /* Unregistered again (glibc cleared the key before calling us): a
+     * scope that runs in a later destructor of this exit (another key's,
+     * or the release below running a value's deinit) parks its binding
+     * through the registering put, which sets the key again, so glibc
+     * runs another round and this destructor releases that one too. */
+    slots->spare_armed = false;
     void (*release)(void *) = __atomic_load_n(&spare_release, __ATOMIC_RELAXED);
     if (binding != NULL && release != NULL)
         release(binding);

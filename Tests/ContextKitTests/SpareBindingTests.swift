@@ -177,4 +177,34 @@ final class WeakBinding: @unchecked Sendable {
         #expect(parked)
         #expect(weak.binding == nil)
     }
+
+    /// A scope that runs in a thread-exit destructor after the spare's own
+    /// (a pthread key made later, whose destructor runs after the spare
+    /// key's in each round) parks its binding again; that spare goes too
+    /// (the put registers the cleanup again, so the exit runs another
+    /// round). Before, the slot still read as registered and the binding
+    /// stayed in it after the thread had gone.
+    @Test func aSpareParkedByALaterThreadExitDestructorGoesToo() async {
+        let gone = await onNewThreadUntilExit { () -> Bool in
+            // A scope first: the spare's cleanup is registered (its key made).
+            LateExitScope.variable.withValue(1) {}
+            var key = pthread_key_t()
+            guard pthread_key_create(&key, { _ in
+                LateExitScope.variable.withValue(2) { LateExitScope.weak.binding = TaskBinding.current }
+            }) == 0 else { return false }
+            LateExitScope.key.withLock { $0 = key }
+            return pthread_setspecific(key, UnsafeRawPointer(bitPattern: 1)) == 0
+        }
+        #expect(gone)
+        #expect(LateExitScope.weak.binding == nil, "the spare parked in a later exit destructor stayed")
+        pthread_key_delete(LateExitScope.key.withLock { $0 })
+    }
+}
+
+/// The state of `aSpareParkedByALaterThreadExitDestructorGoesToo` (its
+/// destructor is a C function pointer: it captures nothing).
+private enum LateExitScope {
+    static let variable = ContextVar<Int>("spare_late_exit", default: 0)
+    nonisolated(unsafe) static let weak = WeakBinding()
+    static let key = PThreadLocked<pthread_key_t>(pthread_key_t())
 }
