@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Compiles every Swift and C snippet of README.md and the DocC articles.
+"""Compiles every Swift and C snippet of README.md, docs/concurrency.md,
+docs/locals.md and the DocC articles.
 
 Run by `make snippet-test` (part of `make test`). Each fenced block tagged
 ```swift or ```c is one snippet. An HTML comment right before a block (GitHub
@@ -38,7 +39,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ["README.md"] + sorted(
+SOURCES = ["README.md", "docs/concurrency.md", "docs/locals.md"] + sorted(
     os.path.join("Sources/ContextKit/ContextKit.docc", f)
     for f in os.listdir(os.path.join(ROOT, "Sources/ContextKit/ContextKit.docc"))
     if f.endswith(".md")
