@@ -607,10 +607,18 @@ void cctx_context_release_deferred(cctx_context *ctx)
     cctx_thread_state *ts = thread_state_get();
     reclaim_record *record = ts != NULL ? ts->record : NULL;
     reclaim_defer(record, ctx, context_release_fn);
-    /* At once when no thread is inside a read section (sections are rare
-     * and short): one scan of the records frees what this record deferred.
-     * Otherwise the release waits for this record's next poll. */
+    /* At once when no thread is inside a read section: one scan of the
+     * records frees what this record deferred. */
     reclaim_poll(record);
+    /* Still pending (a reader was inside a section): wait for the grace
+     * period here rather than leave the release to this record's next
+     * poll, which an idle thread may never make — the values would stay
+     * alive for good. Sections are short (a lookup, a copy) and never wait
+     * for anything, so neither does this for long. Inside a section of
+     * this thread's own, reclaim_barrier returns at once (it would wait
+     * for itself) and the release waits for that next poll. */
+    if (record != NULL && reclaim_pending(record) != 0)
+        reclaim_barrier(record);
 }
 
 /* ------------------------------------------------------------ reading */

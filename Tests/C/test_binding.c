@@ -450,16 +450,18 @@ static void test_peek_keeps_the_value_alive_until_its_end(void **state)
 /* ------------------------------- deferred release and read sections */
 
 /* cctx_context_release_deferred drops its reference only once the read
- * sections open at the call have closed: a reader on another thread that
- * opened a section before the deferral still finds the context (and its
- * value) alive after every other reference is gone; once it closes the
- * section, cctx_reclaim frees both. The value's release callback uses the
+ * sections open at the call have closed, and before it returns: a reader
+ * on another thread that opened a section before the deferral still finds
+ * the context (and its value) alive after every other reference is gone,
+ * while the deferring thread waits; once the reader closes its section the
+ * release runs and the call returns. The value's release callback uses the
  * library (tv_hook_uses_library: a read, a copy and a set). */
 struct section_hold {
     cctx_context *ctx;
     cctx_var *var;
-    test_gate opened, deferred;
+    test_gate opened, checked, finish;
     long id_inside;
+    long live_after_release; /* tv_live() as the deferred release returned */
 };
 
 static void *read_in_a_section(void *p)
@@ -468,7 +470,7 @@ static void *read_in_a_section(void *p)
     cctx_read_section section;
     cctx_read_section_begin(&section);
     gate_open(&h->opened);
-    T_CHECK(gate_wait(&h->deferred));
+    T_CHECK(gate_wait(&h->checked));
     /* Every reference but the deferred one is gone: the section holds it. */
     void *out = NULL;
     T_CHECK(cctx_context_lookup(h->ctx, h->var, &out) == CCTX_OK);
@@ -479,10 +481,22 @@ static void *read_in_a_section(void *p)
     return NULL;
 }
 
+static void *release_deferred_thread(void *p)
+{
+    struct section_hold *h = p;
+    cctx_context_release_deferred(h->ctx); /* waits for the reader's section */
+    h->live_after_release = tv_live();
+    /* Still alive (its exit would flush its deferred frees): the release
+     * must not have waited for that. */
+    T_CHECK(gate_wait(&h->finish));
+    return NULL;
+}
+
 static void test_release_deferred_waits_for_sections_open_at_the_call(void **state)
 {
     (void)state;
-    struct section_hold h = { .opened = TEST_GATE_INIT, .deferred = TEST_GATE_INIT, .id_inside = -1 };
+    struct section_hold h = { .opened = TEST_GATE_INIT, .checked = TEST_GATE_INIT, .finish = TEST_GATE_INIT,
+                              .id_inside = -1, .live_after_release = -1 };
     tv_reentry reentry = { 0 };
     assert_ok(cctx_var_new("deferred", &tv_ops, &h.var));
     assert_ok(cctx_var_new("probe", &tv_ops, &reentry.probe));
@@ -492,18 +506,23 @@ static void test_release_deferred_waits_for_sections_open_at_the_call(void **sta
     assert_ok(cctx_context_set(h.ctx, h.var, value, NULL));
     tv_drop(value); /* the context's reference is the only one */
 
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, read_in_a_section, &h), 0);
+    pthread_t reader, releaser;
+    assert_int_equal(pthread_create(&reader, NULL, read_in_a_section, &h), 0);
     assert_true(gate_wait(&h.opened));
     cctx_context_retain(h.ctx);
-    cctx_context_release_deferred(h.ctx);
+    assert_int_equal(pthread_create(&releaser, NULL, release_deferred_thread, &h), 0);
     cctx_context_release(h.ctx); /* the creator's: only the deferred one is left */
+    /* Whether the releaser has deferred yet or waits: the section holds it. */
     assert_int_equal(tv_live(), live + 1);
-    gate_open(&h.deferred);
-    assert_int_equal(pthread_join(t, NULL), 0);
+    gate_open(&h.checked);
+    assert_int_equal(pthread_join(reader, NULL), 0);
+    /* Released before cctx_context_release_deferred returned, with its
+     * thread still running. */
+    gate_open(&h.finish);
+    assert_int_equal(pthread_join(releaser, NULL), 0);
     assert_int_equal(thread_failures(), 0);
     assert_int_equal(h.id_inside, 7);
-    cctx_reclaim(); /* the section has closed: the grace period is over */
+    assert_int_equal(h.live_after_release, live);
     assert_int_equal(tv_live(), live);
     assert_int_equal(reentry.runs, 1);
     cctx_context_release_deferred(NULL); /* ignored */

@@ -117,14 +117,15 @@ CCTX_API void cctx_read_section_end(cctx_read_section *section);
 /** Drops one reference to `ctx` (the caller's, given up now) once every
  *  read section open at this call has closed: for a binding that published
  *  a replacement for a pointer to `ctx` that readers inside sections may
- *  still have loaded. When no thread is inside a section the release runs
- *  before this returns (one scan of every thread's reclamation record);
- *  otherwise later on this thread, when its deferred frees are next
- *  polled (every few deferrals), by cctx_reclaim, or at its exit. Either
- *  may run release callbacks (not inside a section of the caller's: then
- *  it always waits). Orders the caller's earlier stores (the
- *  replacement's publication) before the deferral with a full fence. NULL
- *  is ignored. */
+ *  still have loaded. The release runs before this returns: at once when
+ *  no thread is inside a section (one scan of every thread's reclamation
+ *  record), else after waiting for the sections open now to close (a
+ *  grace period; sections are short). Called inside a section of the
+ *  caller's own, it cannot wait: the release then runs when this thread's
+ *  deferred frees are next polled (every few deferrals), by cctx_reclaim,
+ *  or at its exit. May run release callbacks, also of other objects this
+ *  thread deferred. Orders the caller's earlier stores (the replacement's
+ *  publication) before the deferral with a full fence. NULL is ignored. */
 CCTX_API void cctx_context_release_deferred(cctx_context *ctx);
 
 /** The value of `var` in the calling thread's current context, BORROWED
