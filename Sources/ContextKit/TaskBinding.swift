@@ -534,12 +534,12 @@ final class TaskBinding: Sendable {
     /// callbacks, which must not find the scope's context still current):
     /// gives back the reference ``freezeEscaped()`` took on a borrowed
     /// context, once every read section open now has closed — at once when
-    /// none is (C fences between the publish and the deferral, see
-    /// `cctx_context_release_deferred`): a reader whose section begins
-    /// later loads the snapshot, never `handle`. Kept until `deinit`, that
-    /// reference kept the caller's context — and every value a later scope
-    /// of it set, which the tasks holding this binding cannot read — alive
-    /// as long as they ran.
+    /// none is, else after waiting for them (C fences between the publish
+    /// and the deferral, see `cctx_context_release_deferred`): a reader
+    /// whose section begins later loads the snapshot, never `handle`. Kept
+    /// until `deinit`, that reference kept the caller's context — and every
+    /// value a later scope of it set, which the tasks holding this binding
+    /// cannot read — alive as long as they ran.
     func releaseFrozenReference() {
         if borrowsHandle { cctx_context_release_deferred(handle) }
     }
