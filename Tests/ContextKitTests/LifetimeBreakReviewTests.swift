@@ -206,27 +206,15 @@ private final class ReentryProbe: Sendable {
     /// value on the releasing thread.
     @Test func reentrantDeinitWhenAThreadLocalIsReleased() async {
         await #expect(processExitsWith: .success) {
-            let stored = DispatchSemaphore(value: 0)
-            let release = DispatchSemaphore(value: 0)
             let slot = LockedBox<ThreadLocal<ReentryProbe?>?>(ThreadLocal<ReentryProbe?> { nil })
             let threads = 8
-            let joined = DispatchSemaphore(value: 0)
-            Thread.detachNewThread {
-                runOnJoinedThreads(threads) { _ in
-                    slot.value!.value = ReentryProbe("thread-local release")
-                    stored.signal()
-                    release.wait()
-                }
-                joined.signal()
-            }
-            for _ in 0..<threads { stored.wait() }
-            runOnNewThreadAndJoin {
-                slot.value!.value = ReentryProbe("thread-local release, releasing thread")
-                slot.mutate { $0 = nil }
-            }
-            let afterRelease = Reentry.released.load(ordering: .sequentiallyConsistent)
-            for _ in 0..<threads { release.signal() }
-            joined.wait()
+            let afterRelease = releasedWhileThreadsHoldValues(
+                threads: threads,
+                store: { slot.value!.value = ReentryProbe("thread-local release") },
+                release: {
+                    slot.value!.value = ReentryProbe("thread-local release, releasing thread")
+                    slot.mutate { $0 = nil }
+                })
             if afterRelease != threads + 1 {
                 Issue.record("the local's release released \(afterRelease) of \(threads + 1)")
                 exit(1)
@@ -237,24 +225,12 @@ private final class ReentryProbe: Sendable {
 
     @Test func reentrantDeinitWhenALocalIsReleased() async {
         await #expect(processExitsWith: .success) {
-            let stored = DispatchSemaphore(value: 0)
-            let release = DispatchSemaphore(value: 0)
             let slot = LockedBox<Local?>(Local())
             let threads = 8
-            let joined = DispatchSemaphore(value: 0)
-            Thread.detachNewThread {
-                runOnJoinedThreads(threads) { _ in
-                    slot.value!.probe = ReentryProbe("local release")
-                    stored.signal()
-                    release.wait()
-                }
-                joined.signal()
-            }
-            for _ in 0..<threads { stored.wait() }
-            runOnNewThreadAndJoin { slot.mutate { $0 = nil } }
-            let afterRelease = Reentry.released.load(ordering: .sequentiallyConsistent)
-            for _ in 0..<threads { release.signal() }
-            joined.wait()
+            let afterRelease = releasedWhileThreadsHoldValues(
+                threads: threads,
+                store: { slot.value!.probe = ReentryProbe("local release") },
+                release: { slot.mutate { $0 = nil } })
             if afterRelease != threads {
                 Issue.record("the local's release released \(afterRelease) of \(threads)")
                 exit(1)
@@ -494,6 +470,32 @@ private final class ReentryProbe: Sendable {
             await reentrantDeinitsFromManyTasksAndThreads()
         }
     }
+}
+
+/// `threads` threads each run `store` and stay alive; `release` then runs
+/// on another new thread (the last release of the local the threads
+/// stored into). Returns how many probes were released by then, before the
+/// holding threads are let go and joined.
+private func releasedWhileThreadsHoldValues(
+    threads: Int, store: @escaping @Sendable () -> Void, release: @escaping @Sendable () -> Void
+) -> Int {
+    let stored = DispatchSemaphore(value: 0)
+    let letGo = DispatchSemaphore(value: 0)
+    let joined = DispatchSemaphore(value: 0)
+    Thread.detachNewThread {
+        runOnJoinedThreads(threads) { _ in
+            store()
+            stored.signal()
+            letGo.wait()
+        }
+        joined.signal()
+    }
+    for _ in 0..<threads { stored.wait() }
+    runOnNewThreadAndJoin(release)
+    let afterRelease = Reentry.released.load(ordering: .sequentiallyConsistent)
+    for _ in 0..<threads { letGo.signal() }
+    joined.wait()
+    return afterRelease
 }
 
 /// Runs `body` on a new POSIX thread, waits for its exit, returns its result.
